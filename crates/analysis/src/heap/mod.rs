@@ -1,0 +1,1 @@
+//! GC heap snapshots (placeholder while the module is built).
