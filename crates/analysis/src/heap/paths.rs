@@ -1,0 +1,224 @@
+//! Retention paths: why is this object alive? (`gcroot`)
+//!
+//! One breadth-first search from the roots gives every object its shortest path to a
+//! root. Roots are searched in tiers, statics first, then handles, …, stack roots last,
+//! and a tier only reaches objects the better tiers did not: a leaked object is usually
+//! also reachable from some running method's locals, but the finding must name the static
+//! field or handle that holds it for good.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use super::graph::{NodeIndex, ObjectGraph, RootKind};
+
+/// One object on a retention path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathStep {
+    /// The object.
+    pub node: NodeIndex,
+    /// Its address.
+    pub address: u64,
+    /// Its cleaned type name.
+    pub type_name: String,
+    /// Its shallow size.
+    pub size: u64,
+}
+
+/// A chain of references from a root to an object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetentionPath {
+    /// Why the first object is alive.
+    pub root: RootKind,
+    /// From the rooted object to the target, inclusive.
+    pub steps: Vec<PathStep>,
+}
+
+impl std::fmt::Display for RetentionPath {
+    /// `static Processor.Current → Processor → CustomerCache → …`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.root)?;
+        for step in &self.steps {
+            write!(f, " → {}", step.type_name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Instances of one type held the same way: same root, same chain of types.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathGroup {
+    /// The path of a representative instance (the shortest, lowest address on ties).
+    pub path: RetentionPath,
+    /// Instances held this way.
+    pub instances: u64,
+    /// Their shallow bytes.
+    pub bytes: u64,
+}
+
+const UNREACHED: u32 = u32::MAX;
+const ROOTED: u32 = u32::MAX - 1;
+
+/// Shortest-path tree from the roots (tiered as described in the module docs).
+#[derive(Clone, Debug)]
+pub struct RetentionPaths<'g> {
+    graph: &'g ObjectGraph,
+    /// Predecessor on the path, or `ROOTED` / `UNREACHED`.
+    parent: Vec<u32>,
+    /// Objects from the root, 0 for a rooted object.
+    depth: Vec<u32>,
+    /// Rank of the root kind the object was reached from.
+    tier: Vec<u8>,
+    /// For rooted objects: which root (index into `graph.roots()`).
+    root_of: HashMap<u32, u32>,
+}
+
+impl ObjectGraph {
+    /// Searches the whole graph once; query many paths from the result.
+    pub fn retention_paths(&self) -> RetentionPaths<'_> {
+        let n = self.len();
+        let mut parent = vec![UNREACHED; n];
+        let mut depth = vec![0u32; n];
+        let mut tier = vec![u8::MAX; n];
+        let mut root_of = HashMap::new();
+        let mut queue: VecDeque<u32> = VecDeque::new();
+        let roots = self.roots();
+        let mut next_root = 0;
+        // Roots are sorted by rank: seed one rank, exhaust it, then the next.
+        while next_root < roots.len() {
+            let rank = roots[next_root].kind.rank();
+            while next_root < roots.len() && roots[next_root].kind.rank() == rank {
+                let node = roots[next_root].node.0;
+                if parent[node as usize] == UNREACHED {
+                    parent[node as usize] = ROOTED;
+                    tier[node as usize] = rank;
+                    root_of.insert(node, next_root as u32);
+                    queue.push_back(node);
+                }
+                next_root += 1;
+            }
+            while let Some(v) = queue.pop_front() {
+                for &child in self.child_slice(v) {
+                    let c = child as usize;
+                    if parent[c] == UNREACHED {
+                        parent[c] = v;
+                        depth[c] = depth[v as usize] + 1;
+                        tier[c] = rank;
+                        queue.push_back(child);
+                    }
+                }
+            }
+        }
+        RetentionPaths { graph: self, parent, depth, tier, root_of }
+    }
+
+    /// Why `target` is alive: its best path from a root, or `None` if no root reaches it.
+    /// For several queries, build [`Self::retention_paths`] once instead.
+    pub fn retention_path(&self, target: NodeIndex) -> Option<RetentionPath> {
+        self.retention_paths().path_to(target)
+    }
+
+    /// The best path to any instance of `type_name` (statics first, then shortest).
+    pub fn shortest_path_by_type(&self, type_name: &str) -> Option<RetentionPath> {
+        let paths = self.retention_paths();
+        let best = self
+            .nodes_of_type(type_name)
+            .into_iter()
+            .filter(|&n| paths.is_reachable(n))
+            .min_by_key(|&n| paths.quality(n))?;
+        paths.path_to(best)
+    }
+
+    /// How the instances of `type_name` are held, grouped by root and chain of types,
+    /// most instances first; at most `limit` groups. This is the leak view: "1,000,000
+    /// Customer held via static Processor.Current → … → Customer[]".
+    pub fn shortest_paths_by_type(&self, type_name: &str, limit: usize) -> Vec<PathGroup> {
+        self.retention_paths().groups_for_type(type_name, limit)
+    }
+}
+
+impl RetentionPaths<'_> {
+    /// True if some root reaches `node`.
+    pub fn is_reachable(&self, node: NodeIndex) -> bool {
+        self.parent[node.index()] != UNREACHED
+    }
+
+    /// The path from a root to `target`, or `None` if unreachable.
+    pub fn path_to(&self, target: NodeIndex) -> Option<RetentionPath> {
+        let nodes = self.chain(target.0)?;
+        let root = &self.graph.roots()[self.root_of[&nodes[0]] as usize];
+        let steps = nodes
+            .into_iter()
+            .map(|n| {
+                let node = NodeIndex(n);
+                PathStep {
+                    node,
+                    address: self.graph.address(node),
+                    type_name: self.graph.type_name(node).to_string(),
+                    size: self.graph.size(node),
+                }
+            })
+            .collect();
+        Some(RetentionPath { root: root.kind.clone(), steps })
+    }
+
+    /// See [`ObjectGraph::shortest_paths_by_type`].
+    pub fn groups_for_type(&self, type_name: &str, limit: usize) -> Vec<PathGroup> {
+        struct Group {
+            best: NodeIndex,
+            instances: u64,
+            bytes: u64,
+        }
+        let mut groups: HashMap<(RootKind, Vec<u32>), Group> = HashMap::new();
+        for node in self.graph.nodes_of_type(type_name) {
+            let Some(chain) = self.chain(node.0) else {
+                continue;
+            };
+            let root = self.graph.roots()[self.root_of[&chain[0]] as usize].kind.clone();
+            let types: Vec<u32> = chain.iter().map(|&n| self.graph.type_index_of(n)).collect();
+            let size = self.graph.size(node);
+            let group = groups.entry((root, types)).or_insert(Group { best: node, instances: 0, bytes: 0 });
+            group.instances += 1;
+            group.bytes += size;
+            if self.quality(node) < self.quality(group.best) {
+                group.best = node;
+            }
+        }
+        let mut out: Vec<PathGroup> = groups
+            .into_values()
+            .filter_map(|g| Some(PathGroup { path: self.path_to(g.best)?, instances: g.instances, bytes: g.bytes }))
+            .collect();
+        out.sort_by(|a, b| {
+            b.instances
+                .cmp(&a.instances)
+                .then(b.bytes.cmp(&a.bytes))
+                .then(a.path.steps[0].address.cmp(&b.path.steps[0].address))
+        });
+        out.truncate(limit);
+        out
+    }
+
+    /// Lower is a better explanation: better root kind, then shorter, then lower address.
+    fn quality(&self, node: NodeIndex) -> (u8, u32, u32) {
+        let i = node.index();
+        (self.tier[i], self.depth[i], node.0)
+    }
+
+    /// Nodes from the rooted object to `target`.
+    fn chain(&self, target: u32) -> Option<Vec<u32>> {
+        if self.parent[target as usize] == UNREACHED {
+            return None;
+        }
+        let mut nodes = Vec::with_capacity(self.depth[target as usize] as usize + 1);
+        let mut current = target;
+        loop {
+            nodes.push(current);
+            match self.parent[current as usize] {
+                ROOTED => break,
+                p => current = p,
+            }
+        }
+        nodes.reverse();
+        Some(nodes)
+    }
+}

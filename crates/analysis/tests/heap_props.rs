@@ -1,0 +1,145 @@
+//! Property tests: on random small heaps, dominators, retained sizes and retention paths
+//! agree with their definitions computed the slow way.
+
+use std::collections::VecDeque;
+
+use analysis::heap::{NodeIndex, ObjectGraph, ObjectGraphBuilder, RootKind};
+use proptest::prelude::*;
+
+const KINDS: [RootKind; 3] = [RootKind::StrongHandle, RootKind::Other, RootKind::Stack];
+
+#[derive(Clone, Debug)]
+struct Heap {
+    sizes: Vec<u64>,
+    edges: Vec<Vec<usize>>,
+    /// (node, index into KINDS)
+    roots: Vec<(usize, usize)>,
+}
+
+fn heap() -> impl Strategy<Value = Heap> {
+    (1..14usize).prop_flat_map(|n| {
+        (
+            prop::collection::vec(1..100u64, n),
+            prop::collection::vec(prop::collection::vec(0..n, 0..4), n),
+            prop::collection::vec((0..n, 0..KINDS.len()), 0..4),
+        )
+            .prop_map(|(sizes, edges, roots)| Heap { sizes, edges, roots })
+    })
+}
+
+/// Node i gets address 0x1000 - 8 i, so the builder must sort.
+fn address(i: usize) -> u64 {
+    0x1000 - 8 * i as u64
+}
+
+fn build(h: &Heap) -> ObjectGraph {
+    let mut b = ObjectGraphBuilder::new();
+    for (i, size) in h.sizes.iter().enumerate() {
+        b.add_node(address(i), *size, 1, h.edges[i].len() as u64);
+        for &t in &h.edges[i] {
+            b.add_edge(address(t));
+        }
+    }
+    for &(node, kind) in &h.roots {
+        b.add_root(address(node), KINDS[kind].clone());
+    }
+    b.finish().unwrap()
+}
+
+/// Nodes reachable from `sources` when `removed` is deleted.
+fn reachable(h: &Heap, sources: &[usize], removed: Option<usize>) -> Vec<Option<u32>> {
+    let mut dist = vec![None; h.sizes.len()];
+    let mut queue = VecDeque::new();
+    for &s in sources {
+        if Some(s) != removed && dist[s].is_none() {
+            dist[s] = Some(0);
+            queue.push_back(s);
+        }
+    }
+    while let Some(v) = queue.pop_front() {
+        for &w in &h.edges[v] {
+            if Some(w) != removed && dist[w].is_none() {
+                dist[w] = Some(dist[v].unwrap() + 1);
+                queue.push_back(w);
+            }
+        }
+    }
+    dist
+}
+
+fn idx(g: &ObjectGraph, i: usize) -> NodeIndex {
+    g.find(address(i)).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn dominators_and_retained_sizes_match_their_definition(h in heap()) {
+        let g = build(&h);
+        let r = g.retained_sizes();
+        let n = h.sizes.len();
+        let root_nodes: Vec<usize> = h.roots.iter().map(|r| r.0).collect();
+        let live = reachable(&h, &root_nodes, None);
+        // dominated[d][v]: removing d makes v unreachable (d dominates itself).
+        let dominated: Vec<Vec<bool>> = (0..n)
+            .map(|d| {
+                let without = reachable(&h, &root_nodes, Some(d));
+                (0..n).map(|v| live[v].is_some() && (v == d || without[v].is_none())).collect()
+            })
+            .collect();
+        for v in 0..n {
+            if live[v].is_none() {
+                prop_assert_eq!(r.retained(idx(&g, v)), None);
+                continue;
+            }
+            let expected: u64 = (0..n).filter(|&w| dominated[v][w]).map(|w| h.sizes[w]).sum();
+            prop_assert_eq!(r.retained(idx(&g, v)), Some(expected));
+            // The immediate dominator is the strict dominator dominating the fewest nodes.
+            let idom = (0..n)
+                .filter(|&d| d != v && dominated[d][v])
+                .min_by_key(|&d| dominated[d].iter().filter(|&&x| x).count());
+            prop_assert_eq!(r.immediate_dominator(idx(&g, v)), idom.map(|d| idx(&g, d)));
+        }
+        let type_row = r.by_type(&g);
+        let live_bytes: u64 = (0..n).filter(|&v| live[v].is_some()).map(|v| h.sizes[v]).sum();
+        if live_bytes > 0 {
+            // One type: its top-level instances retain everything reachable.
+            prop_assert_eq!(type_row[0].retained_bytes, live_bytes);
+        }
+    }
+
+    #[test]
+    fn retention_paths_are_real_best_tier_shortest_paths(h in heap()) {
+        let g = build(&h);
+        let paths = g.retention_paths();
+        let root_nodes: Vec<usize> = h.roots.iter().map(|r| r.0).collect();
+        let live = reachable(&h, &root_nodes, None);
+        for (v, distance) in live.iter().enumerate() {
+            let path = paths.path_to(idx(&g, v));
+            prop_assert_eq!(path.is_some(), distance.is_some());
+            let Some(path) = path else { continue };
+            // Best tier: the best-ranked root kind that reaches v at all.
+            let tier = (0..KINDS.len())
+                .find(|&k| {
+                    let sources: Vec<usize> =
+                        h.roots.iter().filter(|r| r.1 == k).map(|r| r.0).collect();
+                    reachable(&h, &sources, None)[v].is_some()
+                })
+                .unwrap();
+            prop_assert_eq!(&path.root, &KINDS[tier]);
+            let sources: Vec<usize> = h.roots.iter().filter(|r| r.1 == tier).map(|r| r.0).collect();
+            prop_assert!(sources.iter().any(|&s| address(s) == path.steps[0].address));
+            prop_assert_eq!(
+                Some(path.steps.len() as u32 - 1),
+                reachable(&h, &sources, None)[v],
+                "shortest within its tier"
+            );
+            prop_assert_eq!(path.steps.last().unwrap().address, address(v));
+            for pair in path.steps.windows(2) {
+                let from = pair[0].node;
+                prop_assert!(g.children(from).any(|c| c == pair[1].node), "steps are edges");
+            }
+        }
+    }
+}
