@@ -232,7 +232,8 @@ impl Reader {
                 // V5 is a compatible extension that keeps Trace version 4; a reader may
                 // accept any version whose minimum reader version it satisfies.
                 if version < 4 || min_version > 4 {
-                    let major = u32::try_from(version.max(min_version)).unwrap_or(0);
+                    let major = if version < 4 { version } else { min_version };
+                    let major = u32::try_from(major).unwrap_or(0);
                     return Err(Error::UnsupportedVersion { major });
                 }
                 self.trace = Some(parse_trace(body, body_abs)?);
