@@ -86,6 +86,10 @@ impl Model {
     fn apply(&mut self, op: &Op, ts: u64) {
         match *op {
             Op::Start { waiter, lock, owner } => {
+                // A new Start ends the previous wait like a Stop would.
+                if let Some((previous, _)) = self.waits.remove(&waiter) {
+                    self.set_owner(previous, waiter, ts);
+                }
                 self.waits.insert(waiter, (lock, ts));
                 if owner != 0 && owner != waiter {
                     self.set_owner(lock, owner, ts);

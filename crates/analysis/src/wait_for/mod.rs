@@ -14,7 +14,8 @@
 //!   cannot overwrite a newer snapshot.
 //! - A `ContentionStop` most likely means the waiter acquired the lock, so it becomes the
 //!   owner. When the wait actually timed out this is wrong, but the next `ContentionStart`
-//!   on that lock carries a fresher snapshot and corrects it.
+//!   on that lock carries a fresher snapshot and corrects it. A new Start from a thread
+//!   that still has a pending wait means its Stop was lost; it counts as that Stop.
 //! - A thread that starts waiting on a lock cannot hold it (Monitor is re-entrant, so it
 //!   would not have blocked): if we believed it did, the owner becomes unknown.
 //! - A second `ContentionLockCreated` for a tracked lock id means a new lock was created
@@ -318,9 +319,9 @@ impl<S: Clone> WaitForGraph<S> {
                 return;
             }
             // The thread is running again, so its previous wait ended even though we never
-            // saw the Stop.
+            // saw the Stop (lost event): treat it like one, at this event's time.
             self.stats.replaced_waits += 1;
-            self.remove_wait(waiter);
+            self.end_wait(waiter, timestamp);
         } else if self.waits.len() >= self.config.max_waiters && !self.make_room_for_waiter() {
             self.stats.dropped_starts += 1;
             return;
@@ -366,13 +367,21 @@ impl<S: Clone> WaitForGraph<S> {
             self.stats.stale_events += 1;
             return;
         }
+        self.end_wait(event.waiter, event.timestamp);
+    }
+
+    /// Removes `waiter`'s pending wait, which ended at `at`; it most likely acquired the lock.
+    fn end_wait(&mut self, waiter: u64, at: Timestamp) {
+        let Some(wait) = self.waits.get(&waiter) else {
+            return;
+        };
         let lock_id = wait.lock_id;
-        self.remove_wait(event.waiter);
+        self.remove_wait(waiter);
         let tick = self.tick;
         if let Some(lock) = self.locks.get_mut(&lock_id) {
             lock.last_touch = tick;
-            if event.timestamp >= lock.owner_seen {
-                set_owner(lock, event.waiter, event.timestamp);
+            if at >= lock.owner_seen {
+                set_owner(lock, waiter, at);
             }
         }
     }
