@@ -270,7 +270,9 @@ pub(crate) struct MetadataTable {
     count: usize,
 }
 
-const DENSE_LIMIT: u32 = 1 << 16;
+/// Real sessions define at most a few hundred event types; larger ids (hostile or
+/// exotic) go to the map so a single huge id cannot force a huge vector.
+const DENSE_LIMIT: u32 = 4096;
 
 impl MetadataTable {
     #[inline]

@@ -281,7 +281,6 @@ impl Reader {
         self.start += total_len;
         self.stats.blocks += 1;
         self.stats.bytes_consumed = self.abs();
-        debug_assert!(self.stacks.ip_count() <= self.limits.max_stack_ips);
         Ok(Step::Block)
     }
 }

@@ -26,11 +26,6 @@ impl StackCache {
         self.base_id = 0;
     }
 
-    /// Number of IPs currently cached (the memory bound check uses it).
-    pub(crate) fn ip_count(&self) -> usize {
-        self.ips.len()
-    }
-
     /// Resolve a stack id; unknown ids and id 0 mean "no stack".
     #[inline]
     pub(crate) fn get(&self, id: u32) -> Option<&[u64]> {
