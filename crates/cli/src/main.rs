@@ -1,1 +1,153 @@
-fn main() {}
+//! `dumpwatch`: the seed article's whole ritual (find the process, createdump, copy the core,
+//! dotnet-dump analyze, clrstack -all, syncblk, dumpheap -stat) as single commands that need no
+//! .NET SDK and work across PID and mount namespaces.
+
+mod commands;
+mod render;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dumpwatch",
+    version,
+    about = "Find deadlocks and memory leaks in .NET processes, without an SDK",
+    long_about = "Find deadlocks and memory leaks in .NET processes, without an SDK.\n\n\
+        dumpwatch talks to the runtime's Diagnostics IPC socket directly, so it works on .NET Core 3.1\n\
+        and .NET 5+ alike, and reaches processes in other PID and mount namespaces (another container\n\
+        of the same pod) through /proc/<pid>/root. Run it as the app's user or as root.",
+    after_help = "Typical session:\n  \
+        dumpwatch ps                       # which .NET processes are there?\n  \
+        dumpwatch watch 4242               # wait for a deadlock (.NET 8+), print the cycle\n  \
+        dumpwatch stacks 4242              # every thread's managed stack (clrstack -all)\n  \
+        dumpwatch gcdump 4242 --top 20     # what is on the heap (dumpheap -stat)\n  \
+        dumpwatch dump 4242 -o core.4242   # core dump + matching DAC for later analysis"
+)]
+struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", env = "DUMPWATCH_LOG")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every .NET process this user can reach, including other PID namespaces.
+    Ps {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show System.Runtime counters (GC heap, CPU, thread pool, contention...).
+    Counters {
+        /// Process id (as `ps` shows it).
+        pid: u32,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Keep printing every interval until Ctrl-C instead of printing one sample.
+        #[arg(long)]
+        watch: bool,
+        /// Stop after this many seconds (with --watch).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// JSON (one object per sample set, one per line with --watch).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the managed stack of every thread (like `clrstack -all`), symbolized.
+    Stacks {
+        pid: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a heap snapshot and print the per-type histogram (like `dumpheap -stat`).
+    ///
+    /// The runtime runs a full blocking GC for the snapshot: the app pauses for that GC.
+    Gcdump {
+        pid: u32,
+        /// Also save the raw snapshot stream (nettrace) to this file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// How many types to show.
+        #[arg(long, default_value_t = 25)]
+        top: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a core dump through the runtime, with the matching DAC next to it.
+    ///
+    /// The dump is written to a hidden temporary name and renamed when complete, so a failed
+    /// dump leaves no half file. A dump that would not fit on the disk is refused up front.
+    Dump {
+        pid: u32,
+        /// Where to write the dump (default: ./core.<pid>).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// mini (stacks only), heap (what `analyze` needs), triage, full.
+        #[arg(long = "type", default_value = "heap", value_parser = parse_dump_type)]
+        dump_type: diag::protocol::DumpType,
+        /// Free space (MiB) to leave on the destination besides the dump.
+        #[arg(long, default_value_t = 256)]
+        min_free_mib: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Watch lock contention live and report each deadlock as soon as it forms (.NET 8+).
+    Watch {
+        pid: u32,
+        /// How long a wait-for cycle must stay unchanged before it is called a deadlock.
+        #[arg(long, default_value_t = 500)]
+        confirm_ms: u64,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Exit after the first deadlock has been reported.
+        #[arg(long)]
+        once: bool,
+        /// One JSON object per finding, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_dump_type(s: &str) -> Result<diag::protocol::DumpType, String> {
+    diag::protocol::DumpType::parse(s).ok_or_else(|| format!("unknown dump type {s:?}: use mini, heap, triage or full"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli.command)) {
+        eprintln!("dumpwatch: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    use commands::*;
+    match command {
+        Command::Ps { json } => ps(json),
+        Command::Counters { pid, interval, watch, duration, json } => {
+            counters(pid, interval, watch, duration, json).await
+        }
+        Command::Stacks { pid, json } => stacks(pid, json).await,
+        Command::Gcdump { pid, output, top, timeout, json } => gcdump(pid, output, top, timeout, json).await,
+        Command::Dump { pid, output, dump_type, min_free_mib, json } => {
+            dump(pid, output, dump_type, min_free_mib, json).await
+        }
+        Command::Watch { pid, confirm_ms, duration, once, json } => watch(pid, confirm_ms, duration, once, json).await,
+    }
+}

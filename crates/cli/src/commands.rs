@@ -1,0 +1,241 @@
+//! One function per subcommand: resolve the process, call `diag`, hand the result to `render`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use diag::client::{DiagnosticsClient, Endpoint};
+use diag::discovery::{DotnetProcess, ProcFs};
+use diag::protocol::DumpType;
+use nettrace::{Event, TraceInfo};
+
+use crate::render;
+
+fn resolve(pid: u32) -> Result<(DotnetProcess, DiagnosticsClient)> {
+    let process =
+        ProcFs::default().process(pid).with_context(|| format!("cannot reach pid {pid} (try `dumpwatch ps`)"))?;
+    let client = DiagnosticsClient::new(Endpoint::Socket(process.socket.clone()));
+    Ok((process, client))
+}
+
+pub fn ps(json: bool) -> Result<()> {
+    let procs = ProcFs::default().dotnet_processes();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&procs)?);
+    } else {
+        print!("{}", render::process_table(&procs));
+    }
+    Ok(())
+}
+
+pub async fn counters(pid: u32, interval: f64, watch: bool, duration: Option<f64>, json: bool) -> Result<()> {
+    if !(interval > 0.0 && interval <= 3600.0) {
+        bail!("--interval must be between 0 and 3600 seconds");
+    }
+    let (_, client) = resolve(pid)?;
+    let cfg = diag::counters::session_config(&[diag::counters::SYSTEM_RUNTIME], interval);
+    let mut session = diag::session::TraceSession::start(&client, &cfg).await?;
+    let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    // The runtime publishes one event per counter; a set is complete when a name repeats.
+    let mut current: BTreeMap<String, diag::counters::CounterSample> = BTreeMap::new();
+    let mut sets: Vec<BTreeMap<String, diag::counters::CounterSample>> = Vec::new();
+    let wait_first = Duration::from_secs_f64(interval * 3.0 + 5.0);
+    let started = Instant::now();
+    loop {
+        let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
+            if let Some(s) = diag::counters::sample_from_event(info, ev) {
+                if current.contains_key(&s.name) {
+                    sets.push(std::mem::take(&mut current));
+                }
+                current.insert(s.name.clone(), s);
+            }
+        };
+        let more = match tokio::time::timeout(Duration::from_millis(250), session.pump(&mut sink)).await {
+            Ok(r) => r?,
+            Err(_) => true,
+        };
+        for set in sets.drain(..) {
+            print_counter_set(pid, &set, json)?;
+            if !watch {
+                let _ = session.stop().await;
+                return Ok(());
+            }
+        }
+        if !more {
+            bail!("the process ended the counter session (did it exit?)");
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if !watch && started.elapsed() > wait_first {
+            // Counters arrive once per interval; a complete set needs the next interval's
+            // first event, so print what we have rather than wait forever.
+            if !current.is_empty() {
+                print_counter_set(pid, &current, json)?;
+                break;
+            }
+            bail!("no counters arrived within {:.0} s (is System.Runtime available?)", wait_first.as_secs_f64());
+        }
+    }
+    let _ = session.stop().await;
+    Ok(())
+}
+
+fn print_counter_set(pid: u32, set: &BTreeMap<String, diag::counters::CounterSample>, json: bool) -> Result<()> {
+    if json {
+        let obj: BTreeMap<&str, &diag::counters::CounterSample> = set.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        println!("{}", serde_json::to_string(&serde_json::json!({ "pid": pid, "counters": obj }))?);
+    } else {
+        print!("{}", render::counter_set(pid, set));
+    }
+    Ok(())
+}
+
+pub async fn stacks(pid: u32, json: bool) -> Result<()> {
+    let (process, client) = resolve(pid)?;
+    let threads = diag::stacks::capture(&client, Duration::from_millis(50), Duration::from_secs(60)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "pid": pid, "threads": threads }))?);
+    } else {
+        print!("{}", render::stacks(&process, &threads));
+    }
+    Ok(())
+}
+
+pub async fn gcdump(pid: u32, output: Option<PathBuf>, top: usize, timeout: u64, json: bool) -> Result<()> {
+    let (process, client) = resolve(pid)?;
+    let raw: Option<Box<dyn std::io::Write + Send>> = match &output {
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        ))),
+        None => None,
+    };
+    let show_progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = |p: diag::heap::Progress| {
+        if show_progress {
+            eprint!(
+                "\r  {:.1} s: {} objects, {:.1} MB received   ",
+                p.elapsed.as_secs_f64(),
+                p.objects,
+                p.bytes as f64 / 1e6
+            );
+        }
+    };
+    let result = diag::heap::capture(&client, false, raw, Duration::from_secs(timeout), &mut progress).await;
+    if show_progress {
+        eprintln!();
+    }
+    let snapshot = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(p) = &output {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+    };
+    if json {
+        let types: Vec<_> = snapshot.histogram.top(top).to_vec();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "pid": pid,
+                "total_objects": snapshot.histogram.total_objects(),
+                "total_bytes": snapshot.histogram.total_bytes(),
+                "types": types,
+                "raw": output,
+            }))?
+        );
+    } else {
+        print!("{}", render::histogram(&process, &snapshot.histogram, top));
+        if let Some(p) = output {
+            println!("raw snapshot stream saved to {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+pub async fn dump(pid: u32, output: Option<PathBuf>, dump_type: DumpType, min_free_mib: u64, json: bool) -> Result<()> {
+    let (process, client) = resolve(pid)?;
+    let output = output.unwrap_or_else(|| PathBuf::from(format!("core.{pid}")));
+    let req = diag::dump::DumpRequest {
+        process: &process,
+        output: &output,
+        dump_type,
+        min_free_bytes: min_free_mib << 20,
+        copy_dac: true,
+    };
+    let result = diag::dump::write_dump(&client, &req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", render::dump_result(&result));
+    }
+    Ok(())
+}
+
+pub async fn watch(pid: u32, confirm_ms: u64, duration: Option<f64>, once: bool, json: bool) -> Result<()> {
+    let (process, client) = resolve(pid)?;
+    if let Some(major) = process.runtime_major()
+        && major < 8
+    {
+        bail!(
+            "live deadlock detection needs .NET 8 or later (contention events name the lock owner only from 8.0); \
+             pid {pid} runs .NET {}. Take a dump instead: dumpwatch dump {pid}",
+            process.runtime_version.as_deref().unwrap_or("?")
+        );
+    }
+    let graph = analysis::wait_for::WaitForGraph::new(analysis::wait_for::WaitForConfig {
+        confirm_window: Duration::from_millis(confirm_ms),
+        ..Default::default()
+    })?;
+    let mut tracker = diag::contention::ContentionTracker::new(graph);
+    let mut session = diag::session::TraceSession::start(&client, &diag::contention::session_config()).await?;
+    if !json {
+        eprintln!("watching pid {pid} for deadlocks (Ctrl-C to stop)...");
+    }
+    let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let mut reported: HashSet<analysis::wait_for::DeadlockKey> = HashSet::new();
+    let mut methods: Option<diag::symbols::MethodMap> = None;
+    loop {
+        let mut sink = |info: &TraceInfo, ev: &Event<'_>| tracker.on_event(info, ev);
+        let more = tokio::select! {
+            r = session.pump(&mut sink) => r?,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => true,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        for d in tracker.deadlocks() {
+            if !reported.insert(d.key()) {
+                continue;
+            }
+            // Method names come from a rundown, taken once a deadlock exists (and refreshed
+            // if the deadlock's code was jitted after the last one).
+            let needs_refresh = methods.as_ref().is_none_or(|m| !render::all_symbolized(m, &d));
+            if needs_refresh {
+                methods = Some(diag::stacks::method_map(&client, Duration::from_secs(30)).await?);
+            }
+            let report = render::DeadlockReport::new(pid, &d, methods.as_ref().expect("loaded"));
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if once {
+                let _ = session.stop().await;
+                return Ok(());
+            }
+        }
+        if !more {
+            bail!("pid {pid} ended the contention session (did it exit?)");
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    let _ = session.stop().await;
+    if !json && reported.is_empty() {
+        eprintln!("no deadlock seen ({} contended lock acquisitions)", tracker.contentions);
+    }
+    Ok(())
+}
