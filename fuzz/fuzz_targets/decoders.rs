@@ -3,9 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nettrace::events::{
-    RUNDOWN_PROVIDER, RUNTIME_PROVIDER, RuntimeEvent, SAMPLE_PROFILER_PROVIDER, decode_runtime,
-};
+use nettrace::events::{RUNDOWN_PROVIDER, RUNTIME_PROVIDER, RuntimeEvent, SAMPLE_PROFILER_PROVIDER, decode_runtime};
 use nettrace::{Event, EventMetadata, FieldMetadata, TypeCode};
 
 const IDS: &[u32] = &[0, 1, 2, 15, 16, 17, 18, 19, 38, 81, 90, 91, 139, 140, 143, 144, 149, 150, 152, 153, 154];
@@ -45,11 +43,29 @@ fuzz_target!(|input: &[u8]| {
     };
     if let Ok(ev) = decode_runtime(&e, ptr) {
         let n = match ev {
-            RuntimeEvent::BulkType(it) => it.map(|t| t.map(|t| t.name.to_string_lossy().len() + t.type_parameters.iter().count())).count(),
-            RuntimeEvent::BulkNode(it) => { let c = it.count as usize; assert!(it.count() <= c + 1); 0 }
-            RuntimeEvent::BulkEdge(it) => { let c = it.count as usize; assert!(it.count() <= c + 1); 0 }
-            RuntimeEvent::BulkRootEdge(it) => { let c = it.count as usize; assert!(it.count() <= c + 1); 0 }
-            RuntimeEvent::BulkRootCwt(it) => { let c = it.count as usize; assert!(it.count() <= c + 1); 0 }
+            RuntimeEvent::BulkType(it) => {
+                it.map(|t| t.map(|t| t.name.to_string_lossy().len() + t.type_parameters.iter().count())).count()
+            }
+            RuntimeEvent::BulkNode(it) => {
+                let c = it.count as usize;
+                assert!(it.count() <= c + 1);
+                0
+            }
+            RuntimeEvent::BulkEdge(it) => {
+                let c = it.count as usize;
+                assert!(it.count() <= c + 1);
+                0
+            }
+            RuntimeEvent::BulkRootEdge(it) => {
+                let c = it.count as usize;
+                assert!(it.count() <= c + 1);
+                0
+            }
+            RuntimeEvent::BulkRootCwt(it) => {
+                let c = it.count as usize;
+                assert!(it.count() <= c + 1);
+                0
+            }
             RuntimeEvent::BulkRootStaticVar(it) => it.count(),
             RuntimeEvent::MethodLoad(m) => m.full_name().len(),
             RuntimeEvent::ModuleLoad { il_path, .. } => il_path.to_string_lossy().len(),

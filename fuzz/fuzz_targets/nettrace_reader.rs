@@ -72,11 +72,7 @@ fn run(data: &[u8], chunks: &[u8]) -> (Result<Step, String>, Digest) {
                     r.finish_input();
                     continue;
                 }
-                let n = if chunks.is_empty() {
-                    data.len()
-                } else {
-                    usize::from(chunks[i % chunks.len()]) + 1
-                };
+                let n = if chunks.is_empty() { data.len() } else { usize::from(chunks[i % chunks.len()]) + 1 };
                 i += 1;
                 let end = (pos + n).min(data.len());
                 r.feed(&data[pos..end]);

@@ -12,6 +12,31 @@
 //! thread; sort by timestamp between sequence points if a global order matters.
 //!
 //! V6 streams are recognised and refused with [`Error::UnsupportedVersion`].
+//!
+//! ```
+//! use nettrace::events::{RuntimeEvent, decode_runtime};
+//! use nettrace::{Reader, Step};
+//! # let bytes = nettrace::testing::TraceWriter::default().finish();
+//! let mut reader = Reader::new();
+//! reader.feed(&bytes); // any chunking works; feed more whenever NeedData comes back
+//! reader.finish_input();
+//! loop {
+//!     let pointer_size = reader.trace_info().map_or(8, |t| t.pointer_size);
+//!     let step = reader.next_block(&mut |event| {
+//!         if let Ok(RuntimeEvent::BulkNode(nodes)) = decode_runtime(event, pointer_size) {
+//!             for node in nodes.flatten() {
+//!                 let _ = (node.address, node.type_id, node.size);
+//!             }
+//!         }
+//!     })?;
+//!     match step {
+//!         Step::Block => continue,
+//!         Step::End => break,
+//!         Step::NeedData => unreachable!("all input was fed"),
+//!     }
+//! }
+//! # Ok::<(), nettrace::Error>(())
+//! ```
 
 mod block;
 pub mod counters;

@@ -334,7 +334,11 @@ fn check_stacks(name: &str) {
         .values()
         .find(|f| f.last().is_some_and(|l| l.starts_with("DiagScenarios.Program.Main(")))
         .unwrap_or_else(|| panic!("{name}: {stacks:#?}"));
-    assert!(main.len() > 1);
+    assert_eq!(main[main.len() - 2], "System.Console.ReadLine()", "{main:?}");
+    // EventPipe stacks hold managed frames only: every IP resolves through the rundown.
+    for frames in stacks.values() {
+        assert!(frames.iter().all(|f| !f.starts_with('?')), "{name}: {frames:?}");
+    }
 }
 
 #[test]
@@ -345,6 +349,11 @@ fn stacks_net8_resolve_through_rundown_leaf_first() {
 #[test]
 fn stacks_net31_resolve_through_rundown_leaf_first() {
     check_stacks("stacks-net31");
+    // On 3.1 Monitor.Enter is a managed frame above DeadlockFunc (on 8 it is native).
+    let (stacks, _) = sampled_stacks("stacks-net31");
+    let waiting =
+        stacks.values().filter(|f| f[0] == "System.Threading.Monitor.Enter(class System.Object,bool&)").count();
+    assert_eq!(waiting, 2);
 }
 
 #[test]
