@@ -40,7 +40,7 @@ pub fn counter_set(pid: u32, set: &BTreeMap<String, CounterSample>) -> String {
     let mut rows: Vec<&CounterSample> = set.values().collect();
     rows.sort_by(|a, b| a.display_name.cmp(&b.display_name));
     for s in rows {
-        let unit = if s.is_rate { format!("{} / {} s", s.units, s.interval_sec) } else { s.units.clone() };
+        let unit = if s.is_rate { format!("{} per {:.0} s", s.units, s.interval_sec) } else { s.units.clone() };
         let _ =
             writeln!(out, "  {:<55} {:>16}  {}", truncate(&s.display_name, 55), format_number(s.value), unit.trim());
     }
