@@ -103,7 +103,14 @@ pub async fn stacks(pid: u32, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn gcdump(pid: u32, output: Option<PathBuf>, top: usize, timeout: u64, json: bool) -> Result<()> {
+pub async fn gcdump(
+    pid: u32,
+    output: Option<PathBuf>,
+    top: usize,
+    timeout: u64,
+    paths: usize,
+    json: bool,
+) -> Result<()> {
     let (process, client) = resolve(pid)?;
     let raw: Option<Box<dyn std::io::Write + Send>> = match &output {
         Some(p) => Some(Box::new(std::io::BufWriter::new(
@@ -122,7 +129,7 @@ pub async fn gcdump(pid: u32, output: Option<PathBuf>, top: usize, timeout: u64,
             );
         }
     };
-    let result = diag::heap::capture(&client, false, raw, Duration::from_secs(timeout), &mut progress).await;
+    let result = diag::heap::capture(&client, paths > 0, raw, Duration::from_secs(timeout), &mut progress).await;
     if show_progress {
         eprintln!();
     }
@@ -135,6 +142,7 @@ pub async fn gcdump(pid: u32, output: Option<PathBuf>, top: usize, timeout: u64,
             return Err(e.into());
         }
     };
+    let retainers = snapshot.graph.as_ref().map(|g| render::retainers(g, paths)).unwrap_or_default();
     if json {
         let types: Vec<_> = snapshot.histogram.top(top).to_vec();
         println!(
@@ -144,11 +152,13 @@ pub async fn gcdump(pid: u32, output: Option<PathBuf>, top: usize, timeout: u64,
                 "total_objects": snapshot.histogram.total_objects(),
                 "total_bytes": snapshot.histogram.total_bytes(),
                 "types": types,
+                "retainers": retainers,
                 "raw": output,
             }))?
         );
     } else {
         print!("{}", render::histogram(&process, &snapshot.histogram, top));
+        print!("{}", render::retainers_text(&retainers));
         if let Some(p) = output {
             println!("raw snapshot stream saved to {}", p.display());
         }

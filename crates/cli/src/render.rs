@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use analysis::heap::HeapHistogram;
+use analysis::heap::{HeapHistogram, ObjectGraph};
 use analysis::wait_for::Deadlock;
 use diag::counters::CounterSample;
 use diag::discovery::DotnetProcess;
@@ -75,6 +75,48 @@ pub fn histogram(process: &DotnetProcess, h: &HeapHistogram, top: usize) -> Stri
     let shown = h.top(top).len();
     if h.types().len() > shown {
         let _ = writeln!(out, "... {} more types", h.types().len() - shown);
+    }
+    out
+}
+
+/// A type that keeps memory alive, and how it is reached from a GC root.
+#[derive(Debug, serde::Serialize)]
+pub struct Retainer {
+    pub type_name: String,
+    pub count: u64,
+    pub retained_bytes: u64,
+    /// `static Processor.Current → Processor → CustomerCache → …`
+    pub path: Option<String>,
+}
+
+/// The `n` types that retain the most memory (dominator tree), each with the path of a
+/// representative instance from its root.
+pub fn retainers(graph: &ObjectGraph, n: usize) -> Vec<Retainer> {
+    let retained = graph.retained_sizes().by_type(graph);
+    let paths = graph.retention_paths();
+    retained
+        .into_iter()
+        .take(n)
+        .map(|t| Retainer {
+            path: paths.groups_for_type(&t.type_name, 1).into_iter().next().map(|g| g.path.to_string()),
+            type_name: t.type_name,
+            count: t.count,
+            retained_bytes: t.retained_bytes,
+        })
+        .collect()
+}
+
+pub fn retainers_text(retainers: &[Retainer]) -> String {
+    let mut out = String::new();
+    if retainers.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nlargest retainers (memory freed if every instance went away) and how they are held:");
+    for r in retainers {
+        let _ = writeln!(out, "{:>14}  {} ({} instances)", format_bytes(r.retained_bytes), r.type_name, r.count);
+        if let Some(p) = &r.path {
+            let _ = writeln!(out, "                via {p}");
+        }
     }
     out
 }

@@ -72,6 +72,24 @@ fn gcdump_counts_exactly_the_leaked_customers() {
 }
 
 #[test]
+fn gcdump_paths_name_the_static_that_holds_the_leak() {
+    let w = Workload::start(Runtime::Net8, "DiagScenarios", &[]);
+    let leaked = w.get("/leak?count=20000")["total_customers"].as_u64().unwrap();
+    let report = dumpwatch_json(&["gcdump", &w.pid.to_string(), "--json", "--paths", "5"]);
+    let retainers = report["retainers"].as_array().unwrap();
+    // The chain Processor → CustomerCache → List → array retains every customer and its
+    // name: 96 bytes each (the workload's own measurement).
+    let top = &retainers[0];
+    assert!(top["retained_bytes"].as_u64().unwrap() >= leaked * 96, "{report:#}");
+    let path = top["path"].as_str().unwrap();
+    assert!(path.starts_with("static DiagScenarios.Processor.Current"), "{path}");
+    let names: Vec<&str> = retainers.iter().map(|r| r["type_name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"DiagScenarios.CustomerCache"), "{names:?}");
+    let (ok, text, _) = dumpwatch(&["gcdump", &w.pid.to_string(), "--paths", "3"]);
+    assert!(ok && text.contains("via static DiagScenarios.Processor.Current"), "{text}");
+}
+
+#[test]
 fn stacks_show_the_deadlocked_threads_inside_deadlock_func() {
     for runtime in Runtime::ALL {
         let w = Workload::start(runtime, "DiagScenarios", &[]);

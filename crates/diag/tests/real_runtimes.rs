@@ -150,3 +150,58 @@ fn listen_mode_accepts_a_suspended_runtime_and_resumes_it() {
     let w = starter.join().unwrap();
     assert_eq!(w.ready["pid"].as_u64(), Some(w.pid as u64));
 }
+
+#[test]
+fn heap_snapshot_graph_holds_the_leak_chain_with_exact_counts() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let leaked = w.get("/leak?count=5000")["total_customers"].as_u64().unwrap();
+        let (_, c) = client_for(&w);
+        let snap = rt()
+            .block_on(diag::heap::capture(&c, true, None, Duration::from_secs(120), &mut |_| {}))
+            .unwrap();
+        assert_eq!(snap.histogram.by_name("DiagScenarios.Customer").unwrap().count, leaked);
+        let graph = snap.graph.expect("graph requested");
+        assert_eq!(graph.nodes_of_type("DiagScenarios.Customer").len() as u64, leaked);
+        let path = graph.shortest_path_by_type("DiagScenarios.Customer").expect("customers are reachable from a root");
+        let text = path.to_string();
+        for hop in ["DiagScenarios.Processor", "DiagScenarios.CustomerCache", "DiagScenarios.Customer[]"] {
+            assert!(text.contains(hop), "{runtime:?}: {text}");
+        }
+        let stats = graph.stats();
+        assert_eq!(graph.len() as u64, snap.nodes, "{runtime:?}: {stats:?}");
+        eprintln!("{runtime:?}: {text} ({stats:?})");
+    }
+}
+
+#[test]
+fn discovery_follows_the_targets_tmpdir() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = Isolation { env: vec![("TMPDIR".into(), dir.path().display().to_string())], ..Default::default() };
+    let w = Workload::start_with(Runtime::Net8, "Idle", &[], &iso);
+    let p = ProcFs::default().process(w.pid).unwrap();
+    assert_eq!(p.tmpdir, dir.path().display().to_string());
+    assert!(p.socket.to_string_lossy().contains(dir.path().to_str().unwrap().trim_start_matches('/')), "{p:?}");
+    let info = rt().block_on(DiagnosticsClient::new(Endpoint::Socket(p.socket)).process_info()).unwrap();
+    assert_eq!(info.pid, w.pid as u64);
+}
+
+#[test]
+fn every_dump_type_is_written_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "Idle", &[]);
+        let (p, c) = client_for(&w);
+        let dir = tempfile::tempdir().unwrap();
+        let mut sizes = Vec::new();
+        for dump_type in [DumpType::Mini, DumpType::Triage, DumpType::WithHeap, DumpType::Full] {
+            let out = dir.path().join(format!("core.{}", dump_type.name()));
+            let req = diag::dump::DumpRequest { process: &p, output: &out, dump_type, min_free_bytes: 0, copy_dac: false };
+            let r = rt().block_on(diag::dump::write_dump(&c, &req)).unwrap_or_else(|e| panic!("{runtime:?} {dump_type:?}: {e}"));
+            assert!(r.bytes > 0);
+            sizes.push((dump_type, r.bytes));
+        }
+        let size = |t| sizes.iter().find(|(d, _)| *d == t).unwrap().1;
+        assert!(size(DumpType::Mini) < size(DumpType::WithHeap), "{runtime:?}: {sizes:?}");
+        assert!(size(DumpType::WithHeap) <= size(DumpType::Full), "{runtime:?}: {sizes:?}");
+    }
+}
