@@ -1,0 +1,176 @@
+//! A core dump opened for reading: the mapped file, its parsed structure, and address-space
+//! reads (with a fallback to the mapped files on disk for pages the dump left out).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::elf::{ElfCore, file_name};
+use crate::error::{Error, Result};
+
+/// A mapped, parsed core dump.
+pub struct CoreDump {
+    path: PathBuf,
+    map: Mmap,
+    elf: ElfCore,
+    /// Files named in NT_FILE, opened on first use (None: not readable here).
+    files: RefCell<HashMap<String, Option<File>>>,
+}
+
+impl std::fmt::Debug for CoreDump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreDump").field("path", &self.path).field("loads", &self.elf.loads.len()).finish()
+    }
+}
+
+impl CoreDump {
+    /// Maps and parses `path`.
+    pub fn open(path: &Path) -> Result<CoreDump> {
+        let map = crate::mapped::map(path)?;
+        let elf = ElfCore::parse(&map)?;
+        Ok(CoreDump { path: path.to_path_buf(), map, elf, files: RefCell::new(HashMap::new()) })
+    }
+
+    /// The dump file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed ELF structure.
+    pub fn elf(&self) -> &ElfCore {
+        &self.elf
+    }
+
+    /// Bytes `[addr, addr + len)` if they all lie in one PT_LOAD present in the file.
+    pub fn slice(&self, addr: u64, len: u64) -> Option<&[u8]> {
+        let l = self.elf.load_for(addr)?;
+        let rel = addr - l.vaddr;
+        if len > l.filesz - rel {
+            return None;
+        }
+        let start = (l.offset + rel) as usize;
+        self.map.get(start..start + len as usize)
+    }
+
+    /// The bytes from `addr` to the end of its PT_LOAD.
+    pub fn slice_to_end(&self, addr: u64) -> Option<&[u8]> {
+        let l = self.elf.load_for(addr)?;
+        let rel = addr - l.vaddr;
+        self.slice(addr, l.filesz - rel)
+    }
+
+    /// Reads a little-endian u64.
+    pub fn u64_at(&self, addr: u64) -> Option<u64> {
+        Some(u64::from_le_bytes(self.slice(addr, 8)?.try_into().ok()?))
+    }
+
+    /// Reads a little-endian u32.
+    pub fn u32_at(&self, addr: u64) -> Option<u32> {
+        Some(u32::from_le_bytes(self.slice(addr, 4)?.try_into().ok()?))
+    }
+
+    /// Copies as many bytes as are present from `addr` on, crossing adjacent PT_LOADs;
+    /// returns how many.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(src) = addr.checked_add(done as u64).and_then(|a| self.slice_to_end(a)) else { break };
+            let n = src.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&src[..n]);
+            done += n;
+        }
+        done
+    }
+
+    /// Like [`read`](Self::read), but pages the dump left out are read from the mapped
+    /// file on disk when the address lies in an NT_FILE mapping (heap dumps omit module
+    /// images; on 3.1 that includes assembly metadata the DAC needs for type names).
+    pub fn read_with_files(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let n = self.read(addr, buf);
+        if n > 0 {
+            return n;
+        }
+        let Some(m) = self.elf.files.iter().find(|f| f.start <= addr && addr < f.end) else { return 0 };
+        let len = buf.len().min((m.end - addr) as usize);
+        let mut files = self.files.borrow_mut();
+        let file = files.entry(m.path.clone()).or_insert_with(|| File::open(&m.path).ok());
+        let Some(file) = file else { return 0 };
+        file.read_at(&mut buf[..len], m.file_offset + (addr - m.start)).unwrap_or(0)
+    }
+
+    /// Base address of `libcoreclr.so`.
+    pub fn runtime_base(&self) -> Result<u64> {
+        self.elf.module_base("libcoreclr.so").ok_or(Error::NoRuntime)
+    }
+
+    /// Path of `libcoreclr.so` as the dumped process saw it.
+    pub fn runtime_path(&self) -> Result<&str> {
+        self.elf.module_mappings("libcoreclr.so").map(|f| f.path.as_str()).next().ok_or(Error::NoRuntime)
+    }
+
+    /// The runtime's `@(#)Version …` string: from libcoreclr's pages in the dump (3.1 heap
+    /// dumps have them), else from the `libcoreclr.so` file the dumped process mapped, when
+    /// it is readable here (8.0 heap dumps leave that page out).
+    pub fn runtime_version(&self) -> Result<Option<String>> {
+        if let Some(v) = self.runtime_version_in_dump()? {
+            return Ok(Some(v));
+        }
+        let path = self.runtime_path()?;
+        Ok(std::fs::read(path).ok().and_then(|bytes| find_version(&bytes)))
+    }
+
+    fn runtime_version_in_dump(&self) -> Result<Option<String>> {
+        for m in self.elf.module_mappings("libcoreclr.so") {
+            let mut addr = m.start;
+            while addr < m.end {
+                let Some(l) = self.elf.load_for(addr) else {
+                    // Jump to the next PT_LOAD inside the mapping, if any.
+                    let i = self.elf.loads.partition_point(|l| l.vaddr <= addr);
+                    match self.elf.loads.get(i) {
+                        Some(next) if next.vaddr < m.end => {
+                            addr = next.vaddr;
+                            continue;
+                        }
+                        _ => break,
+                    }
+                };
+                let end = (l.vaddr + l.filesz).min(m.end);
+                if let Some(bytes) = self.slice(addr, end - addr)
+                    && let Some(v) = find_version(bytes)
+                {
+                    return Ok(Some(v));
+                }
+                addr = end;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Module names from NT_FILE, for error messages.
+    pub fn module_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.elf.files.iter().map(|f| file_name(&f.path)).collect();
+        v.dedup();
+        v
+    }
+}
+
+/// Finds `@(#)Version <version>` in `bytes` and returns `<version>` (up to the next space
+/// or NUL), e.g. `8.0.424.16909`.
+pub fn find_version(bytes: &[u8]) -> Option<String> {
+    const TAG: &[u8] = b"@(#)Version ";
+    let at = bytes.windows(TAG.len()).position(|w| w == TAG)?;
+    let rest = &bytes[at + TAG.len()..];
+    let end = rest.iter().position(|&b| b == 0 || b == b' ').unwrap_or(rest.len().min(64));
+    let v = std::str::from_utf8(&rest[..end]).ok()?;
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// The `@(#)Version` of a DAC (or any runtime binary) file on disk.
+pub fn file_version(path: &Path) -> Result<Option<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(find_version(&bytes))
+}

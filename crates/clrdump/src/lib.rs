@@ -1,0 +1,77 @@
+//! Native .NET core-dump reading, no SDK needed.
+//!
+//! - [`elf`] / [`core`]: the ELF core reader (PT_LOAD memory, NT_PRSTATUS thread registers,
+//!   NT_FILE module map, NT_AUXV) over a memory-mapped file.
+//! - [`dac`]: the bridge to the runtime's own data-access library `libmscordaccore.so`
+//!   (hand-written COM vtables; the only `unsafe` code of the crate).
+//! - [`read_dump`]: runs the DAC in an isolated worker process ([`worker_main`]) and returns
+//!   threads, stacks, sync blocks, the heap histogram and optionally the object graph with
+//!   its GC roots ([`model`]).
+//!
+//! ```no_run
+//! use clrdump::{Depth, ReadOptions, WorkerCommand};
+//! let opts = ReadOptions::new(WorkerCommand::current_exe("__dac-worker").unwrap(), Depth::Histogram);
+//! let dump = clrdump::read_dump(std::path::Path::new("core.1234"), &opts).unwrap();
+//! println!("{} threads", dump.snapshot.threads.len());
+//! ```
+
+mod collect;
+pub mod core;
+pub mod dac;
+pub mod elf;
+pub mod error;
+mod heapwalk;
+pub mod locate;
+mod mapped;
+pub mod model;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{Error, Result};
+pub use model::{Depth, RawGraph, Snapshot};
+pub use worker::{WorkerCommand, worker_main};
+
+/// How to read a dump.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    /// An explicit DAC (must match the dump's runtime).
+    pub dac: Option<PathBuf>,
+    /// What to extract.
+    pub depth: Depth,
+    /// How to start the isolated DAC worker.
+    pub worker: WorkerCommand,
+    /// Kill the worker after this long.
+    pub timeout: Duration,
+}
+
+impl ReadOptions {
+    /// Defaults: DAC found automatically, 10-minute timeout.
+    pub fn new(worker: WorkerCommand, depth: Depth) -> Self {
+        ReadOptions { dac: None, depth, worker, timeout: Duration::from_secs(600) }
+    }
+}
+
+/// What [`read_dump`] returns.
+#[derive(Clone, Debug)]
+pub struct DumpData {
+    /// Threads, locks, histogram, roots.
+    pub snapshot: Snapshot,
+    /// The object graph, at [`Depth::Graph`].
+    pub graph: Option<RawGraph>,
+    /// The DAC used.
+    pub dac: PathBuf,
+}
+
+/// Validates the core here (typed errors for truncated or foreign files), picks and checks
+/// the DAC, then extracts everything in the worker process.
+pub fn read_dump(core_path: &Path, opts: &ReadOptions) -> Result<DumpData> {
+    let core = core::CoreDump::open(core_path)?;
+    let runtime_path = core.runtime_path()?.to_string();
+    let version = core.runtime_version()?;
+    let dac = locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref())?;
+    drop(core);
+    let (snapshot, graph) = worker::run(&opts.worker, core_path, &dac, opts.depth, opts.timeout)?;
+    Ok(DumpData { snapshot, graph, dac })
+}
