@@ -1,0 +1,150 @@
+//! The reader and the DAC bridge against real heap dumps of .NET Core 3.1 and .NET 8
+//! workloads, checked against the ground truth the workload reports about itself.
+
+use std::path::{Path, PathBuf};
+
+use clrdump::{Depth, Error, ReadOptions, WorkerCommand};
+use testbed::{Runtime, Value, Workload};
+
+fn worker() -> WorkerCommand {
+    WorkerCommand { program: PathBuf::from(env!("CARGO_BIN_EXE_clrdump-worker")), args: vec![] }
+}
+
+/// Writes a heap dump of `w` into `dir` (the DAC is copied beside it).
+fn dump(w: &Workload, dir: &Path) -> PathBuf {
+    let p = diag::discovery::ProcFs::default().process(w.pid).expect("workload reachable");
+    let c = diag::client::DiagnosticsClient::new(diag::client::Endpoint::Socket(p.socket.clone()));
+    let out = dir.join("core");
+    let req = diag::dump::DumpRequest {
+        process: &p,
+        output: &out,
+        dump_type: diag::protocol::DumpType::WithHeap,
+        min_free_bytes: 0,
+        copy_dac: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(diag::dump::write_dump(&c, &req)).expect("dump written");
+    out
+}
+
+fn tids(list: &Value) -> Vec<u32> {
+    let mut v: Vec<u32> = list.as_array().unwrap().iter().map(|t| t["os_tid"].as_u64().unwrap() as u32).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn threads_locks_and_an_exact_histogram_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let leak = w.get("/leak?count=1234");
+        let total = leak["total_customers"].as_u64().unwrap();
+        let dl = w.get("/deadlock?waiters=3");
+        let dir = tempfile::tempdir().unwrap();
+        let core = dump(&w, dir.path());
+
+        let d = clrdump::read_dump(&core, &ReadOptions::new(worker(), Depth::Histogram)).expect("read dump");
+        assert_eq!(d.dac, dir.path().join("libmscordaccore.so"), "{runtime:?}: the DAC beside the dump");
+        let s = &d.snapshot;
+        assert!(s.runtime_version.is_some(), "{runtime:?}");
+        assert!(s.warnings.is_empty(), "{runtime:?}: {:?}", s.warnings);
+
+        let customers = s.types.iter().find(|t| t.name == "DiagScenarios.Customer").expect("Customer in histogram");
+        assert_eq!(customers.count, total, "{runtime:?}: every Customer counted exactly once");
+        assert_eq!(customers.bytes, total * 32, "{runtime:?}");
+        assert_eq!(s.heap.resyncs, 0, "{runtime:?}: clean walk");
+
+        // Every thread the workload reported is there with its managed id.
+        let all: Vec<&Value> =
+            dl["owners"].as_array().unwrap().iter().chain(dl["waiters"].as_array().unwrap()).collect();
+        for t in all {
+            let os = t["os_tid"].as_u64().unwrap() as u32;
+            let th = s.threads.iter().find(|x| x.os_id == os).unwrap_or_else(|| panic!("{runtime:?}: thread {os}"));
+            assert_eq!(th.managed_id as u64, t["managed_id"].as_u64().unwrap());
+            assert!(th.frames.iter().any(|f| f.name.contains("DiagScenarios.Deadlocks.")), "{:?}", th.frames);
+        }
+        // Two locks held by the two owners; o1 has b and 3 waiters queued, o2 has a.
+        let mut owners: Vec<u32> = s.sync_blocks.iter().filter(|b| b.held).filter_map(|b| b.owner_os_id).collect();
+        owners.sort_unstable();
+        assert_eq!(owners, tids(&dl["owners"]), "{runtime:?}");
+        let mut waiters: Vec<u32> = s.sync_blocks.iter().map(|b| b.waiters).collect();
+        waiters.sort_unstable();
+        assert_eq!(waiters, vec![1, 4], "{runtime:?}");
+    }
+}
+
+#[test]
+fn truncated_and_corrupted_cores_are_typed_errors() {
+    let w = Workload::start(Runtime::Net8, "Idle", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let core = dump(&w, dir.path());
+    let bytes = std::fs::read(&core).unwrap();
+    let opts = ReadOptions::new(worker(), Depth::Histogram);
+
+    let cut = dir.path().join("cut");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(clrdump::read_dump(&cut, &opts), Err(Error::Truncated { .. })));
+
+    let headers_only = dir.path().join("headers");
+    std::fs::write(&headers_only, &bytes[..100]).unwrap();
+    assert!(matches!(clrdump::read_dump(&headers_only, &opts), Err(Error::Truncated { .. })));
+
+    let not_elf = dir.path().join("text");
+    std::fs::write(&not_elf, b"this is not a core dump at all, just text, long enough to be read fully........")
+        .unwrap();
+    assert!(matches!(clrdump::read_dump(&not_elf, &opts), Err(Error::NotACore(_))));
+
+    // Flip the program header count to something absurd.
+    let mut bad = bytes.clone();
+    bad[56..58].copy_from_slice(&0x7fffu16.to_le_bytes());
+    let badp = dir.path().join("badphnum");
+    std::fs::write(&badp, &bad).unwrap();
+    assert!(matches!(clrdump::read_dump(&badp, &opts), Err(Error::Truncated { .. } | Error::Corrupt(_))));
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(clrdump::read_dump(&empty, &opts), Err(Error::NotACore(_) | Error::Io { .. })));
+}
+
+#[test]
+fn a_dac_of_another_runtime_is_refused() {
+    let w = Workload::start(Runtime::Net8, "Idle", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let core = dump(&w, dir.path());
+    let mut opts = ReadOptions::new(worker(), Depth::Histogram);
+    opts.dac = Some(Runtime::Net31.shared_dir().join("libmscordaccore.so"));
+    match clrdump::read_dump(&core, &opts) {
+        Err(Error::DacMismatch { dac_version, runtime_version, .. }) => {
+            assert!(runtime_version.starts_with("8.0."), "{runtime_version}");
+            assert!(dac_version.starts_with("4.700."), "{dac_version}");
+        }
+        other => panic!("expected DacMismatch, got {other:?}"),
+    }
+    // The only DAC beside the dump being the wrong one is the same clear error.
+    std::fs::copy(Runtime::Net31.shared_dir().join("libmscordaccore.so"), dir.path().join("libmscordaccore.so"))
+        .unwrap();
+    let opts = ReadOptions::new(worker(), Depth::Histogram);
+    // The runtime folder of the dumped process still has the right DAC: it is found there.
+    let d = clrdump::read_dump(&core, &opts).expect("falls back to the runtime folder's DAC");
+    assert_ne!(d.dac, dir.path().join("libmscordaccore.so"));
+    assert!(d.dac.to_string_lossy().contains("8.0."), "{}", d.dac.display());
+}
+
+#[test]
+fn a_crashing_worker_is_an_error_not_a_dead_caller() {
+    let w = Workload::start(Runtime::Net8, "Idle", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let core = dump(&w, dir.path());
+    // A "worker" that dies from a signal, like a DAC segfault would.
+    let cmd = WorkerCommand { program: PathBuf::from("/bin/sh"), args: vec!["-c".into(), "kill -SEGV $$".into()] };
+    match clrdump::read_dump(&core, &ReadOptions::new(cmd, Depth::Histogram)) {
+        Err(Error::Worker(msg)) => assert!(msg.contains("signal 11"), "{msg}"),
+        other => panic!("expected a worker error, got {other:?}"),
+    }
+    let mut opts = ReadOptions::new(
+        WorkerCommand { program: PathBuf::from("/bin/sh"), args: vec!["-c".into(), "sleep 30".into()] },
+        Depth::Histogram,
+    );
+    opts.timeout = std::time::Duration::from_millis(300);
+    assert!(matches!(clrdump::read_dump(&core, &opts), Err(Error::WorkerTimeout(_))));
+}
