@@ -3,10 +3,14 @@
 //!
 //! - [`wait_for`]: live Monitor-deadlock detection from .NET 8+ contention events.
 //! - [`heap`]: heap histograms, snapshot diffs, object graphs, retention paths and
-//!   retained sizes from GC heap snapshots.
+//!   retained sizes from GC heap snapshots, and leak suspects.
+//! - [`monitors`]: Monitor deadlocks in a dump, from sync blocks and stack references.
+//! - [`findings`]: the versioned findings document every report is a view of.
 
 pub mod error;
+pub mod findings;
 pub mod heap;
+pub mod monitors;
 pub mod wait_for;
 
 pub use error::{Error, HeapStream, Result};

@@ -1,0 +1,234 @@
+//! The versioned findings document: one JSON object per analyzed snapshot, which the CLI
+//! report, the operator's `DumpSnapshot.status`, Events and metrics are views of. The
+//! schema is documented in `docs/findings-schema.md`; bump [`FINDINGS_VERSION`] on any
+//! change that removes or re-types a field (adding optional fields keeps the version).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::heap::{HeapHistogram, LeakSuspect, TypeStats};
+use crate::monitors::{DumpMonitor, DumpThread, MonitorAnalysis};
+use crate::wait_for::BlockedThread;
+
+/// The `schema` field's value.
+pub const FINDINGS_SCHEMA: &str = "dumpwatch.findings";
+/// The `version` field's value.
+pub const FINDINGS_VERSION: u32 = 1;
+
+/// The findings document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Findings {
+    /// Always [`FINDINGS_SCHEMA`].
+    pub schema: String,
+    /// [`FINDINGS_VERSION`] of the producer.
+    pub version: u32,
+    /// What was analyzed.
+    pub source: Source,
+    /// Counts for dashboards and status fields.
+    pub summary: Summary,
+    /// Monitor deadlocks, each a cycle of threads.
+    pub deadlocks: Vec<DeadlockFinding>,
+    /// Locks with waiters that are not deadlocked (slow or stuck holder).
+    pub long_waits: Vec<LongWaitFinding>,
+    /// Heap figures and the biggest types.
+    pub heap: HeapFinding,
+    /// Types that pile up, biggest first; `null` when retention was not computed.
+    pub leak_suspects: Option<Vec<LeakSuspect>>,
+    /// Problems that make some figures less certain.
+    pub warnings: Vec<String>,
+}
+
+/// What was analyzed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// `core_dump` (later also `gcdump`, `trace`).
+    pub kind: String,
+    /// The artifact's path as given.
+    pub path: String,
+    /// The runtime build, e.g. `8.0.424.16909`.
+    pub runtime_version: Option<String>,
+    /// The DAC used, for core dumps.
+    pub dac: Option<String>,
+    /// Managed threads in the snapshot.
+    pub threads: usize,
+}
+
+/// Counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Deadlock cycles.
+    pub deadlocks: usize,
+    /// Threads on a cycle.
+    pub deadlocked_threads: usize,
+    /// Threads blocked behind a cycle.
+    pub victims: usize,
+    /// Leak suspects (0 when not computed).
+    pub leak_suspects: usize,
+}
+
+/// A lock as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRef {
+    /// The runtime's lock identity (sync block address).
+    pub lock_id: u64,
+    /// The locked object's address.
+    pub object: u64,
+    /// Its type.
+    pub object_type: String,
+}
+
+/// A thread as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRef {
+    /// Kernel thread id.
+    pub os_tid: u64,
+    /// Managed thread id, if known.
+    pub managed_id: Option<u32>,
+}
+
+/// One thread of a deadlock cycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleThread {
+    /// The thread.
+    pub thread: ThreadRef,
+    /// The lock it waits for.
+    pub waits_for: LockRef,
+    /// Who holds that lock: the next thread of the cycle.
+    pub held_by: ThreadRef,
+    /// Its stack, innermost first.
+    pub stack: Vec<String>,
+}
+
+/// A thread blocked on a lock, not part of a cycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingThread {
+    /// The thread.
+    pub thread: ThreadRef,
+    /// The lock it waits for.
+    pub waits_for: LockRef,
+    /// Its stack.
+    pub stack: Vec<String>,
+}
+
+/// A deadlock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadlockFinding {
+    /// The cycle, in wait order.
+    pub cycle: Vec<CycleThread>,
+    /// Threads queued behind the cycle.
+    pub victims: Vec<WaitingThread>,
+}
+
+/// Waiters on a lock that is held but not deadlocked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongWaitFinding {
+    /// The lock.
+    pub lock: LockRef,
+    /// Its holder.
+    pub owner: Option<ThreadRef>,
+    /// The holder's stack (what it is doing instead of releasing).
+    pub owner_stack: Vec<String>,
+    /// Who waits.
+    pub waiters: Vec<WaitingThread>,
+}
+
+/// Heap figures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeapFinding {
+    /// Objects on the heap (reachable or not).
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Biggest types by bytes.
+    pub top_types: Vec<TypeStats>,
+}
+
+/// Inputs of [`build`].
+#[derive(Clone, Debug)]
+pub struct FindingsInput<'a> {
+    /// What was analyzed.
+    pub source: Source,
+    /// Threads of the dump.
+    pub threads: &'a [DumpThread],
+    /// Its monitors.
+    pub monitors: &'a [DumpMonitor],
+    /// [`crate::monitors::analyze_monitors`] over them.
+    pub monitor_analysis: &'a MonitorAnalysis,
+    /// The heap histogram.
+    pub histogram: &'a HeapHistogram,
+    /// How many types to list.
+    pub top_types: usize,
+    /// Leak suspects, if retention was computed.
+    pub leak_suspects: Option<Vec<LeakSuspect>>,
+    /// Warnings from the reader.
+    pub warnings: Vec<String>,
+}
+
+/// Assembles the document.
+pub fn build(input: FindingsInput<'_>) -> Findings {
+    let managed: HashMap<u64, u32> = input.threads.iter().map(|t| (t.os_tid, t.managed_id)).collect();
+    let stacks: HashMap<u64, &Vec<String>> = input.threads.iter().map(|t| (t.os_tid, &t.stack)).collect();
+    let locks: HashMap<u64, &DumpMonitor> = input.monitors.iter().map(|m| (m.lock_id, m)).collect();
+    let thread = |tid: u64| ThreadRef { os_tid: tid, managed_id: managed.get(&tid).copied() };
+    let lock = |id: u64, object: u64| LockRef {
+        lock_id: id,
+        object,
+        object_type: locks.get(&id).map_or_else(|| "<unknown>".to_string(), |m| m.object_type.clone()),
+    };
+    let waiting = |b: &BlockedThread<Vec<String>>| WaitingThread {
+        thread: thread(b.tid),
+        waits_for: lock(b.lock_id, locks.get(&b.lock_id).map_or(0, |m| m.object)),
+        stack: b.stack.clone(),
+    };
+    let deadlocks: Vec<DeadlockFinding> = input
+        .monitor_analysis
+        .deadlocks
+        .iter()
+        .map(|d| DeadlockFinding {
+            cycle: d
+                .cycle
+                .iter()
+                .map(|e| CycleThread {
+                    thread: thread(e.waiter_tid),
+                    waits_for: lock(e.lock_id, e.lock_object),
+                    held_by: thread(e.owner_tid),
+                    stack: e.waiter_stack.clone(),
+                })
+                .collect(),
+            victims: d.victims.iter().map(waiting).collect(),
+        })
+        .collect();
+    let long_waits = input
+        .monitor_analysis
+        .long_waits
+        .iter()
+        .map(|l| LongWaitFinding {
+            lock: lock(l.lock_id, l.lock_object),
+            owner: l.owner_tid.map(thread),
+            owner_stack: l.owner_tid.and_then(|t| stacks.get(&t)).map(|s| (*s).clone()).unwrap_or_default(),
+            waiters: l.waiters.iter().map(waiting).collect(),
+        })
+        .collect();
+    let summary = Summary {
+        deadlocks: deadlocks.len(),
+        deadlocked_threads: deadlocks.iter().map(|d| d.cycle.len()).sum(),
+        victims: deadlocks.iter().map(|d| d.victims.len()).sum(),
+        leak_suspects: input.leak_suspects.as_ref().map_or(0, Vec::len),
+    };
+    Findings {
+        schema: FINDINGS_SCHEMA.to_string(),
+        version: FINDINGS_VERSION,
+        source: input.source,
+        summary,
+        deadlocks,
+        long_waits,
+        heap: HeapFinding {
+            objects: input.histogram.total_objects(),
+            bytes: input.histogram.total_bytes(),
+            top_types: input.histogram.top(input.top_types).to_vec(),
+        },
+        leak_suspects: input.leak_suspects,
+        warnings: input.warnings,
+    }
+}
