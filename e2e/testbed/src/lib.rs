@@ -102,11 +102,20 @@ impl Workload {
         let dll = workload_dll(name);
         let mut cmd = if iso.own_namespaces {
             // tmpfs on /tmp makes the runtime's socket invisible from our mount namespace:
-            // only /proc/<pid>/root reaches it, as from a sidecar container.
+            // only /proc/<pid>/root reaches it, as from a sidecar container. The cache (which
+            // may itself live under /tmp, as in a CI checkout) is bound to /mnt first, inside
+            // the new mount namespace only, so the tmpfs does not hide the runtime.
+            let cache = std::fs::canonicalize(cache_dir()).expect("cache dir");
+            let inside = |p: &Path| {
+                let real = std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let rel = real.strip_prefix(&cache).expect("runtime and workloads live in the cache");
+                shell_quote(&Path::new("/mnt").join(rel).to_string_lossy())
+            };
             let script = format!(
-                "mount -t tmpfs tmpfs /tmp && exec {} {} {}",
-                shell_quote(&host.to_string_lossy()),
-                shell_quote(&dll.to_string_lossy()),
+                "mount --bind {} /mnt && mount -t tmpfs tmpfs /tmp && exec {} {} {}",
+                shell_quote(&cache.to_string_lossy()),
+                inside(&host),
+                inside(&dll),
                 args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
             );
             let mut c = Command::new("unshare");
