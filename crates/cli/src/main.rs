@@ -2,6 +2,7 @@
 //! dotnet-dump analyze, clrstack -all, syncblk, dumpheap -stat) as single commands that need no
 //! .NET SDK and work across PID and mount namespaces.
 
+mod analyze;
 mod commands;
 mod render;
 
@@ -24,7 +25,8 @@ use clap::{Parser, Subcommand};
         dumpwatch watch 4242               # wait for a deadlock (.NET 8+), print the cycle\n  \
         dumpwatch stacks 4242              # every thread's managed stack (clrstack -all)\n  \
         dumpwatch gcdump 4242 --paths 5    # what is on the heap, and who holds it (dumpheap -stat, gcroot)\n  \
-        dumpwatch dump 4242 -o core.4242   # core dump + matching DAC for later analysis"
+        dumpwatch dump 4242 -o core.4242   # core dump + matching DAC for later analysis\n  \
+        dumpwatch analyze core.4242        # deadlocks, heap histogram and leak suspects from the dump"
 )]
 struct Cli {
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
@@ -122,6 +124,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Analyze a core dump: deadlocks (with both stacks), heap histogram, leak suspects.
+    ///
+    /// Uses the runtime's own DAC (libmscordaccore.so) in an isolated child process: the one
+    /// `dump` wrote beside the core, or --dac, or the dumped runtime's folder. The DAC must be
+    /// the exact build of the dumped runtime. Leak suspects need retention (the default);
+    /// --histogram-only is faster and lighter.
+    Analyze {
+        /// The core dump (a heap or full dump: mini dumps have no heap).
+        core: PathBuf,
+        /// The DAC to use (must match the dumped runtime build).
+        #[arg(long)]
+        dac: Option<PathBuf>,
+        /// How many heap types to show.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        /// Only the histogram, threads and locks: no object graph, no leak suspects.
+        #[arg(long)]
+        histogram_only: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Print the findings document (schema: docs/findings-schema.md).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_dump_type(s: &str) -> Result<diag::protocol::DumpType, String> {
@@ -129,6 +156,11 @@ fn parse_dump_type(s: &str) -> Result<diag::protocol::DumpType, String> {
 }
 
 fn main() {
+    // The isolated DAC worker of `analyze`: this binary re-run by itself, outside clap.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == analyze::WORKER_SUBCOMMAND) {
+        std::process::exit(clrdump::worker_main(&args[2..]));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
@@ -156,5 +188,9 @@ async fn run(command: Command) -> Result<()> {
             dump(pid, output, dump_type, min_free_mib, json).await
         }
         Command::Watch { pid, confirm_ms, duration, once, json } => watch(pid, confirm_ms, duration, once, json).await,
+        Command::Analyze { core, dac, top, histogram_only, timeout, json } => {
+            let args = analyze::AnalyzeArgs { core, dac, json, top, histogram_only, timeout };
+            tokio::task::spawn_blocking(move || analyze::analyze(args)).await?
+        }
     }
 }

@@ -145,6 +145,7 @@ impl<'a> HeapWalker<'a> {
                 continue;
             };
             self.stats.walked_bytes += bytes.len() as u64;
+            self.stats.ranges.push([range.start, range.end]);
             let mut obj = range.start;
             while obj + 8 <= range.end {
                 if !range.large

@@ -24,6 +24,7 @@ mod heapwalk;
 pub mod locate;
 mod mapped;
 pub mod model;
+pub mod names;
 mod worker;
 
 use std::path::{Path, PathBuf};

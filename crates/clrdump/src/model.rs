@@ -141,6 +141,8 @@ pub struct HeapStats {
     pub walked_bytes: u64,
     /// Places where the walk had to resynchronize (bad MethodTable); 0 on a healthy dump.
     pub resyncs: u64,
+    /// The `[start, end)` object ranges walked (to measure the read floor).
+    pub ranges: Vec<[u64; 2]>,
 }
 
 /// Everything but the object graph.

@@ -1,0 +1,248 @@
+//! `dumpwatch analyze <core>`: read a core dump through the DAC (in an isolated child: this
+//! same binary re-run with the hidden [`WORKER_SUBCOMMAND`]), find the deadlocks and the
+//! leak suspects, and print the findings document or a report read in 30 seconds.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use analysis::findings::{self, Findings, FindingsInput, Source};
+use analysis::heap::{HeapHistogram, LeakThresholds, ObjectGraphBuilder, RootKind, TypeStats, leak_suspects};
+use analysis::monitors::{DumpMonitor, DumpThread, StackLockRef, analyze_monitors};
+use anyhow::{Context, Result};
+use clrdump::model::{RootSource, Snapshot};
+use clrdump::names::simplify_type_name;
+use clrdump::{Depth, ReadOptions, WorkerCommand};
+
+/// The hidden subcommand that runs the DAC worker.
+pub const WORKER_SUBCOMMAND: &str = "__dac-worker";
+
+/// Options of `analyze`.
+pub struct AnalyzeArgs {
+    pub core: PathBuf,
+    pub dac: Option<PathBuf>,
+    pub json: bool,
+    pub top: usize,
+    pub histogram_only: bool,
+    pub timeout: u64,
+}
+
+/// Runs the analysis and prints it.
+pub fn analyze(args: AnalyzeArgs) -> Result<()> {
+    let started = Instant::now();
+    let findings = findings_for(&args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        print!("{}", report(&findings));
+        eprintln!("(analyzed in {:.2} s)", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Reads the dump and builds the findings document.
+pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
+    let depth = if args.histogram_only { Depth::Histogram } else { Depth::Graph };
+    let mut opts = ReadOptions::new(WorkerCommand::current_exe(WORKER_SUBCOMMAND)?, depth);
+    opts.dac = args.dac.clone();
+    opts.timeout = Duration::from_secs(args.timeout);
+    let data = clrdump::read_dump(&args.core, &opts).with_context(|| format!("analyzing {}", args.core.display()))?;
+    let s = &data.snapshot;
+
+    let threads = dump_threads(s);
+    let monitors: Vec<DumpMonitor> = s
+        .sync_blocks
+        .iter()
+        .map(|b| DumpMonitor {
+            lock_id: b.address,
+            object: b.object,
+            object_type: simplify_type_name(&b.object_type),
+            owner_tid: b.owner_os_id.map(u64::from),
+            waiters: b.waiters,
+        })
+        .collect();
+    let monitor_analysis = analyze_monitors(&threads, &monitors);
+    let histogram = histogram(s);
+
+    let suspects = match &data.graph {
+        None => None,
+        Some(raw) => {
+            let mut b = ObjectGraphBuilder::new();
+            for (i, t) in s.types.iter().enumerate() {
+                b.add_type(i as u64, &simplify_type_name(&t.name));
+            }
+            let mut edges = raw.edges.iter();
+            for i in 0..raw.addresses.len() {
+                let n = raw.edge_counts[i];
+                b.add_node(raw.addresses[i], u64::from(raw.sizes[i]), u64::from(raw.type_index[i]), u64::from(n));
+                for &e in edges.by_ref().take(n as usize) {
+                    b.add_edge(e);
+                }
+            }
+            for r in &s.roots {
+                let kind = match r.kind {
+                    RootSource::StrongHandle => RootKind::StrongHandle,
+                    RootSource::PinnedHandle => RootKind::PinnedHandle,
+                    RootSource::OtherHandle => RootKind::Other,
+                    RootSource::Stack { .. } => RootKind::Stack,
+                };
+                b.add_root(r.object, kind);
+            }
+            let graph = b.finish().context("building the object graph")?;
+            let retained = graph.retained_sizes();
+            Some(leak_suspects(&graph, &retained, histogram.total_bytes(), &LeakThresholds::default()))
+        }
+    };
+
+    Ok(findings::build(FindingsInput {
+        source: Source {
+            kind: "core_dump".into(),
+            path: args.core.display().to_string(),
+            runtime_version: s.runtime_version.clone(),
+            dac: Some(data.dac.display().to_string()),
+            threads: s.threads.len(),
+        },
+        threads: &threads,
+        monitors: &monitors,
+        monitor_analysis: &monitor_analysis,
+        histogram: &histogram,
+        top_types: args.top,
+        leak_suspects: suspects,
+        warnings: s.warnings.clone(),
+    }))
+}
+
+fn dump_threads(s: &Snapshot) -> Vec<DumpThread> {
+    s.threads
+        .iter()
+        .filter(|t| t.alive)
+        .map(|t| DumpThread {
+            os_tid: u64::from(t.os_id),
+            managed_id: t.managed_id,
+            stack: t.frames.iter().map(|f| f.name.clone()).collect(),
+            lock_refs: t
+                .lock_refs
+                .iter()
+                .map(|r| StackLockRef { object: r.object, from_runtime_frame: r.from_runtime_frame })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Per-type totals under readable names (several MethodTables can share one).
+fn histogram(s: &Snapshot) -> HeapHistogram {
+    let mut by_name: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    for t in s.types.iter().filter(|t| t.count > 0) {
+        let e = by_name.entry(simplify_type_name(&t.name)).or_default();
+        e.0 += t.count;
+        e.1 += t.bytes;
+    }
+    HeapHistogram::from_types(
+        by_name.into_iter().map(|(type_name, (count, bytes))| TypeStats { type_name, count, bytes }).collect(),
+    )
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn thread_label(t: &findings::ThreadRef) -> String {
+    match t.managed_id {
+        Some(m) => format!("thread {} (managed {m})", t.os_tid),
+        None => format!("thread {}", t.os_tid),
+    }
+}
+
+/// Frames worth reading: runtime frames without a method name say nothing to a .NET engineer.
+fn stack_lines(out: &mut String, stack: &[String], max: usize) {
+    for f in stack.iter().filter(|f| !(f.starts_with('[') && f.ends_with(']'))).take(max) {
+        let _ = writeln!(out, "        {f}");
+    }
+}
+
+/// The human report.
+pub fn report(f: &Findings) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: runtime build {} · {} managed threads · heap {} in {} objects",
+        Path::new(&f.source.path).display(),
+        f.source.runtime_version.as_deref().unwrap_or("?"),
+        f.source.threads,
+        bytes(f.heap.bytes),
+        f.heap.objects
+    );
+    for w in &f.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out.push('\n');
+    if f.deadlocks.is_empty() {
+        out.push_str("DEADLOCKS: none\n");
+    }
+    for (i, d) in f.deadlocks.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "DEADLOCK {}: {} threads wait for each other; {} more threads are stuck behind them",
+            i + 1,
+            d.cycle.len(),
+            d.victims.len()
+        );
+        for e in &d.cycle {
+            let _ = writeln!(
+                out,
+                "  {} holds a lock and waits for {} @{:#x}, held by {}",
+                thread_label(&e.thread),
+                e.waits_for.object_type,
+                e.waits_for.object,
+                thread_label(&e.held_by)
+            );
+            stack_lines(&mut out, &e.stack, 6);
+        }
+        if !d.victims.is_empty() {
+            let tids: Vec<String> = d.victims.iter().map(|v| v.thread.os_tid.to_string()).collect();
+            let _ = writeln!(out, "  victims ({}): threads {}", d.victims.len(), tids.join(", "));
+        }
+    }
+    for l in &f.long_waits {
+        let owner = l.owner.as_ref().map_or_else(|| "an unknown thread".to_string(), thread_label);
+        let _ = writeln!(
+            out,
+            "LONG WAIT (not a deadlock): {} threads wait for {} @{:#x}, held by {owner}, which is running:",
+            l.waiters.len(),
+            l.lock.object_type,
+            l.lock.object
+        );
+        stack_lines(&mut out, &l.owner_stack, 6);
+    }
+    out.push('\n');
+    let _ = writeln!(out, "TOP HEAP TYPES\n  {:>10}  {:>10}  type", "objects", "bytes");
+    for t in &f.heap.top_types {
+        let _ = writeln!(out, "  {:>10}  {:>10}  {}", t.count, bytes(t.bytes), t.type_name);
+    }
+    out.push('\n');
+    match &f.leak_suspects {
+        None => out.push_str("LEAK SUSPECTS: not computed (--histogram-only)\n"),
+        Some(s) if s.is_empty() => out.push_str("LEAK SUSPECTS: none\n"),
+        Some(s) => {
+            out.push_str("LEAK SUSPECTS\n");
+            for (i, l) in s.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  {}. {} × {} retain {} ({:.0} % of the heap), held by:",
+                    i + 1,
+                    l.instances,
+                    l.type_name,
+                    bytes(l.retained_bytes),
+                    l.heap_share * 100.0
+                );
+                let _ = writeln!(out, "     {} → {}", l.root, l.path.join(" → "));
+            }
+        }
+    }
+    out
+}
