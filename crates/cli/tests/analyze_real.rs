@@ -1,0 +1,128 @@
+//! `dumpwatch dump` then `dumpwatch analyze` on real .NET 3.1 and 8 workloads, checked against
+//! the ground truth the workload reports: which OS threads deadlock, how many queue behind
+//! them, how many customers leaked and through which objects.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use testbed::{Runtime, Value, Workload};
+
+fn dumpwatch(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dumpwatch")).args(args).output().expect("run dumpwatch");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn dump_and_analyze(w: &Workload, dir: &Path, extra: &[&str]) -> Value {
+    let core = dir.join("core");
+    let core = core.to_str().unwrap();
+    let (ok, _, err) = dumpwatch(&["dump", &w.pid.to_string(), "-o", core, "--type", "heap"]);
+    assert!(ok, "dump failed: {err}");
+    let mut args = vec!["analyze", core, "--json", "--top", "40"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = dumpwatch(&args);
+    assert!(ok, "analyze failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+}
+
+fn tids(list: &Value, key: &str) -> BTreeSet<u64> {
+    list.as_array().unwrap().iter().map(|t| t[key]["os_tid"].as_u64().unwrap()).collect()
+}
+
+fn truth_tids(list: &Value) -> BTreeSet<u64> {
+    list.as_array().unwrap().iter().map(|t| t["os_tid"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn finds_the_deadlock_and_the_leak_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let total = w.get("/leak?count=150000")["total_customers"].as_u64().unwrap();
+        let dl = w.get("/deadlock?waiters=3");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dump_and_analyze(&w, dir.path(), &[]);
+
+        assert_eq!(f["schema"], "dumpwatch.findings");
+        assert_eq!(f["version"], 1);
+        assert_eq!(f["warnings"].as_array().unwrap().len(), 0, "{runtime:?}: {}", f["warnings"]);
+
+        // The histogram counts exactly the leaked customers.
+        let types = f["heap"]["top_types"].as_array().unwrap();
+        let customer = types.iter().find(|t| t["type_name"] == "DiagScenarios.Customer").expect("Customer listed");
+        assert_eq!(customer["count"].as_u64().unwrap(), total, "{runtime:?}");
+
+        // One deadlock: the two owners on the cycle, the three waiters as victims.
+        assert_eq!(f["summary"]["deadlocks"], 1, "{runtime:?}: {}", f["deadlocks"]);
+        let d = &f["deadlocks"][0];
+        assert_eq!(tids(&d["cycle"], "thread"), truth_tids(&dl["owners"]), "{runtime:?}");
+        assert_eq!(tids(&d["cycle"], "held_by"), truth_tids(&dl["owners"]), "{runtime:?}");
+        assert_eq!(tids(&d["victims"], "thread"), truth_tids(&dl["waiters"]), "{runtime:?}");
+        assert_eq!(f["summary"]["victims"], 3);
+        for e in d["cycle"].as_array().unwrap() {
+            assert_eq!(e["waits_for"]["object_type"], "System.Object");
+            let stack = e["stack"].as_array().unwrap();
+            assert!(
+                stack.iter().any(|s| s.as_str().unwrap().starts_with("DiagScenarios.Deadlocks.DeadlockFunc")),
+                "{stack:?}"
+            );
+        }
+        assert_eq!(f["long_waits"].as_array().unwrap().len(), 0, "victims are not long waits");
+
+        // The top leak suspect is Customer, held through the cache.
+        let top = &f["leak_suspects"][0];
+        assert_eq!(top["type_name"], "DiagScenarios.Customer", "{runtime:?}: {}", f["leak_suspects"]);
+        assert_eq!(top["instances"].as_u64().unwrap(), total);
+        let path: Vec<&str> = top["path"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert!(path.contains(&"DiagScenarios.CustomerCache"), "{path:?}");
+        assert!(path.contains(&"System.Collections.Generic.List<DiagScenarios.Customer>"), "{path:?}");
+        assert_eq!(top["path_instances"].as_u64().unwrap(), total);
+
+        // The text report says it in a few lines.
+        let (ok, text, err) = dumpwatch(&["analyze", dir.path().join("core").to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert!(text.contains("DEADLOCK 1: 2 threads wait for each other; 3 more threads"), "{text}");
+        assert!(text.contains("× DiagScenarios.Customer retain"), "{text}");
+        assert!(text.contains("DiagScenarios.CustomerCache →"), "{text}");
+    }
+}
+
+#[test]
+fn a_healthy_process_has_no_deadlock_and_no_leak_suspect() {
+    for runtime in Runtime::ALL {
+        for name in ["Idle", "DiagScenarios"] {
+            let w = Workload::start(runtime, name, &[]);
+            let dir = tempfile::tempdir().unwrap();
+            let f = dump_and_analyze(&w, dir.path(), &[]);
+            assert_eq!(f["summary"]["deadlocks"], 0, "{runtime:?} {name}: {}", f["deadlocks"]);
+            assert_eq!(f["long_waits"].as_array().unwrap().len(), 0, "{runtime:?} {name}: {}", f["long_waits"]);
+            assert_eq!(f["leak_suspects"].as_array().unwrap().len(), 0, "{runtime:?} {name}: {}", f["leak_suspects"]);
+            assert!(f["heap"]["objects"].as_u64().unwrap() > 100);
+        }
+    }
+}
+
+#[test]
+fn histogram_only_skips_retention_and_a_wrong_dac_is_refused() {
+    let w = Workload::start(Runtime::Net8, "DiagScenarios", &[]);
+    let total = w.get("/leak?count=2000")["total_customers"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dump_and_analyze(&w, dir.path(), &["--histogram-only"]);
+    assert!(f["leak_suspects"].is_null());
+    let types = f["heap"]["top_types"].as_array().unwrap();
+    let customer = types.iter().find(|t| t["type_name"] == "DiagScenarios.Customer").expect("Customer listed");
+    assert_eq!(customer["count"].as_u64().unwrap(), total);
+
+    let wrong = Runtime::Net31.shared_dir().join("libmscordaccore.so");
+    let core = dir.path().join("core");
+    let (ok, _, err) = dumpwatch(&["analyze", core.to_str().unwrap(), "--dac", wrong.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("is version 4.700.") && err.contains("dump's runtime is 8.0."), "{err}");
+
+    let (ok, _, err) = dumpwatch(&["analyze", "/etc/hostname"]);
+    assert!(!ok);
+    assert!(err.contains("not an x86-64 ELF core dump"), "{err}");
+}
