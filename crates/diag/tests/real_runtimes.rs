@@ -157,9 +157,7 @@ fn heap_snapshot_graph_holds_the_leak_chain_with_exact_counts() {
         let w = Workload::start(runtime, "DiagScenarios", &[]);
         let leaked = w.get("/leak?count=5000")["total_customers"].as_u64().unwrap();
         let (_, c) = client_for(&w);
-        let snap = rt()
-            .block_on(diag::heap::capture(&c, true, None, Duration::from_secs(120), &mut |_| {}))
-            .unwrap();
+        let snap = rt().block_on(diag::heap::capture(&c, true, None, Duration::from_secs(120), &mut |_| {})).unwrap();
         assert_eq!(snap.histogram.by_name("DiagScenarios.Customer").unwrap().count, leaked);
         let graph = snap.graph.expect("graph requested");
         assert_eq!(graph.nodes_of_type("DiagScenarios.Customer").len() as u64, leaked);
@@ -195,8 +193,11 @@ fn every_dump_type_is_written_on_both_runtimes() {
         let mut sizes = Vec::new();
         for dump_type in [DumpType::Mini, DumpType::Triage, DumpType::WithHeap, DumpType::Full] {
             let out = dir.path().join(format!("core.{}", dump_type.name()));
-            let req = diag::dump::DumpRequest { process: &p, output: &out, dump_type, min_free_bytes: 0, copy_dac: false };
-            let r = rt().block_on(diag::dump::write_dump(&c, &req)).unwrap_or_else(|e| panic!("{runtime:?} {dump_type:?}: {e}"));
+            let req =
+                diag::dump::DumpRequest { process: &p, output: &out, dump_type, min_free_bytes: 0, copy_dac: false };
+            let r = rt()
+                .block_on(diag::dump::write_dump(&c, &req))
+                .unwrap_or_else(|e| panic!("{runtime:?} {dump_type:?}: {e}"));
             assert!(r.bytes > 0);
             sizes.push((dump_type, r.bytes));
         }
