@@ -265,6 +265,82 @@ mod tests {
         assert!(matches!(ElfCore::parse(&[0u8; 100]), Err(Error::NotACore(_))));
     }
 
+    fn note(ntype: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&5u32.to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&ntype.to_le_bytes());
+        n.extend_from_slice(b"CORE\0\0\0\0");
+        n.extend_from_slice(desc);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n
+    }
+
+    /// A minimal core: one thread, NT_FILE with libcoreclr, one 64-byte PT_LOAD and one
+    /// PT_LOAD without file data (as 3.1 writes them); optionally with PN_XNUM.
+    fn synthetic(xnum: bool) -> Vec<u8> {
+        let mut prstatus = vec![0u8; PRSTATUS_SIZE];
+        prstatus[PRSTATUS_PID..PRSTATUS_PID + 4].copy_from_slice(&4242u32.to_le_bytes());
+        prstatus[PRSTATUS_REG + 16 * 8..PRSTATUS_REG + 17 * 8].copy_from_slice(&0xdead_beefu64.to_le_bytes());
+        let mut file = Vec::new();
+        for v in [1u64, 4096, 0x7f00_0000_0000, 0x7f00_0001_0000, 0] {
+            file.extend_from_slice(&v.to_le_bytes());
+        }
+        file.extend_from_slice(b"/rt/libcoreclr.so\0");
+        let notes = [note(NT_PRSTATUS, &prstatus), note(NT_FILE, &file)].concat();
+        let phoff = if xnum { 128 } else { 64 };
+        let notes_off = phoff + 3 * 56;
+        let data_off = notes_off + notes.len();
+        let mut out = vec![0u8; 64];
+        out[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x03");
+        out[16..18].copy_from_slice(&4u16.to_le_bytes());
+        out[18..20].copy_from_slice(&62u16.to_le_bytes());
+        out[32..40].copy_from_slice(&(phoff as u64).to_le_bytes());
+        out[54..56].copy_from_slice(&56u16.to_le_bytes());
+        if xnum {
+            out[40..48].copy_from_slice(&64u64.to_le_bytes());
+            out[56..58].copy_from_slice(&PN_XNUM.to_le_bytes());
+            let mut sh = vec![0u8; 64];
+            sh[44..48].copy_from_slice(&3u32.to_le_bytes());
+            out.extend_from_slice(&sh);
+        } else {
+            out[56..58].copy_from_slice(&3u16.to_le_bytes());
+        }
+        let ph = |t: u32, off: usize, vaddr: u64, filesz: usize, memsz: usize| {
+            let mut p = vec![0u8; 56];
+            p[0..4].copy_from_slice(&t.to_le_bytes());
+            p[8..16].copy_from_slice(&(off as u64).to_le_bytes());
+            p[16..24].copy_from_slice(&vaddr.to_le_bytes());
+            p[32..40].copy_from_slice(&(filesz as u64).to_le_bytes());
+            p[40..48].copy_from_slice(&(memsz as u64).to_le_bytes());
+            p
+        };
+        out.extend(ph(PT_NOTE, notes_off, 0, notes.len(), 0));
+        out.extend(ph(PT_LOAD, data_off, 0x7f00_0000_0000, 64, 0x1000));
+        out.extend(ph(PT_LOAD, data_off + 64, 0x7f00_0000_1000, 0, 0x1000));
+        out.extend(notes);
+        out.extend((0..64u8).collect::<Vec<_>>());
+        out
+    }
+
+    #[test]
+    fn parses_threads_files_and_loads_with_and_without_pn_xnum() {
+        for xnum in [false, true] {
+            let bytes = synthetic(xnum);
+            let core = ElfCore::parse(&bytes).unwrap();
+            assert_eq!(core.threads.len(), 1);
+            assert_eq!(core.threads[0].tid, 4242);
+            assert_eq!(core.threads[0].regs[16], 0xdead_beef, "rip");
+            assert_eq!(core.module_base("libcoreclr.so"), Some(0x7f00_0000_0000));
+            assert_eq!(core.loads.len(), 1, "the PT_LOAD without file data is absent memory");
+            assert!(core.load_for(0x7f00_0000_003f).is_some());
+            assert!(core.load_for(0x7f00_0000_0040).is_none(), "past p_filesz");
+            assert!(core.load_for(0x7f00_0000_1000).is_none());
+            let cut = &bytes[..bytes.len() - 1];
+            assert!(matches!(ElfCore::parse(cut), Err(Error::Truncated { .. })));
+        }
+    }
+
     #[test]
     fn nt_file_names_must_match_count() {
         let mut d = Vec::new();

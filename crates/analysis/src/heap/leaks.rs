@@ -115,3 +115,78 @@ pub fn leak_suspects(
 fn root_label(kind: &RootKind) -> String {
     kind.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::ObjectGraphBuilder;
+
+    /// `[pinned handle] → Object[] → Cache → Customer[] → n × (Customer → String)`, plus
+    /// `other` unrelated small objects held by a strong handle.
+    fn leak_graph(n: u64, other: u64) -> ObjectGraph {
+        let mut b = ObjectGraphBuilder::new();
+        for (id, name) in [
+            (1, "System.Object[]"),
+            (2, "App.Cache"),
+            (3, "App.Customer[]"),
+            (4, "App.Customer"),
+            (5, "System.String"),
+            (6, "App.Other"),
+        ] {
+            b.add_type(id, name);
+        }
+        b.add_node(0x100, 64, 1, 1);
+        b.add_edge(0x200);
+        b.add_node(0x200, 32, 2, 1);
+        b.add_edge(0x300);
+        b.add_node(0x300, 16 + 8 * n, 3, n);
+        for i in 0..n {
+            b.add_edge(0x10_000 + i * 96);
+        }
+        for i in 0..n {
+            b.add_node(0x10_000 + i * 96, 32, 4, 1);
+            b.add_edge(0x10_000 + i * 96 + 32);
+            b.add_node(0x10_000 + i * 96 + 32, 64, 5, 0);
+        }
+        for i in 0..other {
+            b.add_node(0x1_000_000 + i * 64, 64, 6, 0);
+            b.add_root(0x1_000_000 + i * 64, RootKind::StrongHandle);
+        }
+        b.add_root(0x100, RootKind::PinnedHandle);
+        b.finish().unwrap()
+    }
+
+    fn small() -> LeakThresholds {
+        LeakThresholds { min_retained_bytes: 10_000, ..LeakThresholds::default() }
+    }
+
+    #[test]
+    fn the_accumulated_type_is_the_suspect_and_its_holders_are_its_path() {
+        let g = leak_graph(2000, 100);
+        let r = g.retained_sizes();
+        let s = leak_suspects(&g, &r, g.histogram().total_bytes(), &small());
+        assert_eq!(s[0].type_name, "App.Customer");
+        assert_eq!(s[0].instances, 2000);
+        assert_eq!(s[0].retained_bytes, 2000 * 96);
+        assert_eq!(s[0].root, "[pinned handle]");
+        assert_eq!(s[0].path, vec!["System.Object[]", "App.Cache", "App.Customer[]", "App.Customer"]);
+        assert_eq!(s[0].path_instances, 2000);
+        // The holders retain as much but are single objects: never suspects themselves.
+        assert!(s.iter().all(|x| !["System.Object[]", "App.Cache", "App.Customer[]"].contains(&x.type_name.as_str())));
+    }
+
+    #[test]
+    fn below_the_thresholds_nothing_is_suspect() {
+        let g = leak_graph(50, 100);
+        let r = g.retained_sizes();
+        assert!(leak_suspects(&g, &r, g.histogram().total_bytes(), &small()).is_empty(), "too few instances");
+        let g = leak_graph(2000, 100);
+        let r = g.retained_sizes();
+        assert!(leak_suspects(&g, &r, g.histogram().total_bytes(), &LeakThresholds::default()).is_empty(), "< 8 MiB");
+        // Many instances but each a small share of a big heap.
+        let g = leak_graph(2000, 100_000);
+        let r = g.retained_sizes();
+        let s = leak_suspects(&g, &r, g.histogram().total_bytes(), &small());
+        assert!(s.iter().all(|x| x.type_name != "App.Customer"), "{s:?}");
+    }
+}
