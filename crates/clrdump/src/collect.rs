@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::core::CoreDump;
 use crate::dac::Dac;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::heapwalk::HeapWalker;
 use crate::model::*;
 
@@ -121,7 +121,8 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Op
 
     // Handles.
     if depth == Depth::Graph {
-        for h in dac.handles()? {
+        let handles = dac.handles().map_err(|e| Error::NoHeap(format!("handle table unreadable: {e}")))?;
+        for h in handles {
             let kind = match h.kind {
                 HND_STRONG => RootSource::StrongHandle,
                 HND_PINNED | HND_ASYNCPINNED => RootSource::PinnedHandle,
@@ -139,6 +140,9 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Op
     let mut walker = HeapWalker::new(dac, core, alloc_contexts)?;
     let mut graph = (depth == Depth::Graph).then(RawGraph::default);
     walker.walk(graph.as_mut())?;
+    if walker.stats.walked_bytes == 0 {
+        return Err(Error::NoHeap("no heap segment is present in the dump".into()));
+    }
     if !walker.stats.structures_valid {
         warnings
             .push("the GC was in the middle of a collection when the dump was taken: heap figures may be off".into());

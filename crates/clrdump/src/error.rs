@@ -69,6 +69,9 @@ pub enum Error {
     /// The worker took longer than allowed.
     #[error("DAC worker timed out after {0} s")]
     WorkerTimeout(u64),
+    /// The dump does not contain the GC heap (a mini or triage dump).
+    #[error("this dump holds no GC heap ({0}): take a heap or full dump (`dumpwatch dump --type heap`)")]
+    NoHeap(String),
     /// The heap walk met an inconsistent heap (dump taken mid-GC or damaged).
     #[error("heap walk failed: {0}")]
     Heap(String),

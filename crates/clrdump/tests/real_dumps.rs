@@ -148,3 +148,27 @@ fn a_crashing_worker_is_an_error_not_a_dead_caller() {
     opts.timeout = std::time::Duration::from_millis(300);
     assert!(matches!(clrdump::read_dump(&core, &opts), Err(Error::WorkerTimeout(_))));
 }
+
+#[test]
+fn a_mini_dump_says_it_has_no_heap() {
+    let w = Workload::start(Runtime::Net8, "Idle", &[]);
+    let p = diag::discovery::ProcFs::default().process(w.pid).expect("workload reachable");
+    let c = diag::client::DiagnosticsClient::new(diag::client::Endpoint::Socket(p.socket.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("core");
+    let req = diag::dump::DumpRequest {
+        process: &p,
+        output: &out,
+        dump_type: diag::protocol::DumpType::Mini,
+        min_free_bytes: 0,
+        copy_dac: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(diag::dump::write_dump(&c, &req)).expect("dump written");
+    for depth in [Depth::Histogram, Depth::Graph] {
+        match clrdump::read_dump(&out, &ReadOptions::new(worker(), depth)) {
+            Err(Error::Worker(msg)) => assert!(msg.contains("holds no GC heap"), "{msg}"),
+            other => panic!("expected a no-heap error, got {other:?}"),
+        }
+    }
+}

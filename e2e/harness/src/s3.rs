@@ -1,0 +1,54 @@
+use std::process::Command;
+use std::time::Duration;
+
+use crate::Result;
+use crate::proc::Proc;
+use crate::util::{cache_dir, curl, free_port, wait_for};
+
+/// moto's S3-compatible server on a loopback port with one bucket. Path-style addressing,
+/// region `us-east-1`, any access key (moto does not check signatures). Beware: moto stores an
+/// empty body for a PUT sent as `application/x-www-form-urlencoded`; send
+/// `application/octet-stream` and compare what you read back.
+pub struct S3Server {
+    _proc: Proc,
+    port: u16,
+    bucket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub const REGION: &'static str = "us-east-1";
+    pub const ACCESS_KEY: &'static str = "testing";
+    pub const SECRET_KEY: &'static str = "testing";
+
+    pub fn start(bucket: &str) -> Result<S3Server> {
+        let moto = cache_dir().join("s3-venv/bin/moto_server");
+        if !moto.exists() {
+            return Err(format!("{} is missing: run scripts/setup", moto.display()).into());
+        }
+        let dir = tempfile::Builder::new().prefix("dumpwatch-s3-").tempdir()?;
+        let port = free_port();
+        let mut cmd = Command::new(moto);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let mut proc = Proc::spawn("moto_server", cmd, &dir.path().join("moto.log"))?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_for("moto_server", Duration::from_secs(30), || {
+            proc.check_alive()?;
+            Ok((curl(&[], &format!("{endpoint}/")).0 == 200).then_some(()))
+        })?;
+        let (code, body) = curl(&["-X", "PUT"], &format!("{endpoint}/{bucket}"));
+        if code != 200 {
+            return Err(format!("creating bucket {bucket}: {code} {body}").into());
+        }
+        Ok(S3Server { _proc: proc, port, bucket: bucket.to_string(), _dir: dir })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
