@@ -178,11 +178,11 @@ fn worker(args: &[OsString]) -> Result<()> {
         Some("graph") => Depth::Graph,
         _ => Depth::Histogram,
     };
+    let out = crate::stdio::take_stdout()?;
     // Leaked: the DAC keeps pointers into the data target for the process' lifetime.
     let core: &'static CoreDump = Box::leak(Box::new(CoreDump::open(Path::new(core))?));
     let dac = Dac::load(Path::new(dac), core)?;
     let (snapshot, graph) = crate::collect::collect(&dac, core, depth)?;
-    let out = std::io::stdout().lock();
     let mut w = BufWriter::with_capacity(1 << 20, out);
     let io = |e| Error::io("writing worker output", e);
     let json = serde_json::to_vec(&snapshot).map_err(|e| Error::Worker(e.to_string()))?;
