@@ -1,0 +1,57 @@
+//! `api`: the `DumpPolicy` spec, shared by the sidecar (standalone: a YAML file) and the
+//! operator (the CRD, which wraps [`DumpPolicySpec`] with `#[derive(CustomResource)]`).
+//!
+//! Plain serde + `schemars` types: no Kubernetes dependency, so the sidecar stays small.
+//! Every field has a default that is safe for a production pod (rate limits on, a byte budget,
+//! a disk reserve), and [`DumpPolicySpec::validate`] explains what to fix in words.
+//!
+//! ```
+//! let p = api::DumpPolicySpec::from_yaml("triggers: [{type: deadlock}]").unwrap();
+//! assert_eq!(p.triggers[0].kind, api::TriggerKind::Deadlock);
+//! ```
+
+mod spec;
+mod units;
+mod validate;
+
+pub use spec::*;
+pub use units::{Duration, Quantity};
+
+/// Everything that can be wrong with a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Unit(String),
+    #[error("the policy is not valid YAML for a DumpPolicy spec: {0}")]
+    Yaml(String),
+    #[error("the policy is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl DumpPolicySpec {
+    /// Parse and validate a policy from YAML. Accepts either a bare spec or a whole
+    /// `DumpPolicy` object (`apiVersion`/`kind`/`metadata`/`spec`), so the same file works with
+    /// `kubectl apply` and with the standalone sidecar.
+    pub fn from_yaml(text: &str) -> Result<Self, Error> {
+        #[derive(serde::Deserialize)]
+        struct Wrapped {
+            spec: DumpPolicySpec,
+        }
+        // serde-saphyr rather than serde_yaml: serde_yaml is archived and flagged unmaintained
+        // (RUSTSEC-2024-0320), and kube-rs itself moved to serde-saphyr.
+        let looks_wrapped = text.lines().any(|l| l.starts_with("spec:"));
+        let spec = if looks_wrapped {
+            serde_saphyr::from_str::<Wrapped>(text).map(|w| w.spec)
+        } else {
+            serde_saphyr::from_str::<DumpPolicySpec>(text)
+        }
+        .map_err(|e| Error::Yaml(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The JSON schema of the spec (what the CRD publishes under `spec`).
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(DumpPolicySpec)).expect("schema serializes")
+    }
+}

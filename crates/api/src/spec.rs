@@ -1,0 +1,308 @@
+//! The `DumpPolicy` spec. Field names are camelCase (Kubernetes convention); unknown fields are
+//! refused so that a typo (`cooldwon`) is an error, not a silently ignored limit.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Duration, Quantity};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct DumpPolicySpec {
+    /// Which pods the policy applies to (operator only; the standalone sidecar ignores it).
+    pub selector: Selector,
+    /// Container names whose .NET processes are watched; empty means every container.
+    pub containers: Vec<String>,
+    /// How the sidecar reaches the runtimes.
+    pub mode: Mode,
+    /// How often the runtime publishes its counters; triggers cannot react faster.
+    pub counter_interval: Duration,
+    /// When to capture.
+    pub triggers: Vec<Trigger>,
+    /// What a capture contains (a trigger may override it).
+    pub capture: Capture,
+    /// What protects the patient: rate limits, cooldown, byte budget, disk reserve.
+    pub limits: Limits,
+    pub storage: Storage,
+    pub retention: Retention,
+    pub analysis: Analysis,
+}
+
+impl Default for DumpPolicySpec {
+    fn default() -> Self {
+        Self {
+            selector: Selector::default(),
+            containers: Vec::new(),
+            mode: Mode::default(),
+            counter_interval: Duration::from_secs(1),
+            triggers: Vec::new(),
+            capture: Capture::default(),
+            limits: Limits::default(),
+            storage: Storage::default(),
+            retention: Retention::default(),
+            analysis: Analysis::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Selector {
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// `listen`: runtimes connect to the sidecar's socket (`DOTNET_DiagnosticPorts`, .NET 5+, no
+/// privilege needed); runtimes that never connect (.NET Core 3.1) are still reached through the
+/// shared PID namespace when one exists. `connect`: the sidecar finds every runtime's socket
+/// through `/proc` (shared PID namespace; same UID or `CAP_SYS_PTRACE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    #[default]
+    Listen,
+    Connect,
+}
+
+/// One reason to capture. Metric triggers fire when the value stays `above` the threshold for
+/// `for`, and re-arm only once it drops below `clearBelow` (hysteresis, so a value hovering at
+/// the threshold does not fire again and again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trigger {
+    #[serde(rename = "type")]
+    pub kind: TriggerKind,
+    /// Threshold, in the unit of the metric (see [`TriggerKind`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<Quantity>,
+    /// How long the value must stay above the threshold before firing.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<Duration>,
+    /// Re-arm threshold; default 90% of `above`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_below: Option<Quantity>,
+    /// `schedule` triggers: capture every this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<Duration>,
+    /// `onDemand` triggers: a file whose appearance requests a capture (standalone mode;
+    /// SIGUSR1 to the sidecar does the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// What to capture when this trigger fires; default `spec.capture`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Vec<CaptureKind>>,
+}
+
+impl Trigger {
+    pub fn new(kind: TriggerKind) -> Self {
+        Self { kind, above: None, for_: None, clear_below: None, every: None, file: None, capture: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TriggerKind {
+    /// GC heap size in bytes (`above: 500Mi`).
+    GcHeapBytes,
+    /// GC heap growth in bytes per minute, over the `for` window (`above: 50Mi`).
+    GcHeapGrowth,
+    /// Working set in bytes.
+    WorkingSet,
+    /// CPU usage as a ratio of the whole machine, the runtime's `cpu-usage` (`above: 80%`).
+    Cpu,
+    /// Thread-pool thread count.
+    Threads,
+    /// Thread-pool work items queued.
+    ThreadPoolQueue,
+    /// Exceptions thrown per second.
+    ExceptionRate,
+    /// Monitor lock contentions per second.
+    LockContentionRate,
+    /// A wait-for cycle among threads (live on .NET 8+).
+    Deadlock,
+    /// Every `every`.
+    Schedule,
+    /// A request: file, signal, or (with the operator) a DumpSnapshot without artifacts.
+    OnDemand,
+    /// The runtime's own crash dump, configured by the injector into the shared volume.
+    Crash,
+}
+
+impl TriggerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GcHeapBytes => "gcHeapBytes",
+            Self::GcHeapGrowth => "gcHeapGrowth",
+            Self::WorkingSet => "workingSet",
+            Self::Cpu => "cpu",
+            Self::Threads => "threads",
+            Self::ThreadPoolQueue => "threadPoolQueue",
+            Self::ExceptionRate => "exceptionRate",
+            Self::LockContentionRate => "lockContentionRate",
+            Self::Deadlock => "deadlock",
+            Self::Schedule => "schedule",
+            Self::OnDemand => "onDemand",
+            Self::Crash => "crash",
+        }
+    }
+
+    /// Triggers that compare a metric with a threshold.
+    pub fn is_threshold(self) -> bool {
+        matches!(
+            self,
+            Self::GcHeapBytes
+                | Self::GcHeapGrowth
+                | Self::WorkingSet
+                | Self::Cpu
+                | Self::Threads
+                | Self::ThreadPoolQueue
+                | Self::ExceptionRate
+                | Self::LockContentionRate
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CaptureKind {
+    /// A core dump written by the runtime, with the matching DAC beside it.
+    Dump,
+    /// A heap snapshot: the raw nettrace stream and a per-type histogram.
+    Gcdump,
+    /// Every thread's managed stack, symbolized.
+    Stacks,
+}
+
+impl CaptureKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dump => "dump",
+            Self::Gcdump => "gcdump",
+            Self::Stacks => "stacks",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DumpType {
+    Mini,
+    /// What the analyzer needs for heap and lock analysis.
+    #[default]
+    Heap,
+    Triage,
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Capture {
+    /// Capture kinds taken when a trigger fires without its own list.
+    pub kinds: Vec<CaptureKind>,
+    pub dump_type: DumpType,
+    /// How many types of the latest heap snapshot `/metrics` publishes.
+    pub top_types: u32,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self { kinds: vec![CaptureKind::Dump], dump_type: DumpType::Heap, top_types: 10 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Limits {
+    /// Captures per process per rolling hour.
+    pub max_per_hour: u32,
+    /// Minimum time between two captures of the same process.
+    pub cooldown: Duration,
+    /// Budget for all captures kept in storage; a capture that would exceed it is refused.
+    pub max_bytes: Quantity,
+    /// Free space that must remain on the volume after a dump.
+    pub min_free_disk: Quantity,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_per_hour: 4,
+            cooldown: Duration::from_secs(600),
+            max_bytes: Quantity(8.0 * 1024.0 * 1024.0 * 1024.0),
+            min_free_disk: Quantity(1024.0 * 1024.0 * 1024.0),
+        }
+    }
+}
+
+/// Exactly one of `volume` or `s3`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Storage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeStorage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self { volume: Some(VolumeStorage::default()), s3: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct VolumeStorage {
+    /// Directory on the shared volume (as the sidecar sees it).
+    pub path: String,
+}
+
+impl Default for VolumeStorage {
+    fn default() -> Self {
+        Self { path: "/dumpwatch".into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct S3Storage {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Secret in the operator's namespace holding the credentials (the app pod never sees it).
+    pub secret_ref: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Retention {
+    /// Captures kept (newest first).
+    pub max_count: u32,
+    /// Captures older than this are deleted.
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { max_count: 10, max_age: Duration::from_secs(7 * 86400) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Analysis {
+    pub enabled: bool,
+    /// Deadline of the analysis Job.
+    pub deadline: Duration,
+    /// Memory limit of the analysis Job.
+    pub memory: Quantity,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Self { enabled: true, deadline: Duration::from_secs(900), memory: Quantity(2.0 * 1024.0 * 1024.0 * 1024.0) }
+    }
+}

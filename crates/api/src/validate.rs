@@ -1,0 +1,194 @@
+//! Rules a policy must satisfy, each with a message that says what to change. All problems are
+//! reported at once: a user fixing a policy should not play whack-a-mole.
+
+use crate::{CaptureKind, DumpPolicySpec, Error, TriggerKind};
+
+impl DumpPolicySpec {
+    pub fn validate(&self) -> Result<(), Error> {
+        let problems = self.problems();
+        if problems.is_empty() { Ok(()) } else { Err(Error::Invalid(problems)) }
+    }
+
+    /// Every rule the policy breaks, in words.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let interval = self.counter_interval.std();
+        if interval < std::time::Duration::from_millis(100) || interval > std::time::Duration::from_secs(3600) {
+            p.push(format!("counterInterval must be between 100ms and 1h (got {})", self.counter_interval));
+        }
+        let l = &self.limits;
+        if l.cooldown < self.counter_interval {
+            p.push(format!(
+                "limits.cooldown must be ≥ the counter interval ({} < {}): a trigger can fire at most once per interval",
+                l.cooldown, self.counter_interval
+            ));
+        }
+        if l.max_per_hour == 0 {
+            p.push("limits.maxPerHour must be at least 1 (remove the triggers to disable captures)".into());
+        }
+        if l.max_bytes.value() < 1024.0 * 1024.0 {
+            p.push(format!("limits.maxBytes must be at least 1Mi (got {})", l.max_bytes));
+        }
+        if l.min_free_disk.value() < 0.0 {
+            p.push("limits.minFreeDisk cannot be negative".into());
+        }
+        match (&self.storage.volume, &self.storage.s3) {
+            (Some(v), None) if v.path.is_empty() => p.push("storage.volume.path must not be empty".into()),
+            (Some(_), None) => {}
+            (None, Some(s3)) => {
+                for (name, v) in [("bucket", &s3.bucket), ("secretRef", &s3.secret_ref)] {
+                    if v.is_empty() {
+                        p.push(format!("storage.s3.{name} is required"));
+                    }
+                }
+            }
+            _ => p.push("storage needs exactly one of volume or s3".into()),
+        }
+        if self.retention.max_count == 0 {
+            p.push("retention.maxCount must be at least 1".into());
+        }
+        if self.capture.kinds.is_empty() {
+            p.push("capture.kinds must name at least one of dump, gcdump, stacks".into());
+        }
+        for (i, t) in self.triggers.iter().enumerate() {
+            let at = format!("triggers[{i}] ({})", t.kind.name());
+            if t.kind.is_threshold() {
+                match t.above {
+                    None => p.push(format!("{at}: `above` (the threshold) is required")),
+                    Some(a) if a.value() <= 0.0 => p.push(format!("{at}: `above` must be positive")),
+                    Some(a) => {
+                        if let Some(c) = t.clear_below
+                            && c.value() > a.value()
+                        {
+                            p.push(format!("{at}: clearBelow ({c}) must not exceed above ({a})"));
+                        }
+                    }
+                }
+                if t.kind == TriggerKind::Cpu && t.above.is_some_and(|a| a.value() > 1.0) {
+                    p.push(format!("{at}: cpu is a ratio of the machine: write 0.8 or 80%, not 80"));
+                }
+                if t.kind == TriggerKind::GcHeapGrowth && t.for_.is_none_or(|f| f.std() < interval * 2) {
+                    p.push(format!(
+                        "{at}: gcHeapGrowth needs `for` of at least two counter intervals to measure a rate"
+                    ));
+                }
+            } else if t.above.is_some() || t.clear_below.is_some() {
+                p.push(format!("{at}: `above`/`clearBelow` only apply to metric triggers"));
+            }
+            if t.kind == TriggerKind::Schedule {
+                match t.every {
+                    None => p.push(format!("{at}: `every` is required (e.g. every: 1h)")),
+                    Some(e) if e < l.cooldown => p.push(format!(
+                        "{at}: every ({e}) is shorter than limits.cooldown ({}): most would be refused",
+                        l.cooldown
+                    )),
+                    _ => {}
+                }
+            }
+            if t.capture.as_ref().is_some_and(Vec::is_empty) {
+                p.push(format!("{at}: capture must list at least one kind, or be left out"));
+            }
+            if t.kind == TriggerKind::Deadlock && t.for_.is_some() {
+                p.push(format!("{at}: deadlock has no `for`: a cycle is confirmed by the detector itself"));
+            }
+        }
+        p
+    }
+
+    /// What the trigger at `index` captures.
+    pub fn capture_kinds(&self, index: usize) -> Vec<CaptureKind> {
+        self.triggers.get(index).and_then(|t| t.capture.clone()).unwrap_or_else(|| self.capture.kinds.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::*;
+
+    const FULL: &str = r#"
+apiVersion: dumpwatch.dev/v1alpha1
+kind: DumpPolicy
+metadata: {name: orders}
+spec:
+  selector: {matchLabels: {app: orders}}
+  containers: [api]
+  mode: connect
+  counterInterval: 1s
+  triggers:
+    - {type: gcHeapBytes, above: 200Mi, for: 10s}
+    - {type: cpu, above: 80%, for: 30s, clearBelow: 50%}
+    - {type: gcHeapGrowth, above: 20Mi, for: 1m}
+    - {type: deadlock, capture: [stacks, dump]}
+    - {type: onDemand, file: /dumpwatch/request}
+    - {type: schedule, every: 6h}
+  capture: {kinds: [dump, gcdump], dumpType: heap, topTypes: 5}
+  limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 50Mi, minFreeDisk: 1Gi}
+  storage: {volume: {path: /dumps}}
+  retention: {maxCount: 5, maxAge: 7d}
+  analysis: {enabled: false}
+"#;
+
+    #[test]
+    fn a_whole_dumppolicy_parses() {
+        let p = DumpPolicySpec::from_yaml(FULL).unwrap();
+        assert_eq!(p.mode, Mode::Connect);
+        assert_eq!(p.triggers.len(), 6);
+        assert_eq!(p.triggers[0].above.unwrap().value(), 200.0 * 1048576.0);
+        assert_eq!(p.triggers[1].clear_below.unwrap().value(), 0.5);
+        assert_eq!(p.limits.max_bytes.value(), 50.0 * 1048576.0);
+        assert_eq!(p.capture_kinds(3), vec![CaptureKind::Stacks, CaptureKind::Dump]);
+        assert_eq!(p.capture_kinds(0), vec![CaptureKind::Dump, CaptureKind::Gcdump]);
+        assert_eq!(p.retention.max_age, Duration::from_secs(7 * 86400));
+        // Round trip through JSON (what the API server stores).
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<DumpPolicySpec>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn an_empty_spec_has_safe_defaults() {
+        let p = DumpPolicySpec::from_yaml("{}").unwrap();
+        assert_eq!(p.mode, Mode::Listen);
+        assert_eq!(p.limits.max_per_hour, 4);
+        assert!(p.limits.cooldown >= p.counter_interval);
+        assert_eq!(p.storage.volume.as_ref().unwrap().path, "/dumpwatch");
+    }
+
+    #[test]
+    fn problems_are_all_reported_in_words() {
+        let bad = r#"
+counterInterval: 30s
+triggers:
+  - {type: gcHeapBytes}
+  - {type: cpu, above: 80}
+  - {type: deadlock, above: 3}
+limits: {cooldown: 5s}
+storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
+"#;
+        let err = DumpPolicySpec::from_yaml(bad).unwrap_err().to_string();
+        for needle in [
+            "limits.cooldown must be ≥ the counter interval (5s < 30s)",
+            "triggers[0] (gcHeapBytes): `above` (the threshold) is required",
+            "write 0.8 or 80%",
+            "only apply to metric triggers",
+            "exactly one of volume or s3",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn typos_are_refused() {
+        let err = DumpPolicySpec::from_yaml("limits: {cooldwon: 5m}").unwrap_err().to_string();
+        assert!(err.contains("cooldwon"), "{err}");
+        let err = DumpPolicySpec::from_yaml("triggers: [{type: heap}]").unwrap_err().to_string();
+        assert!(err.contains("heap"), "{err}");
+    }
+
+    #[test]
+    fn schema_names_the_fields() {
+        let s = DumpPolicySpec::json_schema().to_string();
+        for f in ["counterInterval", "maxPerHour", "clearBelow", "gcHeapBytes", "dumpType"] {
+            assert!(s.contains(f), "{f}");
+        }
+    }
+}
