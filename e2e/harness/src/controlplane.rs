@@ -21,11 +21,28 @@ pub struct Options {
     pub images: Vec<(String, PathBuf)>,
     /// Extra kube-apiserver flags (`--feature-gates=...`, ...).
     pub apiserver_args: Vec<String>,
+    /// kube-controller-manager's `--controllers`: [`DEFAULT_CONTROLLERS`] unless changed; `*`
+    /// starts all of them, which adds seconds to every start.
+    pub controllers: String,
 }
+
+/// The controllers the harness starts by default: workloads (Jobs, Deployments, ...), garbage
+/// collection, namespaces, service accounts and their tokens, EndpointSlices.
+pub const DEFAULT_CONTROLLERS: &str = "job-controller,cronjob-controller,ttl-after-finished-controller,\
+garbage-collector-controller,pod-garbage-collector-controller,namespace-controller,\
+serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,\
+deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,\
+endpointslice-controller,clusterrole-aggregation-controller,validatingadmissionpolicy-status-controller";
 
 impl Default for Options {
     fn default() -> Self {
-        Options { controller_manager: true, node_agent: true, images: Vec::new(), apiserver_args: Vec::new() }
+        Options {
+            controller_manager: true,
+            node_agent: true,
+            images: Vec::new(),
+            apiserver_args: Vec::new(),
+            controllers: DEFAULT_CONTROLLERS.to_string(),
+        }
     }
 }
 
@@ -38,6 +55,7 @@ pub struct ControlPlane {
     port: u16,
     kubeconfig: PathBuf,
     started_in: Duration,
+    phases: Vec<(&'static str, Duration)>,
     dir: tempfile::TempDir,
 }
 
@@ -55,6 +73,7 @@ impl ControlPlane {
             port: free_port(),
             kubeconfig: dir.path().join("kubeconfig"),
             started_in: Duration::ZERO,
+            phases: Vec::new(),
             dir,
         };
         let d = cp.dir.path().to_path_buf();
@@ -72,6 +91,7 @@ impl ControlPlane {
         let server = format!("https://127.0.0.1:{port}");
         write_kubeconfig(&cp.kubeconfig, &server, &pki, "admin")?;
         write_kubeconfig(&d.join("kcm.kubeconfig"), &server, &pki, "kcm")?;
+        cp.phases.push(("pki", t0.elapsed()));
 
         // etcd: one member, no fsync (tests only), loopback only.
         let etcd_port = free_port();
@@ -96,7 +116,7 @@ impl ControlPlane {
             .arg(format!("--tls-private-key-file={}", pki.path("apiserver.key").display()))
             .arg(format!("--client-ca-file={}", pki.path("ca.crt").display()))
             .arg(format!("--service-account-issuer={server}"))
-            .arg(format!("--service-account-key-file={}", pki.path("sa.key").display()))
+            .arg(format!("--service-account-key-file={}", pki.path("sa.pub").display()))
             .arg(format!("--service-account-signing-key-file={}", pki.path("sa.key").display()))
             .args([
                 "--authorization-mode=RBAC",
@@ -122,21 +142,20 @@ impl ControlPlane {
             let (code, _) = curl(&auth, &url);
             Ok((code == 200).then_some(()))
         })?;
+        cp.phases.push(("apiserver ready", t0.elapsed()));
 
         if opts.controller_manager {
             let mut kcm = Command::new(e2e_bin("kube-controller-manager")?);
             kcm.arg(format!("--kubeconfig={}", d.join("kcm.kubeconfig").display()))
-                .arg(format!("--authentication-kubeconfig={}", d.join("kcm.kubeconfig").display()))
-                .arg(format!("--authorization-kubeconfig={}", d.join("kcm.kubeconfig").display()))
                 .arg(format!("--service-account-private-key-file={}", pki.path("sa.key").display()))
                 .arg(format!("--root-ca-file={}", pki.path("ca.crt").display()))
                 .arg(format!("--secure-port={}", free_port()))
                 .arg(format!("--cert-dir={}", d.join("kcm-certs").display()))
+                .arg(format!("--controllers={}", opts.controllers))
                 .args([
                     "--bind-address=127.0.0.1",
                     "--use-service-account-credentials=true",
                     "--leader-elect=false",
-                    "--controllers=*",
                     "--concurrent-gc-syncs=5",
                     "--v=1",
                 ]);
@@ -145,6 +164,7 @@ impl ControlPlane {
             cp.wait_until("the default ServiceAccount", Duration::from_secs(60), |cp| {
                 Ok(cp.kubectl(&["get", "serviceaccount", "default", "-n", "default", "-o", "name"]).is_ok())
             })?;
+            cp.phases.push(("controller-manager ready", t0.elapsed()));
         }
 
         if opts.node_agent {
@@ -172,6 +192,7 @@ impl ControlPlane {
             })?;
         }
         cp.started_in = t0.elapsed();
+        cp.phases.push(("ready", cp.started_in));
         Ok(cp)
     }
 
@@ -220,6 +241,12 @@ impl ControlPlane {
     /// How long [`ControlPlane::start`] took.
     pub fn started_in(&self) -> Duration {
         self.started_in
+    }
+
+    /// When each startup step finished, counted from the start (`pki`, `apiserver ready`,
+    /// `controller-manager ready`, `ready`).
+    pub fn phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
     }
 
     /// The pids of the components, for leak checks.

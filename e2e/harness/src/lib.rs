@@ -17,7 +17,7 @@ pub mod proc;
 mod s3;
 mod util;
 
-pub use controlplane::{ControlPlane, NODE_NAME, Options, kubectl_path};
+pub use controlplane::{ControlPlane, DEFAULT_CONTROLLERS, NODE_NAME, Options, kubectl_path};
 pub use monitoring::{Alertmanager, Prometheus, promtool};
 pub use s3::S3Server;
 pub use serde_json::Value;

@@ -26,17 +26,16 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free loopback port")
 }
 
-/// Polls `f` every 100 ms until it returns `Ok(Some(v))`, or fails with the last error after `timeout`.
+/// Polls `f` every 100 ms until it returns `Ok(Some(v))`. `Ok(None)` means "not yet"; an error
+/// ends the wait at once (a component died, a request was refused); so does `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => String::from("not yet"),
-            Err(e) => e.to_string(),
-        };
+        if let Some(v) = f().map_err(|e| format!("while waiting for {what}: {e}"))? {
+            return Ok(v);
+        }
         if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}: {last}").into());
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
         }
         std::thread::sleep(Duration::from_millis(100));
     }

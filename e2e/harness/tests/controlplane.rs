@@ -155,6 +155,35 @@ fn crd_policy_job_and_garbage_collection() {
     .unwrap_or_else(|e| panic!("{e}\ncontroller-manager log:\n{}", cp.log("kube-controller-manager")));
     assert!(cp.kubectl(&["get", "job", "fails", "-n", "default", "-o", "name"]).is_ok(), "an unowned Job stays");
 
+    // Service-account tokens signed by the test key, authorized by RBAC.
+    cp.kubectl(&["create", "serviceaccount", "reader", "-n", "default"]).unwrap();
+    cp.kubectl(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", "default"]).unwrap();
+    cp.kubectl(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=pod-reader",
+        "--serviceaccount=default:reader",
+        "-n",
+        "default",
+    ])
+    .unwrap();
+    let token = cp.kubectl(&["create", "token", "reader", "-n", "default"]).unwrap();
+    let as_reader = |verb: &str, resource: &str| {
+        let out = std::process::Command::new(harness::kubectl_path())
+            .args(["--kubeconfig=/dev/null", &format!("--server={}", cp.server())])
+            .arg(format!("--certificate-authority={}", cp.ca_cert().display()))
+            .arg(format!("--token={}", token.trim()))
+            .args(["auth", "can-i", verb, resource, "-n", "default"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(as_reader("list", "pods"), "yes");
+    assert_eq!(as_reader("list", "secrets"), "no");
+    let whoami = cp.kubectl(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).unwrap();
+    assert_eq!(whoami, "dumpwatch-admin");
+
     // Namespaces are deleted for real (the namespace controller empties them).
     cp.kubectl(&["create", "namespace", "scratch"]).unwrap();
     cp.kubectl(&["delete", "namespace", "scratch", "--timeout=60s"]).expect("namespace deletion completes");
