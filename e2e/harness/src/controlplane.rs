@@ -232,6 +232,21 @@ impl ControlPlane {
         self.dir.path().join("pki/ca.crt")
     }
 
+    /// Issues a TLS serving certificate for `https://127.0.0.1` signed by the cluster CA, for
+    /// admission or conversion webhooks served by a test: returns `(cert.pem, key.pem)`; put
+    /// [`ControlPlane::ca_bundle`] in the webhook's `clientConfig.caBundle`.
+    pub fn serving_cert(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let pki = Pki { dir: self.dir.path().join("pki") };
+        let file = format!("serving-{name}");
+        pki.issue(&file, &format!("/CN={name}"), Some("IP:127.0.0.1,DNS:localhost"), true)?;
+        Ok((pki.path(&format!("{file}.crt")), pki.path(&format!("{file}.key"))))
+    }
+
+    /// The cluster CA as base64 PEM, the form `caBundle` fields take.
+    pub fn ca_bundle(&self) -> Result<String> {
+        Ok(run(Command::new("openssl").args(["base64", "-A", "-in"]).arg(self.ca_cert()))?.trim().to_string())
+    }
+
     /// The directory holding logs (`<component>.log`), PKI, etcd data and the node agent's state
     /// (`node/pods/<ns>_<name>_<uid>/{volumes,logs/<container>.log}`).
     pub fn dir(&self) -> &Path {
