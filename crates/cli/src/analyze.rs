@@ -80,7 +80,10 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
                 }
             }
             for r in &s.roots {
-                let kind = match r.kind {
+                let kind = match &r.kind {
+                    RootSource::Static { type_name, field_name } => {
+                        RootKind::Static { type_name: simplify_type_name(type_name), field_name: field_name.clone() }
+                    }
                     RootSource::StrongHandle => RootKind::StrongHandle,
                     RootSource::PinnedHandle => RootKind::PinnedHandle,
                     RootSource::OtherHandle => RootKind::Other,

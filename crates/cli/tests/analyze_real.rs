@@ -80,6 +80,7 @@ fn finds_the_deadlock_and_the_leak_on_both_runtimes() {
         assert!(path.contains(&"DiagScenarios.CustomerCache"), "{path:?}");
         assert!(path.contains(&"System.Collections.Generic.List<DiagScenarios.Customer>"), "{path:?}");
         assert_eq!(top["path_instances"].as_u64().unwrap(), total);
+        assert_eq!(top["root"], "static DiagScenarios.Processor.Current", "{runtime:?}: the holder is named");
 
         // The text report says it in a few lines.
         let (ok, text, err) = dumpwatch(&["analyze", dir.path().join("core").to_str().unwrap()]);

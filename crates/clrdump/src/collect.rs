@@ -119,8 +119,14 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Op
         }
     }
 
-    // Handles.
+    // Handles, then statics: the static roots hold the same objects as the statics-array
+    // handle, but they name the field.
     if depth == Depth::Graph {
+        let (statics, failed) = crate::statics::static_roots(dac, core);
+        if failed > 0 {
+            warnings.push(format!("static fields of {failed} modules could not be read"));
+        }
+        roots.extend(statics);
         let handles = dac.handles().map_err(|e| Error::NoHeap(format!("handle table unreadable: {e}")))?;
         for h in handles {
             let kind = match h.kind {

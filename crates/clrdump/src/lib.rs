@@ -25,6 +25,7 @@ pub mod locate;
 mod mapped;
 pub mod model;
 pub mod names;
+mod statics;
 mod stdio;
 mod worker;
 

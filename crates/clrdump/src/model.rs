@@ -93,7 +93,7 @@ pub struct HeapType {
 }
 
 /// A GC root.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcRoot {
     /// The rooted object.
     pub object: u64,
@@ -102,9 +102,16 @@ pub struct GcRoot {
 }
 
 /// Where a root comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RootSource {
+    /// A static field (the usual holder of a leak).
+    Static {
+        /// Declaring type (DAC name).
+        type_name: String,
+        /// Field name.
+        field_name: String,
+    },
     /// Strong handle.
     StrongHandle,
     /// Pinned or async-pinned handle (statics live in arrays held by these).

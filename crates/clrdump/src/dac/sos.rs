@@ -307,6 +307,108 @@ impl Dac {
         Ok(frames)
     }
 
+    /// Every app domain, the system and shared domains included (3.1 loads CoreLib there).
+    pub fn app_domains(&self) -> Result<Vec<u64>> {
+        let mut store = AppDomainStoreData::default();
+        check("GetAppDomainStoreData", com!(self.sos, 4, (*mut AppDomainStoreData), &mut store))?;
+        let n = store.domain_count.clamp(0, 4096) as u32;
+        let mut list = vec![0u64; n as usize];
+        let mut needed = 0u32;
+        check("GetAppDomainList", com!(self.sos, 5, (u32, *mut u64, *mut u32), n, list.as_mut_ptr(), &mut needed))?;
+        list.truncate((needed as usize).min(n as usize));
+        list.extend([store.system_domain, store.shared_domain]);
+        list.retain(|&d| d != 0);
+        list.sort_unstable();
+        list.dedup();
+        Ok(list)
+    }
+
+    /// The assemblies loaded in `domain`.
+    pub fn assemblies(&self, domain: u64) -> Result<Vec<u64>> {
+        let mut needed = 0i32;
+        check(
+            "GetAssemblyList",
+            com!(self.sos, 9, (u64, i32, *mut u64, *mut i32), domain, 0, std::ptr::null_mut(), &mut needed),
+        )?;
+        let mut list = vec![0u64; needed.clamp(0, 100_000) as usize];
+        check(
+            "GetAssemblyList",
+            com!(
+                self.sos,
+                9,
+                (u64, i32, *mut u64, *mut i32),
+                domain,
+                list.len() as i32,
+                list.as_mut_ptr(),
+                &mut needed
+            ),
+        )?;
+        list.truncate(needed.clamp(0, list.len() as i32) as usize);
+        Ok(list)
+    }
+
+    /// The modules of `assembly`.
+    pub fn modules(&self, assembly: u64) -> Result<Vec<u64>> {
+        let mut list = vec![0u64; 64];
+        let mut needed = 0u32;
+        check(
+            "GetAssemblyModuleList",
+            com!(self.sos, 15, (u64, u32, *mut u64, *mut u32), assembly, 64, list.as_mut_ptr(), &mut needed),
+        )?;
+        list.truncate((needed as usize).min(64));
+        Ok(list)
+    }
+
+    /// MethodTables of the module's loaded type definitions.
+    pub fn module_types(&self, module: u64) -> Result<Vec<u64>> {
+        unsafe extern "system" fn visit(_index: u32, mt: u64, token: *mut c_void) {
+            // SAFETY: `token` is the `&mut Vec<u64>` passed below, alive during the call.
+            unsafe { (*(token as *mut Vec<u64>)).push(mt) };
+        }
+        let mut out: Vec<u64> = Vec::new();
+        let cb: unsafe extern "system" fn(u32, u64, *mut c_void) = visit;
+        let token = &mut out as *mut Vec<u64> as *mut c_void;
+        // ModuleMapType 0 = TYPEDEFTOMETHODTABLE.
+        check(
+            "TraverseModuleMap",
+            com!(self.sos, 14, (u32, u64, *const c_void, *mut c_void), 0, module, cb as *const c_void, token),
+        )?;
+        out.retain(|&mt| mt != 0);
+        Ok(out)
+    }
+
+    pub fn method_table_fields(&self, mt: u64) -> Result<MethodTableFieldData> {
+        let mut d = MethodTableFieldData::default();
+        check("GetMethodTableFieldData", com!(self.sos, 39, (u64, *mut MethodTableFieldData), mt, &mut d))?;
+        Ok(d)
+    }
+
+    pub fn field_desc(&self, fd: u64) -> Result<FieldDescData> {
+        let mut d = FieldDescData::default();
+        check("GetFieldDescData", com!(self.sos, 42, (u64, *mut FieldDescData), fd, &mut d))?;
+        Ok(d)
+    }
+
+    pub fn domain_local_module(&self, module: u64) -> Result<DomainLocalModuleData> {
+        let mut d = DomainLocalModuleData::default();
+        check(
+            "GetDomainLocalModuleDataFromModule",
+            com!(self.sos, 57, (u64, *mut DomainLocalModuleData), module, &mut d),
+        )?;
+        Ok(d)
+    }
+
+    /// The module's IMetaDataImport (through IXCLRDataModule), or None.
+    pub fn metadata_import(&self, module: u64) -> Option<MetadataImport> {
+        let mut xmodule: Obj = std::ptr::null_mut();
+        if com!(self.sos, 12, (u64, *mut Obj), module, &mut xmodule) != S_OK || xmodule.is_null() {
+            return None;
+        }
+        let mut import: Obj = std::ptr::null_mut();
+        let hr = com!(xmodule, 0, (*const Guid, *mut Obj), &IID_IMETADATAIMPORT, &mut import);
+        (hr == S_OK && !import.is_null()).then_some(MetadataImport(import))
+    }
+
     /// The two-call UTF-16 string pattern; the buffer is cut at the first NUL because the
     /// "needed" count includes it for some calls and not for others (GetFrameName).
     fn string(&self, call: &'static str, f: impl Fn(u32, *mut u16, *mut u32) -> i32) -> Result<String> {
@@ -324,6 +426,51 @@ impl Dac {
             needed = again;
         }
         Err(Error::DacCall { call, hr: target::E_FAIL as u32 })
+    }
+}
+
+/// A module's metadata reader (IMetaDataImport).
+pub struct MetadataImport(Obj);
+
+impl MetadataImport {
+    /// `IMetaDataImport::GetFieldProps` (slot 57): the field's name.
+    pub fn field_name(&self, token: u32) -> Option<String> {
+        let mut buf = vec![0u16; 512];
+        let (mut class, mut len, mut attr, mut sig, mut sig_len, mut cplus, mut value, mut value_len) =
+            (0u32, 0u32, 0u32, std::ptr::null::<u8>(), 0u32, 0u32, std::ptr::null::<u8>(), 0u32);
+        let hr = com!(
+            self.0,
+            57,
+            (
+                u32,
+                *mut u32,
+                *mut u16,
+                u32,
+                *mut u32,
+                *mut u32,
+                *mut *const u8,
+                *mut u32,
+                *mut u32,
+                *mut *const u8,
+                *mut u32
+            ),
+            token,
+            &mut class,
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+            &mut len,
+            &mut attr,
+            &mut sig,
+            &mut sig_len,
+            &mut cplus,
+            &mut value,
+            &mut value_len
+        );
+        if hr < 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+        Some(String::from_utf16_lossy(&buf[..end])).filter(|s| !s.is_empty())
     }
 }
 

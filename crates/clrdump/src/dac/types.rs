@@ -206,3 +206,60 @@ const _: () = {
     assert!(size_of::<StackRefData>() == 56);
     assert!(size_of::<CodeHeaderData>() == 56);
 };
+
+pub const IID_IMETADATAIMPORT: Guid =
+    Guid(0x7DAC8207, 0xD3AE, 0x4c75, [0x9B, 0x67, 0x92, 0x80, 0x1A, 0x49, 0x7D, 0x44]);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppDomainStoreData {
+    pub shared_domain: u64,
+    pub system_domain: u64,
+    pub domain_count: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MethodTableFieldData {
+    pub num_instance_fields: u16,
+    pub num_static_fields: u16,
+    pub num_thread_static_fields: u16,
+    pub first_field: u64,
+    pub context_static_offset: u16,
+    pub context_statics_size: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FieldDescData {
+    pub kind: u32,
+    pub sig_type: u32,
+    pub mt_of_type: u64,
+    pub module_of_type: u64,
+    pub token_of_type: u32,
+    pub token: u32,
+    pub mt_of_enclosing_class: u64,
+    pub offset: u32,
+    pub is_thread_local: i32,
+    pub is_context_local: i32,
+    pub is_static: i32,
+    pub next_field: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DomainLocalModuleData {
+    pub app_domain: u64,
+    pub module_id: u64,
+    pub class_data: u64,
+    pub dynamic_class_table: u64,
+    pub gc_static_data_start: u64,
+    pub non_gc_static_data_start: u64,
+}
+
+const _: () = {
+    assert!(size_of::<AppDomainStoreData>() == 24);
+    assert!(size_of::<MethodTableFieldData>() == 24);
+    assert!(size_of::<FieldDescData>() == 64);
+    assert!(size_of::<DomainLocalModuleData>() == 48);
+};
