@@ -1,0 +1,269 @@
+//! Taking the evidence: core dump (DAC beside), heap snapshot (raw nettrace + histogram),
+//! all-thread stacks, into one capture directory with a manifest. The limits were checked
+//! before this runs (see `watcher`); this module only captures and describes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use api::CaptureKind;
+use diag::client::DiagnosticsClient;
+use diag::discovery::DotnetProcess;
+use serde::Serialize;
+
+use crate::Error;
+use crate::metrics::Proc;
+use crate::storage::{FileEntry, Storage, rfc3339};
+use crate::triggers::Firing;
+
+/// A process we watch, however we reached it.
+#[derive(Clone)]
+pub struct Target {
+    /// The pid in our PID namespace when we share it, else the runtime's own pid.
+    pub pid: u32,
+    pub ns_pid: u32,
+    /// Short name for labels: the entry assembly or executable.
+    pub name: String,
+    pub command_line: String,
+    pub runtime_version: Option<String>,
+    /// Present when `/proc` shows the process (connect mode, or listen mode with a shared PID
+    /// namespace): enables the dump size estimate and the DAC copy.
+    pub process: Option<DotnetProcess>,
+    pub client: DiagnosticsClient,
+}
+
+impl Target {
+    pub fn labels(&self) -> Proc {
+        Proc { pid: self.pid.to_string(), process: self.name.clone() }
+    }
+
+    pub fn runtime_major(&self) -> Option<u32> {
+        self.runtime_version.as_deref()?.split('.').next()?.parse().ok()
+    }
+
+    /// What a dump of this process will take on disk (upper bound).
+    pub fn estimate_dump_bytes(&self, dump_type: diag::protocol::DumpType, working_set: Option<f64>) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        if self.process.is_some() && status.contains("VmRSS:") {
+            diag::dump::estimate_dump_bytes(&status, dump_type)
+        } else {
+            // No /proc view (listen mode without a shared PID namespace): the runtime's own
+            // working-set counter, with the same margin as the /proc estimate.
+            let rss = format!("VmRSS: {} kB\n", working_set.unwrap_or(512e6) as u64 / 1024);
+            diag::dump::estimate_dump_bytes(&rss, dump_type)
+        }
+    }
+}
+
+/// Short process name from a command line: `dotnet /app/Orders.dll --x` → `Orders`.
+pub fn process_name(command_line: &str) -> String {
+    let mut words = command_line.split_whitespace();
+    let first = words.next().unwrap_or("");
+    let base = |w: &str| {
+        let f = w.rsplit('/').next().unwrap_or(w);
+        f.strip_suffix(".dll").unwrap_or(f).to_string()
+    };
+    if base(first) == "dotnet"
+        && let Some(dll) = words.find(|w| w.ends_with(".dll"))
+    {
+        return base(dll);
+    }
+    let b = base(first);
+    if b.is_empty() { "unknown".into() } else { b }
+}
+
+/// Where the sidecar runs (from the Downward API in a pod; flags in standalone mode).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Identity {
+    pub pod: String,
+    pub namespace: String,
+    pub container: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessEntry {
+    pub pid: u32,
+    pub ns_pid: u32,
+    pub name: String,
+    pub command_line: String,
+    pub runtime_version: Option<String>,
+}
+
+/// `manifest.json`: everything a reader needs without opening the artifacts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub id: String,
+    pub created: String,
+    #[serde(flatten)]
+    pub identity: Identity,
+    pub process: ProcessEntry,
+    pub trigger: Firing,
+    pub dump_type: &'static str,
+    pub files: Vec<FileEntry>,
+    /// Capture kinds that failed, with why (the others are still worth keeping).
+    pub failures: Vec<String>,
+    /// A live finding that caused the capture (a deadlock), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<serde_json::Value>,
+    pub seconds: f64,
+}
+
+pub struct Request<'a> {
+    pub kinds: &'a [CaptureKind],
+    pub dump_type: api::DumpType,
+    pub firing: &'a Firing,
+    pub finding: Option<serde_json::Value>,
+    pub min_free_bytes: u64,
+    pub top_types: usize,
+}
+
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub bytes: u64,
+    pub manifest: Manifest,
+    /// Top types of the heap snapshot, when one was taken (for `dotnet_heap_type_bytes`).
+    pub heap_top: Option<Vec<(String, u64)>>,
+    /// Per kind: succeeded?
+    pub results: Vec<(CaptureKind, bool)>,
+}
+
+pub fn dump_type(t: api::DumpType) -> diag::protocol::DumpType {
+    use diag::protocol::DumpType as D;
+    match t {
+        api::DumpType::Mini => D::Mini,
+        api::DumpType::Heap => D::WithHeap,
+        api::DumpType::Triage => D::Triage,
+        api::DumpType::Full => D::Full,
+    }
+}
+
+/// Capture every requested kind into one directory. Fails (leaving nothing) only when every
+/// kind failed.
+pub async fn run(storage: &Storage, who: &Identity, t: &Target, req: &Request<'_>) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let now = SystemTime::now();
+    let stamp: String = rfc3339(now).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let id = format!("{stamp}-{}-{}-{}", t.name, t.pid, req.firing.trigger);
+    let pending = storage.begin(&id)?;
+    let mut failures = Vec::new();
+    let mut results = Vec::new();
+    let mut heap_top = None;
+    if let Some(f) = &req.finding {
+        let text = serde_json::to_vec_pretty(f).expect("finding serializes");
+        std::fs::write(pending.dir().join("finding.json"), text).map_err(Error::io("writing finding.json"))?;
+    }
+    for &kind in req.kinds {
+        let r = match kind {
+            CaptureKind::Stacks => stacks(t, &pending.dir().join("stacks.json")).await,
+            CaptureKind::Gcdump => gcdump(t, pending.dir(), req.top_types).await.map(|top| heap_top = Some(top)),
+            CaptureKind::Dump => dump(t, pending.dir(), req).await,
+        };
+        if let Err(e) = &r {
+            tracing::warn!(pid = t.pid, kind = kind.name(), error = %e, "capture failed");
+            failures.push(format!("{}: {e}", kind.name()));
+        }
+        results.push((kind, r.is_ok()));
+    }
+    if results.iter().all(|(_, ok)| !ok) {
+        return Err(Error::Io {
+            what: format!("capturing pid {}", t.pid),
+            source: std::io::Error::other(failures.join("; ")),
+        });
+    }
+    let files = pending.files()?;
+    let manifest = Manifest {
+        version: 1,
+        id,
+        created: rfc3339(now),
+        identity: who.clone(),
+        process: ProcessEntry {
+            pid: t.pid,
+            ns_pid: t.ns_pid,
+            name: t.name.clone(),
+            command_line: t.command_line.clone(),
+            runtime_version: t.runtime_version.clone(),
+        },
+        trigger: req.firing.clone(),
+        dump_type: dump_type(req.dump_type).name(),
+        files,
+        failures,
+        finding: req.finding.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let bytes = manifest.files.iter().map(|f| f.bytes).sum();
+    let dir = pending.commit(&manifest)?;
+    Ok(Outcome { dir, bytes, manifest, heap_top, results })
+}
+
+async fn stacks(t: &Target, out: &std::path::Path) -> Result<(), Error> {
+    let threads = diag::stacks::capture(&t.client, Duration::from_millis(50), Duration::from_secs(60)).await?;
+    let json = serde_json::to_vec_pretty(&threads).expect("stacks serialize");
+    std::fs::write(out, json).map_err(Error::io("writing stacks.json"))
+}
+
+async fn gcdump(t: &Target, dir: &std::path::Path, top: usize) -> Result<Vec<(String, u64)>, Error> {
+    let raw_path = dir.join("heap.nettrace");
+    let raw = std::fs::File::create(&raw_path).map_err(Error::io("creating heap.nettrace"))?;
+    let snap = diag::heap::capture(
+        &t.client,
+        false,
+        Some(Box::new(std::io::BufWriter::new(raw))),
+        Duration::from_secs(300),
+        &mut |_| {},
+    )
+    .await;
+    let snap = match snap {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&raw_path);
+            return Err(e.into());
+        }
+    };
+    let h = &snap.histogram;
+    let json = serde_json::json!({
+        "total_objects": h.total_objects(),
+        "total_bytes": h.total_bytes(),
+        "types": h.top(usize::MAX),
+    });
+    std::fs::write(dir.join("histogram.json"), serde_json::to_vec_pretty(&json).expect("serializes"))
+        .map_err(Error::io("writing histogram.json"))?;
+    Ok(h.top(top).iter().map(|t| (t.type_name.clone(), t.bytes)).collect())
+}
+
+async fn dump(t: &Target, dir: &std::path::Path, req: &Request<'_>) -> Result<(), Error> {
+    // Without a /proc view, describe the process as the runtime sees itself: the dump path is
+    // then on the shared volume, which both sides see under the same name in listen mode.
+    let process = t.process.clone().unwrap_or_else(|| DotnetProcess {
+        pid: t.ns_pid,
+        ns_pid: t.ns_pid,
+        socket: PathBuf::new(),
+        command_line: t.command_line.clone(),
+        runtime_dir: None,
+        runtime_version: t.runtime_version.clone(),
+        tmpdir: "/tmp".into(),
+        foreign_mount_ns: false,
+    });
+    let output = dir.join(format!("core.{}", t.pid));
+    let dreq = diag::dump::DumpRequest {
+        process: &process,
+        output: &output,
+        dump_type: dump_type(req.dump_type),
+        min_free_bytes: req.min_free_bytes,
+        copy_dac: true,
+    };
+    diag::dump::write_dump(&t.client, &dreq).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_command_lines() {
+        assert_eq!(process_name("/usr/share/dotnet/dotnet /app/Orders.dll --port 1"), "Orders");
+        assert_eq!(process_name("/app/Orders"), "Orders");
+        assert_eq!(process_name("dotnet exec /x/DiagScenarios.dll"), "DiagScenarios");
+        assert_eq!(process_name(""), "unknown");
+    }
+}

@@ -1,0 +1,120 @@
+//! The dumpwatch sidecar: beside the app, watch every .NET process, publish metrics, detect
+//! deadlocks live, fire triggers and capture evidence without ever hurting the app.
+//!
+//! Layout: pure decisions in [`triggers`] and [`limits`]; the edges in [`discovery`] (who to
+//! watch), [`watcher`] (one session per process), [`capture`] + [`storage`] (artifacts),
+//! [`policy`] (file reload, on-demand requests) and [`http`].
+
+pub mod capture;
+pub mod discovery;
+mod error;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod policy;
+pub mod storage;
+pub mod triggers;
+pub mod watcher;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub use error::Error;
+
+/// Everything the sidecar needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub policy_file: PathBuf,
+    /// Overrides `spec.storage.volume.path`.
+    pub storage: Option<PathBuf>,
+    /// Listen-mode socket; default `<storage>/dumpwatch.sock`.
+    pub listen_socket: Option<PathBuf>,
+    pub http: SocketAddr,
+    pub identity: capture::Identity,
+    pub scan_interval: Duration,
+    /// Where `/proc` is (tests).
+    pub proc_root: PathBuf,
+    /// Only watch processes whose environment matches.
+    pub select: discovery::Select,
+}
+
+/// Run until the process is stopped. Errors only at start.
+///
+/// Watchers and captures run on one thread (a `LocalSet`): the `diag` sessions are not `Send`,
+/// and one thread is all a sidecar that mostly waits on sockets should take from the pod.
+pub async fn run(cfg: Config) -> Result<(), Error> {
+    tokio::task::LocalSet::new().run_until(run_local(cfg)).await
+}
+
+async fn run_local(cfg: Config) -> Result<(), Error> {
+    let policy = policy::load(&cfg.policy_file)?;
+    if policy.storage.s3.is_some() && cfg.storage.is_none() {
+        return Err(Error::NoS3);
+    }
+    let root = cfg
+        .storage
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&policy.storage.volume.as_ref().expect("validated: one storage").path));
+    let storage = storage::Storage::open(&root)?;
+    let mode = policy.mode;
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
+    let (demand_tx, _) = tokio::sync::broadcast::channel(16);
+    let shared = Arc::new(watcher::Shared {
+        metrics: metrics::Metrics::new(),
+        storage,
+        identity: cfg.identity.clone(),
+        policy: policy_rx.clone(),
+        on_demand: demand_tx.clone(),
+        capture_lock: tokio::sync::Mutex::new(()),
+        findings: Default::default(),
+        epoch: Instant::now(),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .map_err(Error::io(format!("binding the HTTP endpoint {}", cfg.http)))?;
+    let addr = listener.local_addr().map_err(Error::io("reading the HTTP address"))?;
+    tracing::info!(%addr, storage = %root.display(), ?mode, "sidecar started");
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = http::App { shared: shared.clone(), ready: ready.clone() };
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(app)).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tokio::spawn(policy::reload_loop(cfg.policy_file.clone(), policy_tx, Duration::from_secs(1)));
+    tokio::spawn(policy::on_demand_loop(policy_rx.clone(), demand_tx));
+    let procfs = diag::discovery::ProcFs::new(&cfg.proc_root);
+    tokio::task::spawn_local(discovery::scan_loop(
+        shared.clone(),
+        procfs.clone(),
+        cfg.proc_root.clone(),
+        cfg.select.clone(),
+        cfg.scan_interval,
+    ));
+    // Age-based retention also runs when nothing is captured.
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            loop {
+                let r = shared.policy.borrow().retention.clone();
+                for gone in shared.storage.apply_retention(&r) {
+                    tracing::info!(path = %gone.display(), "retention removed an old capture");
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    });
+    if mode == api::Mode::Listen {
+        let socket = cfg.listen_socket.clone().unwrap_or_else(|| root.join("dumpwatch.sock"));
+        let server = discovery::bind(&socket)?;
+        ready.store(true, Ordering::Relaxed);
+        discovery::listen_loop(shared.clone(), server, procfs, cfg.select.clone()).await;
+        Ok(())
+    } else {
+        ready.store(true, Ordering::Relaxed);
+        std::future::pending().await
+    }
+}

@@ -1,0 +1,89 @@
+//! `dumpwatch-sidecar`: thin main; everything lives in the `sidecar` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Watch every .NET process beside you: Prometheus metrics, live deadlock detection (.NET 8+),
+/// triggers that capture dumps, heap snapshots and stacks, within strict limits.
+///
+/// Standalone beside a Docker container (share its PID namespace and a volume):
+///
+///   docker run --pid=container:app -v dumps:/dumpwatch -v ./policy.yaml:/etc/dumpwatch/policy.yaml \
+///       dumpwatch-sidecar --policy /etc/dumpwatch/policy.yaml
+///
+/// A minimal policy (the same schema as the DumpPolicy CRD's spec):
+///
+///   mode: connect            # or listen: apps set DOTNET_DiagnosticPorts=/dumpwatch/dumpwatch.sock
+///   triggers:
+///     - {type: gcHeapBytes, above: 500Mi, for: 30s}
+///     - {type: deadlock}
+///   limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 5Gi}
+///   storage: {volume: {path: /dumpwatch}}
+///
+/// The policy file is reloaded when it changes. `kill -USR1 <sidecar>` or creating an
+/// onDemand trigger's `file` requests a capture now. Captures appear as complete directories
+/// with a manifest.json; nothing half-written is ever visible.
+#[derive(Parser, Debug)]
+#[command(name = "dumpwatch-sidecar", version, verbatim_doc_comment)]
+struct Args {
+    /// DumpPolicy YAML: a bare spec or a whole DumpPolicy object.
+    #[arg(long, env = "DUMPWATCH_POLICY", default_value = "/etc/dumpwatch/policy.yaml")]
+    policy: PathBuf,
+    /// Capture folder; overrides spec.storage.volume.path.
+    #[arg(long, env = "DUMPWATCH_STORAGE")]
+    storage: Option<PathBuf>,
+    /// Listen-mode socket the apps' DOTNET_DiagnosticPorts points to [default: <storage>/dumpwatch.sock].
+    #[arg(long, env = "DUMPWATCH_LISTEN_SOCKET")]
+    listen_socket: Option<PathBuf>,
+    /// Address of /metrics, /healthz, /readyz and /findings.
+    #[arg(long, env = "DUMPWATCH_HTTP", default_value = "0.0.0.0:9464")]
+    http: SocketAddr,
+    /// Pod name for manifests (Downward API).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    namespace: String,
+    /// App container name for manifests.
+    #[arg(long, env = "DUMPWATCH_CONTAINER", default_value = "")]
+    container: String,
+    /// How often /proc is scanned for new processes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    scan_interval_ms: u64,
+    /// Only watch processes whose environment holds KEY=VALUE (a host shared with other apps).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_select)]
+    select_env: Option<sidecar::discovery::Select>,
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.json_logs {
+        fmt.json().init()
+    } else {
+        fmt.init()
+    }
+    // One thread: the sidecar mostly waits on sockets, and must stay small beside the app.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let cfg = sidecar::Config {
+        policy_file: args.policy,
+        storage: args.storage,
+        listen_socket: args.listen_socket,
+        http: args.http,
+        identity: sidecar::capture::Identity { pod: args.pod, namespace: args.namespace, container: args.container },
+        scan_interval: std::time::Duration::from_millis(args.scan_interval_ms.max(50)),
+        proc_root: "/proc".into(),
+        select: args.select_env.unwrap_or_default(),
+    };
+    rt.block_on(sidecar::run(cfg))?;
+    Ok(())
+}
+
+fn parse_select(s: &str) -> Result<sidecar::discovery::Select, String> {
+    sidecar::discovery::Select::env(s).ok_or_else(|| format!("{s:?}: write KEY=VALUE"))
+}

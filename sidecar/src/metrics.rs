@@ -1,0 +1,186 @@
+//! `/metrics`: every watched process in one registry, labelled by `pid` and `process`. Names
+//! are part of the API (docs/ARCHITECTURE.md): units in the name, `_total` for counters.
+//!
+//! A process that goes away has its label sets removed, so a pod that restarts its app
+//! a thousand times does not grow the registry a thousand times.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type FGauge = Gauge<f64, AtomicU64>;
+type FCounter = Counter<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Proc {
+    pub pid: String,
+    pub process: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub pid: String,
+    pub process: String,
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub pid: String,
+    pub process: String,
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaptureLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub gc_heap: Family<Proc, FGauge>,
+    pub working_set: Family<Proc, FGauge>,
+    pub cpu: Family<Proc, FGauge>,
+    pub tp_threads: Family<Proc, FGauge>,
+    pub tp_queue: Family<Proc, FGauge>,
+    pub contention: Family<Proc, FCounter>,
+    pub exceptions: Family<Proc, FCounter>,
+    pub allocated: Family<Proc, FCounter>,
+    pub heap_types: Family<TypeLabels, FGauge>,
+    pub deadlocked: Family<Proc, FGauge>,
+    /// 1 when live deadlock detection is unavailable for the process (.NET < 8).
+    pub no_live_deadlock: Family<Proc, FGauge>,
+    pub triggers: Family<TriggerLabels, Counter>,
+    pub captures: Family<CaptureLabels, Counter>,
+    pub capture_seconds: Histogram,
+    pub watched: Gauge,
+    /// Type label sets published per process, so a new snapshot replaces the old top N.
+    published_types: Mutex<Vec<TypeLabels>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Self {
+            gc_heap: Family::default(),
+            working_set: Family::default(),
+            cpu: Family::default(),
+            tp_threads: Family::default(),
+            tp_queue: Family::default(),
+            contention: Family::default(),
+            exceptions: Family::default(),
+            allocated: Family::default(),
+            heap_types: Family::default(),
+            deadlocked: Family::default(),
+            no_live_deadlock: Family::default(),
+            triggers: Family::default(),
+            captures: Family::default(),
+            capture_seconds: Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            watched: Gauge::default(),
+            published_types: Mutex::default(),
+            registry: Registry::default(),
+        };
+        r.register("dotnet_gc_heap_size_bytes", "GC heap size", m.gc_heap.clone());
+        r.register("dotnet_working_set_bytes", "Working set", m.working_set.clone());
+        r.register("dotnet_cpu_usage_ratio", "CPU used by the process, as a ratio of the machine", m.cpu.clone());
+        r.register("dotnet_threadpool_threads", "Thread-pool threads", m.tp_threads.clone());
+        r.register("dotnet_threadpool_queue_length", "Thread-pool work items queued", m.tp_queue.clone());
+        // prometheus-client appends `_total` to counters.
+        r.register("dotnet_lock_contention", "Monitor lock contentions", m.contention.clone());
+        r.register("dotnet_exceptions", "Exceptions thrown", m.exceptions.clone());
+        r.register("dotnet_gc_allocated_bytes", "Bytes allocated on the GC heap", m.allocated.clone());
+        r.register("dotnet_heap_type_bytes", "Bytes per type, top N of the latest heap snapshot", m.heap_types.clone());
+        r.register("dumpwatch_deadlocked_threads", "Threads on a deadlock cycle", m.deadlocked.clone());
+        r.register(
+            "dumpwatch_live_deadlock_detection_unavailable",
+            "1 when the runtime is older than .NET 8 (contention events do not name the owner)",
+            m.no_live_deadlock.clone(),
+        );
+        r.register("dumpwatch_triggers", "Trigger firings", m.triggers.clone());
+        r.register("dumpwatch_captures", "Captures by kind and result", m.captures.clone());
+        r.register("dumpwatch_capture_duration_seconds", "Duration of captures", m.capture_seconds.clone());
+        r.register("dumpwatch_watched_processes", "Processes watched now", m.watched.clone());
+        Self { registry: r, ..m }
+    }
+
+    /// Prometheus text exposition (OpenMetrics flavour, which Prometheus scrapes natively).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Publish the top types of a new heap snapshot, replacing the previous ones.
+    pub fn set_heap_types(&self, p: &Proc, types: &[(String, u64)]) {
+        let mut published = self.published_types.lock().expect("poisoned");
+        published.retain(|l| {
+            let mine = l.pid == p.pid && l.process == p.process;
+            if mine {
+                self.heap_types.remove(l);
+            }
+            !mine
+        });
+        for (name, bytes) in types {
+            let l = TypeLabels { pid: p.pid.clone(), process: p.process.clone(), r#type: name.clone() };
+            self.heap_types.get_or_create(&l).set(*bytes as f64);
+            published.push(l);
+        }
+    }
+
+    /// Forget a process that went away.
+    pub fn remove_process(&self, p: &Proc) {
+        for f in [
+            &self.gc_heap,
+            &self.working_set,
+            &self.cpu,
+            &self.tp_threads,
+            &self.tp_queue,
+            &self.deadlocked,
+            &self.no_live_deadlock,
+        ] {
+            f.remove(p);
+        }
+        for f in [&self.contention, &self.exceptions, &self.allocated] {
+            f.remove(p);
+        }
+        self.set_heap_types(p, &[]);
+        // Trigger counters are kept: how often a process fired is history worth keeping,
+        // and they are bounded by the trigger kinds.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_labels_and_removal() {
+        let m = Metrics::new();
+        let p = Proc { pid: "42".into(), process: "Orders".into() };
+        m.gc_heap.get_or_create(&p).set(1.5e6);
+        m.exceptions.get_or_create(&p).inc_by(3.0);
+        m.set_heap_types(&p, &[("System.String".into(), 100), ("Shop.Order".into(), 50)]);
+        m.set_heap_types(&p, &[("Shop.Order".into(), 60)]);
+        let text = m.encode();
+        assert!(text.contains(r#"dotnet_gc_heap_size_bytes{pid="42",process="Orders"} 1500000"#), "{text}");
+        assert!(text.contains(r#"dotnet_exceptions_total{pid="42",process="Orders"} 3"#), "{text}");
+        assert!(text.contains(r#"dotnet_heap_type_bytes{pid="42",process="Orders",type="Shop.Order"} 60"#), "{text}");
+        assert!(!text.contains("System.String"), "old snapshot's types are replaced");
+        m.remove_process(&p);
+        let text = m.encode();
+        assert!(!text.contains(r#"pid="42""#), "{text}");
+    }
+}

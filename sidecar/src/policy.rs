@@ -1,0 +1,82 @@
+//! The policy file (standalone mode) and on-demand requests from outside.
+//!
+//! The file is polled for changes (mtime and size) rather than watched with inotify: a
+//! ConfigMap volume updates by swapping a symlink, which inotify on the file itself misses,
+//! and one `stat` a second costs nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use api::{DumpPolicySpec, TriggerKind};
+use tokio::sync::{broadcast, watch};
+
+use crate::Error;
+
+pub fn load(path: &Path) -> Result<DumpPolicySpec, Error> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| Error::PolicyRead { path: path.to_path_buf(), source })?;
+    DumpPolicySpec::from_yaml(&text).map_err(|source| Error::Policy { path: path.to_path_buf(), source })
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reload the policy when the file changes. A broken edit is logged and the previous policy
+/// stays in force: a typo must not switch the guard rails off.
+pub async fn reload_loop(path: PathBuf, tx: watch::Sender<Arc<DumpPolicySpec>>, every: Duration) {
+    let mut last = stamp(&path);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load(&path) {
+            Ok(p) => {
+                tracing::info!(path = %path.display(), triggers = p.triggers.len(), "policy reloaded");
+                let _ = tx.send(Arc::new(p));
+            }
+            Err(e) => tracing::error!(error = %e, "policy change ignored; the previous policy stays in force"),
+        }
+    }
+}
+
+/// On-demand request files named by `onDemand` triggers: the file's appearance is a request;
+/// we delete it so that the next one is a new request.
+pub fn request_files(p: &DumpPolicySpec) -> Vec<PathBuf> {
+    p.triggers
+        .iter()
+        .filter(|t| t.kind == TriggerKind::OnDemand)
+        .filter_map(|t| t.file.as_ref().map(PathBuf::from))
+        .collect()
+}
+
+pub async fn on_demand_loop(policy: watch::Receiver<Arc<DumpPolicySpec>>, tx: broadcast::Sender<String>) {
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    loop {
+        let files = request_files(&policy.borrow());
+        for f in files {
+            if f.exists() && std::fs::remove_file(&f).is_ok() {
+                tracing::info!(file = %f.display(), "on-demand capture requested");
+                let _ = tx.send(format!("request file {}", f.display()));
+            }
+        }
+        let tick = tokio::time::sleep(Duration::from_millis(250));
+        match usr1.as_mut() {
+            Some(sig) => {
+                tokio::select! {
+                    _ = sig.recv() => {
+                        tracing::info!("on-demand capture requested (SIGUSR1)");
+                        let _ = tx.send("SIGUSR1".into());
+                    }
+                    _ = tick => {}
+                }
+            }
+            None => tick.await,
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Trigger decisions: pure functions from (policy, latest values, time) to firings. No I/O, no
+//! clock: the caller passes `now` in seconds on a monotonic clock, so every rule is unit-tested
+//! with made-up time.
+
+use std::collections::VecDeque;
+
+use api::{DumpPolicySpec, Trigger, TriggerKind};
+
+/// The latest runtime values of one process, in base units (bytes, ratio, per second).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Values {
+    pub gc_heap_bytes: Option<f64>,
+    pub working_set_bytes: Option<f64>,
+    pub cpu_ratio: Option<f64>,
+    pub threadpool_threads: Option<f64>,
+    pub threadpool_queue: Option<f64>,
+    pub exceptions_per_sec: Option<f64>,
+    pub contentions_per_sec: Option<f64>,
+}
+
+/// A trigger that fired, with what was observed: every firing is logged with its value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Firing {
+    /// Index into `policy.triggers`.
+    pub index: usize,
+    pub trigger: &'static str,
+    pub value: f64,
+    pub threshold: Option<f64>,
+    pub detail: String,
+}
+
+/// Threshold + duration + hysteresis. Armed at start; fires once the value stayed above
+/// `above` for `for`; re-arms only when the value drops below `clearBelow` (default 90% of
+/// `above`), so a value that stays high fires once, not once per interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Threshold {
+    disarmed: bool,
+    above_since: Option<f64>,
+}
+
+impl Threshold {
+    pub fn step(&mut self, above: f64, clear_below: f64, hold: f64, value: f64, now: f64) -> bool {
+        if self.disarmed {
+            if value < clear_below {
+                self.disarmed = false;
+                self.above_since = None;
+            }
+            return false;
+        }
+        if value > above {
+            let since = *self.above_since.get_or_insert(now);
+            if now - since >= hold {
+                self.disarmed = true;
+                self.above_since = None;
+                return true;
+            }
+        } else {
+            self.above_since = None;
+        }
+        false
+    }
+}
+
+/// Heap growth in bytes per minute over a sliding window of `window` seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Growth {
+    samples: VecDeque<(f64, f64)>,
+}
+
+impl Growth {
+    /// Add a sample; the rate once the window is (nearly) covered.
+    pub fn push(&mut self, now: f64, bytes: f64, window: f64) -> Option<f64> {
+        self.samples.push_back((now, bytes));
+        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(t, _)| now - t > window) {
+            self.samples.pop_front();
+        }
+        let &(t0, b0) = self.samples.front()?;
+        let dt = now - t0;
+        // Tolerate one interval of jitter: counters arrive about, not exactly, every interval.
+        if dt <= 0.0 || dt < window * 0.8 {
+            return None;
+        }
+        Some((bytes - b0) / dt * 60.0)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+enum State {
+    #[default]
+    None,
+    Threshold(Threshold),
+    Growth(Growth, Threshold),
+    Schedule {
+        last: Option<f64>,
+    },
+}
+
+/// Per-process trigger state for one policy. Rebuilt when the policy changes.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    states: Vec<State>,
+}
+
+impl Engine {
+    pub fn new(policy: &DumpPolicySpec) -> Self {
+        let states = policy
+            .triggers
+            .iter()
+            .map(|t| match t.kind {
+                TriggerKind::GcHeapGrowth => State::Growth(Growth::default(), Threshold::default()),
+                k if k.is_threshold() => State::Threshold(Threshold::default()),
+                TriggerKind::Schedule => State::Schedule { last: None },
+                _ => State::None,
+            })
+            .collect();
+        Self { states }
+    }
+
+    /// Evaluate metric and schedule triggers against the latest values.
+    pub fn evaluate(&mut self, policy: &DumpPolicySpec, v: &Values, now: f64) -> Vec<Firing> {
+        let mut out = Vec::new();
+        for (index, (t, state)) in policy.triggers.iter().zip(self.states.iter_mut()).enumerate() {
+            match state {
+                State::Threshold(th) => {
+                    let Some(value) = metric(t.kind, v) else { continue };
+                    let (above, clear) = limits_of(t);
+                    let hold = t.for_.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                    if th.step(above, clear, hold, value, now) {
+                        out.push(firing(index, t, value, format!("{} above {} for {hold}s", t.kind.name(), above)));
+                    }
+                }
+                State::Growth(g, th) => {
+                    let Some(heap) = v.gc_heap_bytes else { continue };
+                    let window = t.for_.map(|d| d.as_secs_f64()).unwrap_or(60.0);
+                    let Some(rate) = g.push(now, heap, window) else { continue };
+                    let (above, clear) = limits_of(t);
+                    if th.step(above, clear, 0.0, rate, now) {
+                        out.push(firing(index, t, rate, format!("gc heap grew {rate:.0} B/min over {window}s")));
+                    }
+                }
+                State::Schedule { last } => {
+                    let every = t.every.map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY);
+                    let since = *last.get_or_insert(now);
+                    if now - since >= every {
+                        *last = Some(now);
+                        out.push(firing(index, t, every, format!("every {every}s")));
+                    }
+                }
+                State::None => {}
+            }
+        }
+        out
+    }
+
+    /// An event trigger (deadlock, on demand): fires every trigger of that kind. Rate limits,
+    /// not this function, keep a repeating event from capturing too often.
+    pub fn event(&self, policy: &DumpPolicySpec, kind: TriggerKind, value: f64, detail: &str) -> Vec<Firing> {
+        policy
+            .triggers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.kind == kind)
+            .map(|(index, t)| firing(index, t, value, detail.to_string()))
+            .collect()
+    }
+}
+
+fn firing(index: usize, t: &Trigger, value: f64, detail: String) -> Firing {
+    Firing { index, trigger: t.kind.name(), value, threshold: t.above.map(|a| a.value()), detail }
+}
+
+fn limits_of(t: &Trigger) -> (f64, f64) {
+    let above = t.above.map(|a| a.value()).unwrap_or(f64::INFINITY);
+    let clear = t.clear_below.map(|c| c.value()).unwrap_or(above * 0.9);
+    (above, clear)
+}
+
+/// The value a threshold trigger compares.
+pub fn metric(kind: TriggerKind, v: &Values) -> Option<f64> {
+    match kind {
+        TriggerKind::GcHeapBytes => v.gc_heap_bytes,
+        TriggerKind::WorkingSet => v.working_set_bytes,
+        TriggerKind::Cpu => v.cpu_ratio,
+        TriggerKind::Threads => v.threadpool_threads,
+        TriggerKind::ThreadPoolQueue => v.threadpool_queue,
+        TriggerKind::ExceptionRate => v.exceptions_per_sec,
+        TriggerKind::LockContentionRate => v.contentions_per_sec,
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> DumpPolicySpec {
+        DumpPolicySpec::from_yaml(yaml).unwrap()
+    }
+
+    #[test]
+    fn threshold_needs_duration_and_fires_once_while_high() {
+        let p = policy("triggers: [{type: gcHeapBytes, above: 100, for: 3s}]");
+        let mut e = Engine::new(&p);
+        let at = |e: &mut Engine, heap: f64, t: f64| {
+            e.evaluate(&p, &Values { gc_heap_bytes: Some(heap), ..Default::default() }, t)
+        };
+        assert!(at(&mut e, 150.0, 0.0).is_empty());
+        assert!(at(&mut e, 150.0, 2.0).is_empty(), "not yet 3 s");
+        let f = at(&mut e, 160.0, 3.0);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].value, 160.0);
+        assert_eq!(f[0].threshold, Some(100.0));
+        for t in 4..100 {
+            assert!(at(&mut e, 150.0, t as f64).is_empty(), "stays high: no second firing");
+        }
+        assert!(at(&mut e, 95.0, 100.0).is_empty(), "between clear (90) and above: still disarmed");
+        assert!(at(&mut e, 150.0, 101.0).is_empty());
+        assert!(at(&mut e, 150.0, 105.0).is_empty(), "never re-armed");
+        assert!(at(&mut e, 80.0, 106.0).is_empty(), "re-armed below 90");
+        assert!(at(&mut e, 150.0, 107.0).is_empty());
+        assert_eq!(at(&mut e, 150.0, 110.0).len(), 1, "fires again after re-arming");
+    }
+
+    #[test]
+    fn a_dip_resets_the_duration() {
+        let p = policy("triggers: [{type: cpu, above: 50%, for: 2s}]");
+        let mut e = Engine::new(&p);
+        let cpu =
+            |e: &mut Engine, c: f64, t: f64| e.evaluate(&p, &Values { cpu_ratio: Some(c), ..Default::default() }, t);
+        assert!(cpu(&mut e, 0.9, 0.0).is_empty());
+        assert!(cpu(&mut e, 0.1, 1.0).is_empty());
+        assert!(cpu(&mut e, 0.9, 2.0).is_empty());
+        assert!(cpu(&mut e, 0.9, 3.0).is_empty());
+        assert_eq!(cpu(&mut e, 0.9, 4.0).len(), 1);
+    }
+
+    #[test]
+    fn every_metric_kind_reads_its_value() {
+        let v = Values {
+            gc_heap_bytes: Some(1.0),
+            working_set_bytes: Some(2.0),
+            cpu_ratio: Some(0.3),
+            threadpool_threads: Some(4.0),
+            threadpool_queue: Some(5.0),
+            exceptions_per_sec: Some(6.0),
+            contentions_per_sec: Some(7.0),
+        };
+        let kinds = [
+            (TriggerKind::GcHeapBytes, 1.0),
+            (TriggerKind::WorkingSet, 2.0),
+            (TriggerKind::Cpu, 0.3),
+            (TriggerKind::Threads, 4.0),
+            (TriggerKind::ThreadPoolQueue, 5.0),
+            (TriggerKind::ExceptionRate, 6.0),
+            (TriggerKind::LockContentionRate, 7.0),
+        ];
+        for (k, want) in kinds {
+            assert_eq!(metric(k, &v), Some(want), "{k:?}");
+        }
+        assert_eq!(metric(TriggerKind::Deadlock, &v), None);
+        let p = policy("triggers: [{type: exceptionRate, above: 5}, {type: threadPoolQueue, above: 10}]");
+        let f = Engine::new(&p).evaluate(&p, &v, 0.0);
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].trigger, f[0].value), ("exceptionRate", 6.0));
+    }
+
+    #[test]
+    fn growth_rate_over_the_window() {
+        let p = policy("triggers: [{type: gcHeapGrowth, above: 60Mi, for: 10s}]");
+        let mut e = Engine::new(&p);
+        let mib = 1024.0 * 1024.0;
+        let mut fired = Vec::new();
+        // 2 MiB/s = 120 MiB/min.
+        for t in 0..20 {
+            let v = Values { gc_heap_bytes: Some(100.0 * mib + 2.0 * mib * t as f64), ..Default::default() };
+            fired.extend(e.evaluate(&p, &v, t as f64).into_iter().map(|f| (t, f.value)));
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        let (t, rate) = fired[0];
+        assert_eq!(t, 8, "fires once 80% of the window is covered");
+        assert!((rate / mib - 120.0).abs() < 1e-6, "{}", rate / mib);
+        // A flat heap never fires.
+        let mut e = Engine::new(&p);
+        for t in 0..30 {
+            let v = Values { gc_heap_bytes: Some(100.0 * mib), ..Default::default() };
+            assert!(e.evaluate(&p, &v, t as f64).is_empty());
+        }
+    }
+
+    #[test]
+    fn schedule_fires_every_period() {
+        let p = policy("limits: {cooldown: 10s}\ntriggers: [{type: schedule, every: 10s}]");
+        let mut e = Engine::new(&p);
+        let times: Vec<u32> = (0..35).filter(|&t| !e.evaluate(&p, &Values::default(), t as f64).is_empty()).collect();
+        assert_eq!(times, vec![10, 20, 30]);
+    }
+
+    #[test]
+    fn events_fire_matching_triggers_only() {
+        let p = policy("triggers: [{type: deadlock}, {type: onDemand}, {type: gcHeapBytes, above: 1}]");
+        let e = Engine::new(&p);
+        let f = e.event(&p, TriggerKind::Deadlock, 2.0, "2 threads");
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].index, f[0].trigger), (0, "deadlock"));
+        assert!(e.event(&p, TriggerKind::Schedule, 0.0, "").is_empty());
+    }
+}

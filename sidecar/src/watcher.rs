@@ -1,0 +1,369 @@
+//! One watched process: one EventPipe session (System.Runtime counters at the policy interval,
+//! plus contention events on .NET 8+ for the live wait-for graph), metrics, trigger evaluation
+//! and capture decisions. Captures run in their own task so the session keeps being read.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use analysis::wait_for::{Deadlock, DeadlockKey, WaitForConfig, WaitForGraph};
+use api::{CaptureKind, DumpPolicySpec, TriggerKind};
+use diag::contention::ContentionTracker;
+use diag::counters::{CounterSample, SYSTEM_RUNTIME, sample_from_event};
+use diag::protocol::{Provider, SessionConfig};
+use diag::session::TraceSession;
+use nettrace::{Event, TraceInfo};
+use tokio::sync::{broadcast, watch};
+
+use crate::capture::{self, Identity, Target};
+use crate::limits::{self, History};
+use crate::metrics::{CaptureLabels, Metrics, TriggerLabels};
+use crate::storage::Storage;
+use crate::triggers::{Engine, Firing, Values};
+use crate::{Error, metrics::Proc};
+
+/// What every watcher shares.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub storage: Storage,
+    pub identity: Identity,
+    pub policy: watch::Receiver<Arc<DumpPolicySpec>>,
+    /// On-demand requests (file, SIGUSR1); the string says where it came from.
+    pub on_demand: broadcast::Sender<String>,
+    /// Captures run one at a time in the whole sidecar: the byte budget is then checked
+    /// against a store nobody else is writing to, and the node is never hit by two dumps.
+    pub capture_lock: tokio::sync::Mutex<()>,
+    /// Recent live findings, newest last (served at `/findings`).
+    pub findings: Mutex<VecDeque<serde_json::Value>>,
+    pub epoch: Instant,
+}
+
+impl Shared {
+    fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    fn push_finding(&self, f: serde_json::Value) {
+        let mut q = self.findings.lock().expect("poisoned");
+        q.push_back(f);
+        while q.len() > 100 {
+            q.pop_front();
+        }
+    }
+}
+
+/// The one session per process. Contention needs .NET 8 (ContentionStart v2 names the owner).
+pub fn session_config(interval: f64, contention: bool) -> SessionConfig {
+    let mut cfg = diag::counters::session_config(&[SYSTEM_RUNTIME], interval);
+    if contention {
+        cfg.providers.push(Provider::new(
+            nettrace::events::RUNTIME_PROVIDER,
+            nettrace::events::keywords::CONTENTION,
+            4,
+        ));
+    }
+    cfg
+}
+
+/// Watch `target` until it goes away, then release everything that was published for it.
+/// Returns whether the session could start at all.
+pub async fn watch(shared: Arc<Shared>, target: Target) -> bool {
+    let labels = target.labels();
+    shared.metrics.watched.inc();
+    let mut started = false;
+    match run(&shared, &target, &mut started).await {
+        Ok(()) => tracing::info!(pid = target.pid, process = %target.name, "process went away"),
+        Err(e) if started => tracing::warn!(pid = target.pid, process = %target.name, error = %e, "stopped watching"),
+        Err(e) => tracing::debug!(pid = target.pid, process = %target.name, error = %e, "cannot watch"),
+    }
+    shared.metrics.remove_process(&labels);
+    shared.metrics.watched.dec();
+    started
+}
+
+async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Result<(), Error> {
+    let mut policy_rx = shared.policy.clone();
+    let mut policy = policy_rx.borrow_and_update().clone();
+    let live = target.runtime_major().is_some_and(|m| m >= 8);
+    let labels = target.labels();
+    let mut session =
+        TraceSession::start(&target.client, &session_config(policy.counter_interval.as_secs_f64(), live)).await?;
+    *started = true;
+    tracing::info!(pid = target.pid, process = %target.name, runtime = ?target.runtime_version, "watching");
+    if !live {
+        tracing::warn!(
+            pid = target.pid,
+            runtime = ?target.runtime_version,
+            "live deadlock detection is unavailable before .NET 8 (contention events do not name the owner); \
+             deadlocks are found from dumps taken on the policy's stall triggers"
+        );
+        shared.metrics.no_live_deadlock.get_or_create(&labels).set(1.0);
+    } else {
+        shared.metrics.deadlocked.get_or_create(&labels).set(0.0);
+    }
+    let mut engine = Engine::new(&policy);
+    let new_tracker = || {
+        let graph =
+            WaitForGraph::new(WaitForConfig { confirm_window: Duration::from_millis(500), ..Default::default() })
+                .expect("valid wait-for config");
+        ContentionTracker::new(graph)
+    };
+    let mut tracker = new_tracker();
+    let mut values = Values::default();
+    let mut reported: HashSet<DeadlockKey> = HashSet::new();
+    let history = Arc::new(Mutex::new(History::default()));
+    let mut on_demand = shared.on_demand.subscribe();
+    let mut samples: Vec<CounterSample> = Vec::new();
+    loop {
+        let mut firings: Vec<(Firing, Option<serde_json::Value>)> = Vec::new();
+        {
+            let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
+                if let Some(s) = sample_from_event(info, ev) {
+                    samples.push(s);
+                } else if live {
+                    tracker.on_event(info, ev);
+                }
+            };
+            tokio::select! {
+                more = session.pump(&mut sink) => if !more? { return Ok(()) },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                changed = policy_rx.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    let new = policy_rx.borrow_and_update().clone();
+                    if new.counter_interval != policy.counter_interval {
+                        // The interval is a session argument: restart the session.
+                        let _ = session.stop().await;
+                        session = TraceSession::start(&target.client, &session_config(new.counter_interval.as_secs_f64(), live)).await?;
+                        tracker = new_tracker();
+                        reported.clear();
+                    }
+                    engine = Engine::new(&new);
+                    policy = new;
+                }
+                req = on_demand.recv() => if let Ok(source) = req {
+                    firings.extend(engine.event(&policy, TriggerKind::OnDemand, 1.0, &source).into_iter().map(|f| (f, None)));
+                },
+            }
+        }
+        if !samples.is_empty() {
+            for s in samples.drain(..) {
+                apply_sample(&shared.metrics, &labels, &mut values, &s);
+            }
+            firings.extend(engine.evaluate(&policy, &values, shared.now()).into_iter().map(|f| (f, None)));
+        }
+        if live {
+            let deadlocks = tracker.deadlocks();
+            let threads: usize = deadlocks.iter().map(|d| d.cycle.len()).sum();
+            shared.metrics.deadlocked.get_or_create(&labels).set(threads as f64);
+            for d in deadlocks {
+                if reported.insert(d.key()) {
+                    let finding = deadlock_finding(target, &d);
+                    tracing::warn!(pid = target.pid, process = %target.name, locks = %d.key(), threads = d.cycle.len(),
+                        victims = d.victims.len(), "deadlock detected");
+                    shared.push_finding(finding.clone());
+                    let detail = format!("{} threads on a cycle over locks {}", d.cycle.len(), d.key());
+                    let f = engine.event(&policy, TriggerKind::Deadlock, d.cycle.len() as f64, &detail);
+                    firings.extend(f.into_iter().map(|f| (f, Some(finding.clone()))));
+                    tokio::task::spawn_local(symbolize_finding(shared.clone(), target.clone(), d));
+                }
+            }
+        }
+        for (f, finding) in firings {
+            fire(shared, target, &policy, &values, &history, f, finding);
+        }
+    }
+}
+
+/// Counter name → metric and trigger value. Sizes come in MB (10^6, as System.Runtime
+/// divides), CPU in percent of the machine, rates as the increment over the interval.
+fn apply_sample(m: &Metrics, p: &Proc, v: &mut Values, s: &CounterSample) {
+    let per_sec = |x: f64| if s.interval_sec > 0.0 { x / s.interval_sec as f64 } else { x };
+    match s.name.as_str() {
+        "gc-heap-size" => {
+            v.gc_heap_bytes = Some(s.value * 1e6);
+            m.gc_heap.get_or_create(p).set(s.value * 1e6);
+        }
+        "working-set" => {
+            v.working_set_bytes = Some(s.value * 1e6);
+            m.working_set.get_or_create(p).set(s.value * 1e6);
+        }
+        "cpu-usage" => {
+            v.cpu_ratio = Some(s.value / 100.0);
+            m.cpu.get_or_create(p).set(s.value / 100.0);
+        }
+        "threadpool-thread-count" => {
+            v.threadpool_threads = Some(s.value);
+            m.tp_threads.get_or_create(p).set(s.value);
+        }
+        "threadpool-queue-length" => {
+            v.threadpool_queue = Some(s.value);
+            m.tp_queue.get_or_create(p).set(s.value);
+        }
+        "monitor-lock-contention-count" => {
+            v.contentions_per_sec = Some(per_sec(s.value));
+            m.contention.get_or_create(p).inc_by(s.value.max(0.0));
+        }
+        "exception-count" => {
+            v.exceptions_per_sec = Some(per_sec(s.value));
+            m.exceptions.get_or_create(p).inc_by(s.value.max(0.0));
+        }
+        "alloc-rate" => {
+            m.allocated.get_or_create(p).inc_by(s.value.max(0.0));
+        }
+        _ => {}
+    }
+}
+
+fn deadlock_finding(t: &Target, d: &Deadlock) -> serde_json::Value {
+    let hex = |s: &[u64]| s.iter().map(|ip| format!("{ip:#x}")).collect::<Vec<_>>();
+    serde_json::json!({
+        "kind": "deadlock",
+        "pid": t.pid,
+        "process": t.name,
+        "runtime_version": t.runtime_version,
+        "locks": d.key().to_string(),
+        "cycle": d.cycle.iter().map(|e| serde_json::json!({
+            "thread": e.waiter_tid, "waits_for_lock": e.lock_id, "lock_object": e.lock_object,
+            "held_by": e.owner_tid, "stack": hex(&e.waiter_stack),
+        })).collect::<Vec<_>>(),
+        "victims": d.victims.iter().map(|v| serde_json::json!({
+            "thread": v.tid, "waits_for_lock": v.lock_id, "blocked_on": v.blocked_on, "stack": hex(&v.stack),
+        })).collect::<Vec<_>>(),
+        "symbolized": false,
+    })
+}
+
+/// Name the frames (a rundown session), then publish the finding again with method names.
+async fn symbolize_finding(shared: Arc<Shared>, t: Target, d: Deadlock) {
+    let Ok(methods) = diag::stacks::method_map(&t.client, Duration::from_secs(30)).await else { return };
+    let mut f = deadlock_finding(&t, &d);
+    for (i, e) in d.cycle.iter().enumerate() {
+        f["cycle"][i]["stack"] = serde_json::json!(methods.symbolize(&e.waiter_stack));
+    }
+    for (i, v) in d.victims.iter().enumerate() {
+        f["victims"][i]["stack"] = serde_json::json!(methods.symbolize(&v.stack));
+    }
+    f["symbolized"] = true.into();
+    shared.push_finding(f);
+}
+
+/// Log and count a firing, then capture if the limits allow.
+fn fire(
+    shared: &Arc<Shared>,
+    t: &Target,
+    policy: &Arc<DumpPolicySpec>,
+    v: &Values,
+    history: &Arc<Mutex<History>>,
+    firing: Firing,
+    finding: Option<serde_json::Value>,
+) {
+    tracing::warn!(pid = t.pid, process = %t.name, trigger = firing.trigger, value = firing.value,
+        threshold = ?firing.threshold, detail = %firing.detail, "trigger fired");
+    let tl = TriggerLabels { pid: t.pid.to_string(), process: t.name.clone(), trigger: firing.trigger.into() };
+    shared.metrics.triggers.get_or_create(&tl).inc();
+    let kinds = policy.capture_kinds(firing.index);
+    let admitted = {
+        let mut h = history.lock().expect("poisoned");
+        let estimate = estimate(t, policy, v, &kinds, h.last_gcdump_bytes);
+        let now = shared.now();
+        limits::admit(&policy.limits, &mut h, now, shared.storage.used_bytes(), estimate).map(|()| {
+            h.record_start(now);
+            estimate
+        })
+    };
+    let estimate = match admitted {
+        Ok(estimate) => estimate,
+        Err(r) => {
+            tracing::info!(pid = t.pid, trigger = firing.trigger, reason = %r, "capture refused");
+            count(&shared.metrics, &kinds, r.label());
+            return;
+        }
+    };
+    let (shared, t, policy, history) = (shared.clone(), t.clone(), policy.clone(), history.clone());
+    tokio::task::spawn_local(async move {
+        let _one = shared.capture_lock.lock().await;
+        let started = Instant::now();
+        let result = capture_within_budget(&shared, &t, &policy, &kinds, &firing, finding, estimate).await;
+        shared.metrics.capture_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(out) => {
+                for (k, ok) in &out.results {
+                    count(&shared.metrics, &[*k], if *ok { "success" } else { "failure" });
+                }
+                if let Some(top) = &out.heap_top {
+                    shared.metrics.set_heap_types(&t.labels(), top);
+                }
+                if let Some(f) = out.manifest.files.iter().find(|f| f.name == "heap.nettrace") {
+                    history.lock().expect("poisoned").last_gcdump_bytes = f.bytes;
+                }
+                tracing::info!(pid = t.pid, dir = %out.dir.display(), bytes = out.bytes, "capture stored");
+                for gone in shared.storage.apply_retention(&policy.retention) {
+                    tracing::info!(path = %gone.display(), "retention removed an old capture");
+                }
+            }
+            Err(Error::Refused(r)) => {
+                tracing::info!(pid = t.pid, reason = %r, "capture refused");
+                count(&shared.metrics, &kinds, r.label());
+            }
+            Err(e) => {
+                tracing::warn!(pid = t.pid, error = %e, "capture failed");
+                count(&shared.metrics, &kinds, "failure");
+            }
+        }
+        history.lock().expect("poisoned").in_progress = false;
+    });
+}
+
+/// Capture, then make sure the store is still within `limits.maxBytes`: the estimate is an
+/// estimate, and a capture that overshoots is removed rather than kept over budget.
+async fn capture_within_budget(
+    shared: &Shared,
+    t: &Target,
+    policy: &DumpPolicySpec,
+    kinds: &[CaptureKind],
+    firing: &Firing,
+    finding: Option<serde_json::Value>,
+    estimate: u64,
+) -> Result<capture::Outcome, Error> {
+    let max = policy.limits.max_bytes.value() as u64;
+    let used = shared.storage.used_bytes();
+    if used + estimate > max {
+        return Err(limits::Refusal::Budget { used, estimate, max }.into());
+    }
+    let req = capture::Request {
+        kinds,
+        dump_type: policy.capture.dump_type,
+        firing,
+        finding,
+        min_free_bytes: policy.limits.min_free_disk.value() as u64,
+        top_types: policy.capture.top_types as usize,
+    };
+    let out = capture::run(&shared.storage, &shared.identity, t, &req).await?;
+    let after = shared.storage.used_bytes();
+    if after > max {
+        let _ = std::fs::remove_dir_all(&out.dir);
+        return Err(limits::Refusal::Budget { used, estimate: out.bytes, max }.into());
+    }
+    Ok(out)
+}
+
+fn estimate(t: &Target, policy: &DumpPolicySpec, v: &Values, kinds: &[CaptureKind], last_gcdump: u64) -> u64 {
+    kinds
+        .iter()
+        .map(|k| match k {
+            CaptureKind::Dump => {
+                t.estimate_dump_bytes(capture::dump_type(policy.capture.dump_type), v.working_set_bytes)
+            }
+            // The raw heap stream runs at about half the heap size (88 MB for a 2 M-object heap).
+            // the last snapshot of this process, with a margin for growth, is better still.
+            CaptureKind::Gcdump => ((v.gc_heap_bytes.unwrap_or(0.0) / 2.0) as u64 + (1 << 20)).max(last_gcdump / 4 * 5),
+            CaptureKind::Stacks => 1 << 20,
+        })
+        .sum()
+}
+
+fn count(m: &Metrics, kinds: &[CaptureKind], result: &str) {
+    for k in kinds {
+        m.captures.get_or_create(&CaptureLabels { kind: k.name().into(), result: result.into() }).inc();
+    }
+}

@@ -1,0 +1,219 @@
+//! The sidecar binary against real .NET 8 and 3.1 workloads, in connect mode (workload in its
+//! own PID + mount namespace, reached through /proc) and listen mode (DOTNET_DiagnosticPorts).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::Digest;
+use testbed::{Runtime, Value};
+
+const S: Duration = Duration::from_secs(1);
+
+fn tids(v: &Value) -> BTreeSet<u64> {
+    v.as_array().unwrap().iter().map(|t| t["os_tid"].as_u64().or_else(|| t["thread"].as_u64()).unwrap()).collect()
+}
+
+/// Trigger a deadlock and check the finding (within 2 s of the workload's answer) and the capture.
+fn deadlock_is_found_and_captured(sc: &Sidecar, w: &testbed::Workload) {
+    let dl = w.get("/deadlock?waiters=2");
+    let answered = Instant::now();
+    let pid = Value::from(w.pid);
+    let finding = sc.wait_for("the deadlock finding", 2 * S, || sc.findings().into_iter().find(|f| f["pid"] == pid));
+    let latency = answered.elapsed();
+    assert_eq!(tids(&finding["cycle"]), tids(&dl["owners"]), "{finding:#}");
+    assert_eq!(tids(&finding["victims"]), tids(&dl["waiters"]), "{finding:#}");
+    let pid_label = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("dumpwatch_deadlocked_threads = 2", 5 * S, || {
+        sc.metric("dumpwatch_deadlocked_threads", &[&pid_label]).filter(|&v| v == 2.0)
+    });
+    let dir = sc.wait_for("the deadlock capture", 60 * S, || sc.captures().into_iter().next());
+    let m = manifest(&dir);
+    assert_eq!(m["trigger"]["trigger"], "deadlock");
+    assert_eq!(m["pod"], "test-pod");
+    assert_eq!(m["process"]["pid"], pid);
+    let stacks = std::fs::read_to_string(dir.join("stacks.json")).unwrap();
+    assert!(stacks.contains("DeadlockFunc"), "the owners' frames are named");
+    let found: Value = serde_json::from_slice(&std::fs::read(dir.join("finding.json")).unwrap()).unwrap();
+    assert_eq!(tids(&found["cycle"]), tids(&dl["owners"]));
+    // The symbolized version of the finding follows the raw one.
+    let named = sc.wait_for("a symbolized finding", 30 * S, || {
+        sc.findings().into_iter().find(|f| f["pid"] == pid && f["symbolized"] == true)
+    });
+    assert!(named["cycle"].to_string().contains("DeadlockFunc"), "{named:#}");
+    eprintln!("deadlock finding {} ms after the workload answered", latency.as_millis());
+}
+
+#[test]
+fn connect_mode_net8_in_own_namespaces_metrics_match_and_deadlock_is_found_live() {
+    let sc = Sidecar::start(
+        "c8",
+        "mode: connect\ntriggers: [{type: deadlock, capture: [stacks]}]\nlimits: {cooldown: 5s}\n",
+    );
+    let w = start(&sc, Runtime::Net8, true, false, &[]);
+    let pid = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("metrics of the workload", 30 * S, || sc.metric("dotnet_gc_heap_size_bytes", &[&pid]));
+    assert!(sc.metrics().contains(&format!("{pid},process=\"DiagScenarios\"")));
+    let thrown = w.get("/exceptions?count=7")["first_chance_total"].as_f64().unwrap();
+    sc.wait_for("dotnet_exceptions_total = the workload's count", 10 * S, || {
+        sc.metric("dotnet_exceptions_total", &[&pid]).filter(|&v| v == thrown)
+    });
+    let total = w.get("/leak?kb=40000")["total_customers"].as_u64().unwrap();
+    let memory = w.get("/truth")["total_memory"].as_f64().unwrap();
+    let heap = sc.wait_for("the heap metric to show the leak", 10 * S, || {
+        sc.metric("dotnet_gc_heap_size_bytes", &[&pid]).filter(|&v| v > 40e6)
+    });
+    assert!((heap - memory).abs() / memory < 0.2, "metric {heap} vs GC.GetTotalMemory {memory} ({total} customers)");
+    assert_eq!(sc.metric("dumpwatch_live_deadlock_detection_unavailable", &[&pid]), None);
+    deadlock_is_found_and_captured(&sc, &w);
+}
+
+#[test]
+fn listen_mode_net8_resumes_a_suspended_runtime_and_finds_its_deadlock() {
+    let sc =
+        Sidecar::start("l8", "mode: listen\ntriggers: [{type: deadlock, capture: [stacks]}]\nlimits: {cooldown: 5s}\n");
+    // The runtime waits at startup until the sidecar resumes it: the ready line proves it did.
+    let started = Instant::now();
+    let w = start(&sc, Runtime::Net8, false, true, &[]);
+    eprintln!("suspended runtime started in {} ms", started.elapsed().as_millis());
+    let pid = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("metrics of the workload", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
+    assert_eq!(metric_in(&sc.metrics(), "dumpwatch_watched_processes", &[]), None);
+    assert!(sc.metrics().contains("dumpwatch_watched_processes 1"), "watched once, not also through /proc");
+    deadlock_is_found_and_captured(&sc, &w);
+}
+
+#[test]
+fn net31_metrics_match_says_no_live_deadlock_detection_and_heap_snapshot_on_demand() {
+    let policy = "mode: connect\ntriggers: [{type: onDemand}]\ncapture: {kinds: [gcdump, stacks], topTypes: 10}\n";
+    let sc = Sidecar::start("c31", policy);
+    let w = start(&sc, Runtime::Net31, true, false, &["--leak-count", "100000"]);
+    let pid = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("live detection marked unavailable", 30 * S, || {
+        sc.metric("dumpwatch_live_deadlock_detection_unavailable", &[&pid]).filter(|&v| v == 1.0)
+    });
+    let thrown = w.get("/exceptions?count=5")["first_chance_total"].as_f64().unwrap();
+    sc.wait_for("dotnet_exceptions_total = the workload's count", 10 * S, || {
+        sc.metric("dotnet_exceptions_total", &[&pid]).filter(|&v| v == thrown)
+    });
+    nix_kill_usr1(sc.child.id());
+    let dir = sc.wait_for("the on-demand capture", 120 * S, || sc.captures().into_iter().next());
+    let m = manifest(&dir);
+    assert_eq!(m["trigger"]["trigger"], "onDemand");
+    assert_eq!(m["process"]["runtime_version"], "3.1.23");
+    let hist: Value = serde_json::from_slice(&std::fs::read(dir.join("histogram.json")).unwrap()).unwrap();
+    let customers =
+        hist["types"].as_array().unwrap().iter().find(|t| t["type_name"] == "DiagScenarios.Customer").unwrap();
+    assert_eq!(customers["count"], 100000);
+    let files: Vec<String> =
+        m["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().into()).collect();
+    assert_eq!(files, ["heap.nettrace", "histogram.json", "stacks.json"]);
+    for f in m["files"].as_array().unwrap() {
+        let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
+        assert_eq!(f["bytes"], bytes.len() as u64);
+        let hex: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(f["sha256"], hex);
+    }
+    let customer_bytes = sc.wait_for("dotnet_heap_type_bytes for the leaked type", 5 * S, || {
+        sc.metric("dotnet_heap_type_bytes", &[&pid, "type=\"DiagScenarios.Customer\""])
+    });
+    assert_eq!(customer_bytes, 100000.0 * 32.0);
+}
+
+#[test]
+fn a_leak_over_the_threshold_dumps_exactly_once_while_it_stays_high() {
+    let policy = "mode: connect\ntriggers: [{type: gcHeapBytes, above: 50Mi, for: 1s}]\n\
+                  capture: {kinds: [dump], dumpType: mini}\nlimits: {cooldown: 1m, maxPerHour: 10}\n";
+    let sc = Sidecar::start("leak", policy);
+    let w = start(&sc, Runtime::Net8, false, false, &[]);
+    let pid = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("metrics of the workload", 30 * S, || sc.metric("dotnet_gc_heap_size_bytes", &[&pid]));
+    w.get("/leak?kb=80000");
+    let dir = sc.wait_for("the dump", 60 * S, || sc.captures().into_iter().next());
+    // The heap stays high: no second firing, no second dump.
+    std::thread::sleep(6 * S);
+    assert!(sc.metric("dotnet_gc_heap_size_bytes", &[&pid]).unwrap() > 50.0 * 1048576.0, "still high");
+    assert_eq!(sc.captures().len(), 1);
+    assert_eq!(sc.metric("dumpwatch_triggers_total", &[&pid, "trigger=\"gcHeapBytes\""]), Some(1.0));
+    assert_eq!(sc.metric("dumpwatch_captures_total", &["kind=\"dump\"", "result=\"success\""]), Some(1.0));
+    let m = manifest(&dir);
+    assert!(m["trigger"]["value"].as_f64().unwrap() > 50.0 * 1048576.0, "{m:#}");
+    let names: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [format!("core.{}", w.pid).as_str(), "libmscordaccore.so"]);
+    assert!(w.get("/health")["ok"].as_bool().unwrap());
+}
+
+#[test]
+fn a_50_mib_budget_is_never_exceeded() {
+    let policy = "mode: connect\ncounterInterval: 1s\ntriggers: [{type: schedule, every: 1s}]\n\
+                  capture: {kinds: [gcdump]}\nlimits: {cooldown: 1s, maxPerHour: 1000, maxBytes: 50Mi}\n";
+    let sc = Sidecar::start("budget", policy);
+    let _w = start(&sc, Runtime::Net8, false, false, &["--leak-count", "150000"]);
+    let budget = 50 * 1024 * 1024;
+    let mut peak = 0;
+    let until = Instant::now() + 25 * S;
+    while Instant::now() < until {
+        peak = peak.max(dir_bytes(&sc.store));
+        assert!(peak <= budget, "store holds {peak} B > 50 MiB");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ok = sc.metric("dumpwatch_captures_total", &["kind=\"gcdump\"", "result=\"success\""]).unwrap_or(0.0);
+    let refused = sc.metric("dumpwatch_captures_total", &["kind=\"gcdump\"", "result=\"over_budget\""]).unwrap_or(0.0);
+    eprintln!("peak {peak} B, {ok} captures, {refused} refused for the budget");
+    assert!(ok >= 1.0 && refused >= 1.0, "the budget was reached and then held: {ok} ok, {refused} refused");
+}
+
+#[test]
+fn a_restarted_workload_is_released_and_rediscovered() {
+    let sc = Sidecar::start("restart", "mode: connect\n");
+    let w1 = start(&sc, Runtime::Net31, true, false, &[]);
+    let pid1 = format!("pid=\"{}\"", w1.pid);
+    sc.wait_for("the first process", 30 * S, || sc.metric("dotnet_working_set_bytes", &[&pid1]));
+    drop(w1);
+    sc.wait_for("the first process released", 10 * S, || {
+        (!sc.metrics().contains(&pid1) && sc.metrics().contains("dumpwatch_watched_processes 0")).then_some(())
+    });
+    let w2 = start(&sc, Runtime::Net31, true, false, &[]);
+    let pid2 = format!("pid=\"{}\"", w2.pid);
+    sc.wait_for("the restarted process", 30 * S, || sc.metric("dotnet_working_set_bytes", &[&pid2]));
+}
+
+#[test]
+fn killing_the_sidecar_mid_dump_leaves_no_partial_file_and_the_app_running() {
+    let dir = shared_dir();
+    let request = dir.path().join("capture-now");
+    let policy = format!(
+        "mode: connect\ntriggers: [{{type: onDemand, file: {}}}]\ncapture: {{kinds: [dump], dumpType: full}}\n",
+        request.display()
+    );
+    let mut sc = Sidecar::start("kill", &policy);
+    let w = start(&sc, Runtime::Net8, false, false, &["--leak-count", "1000000"]);
+    sc.wait_for("the process watched", 30 * S, || {
+        sc.metric("dotnet_gc_heap_size_bytes", &[&format!("pid=\"{}\"", w.pid)])
+    });
+    std::fs::write(&request, b"").unwrap();
+    let pending = sc.wait_for("the capture to start", 20 * S, || {
+        std::fs::read_dir(&sc.store).ok()?.flatten().map(|e| e.path()).find(|p| hidden(p) && p.is_dir())
+    });
+    sc.wait_for("the dump to be half written", 20 * S, || (dir_bytes(&pending) > 1 << 20).then_some(()));
+    sc.kill();
+    assert!(sc.captures().is_empty(), "nothing half-written is visible");
+    assert!(w.get("/health")["ok"].as_bool().unwrap(), "the app keeps running");
+    sc.restart();
+    // The restarted sidecar sweeps the interrupted capture away (createdump may still be
+    // finishing into the removed folder; nothing of it is reachable).
+    sc.wait_for("the leftovers swept", 30 * S, || {
+        let left: Vec<_> = std::fs::read_dir(&sc.store).unwrap().flatten().filter(|e| hidden(&e.path())).collect();
+        left.is_empty().then_some(())
+    });
+    std::thread::sleep(3 * S);
+    assert!(sc.captures().is_empty());
+    assert!(w.get("/health")["ok"].as_bool().unwrap());
+}
+
+fn nix_kill_usr1(pid: u32) {
+    let ok = std::process::Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap().success();
+    assert!(ok);
+}
