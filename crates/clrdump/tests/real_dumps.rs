@@ -23,7 +23,17 @@ fn dump(w: &Workload, dir: &Path) -> PathBuf {
         copy_dac: true,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(diag::dump::write_dump(&c, &req)).expect("dump written");
+    // createdump can lose a race with an exiting thread (the workload's request threads end
+    // right after answering): "ptrace(ATTACH, tid) FAILED No such process". Retry that.
+    for attempt in 1.. {
+        match rt.block_on(diag::dump::write_dump(&c, &req)) {
+            Ok(_) => break,
+            Err(e) if attempt < 3 && e.to_string().contains("ptrace") => {
+                std::thread::sleep(std::time::Duration::from_millis(300))
+            }
+            Err(e) => panic!("dump failed: {e}"),
+        }
+    }
     out
 }
 
