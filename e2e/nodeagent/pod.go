@@ -286,9 +286,15 @@ func (w *podWorker) command(ctx context.Context, p *corev1.Pod, c corev1.Contain
 	}
 	argv = append(argv, expand(c.Args, lookup)...)
 
+	// Every volume is first bound into a private staging tmpfs, then from there onto its mount
+	// path: a mount over /tmp (the dumpwatch sidecar pattern) would otherwise hide the sources of
+	// the following mounts, which live in the agent's state directory (often under /tmp).
 	var script strings.Builder
 	script.WriteString("set -e\nmount --make-rprivate / 2>/dev/null || true\nmount -t proc proc /proc\n")
-	for _, m := range c.VolumeMounts {
+	if len(c.VolumeMounts) > 0 {
+		fmt.Fprintf(&script, "mkdir -p %s\nmount -t tmpfs stage %s\n", stageDir, stageDir)
+	}
+	for i, m := range c.VolumeMounts {
 		src, ok := volumes[m.Name]
 		if !ok {
 			return nil, fmt.Errorf("volumeMount %s: no volume of that name", m.Name)
@@ -299,7 +305,10 @@ func (w *podWorker) command(ctx context.Context, p *corev1.Pod, c corev1.Contain
 				return nil, err
 			}
 		}
-		fmt.Fprintf(&script, "mkdir -p %s\nmount --bind %s %s\n", quote(m.MountPath), quote(src), quote(m.MountPath))
+		fmt.Fprintf(&script, "mkdir %s/%d\nmount --bind %s %s/%d\n", stageDir, i, quote(src), stageDir, i)
+	}
+	for i, m := range c.VolumeMounts {
+		fmt.Fprintf(&script, "mkdir -p %s\nmount --bind %s/%d %s\n", quote(m.MountPath), stageDir, i, quote(m.MountPath))
 		if m.ReadOnly {
 			fmt.Fprintf(&script, "mount -o remount,bind,ro %s\n", quote(m.MountPath))
 		}
@@ -418,6 +427,10 @@ func expand(in []string, vals map[string]string) []string {
 	}
 	return out
 }
+
+// stageDir is where a container's volumes are staged inside its own mount namespace (on a
+// private tmpfs, so nothing is left on the host but the empty directory).
+const stageDir = "/run/dumpwatch-nodeagent-stage"
 
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
