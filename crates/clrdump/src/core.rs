@@ -30,6 +30,9 @@ impl std::fmt::Debug for CoreDump {
 impl CoreDump {
     /// Maps and parses `path`.
     pub fn open(path: &Path) -> Result<CoreDump> {
+        if path.is_dir() {
+            return Err(Error::NotACore(format!("{} is a directory", path.display())));
+        }
         let map = crate::mapped::map(path)?;
         let elf = ElfCore::parse(&map)?;
         Ok(CoreDump { path: path.to_path_buf(), map, elf, files: RefCell::new(HashMap::new()) })

@@ -164,7 +164,14 @@ pub fn worker_main(args: &[OsString]) -> i32 {
     match worker(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{e}");
+            // One line, with the causes: the parent shows it as the worker's error.
+            let mut line = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                line.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{line}");
             2
         }
     }
