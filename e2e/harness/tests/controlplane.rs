@@ -77,7 +77,7 @@ fn job(name: &str, owner: Option<(&str, &str)>, script: &str) -> String {
     "containers": [{{"name": "main", "image": "e2e/shell",
       "args": ["-c", {script}],
       "env": [{{"name": "POD_NAME", "valueFrom": {{"fieldRef": {{"fieldPath": "metadata.name"}}}}}}, {{"name": "GREETING", "value": "hello"}}],
-      "volumeMounts": [{{"name": "work", "mountPath": "/work"}}]}}]}}}}}}}}"#,
+      "volumeMounts": [{{"name": "work", "mountPath": "/run/dumpwatch-e2e/work"}}]}}]}}}}}}}}"#,
         script = serde_json::Value::from(script)
     )
 }
@@ -126,7 +126,7 @@ fn crd_policy_job_and_garbage_collection() {
     let uid = owner["metadata"]["uid"].as_str().unwrap().to_string();
 
     // Two Jobs run real processes: one succeeds (owned by the widget), one fails with exit code 3.
-    let ok_script = "set -e; echo \"$GREETING from $(POD_NAME)\" > /work/out; grep -q hello /work/out; \
+    let ok_script = "set -e; echo \"$GREETING from $(POD_NAME)\" > /run/dumpwatch-e2e/work/out; grep -q hello /run/dumpwatch-e2e/work/out; \
                      test \"$$$$\" = 1 || { echo not pid 1; exit 9; }; exit 0";
     cp.apply(&job("ok", Some(("owner", &uid)), ok_script)).expect("create ok job");
     cp.apply(&job("fails", None, "echo failing; exit 3")).expect("create failing job");
@@ -143,6 +143,13 @@ fn crd_policy_job_and_garbage_collection() {
     let failed = pods_of(&cp, "fails");
     assert_eq!(failed[0]["status"]["phase"], "Failed");
     assert_eq!(failed[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
+    // The container wrote into its emptyDir (a host directory of the node agent), not into the
+    // host's /run/dumpwatch-e2e/work, which it saw only in its own mount namespace.
+    let pod_name = ok_pods[0]["metadata"]["name"].as_str().unwrap();
+    let uid = ok_pods[0]["metadata"]["uid"].as_str().unwrap();
+    let out = cp.dir().join(format!("node/pods/default_{pod_name}_{uid}/volumes/work/out"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), format!("hello from {pod_name}\n"));
+    assert!(!std::path::Path::new("/run/dumpwatch-e2e/work/out").exists());
     let job_ok = cp.kubectl_json(&["get", "job", "ok", "-n", "default"]).unwrap();
     assert_eq!(job_ok["status"]["succeeded"], 1);
 
@@ -203,10 +210,10 @@ fn pod(name: &str, share: bool, side_script: &str) -> String {
   "spec": {{"restartPolicy": "Never", "shareProcessNamespace": {share},
     "volumes": [{{"name": "shared", "emptyDir": {{}}}}],
     "containers": [
-      {{"name": "app", "image": "e2e/shell", "args": ["-c", "echo hi > /shared/x; exec sleep 4.321"],
-        "volumeMounts": [{{"name": "shared", "mountPath": "/shared"}}]}},
+      {{"name": "app", "image": "e2e/shell", "args": ["-c", "echo hi > /run/dumpwatch-e2e/shared/x; exec sleep 4.321"],
+        "volumeMounts": [{{"name": "shared", "mountPath": "/run/dumpwatch-e2e/shared"}}]}},
       {{"name": "side", "image": "e2e/shell", "args": ["-c", {side}],
-        "volumeMounts": [{{"name": "shared", "mountPath": "/shared"}}]}}]}}}}"#,
+        "volumeMounts": [{{"name": "shared", "mountPath": "/run/dumpwatch-e2e/shared"}}]}}]}}}}"#,
         side = serde_json::Value::from(side_script)
     )
 }
@@ -230,12 +237,12 @@ fn pod_namespaces_and_volumes() {
     let sees_app = "for i in $(seq 60); do grep -ql '4[.]321' /proc/[0-9]*/cmdline 2>/dev/null && exit 0; sleep 0.05; done; exit 1";
     // Shared PID namespace: the sidecar sees the app's process, and PID 1 is the pod's holder.
     let shared = format!(
-        "for i in $(seq 60); do [ -f /shared/x ] && break; sleep 0.05; done; grep -q hi /shared/x || exit 5; \
+        "for i in $(seq 60); do [ -f /run/dumpwatch-e2e/shared/x ] && break; sleep 0.05; done; grep -q hi /run/dumpwatch-e2e/shared/x || exit 5; \
          grep -q infinity /proc/1/cmdline || exit 6; {sees_app}"
     );
     // Own PID namespace: the sidecar is PID 1 and cannot see the app; the volume is still shared.
     let separate = format!(
-        "for i in $(seq 60); do [ -f /shared/x ] && break; sleep 0.05; done; grep -q hi /shared/x || exit 5; \
+        "for i in $(seq 60); do [ -f /run/dumpwatch-e2e/shared/x ] && break; sleep 0.05; done; grep -q hi /run/dumpwatch-e2e/shared/x || exit 5; \
          test \"$$$$\" = 1 || exit 6; if ( {sees_app} ); then exit 7; fi; exit 0"
     );
     cp.apply(&pod("shared", true, &shared)).unwrap();
