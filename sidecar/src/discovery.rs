@@ -69,40 +69,119 @@ pub fn connect_target(p: &DotnetProcess) -> Target {
 }
 
 /// After a watcher could not even start (a stale socket whose pid was reused, a runtime that
-/// refuses us), wait this long before trying the same socket again.
+/// refuses us), wait this long before trying the same process again.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A process that showed no diagnostics socket this long after we first saw it is not .NET
+/// (a runtime creates its socket within milliseconds of starting): stop looking at it.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
+/// A process across pid reuse: pid + start time (field 22 of `/proc/<pid>/stat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcKey {
+    pub pid: u32,
+    pub start: u64,
+}
+
+enum Seen {
+    Watching(JoinHandle<bool>),
+    /// Not ours: another `--select-env`, or not .NET.
+    Skip,
+    /// No socket yet; first seen then.
+    Pending(Instant),
+    Failed(Instant),
+}
+
+enum Probe {
+    Skip,
+    NotYet,
+    Dotnet(Box<DotnetProcess>),
+}
+
+/// Every process in `/proc` with its start time. Cheap: one small read per process, so a
+/// scan every second costs next to nothing even on a busy node; the expensive look (environ,
+/// maps, the socket folder) happens once per new process.
+pub fn list_processes(proc_root: &Path) -> Vec<ProcKey> {
+    let me = std::process::id();
+    std::fs::read_dir(proc_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
+            Some(ProcKey { pid, start: start_time(&stat)? })
+        })
+        .collect()
+}
+
+/// Field 22 of `/proc/<pid>/stat`; the command name (field 2) may hold spaces and parentheses.
+pub fn start_time(stat: &str) -> Option<u64> {
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?.parse().ok()
+}
+
+fn probe(procfs: &ProcFs, proc_root: &Path, select: &Select, mode: api::Mode, key: ProcKey) -> Probe {
+    if !select.matches_pid(proc_root, key.pid) {
+        return Probe::Skip;
+    }
+    match procfs.process(key.pid) {
+        Ok(p) if wanted(mode, &p) => Probe::Dotnet(Box::new(p)),
+        Ok(_) => Probe::Skip,
+        Err(_) => Probe::NotYet,
+    }
+}
 
 /// Scan `/proc` forever, starting a watcher for each new process.
 pub async fn scan_loop(shared: Arc<Shared>, procfs: ProcFs, proc_root: PathBuf, select: Select, interval: Duration) {
-    let mut watching: HashMap<PathBuf, JoinHandle<bool>> = HashMap::new();
-    let mut failed: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut seen: HashMap<ProcKey, Seen> = HashMap::new();
     loop {
-        // Finished watchers (process gone) are released here, so their key can come back.
-        let done: Vec<PathBuf> = watching.iter().filter(|(_, h)| h.is_finished()).map(|(k, _)| k.clone()).collect();
-        for key in done {
-            let started = watching.remove(&key).expect("listed").await.unwrap_or(false);
-            if !started {
-                failed.insert(key, Instant::now());
+        let mode = shared.policy.borrow().mode;
+        let root = proc_root.clone();
+        let keys = tokio::task::spawn_blocking(move || list_processes(&root)).await.unwrap_or_default();
+        let alive: std::collections::HashSet<ProcKey> = keys.iter().copied().collect();
+        // Forget processes that are gone, so the map never outgrows the node's process table.
+        seen.retain(|k, _| alive.contains(k));
+        let mut to_probe = Vec::new();
+        for key in keys {
+            let entry = seen.get_mut(&key);
+            match entry {
+                None => to_probe.push(key),
+                Some(Seen::Skip) => {}
+                Some(Seen::Pending(first)) if first.elapsed() > GIVE_UP_AFTER => *entry.unwrap() = Seen::Skip,
+                Some(Seen::Pending(_)) => to_probe.push(key),
+                Some(Seen::Failed(at)) if at.elapsed() > RETRY_AFTER => to_probe.push(key),
+                Some(Seen::Failed(_)) => {}
+                Some(Seen::Watching(h)) if h.is_finished() => {
+                    // A watcher that ended on a live process: it could not start, or the
+                    // runtime closed the session. Try again later, not in a tight loop.
+                    let Some(Seen::Watching(h)) = seen.remove(&key) else { unreachable!() };
+                    let _ = h.await;
+                    seen.insert(key, Seen::Failed(Instant::now()));
+                }
+                Some(Seen::Watching(_)) => {}
             }
         }
-        failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
-        let mode = shared.policy.borrow().mode;
-        let procs = tokio::task::spawn_blocking({
-            let procfs = procfs.clone();
-            move || procfs.dotnet_processes()
-        })
-        .await
-        .unwrap_or_default();
-        for p in procs {
-            if !wanted(mode, &p)
-                || watching.contains_key(&p.socket)
-                || failed.contains_key(&p.socket)
-                || !select.matches_pid(&proc_root, p.pid)
-            {
-                continue;
+        if !to_probe.is_empty() {
+            let (procfs, root, select) = (procfs.clone(), proc_root.clone(), select.clone());
+            let probed = tokio::task::spawn_blocking(move || {
+                to_probe.into_iter().map(|k| (k, probe(&procfs, &root, &select, mode, k))).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (key, result) in probed {
+                let next = match result {
+                    Probe::Skip => Seen::Skip,
+                    Probe::NotYet => match seen.get(&key) {
+                        Some(Seen::Pending(first)) => Seen::Pending(*first),
+                        _ => Seen::Pending(Instant::now()),
+                    },
+                    Probe::Dotnet(p) => {
+                        Seen::Watching(tokio::task::spawn_local(watch(shared.clone(), connect_target(&p))))
+                    }
+                };
+                seen.insert(key, next);
             }
-            let handle = tokio::task::spawn_local(watch(shared.clone(), connect_target(&p)));
-            watching.insert(p.socket.clone(), handle);
         }
         tokio::time::sleep(interval).await;
     }
@@ -166,6 +245,15 @@ async fn adopt(shared: Arc<Shared>, rt: Arc<ReverseRuntime>, procfs: ProcFs, sel
         client,
     };
     watch(shared, target).await;
+}
+
+#[test]
+fn start_time_survives_odd_command_names() {
+    let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 123456 1000 10";
+    assert_eq!(start_time(stat), Some(123456));
+    let me = list_processes(Path::new("/proc"));
+    assert!(me.iter().all(|k| k.pid != std::process::id()), "never watches itself");
+    assert!(me.iter().any(|k| k.pid == 1));
 }
 
 #[test]

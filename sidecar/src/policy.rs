@@ -80,3 +80,36 @@ pub async fn on_demand_loop(policy: watch::Receiver<Arc<DumpPolicySpec>>, tx: br
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_file_is_reloaded_and_a_broken_one_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "triggers: [{type: deadlock}]\n").unwrap();
+        let (tx, mut rx) = watch::channel(Arc::new(load(&path).unwrap()));
+        tokio::spawn(reload_loop(path.clone(), tx, Duration::from_millis(20)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::fs::write(&path, "triggers: [{type: gcHeapBytes, above: 1Gi}, {type: deadlock}]\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        assert_eq!(rx.borrow_and_update().triggers.len(), 2);
+        std::fs::write(&path, "limits: {cooldwon: 1s}\n").unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), rx.changed()).await.is_err(), "no change");
+        assert_eq!(rx.borrow().triggers.len(), 2, "the previous policy stays in force");
+    }
+
+    #[test]
+    fn request_files_come_from_on_demand_triggers() {
+        let p = DumpPolicySpec::from_yaml("triggers: [{type: onDemand, file: /d/now}, {type: onDemand}]").unwrap();
+        assert_eq!(request_files(&p), vec![PathBuf::from("/d/now")]);
+    }
+
+    #[test]
+    fn the_example_policy_is_valid() {
+        let p = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.yaml")).unwrap();
+        assert!(!p.triggers.is_empty());
+    }
+}

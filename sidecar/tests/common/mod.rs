@@ -15,6 +15,7 @@ pub struct Sidecar {
     pub store: PathBuf,
     pub policy: PathBuf,
     pub marker: String,
+    scan_ms: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -31,12 +32,18 @@ fn free_port() -> u16 {
 impl Sidecar {
     /// Start with `policy` (YAML; the storage path is set by us).
     pub fn start(name: &str, policy: &str) -> Sidecar {
+        // Tests scan /proc 5× a second to pick up workloads quickly; production's default is 1 s.
+        Self::start_with_scan(name, policy, 200)
+    }
+
+    pub fn start_with_scan(name: &str, policy: &str, scan_ms: u64) -> Sidecar {
         let dir = shared_dir();
         let store = dir.path().join("store");
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, policy).unwrap();
         let marker = format!("DUMPWATCH_TEST={name}-{}", std::process::id());
-        let mut s = Sidecar { child: spawn_placeholder(), port: 0, store, policy: policy_path, marker, _dir: dir };
+        let mut s =
+            Sidecar { child: spawn_placeholder(), port: 0, store, policy: policy_path, marker, scan_ms, _dir: dir };
         s.child = s.spawn();
         s
     }
@@ -46,7 +53,7 @@ impl Sidecar {
         let child = Command::new(env!("CARGO_BIN_EXE_dumpwatch-sidecar"))
             .args(["--policy", self.policy.to_str().unwrap(), "--storage", self.store.to_str().unwrap()])
             .args(["--http", &format!("127.0.0.1:{}", self.port), "--select-env", &self.marker])
-            .args(["--pod", "test-pod", "--container", "app", "--scan-interval-ms", "200"])
+            .args(["--pod", "test-pod", "--container", "app", "--scan-interval-ms", &self.scan_ms.to_string()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
