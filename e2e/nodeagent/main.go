@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -41,6 +42,8 @@ type agent struct {
 	mu        sync.Mutex
 	workers   map[types.UID]*podWorker
 	startedAt time.Time
+	apiHost   string // host and port of the apiserver, for pods' in-cluster configuration
+	apiPort   string
 }
 
 func main() {
@@ -72,6 +75,9 @@ func main() {
 	defer cancel()
 	a := &agent{client: client, node: *node, stateDir: *stateDir, images: images,
 		workers: map[types.UID]*podWorker{}, startedAt: time.Now()}
+	if u, err := url.Parse(cfg.Host); err == nil {
+		a.apiHost, a.apiPort = u.Hostname(), u.Port()
+	}
 	if err := a.registerNode(ctx); err != nil {
 		log.Fatalf("nodeagent: register node: %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -352,7 +353,7 @@ func (w *podWorker) command(ctx context.Context, p *corev1.Pod, c corev1.Contain
 
 func (w *podWorker) env(ctx context.Context, p *corev1.Pod, c corev1.Container) ([]string, error) {
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + p.Name,
-		"KUBERNETES_SERVICE_HOST=127.0.0.1"}
+		"KUBERNETES_SERVICE_HOST=" + w.a.apiHost, "KUBERNETES_SERVICE_PORT=" + w.a.apiPort}
 	vals := map[string]string{}
 	for _, e := range c.Env {
 		v := e.Value
@@ -460,6 +461,10 @@ func (w *podWorker) prepareVolumes(ctx context.Context, p *corev1.Pod, dir strin
 					files[k] = []byte(val)
 				}
 			}
+		case v.Projected != nil:
+			if err := w.projected(ctx, p, v.Projected, files); err != nil {
+				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+			}
 		case v.Secret != nil:
 			s, err := w.a.client.CoreV1().Secrets(p.Namespace).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
 			if err != nil && !(apierrors.IsNotFound(err) && v.Secret.Optional != nil && *v.Secret.Optional) {
@@ -472,13 +477,88 @@ func (w *podWorker) prepareVolumes(ctx context.Context, p *corev1.Pod, dir strin
 			}
 		}
 		for k, val := range files {
-			if err := os.WriteFile(filepath.Join(d, k), val, 0o644); err != nil {
+			f := filepath.Join(d, k)
+			if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(f, val, 0o644); err != nil {
 				return nil, err
 			}
 		}
 		out[v.Name] = d
 	}
 	return out, nil
+}
+
+// projected fills a projected volume: service-account tokens (TokenRequest bound to the pod),
+// ConfigMaps, Secrets and downward-API fields; enough for in-cluster client configuration.
+func (w *podWorker) projected(ctx context.Context, p *corev1.Pod, v *corev1.ProjectedVolumeSource, files map[string][]byte) error {
+	keys := func(data map[string][]byte, items []corev1.KeyToPath) {
+		if len(items) == 0 {
+			for k, val := range data {
+				files[k] = val
+			}
+		}
+		for _, it := range items {
+			if val, ok := data[it.Key]; ok {
+				files[it.Path] = val
+			}
+		}
+	}
+	for _, src := range v.Sources {
+		switch {
+		case src.ServiceAccountToken != nil:
+			t := src.ServiceAccountToken
+			exp := int64(3600)
+			if t.ExpirationSeconds != nil {
+				exp = *t.ExpirationSeconds
+			}
+			var aud []string
+			if t.Audience != "" {
+				aud = []string{t.Audience}
+			}
+			sa := p.Spec.ServiceAccountName
+			if sa == "" {
+				sa = "default"
+			}
+			tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: aud, ExpirationSeconds: &exp,
+				BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID}}}
+			res, err := w.a.client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, sa, tr, metav1.CreateOptions{})
+			if err != nil {
+				return fmt.Errorf("token for service account %s: %w", sa, err)
+			}
+			files[t.Path] = []byte(res.Status.Token)
+		case src.ConfigMap != nil:
+			cm, err := w.a.client.CoreV1().ConfigMaps(p.Namespace).Get(ctx, src.ConfigMap.Name, metav1.GetOptions{})
+			if err != nil {
+				if apierrors.IsNotFound(err) && src.ConfigMap.Optional != nil && *src.ConfigMap.Optional {
+					continue
+				}
+				return err
+			}
+			data := map[string][]byte{}
+			for k, val := range cm.Data {
+				data[k] = []byte(val)
+			}
+			keys(data, src.ConfigMap.Items)
+		case src.Secret != nil:
+			s, err := w.a.client.CoreV1().Secrets(p.Namespace).Get(ctx, src.Secret.Name, metav1.GetOptions{})
+			if err != nil {
+				if apierrors.IsNotFound(err) && src.Secret.Optional != nil && *src.Secret.Optional {
+					continue
+				}
+				return err
+			}
+			keys(s.Data, src.Secret.Items)
+		case src.DownwardAPI != nil:
+			for _, it := range src.DownwardAPI.Items {
+				if it.FieldRef != nil {
+					files[it.Path] = []byte(fieldRef(p, it.FieldRef.FieldPath))
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // startPause starts the process that holds the pod's shared PID namespace (PID 1 in it).

@@ -256,6 +256,45 @@ fn pod_namespaces_and_volumes() {
         .unwrap_or_else(|e| panic!("{e}\nnodeagent log:\n{}", cp.log("nodeagent")));
         assert_eq!(exit_codes(&cp, name), vec![("app".into(), 0), ("side".into(), 0)], "pod {name}");
     }
+    // In-cluster configuration: the projected service-account volume holds a real token bound to
+    // the pod, the CA and the namespace, and KUBERNETES_SERVICE_HOST/PORT point at the apiserver;
+    // kubectl inside the pod authenticates as the pod's ServiceAccount and RBAC applies.
+    cp.kubectl(&["create", "serviceaccount", "lister", "-n", "default"]).unwrap();
+    cp.kubectl(&["create", "role", "pod-lister", "--verb=list", "--resource=pods", "-n", "default"]).unwrap();
+    cp.kubectl(&[
+        "create",
+        "rolebinding",
+        "lister",
+        "--role=pod-lister",
+        "--serviceaccount=default:lister",
+        "-n",
+        "default",
+    ])
+    .unwrap();
+    let script = "export KUBECONFIG=/nonexistent; \"$0\" auth whoami -o jsonpath='{.status.userInfo.username}' && echo && \
+                  \"$0\" get pods -n default -o name >/dev/null && ! \"$0\" get secrets -n default";
+    cp.apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "incluster", "namespace": "default"}},
+  "spec": {{"restartPolicy": "Never", "serviceAccountName": "lister",
+    "containers": [{{"name": "main", "image": "e2e/shell", "command": ["/bin/sh", "-c", {script}, "{kubectl}"]}}]}}}}"#,
+        script = serde_json::Value::from(script),
+        kubectl = harness::kubectl_path().display()
+    ))
+    .unwrap();
+    let phase = wait_for("pod incluster to finish", Duration::from_secs(60), || {
+        let p = cp.kubectl_json(&["get", "pod", "incluster", "-n", "default"])?;
+        let phase = p["status"]["phase"].as_str().unwrap_or("").to_string();
+        Ok((phase == "Succeeded" || phase == "Failed").then_some(phase))
+    })
+    .unwrap();
+    let incluster = cp.kubectl_json(&["get", "pod", "incluster", "-n", "default"]).unwrap();
+    let uid = incluster["metadata"]["uid"].as_str().unwrap();
+    let log =
+        std::fs::read_to_string(cp.dir().join(format!("node/pods/default_incluster_{uid}/logs/main.log"))).unwrap();
+    assert_eq!(phase, "Succeeded", "{log}");
+    assert!(log.contains("system:serviceaccount:default:lister"), "{log}");
+    assert!(log.contains("forbidden"), "{log}");
+
     // Deleting a running pod stops its processes and the agent finalizes the deletion.
     cp.apply(&pod("long", false, "exec sleep 300")).unwrap();
     wait_for("pod long to run", Duration::from_secs(30), || {
