@@ -56,6 +56,8 @@ impl Shared {
 pub fn session_config(interval: f64, contention: bool) -> SessionConfig {
     let mut cfg = diag::counters::session_config(&[SYSTEM_RUNTIME], interval);
     if contention {
+        // Stacks stay on: the waiters' stacks are the evidence, and turning stack walks off
+        // needs CollectTracing3, which .NET 8.0 answers with 'unknown command'.
         cfg.providers.push(Provider::new(
             nettrace::events::RUNTIME_PROVIDER,
             nettrace::events::keywords::CONTENTION,

@@ -80,8 +80,14 @@ fn listen_mode_net8_resumes_a_suspended_runtime_and_finds_its_deadlock() {
     eprintln!("suspended runtime started in {} ms", started.elapsed().as_millis());
     let pid = format!("pid=\"{}\"", w.pid);
     sc.wait_for("metrics of the workload", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
-    assert_eq!(metric_in(&sc.metrics(), "dumpwatch_watched_processes", &[]), None);
     assert!(sc.metrics().contains("dumpwatch_watched_processes 1"), "watched once, not also through /proc");
+    // .NET Core 3.1 ignores DOTNET_DiagnosticPorts: the sidecar reaches it through /proc.
+    let old = start(&sc, Runtime::Net31, true, true, &[]);
+    let old_pid = format!("pid=\"{}\"", old.pid);
+    sc.wait_for("the 3.1 process, through /proc", 30 * S, || {
+        sc.metric("dumpwatch_live_deadlock_detection_unavailable", &[&old_pid])
+    });
+    assert!(sc.metrics().contains("dumpwatch_watched_processes 2"));
     deadlock_is_found_and_captured(&sc, &w);
 }
 
