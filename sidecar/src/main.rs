@@ -22,8 +22,9 @@ use clap::Parser;
 ///   limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 5Gi}
 ///   storage: {volume: {path: /dumpwatch}}
 ///
-/// The policy file is reloaded when it changes. `kill -USR1 <sidecar>` or creating an
-/// onDemand trigger's `file` requests a capture now. Captures appear as complete directories
+/// The policy file is reloaded when it changes. `kill -USR1 <sidecar>` (or creating an
+/// onDemand trigger's `file`) requests a capture of every watched process now, within the
+/// limits. Captures appear as complete directories
 /// with a manifest.json; nothing half-written is ever visible.
 #[derive(Parser, Debug)]
 #[command(name = "dumpwatch-sidecar", version, verbatim_doc_comment)]
@@ -43,6 +44,7 @@ struct Args {
     /// Pod name for manifests (Downward API).
     #[arg(long, env = "POD_NAME", default_value = "")]
     pod: String,
+    /// Pod namespace for manifests (Downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "")]
     namespace: String,
     /// App container name for manifests.

@@ -21,8 +21,9 @@ pub struct Values {
 /// A trigger that fired, with what was observed: every firing is logged with its value.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Firing {
-    /// Index into `policy.triggers`.
-    pub index: usize,
+    /// Index into `policy.triggers`; `None` for an on-demand request that no `onDemand`
+    /// trigger describes (it captures `spec.capture.kinds`).
+    pub index: Option<usize>,
     pub trigger: &'static str,
     pub value: f64,
     pub threshold: Option<f64>,
@@ -153,20 +154,26 @@ impl Engine {
     }
 
     /// An event trigger (deadlock, on demand): fires every trigger of that kind. Rate limits,
-    /// not this function, keep a repeating event from capturing too often.
+    /// not this function, keep a repeating event from capturing too often. An explicit
+    /// on-demand request (signal, file) captures even when the policy names no `onDemand`
+    /// trigger: someone asked.
     pub fn event(&self, policy: &DumpPolicySpec, kind: TriggerKind, value: f64, detail: &str) -> Vec<Firing> {
-        policy
+        let mut out: Vec<Firing> = policy
             .triggers
             .iter()
             .enumerate()
             .filter(|(_, t)| t.kind == kind)
             .map(|(index, t)| firing(index, t, value, detail.to_string()))
-            .collect()
+            .collect();
+        if out.is_empty() && kind == TriggerKind::OnDemand {
+            out.push(Firing { index: None, trigger: kind.name(), value, threshold: None, detail: detail.to_string() });
+        }
+        out
     }
 }
 
 fn firing(index: usize, t: &Trigger, value: f64, detail: String) -> Firing {
-    Firing { index, trigger: t.kind.name(), value, threshold: t.above.map(|a| a.value()), detail }
+    Firing { index: Some(index), trigger: t.kind.name(), value, threshold: t.above.map(|a| a.value()), detail }
 }
 
 fn limits_of(t: &Trigger) -> (f64, f64) {
@@ -301,7 +308,10 @@ mod tests {
         let e = Engine::new(&p);
         let f = e.event(&p, TriggerKind::Deadlock, 2.0, "2 threads");
         assert_eq!(f.len(), 1);
-        assert_eq!((f[0].index, f[0].trigger), (0, "deadlock"));
+        assert_eq!((f[0].index, f[0].trigger), (Some(0), "deadlock"));
         assert!(e.event(&p, TriggerKind::Schedule, 0.0, "").is_empty());
+        let none = policy("triggers: [{type: deadlock}]");
+        let f = Engine::new(&none).event(&none, TriggerKind::OnDemand, 1.0, "SIGUSR1");
+        assert_eq!((f.len(), f[0].index), (1, None), "a request is honoured without an onDemand trigger");
     }
 }

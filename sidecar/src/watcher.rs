@@ -263,7 +263,7 @@ fn fire(
         threshold = ?firing.threshold, detail = %firing.detail, "trigger fired");
     let tl = TriggerLabels { pid: t.pid.to_string(), process: t.name.clone(), trigger: firing.trigger.into() };
     shared.metrics.triggers.get_or_create(&tl).inc();
-    let kinds = policy.capture_kinds(firing.index);
+    let kinds = firing.index.map(|i| policy.capture_kinds(i)).unwrap_or_else(|| policy.capture.kinds.clone());
     let admitted = {
         let mut h = history.lock().expect("poisoned");
         let estimate = estimate(t, policy, v, &kinds, h.last_gcdump_bytes);
