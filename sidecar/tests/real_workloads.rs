@@ -223,3 +223,31 @@ fn nix_kill_usr1(pid: u32) {
     let ok = std::process::Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap().success();
     assert!(ok);
 }
+
+#[test]
+fn short_lived_processes_are_picked_up_and_released() {
+    let sc = Sidecar::start("churn", "mode: connect\ntriggers: [{type: deadlock}]\n");
+    let mut seen = 0;
+    for round in 0..6 {
+        let runtime = if round % 2 == 0 { Runtime::Net8 } else { Runtime::Net31 };
+        let w =
+            testbed::Workload::start_with(runtime, "Idle", &["--exit-after-ms", "2500"], &sc.isolation(false, false));
+        let pid = format!("pid=\"{}\"", w.pid);
+        let picked = sc.wait_for("the short-lived process, or its exit", 10 * S, || {
+            if sc.metrics().contains(&pid) {
+                Some(true)
+            } else if !std::path::Path::new(&format!("/proc/{}", w.pid)).exists() {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        seen += picked as u32;
+        drop(w);
+    }
+    assert!(seen >= 5, "picked up {seen} of 6");
+    sc.wait_for("every process released", 10 * S, || {
+        let m = sc.metrics();
+        (m.contains("dumpwatch_watched_processes 0") && !m.contains("dotnet_working_set_bytes{")).then_some(())
+    });
+}
