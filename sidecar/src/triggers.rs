@@ -94,6 +94,10 @@ enum State {
     Schedule {
         last: Option<f64>,
     },
+    Cron {
+        cron: api::Cron,
+        next: Option<u64>,
+    },
 }
 
 /// Per-process trigger state for one policy. Rebuilt when the policy changes.
@@ -110,15 +114,19 @@ impl Engine {
             .map(|t| match t.kind {
                 TriggerKind::GcHeapGrowth => State::Growth(Growth::default(), Threshold::default()),
                 k if k.is_threshold() => State::Threshold(Threshold::default()),
-                TriggerKind::Schedule => State::Schedule { last: None },
+                TriggerKind::Schedule => match t.cron.as_deref().map(api::Cron::parse) {
+                    Some(Ok(cron)) => State::Cron { cron, next: None },
+                    _ => State::Schedule { last: None },
+                },
                 _ => State::None,
             })
             .collect();
         Self { states }
     }
 
-    /// Evaluate metric and schedule triggers against the latest values.
-    pub fn evaluate(&mut self, policy: &DumpPolicySpec, v: &Values, now: f64) -> Vec<Firing> {
+    /// Evaluate metric and schedule triggers against the latest values. `now` is monotonic
+    /// seconds (durations), `unix_now` wall-clock seconds (cron times, UTC).
+    pub fn evaluate(&mut self, policy: &DumpPolicySpec, v: &Values, now: f64, unix_now: u64) -> Vec<Firing> {
         let mut out = Vec::new();
         for (index, (t, state)) in policy.triggers.iter().zip(self.states.iter_mut()).enumerate() {
             match state {
@@ -145,6 +153,13 @@ impl Engine {
                     if now - since >= every {
                         *last = Some(now);
                         out.push(firing(index, t, every, format!("every {every}s")));
+                    }
+                }
+                State::Cron { cron, next } => {
+                    let due = *next.get_or_insert_with(|| cron.next_after(unix_now).unwrap_or(u64::MAX));
+                    if unix_now >= due {
+                        *next = Some(cron.next_after(unix_now).unwrap_or(u64::MAX));
+                        out.push(firing(index, t, due as f64, format!("cron {:?}", t.cron.as_deref().unwrap_or(""))));
                     }
                 }
                 State::None => {}
@@ -209,7 +224,7 @@ mod tests {
         let p = policy("triggers: [{type: gcHeapBytes, above: 100, for: 3s}]");
         let mut e = Engine::new(&p);
         let at = |e: &mut Engine, heap: f64, t: f64| {
-            e.evaluate(&p, &Values { gc_heap_bytes: Some(heap), ..Default::default() }, t)
+            e.evaluate(&p, &Values { gc_heap_bytes: Some(heap), ..Default::default() }, t, 0)
         };
         assert!(at(&mut e, 150.0, 0.0).is_empty());
         assert!(at(&mut e, 150.0, 2.0).is_empty(), "not yet 3 s");
@@ -233,7 +248,7 @@ mod tests {
         let p = policy("triggers: [{type: cpu, above: 50%, for: 2s}]");
         let mut e = Engine::new(&p);
         let cpu =
-            |e: &mut Engine, c: f64, t: f64| e.evaluate(&p, &Values { cpu_ratio: Some(c), ..Default::default() }, t);
+            |e: &mut Engine, c: f64, t: f64| e.evaluate(&p, &Values { cpu_ratio: Some(c), ..Default::default() }, t, 0);
         assert!(cpu(&mut e, 0.9, 0.0).is_empty());
         assert!(cpu(&mut e, 0.1, 1.0).is_empty());
         assert!(cpu(&mut e, 0.9, 2.0).is_empty());
@@ -266,7 +281,7 @@ mod tests {
         }
         assert_eq!(metric(TriggerKind::Deadlock, &v), None);
         let p = policy("triggers: [{type: exceptionRate, above: 5}, {type: threadPoolQueue, above: 10}]");
-        let f = Engine::new(&p).evaluate(&p, &v, 0.0);
+        let f = Engine::new(&p).evaluate(&p, &v, 0.0, 0);
         assert_eq!(f.len(), 1);
         assert_eq!((f[0].trigger, f[0].value), ("exceptionRate", 6.0));
     }
@@ -280,7 +295,7 @@ mod tests {
         // 2 MiB/s = 120 MiB/min.
         for t in 0..20 {
             let v = Values { gc_heap_bytes: Some(100.0 * mib + 2.0 * mib * t as f64), ..Default::default() };
-            fired.extend(e.evaluate(&p, &v, t as f64).into_iter().map(|f| (t, f.value)));
+            fired.extend(e.evaluate(&p, &v, t as f64, 0).into_iter().map(|f| (t, f.value)));
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
         let (t, rate) = fired[0];
@@ -290,7 +305,7 @@ mod tests {
         let mut e = Engine::new(&p);
         for t in 0..30 {
             let v = Values { gc_heap_bytes: Some(100.0 * mib), ..Default::default() };
-            assert!(e.evaluate(&p, &v, t as f64).is_empty());
+            assert!(e.evaluate(&p, &v, t as f64, 0).is_empty());
         }
     }
 
@@ -298,8 +313,23 @@ mod tests {
     fn schedule_fires_every_period() {
         let p = policy("limits: {cooldown: 10s}\ntriggers: [{type: schedule, every: 10s}]");
         let mut e = Engine::new(&p);
-        let times: Vec<u32> = (0..35).filter(|&t| !e.evaluate(&p, &Values::default(), t as f64).is_empty()).collect();
+        let times: Vec<u32> =
+            (0..35).filter(|&t| !e.evaluate(&p, &Values::default(), t as f64, 0).is_empty()).collect();
         assert_eq!(times, vec![10, 20, 30]);
+    }
+
+    #[test]
+    fn cron_fires_at_each_matching_minute_once() {
+        let p = policy("triggers: [{type: schedule, cron: \"*/10 * * * *\"}]");
+        let mut e = Engine::new(&p);
+        let start = 1_795_832_100; // 02:15:00Z
+        let fired: Vec<u64> = (0..40 * 60)
+            .step_by(5)
+            .map(|s| start + s)
+            .filter(|&t| !e.evaluate(&p, &Values::default(), 0.0, t).is_empty())
+            .map(|t| (t - start) / 60)
+            .collect();
+        assert_eq!(fired, vec![5, 15, 25, 35], "02:20, 02:30, 02:40, 02:50");
     }
 
     #[test]

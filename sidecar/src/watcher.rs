@@ -151,7 +151,9 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             for s in samples.drain(..) {
                 apply_sample(&shared.metrics, &labels, &mut values, &s);
             }
-            firings.extend(engine.evaluate(&policy, &values, shared.now()).into_iter().map(|f| (f, None)));
+            let unix =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            firings.extend(engine.evaluate(&policy, &values, shared.now(), unix).into_iter().map(|f| (f, None)));
         }
         if live {
             let deadlocks = tracker.deadlocks();

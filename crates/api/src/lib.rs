@@ -10,10 +10,12 @@
 //! assert_eq!(p.triggers[0].kind, api::TriggerKind::Deadlock);
 //! ```
 
+mod cron;
 mod spec;
 mod units;
 mod validate;
 
+pub use cron::Cron;
 pub use spec::*;
 pub use units::{Duration, Quantity};
 

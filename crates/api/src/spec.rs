@@ -82,9 +82,12 @@ pub struct Trigger {
     /// Re-arm threshold; default 90% of `above`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear_below: Option<Quantity>,
-    /// `schedule` triggers: capture every this long.
+    /// `schedule` triggers: capture every this long...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<Duration>,
+    /// ...or at these times: five-field cron, UTC (`0 3 * * *` is 03:00 every day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
     /// `onDemand` triggers: a file whose appearance requests a capture (standalone mode;
     /// SIGUSR1 to the sidecar does the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +99,7 @@ pub struct Trigger {
 
 impl Trigger {
     pub fn new(kind: TriggerKind) -> Self {
-        Self { kind, above: None, for_: None, clear_below: None, every: None, file: None, capture: None }
+        Self { kind, above: None, for_: None, clear_below: None, every: None, cron: None, file: None, capture: None }
     }
 }
 
@@ -121,7 +124,7 @@ pub enum TriggerKind {
     LockContentionRate,
     /// A wait-for cycle among threads (live on .NET 8+).
     Deadlock,
-    /// Every `every`.
+    /// Every `every`, or at the `cron` times.
     Schedule,
     /// A request: file, signal, or (with the operator) a DumpSnapshot without artifacts.
     OnDemand,

@@ -76,14 +76,23 @@ impl DumpPolicySpec {
                 p.push(format!("{at}: `above`/`clearBelow` only apply to metric triggers"));
             }
             if t.kind == TriggerKind::Schedule {
-                match t.every {
-                    None => p.push(format!("{at}: `every` is required (e.g. every: 1h)")),
-                    Some(e) if e < l.cooldown => p.push(format!(
+                match (t.every, &t.cron) {
+                    (None, None) | (Some(_), Some(_)) => p.push(format!(
+                        "{at}: give exactly one of `every` (e.g. every: 1h) or `cron` (e.g. cron: \"0 3 * * *\")"
+                    )),
+                    (Some(e), None) if e < l.cooldown => p.push(format!(
                         "{at}: every ({e}) is shorter than limits.cooldown ({}): most would be refused",
                         l.cooldown
                     )),
+                    (None, Some(c)) => {
+                        if let Err(e) = crate::Cron::parse(c) {
+                            p.push(format!("{at}: {e}"));
+                        }
+                    }
                     _ => {}
                 }
+            } else if t.every.is_some() || t.cron.is_some() {
+                p.push(format!("{at}: `every`/`cron` only apply to schedule triggers"));
             }
             if t.capture.as_ref().is_some_and(Vec::is_empty) {
                 p.push(format!("{at}: capture must list at least one kind, or be left out"));
@@ -121,6 +130,7 @@ spec:
     - {type: deadlock, capture: [stacks, dump]}
     - {type: onDemand, file: /dumpwatch/request}
     - {type: schedule, every: 6h}
+    - {type: schedule, cron: "0 3 * * 1-5"}
   capture: {kinds: [dump, gcdump], dumpType: heap, topTypes: 5}
   limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 50Mi, minFreeDisk: 1Gi}
   storage: {volume: {path: /dumps}}
@@ -132,7 +142,7 @@ spec:
     fn a_whole_dumppolicy_parses() {
         let p = DumpPolicySpec::from_yaml(FULL).unwrap();
         assert_eq!(p.mode, Mode::Connect);
-        assert_eq!(p.triggers.len(), 6);
+        assert_eq!(p.triggers.len(), 7);
         assert_eq!(p.triggers[0].above.unwrap().value(), 200.0 * 1048576.0);
         assert_eq!(p.triggers[1].clear_below.unwrap().value(), 0.5);
         assert_eq!(p.limits.max_bytes.value(), 50.0 * 1048576.0);
@@ -161,6 +171,7 @@ triggers:
   - {type: gcHeapBytes}
   - {type: cpu, above: 80}
   - {type: deadlock, above: 3}
+  - {type: schedule, cron: "0 25 * * *"}
 limits: {cooldown: 5s}
 storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
 "#;
@@ -171,6 +182,7 @@ storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
             "write 0.8 or 80%",
             "only apply to metric triggers",
             "exactly one of volume or s3",
+            "triggers[3] (schedule): cron hour field \"25\"",
         ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
