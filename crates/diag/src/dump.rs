@@ -94,7 +94,7 @@ pub async fn write_dump(client: &DiagnosticsClient, req: &DumpRequest<'_>) -> Re
     } else {
         let partial = dir.join(&partial_name);
         let guard = RemoveOnDrop(Some(partial.clone()));
-        client.write_dump(path_str(&partial)?, req.dump_type, false).await?;
+        request_dump(client, path_str(&partial)?, &partial, req.dump_type).await?;
         fs::rename(&partial, &out).map_err(Error::io(format!(
             "renaming {} to {}",
             partial.display(),
@@ -130,7 +130,7 @@ async fn dump_via_target_tmp(
     let tmp_parent = seen_from_us.parent().map(Path::to_path_buf).unwrap_or_default();
     check_disk(&tmp_parent, estimate, req.min_free_bytes)?;
     let src_guard = RemoveOnDrop(Some(seen_from_us.clone()));
-    client.write_dump(&inside, req.dump_type, false).await?;
+    request_dump(client, &inside, &seen_from_us, req.dump_type).await?;
     let partial = dir.join(partial_name);
     let dst_guard = RemoveOnDrop(Some(partial.clone()));
     fs::copy(&seen_from_us, &partial)
@@ -139,6 +139,32 @@ async fn dump_via_target_tmp(
     dst_guard.disarm();
     drop(src_guard);
     Ok(())
+}
+
+/// How often a refused dump is retried.
+const DUMP_ATTEMPTS: u32 = 3;
+
+/// Ask the runtime for a dump at `inside` (its own view of the path; `local` is ours), retrying
+/// a refusal: createdump attaches to every thread with ptrace, and a thread that exits in that
+/// moment makes the whole dump fail (ESRCH) although the process is fine.
+async fn request_dump(
+    client: &DiagnosticsClient,
+    inside: &str,
+    local: &Path,
+    dump_type: DumpType,
+) -> Result<(), Error> {
+    let mut attempt = 1;
+    loop {
+        match client.write_dump(inside, dump_type, false).await {
+            Err(e @ Error::Runtime { .. }) if attempt < DUMP_ATTEMPTS => {
+                tracing::warn!(attempt, error = %e, "the runtime could not write the dump; retrying");
+                let _ = fs::remove_file(local);
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Copy the runtime's DAC next to the dump as `libmscordaccore.so`; if a different DAC is
