@@ -170,7 +170,7 @@ pub async fn run(storage: &Storage, who: &Identity, t: &Target, req: &Request<'_
             source: std::io::Error::other(failures.join("; ")),
         });
     }
-    let files = pending.files()?;
+    let files = pending.files_async().await?;
     let manifest = Manifest {
         version: 1,
         id,

@@ -6,6 +6,7 @@
 //! [`policy`] (file reload, on-demand requests) and [`http`].
 
 pub mod capture;
+pub mod crash;
 pub mod discovery;
 mod error;
 pub mod http;
@@ -71,6 +72,7 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
         capture_lock: tokio::sync::Mutex::new(()),
         findings: Default::default(),
         epoch: Instant::now(),
+        known: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
@@ -94,6 +96,7 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
         cfg.select.clone(),
         cfg.scan_interval,
     ));
+    tokio::task::spawn_local(crash::collect_loop(shared.clone()));
     // Age-based retention also runs when nothing is captured.
     tokio::spawn({
         let shared = shared.clone();

@@ -105,11 +105,24 @@ impl Pending {
         self.dir.as_deref().expect("not committed")
     }
 
-    /// Every file written so far, with its size and SHA-256.
+    /// Every file written so far, with its size and SHA-256. Hashing a multi-GB dump takes
+    /// seconds: async callers use [`Pending::files_async`] so the sessions keep being read.
     pub fn files(&self) -> Result<Vec<FileEntry>, Error> {
+        list_files(self.dir())
+    }
+
+    pub async fn files_async(&self) -> Result<Vec<FileEntry>, Error> {
+        let dir = self.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || list_files(&dir))
+            .await
+            .map_err(|e| Error::Io { what: "hashing the capture".into(), source: std::io::Error::other(e) })?
+    }
+}
+
+fn list_files(dir: &Path) -> Result<Vec<FileEntry>, Error> {
+    {
         let mut out = Vec::new();
-        let mut entries: Vec<_> =
-            fs::read_dir(self.dir()).map_err(Error::io("listing the capture"))?.flatten().collect();
+        let mut entries: Vec<_> = fs::read_dir(dir).map_err(Error::io("listing the capture"))?.flatten().collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -121,7 +134,9 @@ impl Pending {
         }
         Ok(out)
     }
+}
 
+impl Pending {
     /// Write the manifest last, then make the capture visible with one rename.
     pub fn commit<M: Serialize>(mut self, manifest: &M) -> Result<PathBuf, Error> {
         let dir = self.dir.take().expect("not committed");

@@ -36,6 +36,8 @@ pub struct Shared {
     /// Recent live findings, newest last (served at `/findings`).
     pub findings: Mutex<VecDeque<serde_json::Value>>,
     pub epoch: Instant,
+    /// Processes seen, for crash dumps that arrive after their process died.
+    pub known: crate::crash::Known,
 }
 
 impl Shared {
@@ -92,6 +94,12 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
         TraceSession::start(&target.client, &session_config(policy.counter_interval.as_secs_f64(), live)).await?;
     *started = true;
     tracing::info!(pid = target.pid, process = %target.name, runtime = ?target.runtime_version, "watching");
+    crate::crash::remember_process(&shared.known, target.ns_pid, &target.name, target.runtime_version.clone());
+    if policy.triggers.iter().any(|t| t.kind == TriggerKind::Crash)
+        && let (Some(v), Some(dac)) = (&target.runtime_version, target.process.as_ref().and_then(|p| p.dac_path()))
+    {
+        crate::crash::remember_dac(shared.storage.root(), v, &dac);
+    }
     if !live {
         tracing::warn!(
             pid = target.pid,

@@ -201,7 +201,7 @@ fn killing_the_sidecar_mid_dump_leaves_no_partial_file_and_the_app_running() {
     });
     std::fs::write(&request, b"").unwrap();
     let pending = sc.wait_for("the capture to start", 20 * S, || {
-        std::fs::read_dir(&sc.store).ok()?.flatten().map(|e| e.path()).find(|p| hidden(p) && p.is_dir())
+        std::fs::read_dir(&sc.store).ok()?.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("/.tmp-"))
     });
     sc.wait_for("the dump to be half written", 20 * S, || (dir_bytes(&pending) > 1 << 20).then_some(()));
     sc.kill();
@@ -250,4 +250,27 @@ fn short_lived_processes_are_picked_up_and_released() {
         let m = sc.metrics();
         (m.contains("dumpwatch_watched_processes 0") && !m.contains("dotnet_working_set_bytes{")).then_some(())
     });
+}
+
+#[test]
+fn a_crash_dump_written_by_the_runtime_becomes_a_capture_with_its_dac() {
+    let sc = Sidecar::start("crash", "mode: connect\ntriggers: [{type: crash}]\n");
+    let mut iso = sc.isolation(false, false);
+    iso.env.extend(sidecar::crash::app_environment(&sc.store));
+    let w = testbed::Workload::start_with(Runtime::Net8, "Idle", &[], &iso);
+    let pid = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("the process watched", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
+    // The DAC is kept while the process is alive: after the crash, /proc/<pid>/root is gone.
+    sc.wait_for("the DAC kept", 10 * S, || sc.store.join(".dac/8.0.4/libmscordaccore.so").exists().then_some(()));
+    // An abort sent from outside makes the runtime write its crash dump exactly as a real
+    // crash does (the .NET 8 runtime then keeps running: quirk of signals sent with kill).
+    let ok = std::process::Command::new("kill").args(["-ABRT", &w.pid.to_string()]).status().unwrap().success();
+    assert!(ok);
+    let dir = sc.wait_for("the crash capture", 60 * S, || sc.captures().into_iter().next());
+    let m = manifest(&dir);
+    assert_eq!(m["trigger"]["trigger"], "crash");
+    assert_eq!(m["process"]["name"], "Idle");
+    let names: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [format!("core.{}", w.pid).as_str(), "crashreport.json", "libmscordaccore.so"]);
+    assert_eq!(std::fs::read_dir(sc.store.join(".crash")).unwrap().count(), 0, "moved, not copied");
 }
