@@ -346,13 +346,14 @@ func (w *podWorker) command(ctx context.Context, p *corev1.Pod, c corev1.Contain
 	}
 	cmd := exec.Command(full[0], full[1:]...)
 	cmd.Env = env
+	cmd.Dir = "/" // an image without WORKDIR starts in /; workingDir is applied by the prologue
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd, nil
 }
 
 func (w *podWorker) env(ctx context.Context, p *corev1.Pod, c corev1.Container) ([]string, error) {
-	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + p.Name,
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + p.Name, "HOME=/root",
 		"KUBERNETES_SERVICE_HOST=" + w.a.apiHost, "KUBERNETES_SERVICE_PORT=" + w.a.apiPort}
 	vals := map[string]string{}
 	for _, e := range c.Env {
