@@ -133,7 +133,10 @@ async fn dump_via_target_tmp(
     request_dump(client, &inside, &seen_from_us, req.dump_type).await?;
     let partial = dir.join(partial_name);
     let dst_guard = RemoveOnDrop(Some(partial.clone()));
-    fs::copy(&seen_from_us, &partial)
+    // A dump is gigabytes: copy without blocking the caller's runtime thread (a sidecar keeps
+    // its sessions on that thread).
+    tokio::fs::copy(&seen_from_us, &partial)
+        .await
         .map_err(Error::io(format!("copying the dump out of {}", seen_from_us.display())))?;
     fs::rename(&partial, out).map_err(Error::io(format!("renaming {} to {}", partial.display(), out.display())))?;
     dst_guard.disarm();

@@ -139,6 +139,7 @@ async fn route(
         match map.get(&adv.runtime_cookie) {
             Some(rt) => (rt.clone(), false),
             None => {
+                forget_abandoned(&mut map);
                 let (tx, rx) = mpsc::channel(8);
                 let rt = Arc::new(ReverseRuntime {
                     cookie: adv.runtime_cookie,
@@ -160,4 +161,14 @@ async fn route(
         tracing::info!(pid = adv.pid, cookie = %protocol::format_guid(&adv.runtime_cookie), "runtime connected to the listen socket");
         let _ = new_tx.send(rt).await;
     }
+}
+
+/// A runtime nobody holds any more (the map's is the only reference) that has not connected
+/// for this long has exited: forget it, so a listen socket that sees many short-lived
+/// processes does not grow without bound. A live idle runtime keeps its one connection waiting
+/// and does not reconnect, so the age alone would be wrong for runtimes still in use.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+fn forget_abandoned(map: &mut HashMap<[u8; 16], Arc<ReverseRuntime>>) {
+    map.retain(|_, rt| Arc::strong_count(rt) > 1 || rt.last_seen().elapsed() < FORGET_AFTER);
 }
