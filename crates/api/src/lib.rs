@@ -10,11 +10,13 @@
 //! assert_eq!(p.triggers[0].kind, api::TriggerKind::Deadlock);
 //! ```
 
+mod crd;
 mod cron;
 mod spec;
 mod units;
 mod validate;
 
+pub use crd::*;
 pub use cron::Cron;
 pub use spec::*;
 pub use units::{Duration, Quantity};

@@ -8,7 +8,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{Duration, Quantity};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// What a DumpPolicy asks for: which pods, when to capture, what, with which limits, where to
+/// store it, and whether to analyze it.
+// clippy reads the repeated `type_ = ...` of the printcolumn(...) arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource)]
+#[kube(
+    group = "dumpwatch.dev",
+    version = "v1alpha1",
+    kind = "DumpPolicy",
+    doc = "Captures and analyzes dumps of the .NET processes in the pods it selects.",
+    namespaced,
+    shortname = "dpol",
+    status = "crate::DumpPolicyStatus",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matchedPods"),
+    printcolumn(name = "Injected", type_ = "integer", json_path = ".status.injectedPods"),
+    printcolumn(name = "Last Capture", type_ = "date", json_path = ".status.lastCapture"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DumpPolicySpec {
     /// Which pods the policy applies to (operator only; the standalone sidecar ignores it).
@@ -70,6 +88,16 @@ pub enum Mode {
 /// the threshold does not fire again and again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type != 'schedule' || has(self.every) != has(self.cron)",
+        "message": "a schedule trigger needs exactly one of `every` (e.g. every: 1h) or `cron` (e.g. cron: \"0 3 * * *\")"
+    },
+    {
+        "rule": "!(self.type in ['gcHeapBytes', 'gcHeapGrowth', 'workingSet', 'cpu', 'threads', 'threadPoolQueue', 'exceptionRate', 'lockContentionRate']) || has(self.above)",
+        "message": "a metric trigger needs `above` (the threshold), e.g. above: 500Mi"
+    }
+]))]
 pub struct Trigger {
     #[serde(rename = "type")]
     pub kind: TriggerKind,
@@ -241,6 +269,10 @@ impl Default for Limits {
 /// Exactly one of `volume` or `s3`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.volume) && has(self.s3))",
+    "message": "storage needs exactly one of volume or s3: remove one of them"
+}]))]
 pub struct Storage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeStorage>,

@@ -179,7 +179,9 @@ impl JsonSchema for Quantity {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "x-kubernetes-int-or-string": true,
-            "description": "A number, optionally with a unit: 1000, 0.8, 80%, 200Mi, 2Gi, 5k"
+            // A CRD's structural schema has integer-or-string but no number-or-string: in a
+            // DumpPolicy object a fraction is written as a string ("0.8") or a percentage.
+            "description": "A number, optionally with a unit: 1000, 80%, \"0.8\", 200Mi, 2Gi, 5k (quote fractions)"
         })
     }
 }

@@ -1,0 +1,151 @@
+//! The operator's custom resources: `DumpPolicy` (derived on [`DumpPolicySpec`](crate::DumpPolicySpec))
+//! and `DumpSnapshot`, both `dumpwatch.dev/v1alpha1`, namespaced, with status subresources.
+//! `cargo run -p api --bin crdgen` writes their CRDs to `crds/`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{CaptureKind, TriggerKind};
+
+/// API group of every dumpwatch resource.
+pub const GROUP: &str = "dumpwatch.dev";
+/// API version of every dumpwatch resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// What the operator observed for a `DumpPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpPolicyStatus {
+    /// Running pods the policy's selector matches.
+    #[serde(default)]
+    pub matched_pods: u32,
+    /// Matched pods that carry the sidecar.
+    #[serde(default)]
+    pub injected_pods: u32,
+    /// When the latest capture of this policy was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_capture: Option<Time>,
+    /// `Ready`, `Degraded`, ... (standard Kubernetes conditions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// What was captured, from which process, why, and where the artifacts are. Created by the
+/// operator when a sidecar reports a capture, or by a user (without artifacts) to request one.
+// clippy reads the repeated `type_ = ...` of the printcolumn(...) arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "dumpwatch.dev",
+    version = "v1alpha1",
+    kind = "DumpSnapshot",
+    doc = "One capture of one .NET process, its artifacts, and what their analysis found.",
+    namespaced,
+    shortname = "dsnap",
+    status = "DumpSnapshotStatus",
+    printcolumn(name = "Pod", type_ = "string", json_path = ".spec.pod"),
+    printcolumn(name = "Trigger", type_ = "string", json_path = ".spec.trigger"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Findings", type_ = "string", json_path = ".status.findings.summary"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DumpSnapshotSpec {
+    /// The `DumpPolicy` (same namespace) under which the capture was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Pod name (same namespace).
+    pub pod: String,
+    /// Container whose process was captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Process id, as the sidecar sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// .NET runtime version of the process (e.g. 8.0.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
+    /// Why the capture was taken.
+    pub trigger: TriggerKind,
+    /// The value that fired the trigger, in the trigger's unit (e.g. 612Mi, 93%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<String>,
+    /// What was captured; empty on a request that has not been served yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+}
+
+/// One stored file of a capture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Artifact {
+    pub kind: CaptureKind,
+    /// Where it is stored: `s3://bucket/key` or `file:///path` on the volume.
+    pub uri: String,
+    /// Size in bytes, as stored.
+    pub size: u64,
+    /// SHA-256 of the stored bytes, lowercase hex.
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub sha256: String,
+}
+
+/// `Requested → Capturing → Uploaded → Analyzing → Analyzed | Failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SnapshotPhase {
+    #[default]
+    Requested,
+    Capturing,
+    Uploaded,
+    Analyzing,
+    Analyzed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpSnapshotStatus {
+    #[serde(default)]
+    pub phase: SnapshotPhase,
+    /// Why the snapshot is in this phase (mostly for `Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What the analysis found, in short; the whole findings document is an artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<FindingsSummary>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingsSummary {
+    /// Wait-for cycles among threads.
+    #[serde(default)]
+    pub deadlocks: u32,
+    /// Types whose instances keep growing, or hold most of the heap.
+    #[serde(default)]
+    pub leak_suspects: u32,
+    /// The type holding the most bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_type: Option<String>,
+    /// One line for `kubectl get dsnap` (e.g. "1 deadlock (2 threads), 1 leak suspect").
+    #[serde(default)]
+    pub summary: String,
+}
+
+/// Both CRDs as YAML documents, `(file name, text)`, in the order `crdgen` writes them.
+pub fn crd_yaml() -> Vec<(&'static str, String)> {
+    use kube::CustomResourceExt;
+    let header = "# Generated by `cargo run -p api --bin crdgen` from crates/api: do not edit.\n";
+    [("dumppolicy.yaml", crate::DumpPolicy::crd()), ("dumpsnapshot.yaml", DumpSnapshot::crd())]
+        .into_iter()
+        .map(|(name, crd)| {
+            (name, format!("{header}{}", serde_saphyr::to_string(&crd).expect("a CRD serializes to YAML")))
+        })
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! The generated CRDs on the real kube-apiserver: both install and become Established, a valid
+//! DumpPolicy and a DumpSnapshot are stored, and invalid policies are refused by the API server's
+//! CEL rules with a message that says what to fix.
+
+use std::path::Path;
+
+use harness::{ControlPlane, Options};
+
+fn crd(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds").join(name);
+    let committed = std::fs::read_to_string(&path).unwrap();
+    let generated = api::crd_yaml().into_iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!(committed, generated, "{name} is stale: run `cargo run -p api --bin crdgen`");
+    committed
+}
+
+const VALID: &str = r#"
+apiVersion: dumpwatch.dev/v1alpha1
+kind: DumpPolicy
+metadata: {name: orders, namespace: default}
+spec:
+  selector: {matchLabels: {app: orders}}
+  mode: listen
+  counterInterval: 1s
+  triggers:
+    - {type: gcHeapBytes, above: 500Mi, for: 30s}
+    - {type: cpu, above: 80%, for: 1m, clearBelow: "0.5"}
+    - {type: deadlock}
+    - {type: schedule, cron: "0 3 * * *"}
+  limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 4Gi}
+  storage: {volume: {path: /dumps}}
+"#;
+
+const SNAPSHOT: &str = r#"
+apiVersion: dumpwatch.dev/v1alpha1
+kind: DumpSnapshot
+metadata: {name: orders-7c9-1, namespace: default}
+spec:
+  policy: orders
+  pod: orders-7c9
+  container: api
+  pid: 1
+  runtimeVersion: 8.0.4
+  trigger: gcHeapBytes
+  observed: 612Mi
+  artifacts:
+    - {kind: dump, uri: "s3://dumps/default/orders-7c9-1/core.zst", size: 104857600, sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
+"#;
+
+#[test]
+fn generated_crds_on_the_real_apiserver() {
+    let cp = ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() })
+        .expect("control plane starts");
+    cp.apply(&crd("dumppolicy.yaml")).expect("DumpPolicy CRD applies");
+    cp.apply(&crd("dumpsnapshot.yaml")).expect("DumpSnapshot CRD applies");
+    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
+        cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=30s"])
+            .expect("CRD established");
+    }
+
+    // The same YAML the standalone sidecar reads is valid for the Rust rules and the API server.
+    api::DumpPolicySpec::from_yaml(VALID).expect("valid for the Rust rules");
+    cp.apply(VALID).expect("a valid DumpPolicy is accepted");
+    let stored = cp.kubectl_json(&["get", "dpol", "orders", "-n", "default"]).unwrap();
+    assert_eq!(stored["spec"]["triggers"][3]["cron"], "0 3 * * *");
+    // Defaults from the schema are applied by the API server.
+    assert_eq!(stored["spec"]["retention"]["maxCount"], 10);
+
+    let invalid = [
+        (
+            VALID.replace(
+                "storage: {volume: {path: /dumps}}",
+                "storage: {volume: {path: /dumps}, s3: {bucket: b, secretRef: s}}",
+            ),
+            "storage needs exactly one of volume or s3: remove one of them",
+        ),
+        (
+            VALID.replace("{type: schedule, cron: \"0 3 * * *\"}", "{type: schedule}"),
+            "a schedule trigger needs exactly one of `every` (e.g. every: 1h) or `cron`",
+        ),
+        (VALID.replace("above: 500Mi, ", ""), "a metric trigger needs `above` (the threshold), e.g. above: 500Mi"),
+    ];
+    // A bare fraction is valid YAML for the Rust rules but not for a CRD's integer-or-string:
+    // the API server says which field, and the description tells to quote it.
+    let bare = VALID.replace("clearBelow: \"0.5\"", "clearBelow: 0.5").replace("name: orders,", "name: bare,");
+    let err = cp.apply(&bare).expect_err("a bare fraction is refused").to_string();
+    assert!(err.contains("spec.triggers[1].clearBelow"), "{err}");
+    for (i, (manifest, message)) in invalid.iter().enumerate() {
+        let manifest = manifest.replace("name: orders,", &format!("name: bad-{i},"));
+        let err = cp.apply(&manifest).expect_err("an invalid DumpPolicy is refused").to_string();
+        assert!(err.contains(message), "case {i}: expected {message:?} in the API server's answer, got: {err}");
+        // The Rust rules refuse it too, so the standalone sidecar and the cluster agree.
+        assert!(api::DumpPolicySpec::from_yaml(&manifest).is_err(), "case {i}: the Rust rules accept it");
+    }
+
+    cp.apply(SNAPSHOT).expect("a DumpSnapshot is accepted");
+    let table = cp.kubectl(&["get", "dsnap", "-n", "default"]).unwrap();
+    assert!(table.contains("orders-7c9") && table.contains("gcHeapBytes"), "printer columns: {table}");
+    let snap = cp.kubectl_json(&["get", "dsnap", "orders-7c9-1", "-n", "default"]).unwrap();
+    assert_eq!(snap["spec"]["artifacts"][0]["size"], 104857600);
+    // Status is a subresource: set through it, shown by the printer columns.
+    let status =
+        r#"{"status":{"phase":"Analyzed","findings":{"deadlocks":1,"leakSuspects":0,"summary":"1 deadlock"}}}"#;
+    cp.kubectl(&[
+        "patch",
+        "dsnap",
+        "orders-7c9-1",
+        "-n",
+        "default",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ])
+    .expect("status subresource patch");
+    let table = cp.kubectl(&["get", "dsnap", "-n", "default"]).unwrap();
+    assert!(table.contains("Analyzed") && table.contains("1 deadlock"), "printer columns: {table}");
+    let bad_phase = r#"{"status":{"phase":"Done"}}"#;
+    let err = cp
+        .kubectl(&[
+            "patch",
+            "dsnap",
+            "orders-7c9-1",
+            "-n",
+            "default",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            bad_phase,
+        ])
+        .expect_err("an unknown phase is refused")
+        .to_string();
+    assert!(err.contains("Analyzed"), "the refusal lists the phases: {err}");
+}
