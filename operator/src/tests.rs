@@ -1,0 +1,164 @@
+use api::{DumpPolicy, DumpPolicySpec};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+use super::*;
+
+fn policy(yaml: &str) -> DumpPolicy {
+    let mut p = DumpPolicy::new("orders", DumpPolicySpec::from_yaml(yaml).unwrap());
+    p.metadata.namespace = Some("shop".into());
+    p
+}
+
+fn pod(v: serde_json::Value) -> Pod {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A pod with two containers, env and volumes on the first only, no annotations.
+fn orders_pod() -> Pod {
+    pod(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orders-7c9", "namespace": "shop", "labels": {"app": "orders"}},
+        "spec": {
+            "containers": [
+                {"name": "api", "image": "orders:1", "env": [{"name": "ASPNETCORE_URLS", "value": "http://+:8080"}],
+                 "volumeMounts": [{"name": "config", "mountPath": "/config"}]},
+                {"name": "worker", "image": "orders-worker:1"}
+            ],
+            "volumes": [{"name": "config", "configMap": {"name": "orders"}}]
+        }
+    }))
+}
+
+/// Applies the patch the way the API server does, and reads the result back as a typed Pod.
+fn apply(pod: &Pod, patch: &json_patch::Patch) -> Pod {
+    let mut doc = serde_json::to_value(pod).unwrap();
+    json_patch::patch(&mut doc, &patch.0).expect("the patch applies to the pod");
+    serde_json::from_value(doc).expect("the patched pod is still a Pod")
+}
+
+fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
+    pod.spec.as_ref().unwrap().containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no {name}"))
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.as_deref())
+}
+
+const LISTEN: &str = "selector: {matchLabels: {app: orders}}\nmode: listen\ntriggers: [{type: deadlock}]";
+const CONNECT: &str = "selector: {matchLabels: {app: orders}}\nmode: connect\ncontainers: [api]";
+
+#[test]
+fn listen_mode_adds_a_locked_down_sidecar_the_volume_and_the_diagnostic_port() {
+    let before = orders_pod();
+    let patch = injection_patch(&before, &policy(LISTEN), &SidecarSettings::default()).expect("a patch");
+    let after = apply(&before, &patch);
+    let spec = after.spec.as_ref().unwrap();
+
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["api", "worker", SIDECAR_NAME]);
+    let sidecar = container(&after, SIDECAR_NAME);
+    let sc = sidecar.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_ne!(sc.run_as_user, Some(0));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(caps.add, None, "listen mode needs no capability");
+    assert!(sidecar.resources.as_ref().unwrap().limits.as_ref().unwrap().contains_key("memory"));
+    assert_eq!(env(sidecar, "DUMPWATCH_POLICY"), Some("orders"));
+    assert_eq!(env(sidecar, "DUMPWATCH_MODE"), Some("listen"));
+
+    let volumes = spec.volumes.as_ref().unwrap();
+    assert_eq!(volumes.len(), 2, "the app's volume is kept");
+    assert!(volumes.iter().any(|v| v.name == VOLUME_NAME && v.empty_dir.is_some()));
+    for name in ["api", "worker", SIDECAR_NAME] {
+        let c = container(&after, name);
+        assert!(
+            c.volume_mounts.iter().flatten().any(|m| m.name == VOLUME_NAME && m.mount_path == "/dumpwatch"),
+            "{name} mounts the shared volume"
+        );
+    }
+    // Every app container (the policy lists none) gets the port; existing env is kept.
+    for name in ["api", "worker"] {
+        assert_eq!(env(container(&after, name), DIAGNOSTIC_PORTS_ENV), Some("/dumpwatch/dumpwatch.sock,nosuspend"));
+    }
+    assert_eq!(env(container(&after, "api"), "ASPNETCORE_URLS"), Some("http://+:8080"));
+    assert_eq!(env(sidecar, DIAGNOSTIC_PORTS_ENV), None);
+    assert_eq!(spec.share_process_namespace, None, "listen mode does not share the PID namespace");
+    assert_eq!(after.metadata.annotations.as_ref().unwrap()[INJECTED_ANNOTATION], "orders");
+}
+
+#[test]
+fn connect_mode_shares_the_process_namespace_and_watches_only_the_listed_containers() {
+    let before = orders_pod();
+    let patch = injection_patch(&before, &policy(CONNECT), &SidecarSettings::default()).expect("a patch");
+    let after = apply(&before, &patch);
+    assert_eq!(after.spec.as_ref().unwrap().share_process_namespace, Some(true));
+    let sidecar = container(&after, SIDECAR_NAME);
+    let caps = sidecar.security_context.as_ref().unwrap().capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(caps.add.as_deref(), Some(&["SYS_PTRACE".to_string()][..]));
+    assert_eq!(env(sidecar, "DUMPWATCH_MODE"), Some("connect"));
+    for name in ["api", "worker"] {
+        assert_eq!(env(container(&after, name), DIAGNOSTIC_PORTS_ENV), None, "connect mode sets no port on {name}");
+    }
+    assert!(container(&after, "api").volume_mounts.iter().flatten().any(|m| m.name == VOLUME_NAME));
+    assert_eq!(container(&after, "worker").volume_mounts, None, "worker is not watched");
+}
+
+#[test]
+fn an_injected_pod_gets_no_second_patch() {
+    for yaml in [LISTEN, CONNECT] {
+        let p = policy(yaml);
+        let once = apply(&orders_pod(), &injection_patch(&orders_pod(), &p, &SidecarSettings::default()).unwrap());
+        assert_eq!(injection_patch(&once, &p, &SidecarSettings::default()), None);
+        // Either marker alone is enough: the annotation (a sidecar renamed by hand) ...
+        let mut renamed = once.clone();
+        renamed.spec.as_mut().unwrap().containers.retain(|c| c.name != SIDECAR_NAME);
+        assert_eq!(injection_patch(&renamed, &p, &SidecarSettings::default()), None);
+        // ... or the container (annotations stripped).
+        let mut stripped = once.clone();
+        stripped.metadata.annotations = None;
+        assert_eq!(injection_patch(&stripped, &p, &SidecarSettings::default()), None);
+    }
+}
+
+#[test]
+fn a_pod_the_selector_does_not_match_is_left_alone() {
+    let mut other = orders_pod();
+    other.metadata.labels = Some([("app".to_string(), "billing".to_string())].into());
+    assert_eq!(injection_patch(&other, &policy(LISTEN), &SidecarSettings::default()), None);
+    other.metadata.labels = None;
+    assert_eq!(injection_patch(&other, &policy(LISTEN), &SidecarSettings::default()), None);
+}
+
+#[test]
+fn existing_annotations_and_a_bare_pod_both_patch_cleanly() {
+    // Annotations present: the marker is added with its `/` escaped (RFC 6901).
+    let mut annotated = orders_pod();
+    annotated.metadata.annotations = Some([("team".to_string(), "shop".to_string())].into());
+    let after = apply(&annotated, &injection_patch(&annotated, &policy(LISTEN), &SidecarSettings::default()).unwrap());
+    let a = after.metadata.annotations.unwrap();
+    assert_eq!((a["team"].as_str(), a[INJECTED_ANNOTATION].as_str()), ("shop", "orders"));
+
+    // A pod with no volumes, env or mounts at all: the arrays are created.
+    let bare =
+        pod(json!({"metadata": {"name": "b", "labels": {"app": "orders"}}, "spec": {"containers": [{"name": "app"}]}}));
+    let settings = SidecarSettings { volume_size_limit: Some("2Gi".into()), ..SidecarSettings::default() };
+    let after = apply(&bare, &injection_patch(&bare, &policy(LISTEN), &settings).unwrap());
+    let vol = &after.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
+    assert_eq!(vol.empty_dir.as_ref().unwrap().size_limit, Some(Quantity("2Gi".into())));
+    assert_eq!(env(container(&after, "app"), DIAGNOSTIC_PORTS_ENV), Some("/dumpwatch/dumpwatch.sock,nosuspend"));
+}
+
+#[test]
+fn a_connect_pod_that_already_shares_its_pid_namespace_keeps_it() {
+    let mut shared = orders_pod();
+    shared.spec.as_mut().unwrap().share_process_namespace = Some(true);
+    let patch = injection_patch(&shared, &policy(CONNECT), &SidecarSettings::default()).unwrap();
+    let text = serde_json::to_string(&patch).unwrap();
+    assert!(!text.contains("shareProcessNamespace"), "{text}");
+    assert_eq!(apply(&shared, &patch).spec.unwrap().share_process_namespace, Some(true));
+}
