@@ -268,15 +268,16 @@ impl Default for Limits {
 
 /// Exactly one of `volume` or `s3`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+// No container-level `default`: it would fill `volume` in when only `s3` is written.
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "!(has(self.volume) && has(self.s3))",
-    "message": "storage needs exactly one of volume or s3: remove one of them"
+    "rule": "has(self.volume) != has(self.s3)",
+    "message": "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3 (endpoint, region, bucket, secretRef)"
 }]))]
 pub struct Storage {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeStorage>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Storage>,
 }
 

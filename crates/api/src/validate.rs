@@ -42,7 +42,10 @@ impl DumpPolicySpec {
                     }
                 }
             }
-            _ => p.push("storage needs exactly one of volume or s3".into()),
+            _ => p.push(
+                "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3 (endpoint, region, bucket, secretRef)"
+                    .into(),
+            ),
         }
         if self.retention.max_count == 0 {
             p.push("retention.maxCount must be at least 1".into());
@@ -181,11 +184,21 @@ storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
             "triggers[0] (gcHeapBytes): `above` (the threshold) is required",
             "write 0.8 or 80%",
             "only apply to metric triggers",
-            "exactly one of volume or s3",
+            "exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3",
             "triggers[3] (schedule): cron hour field \"25\"",
         ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn storage_is_volume_by_default_or_exactly_what_is_written() {
+        let p = DumpPolicySpec::from_yaml("triggers: [{type: deadlock}]").unwrap();
+        assert_eq!(p.storage, Storage::default());
+        let p = DumpPolicySpec::from_yaml("storage: {s3: {bucket: b, secretRef: s}}").unwrap();
+        assert_eq!((p.storage.volume, p.storage.s3.unwrap().bucket.as_str()), (None, "b"));
+        let err = DumpPolicySpec::from_yaml("storage: {}").unwrap_err().to_string();
+        assert!(err.contains("storage needs exactly one of volume"), "{err}");
     }
 
     #[test]

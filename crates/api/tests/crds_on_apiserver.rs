@@ -65,6 +65,18 @@ fn generated_crds_on_the_real_apiserver() {
     assert_eq!(stored["spec"]["triggers"][3]["cron"], "0 3 * * *");
     // Defaults from the schema are applied by the API server.
     assert_eq!(stored["spec"]["retention"]["maxCount"], 10);
+    // S3 alone is a storage kind of its own (no default volume beside it).
+    let s3 = VALID
+        .replace(
+            "storage: {volume: {path: /dumps}}",
+            "storage: {s3: {region: us-east-1, bucket: dumps, secretRef: s3}}",
+        )
+        .replace("name: orders,", "name: orders-s3,");
+    api::DumpPolicySpec::from_yaml(&s3).expect("s3 alone is valid for the Rust rules");
+    cp.apply(&s3).expect("s3 alone is accepted");
+    let stored = cp.kubectl_json(&["get", "dpol", "orders-s3", "-n", "default"]).unwrap();
+    assert_eq!(stored["spec"]["storage"]["s3"]["bucket"], "dumps");
+    assert!(stored["spec"]["storage"].get("volume").is_none(), "{}", stored["spec"]["storage"]);
 
     let invalid = [
         (
@@ -72,8 +84,9 @@ fn generated_crds_on_the_real_apiserver() {
                 "storage: {volume: {path: /dumps}}",
                 "storage: {volume: {path: /dumps}, s3: {bucket: b, secretRef: s}}",
             ),
-            "storage needs exactly one of volume or s3: remove one of them",
+            "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3",
         ),
+        (VALID.replace("storage: {volume: {path: /dumps}}", "storage: {}"), "storage needs exactly one of volume"),
         (
             VALID.replace("{type: schedule, cron: \"0 3 * * *\"}", "{type: schedule}"),
             "a schedule trigger needs exactly one of `every` (e.g. every: 1h) or `cron`",
