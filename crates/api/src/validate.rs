@@ -68,7 +68,7 @@ impl DumpPolicySpec {
                     }
                 }
                 if t.kind == TriggerKind::Cpu && t.above.is_some_and(|a| a.value() > 1.0) {
-                    p.push(format!("{at}: cpu is a ratio of the machine: write 0.8 or 80%, not 80"));
+                    p.push(format!("{at}: cpu is a ratio of the machine: write 80% or \"0.8\" (quoted in a DumpPolicy object), not 80"));
                 }
                 if t.kind == TriggerKind::GcHeapGrowth && t.for_.is_none_or(|f| f.std() < interval * 2) {
                     p.push(format!(
@@ -182,7 +182,7 @@ storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
         for needle in [
             "limits.cooldown must be ≥ the counter interval (5s < 30s)",
             "triggers[0] (gcHeapBytes): `above` (the threshold) is required",
-            "write 0.8 or 80%",
+            "write 80% or \"0.8\"",
             "only apply to metric triggers",
             "exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3",
             "triggers[3] (schedule): cron hour field \"25\"",
