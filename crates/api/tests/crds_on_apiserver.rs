@@ -47,10 +47,25 @@ spec:
     - {kind: dump, uri: "s3://dumps/default/orders-7c9-1/core.zst", size: 104857600, sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
 "#;
 
+/// A bare apiserver. The harness picks a free port and then binds it, so on a shared machine
+/// another process can take the port in between: that one error is retried.
+fn start_apiserver() -> ControlPlane {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() }) {
+            Ok(cp) => return cp,
+            Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {
+                eprintln!("control plane start {attempt}: port taken, retrying");
+            }
+            Err(e) => panic!("control plane starts: {e}"),
+        }
+    }
+}
+
 #[test]
 fn generated_crds_on_the_real_apiserver() {
-    let cp = ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() })
-        .expect("control plane starts");
+    let cp = start_apiserver();
     cp.apply(&crd("dumppolicy.yaml")).expect("DumpPolicy CRD applies");
     cp.apply(&crd("dumpsnapshot.yaml")).expect("DumpSnapshot CRD applies");
     for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
