@@ -2,24 +2,9 @@
 
 use nettrace::counters::{CounterKind, decode_counter};
 use nettrace::payload::{Value, decode_fields};
+use nettrace::testing::event;
 use nettrace::testing::payloads::{self as p, Payload};
-use nettrace::{Error, Event, EventMetadata, FieldMetadata, TypeCode};
-
-fn event<'a>(md: &'a EventMetadata, payload: &'a [u8]) -> Event<'a> {
-    Event {
-        metadata: md,
-        sequence_number: 1,
-        thread_id: 1,
-        capture_thread_id: 1,
-        processor_number: 0,
-        stack_id: 0,
-        stack: &[],
-        timestamp: 0,
-        activity_id: [0; 16],
-        related_activity_id: [0; 16],
-        payload,
-    }
-}
+use nettrace::{Error, EventMetadata, FieldMetadata, TypeCode};
 
 #[test]
 fn mean_counter() {

@@ -4,25 +4,10 @@ use nettrace::events::{
     BulkEdge, BulkNode, BulkRootCwt, BulkRootEdge, MethodEventKind, RUNDOWN_PROVIDER, RUNTIME_PROVIDER, RuntimeEvent,
     SAMPLE_PROFILER_PROVIDER, decode_runtime,
 };
+use nettrace::testing::event;
 use nettrace::testing::native_metadata;
 use nettrace::testing::payloads::{self as p, MethodSpec, Payload, StaticVarSpec, TypeSpec};
-use nettrace::{Error, Event, EventMetadata};
-
-fn event<'a>(md: &'a EventMetadata, payload: &'a [u8]) -> Event<'a> {
-    Event {
-        metadata: md,
-        sequence_number: 1,
-        thread_id: 7,
-        capture_thread_id: 7,
-        processor_number: 0,
-        stack_id: 0,
-        stack: &[],
-        timestamp: 0,
-        activity_id: [0; 16],
-        related_activity_id: [0; 16],
-        payload,
-    }
-}
+use nettrace::{Error, EventMetadata};
 
 fn decode<'a>(md: &'a EventMetadata, payload: &'a [u8], ptr: u32) -> Result<RuntimeEvent<'a>, Error> {
     decode_runtime(&event(md, payload), ptr)

@@ -384,3 +384,20 @@ pub fn native_metadata(metadata_id: u32, provider: &str, event_id: u32, version:
         fields: Vec::new(),
     }
 }
+
+/// A standalone event (no stream around it) for decoder tests: thread 1, no stack.
+pub fn event<'a>(metadata: &'a EventMetadata, payload: &'a [u8]) -> crate::Event<'a> {
+    crate::Event {
+        metadata,
+        sequence_number: 1,
+        thread_id: 1,
+        capture_thread_id: 1,
+        processor_number: 0,
+        stack_id: 0,
+        stack: &[],
+        timestamp: 0,
+        activity_id: [0; 16],
+        related_activity_id: [0; 16],
+        payload,
+    }
+}
