@@ -1,0 +1,173 @@
+//! The mutating webhook's pure decision: which JSON patch, if any, injects the sidecar into a pod.
+
+use std::collections::BTreeMap;
+
+use api::{DumpPolicy, Mode};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::{Value, json};
+
+/// Name of the injected container; its presence means "already injected".
+pub const SIDECAR_NAME: &str = "dumpwatch-sidecar";
+/// Annotation set on an injected pod, valued with the policy's name.
+pub const INJECTED_ANNOTATION: &str = "dumpwatch.dev/injected";
+/// The shared emptyDir (diagnostic socket, captures in progress).
+pub const VOLUME_NAME: &str = "dumpwatch";
+/// The environment variable that makes a .NET 5+ runtime connect to the sidecar.
+pub const DIAGNOSTIC_PORTS_ENV: &str = "DOTNET_DiagnosticPorts";
+
+/// How the sidecar container is built (from the operator's configuration / the chart's values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarSettings {
+    pub image: String,
+    pub resources: ResourceRequirements,
+    /// UID and GID the sidecar runs as (never 0).
+    pub run_as_user: i64,
+    /// Where the shared volume is mounted in the sidecar and the app containers.
+    pub mount_path: String,
+    /// Size limit of the shared emptyDir.
+    pub volume_size_limit: Option<String>,
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        let q = |s: &str| Quantity(s.to_string());
+        Self {
+            image: "ghcr.io/dumpwatch/sidecar:0.1.0".into(),
+            resources: ResourceRequirements {
+                requests: Some(BTreeMap::from([("cpu".into(), q("10m")), ("memory".into(), q("32Mi"))])),
+                limits: Some(BTreeMap::from([("memory".into(), q("128Mi"))])),
+                ..Default::default()
+            },
+            run_as_user: 65532,
+            mount_path: "/dumpwatch".into(),
+            volume_size_limit: None,
+        }
+    }
+}
+
+/// The JSON patch that injects the sidecar of `policy` into `pod`, or `None` when the policy
+/// does not select the pod or the pod is already injected (so a pod is never injected twice).
+pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings) -> Option<json_patch::Patch> {
+    let spec = pod.spec.as_ref()?;
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    if !policy.spec.selector.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        return None;
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    if spec.containers.iter().any(|c| c.name == SIDECAR_NAME)
+        || annotations.is_some_and(|a| a.contains_key(INJECTED_ANNOTATION))
+    {
+        return None;
+    }
+    let listen = policy.spec.mode == Mode::Listen;
+    let watched = |c: &Container| policy.spec.containers.is_empty() || policy.spec.containers.contains(&c.name);
+    let policy_name = policy.metadata.name.clone().unwrap_or_default();
+    let mount = VolumeMount { name: VOLUME_NAME.into(), mount_path: sidecar.mount_path.clone(), ..Default::default() };
+
+    let mut ops = Vec::new();
+    let mut add = |path: String, value: Value| ops.push(json!({"op": "add", "path": path, "value": value}));
+
+    // Marker first: the webhook may be called again (reinvocationPolicy) on the patched pod.
+    match annotations {
+        None => add("/metadata/annotations".into(), json!({ INJECTED_ANNOTATION: policy_name })),
+        Some(_) => add(format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)), json!(policy_name)),
+    }
+
+    let volume = Volume {
+        name: VOLUME_NAME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: sidecar.volume_size_limit.clone().map(Quantity),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    append(&mut add, "/spec/volumes", spec.volumes.is_some(), to_value(&volume));
+
+    for (i, c) in spec.containers.iter().enumerate().filter(|(_, c)| watched(c)) {
+        if !c.volume_mounts.iter().flatten().any(|m| m.mount_path == sidecar.mount_path) {
+            append(
+                &mut add,
+                &format!("/spec/containers/{i}/volumeMounts"),
+                c.volume_mounts.is_some(),
+                to_value(&mount),
+            );
+        }
+        if listen && !c.env.iter().flatten().any(|e| e.name == DIAGNOSTIC_PORTS_ENV) {
+            let env = EnvVar {
+                name: DIAGNOSTIC_PORTS_ENV.into(),
+                value: Some(format!("{}/dumpwatch.sock,nosuspend", sidecar.mount_path)),
+                ..Default::default()
+            };
+            append(&mut add, &format!("/spec/containers/{i}/env"), c.env.is_some(), to_value(&env));
+        }
+    }
+
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let container = Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(sidecar.image.clone()),
+        args: Some(vec!["--storage".into(), sidecar.mount_path.clone()]),
+        env: Some(vec![
+            EnvVar { name: "POD_NAME".into(), value_from: Some(field("metadata.name")), ..Default::default() },
+            EnvVar {
+                name: "POD_NAMESPACE".into(),
+                value_from: Some(field("metadata.namespace")),
+                ..Default::default()
+            },
+            EnvVar { name: "DUMPWATCH_POLICY".into(), value: Some(policy_name), ..Default::default() },
+            EnvVar {
+                name: "DUMPWATCH_MODE".into(),
+                value: Some(if listen { "listen" } else { "connect" }.into()),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(sidecar.resources.clone()),
+        volume_mounts: Some(vec![mount]),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(sidecar.run_as_user),
+            run_as_group: Some(sidecar.run_as_user),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: (!listen).then(|| vec!["SYS_PTRACE".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    add("/spec/containers/-".into(), to_value(&container));
+
+    if !listen && spec.share_process_namespace != Some(true) {
+        add("/spec/shareProcessNamespace".into(), json!(true));
+    }
+    Some(serde_json::from_value(Value::Array(ops)).expect("well-formed JSON patch operations"))
+}
+
+/// Adds `value` to the array at `path`, creating the array when the field is absent.
+fn append(add: &mut impl FnMut(String, Value), path: &str, exists: bool, value: Value) {
+    if exists { add(format!("{path}/-"), value) } else { add(path.into(), json!([value])) }
+}
+
+/// RFC 6901 escaping of one path segment.
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("k8s-openapi types serialize")
+}
+
+#[cfg(test)]
+#[path = "inject_tests.rs"]
+mod tests;
