@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{CaptureKind, TriggerKind};
 
+mod findings;
+
 /// API group of every dumpwatch resource.
 pub const GROUP: &str = "dumpwatch.dev";
 /// API version of every dumpwatch resource.
@@ -114,9 +116,17 @@ pub struct DumpSnapshotStatus {
     /// Why the snapshot is in this phase (mostly for `Failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// What the analysis found, in short; the whole findings document is an artifact.
+    /// What the analysis found: counts, and the deadlocks and leak suspects themselves (capped,
+    /// so the object stays far below etcd's size limit; the whole document is an artifact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<FindingsSummary>,
+    /// The analysis Job, once the controller created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When the snapshot entered `Analyzing` (the Job's deadline counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_started: Option<Time>,
+    /// `Published` (True once the Events for this snapshot's outcome were sent: sent once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -127,6 +137,9 @@ pub struct FindingsSummary {
     /// Wait-for cycles among threads.
     #[serde(default)]
     pub deadlocks: u32,
+    /// Threads blocked behind a cycle without being on it.
+    #[serde(default)]
+    pub victims: u32,
     /// Types whose instances keep growing, or hold most of the heap.
     #[serde(default)]
     pub leak_suspects: u32,
@@ -136,6 +149,65 @@ pub struct FindingsSummary {
     /// One line for `kubectl get dsnap` (e.g. "1 deadlock (2 threads), 1 leak suspect").
     #[serde(default)]
     pub summary: String,
+    /// The first [`MAX_LISTED`] deadlocks, in the analysis' order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deadlock_cycles: Vec<DeadlockCycle>,
+    /// The first [`MAX_LISTED`] leak suspects, biggest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspects: Vec<LeakSuspect>,
+}
+
+/// How many deadlocks, suspects, threads per cycle, frames and path elements the status keeps.
+pub const MAX_LISTED: usize = 5;
+/// Frames kept per thread (innermost managed frames, runtime helper frames skipped).
+pub const MAX_FRAMES: usize = 4;
+/// Longest string (type name, frame) kept; longer ones end in `…`.
+pub const MAX_TEXT: usize = 256;
+
+/// One wait-for cycle: each thread waits for a lock held by the next, the last for the first's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadlockCycle {
+    pub threads: Vec<DeadlockedThread>,
+    /// Threads queued behind the cycle.
+    #[serde(default)]
+    pub victims: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadlockedThread {
+    /// Kernel thread id.
+    pub os_tid: u64,
+    /// `Thread.ManagedThreadId`, when the runtime knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_id: Option<u64>,
+    /// Type of the object whose lock it waits for (e.g. `System.Object`).
+    pub waits_for_type: String,
+    /// The runtime's sync block address of that lock.
+    pub lock_id: u64,
+    /// OS thread id of the lock's holder (the next thread of the cycle).
+    pub held_by_os_tid: u64,
+    /// Innermost managed frames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_frames: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeakSuspect {
+    pub type_name: String,
+    /// Reachable instances.
+    pub instances: u64,
+    /// Bytes freed if they all went away.
+    pub retained_bytes: u64,
+    /// `retainedBytes` as a percentage of the heap.
+    pub heap_percent: u32,
+    /// Root of the dominant path (`static T.f`, `[strong handle]`, ...).
+    pub root: String,
+    /// Type names from the rooted object to the suspect type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
 }
 
 /// Both CRDs as YAML documents, `(file name, text)`, in the order `crdgen` writes them.

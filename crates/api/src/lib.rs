@@ -30,6 +30,8 @@ pub enum Error {
     Yaml(String),
     #[error("the policy is invalid:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
+    #[error("not a findings document this operator reads: {0}")]
+    Findings(String),
 }
 
 impl DumpPolicySpec {
