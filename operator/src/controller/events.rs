@@ -1,0 +1,211 @@
+//! The Events a snapshot's outcome deserves, as text a human reads in `kubectl describe pod`:
+//! which threads deadlock on what and where, which type leaks and what holds it, or why the
+//! capture or analysis failed. Each is published on the pod and on the policy.
+
+use api::{DeadlockCycle, DumpSnapshot, FindingsSummary, LeakSuspect, MAX_LISTED, SnapshotPhase};
+use kube::ResourceExt;
+
+pub const DEADLOCK_DETECTED: &str = "DeadlockDetected";
+pub const MEMORY_LEAK_SUSPECTED: &str = "MemoryLeakSuspected";
+pub const CAPTURE_FAILED: &str = "CaptureFailed";
+pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+
+/// events.k8s.io limits `note` to 1 kB.
+const MAX_NOTE: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The Events for a snapshot in `Analyzed` or `Failed`; none for other phases.
+pub fn outcome_events(snapshot: &DumpSnapshot) -> Vec<Notice> {
+    let status = snapshot.status.clone().unwrap_or_default();
+    let name = snapshot.name_any();
+    match status.phase {
+        SnapshotPhase::Failed => {
+            // A Job was started: the capture itself had worked.
+            let reason = if status.job.is_some() { ANALYSIS_FAILED } else { CAPTURE_FAILED };
+            let why = status.message.unwrap_or_else(|| "no reason recorded".into());
+            vec![Notice { warning: true, reason, note: clip(format!("{why} (DumpSnapshot {name})")) }]
+        }
+        SnapshotPhase::Analyzed => status.findings.map(|f| finding_events(&f, &name)).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn finding_events(f: &FindingsSummary, snapshot: &str) -> Vec<Notice> {
+    let mut out: Vec<Notice> = f
+        .deadlock_cycles
+        .iter()
+        .map(|c| Notice {
+            warning: true,
+            reason: DEADLOCK_DETECTED,
+            note: clip(format!("{} (DumpSnapshot {snapshot})", deadlock_sentence(c))),
+        })
+        .collect();
+    if f.deadlocks as usize > f.deadlock_cycles.len() && !f.deadlock_cycles.is_empty() {
+        let more = f.deadlocks as usize - f.deadlock_cycles.len();
+        if let Some(last) = out.last_mut() {
+            last.note = clip(format!("{}; {more} more deadlocks in the snapshot", last.note));
+        }
+    } else if f.deadlocks > 0 && f.deadlock_cycles.is_empty() {
+        out.push(Notice {
+            warning: true,
+            reason: DEADLOCK_DETECTED,
+            note: clip(format!("{}: {} (DumpSnapshot {snapshot})", f.summary, plural(f.deadlocks, "deadlock"))),
+        });
+    }
+    out.extend(f.suspects.iter().take(MAX_LISTED).map(|s| Notice {
+        warning: true,
+        reason: MEMORY_LEAK_SUSPECTED,
+        note: clip(format!("{} (DumpSnapshot {snapshot})", leak_sentence(s))),
+    }));
+    out
+}
+
+/// "threads 14 and 15 deadlock on two System.Object locks in DeadlockFunc; 3 threads wait
+/// behind them (OS threads 4105, 4106)".
+pub fn deadlock_sentence(c: &DeadlockCycle) -> String {
+    let ids: Vec<String> =
+        c.threads.iter().map(|t| t.managed_id.map_or_else(|| format!("os:{}", t.os_tid), |m| m.to_string())).collect();
+    let mut types: Vec<&str> = c.threads.iter().map(|t| t.waits_for_type.as_str()).collect();
+    types.dedup();
+    let locks = if types.len() == 1 {
+        format!("{} {} locks", number(c.threads.len()), types[0])
+    } else {
+        format!("locks of {}", and_list(&types.iter().map(|t| t.to_string()).collect::<Vec<_>>()))
+    };
+    let place = c
+        .threads
+        .iter()
+        .flat_map(|t| t.top_frames.iter())
+        .find(|f| !f.starts_with("System.Threading."))
+        .map(|f| format!(" in {}", method_name(f)))
+        .unwrap_or_default();
+    let victims = match c.victims {
+        0 => String::new(),
+        1 => "; 1 thread waits behind them".into(),
+        n => format!("; {n} threads wait behind them"),
+    };
+    let tids: Vec<String> = c.threads.iter().map(|t| t.os_tid.to_string()).collect();
+    format!("threads {} deadlock on {locks}{place}{victims} (OS threads {})", and_list(&ids), tids.join(", "))
+}
+
+/// "201000 DiagScenarios.Customer objects retain 18.4 MiB (81% of the heap), held by static
+/// DiagScenarios.Processor.Current → DiagScenarios.CustomerCache → DiagScenarios.Customer".
+pub fn leak_sentence(s: &LeakSuspect) -> String {
+    let path = if s.path.is_empty() { String::new() } else { format!(" → {}", s.path.join(" → ")) };
+    format!(
+        "{} {} objects retain {} ({}% of the heap), held by {}{path}",
+        s.instances,
+        s.type_name,
+        mib(s.retained_bytes),
+        s.heap_percent,
+        if s.root.is_empty() { "an unnamed root" } else { &s.root }
+    )
+}
+
+/// `DiagScenarios.Deadlocks.DeadlockFunc(System.Object)` → `DeadlockFunc`.
+fn method_name(frame: &str) -> &str {
+    let head = frame.split('(').next().unwrap_or(frame);
+    head.rsplit('.').next().unwrap_or(head)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn number(n: usize) -> String {
+    ["zero", "one", "two", "three", "four", "five"].get(n).map_or_else(|| n.to_string(), |w| w.to_string())
+}
+
+fn plural(n: u32, word: &str) -> String {
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}
+
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::testing::{deadlock_document, snapshot};
+
+    fn analyzed() -> DumpSnapshot {
+        let mut s = snapshot("orders-1", "Analyzed");
+        s.status.as_mut().unwrap().findings = Some(FindingsSummary::from_document(&deadlock_document()).unwrap());
+        s
+    }
+
+    #[test]
+    fn a_deadlock_reads_as_a_sentence() {
+        let events = outcome_events(&analyzed());
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].reason, DEADLOCK_DETECTED);
+        assert!(events[0].warning);
+        assert_eq!(
+            events[0].note,
+            "threads 14 and 15 deadlock on two System.Object locks in DeadlockFunc; 3 threads wait behind them \
+             (OS threads 4105, 4106) (DumpSnapshot orders-1)"
+        );
+    }
+
+    #[test]
+    fn a_leak_names_the_type_the_bytes_and_what_holds_it() {
+        let events = outcome_events(&analyzed());
+        assert_eq!(events[1].reason, MEMORY_LEAK_SUSPECTED);
+        assert_eq!(
+            events[1].note,
+            "201000 DiagScenarios.Customer objects retain 18.4 MiB (81% of the heap), held by static \
+             DiagScenarios.Processor.Current → DiagScenarios.Processor → DiagScenarios.CustomerCache → \
+             DiagScenarios.Customer (DumpSnapshot orders-1)"
+        );
+    }
+
+    #[test]
+    fn failures_say_which_step_failed_and_why() {
+        let mut capture = snapshot("orders-2", "Failed");
+        capture.status.as_mut().unwrap().message = Some("the runtime refused the dump three times".into());
+        let e = outcome_events(&capture);
+        assert_eq!(
+            (e[0].reason, e[0].note.as_str()),
+            (CAPTURE_FAILED, "the runtime refused the dump three times (DumpSnapshot orders-2)")
+        );
+        let mut analysis = capture.clone();
+        analysis.status.as_mut().unwrap().job = Some("dsnap-orders-2-analyze".into());
+        assert_eq!(outcome_events(&analysis)[0].reason, ANALYSIS_FAILED);
+    }
+
+    #[test]
+    fn nothing_found_and_unfinished_snapshots_make_no_events() {
+        assert!(outcome_events(&snapshot("a", "Analyzed")).is_empty());
+        assert!(outcome_events(&snapshot("a", "Analyzing")).is_empty());
+    }
+
+    #[test]
+    fn notes_fit_the_events_api() {
+        let mut s = snapshot("orders-1", "Failed");
+        s.status.as_mut().unwrap().message = Some("é".repeat(2000));
+        assert!(outcome_events(&s)[0].note.len() <= MAX_NOTE);
+    }
+}

@@ -1,0 +1,220 @@
+//! The operator's controllers: `DumpPolicy` status and retention, the `DumpSnapshot` lifecycle
+//! with its analysis Jobs and Events, plus `/metrics` and leader election.
+//!
+//! Decisions are pure functions of Kubernetes objects ([`policy_status`], [`next_step`],
+//! [`analysis_job`], [`outcome_events`], [`expired`], [`lease_decision`]); the reconcilers only
+//! read their inputs, call them, and write the result.
+
+pub mod events;
+pub mod job;
+pub mod leader;
+pub mod lifecycle;
+pub mod metrics;
+pub mod policy_reconciler;
+pub mod policy_status;
+pub mod retention;
+pub mod snapshot_reconciler;
+pub mod storage;
+#[cfg(test)]
+mod testing;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::{DumpPolicy, DumpSnapshot};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+
+pub use events::outcome_events;
+pub use job::{AnalysisInputs, AnalysisSettings, analysis_job, job_name};
+pub use leader::{LeaderElector, LeaseDecision, lease_decision};
+pub use lifecycle::{Step, next_step};
+pub use metrics::Metrics;
+pub use policy_status::policy_status;
+pub use retention::expired;
+pub use storage::{ARTIFACTS_FINALIZER, ArtifactDeleter, ArtifactUrls, Deleters, NoObjectStorage, VolumeDeleter};
+
+use crate::Error;
+
+/// What the reconcilers share.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub analysis: AnalysisSettings,
+    pub deleter: Arc<dyn ArtifactDeleter>,
+    pub urls: Arc<dyn ArtifactUrls>,
+    /// `(claim, mount path)` mounted into analysis Jobs for `file://` artifacts.
+    pub artifact_claim: Option<(String, String)>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        analysis: AnalysisSettings,
+        deleter: Arc<dyn ArtifactDeleter>,
+        urls: Arc<dyn ArtifactUrls>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter { controller: "dumpwatch-operator".into(), instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            analysis,
+            deleter,
+            urls,
+            artifact_claim: None,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Exponential backoff per object: 1 s, 2 s, 4 s, ... up to 5 min.
+    fn backoff(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().expect("backoff lock");
+        let n = failures.entry(key).or_insert(0);
+        *n = (*n + 1).min(16);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().expect("backoff lock").remove(key);
+    }
+}
+
+fn key<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&Default::default()),
+        obj.meta().namespace.as_deref().unwrap_or(""),
+        obj.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    controller: &'static str,
+) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |obj, error, ctx| {
+        let wait = ctx.backoff(key(&*obj));
+        tracing::warn!(controller, object = %key(&*obj), %error, retry_in = ?wait, "reconcile failed");
+        ctx.metrics.reconcile_failed(controller, error.metric_label());
+        Action::requeue(wait)
+    }
+}
+
+/// Runs both controllers (all namespaces) until `stop` resolves. Call only on the leader.
+pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let policies: Api<DumpPolicy> = Api::all(client.clone());
+    let policy_controller = Controller::new(policies, watcher::Config::default());
+    let policy_store = policy_controller.store();
+    let policy_controller = policy_controller
+        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| {
+            policy_store
+                .state()
+                .into_iter()
+                .filter(|p| policy_status::selects(p, &pod))
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .watches(Api::<DumpSnapshot>::all(client.clone()), watcher::Config::default(), |s: DumpSnapshot| {
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            s.spec.policy.map(|p| ObjectRef::<DumpPolicy>::new(&p).within(&ns))
+        })
+        .graceful_shutdown_on(stopped())
+        .run(policy_reconciler::reconcile, error_policy::<DumpPolicy>(policy_reconciler::CONTROLLER), ctx.clone())
+        .for_each(|r| {
+            let ctx = ctx.clone();
+            async move {
+                if let Ok((obj, _)) = r {
+                    ctx.succeeded(&format!("DumpPolicy/{}/{}", obj.namespace.as_deref().unwrap_or(""), obj.name));
+                }
+            }
+        });
+
+    let snapshots: Api<DumpSnapshot> = Api::all(client.clone());
+    let snapshot_controller = Controller::new(snapshots, watcher::Config::default());
+    let snapshot_store = snapshot_controller.store();
+    let phase_ctx = ctx.clone();
+    let snapshot_controller = snapshot_controller
+        .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(job::SNAPSHOT_LABEL))
+        .graceful_shutdown_on(stopped())
+        .run(snapshot_reconciler::reconcile, error_policy::<DumpSnapshot>(snapshot_reconciler::CONTROLLER), ctx.clone())
+        .for_each(move |r| {
+            let ctx = phase_ctx.clone();
+            let store = snapshot_store.clone();
+            async move {
+                if let Ok((obj, _)) = r {
+                    ctx.succeeded(&format!("DumpSnapshot/{}/{}", obj.namespace.as_deref().unwrap_or(""), obj.name));
+                }
+                let phases: Vec<(api::SnapshotPhase, i64)> = store
+                    .state()
+                    .iter()
+                    .map(|s| (s.status.as_ref().map(|st| st.phase).unwrap_or_default(), 1))
+                    .collect();
+                ctx.metrics.set_snapshot_phases(&phases);
+            }
+        });
+
+    let watch_stop = async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(policy_controller, snapshot_controller, watch_stop);
+}
+
+/// Campaigns with `elector` and runs the controllers whenever this replica leads, until
+/// `shutdown` turns true. Losing the Lease stops the controllers (they start again if it is
+/// won back); the HTTPS server is not affected.
+pub async fn run_when_leading(
+    ctx: Arc<Context>,
+    elector: LeaderElector,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let mut on_shutdown = shutdown.clone();
+    let campaign = tokio::spawn(elector.run(leading_tx, async move {
+        let _ = on_shutdown.wait_for(|s| *s).await;
+    }));
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        tracing::info!("leading: controllers start");
+        ctx.metrics.leader.set(1);
+        let mut lost = leading.clone();
+        let mut down = shutdown.clone();
+        run(ctx.clone(), async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {}
+                _ = down.wait_for(|s| *s) => {}
+            }
+        })
+        .await;
+        ctx.metrics.leader.set(0);
+        tracing::info!("controllers stopped");
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    let _ = campaign.await;
+}

@@ -1,0 +1,80 @@
+//! Retention: which snapshots of a policy go (beyond `maxCount`, or older than `maxAge`). Their
+//! artifacts are deleted by the finalizer `dumpwatch.dev/artifacts` (see `storage`).
+
+use api::{DumpSnapshot, Retention, SnapshotPhase};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+/// The snapshots (names) to delete now. `snapshots` are those of one policy; the newest
+/// `max_count` are kept unless older than `max_age`. Work in flight (`Requested`, `Capturing`,
+/// `Analyzing`) is never deleted, but counts towards `max_count`.
+pub fn expired(snapshots: &[DumpSnapshot], retention: &Retention, now: Timestamp) -> Vec<String> {
+    let mut live: Vec<&DumpSnapshot> = snapshots.iter().filter(|s| s.metadata.deletion_timestamp.is_none()).collect();
+    let created = |s: &DumpSnapshot| s.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+    // Newest first; the name breaks ties (creation times have one-second resolution).
+    live.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| b.name_any().cmp(&a.name_any())));
+    live.iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            let settled = !matches!(
+                s.status.as_ref().map(|st| st.phase).unwrap_or_default(),
+                SnapshotPhase::Requested | SnapshotPhase::Capturing | SnapshotPhase::Analyzing
+            );
+            let too_many = *i >= retention.max_count as usize;
+            let too_old = now.duration_since(created(s)).unsigned_abs() > retention.max_age.std() && created(s) < now;
+            settled && (too_many || too_old)
+        })
+        .map(|(_, s)| s.name_any())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::testing::{snapshot, ts};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn at(name: &str, created: i64, phase: &str) -> DumpSnapshot {
+        let mut s = snapshot(name, phase);
+        s.metadata.creation_timestamp = Some(Time(ts(created)));
+        s
+    }
+
+    fn retention(count: u32, age_secs: u64) -> Retention {
+        Retention { max_count: count, max_age: api::Duration::from_secs(age_secs) }
+    }
+
+    #[test]
+    fn the_oldest_beyond_max_count_go() {
+        let snaps = [at("a", 10, "Analyzed"), at("b", 20, "Analyzed"), at("c", 30, "Failed"), at("d", 40, "Analyzed")];
+        assert_eq!(expired(&snaps, &retention(2, 3600), ts(100)), vec!["b", "a"]);
+        assert!(expired(&snaps, &retention(10, 3600), ts(100)).is_empty());
+    }
+
+    #[test]
+    fn snapshots_older_than_max_age_go_even_within_the_count() {
+        let snaps = [at("old", 0, "Analyzed"), at("new", 5000, "Analyzed")];
+        assert_eq!(expired(&snaps, &retention(10, 3600), ts(5000)), vec!["old"]);
+    }
+
+    #[test]
+    fn work_in_flight_is_kept_but_counted() {
+        let snaps = [at("a", 10, "Analyzed"), at("b", 20, "Analyzing"), at("c", 30, "Requested")];
+        assert_eq!(expired(&snaps, &retention(1, 3600), ts(100)), vec!["a"]);
+        assert!(expired(&[at("b", 0, "Analyzing")], &retention(0, 1), ts(100_000)).is_empty());
+    }
+
+    #[test]
+    fn snapshots_already_being_deleted_are_not_counted() {
+        let mut going = at("z", 50, "Analyzed");
+        going.metadata.deletion_timestamp = Some(Time(ts(60)));
+        let snaps = [at("a", 10, "Analyzed"), going, at("b", 20, "Analyzed")];
+        assert!(expired(&snaps, &retention(2, 3600), ts(100)).is_empty());
+    }
+
+    #[test]
+    fn same_second_ties_break_by_name() {
+        let snaps = [at("x-2", 10, "Analyzed"), at("x-1", 10, "Analyzed")];
+        assert_eq!(expired(&snaps, &retention(1, 3600), ts(100)), vec!["x-1"]);
+    }
+}

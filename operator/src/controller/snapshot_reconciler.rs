@@ -1,0 +1,162 @@
+//! The `DumpSnapshot` reconciler: reads the snapshot's Job and policy, asks
+//! [`next_step`](super::lifecycle::next_step), and carries the step out. Deletion goes through
+//! the finalizer, which deletes the stored artifacts first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{DumpPolicy, DumpSnapshot, SnapshotPhase};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::Context;
+use super::events::{DEADLOCK_DETECTED, MEMORY_LEAK_SUSPECTED, outcome_events};
+use super::job::{AnalysisInputs, analysis_job, job_name};
+use super::lifecycle::{GRACE, PUBLISHED, Step, next_step};
+use super::policy_status::{condition, keep_transition_time};
+use super::storage::ARTIFACTS_FINALIZER;
+use crate::Error;
+
+pub const CONTROLLER: &str = "dumpsnapshot";
+
+pub async fn reconcile(snapshot: Arc<DumpSnapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = snapshot.namespace().unwrap_or_default();
+    let api: Api<DumpSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, ARTIFACTS_FINALIZER, snapshot, |event| async {
+        match event {
+            Finalizer::Apply(s) => apply(&s, &ctx).await,
+            Finalizer::Cleanup(s) => cleanup(&s, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed());
+    result
+}
+
+async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> {
+    let ns = snapshot.namespace().unwrap_or_default();
+    let name = snapshot.name_any();
+    let policy = match &snapshot.spec.policy {
+        Some(p) => Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns).get_opt(p).await?,
+        None => None,
+    };
+    let status = snapshot.status.clone().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let job_name = status.job.clone().unwrap_or_else(|| job_name(&name));
+    let job = jobs.get_opt(&job_name).await?;
+    let now = Timestamp::now();
+    let step = next_step(snapshot, job.as_ref(), policy.as_ref(), now);
+    tracing::debug!(snapshot = %name, namespace = %ns, ?step, "reconcile");
+    match step {
+        Step::Nothing => Ok(Action::await_change()),
+        Step::Wait(d) => Ok(Action::requeue(d)),
+        Step::StartAnalysis => {
+            let mut artifacts = Vec::new();
+            for a in &snapshot.spec.artifacts {
+                let uri = ctx.urls.fetchable(&a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
+                artifacts.push(api::Artifact { uri, ..a.clone() });
+            }
+            let inputs = AnalysisInputs { artifacts, volume: ctx.artifact_claim.clone() };
+            let job = analysis_job(snapshot, policy.as_ref(), &ctx.analysis, &inputs);
+            match jobs.create(&PostParams::default(), &job).await {
+                Ok(_) => {
+                    tracing::info!(snapshot = %name, namespace = %ns, job = %job.name_any(), "analysis Job created")
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            // A Job re-created inside `Analyzing` keeps the original start: the deadline is the snapshot's.
+            let started = match status.phase {
+                SnapshotPhase::Analyzing => status.analysis_started.clone().unwrap_or(Time(now)),
+                _ => Time(now),
+            };
+            patch_status(
+                ctx,
+                snapshot,
+                json!({
+                    "phase": "Analyzing",
+                    "job": job.name_any(),
+                    "analysisStarted": started,
+                    "message": format!("analysis Job {} runs dumpwatch analyze", job.name_any()),
+                }),
+            )
+            .await?;
+            let deadline = policy.map(|p| p.spec.analysis.deadline.std()).unwrap_or(Duration::from_secs(900));
+            Ok(Action::requeue(deadline + GRACE))
+        }
+        Step::Fail(message) => {
+            tracing::info!(snapshot = %name, namespace = %ns, %message, "snapshot failed");
+            patch_status(ctx, snapshot, json!({"phase": "Failed", "message": message})).await?;
+            Ok(Action::await_change())
+        }
+        Step::Publish => {
+            publish(snapshot, policy.as_ref(), ctx).await?;
+            let mut conditions = status.conditions.clone();
+            conditions.retain(|c| c.type_ != PUBLISHED);
+            let published = condition(PUBLISHED, true, "EventsSent", "the outcome was published as Events".into());
+            conditions.push(keep_transition_time(published, &status.conditions, now));
+            patch_status(ctx, snapshot, json!({"conditions": conditions})).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// The outcome's Events on the pod (when it still exists) and on the policy.
+async fn publish(snapshot: &DumpSnapshot, policy: Option<&DumpPolicy>, ctx: &Context) -> Result<(), Error> {
+    let ns = snapshot.namespace().unwrap_or_default();
+    let notices = outcome_events(snapshot);
+    if notices.is_empty() {
+        return Ok(());
+    }
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns).get_opt(&snapshot.spec.pod).await?;
+    let mut targets = Vec::new();
+    if let Some(p) = &pod {
+        targets.push(p.object_ref(&()));
+    }
+    if let Some(p) = policy {
+        targets.push(p.object_ref(&()));
+    }
+    for n in &notices {
+        let event = Event {
+            type_: if n.warning { EventType::Warning } else { EventType::Normal },
+            reason: n.reason.into(),
+            note: Some(n.note.clone()),
+            action: "Analyze".into(),
+            secondary: Some(snapshot.object_ref(&())),
+        };
+        for target in &targets {
+            ctx.recorder.publish(&event, target).await?;
+        }
+    }
+    let count = |reason: &str| notices.iter().filter(|n| n.reason == reason).count() as u64;
+    if let Some(f) = snapshot.status.as_ref().and_then(|s| s.findings.as_ref()) {
+        ctx.metrics.count_findings("deadlock", u64::from(f.deadlocks).max(count(DEADLOCK_DETECTED)));
+        ctx.metrics.count_findings("leak_suspect", u64::from(f.leak_suspects).max(count(MEMORY_LEAK_SUSPECTED)));
+    }
+    Ok(())
+}
+
+/// Deletion: the stored artifacts go first; a failure keeps the finalizer and is retried.
+async fn cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> {
+    for a in &snapshot.spec.artifacts {
+        ctx.deleter.delete(&a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
+    }
+    tracing::info!(snapshot = %snapshot.name_any(), artifacts = snapshot.spec.artifacts.len(), "artifacts deleted");
+    Ok(Action::await_change())
+}
+
+async fn patch_status(ctx: &Context, snapshot: &DumpSnapshot, status: serde_json::Value) -> Result<(), Error> {
+    let api: Api<DumpSnapshot> = Api::namespaced(ctx.client.clone(), &snapshot.namespace().unwrap_or_default());
+    api.patch_status(&snapshot.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    Ok(())
+}

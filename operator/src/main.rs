@@ -1,0 +1,180 @@
+//! `dumpwatch-operator`: flags, logging, then the pieces from the `operator` library. Every
+//! replica serves metrics (and HTTPS: webhook + sidecar API); only the leader runs controllers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use operator::controller::{
+    self, AnalysisSettings, ArtifactDeleter, ArtifactUrls, Context, Deleters, LeaderElector, Metrics, NoObjectStorage,
+    VolumeDeleter,
+};
+
+/// The dumpwatch Kubernetes operator.
+///
+/// Watches DumpPolicies (status: matched and injected pods, conditions; retention of old
+/// snapshots) and DumpSnapshots (an analysis Job per uploaded dump, Events such as
+/// DeadlockDetected on the pod and the policy, deletion of stored artifacts). Run two replicas:
+/// they elect a leader through a Lease, and only the leader runs the controllers; every replica
+/// serves /metrics (and the HTTPS webhook and sidecar API).
+///
+/// Every flag can be given as the environment variable shown. Logging: DUMPWATCH_LOG
+/// (e.g. `info,operator=debug`).
+#[derive(Parser, Debug)]
+#[command(name = "dumpwatch-operator", version, about, long_about)]
+struct Cli {
+    /// Where /metrics is served (plain HTTP, for Prometheus).
+    #[arg(long, env = "DUMPWATCH_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+
+    /// Namespace of the leader-election Lease (the operator's own; the downward API gives it).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dumpwatch")]
+    namespace: String,
+
+    /// This replica's identity in the Lease (the pod name; the downward API gives it).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Name of the Lease the replicas compete for.
+    #[arg(long, env = "DUMPWATCH_LEASE_NAME", default_value = "dumpwatch-operator-leader")]
+    lease_name: String,
+
+    /// How long a leader's Lease lasts without renewal: the time the other replica waits when the
+    /// leader dies without releasing it. It is renewed every third of this.
+    #[arg(long, env = "DUMPWATCH_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+
+    /// Image whose entrypoint is the `dumpwatch` CLI; analysis Jobs run `dumpwatch analyze` in it.
+    #[arg(long, env = "DUMPWATCH_ANALYZER_IMAGE", default_value = "ghcr.io/dumpwatch/dumpwatch:latest")]
+    analyzer_image: String,
+
+    /// The operator's HTTPS API as pods reach it; analysis Jobs post their findings there.
+    #[arg(long, env = "DUMPWATCH_OPERATOR_URL", default_value = "https://dumpwatch-operator.dumpwatch.svc:8443")]
+    operator_url: String,
+
+    /// PEM file of the CA that signed the operator's serving certificate; handed to analysis
+    /// Jobs (DUMPWATCH_OPERATOR_CA) so that they can verify the operator.
+    #[arg(long, env = "DUMPWATCH_OPERATOR_CA_FILE")]
+    operator_ca_file: Option<PathBuf>,
+
+    /// Retries of a failed analysis pod (1 or 2).
+    #[arg(long, env = "DUMPWATCH_ANALYSIS_BACKOFF_LIMIT", default_value_t = 1)]
+    analysis_backoff_limit: i32,
+
+    /// How long finished analysis Jobs stay (for `kubectl logs`).
+    #[arg(long, env = "DUMPWATCH_ANALYSIS_TTL", default_value = "1h", value_parser = parse_duration)]
+    analysis_ttl: Duration,
+
+    /// Where the operator mounts the artifact volume, for deleting `file://` artifacts of expired
+    /// snapshots. Without it, snapshots with `file://` artifacts cannot be deleted.
+    #[arg(long, env = "DUMPWATCH_ARTIFACT_VOLUME")]
+    artifact_volume: Option<PathBuf>,
+
+    /// Run the controllers without a Lease (one replica only; for development).
+    #[arg(long, env = "DUMPWATCH_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, env = "DUMPWATCH_LOG_JSON")]
+    log_json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    api::Duration::parse(s).map(|d| d.std()).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DUMPWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let client =
+        kube::Client::try_default().await.context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    let identity = cli
+        .identity
+        .clone()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| format!("dumpwatch-operator-{}", std::process::id()));
+    let metrics = Metrics::new();
+
+    let operator_ca_pem = match &cli.operator_ca_file {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading --operator-ca-file {}", p.display()))?)
+        }
+        None => None,
+    };
+    let analysis = AnalysisSettings {
+        image: cli.analyzer_image.clone(),
+        operator_url: cli.operator_url.clone(),
+        operator_ca_pem,
+        backoff_limit: cli.analysis_backoff_limit,
+        ttl_after_finished_secs: cli.analysis_ttl.as_secs() as i32,
+        ..AnalysisSettings::default()
+    };
+    // Object storage (S3) comes from the storage crate once it is wired here; until then only
+    // `file://` artifacts can be analyzed and deleted.
+    let deleter: Arc<dyn ArtifactDeleter> =
+        Arc::new(Deleters { volume: cli.artifact_volume.clone().map(|root| VolumeDeleter { root }), object: None });
+    let urls: Arc<dyn ArtifactUrls> = Arc::new(NoObjectStorage);
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), analysis, deleter, urls, Some(identity.clone())));
+
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+
+    // Every replica: /metrics. The HTTPS listener (webhook `POST /mutate`, the sidecar API
+    // `operator::sidecar_api::router`) is served here too once those modules land.
+    let listener = tokio::net::TcpListener::bind(cli.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", cli.metrics_addr))?;
+    tracing::info!(addr = %cli.metrics_addr, "serving /metrics");
+    let mut metrics_down = shutdown.clone();
+    let metrics_server = tokio::spawn(
+        axum::serve(listener, metrics.router())
+            .with_graceful_shutdown(async move {
+                let _ = metrics_down.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+
+    if cli.no_leader_election {
+        metrics.leader.set(1);
+        let mut down = shutdown.clone();
+        controller::run(ctx, async move {
+            let _ = down.wait_for(|s| *s).await;
+        })
+        .await;
+    } else {
+        let elector = LeaderElector {
+            api: Api::<Lease>::namespaced(client, &cli.namespace),
+            lease_name: cli.lease_name.clone(),
+            identity,
+            lease_duration: cli.lease_duration,
+        };
+        controller::run_when_leading(ctx, elector, shutdown).await;
+    }
+    metrics_server.await?.context("metrics server")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
