@@ -20,9 +20,17 @@ pub enum Error {
     Refused(#[from] crate::limits::Refusal),
 
     #[error(
-        "the policy uses s3 storage, which the sidecar reaches through the operator (not built yet); use storage.volume"
+        "the policy uses s3 storage, which the sidecar reaches only through the operator (--operator-url) and with a local capture folder (--storage)"
     )]
     NoS3,
+
+    /// The operator (or the storage behind a presigned URL) could not be reached or answered
+    /// something unusable.
+    #[error("operator: {0}")]
+    Operator(String),
+
+    #[error("{what}: HTTP {status}: {body}")]
+    OperatorStatus { what: String, status: u16, body: String },
 }
 
 impl Error {

@@ -3,8 +3,10 @@
 //!
 //! Layout: pure decisions in [`triggers`] and [`limits`]; the edges in [`discovery`] (who to
 //! watch), [`watcher`] (one session per process), [`capture`] + [`storage`] (artifacts),
-//! [`policy`] (file reload, on-demand requests) and [`http`].
+//! [`policy`] (file reload, on-demand requests) and [`http`]. In operator mode
+//! [`operator_client`] replaces the policy file and [`upload`] stores and reports each capture.
 
+pub mod artifacts;
 pub mod capture;
 pub mod crash;
 pub mod discovery;
@@ -12,9 +14,11 @@ mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod operator_client;
 pub mod policy;
 pub mod storage;
 pub mod triggers;
+pub mod upload;
 pub mod watcher;
 
 use std::net::SocketAddr;
@@ -29,6 +33,9 @@ pub use error::Error;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub policy_file: PathBuf,
+    /// Operator mode: the policy, on-demand requests and storage come through the operator;
+    /// `policy_file` is not read.
+    pub operator: Option<operator_client::OperatorConfig>,
     /// Overrides `spec.storage.volume.path`.
     pub storage: Option<PathBuf>,
     /// Listen-mode socket; default `<storage>/dumpwatch.sock`.
@@ -51,8 +58,20 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
 }
 
 async fn run_local(cfg: Config) -> Result<(), Error> {
-    let policy = policy::load(&cfg.policy_file)?;
-    if policy.storage.s3.is_some() && cfg.storage.is_none() {
+    let operator = match &cfg.operator {
+        Some(o) => {
+            let client = Arc::new(operator_client::OperatorClient::new(o)?);
+            tracing::info!(url = %o.url, "operator mode: waiting for the policy");
+            let first = operator_client::first_policy(&client).await;
+            Some((client, first))
+        }
+        None => None,
+    };
+    let policy = match &operator {
+        Some((_, first)) => first.spec.clone(),
+        None => policy::load(&cfg.policy_file)?,
+    };
+    if policy.storage.s3.is_some() && (cfg.storage.is_none() || operator.is_none()) {
         return Err(Error::NoS3);
     }
     let root = cfg
@@ -63,12 +82,14 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
     let mode = policy.mode;
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
     let (demand_tx, _) = tokio::sync::broadcast::channel(16);
+    let (reporter, report_queue) = upload::queue();
     let shared = Arc::new(watcher::Shared {
         metrics: metrics::Metrics::new(),
         storage,
         identity: cfg.identity.clone(),
         policy: policy_rx.clone(),
         on_demand: demand_tx.clone(),
+        reporter: operator.is_some().then_some(reporter),
         capture_lock: tokio::sync::Mutex::new(()),
         findings: Default::default(),
         epoch: Instant::now(),
@@ -86,7 +107,16 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    tokio::spawn(policy::reload_loop(cfg.policy_file.clone(), policy_tx, Duration::from_secs(1)));
+    match operator {
+        Some((client, first)) => {
+            tokio::spawn(operator_client::policy_loop(client.clone(), policy_tx, first, Duration::from_secs(10)));
+            tokio::spawn(operator_client::requests_loop(client.clone(), demand_tx.clone(), Duration::from_secs(30)));
+            tokio::spawn(upload::run(shared.clone(), client, report_queue));
+        }
+        None => {
+            tokio::spawn(policy::reload_loop(cfg.policy_file.clone(), policy_tx, Duration::from_secs(1)));
+        }
+    }
     tokio::spawn(policy::on_demand_loop(policy_rx.clone(), demand_tx));
     let procfs = diag::discovery::ProcFs::new(&cfg.proc_root);
     tokio::task::spawn_local(discovery::scan_loop(

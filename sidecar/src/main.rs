@@ -32,6 +32,17 @@ struct Args {
     /// DumpPolicy YAML: a bare spec or a whole DumpPolicy object.
     #[arg(long, env = "DUMPWATCH_POLICY", default_value = "/etc/dumpwatch/policy.yaml")]
     policy: PathBuf,
+    /// Operator mode: take the policy and on-demand requests from the dumpwatch operator and
+    /// store captures where it says (S3 through presigned URLs, or the volume). --policy is
+    /// then not read (the webhook sets DUMPWATCH_POLICY to the policy's name).
+    #[arg(long, env = "DUMPWATCH_OPERATOR_URL")]
+    operator_url: Option<String>,
+    /// PEM text (not a path) of the operator's CA.
+    #[arg(long, env = "DUMPWATCH_OPERATOR_CA", hide_env_values = true)]
+    operator_ca: Option<String>,
+    /// The projected ServiceAccount token proving which pod calls; re-read on every request.
+    #[arg(long, env = "DUMPWATCH_TOKEN_FILE", default_value = "/var/run/secrets/dumpwatch.dev/token")]
+    token_file: PathBuf,
     /// Capture folder; overrides spec.storage.volume.path.
     #[arg(long, env = "DUMPWATCH_STORAGE")]
     storage: Option<PathBuf>,
@@ -74,6 +85,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cfg = sidecar::Config {
         policy_file: args.policy,
+        operator: args.operator_url.map(|url| sidecar::operator_client::OperatorConfig {
+            url,
+            ca_pem: args.operator_ca,
+            token_file: args.token_file,
+        }),
         storage: args.storage,
         listen_socket: args.listen_socket,
         http: args.http,

@@ -38,6 +38,12 @@ pub struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadLabels {
+    /// `success`, `retry`, `failure`, `dropped` (queue full).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CaptureLabels {
     pub kind: String,
     pub result: String,
@@ -59,6 +65,8 @@ pub struct Metrics {
     pub no_live_deadlock: Family<Proc, FGauge>,
     pub triggers: Family<TriggerLabels, Counter>,
     pub captures: Family<CaptureLabels, Counter>,
+    /// Operator mode: captures stored and reported, by result.
+    pub uploads: Family<UploadLabels, Counter>,
     pub capture_seconds: Histogram,
     pub watched: Gauge,
     /// Type label sets published per process, so a new snapshot replaces the old top N.
@@ -88,6 +96,7 @@ impl Metrics {
             no_live_deadlock: Family::default(),
             triggers: Family::default(),
             captures: Family::default(),
+            uploads: Family::default(),
             capture_seconds: Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
             watched: Gauge::default(),
             published_types: Mutex::default(),
@@ -111,6 +120,7 @@ impl Metrics {
         );
         r.register("dumpwatch_triggers", "Trigger firings", m.triggers.clone());
         r.register("dumpwatch_captures", "Captures by kind and result", m.captures.clone());
+        r.register("dumpwatch_uploads", "Captures stored and reported to the operator, by result", m.uploads.clone());
         r.register("dumpwatch_capture_duration_seconds", "Duration of captures", m.capture_seconds.clone());
         r.register("dumpwatch_watched_processes", "Processes watched now", m.watched.clone());
         Self { registry: r, ..m }

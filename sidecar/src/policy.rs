@@ -13,6 +13,27 @@ use tokio::sync::{broadcast, watch};
 
 use crate::Error;
 
+/// A request to capture now: from a file, SIGUSR1, or the operator (a `DumpSnapshot`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnDemand {
+    /// Where it came from, for the log and the manifest.
+    pub source: String,
+    /// The `DumpSnapshot` the capture answers (operator requests).
+    pub snapshot: Option<String>,
+    /// Only this process (its pid as the sidecar or as the runtime sees it); all when `None`.
+    pub pid: Option<u32>,
+}
+
+impl OnDemand {
+    pub fn local(source: impl Into<String>) -> Self {
+        Self { source: source.into(), snapshot: None, pid: None }
+    }
+
+    pub fn wants(&self, pid: u32, ns_pid: u32) -> bool {
+        self.pid.is_none_or(|p| p == pid || p == ns_pid)
+    }
+}
+
 pub fn load(path: &Path) -> Result<DumpPolicySpec, Error> {
     let text =
         std::fs::read_to_string(path).map_err(|source| Error::PolicyRead { path: path.to_path_buf(), source })?;
@@ -55,14 +76,14 @@ pub fn request_files(p: &DumpPolicySpec) -> Vec<PathBuf> {
         .collect()
 }
 
-pub async fn on_demand_loop(policy: watch::Receiver<Arc<DumpPolicySpec>>, tx: broadcast::Sender<String>) {
+pub async fn on_demand_loop(policy: watch::Receiver<Arc<DumpPolicySpec>>, tx: broadcast::Sender<OnDemand>) {
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
     loop {
         let files = request_files(&policy.borrow());
         for f in files {
             if f.exists() && std::fs::remove_file(&f).is_ok() {
                 tracing::info!(file = %f.display(), "on-demand capture requested");
-                let _ = tx.send(format!("request file {}", f.display()));
+                let _ = tx.send(OnDemand::local(format!("request file {}", f.display())));
             }
         }
         let tick = tokio::time::sleep(Duration::from_millis(250));
@@ -71,7 +92,7 @@ pub async fn on_demand_loop(policy: watch::Receiver<Arc<DumpPolicySpec>>, tx: br
                 tokio::select! {
                     _ = sig.recv() => {
                         tracing::info!("on-demand capture requested (SIGUSR1)");
-                        let _ = tx.send("SIGUSR1".into());
+                        let _ = tx.send(OnDemand::local("SIGUSR1"));
                     }
                     _ = tick => {}
                 }

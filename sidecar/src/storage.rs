@@ -181,7 +181,7 @@ fn hash_file(p: &Path) -> Result<(u64, String), Error> {
     Ok((total, hex))
 }
 
-fn dir_size(p: &Path) -> u64 {
+pub fn dir_size(p: &Path) -> u64 {
     let Ok(rd) = fs::read_dir(p) else { return 0 };
     rd.flatten()
         .map(|e| match e.file_type() {

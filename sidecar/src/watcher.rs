@@ -29,7 +29,9 @@ pub struct Shared {
     pub identity: Identity,
     pub policy: watch::Receiver<Arc<DumpPolicySpec>>,
     /// On-demand requests (file, SIGUSR1); the string says where it came from.
-    pub on_demand: broadcast::Sender<String>,
+    pub on_demand: broadcast::Sender<crate::policy::OnDemand>,
+    /// Operator mode: where finished captures go to be stored and reported.
+    pub reporter: Option<crate::upload::Reporter>,
     /// Captures run one at a time in the whole sidecar: the byte budget is then checked
     /// against a store nobody else is writing to, and the node is never hit by two dumps.
     pub capture_lock: tokio::sync::Mutex<()>,
@@ -125,7 +127,8 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     let mut on_demand = shared.on_demand.subscribe();
     let mut samples: Vec<CounterSample> = Vec::new();
     loop {
-        let mut firings: Vec<(Firing, Option<serde_json::Value>)> = Vec::new();
+        // (firing, live finding, the DumpSnapshot an on-demand capture answers)
+        let mut firings: Vec<(Firing, Option<serde_json::Value>, Option<String>)> = Vec::new();
         {
             let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
                 if let Some(s) = sample_from_event(info, ev) {
@@ -150,8 +153,9 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                     engine = Engine::new(&new);
                     policy = new;
                 }
-                req = on_demand.recv() => if let Ok(source) = req {
-                    firings.extend(engine.event(&policy, TriggerKind::OnDemand, 1.0, &source).into_iter().map(|f| (f, None)));
+                req = on_demand.recv() => if let Ok(req) = req && req.wants(target.pid, target.ns_pid) {
+                    let f = engine.event(&policy, TriggerKind::OnDemand, 1.0, &req.source);
+                    firings.extend(f.into_iter().map(|f| (f, None, req.snapshot.clone())));
                 },
             }
         }
@@ -161,7 +165,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             }
             let unix =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            firings.extend(engine.evaluate(&policy, &values, shared.now(), unix).into_iter().map(|f| (f, None)));
+            firings.extend(engine.evaluate(&policy, &values, shared.now(), unix).into_iter().map(|f| (f, None, None)));
         }
         if live {
             let deadlocks = tracker.deadlocks();
@@ -175,13 +179,13 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                     shared.push_finding(finding.clone());
                     let detail = format!("{} threads on a cycle over locks {}", d.cycle.len(), d.key());
                     let f = engine.event(&policy, TriggerKind::Deadlock, d.cycle.len() as f64, &detail);
-                    firings.extend(f.into_iter().map(|f| (f, Some(finding.clone()))));
+                    firings.extend(f.into_iter().map(|f| (f, Some(finding.clone()), None)));
                     tokio::task::spawn_local(symbolize_finding(shared.clone(), target.clone(), d));
                 }
             }
         }
-        for (f, finding) in firings {
-            fire(shared, target, &policy, &values, &history, f, finding);
+        for (f, finding, snapshot) in firings {
+            fire(shared, target, &policy, &values, &history, f, finding, snapshot);
         }
     }
 }
@@ -260,6 +264,7 @@ async fn symbolize_finding(shared: Arc<Shared>, t: Target, d: Deadlock) {
 }
 
 /// Log and count a firing, then capture if the limits allow.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn fire(
     shared: &Arc<Shared>,
     t: &Target,
@@ -268,6 +273,7 @@ fn fire(
     history: &Arc<Mutex<History>>,
     firing: Firing,
     finding: Option<serde_json::Value>,
+    snapshot: Option<String>,
 ) {
     tracing::warn!(pid = t.pid, process = %t.name, trigger = firing.trigger, value = firing.value,
         threshold = ?firing.threshold, detail = %firing.detail, "trigger fired");
@@ -309,6 +315,11 @@ fn fire(
                     history.lock().expect("poisoned").last_gcdump_bytes = f.bytes;
                 }
                 tracing::info!(pid = t.pid, dir = %out.dir.display(), bytes = out.bytes, "capture stored");
+                if let Some(r) = &shared.reporter {
+                    let manifest = serde_json::to_value(&out.manifest).expect("manifest serializes");
+                    let findings = out.manifest.finding.clone();
+                    r.submit(&shared, crate::upload::Report { dir: out.dir.clone(), manifest, snapshot, findings });
+                }
                 for gone in shared.storage.apply_retention(&policy.retention) {
                     tracing::info!(path = %gone.display(), "retention removed an old capture");
                 }

@@ -1,0 +1,304 @@
+//! After a capture, in operator mode: store its files (zstd) where the policy says, then report
+//! the capture to the operator. One report at a time, off the watchers' path: captures queue up
+//! to [`QUEUE`] deep and a full queue drops (and counts) a report rather than block a watcher.
+//!
+//! - S3: upload URLs from the operator, presigned PUTs (multipart when told), then the report;
+//!   the local capture is deleted only once the operator confirmed the report.
+//! - Volume: compressed in place on the volume (`file://` URIs), originals removed as each
+//!   compressed file is complete, never passing `limits.maxBytes`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::Error;
+use crate::artifacts::{self, Planned};
+use crate::metrics::UploadLabels;
+use crate::operator_client::{
+    ArtifactRef, CaptureReport, CompleteRequest, FileSize, OperatorClient, UploadTarget, UploadsRequest, backoff,
+    error_chain,
+};
+use crate::watcher::Shared;
+
+/// Reports waiting to be stored and sent.
+pub const QUEUE: usize = 8;
+/// Attempts per report (backoff 2 s doubling to 60 s: about 6 minutes of operator outage).
+pub const ATTEMPTS: u32 = 10;
+
+/// One finished capture to store and report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub dir: PathBuf,
+    pub manifest: serde_json::Value,
+    /// The on-demand `DumpSnapshot` this capture answers.
+    pub snapshot: Option<String>,
+    /// The live finding that caused it (a deadlock).
+    pub findings: Option<serde_json::Value>,
+}
+
+/// The watchers' handle on the queue.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: mpsc::Sender<Report>,
+}
+
+pub fn queue() -> (Reporter, mpsc::Receiver<Report>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Reporter { tx }, rx)
+}
+
+impl Reporter {
+    /// Never waits: a full queue drops the report (the capture stays on disk, within budget).
+    pub fn submit(&self, shared: &Shared, r: Report) {
+        if let Err(e) = self.tx.try_send(r) {
+            let r = match e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            tracing::warn!(dir = %r.dir.display(), "upload queue full: this capture stays local and is not reported");
+            count(shared, "dropped");
+        }
+    }
+}
+
+fn count(shared: &Shared, result: &str) {
+    shared.metrics.uploads.get_or_create(&UploadLabels { result: result.into() }).inc();
+}
+
+/// Work through the queue until the sidecar stops.
+pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc::Receiver<Report>) {
+    let storage_http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .expect("TLS client");
+    let answered: Mutex<HashSet<String>> = Mutex::default();
+    while let Some(mut r) = rx.recv().await {
+        // A request for every process is answered by the first capture; the others become
+        // snapshots of their own.
+        if let Some(s) = &r.snapshot
+            && !answered.lock().expect("poisoned").insert(s.clone())
+        {
+            r.snapshot = None;
+        }
+        let mut attempt = 0;
+        loop {
+            match store_and_report(&shared, &client, &storage_http, &r).await {
+                Ok(snapshot) => {
+                    tracing::info!(dir = %r.dir.display(), snapshot = ?snapshot, "capture stored and reported");
+                    count(&shared, "success");
+                    break;
+                }
+                Err(e) if attempt + 1 < ATTEMPTS && retriable(&e) => {
+                    count(&shared, "retry");
+                    let wait = backoff(attempt, Duration::from_secs(2), Duration::from_secs(60));
+                    tracing::warn!(dir = %r.dir.display(), error = %e, attempt, retry_in = ?wait, "upload failed");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::error!(dir = %r.dir.display(), error = %e, "upload failed for good; the capture stays local");
+                    count(&shared, "failure");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A missing capture (retention removed it) or a policy refusal does not get better by waiting.
+fn retriable(e: &Error) -> bool {
+    match e {
+        Error::OperatorStatus { status, .. } => *status >= 500 || *status == 401 || *status == 403 || *status == 429,
+        Error::Io { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
+        _ => true,
+    }
+}
+
+async fn store_and_report(
+    shared: &Shared,
+    client: &OperatorClient,
+    storage_http: &reqwest::Client,
+    r: &Report,
+) -> Result<Option<String>, Error> {
+    let policy = shared.policy.borrow().clone();
+    let planned = artifacts::plan(&r.dir)?;
+    let s3 = policy.storage.s3.is_some();
+    let artifacts = if s3 {
+        upload_s3(client, storage_http, r, &planned).await?
+    } else {
+        let max = policy.limits.max_bytes.value() as u64;
+        let root = shared.storage.root().to_path_buf();
+        blocking(move || compress_in_place(&root, &planned, max)).await??
+    };
+    let capture = capture_id(r);
+    let report = CaptureReport {
+        manifest: r.manifest.clone(),
+        artifacts,
+        snapshot: r.snapshot.clone(),
+        findings: r.findings.clone(),
+    };
+    let answer = client.report(&report).await?;
+    if s3 {
+        // Only now is the evidence safe elsewhere.
+        std::fs::remove_dir_all(&r.dir).map_err(Error::io(format!("removing the uploaded capture {capture}")))?;
+    }
+    Ok(answer.snapshot)
+}
+
+fn capture_id(r: &Report) -> String {
+    r.manifest["id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| r.dir.file_name().unwrap_or_default().to_string_lossy().into_owned())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io { what: "compressing".into(), source: std::io::Error::other(e) })
+}
+
+/// Volume storage: each file becomes `<file>.zst` beside it; `file://` URIs.
+fn compress_in_place(root: &Path, planned: &[Planned], max_bytes: u64) -> Result<Vec<ArtifactRef>, Error> {
+    let mut out = Vec::new();
+    for p in planned {
+        let dst = p.source.with_file_name(&p.name);
+        let (size, sha256) = if p.source == dst {
+            artifacts::sha256_of(&dst)? // compressed by an earlier attempt
+        } else {
+            let headroom = max_bytes.saturating_sub(crate::storage::dir_size(root));
+            let r = artifacts::compress_to_file(&p.source, &dst, headroom)?;
+            std::fs::remove_file(&p.source).map_err(Error::io(format!("removing {}", p.source.display())))?;
+            r
+        };
+        let abs = std::path::absolute(&dst).map_err(Error::io("resolving the artifact path"))?;
+        out.push(ArtifactRef { kind: p.kind, uri: format!("file://{}", abs.display()), size, sha256 });
+    }
+    Ok(out)
+}
+
+async fn upload_s3(
+    client: &OperatorClient,
+    http: &reqwest::Client,
+    r: &Report,
+    planned: &[Planned],
+) -> Result<Vec<ArtifactRef>, Error> {
+    let mut measured = Vec::new();
+    for p in planned {
+        let src = p.source.clone();
+        measured.push(blocking(move || artifacts::measure(&src)).await??);
+    }
+    let capture = capture_id(r);
+    let files = planned.iter().zip(&measured).map(|(p, (size, _))| FileSize { name: p.name.clone(), size: *size }).collect();
+    let answer = client.uploads(&UploadsRequest { capture: capture.clone(), files }).await?;
+    let mut out = Vec::new();
+    for (p, (size, sha256)) in planned.iter().zip(measured) {
+        let target = answer
+            .files
+            .iter()
+            .find(|t| t.name == p.name)
+            .ok_or_else(|| Error::Operator(format!("no upload URL for {}", p.name)))?;
+        put_file(client, http, &capture, &p.source, target, size, &sha256).await?;
+        out.push(ArtifactRef { kind: p.kind, uri: target.uri.clone(), size, sha256 });
+    }
+    Ok(out)
+}
+
+/// Compress `src` again straight into the upload (single PUT or parts); the bytes must come
+/// out as measured, or the upload is refused.
+async fn put_file(
+    client: &OperatorClient,
+    http: &reqwest::Client,
+    capture: &str,
+    src: &Path,
+    target: &UploadTarget,
+    size: u64,
+    sha256: &str,
+) -> Result<(), Error> {
+    let part_size = target.multipart.as_ref().map_or(u64::MAX, |m| m.part_size);
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let src_owned = src.to_path_buf();
+    let producer =
+        tokio::task::spawn_blocking(move || artifacts::compress(&src_owned, artifacts::ChunkSender::new(tx, part_size)));
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let sent = async {
+        match (&target.url, &target.multipart) {
+            (Some(url), None) => put(http, url, rx.clone(), size, &target.name).await.map(|_| ()),
+            (_, Some(m)) => {
+                let mut etags = Vec::new();
+                let mut left = size;
+                for (i, url) in m.parts.iter().enumerate() {
+                    if left == 0 {
+                        break;
+                    }
+                    let n = left.min(m.part_size);
+                    let etag = put(http, url, rx.clone(), n, &format!("{} part {}", target.name, i + 1)).await?;
+                    etags.push(etag.ok_or_else(|| Error::Operator(format!("part {} of {} has no ETag", i + 1, target.name)))?);
+                    left -= n;
+                }
+                if left > 0 {
+                    return Err(Error::Operator(format!("{} needs more parts than the {} offered", target.name, m.parts.len())));
+                }
+                let req = CompleteRequest {
+                    capture: capture.to_string(),
+                    name: target.name.clone(),
+                    upload_id: m.upload_id.clone(),
+                    etags,
+                };
+                client.complete(&req).await
+            }
+            (None, None) => Err(Error::Operator(format!("the upload target of {} has neither url nor multipart", target.name))),
+        }
+    };
+    let sent = sent.await;
+    // Stop the compressor if the upload gave up early.
+    drop(rx);
+    let produced = producer.await.map_err(|e| Error::Io { what: "compressing".into(), source: std::io::Error::other(e) })?;
+    sent?;
+    let (_, n, sha) = produced?;
+    if n != size || sha != sha256 {
+        return Err(Error::Operator(format!("{} changed while it was uploaded ({n} bytes, sha256 {sha})", src.display())));
+    }
+    Ok(())
+}
+
+/// PUT exactly `len` bytes from the chunk stream; returns the ETag.
+async fn put(
+    http: &reqwest::Client,
+    url: &str,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    len: u64,
+    what: &str,
+) -> Result<Option<String>, Error> {
+    let body = futures_util::stream::unfold((rx, len), |(rx, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let chunk = rx.lock().await.recv().await;
+        match chunk {
+            Some(c) => {
+                let left = left.saturating_sub(c.len() as u64);
+                Some((Ok::<Bytes, std::io::Error>(c), (rx, left)))
+            }
+            None => Some((Err(std::io::Error::other("the compressor stopped early")), (rx, 0))),
+        }
+    });
+    let resp = http
+        .put(url)
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .map_err(|e| Error::Operator(format!("uploading {what}: {}", error_chain(&e))))?;
+    let status = resp.status();
+    let etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if !status.is_success() {
+        let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+        return Err(Error::OperatorStatus { what: format!("uploading {what}"), status: status.as_u16(), body });
+    }
+    Ok(etag)
+}
