@@ -101,7 +101,9 @@ pub fn compress<W: Write>(src: &Path, out: W) -> Result<(W, u64, String), Error>
     let mut reader = BufReader::with_capacity(CHUNK, f);
     let mut enc = zstd::stream::write::Encoder::new(Digesting::new(out), LEVEL).map_err(Error::io(what()))?;
     io::copy(&mut reader, &mut enc).map_err(Error::io(what()))?;
-    let digesting = enc.finish().map_err(Error::io(what()))?;
+    let mut digesting = enc.finish().map_err(Error::io(what()))?;
+    // `finish` writes the frame's end but does not flush: the last chunk would stay behind.
+    digesting.flush().map_err(Error::io(what()))?;
     Ok(digesting.finish())
 }
 

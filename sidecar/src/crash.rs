@@ -175,7 +175,8 @@ fn adopt(shared: &Shared, core: &Path) {
         Ok(dir) => {
             tracing::info!(dir = %dir.display(), "crash dump stored");
             if let Some(r) = &shared.reporter {
-                let manifest = std::fs::read(dir.join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                let manifest =
+                    std::fs::read(dir.join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
                 let manifest = manifest.unwrap_or_default();
                 r.submit(shared, crate::upload::Report { dir, manifest, snapshot: None, findings: None });
             }

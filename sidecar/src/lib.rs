@@ -109,7 +109,8 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
     });
     match operator {
         Some((client, first)) => {
-            tokio::spawn(operator_client::policy_loop(client.clone(), policy_tx, first, Duration::from_secs(10)));
+            let refresh = cfg.operator.as_ref().map_or(Duration::from_secs(10), |o| o.policy_refresh);
+            tokio::spawn(operator_client::policy_loop(client.clone(), policy_tx, first, refresh));
             tokio::spawn(operator_client::requests_loop(client.clone(), demand_tx.clone(), Duration::from_secs(30)));
             tokio::spawn(upload::run(shared.clone(), client, report_queue));
         }

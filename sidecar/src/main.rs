@@ -43,6 +43,9 @@ struct Args {
     /// The projected ServiceAccount token proving which pod calls; re-read on every request.
     #[arg(long, env = "DUMPWATCH_TOKEN_FILE", default_value = "/var/run/secrets/dumpwatch.dev/token")]
     token_file: PathBuf,
+    /// How often the policy is fetched from the operator, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    policy_refresh_ms: u64,
     /// Capture folder; overrides spec.storage.volume.path.
     #[arg(long, env = "DUMPWATCH_STORAGE")]
     storage: Option<PathBuf>,
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             url,
             ca_pem: args.operator_ca,
             token_file: args.token_file,
+            policy_refresh: std::time::Duration::from_millis(args.policy_refresh_ms.max(100)),
         }),
         storage: args.storage,
         listen_socket: args.listen_socket,

@@ -21,6 +21,8 @@ pub struct OperatorConfig {
     /// PEM of the operator's CA (the text, not a path: the webhook puts it in the environment).
     pub ca_pem: Option<String>,
     pub token_file: PathBuf,
+    /// How often the policy is fetched again.
+    pub policy_refresh: Duration,
 }
 
 pub struct OperatorClient {
@@ -155,7 +157,11 @@ impl OperatorClient {
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        Err(Error::OperatorStatus { what: what.to_string(), status: status.as_u16(), body: body.chars().take(300).collect() })
+        Err(Error::OperatorStatus {
+            what: what.to_string(),
+            status: status.as_u16(),
+            body: body.chars().take(300).collect(),
+        })
     }
 
     async fn json<T: for<'de> Deserialize<'de>>(resp: reqwest::Response, what: &str) -> Result<T, Error> {
@@ -237,7 +243,11 @@ impl Outage {
     /// Returns whether this success ends an outage.
     pub fn ok(&mut self, what: &str) -> bool {
         let Some(since) = self.failing_since.take() else { return false };
-        tracing::info!(attempts = self.failures, seconds = since.elapsed().as_secs(), "{what}: the operator answers again");
+        tracing::info!(
+            attempts = self.failures,
+            seconds = since.elapsed().as_secs(),
+            "{what}: the operator answers again"
+        );
         self.failures = 0;
         true
     }
@@ -365,7 +375,8 @@ mod tests {
         .unwrap();
         assert_eq!(u.files[0].url.as_deref(), Some("https://x"));
         assert_eq!(u.files[1].multipart.as_ref().unwrap().parts.len(), 2);
-        let r: RequestsAnswer = serde_json::from_str(r#"{"requests":[{"snapshot":"s1","pid":null},{"snapshot":"s2","pid":7}]}"#).unwrap();
+        let r: RequestsAnswer =
+            serde_json::from_str(r#"{"requests":[{"snapshot":"s1","pid":null},{"snapshot":"s2","pid":7}]}"#).unwrap();
         assert_eq!(r.requests[1], SnapshotRequest { snapshot: "s2".into(), pid: Some(7) });
     }
 }

@@ -70,12 +70,7 @@ fn count(shared: &Shared, result: &str) {
 
 /// Work through the queue until the sidecar stops.
 pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc::Receiver<Report>) {
-    let storage_http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .expect("TLS client");
+    let storage_http = storage_client();
     let answered: Mutex<HashSet<String>> = Mutex::default();
     while let Some(mut r) = rx.recv().await {
         // A request for every process is answered by the first capture; the others become
@@ -108,6 +103,16 @@ pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc:
             }
         }
     }
+}
+
+/// The client for presigned storage URLs: public roots (S3 is not the operator).
+pub fn storage_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .expect("TLS client")
 }
 
 /// A missing capture (retention removed it) or a policy refusal does not get better by waiting.
@@ -158,7 +163,9 @@ fn capture_id(r: &Report) -> String {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io { what: "compressing".into(), source: std::io::Error::other(e) })
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io { what: "compressing".into(), source: std::io::Error::other(e) })
 }
 
 /// Volume storage: each file becomes `<file>.zst` beside it; `file://` URIs.
@@ -186,13 +193,24 @@ async fn upload_s3(
     r: &Report,
     planned: &[Planned],
 ) -> Result<Vec<ArtifactRef>, Error> {
+    upload_files(client, http, &capture_id(r), planned).await
+}
+
+/// Store `planned` through the operator's upload URLs; the artifacts to report.
+pub async fn upload_files(
+    client: &OperatorClient,
+    http: &reqwest::Client,
+    capture: &str,
+    planned: &[Planned],
+) -> Result<Vec<ArtifactRef>, Error> {
     let mut measured = Vec::new();
     for p in planned {
         let src = p.source.clone();
         measured.push(blocking(move || artifacts::measure(&src)).await??);
     }
-    let capture = capture_id(r);
-    let files = planned.iter().zip(&measured).map(|(p, (size, _))| FileSize { name: p.name.clone(), size: *size }).collect();
+    let capture = capture.to_string();
+    let files =
+        planned.iter().zip(&measured).map(|(p, (size, _))| FileSize { name: p.name.clone(), size: *size }).collect();
     let answer = client.uploads(&UploadsRequest { capture: capture.clone(), files }).await?;
     let mut out = Vec::new();
     for (p, (size, sha256)) in planned.iter().zip(measured) {
@@ -221,8 +239,9 @@ async fn put_file(
     let part_size = target.multipart.as_ref().map_or(u64::MAX, |m| m.part_size);
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let src_owned = src.to_path_buf();
-    let producer =
-        tokio::task::spawn_blocking(move || artifacts::compress(&src_owned, artifacts::ChunkSender::new(tx, part_size)));
+    let producer = tokio::task::spawn_blocking(move || {
+        artifacts::compress(&src_owned, artifacts::ChunkSender::new(tx, part_size))
+    });
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let sent = async {
         match (&target.url, &target.multipart) {
@@ -236,11 +255,17 @@ async fn put_file(
                     }
                     let n = left.min(m.part_size);
                     let etag = put(http, url, rx.clone(), n, &format!("{} part {}", target.name, i + 1)).await?;
-                    etags.push(etag.ok_or_else(|| Error::Operator(format!("part {} of {} has no ETag", i + 1, target.name)))?);
+                    etags.push(
+                        etag.ok_or_else(|| Error::Operator(format!("part {} of {} has no ETag", i + 1, target.name)))?,
+                    );
                     left -= n;
                 }
                 if left > 0 {
-                    return Err(Error::Operator(format!("{} needs more parts than the {} offered", target.name, m.parts.len())));
+                    return Err(Error::Operator(format!(
+                        "{} needs more parts than the {} offered",
+                        target.name,
+                        m.parts.len()
+                    )));
                 }
                 let req = CompleteRequest {
                     capture: capture.to_string(),
@@ -250,17 +275,23 @@ async fn put_file(
                 };
                 client.complete(&req).await
             }
-            (None, None) => Err(Error::Operator(format!("the upload target of {} has neither url nor multipart", target.name))),
+            (None, None) => {
+                Err(Error::Operator(format!("the upload target of {} has neither url nor multipart", target.name)))
+            }
         }
     };
     let sent = sent.await;
     // Stop the compressor if the upload gave up early.
     drop(rx);
-    let produced = producer.await.map_err(|e| Error::Io { what: "compressing".into(), source: std::io::Error::other(e) })?;
+    let produced =
+        producer.await.map_err(|e| Error::Io { what: "compressing".into(), source: std::io::Error::other(e) })?;
     sent?;
     let (_, n, sha) = produced?;
     if n != size || sha != sha256 {
-        return Err(Error::Operator(format!("{} changed while it was uploaded ({n} bytes, sha256 {sha})", src.display())));
+        return Err(Error::Operator(format!(
+            "{} changed while it was uploaded ({n} bytes, sha256 {sha})",
+            src.display()
+        )));
     }
     Ok(())
 }
