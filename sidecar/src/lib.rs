@@ -131,13 +131,19 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
     // Age-based retention also runs when nothing is captured.
     tokio::spawn({
         let shared = shared.clone();
+        let mut policy = shared.policy.clone();
         async move {
             loop {
-                let r = shared.policy.borrow().retention.clone();
+                let r = policy.borrow_and_update().retention.clone();
                 for gone in shared.storage.apply_retention(&r) {
                     tracing::info!(path = %gone.display(), "retention removed an old capture");
                 }
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                // A short maxAge is honoured within a quarter of itself, a long one within a
+                // minute; a new policy applies at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(sweep_interval(&r)) => {}
+                    changed = policy.changed() => if changed.is_err() { return },
+                }
             }
         }
     });
@@ -150,5 +156,25 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
     } else {
         ready.store(true, Ordering::Relaxed);
         std::future::pending().await
+    }
+}
+
+/// How often age-based retention runs when nothing is captured.
+fn sweep_interval(r: &api::Retention) -> Duration {
+    (r.max_age.0 / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn retention_sweeps_within_a_quarter_of_max_age_between_1_s_and_1_min() {
+        let every = |age: u64| {
+            super::sweep_interval(&api::Retention { max_count: 1, max_age: api::Duration(Duration::from_secs(age)) })
+        };
+        assert_eq!(every(2), Duration::from_secs(1));
+        assert_eq!(every(20), Duration::from_secs(5));
+        assert_eq!(every(7 * 86400), Duration::from_secs(60));
     }
 }

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub allocated: Family<Proc, FCounter>,
     pub heap_types: Family<TypeLabels, FGauge>,
     pub deadlocked: Family<Proc, FGauge>,
+    /// ContentionStart events the live session delivered: shows that deadlock detection sees
+    /// the locks, and drives what contention tracing costs the app.
+    pub contention_events: Family<Proc, Counter>,
     /// 1 when live deadlock detection is unavailable for the process (.NET < 8).
     pub no_live_deadlock: Family<Proc, FGauge>,
     pub triggers: Family<TriggerLabels, Counter>,
@@ -93,6 +96,7 @@ impl Metrics {
             allocated: Family::default(),
             heap_types: Family::default(),
             deadlocked: Family::default(),
+            contention_events: Family::default(),
             no_live_deadlock: Family::default(),
             triggers: Family::default(),
             captures: Family::default(),
@@ -113,6 +117,11 @@ impl Metrics {
         r.register("dotnet_gc_allocated_bytes", "Bytes allocated on the GC heap", m.allocated.clone());
         r.register("dotnet_heap_type_bytes", "Bytes per type, top N of the latest heap snapshot", m.heap_types.clone());
         r.register("dumpwatch_deadlocked_threads", "Threads on a deadlock cycle", m.deadlocked.clone());
+        r.register(
+            "dumpwatch_contention_events",
+            "ContentionStart events seen by live deadlock detection",
+            m.contention_events.clone(),
+        );
         r.register(
             "dumpwatch_live_deadlock_detection_unavailable",
             "1 when the runtime is older than .NET 8 (contention events do not name the owner)",
@@ -166,6 +175,7 @@ impl Metrics {
         for f in [&self.contention, &self.exceptions, &self.allocated] {
             f.remove(p);
         }
+        self.contention_events.remove(p);
         self.set_heap_types(p, &[]);
         // Trigger counters are kept: how often a process fired is history worth keeping,
         // and they are bounded by the trigger kinds.

@@ -59,11 +59,27 @@ pub async fn reload_loop(path: PathBuf, tx: watch::Sender<Arc<DumpPolicySpec>>, 
         match load(&path) {
             Ok(p) => {
                 tracing::info!(path = %path.display(), triggers = p.triggers.len(), "policy reloaded");
+                for field in needs_restart(&tx.borrow(), &p) {
+                    tracing::warn!(field, "policy changed {field}: it takes effect when the sidecar restarts");
+                }
                 let _ = tx.send(Arc::new(p));
             }
             Err(e) => tracing::error!(error = %e, "policy change ignored; the previous policy stays in force"),
         }
     }
+}
+
+/// Fields a reload cannot apply in place: the mode decides whether we bind a socket or scan
+/// `/proc`, and the storage root holds captures in flight.
+pub fn needs_restart(old: &DumpPolicySpec, new: &DumpPolicySpec) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.mode != new.mode {
+        v.push("mode");
+    }
+    if old.storage != new.storage {
+        v.push("storage");
+    }
+    v
 }
 
 /// On-demand request files named by `onDemand` triggers: the file's appearance is a request;
@@ -120,6 +136,15 @@ mod tests {
         std::fs::write(&path, "limits: {cooldwon: 1s}\n").unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(300), rx.changed()).await.is_err(), "no change");
         assert_eq!(rx.borrow().triggers.len(), 2, "the previous policy stays in force");
+    }
+
+    #[test]
+    fn mode_and_storage_changes_wait_for_a_restart_and_the_rest_applies_in_place() {
+        let p = |y: &str| DumpPolicySpec::from_yaml(y).unwrap();
+        let old = p("mode: listen\n");
+        assert!(needs_restart(&old, &p("mode: listen\ntriggers: [{type: deadlock}]\n")).is_empty());
+        assert_eq!(needs_restart(&old, &p("mode: connect\n")), ["mode"]);
+        assert_eq!(needs_restart(&old, &p("mode: listen\nstorage: {volume: {path: /elsewhere}}\n")), ["storage"]);
     }
 
     #[test]

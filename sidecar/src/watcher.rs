@@ -121,6 +121,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
         ContentionTracker::new(graph)
     };
     let mut tracker = new_tracker();
+    let mut contentions_published = 0;
     let mut values = Values::default();
     let mut reported: HashSet<DeadlockKey> = HashSet::new();
     let history = Arc::new(Mutex::new(History::default()));
@@ -148,6 +149,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                         let _ = session.stop().await;
                         session = TraceSession::start(&target.client, &session_config(new.counter_interval.as_secs_f64(), live)).await?;
                         tracker = new_tracker();
+                        contentions_published = 0;
                         reported.clear();
                     }
                     engine = Engine::new(&new);
@@ -168,6 +170,9 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             firings.extend(engine.evaluate(&policy, &values, shared.now(), unix).into_iter().map(|f| (f, None, None)));
         }
         if live {
+            let seen = tracker.contentions;
+            shared.metrics.contention_events.get_or_create(&labels).inc_by(seen - contentions_published);
+            contentions_published = seen;
             let deadlocks = tracker.deadlocks();
             let threads: usize = deadlocks.iter().map(|d| d.cycle.len()).sum();
             shared.metrics.deadlocked.get_or_create(&labels).set(threads as f64);

@@ -59,6 +59,16 @@ fn bench_rss_and_cpu_watching_two_processes() {
     );
 }
 
+/// Lock-heavy shapes of /contend (see e2e/workloads/DiagScenarios/Scenarios.cs). On .NET 8 a
+/// waiter spins before it blocks, and only a blocking wait emits ContentionStart/Stop (with a
+/// stack): so the cost of tracing depends on how often waiters block, and each shape is reported
+/// with its contention rate.
+const CONTENTION_PROFILES: [(&str, &str); 3] = [
+    ("cpu-bound lock, 4 threads, short holds", "threads=4&inside=500&work=500"),
+    ("lock held across a ~50 us syscall, 4 threads", "threads=4&sleep_us=50&work=5000"),
+    ("bare counter++ under the lock, 2 threads pinned to 2 cores", "threads=2&pin=1"),
+];
+
 #[test]
 #[ignore = "benchmark: scripts/bench-sidecar"]
 fn bench_contention_tracing_overhead() {
@@ -69,35 +79,58 @@ fn bench_contention_tracing_overhead() {
     let w = start(&sc, Runtime::Net8, false, false, &[]);
     let pid = format!("pid=\"{}\"", w.pid);
     sc.kill();
-    let contend = || w.get("/contend?threads=4&ms=2000")["ops_per_sec"].as_f64().unwrap();
-    contend(); // warm up (tiering)
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        without.push(contend());
-        sc.restart();
-        sc.wait_for("watching", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
-        with.push(contend());
-        sc.kill();
+    let only = std::env::var("CONTENTION_PROFILE").ok();
+    for (name, query) in CONTENTION_PROFILES {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let contend = || w.get(&format!("/contend?{query}&ms=2000"));
+        contend(); // warm up (tiering)
+        let (mut without, mut with, mut waits, mut events) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            without.push(contend()["ops_per_sec"].as_f64().unwrap());
+            sc.restart();
+            sc.wait_for("watching", 30 * S, || sc.metric("dumpwatch_contention_events_total", &[&pid]));
+            let before = sc.metric("dumpwatch_contention_events_total", &[&pid]).unwrap_or(0.0);
+            let r = contend();
+            with.push(r["ops_per_sec"].as_f64().unwrap());
+            waits.push(r["contentions_per_sec"].as_f64().unwrap());
+            // The session delivers events in batches: give the last ones a moment to arrive.
+            std::thread::sleep(S);
+            let after = sc.metric("dumpwatch_contention_events_total", &[&pid]).unwrap_or(0.0);
+            events.push((after - before) / r["elapsed_ms"].as_f64().unwrap() * 1000.0);
+            sc.kill();
+        }
+        report_overhead(name, query, &without, &with, &waits, &events);
     }
-    // Paired rounds (each "with" beside its own "without") cancel slow drifts of a shared
-    // machine; the median of the per-pair ratios is the figure.
-    let mut ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Paired rounds (each "with" beside its own "without") cancel slow drifts of a shared
+/// machine; the median of the per-pair ratios is the figure.
+fn report_overhead(name: &str, query: &str, without: &[f64], with: &[f64], waits: &[f64], events: &[f64]) {
+    let mut ratios: Vec<f64> = with.iter().zip(without).map(|(w, wo)| w / wo).collect();
     ratios.sort_by(f64::total_cmp);
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let m = |v: &[f64]| v.iter().map(|x| format!("{:.1}", x / 1e6)).collect::<Vec<_>>().join(" ");
+    let n = ratios.len();
+    let m = |v: &[f64]| v.iter().map(|x| format!("{:.3}", x / 1e6)).collect::<Vec<_>>().join(" ");
     println!(
-        "BENCH /contend?threads=4&ms=2000, {ROUNDS} paired rounds: median {:.2} M ops/s without tracing, {:.2} M ops/s with the sidecar's session; median paired loss {:.1}% (quartiles {:.1}% .. {:.1}%); rounds without [{}] with [{}]",
-        median(&without) / 1e6,
-        median(&with) / 1e6,
-        (1.0 - ratios[ROUNDS / 2]) * 100.0,
-        (1.0 - ratios[ROUNDS * 3 / 4]) * 100.0,
-        (1.0 - ratios[ROUNDS / 4]) * 100.0,
-        m(&without),
-        m(&with)
+        "BENCH contention tracing, {name} (/contend?{query}&ms=2000), {n} paired rounds: median {:.3} M ops/s without, \
+         {:.3} M ops/s with the sidecar's session; median paired loss {:.1}% (quartiles {:.1}% .. {:.1}%); \
+         blocking waits {:.0}/s, ContentionStart seen by the sidecar {:.0}/s; rounds without [{}] with [{}]",
+        median(without) / 1e6,
+        median(with) / 1e6,
+        (1.0 - ratios[n / 2]) * 100.0,
+        (1.0 - ratios[n * 3 / 4]) * 100.0,
+        (1.0 - ratios[n / 4]) * 100.0,
+        median(waits),
+        median(events),
+        m(without),
+        m(with)
     );
 }
 

@@ -29,6 +29,9 @@ fn deadlock_is_found_and_captured(sc: &Sidecar, w: &testbed::Workload) {
     sc.wait_for("dumpwatch_deadlocked_threads = 2", 5 * S, || {
         sc.metric("dumpwatch_deadlocked_threads", &[&pid_label]).filter(|&v| v == 2.0)
     });
+    // Two owners and two waiters blocked: at least four ContentionStart events were seen.
+    let seen = sc.metric("dumpwatch_contention_events_total", &[&pid_label]).unwrap_or(0.0);
+    assert!(seen >= 4.0, "dumpwatch_contention_events_total = {seen}");
     let dir = sc.wait_for("the deadlock capture", 60 * S, || sc.captures().into_iter().next());
     let m = manifest(&dir);
     assert_eq!(m["trigger"]["trigger"], "deadlock");
@@ -169,6 +172,53 @@ fn a_50_mib_budget_is_never_exceeded() {
     let refused = sc.metric("dumpwatch_captures_total", &["kind=\"gcdump\"", "result=\"over_budget\""]).unwrap_or(0.0);
     eprintln!("peak {peak} B, {ok} captures, {refused} refused for the budget");
     assert!(ok >= 1.0 && refused >= 1.0, "the budget was reached and then held: {ok} ok, {refused} refused");
+}
+
+/// Names of the completed captures, oldest first, with their manifests' modification times.
+fn stored(sc: &Sidecar) -> Vec<(String, std::time::SystemTime)> {
+    let mut v: Vec<_> = sc
+        .captures()
+        .into_iter()
+        .filter_map(|d| {
+            let t = std::fs::metadata(d.join("manifest.json")).ok()?.modified().ok()?;
+            Some((d.file_name()?.to_string_lossy().into_owned(), t))
+        })
+        .collect();
+    v.sort_by_key(|(_, t)| *t);
+    v
+}
+
+#[test]
+fn retention_keeps_the_newest_max_count_and_sweeps_by_age() {
+    // A capture (stacks only) every second; keep 2.
+    let policy = "mode: connect\ntriggers: [{type: schedule, every: 1s}]\ncapture: {kinds: [stacks]}\n\
+                  limits: {cooldown: 1s, maxPerHour: 1000}\nretention: {maxCount: 2, maxAge: 1h}\n";
+    let sc = Sidecar::start("retention", policy);
+    let _w = start(&sc, Runtime::Net8, false, false, &[]);
+    let ok = || sc.metric("dumpwatch_captures_total", &["kind=\"stacks\"", "result=\"success\""]).unwrap_or(0.0);
+    let mut seen = std::collections::BTreeSet::new();
+    let until = Instant::now() + 60 * S;
+    while ok() < 5.0 {
+        assert!(Instant::now() < until, "5 captures within 60 s; {} so far", ok());
+        let now = stored(&sc);
+        assert!(now.len() <= 2, "{} captures kept, maxCount is 2: {now:?}", now.len());
+        seen.extend(now.into_iter().map(|(n, _)| n));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen.len() >= 4, "captures came and went: {seen:?}");
+    // What is kept is the newest (capture names start with their UTC time stamp).
+    let kept: Vec<String> = stored(&sc).into_iter().map(|(n, _)| n).collect();
+    let oldest_kept = kept.iter().min().expect("captures kept");
+    for gone in seen.iter().filter(|n| !kept.contains(n)) {
+        assert!(gone < oldest_kept, "{gone} was deleted but is newer than kept {kept:?}");
+    }
+
+    // Age: switch the policy (reload) to maxAge 3s and no new captures; everything goes.
+    let quiet = "mode: connect\ncapture: {kinds: [stacks]}\nretention: {maxCount: 10, maxAge: 3s}\n";
+    std::fs::write(&sc.policy, quiet).unwrap();
+    let gone = Instant::now();
+    sc.wait_for("captures older than 3 s swept", 30 * S, || stored(&sc).is_empty().then_some(()));
+    eprintln!("swept {} ms after the reload", gone.elapsed().as_millis());
 }
 
 #[test]

@@ -46,6 +46,26 @@ namespace Workloads
             return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
         }
 
+        [DllImport("libc", EntryPoint = "sched_setaffinity", SetLastError = true)]
+        static extern int sched_setaffinity(int pid, IntPtr cpusetsize, ref ulong mask);
+
+        // Binds the calling thread (pid 0 = the caller in sched_setaffinity) to one CPU.
+        public static void PinCurrentThread(int cpu)
+        {
+            ulong mask = 1UL << (cpu % 64);
+            if (sched_setaffinity(0, (IntPtr)8, ref mask) != 0)
+                throw new InvalidOperationException("sched_setaffinity(cpu " + cpu + ") failed: errno " + Marshal.GetLastWin32Error());
+        }
+
+        [DllImport("libc", EntryPoint = "usleep")]
+        static extern int usleep(uint usec);
+
+        // Thread.Sleep has millisecond granularity; a lock held across a short syscall is finer.
+        public static void SleepMicroseconds(int us)
+        {
+            usleep((uint)us);
+        }
+
         public static void Check()
         {
             if (!RuntimeInformation.IsOSPlatform(OSPlatform.Linux) ||

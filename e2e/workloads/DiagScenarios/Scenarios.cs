@@ -134,16 +134,35 @@ namespace DiagScenarios
             public readonly object Gate = new object();
             public readonly ManualResetEvent Go = new ManualResetEvent(false);
             public long Counter;
+            public long Sink;
             public volatile bool Stop;
         }
 
         [MethodImpl(MethodImplOptions.NoInlining)]
-        static void ContendFunc(Run run)
+        static void ContendFunc(Run run, int cpu, int work, int inside, int sleepUs)
         {
+            // Pinned threads on distinct cores really contend; unpinned, the scheduler sometimes
+            // puts both on one core, where they take turns and throughput doubles (a bimodal
+            // figure that hides a 3 % effect).
+            if (cpu >= 0) Native.PinCurrentThread(cpu);
             run.Go.WaitOne();
+            long sink = 0;
             while (!run.Stop)
             {
-                lock (run.Gate) run.Counter++;
+                // Work outside the lock makes it a service-like lock user rather than a pure
+                // lock ping-pong; the spin is the same on both sides of the comparison.
+                for (int i = 0; i < work; i++) sink = sink * 31 + i;
+                lock (run.Gate)
+                {
+                    // Work under the lock: long enough holds make waiters give up spinning and
+                    // block, which is what emits ContentionStart/Stop (a bare counter++ does ~100/s).
+                    long held = run.Sink;
+                    for (int i = 0; i < inside; i++) held = held * 31 + i;
+                    // A hold across a blocking call (I/O under a lock): every waiter blocks.
+                    if (sleepUs > 0) Native.SleepMicroseconds(sleepUs);
+                    run.Counter++;
+                    run.Sink = held + sink;
+                }
             }
         }
 
@@ -151,13 +170,19 @@ namespace DiagScenarios
         {
             int threads = req.Int("threads", 4, 1, 64);
             int ms = req.Int("ms", 1000, 1, 60000);
+            bool pin = req.Int("pin", 0, 0, 1) == 1;
+            int work = req.Int("work", 0, 0, 1000000);
+            int inside = req.Int("inside", 0, 0, 1000000);
+            int sleepUs = req.Int("sleep_us", 0, 0, 1000000);
             string err = req.Finish();
             if (err != null) return HttpResponse.Error(400, err);
             var run = new Run();
+            long contentionsBefore = Monitor.LockContentionCount;
             var ts = new List<Thread>();
             for (int i = 0; i < threads; i++)
             {
-                var t = new Thread(() => ContendFunc(run));
+                int cpu = pin ? i % Environment.ProcessorCount : -1;
+                var t = new Thread(() => ContendFunc(run, cpu, work, inside, sleepUs));
                 t.IsBackground = true;
                 t.Name = "contend-" + i;
                 t.Start();
@@ -171,8 +196,15 @@ namespace DiagScenarios
             double elapsed = sw.Elapsed.TotalMilliseconds;
             long ops;
             lock (run.Gate) ops = run.Counter;
+            long contentions = Monitor.LockContentionCount - contentionsBefore;
             return HttpResponse.Ok(new JObj {
                 { "threads", threads },
+                { "pinned", pin },
+                { "work", work },
+                { "inside", inside },
+                { "sleep_us", sleepUs },
+                { "contentions", contentions },
+                { "contentions_per_sec", contentions / (elapsed / 1000.0) },
                 { "ms", ms },
                 { "elapsed_ms", elapsed },
                 { "ops", ops },
