@@ -9,7 +9,7 @@ use common::*;
 use testbed::Runtime;
 
 const S: Duration = Duration::from_secs(1);
-const ROUNDS: usize = 11;
+const ROUNDS: usize = 15;
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -87,8 +87,12 @@ fn bench_contention_tracing_overhead() {
         let contend = || w.get(&format!("/contend?{query}&ms=2000"));
         contend(); // warm up (tiering)
         let (mut without, mut with, mut waits, mut events) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            without.push(contend()["ops_per_sec"].as_f64().unwrap());
+        for round in 0..ROUNDS {
+            // Alternate which arm goes first (ABBA), so an order effect (a session just torn
+            // down, a sidecar just started) cannot pose as a cost or a gain.
+            if round % 2 == 0 {
+                without.push(contend()["ops_per_sec"].as_f64().unwrap());
+            }
             sc.restart();
             sc.wait_for("watching", 30 * S, || sc.metric("dumpwatch_contention_events_total", &[&pid]));
             let before = sc.metric("dumpwatch_contention_events_total", &[&pid]).unwrap_or(0.0);
@@ -100,6 +104,9 @@ fn bench_contention_tracing_overhead() {
             let after = sc.metric("dumpwatch_contention_events_total", &[&pid]).unwrap_or(0.0);
             events.push((after - before) / r["elapsed_ms"].as_f64().unwrap() * 1000.0);
             sc.kill();
+            if round % 2 == 1 {
+                without.push(contend()["ops_per_sec"].as_f64().unwrap());
+            }
         }
         report_overhead(name, query, &without, &with, &waits, &events);
     }
@@ -117,13 +124,13 @@ fn report_overhead(name: &str, query: &str, without: &[f64], with: &[f64], waits
     let mut ratios: Vec<f64> = with.iter().zip(without).map(|(w, wo)| w / wo).collect();
     ratios.sort_by(f64::total_cmp);
     let n = ratios.len();
-    let m = |v: &[f64]| v.iter().map(|x| format!("{:.3}", x / 1e6)).collect::<Vec<_>>().join(" ");
+    let m = |v: &[f64]| v.iter().map(|x| format!("{:.1}", x / 1e3)).collect::<Vec<_>>().join(" ");
     println!(
-        "BENCH contention tracing, {name} (/contend?{query}&ms=2000), {n} paired rounds: median {:.3} M ops/s without, \
-         {:.3} M ops/s with the sidecar's session; median paired loss {:.1}% (quartiles {:.1}% .. {:.1}%); \
-         blocking waits {:.0}/s, ContentionStart seen by the sidecar {:.0}/s; rounds without [{}] with [{}]",
-        median(without) / 1e6,
-        median(with) / 1e6,
+        "BENCH contention tracing, {name} (/contend?{query}&ms=2000), {n} paired rounds (ABBA): median {:.1} k ops/s without, \
+         {:.1} k ops/s with the sidecar's session; median paired loss {:.1}% (quartiles {:.1}% .. {:.1}%); \
+         blocking waits {:.0}/s, ContentionStart seen by the sidecar {:.0}/s; rounds (k ops/s) without [{}] with [{}]",
+        median(without) / 1e3,
+        median(with) / 1e3,
         (1.0 - ratios[n / 2]) * 100.0,
         (1.0 - ratios[n * 3 / 4]) * 100.0,
         (1.0 - ratios[n / 4]) * 100.0,
