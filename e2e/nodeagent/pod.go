@@ -639,7 +639,7 @@ func (w *podWorker) killAll(grace time.Duration) {
 func (w *podWorker) report(ctx context.Context, p *corev1.Pod, start metav1.Time, states map[string]*containerState, phase corev1.PodPhase, msg string) {
 	status := corev1.PodStatus{Phase: phase, Message: msg, HostIP: "127.0.0.1", PodIP: "127.0.0.1",
 		HostIPs: []corev1.HostIP{{IP: "127.0.0.1"}}, PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}},
-		StartTime: &start, QOSClass: corev1.PodQOSBestEffort}
+		StartTime: &start, QOSClass: qosClass(p)}
 	toStatus := func(c corev1.Container) corev1.ContainerStatus {
 		s := states[c.Name]
 		cs := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: "dumpwatch-local://" + c.Image,
@@ -689,4 +689,13 @@ func (w *podWorker) report(ctx context.Context, p *corev1.Pod, start metav1.Time
 	if err != nil && !apierrors.IsNotFound(err) && ctx.Err() == nil {
 		w.logf("status: %v", err)
 	}
+}
+
+// qosClass keeps the class the API server computed at creation: status.qosClass is immutable,
+// so reporting BestEffort for a pod with resources makes every status write fail.
+func qosClass(p *corev1.Pod) corev1.PodQOSClass {
+	if p.Status.QOSClass != "" {
+		return p.Status.QOSClass
+	}
+	return corev1.PodQOSBestEffort
 }
