@@ -1,0 +1,97 @@
+//! Shared by the controller integration tests: a control plane with the CRDs installed, a
+//! kube-rs client on it, the controllers running in this process, and polling helpers.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::{ControlPlane, Options};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use operator::controller::{self, AnalysisSettings, Context, Deleters, Metrics, NoObjectStorage, VolumeDeleter};
+
+/// A control plane start that lost its port to another process in between is retried (shared machine).
+pub async fn start(opts: Options) -> ControlPlane {
+    for attempt in 1.. {
+        let o = opts.clone();
+        match tokio::task::spawn_blocking(move || ControlPlane::start_with(o)).await.unwrap() {
+            Ok(cp) => return cp,
+            Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {
+                eprintln!("control plane start {attempt}: port taken, retrying")
+            }
+            Err(e) => panic!("control plane start: {e}"),
+        }
+    }
+    unreachable!()
+}
+
+pub async fn client(cp: &ControlPlane) -> Client {
+    let kubeconfig = Kubeconfig::read_from(cp.kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Applies crds/*.yaml (as committed) and waits until both are served.
+pub fn install_crds(cp: &ControlPlane) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for name in ["dumppolicy.yaml", "dumpsnapshot.yaml"] {
+        cp.apply(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
+    }
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/dumppolicies.dumpwatch.dev",
+        "crd/dumpsnapshots.dumpwatch.dev",
+    ])
+    .unwrap();
+}
+
+/// Runs the controllers in this process until the returned sender is dropped or sent `true`.
+pub fn run_controllers(
+    client: Client,
+    analysis: AnalysisSettings,
+    volume_root: PathBuf,
+) -> (tokio::sync::watch::Sender<bool>, Arc<Context>, tokio::task::JoinHandle<()>) {
+    let deleter = Arc::new(Deleters { volume: Some(VolumeDeleter { root: volume_root }), object: None });
+    let ctx = Arc::new(Context::new(
+        client,
+        Metrics::new(),
+        analysis,
+        deleter,
+        Arc::new(NoObjectStorage),
+        Some("test".into()),
+    ));
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let c = ctx.clone();
+    let task = tokio::spawn(controller::run(c, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    (tx, ctx, task)
+}
+
+/// Polls `f` every 250 ms until it gives `Some`, or panics after `timeout` naming `what` and
+/// the last value seen.
+pub async fn eventually<T, Fut>(what: &str, timeout: Duration, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Stops a control plane off the async runtime (its drop blocks).
+pub async fn stop(cp: ControlPlane) {
+    tokio::task::spawn_blocking(move || drop(cp)).await.unwrap();
+}
