@@ -1,0 +1,220 @@
+//! `helm lint` and `helm template` of charts/dumpwatch with the pinned helm: each certificate mode,
+//! monitoring on and off, and the properties the operator and the cluster rely on.
+
+use chart_tests::{
+    NAMESPACE, OPERATOR, TLS_SECRET, Value, WEBHOOK_CONFIGURATION, chart_dir, find, helm, kinds, render, render_text,
+};
+
+const MONITORING_ON: [&str; 4] = [
+    "monitoring.podMonitor.enabled=true",
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.prometheusRule.enabled=true",
+    "dashboards.enabled=true",
+];
+
+#[test]
+fn lints_in_every_mode() {
+    let chart = chart_dir().display().to_string();
+    for mode in ["self", "cert-manager"] {
+        for monitoring in [false, true] {
+            let mut args = vec!["lint".to_string(), "--strict".into(), chart.clone()];
+            args.extend(["--set".into(), format!("certificates.mode={mode}")]);
+            if monitoring {
+                for s in MONITORING_ON {
+                    args.extend(["--set".into(), s.into()]);
+                }
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = helm(&args).unwrap_or_else(|e| panic!("{mode}, monitoring {monitoring}: {e}"));
+            assert!(out.contains("0 chart(s) failed"), "{out}");
+        }
+    }
+}
+
+#[test]
+fn self_mode_without_monitoring() {
+    let objs = render(&[]).unwrap();
+    let k = kinds(&objs);
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Secret",
+        "PodDisruptionBudget",
+    ] {
+        assert!(k.iter().any(|x| x == kind), "{kind} missing from {k:?}");
+    }
+    for kind in ["Certificate", "Issuer", "PodMonitor", "ServiceMonitor", "PrometheusRule"] {
+        assert!(!k.iter().any(|x| x == kind), "{kind} rendered with its option off: {k:?}");
+    }
+    // CRDs are not templates: helm installs crds/ first and never deletes them.
+    assert!(!k.iter().any(|x| x == "CustomResourceDefinition"));
+    let with_crds = chart_tests::objects(&render_text(&[], &["--include-crds"]).unwrap()).unwrap();
+    find(&with_crds, "CustomResourceDefinition", "dumppolicies.dumpwatch.dev").unwrap();
+    find(&with_crds, "CustomResourceDefinition", "dumpsnapshots.dumpwatch.dev").unwrap();
+
+    let hook = find(&objs, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION).unwrap();
+    assert!(hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].is_null());
+    let w = &hook["webhooks"][0];
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(w["timeoutSeconds"], 5);
+    assert_eq!(w["namespaceSelector"]["matchLabels"]["dumpwatch.dev/inject"], "enabled");
+    assert_eq!(w["rules"][0]["resources"][0], "pods");
+    assert_eq!(w["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+    assert_eq!(w["clientConfig"]["service"]["name"], OPERATOR);
+    assert_eq!(w["clientConfig"]["service"]["path"], "/mutate");
+    assert_eq!(w["clientConfig"]["service"]["port"], 8443);
+    assert!(w["clientConfig"]["caBundle"].is_null(), "the operator patches caBundle in");
+
+    // The operator's own pods are excluded by the webhook's objectSelector.
+    let deploy = find(&objs, "Deployment", OPERATOR).unwrap();
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert!(!object_selector_matches(&w["objectSelector"], pod_labels), "{pod_labels}");
+    assert!(object_selector_matches(&w["objectSelector"], &serde_json::json!({"app": "orders"})));
+    assert!(!object_selector_matches(&w["objectSelector"], &serde_json::json!({"dumpwatch.dev/snapshot": "s1"})));
+
+    let secret = find(&objs, "Secret", TLS_SECRET).unwrap();
+    assert!(secret["data"].is_null(), "the operator fills the TLS Secret in: {secret}");
+    assert_eq!(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+}
+
+#[test]
+fn operator_deployment_is_locked_down() {
+    let objs = render(&[]).unwrap();
+    let deploy = find(&objs, "Deployment", OPERATOR).unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], chart_tests::SERVICE_ACCOUNT);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let env: Vec<&str> = c["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    for name in ["DUMPWATCH_CONFIG", "POD_NAME", "POD_NAMESPACE"] {
+        assert!(env.contains(&name), "{name} not in {env:?}");
+    }
+
+    // The configuration the operator reads (docs/operator.md, "Deployment").
+    let cm = find(&objs, "ConfigMap", OPERATOR).unwrap();
+    let config: Value = serde_saphyr::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config["operatorUrl"], format!("https://{OPERATOR}.{NAMESPACE}.svc:8443"));
+    assert_eq!(config["certificates"]["mode"], "self");
+    assert_eq!(config["certificates"]["secretName"], TLS_SECRET);
+    assert_eq!(config["certificates"]["webhookConfiguration"], WEBHOOK_CONFIGURATION);
+    assert_eq!(config["leaderElection"]["enabled"], true);
+    assert_eq!(config["sidecar"]["image"], "ghcr.io/dumpwatch/sidecar:0.1.0");
+    assert_eq!(config["sidecar"]["metricsPort"], 9464);
+    assert_eq!(config["analysis"]["image"], "ghcr.io/dumpwatch/dumpwatch:0.1.0");
+
+    let svc = find(&objs, "Service", OPERATOR).unwrap();
+    let ports: Vec<(String, i64)> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["port"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ports, [("https".to_string(), 8443), ("metrics".to_string(), 8080)]);
+
+    let np = find(&objs, "NetworkPolicy", OPERATOR).unwrap();
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert!(ingress[0]["from"].is_null(), "8443 from anywhere (the API server may call from the host network)");
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+}
+
+#[test]
+fn cert_manager_mode_with_monitoring() {
+    let mut set = vec!["certificates.mode=cert-manager"];
+    set.extend(MONITORING_ON);
+    let objs = render(&set).unwrap();
+    let hook = find(&objs, "MutatingWebhookConfiguration", WEBHOOK_CONFIGURATION).unwrap();
+    assert_eq!(hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], format!("{NAMESPACE}/{OPERATOR}"));
+    let cert = find(&objs, "Certificate", OPERATOR).unwrap();
+    assert_eq!(cert["spec"]["secretName"], TLS_SECRET);
+    let dns: Vec<&str> = cert["spec"]["dnsNames"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    assert!(dns.contains(&"dumpwatch-operator.dumpwatch.svc"), "{dns:?}");
+    // No issuer given: the chart brings a self-signed CA chain.
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "dumpwatch-operator-ca");
+    find(&objs, "Issuer", "dumpwatch-operator-selfsigned").unwrap();
+    find(&objs, "Issuer", "dumpwatch-operator-ca").unwrap();
+    // cert-manager writes the Secret; the operator gets no write access to it or the webhook.
+    assert!(find(&objs, "Secret", TLS_SECRET).is_err());
+    let role = find(&objs, "Role", OPERATOR).unwrap();
+    let secret_rules: Vec<&Value> =
+        role["rules"].as_array().unwrap().iter().filter(|r| r["resources"][0] == "secrets").collect();
+    assert_eq!(secret_rules.len(), 1, "{role}");
+    assert_eq!(secret_rules[0]["verbs"], serde_json::json!(["get"]));
+    let cluster_role = find(&objs, "ClusterRole", "dumpwatch-operator-dumpwatch").unwrap();
+    assert!(!cluster_role.to_string().contains("mutatingwebhookconfigurations"), "{cluster_role}");
+
+    let pm = find(&objs, "PodMonitor", "dumpwatch-sidecars").unwrap();
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "dw-metrics");
+    assert_eq!(pm["spec"]["namespaceSelector"]["any"], true);
+    let sm = find(&objs, "ServiceMonitor", OPERATOR).unwrap();
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+
+    // The PrometheusRule carries the plain rule file, unchanged.
+    let rule = find(&objs, "PrometheusRule", "dumpwatch").unwrap();
+    let file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart_dir().join("rules/dumpwatch.rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["spec"]["groups"], file["groups"]);
+
+    // Every dashboard file is in the ConfigMap Grafana's sidecar loads, byte for byte.
+    let cm = find(&objs, "ConfigMap", "dumpwatch-dashboards").unwrap();
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboards = chart_tests::dashboards().unwrap();
+    assert!(dashboards.len() >= 2, "{dashboards:?}");
+    for (name, _) in dashboards {
+        let on_disk = std::fs::read_to_string(chart_dir().join("dashboards").join(&name)).unwrap();
+        assert_eq!(cm["data"][&name].as_str().map(str::trim_end), Some(on_disk.trim_end()), "{name}");
+    }
+}
+
+#[test]
+fn bad_values_are_refused_with_a_reason() {
+    let err = render(&["certificates.mode=vault"]).unwrap_err().to_string();
+    assert!(err.contains("certificates.mode must be"), "{err}");
+    let err = render(&["operator.leaderElection.enabled=false"]).unwrap_err().to_string();
+    assert!(err.contains("needs operator.leaderElection.enabled"), "{err}");
+    // One replica without leader election is fine.
+    render(&["operator.leaderElection.enabled=false", "operator.replicas=1"]).unwrap();
+}
+
+/// A webhook `objectSelector` (matchLabels + matchExpressions) against a pod's labels.
+fn object_selector_matches(selector: &Value, labels: &Value) -> bool {
+    let label = |k: &str| labels[k].as_str();
+    let match_labels = selector["matchLabels"].as_object().into_iter().flatten();
+    let labels_ok = match_labels.into_iter().all(|(k, v)| label(k) == v.as_str());
+    let exprs_ok = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
+        let key = e["key"].as_str().unwrap();
+        let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        match e["operator"].as_str().unwrap() {
+            "In" => label(key).is_some_and(|v| values.contains(&v)),
+            "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
+            "Exists" => label(key).is_some(),
+            "DoesNotExist" => label(key).is_none(),
+            other => panic!("operator {other}"),
+        }
+    });
+    labels_ok && exprs_ok
+}
