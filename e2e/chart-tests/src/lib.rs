@@ -71,8 +71,7 @@ pub fn objects(yaml: &str) -> Result<Vec<Value>> {
 /// The object of that kind and name; an error listing what there is otherwise.
 pub fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
     objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).ok_or_else(|| {
-        let have: Vec<String> =
-            objects.iter().map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"])).collect();
+        let have: Vec<String> = objects.iter().map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"])).collect();
         format!("no {kind}/{name} among {have:?}").into()
     })
 }

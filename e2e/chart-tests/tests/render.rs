@@ -134,10 +134,7 @@ fn operator_deployment_is_locked_down() {
     let np = find(&objs, "NetworkPolicy", OPERATOR).unwrap();
     let ingress = np["spec"]["ingress"].as_array().unwrap();
     assert!(ingress[0]["from"].is_null(), "8443 from anywhere (the API server may call from the host network)");
-    assert_eq!(
-        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-        "monitoring"
-    );
+    assert_eq!(ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "monitoring");
 }
 
 #[test]
@@ -173,10 +170,9 @@ fn cert_manager_mode_with_monitoring() {
 
     // The PrometheusRule carries the plain rule file, unchanged.
     let rule = find(&objs, "PrometheusRule", "dumpwatch").unwrap();
-    let file: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(chart_dir().join("rules/dumpwatch.rules.yaml")).unwrap(),
-    )
-    .unwrap();
+    let file: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart_dir().join("rules/dumpwatch.rules.yaml")).unwrap())
+            .unwrap();
     assert_eq!(rule["spec"]["groups"], file["groups"]);
 
     // Every dashboard file is in the ConfigMap Grafana's sidecar loads, byte for byte.
