@@ -112,7 +112,7 @@ fn chart_on_the_real_apiserver() {
         &["get", "secrets/dumpwatch-s3", "-n", NAMESPACE],
         &["update", &format!("secrets/{TLS_SECRET}"), "-n", NAMESPACE],
         &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
-        &["update", "leases.coordination.k8s.io/dumpwatch-operator", "-n", NAMESPACE],
+        &["update", "leases.coordination.k8s.io/dumpwatch-operator-leader", "-n", NAMESPACE],
     ];
     let no: &[&[&str]] = &[
         // Secrets: nowhere else, never listed, written only for its own TLS Secret.

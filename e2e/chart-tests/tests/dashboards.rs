@@ -1,7 +1,7 @@
 //! Every dashboard query and every alert expression runs on a real Prometheus that scrapes the
-//! sidecar's real metric registry (`sidecar::metrics::Metrics`, the names and labels the sidecar
-//! serves) and the operator's metrics, and must return data. Metric names in dashboards and rules
-//! must be ones the sidecar registers or the operator's documented ones.
+//! sidecar's and the operator's real metric registries (`sidecar::metrics::Metrics`,
+//! `operator::controller::Metrics`: the names and labels they serve), and must return data.
+//! Metric names in dashboards and rules must be ones these registries serve.
 //!
 //! Namespace and pod labels come from the scrape in a cluster (PodMonitor target labels); here
 //! the small exporter adds them to each sample, which is what Prometheus stores either way.
@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use api::SnapshotPhase;
 use chart_tests::{Value, dashboards, metric_names, panel_queries, rule_exprs, substitute_variables};
 use harness::{Prometheus, wait_for};
+use operator::controller::Metrics as OperatorMetrics;
 use sidecar::metrics::{CaptureLabels, Metrics, Proc, TriggerLabels};
 
-/// The operator's metrics the dashboards and alerts use (docs/operator.md, "Deployment").
-const OPERATOR_METRICS: [&str; 2] = ["dumpwatch_operator_snapshots", "dumpwatch_operator_findings_total"];
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves `/metrics` from `body()` on a loopback port until `stop` is set; returns `host:port`.
 fn serve(stop: Arc<AtomicBool>, content_type: &'static str, body: impl Fn() -> String + Send + 'static) -> String {
@@ -125,18 +124,14 @@ impl FakePod {
     }
 }
 
-fn operator_metrics(t: f64) -> String {
-    let n = t.floor() as u64;
-    format!(
-        "# TYPE dumpwatch_operator_snapshots gauge\n\
-         dumpwatch_operator_snapshots{{phase=\"Analyzed\"}} 3\n\
-         dumpwatch_operator_snapshots{{phase=\"Analyzing\"}} 1\n\
-         dumpwatch_operator_snapshots{{phase=\"Failed\"}} 1\n\
-         # TYPE dumpwatch_operator_findings_total counter\n\
-         dumpwatch_operator_findings_total{{kind=\"deadlock\"}} {n}\n\
-         dumpwatch_operator_findings_total{{kind=\"memory_leak\"}} {}\n",
-        n / 2
-    )
+/// The operator's registry as the leader's controllers fill it.
+fn operator_tick(m: &OperatorMetrics) {
+    m.leader.set(1);
+    m.set_snapshot_phases(&[(SnapshotPhase::Analyzed, 3), (SnapshotPhase::Analyzing, 1), (SnapshotPhase::Failed, 1)]);
+    m.count_findings("deadlock", 1);
+    m.count_findings("leak_suspect", 1);
+    m.observe_reconcile("dumpsnapshot", Duration::from_millis(12));
+    m.reconcile_failed("dumpsnapshot", "conflict");
 }
 
 #[test]
@@ -144,14 +139,16 @@ fn every_dashboard_query_and_alert_returns_data_on_prometheus() {
     let stop = Arc::new(AtomicBool::new(false));
     let orders = Arc::new(FakePod::new("Orders", 2.0, true));
     let billing = Arc::new(FakePod::new("Billing", 0.0, false));
+    let operator = OperatorMetrics::new();
     let started = Instant::now();
     let clock = move || started.elapsed().as_secs_f64();
     {
-        let (orders, billing, stop) = (orders.clone(), billing.clone(), stop.clone());
+        let (orders, billing, operator, stop) = (orders.clone(), billing.clone(), operator.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 orders.tick(clock());
                 billing.tick(clock());
+                operator_tick(&operator);
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
@@ -162,7 +159,7 @@ fn every_dashboard_query_and_alert_returns_data_on_prometheus() {
     // operator metric.
     let mut known = sample_names(&orders.metrics.encode());
     known.extend(sample_names(&billing.metrics.encode()));
-    known.extend(OPERATOR_METRICS.map(String::from));
+    known.extend(sample_names(&operator.encode()));
     let dashboards = dashboards().unwrap();
     let queries: Vec<_> = dashboards.iter().flat_map(|(file, d)| panel_queries(file, d)).collect();
     assert!(queries.len() >= 20, "{} queries", queries.len());
@@ -182,7 +179,10 @@ fn every_dashboard_query_and_alert_returns_data_on_prometheus() {
             let p = billing.clone();
             move || with_target_labels(&p.metrics.encode(), "shop", "billing-1")
         }),
-        serve(stop.clone(), TEXT, move || operator_metrics(clock())),
+        serve(stop.clone(), OPENMETRICS, {
+            let m = operator.clone();
+            move || with_target_labels(&m.encode(), "dumpwatch", "dumpwatch-operator-7d9f-x2k4p")
+        }),
     ];
     let rules_text = std::fs::read_to_string(chart_tests::chart_dir().join("rules/dumpwatch.rules.yaml")).unwrap();
     let prom = Prometheus::start(&targets, &rules_text, None).unwrap();

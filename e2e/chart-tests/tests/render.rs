@@ -45,7 +45,6 @@ fn self_mode_without_monitoring() {
         "Deployment",
         "MutatingWebhookConfiguration",
         "NetworkPolicy",
-        "ConfigMap",
         "Secret",
         "PodDisruptionBudget",
     ] {
@@ -105,22 +104,36 @@ fn operator_deployment_is_locked_down() {
     assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     assert!(c["resources"]["requests"]["memory"].is_string());
     assert!(c["resources"]["limits"]["memory"].is_string());
-    let env: Vec<&str> = c["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-    for name in ["DUMPWATCH_CONFIG", "POD_NAME", "POD_NAMESPACE"] {
-        assert!(env.contains(&name), "{name} not in {env:?}");
-    }
-
-    // The configuration the operator reads (docs/operator.md, "Deployment").
-    let cm = find(&objs, "ConfigMap", OPERATOR).unwrap();
-    let config: Value = serde_saphyr::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    assert_eq!(config["operatorUrl"], format!("https://{OPERATOR}.{NAMESPACE}.svc:8443"));
-    assert_eq!(config["certificates"]["mode"], "self");
-    assert_eq!(config["certificates"]["secretName"], TLS_SECRET);
-    assert_eq!(config["certificates"]["webhookConfiguration"], WEBHOOK_CONFIGURATION);
-    assert_eq!(config["leaderElection"]["enabled"], true);
-    assert_eq!(config["sidecar"]["image"], "ghcr.io/dumpwatch/sidecar:0.1.0");
-    assert_eq!(config["sidecar"]["metricsPort"], 9464);
-    assert_eq!(config["analysis"]["image"], "ghcr.io/dumpwatch/dumpwatch:0.1.0");
+    // The operator's flags as environment variables (dumpwatch-operator --help; docs/operator.md).
+    let env =
+        |name: &str| c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null);
+    assert_eq!(env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(env("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(env("DUMPWATCH_METRICS_ADDR")["value"], "0.0.0.0:9090");
+    assert_eq!(env("DUMPWATCH_LEASE_NAME")["value"], "dumpwatch-operator-leader");
+    assert!(env("DUMPWATCH_NO_LEADER_ELECTION").is_null());
+    assert_eq!(env("DUMPWATCH_OPERATOR_URL")["value"], format!("https://{OPERATOR}.{NAMESPACE}.svc:8443"));
+    assert_eq!(env("DUMPWATCH_ANALYZER_IMAGE")["value"], "ghcr.io/dumpwatch/dumpwatch:0.1.0");
+    assert_eq!(env("DUMPWATCH_ANALYSIS_TTL")["value"], "1h");
+    assert_eq!(env("DUMPWATCH_CERT_MODE")["value"], "self");
+    assert_eq!(env("DUMPWATCH_TLS_SECRET")["value"], TLS_SECRET);
+    assert_eq!(env("DUMPWATCH_WEBHOOK_CONFIGURATION")["value"], WEBHOOK_CONFIGURATION);
+    assert_eq!(env("DUMPWATCH_SIDECAR_IMAGE")["value"], "ghcr.io/dumpwatch/sidecar:0.1.0");
+    assert_eq!(env("DUMPWATCH_SIDECAR_METRICS_PORT_NAME")["value"], "dw-metrics");
+    let resources: Value = serde_json::from_str(env("DUMPWATCH_SIDECAR_RESOURCES")["value"].as_str().unwrap()).unwrap();
+    assert_eq!(resources["limits"]["memory"], "128Mi");
+    // Self mode: the operator makes its CA, so no CA file; cert-manager mode mounts one.
+    assert!(env("DUMPWATCH_OPERATOR_CA_FILE").is_null());
+    let cm =
+        render(&["certificates.mode=cert-manager", "operator.leaderElection.enabled=false", "operator.replicas=1"])
+            .unwrap();
+    let cm_pod = &find(&cm, "Deployment", OPERATOR).unwrap()["spec"]["template"]["spec"];
+    let cm_env = cm_pod["containers"][0]["env"].to_string();
+    assert!(
+        cm_env.contains("/etc/dumpwatch/tls/ca.crt") && cm_env.contains("DUMPWATCH_NO_LEADER_ELECTION"),
+        "{cm_env}"
+    );
+    assert_eq!(cm_pod["volumes"][1]["secret"]["secretName"], TLS_SECRET);
 
     let svc = find(&objs, "Service", OPERATOR).unwrap();
     let ports: Vec<(String, i64)> = svc["spec"]["ports"]
@@ -129,7 +142,7 @@ fn operator_deployment_is_locked_down() {
         .iter()
         .map(|p| (p["name"].as_str().unwrap().to_string(), p["port"].as_i64().unwrap()))
         .collect();
-    assert_eq!(ports, [("https".to_string(), 8443), ("metrics".to_string(), 8080)]);
+    assert_eq!(ports, [("https".to_string(), 8443), ("metrics".to_string(), 9090)]);
 
     let np = find(&objs, "NetworkPolicy", OPERATOR).unwrap();
     let ingress = np["spec"]["ingress"].as_array().unwrap();
