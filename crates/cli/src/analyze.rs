@@ -20,6 +20,8 @@ pub const WORKER_SUBCOMMAND: &str = "__dac-worker";
 /// Options of `analyze`.
 pub struct AnalyzeArgs {
     pub core: PathBuf,
+    /// How the dump is named in the report (its URL without signature, or its path).
+    pub display: String,
     pub dac: Option<PathBuf>,
     pub json: bool,
     pub top: usize,
@@ -27,17 +29,18 @@ pub struct AnalyzeArgs {
     pub timeout: u64,
 }
 
-/// Runs the analysis and prints it.
-pub fn analyze(args: AnalyzeArgs) -> Result<()> {
+/// Runs the analysis and prints it; returns the findings (for `--report-to`).
+pub fn analyze(args: AnalyzeArgs) -> Result<Findings> {
     let started = Instant::now();
-    let findings = findings_for(&args)?;
+    let mut findings = findings_for(&args)?;
+    findings.source.path = args.display.clone();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {
         print!("{}", report(&findings));
         eprintln!("(analyzed in {:.2} s)", started.elapsed().as_secs_f64());
     }
-    Ok(())
+    Ok(findings)
 }
 
 /// Reads the dump and builds the findings document.

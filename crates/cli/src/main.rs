@@ -4,11 +4,12 @@
 
 mod analyze;
 mod commands;
+mod remote;
 mod render;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -130,12 +131,41 @@ enum Command {
     /// `dump` wrote beside the core, or --dac, or the dumped runtime's folder. The DAC must be
     /// the exact build of the dumped runtime. Leak suspects need retention (the default);
     /// --histogram-only is faster and lighter.
+    ///
+    /// Stored artifacts work too: a presigned https:// URL or a file:// path, `.zst` compressed,
+    /// checked against --sha256 (the SHA-256 of the stored bytes), fetched into a temporary
+    /// directory that is removed afterwards. --report-to sends the findings to the operator.
     Analyze {
-        /// The core dump (a heap or full dump: mini dumps have no heap).
-        core: PathBuf,
-        /// The DAC to use (must match the dumped runtime build).
+        /// The core dump (a heap or full dump: mini dumps have no heap): a path, file:// or
+        /// https:// URL, optionally `.zst`. Not needed with --artifacts.
+        #[arg(required_unless_present = "artifacts")]
+        core: Option<String>,
+        /// SHA-256 (hex) of the dump's stored bytes; a mismatch stops before any analysis.
         #[arg(long)]
-        dac: Option<PathBuf>,
+        sha256: Option<String>,
+        /// The DAC to use (must match the dumped runtime build): a path or URL, like the dump.
+        #[arg(long)]
+        dac: Option<String>,
+        /// SHA-256 (hex) of the DAC's stored bytes.
+        #[arg(long, requires = "dac")]
+        dac_sha256: Option<String>,
+        /// The snapshot's artifacts as JSON, `[{kind, uri, size, sha256}]` with fetchable URIs:
+        /// the dump (`core*`) and its DAC (`libmscordaccore*`) are taken from the list.
+        #[arg(long, conflicts_with_all = ["core", "sha256", "dac"])]
+        artifacts: Option<String>,
+        /// Send `{snapshot, findings}` to this operator (`POST <url>/v1/jobs/findings`).
+        #[arg(long, requires_all = ["snapshot", "token_file"], value_name = "URL")]
+        report_to: Option<String>,
+        /// The DumpSnapshot the findings belong to.
+        #[arg(long, env = "DUMPWATCH_SNAPSHOT")]
+        snapshot: Option<String>,
+        /// Bearer token for --report-to (a projected ServiceAccount token).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// CA of the operator (PEM file); default: the PEM text in DUMPWATCH_OPERATOR_CA, else
+        /// the public roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// How many heap types to show.
         #[arg(long, default_value_t = 15)]
         top: usize,
@@ -188,9 +218,63 @@ async fn run(command: Command) -> Result<()> {
             dump(pid, output, dump_type, min_free_mib, json).await
         }
         Command::Watch { pid, confirm_ms, duration, once, json } => watch(pid, confirm_ms, duration, once, json).await,
-        Command::Analyze { core, dac, top, histogram_only, timeout, json } => {
-            let args = analyze::AnalyzeArgs { core, dac, json, top, histogram_only, timeout };
-            tokio::task::spawn_blocking(move || analyze::analyze(args)).await?
+        Command::Analyze {
+            core,
+            sha256,
+            dac,
+            dac_sha256,
+            artifacts,
+            report_to,
+            snapshot,
+            token_file,
+            ca_file,
+            top,
+            histogram_only,
+            timeout,
+            json,
+        } => {
+            let (core, dac) = match &artifacts {
+                Some(list) => {
+                    let list: Vec<remote::ArtifactSource> =
+                        serde_json::from_str(list).context("--artifacts: a JSON list of {kind, uri, size, sha256}")?;
+                    remote::pick(&list)?
+                }
+                None => {
+                    let core = remote::ArtifactSource::new(&core.expect("clap requires it"), sha256);
+                    (core, dac.map(|d| remote::ArtifactSource::new(&d, dac_sha256)))
+                }
+            };
+            let report_to = match report_to {
+                Some(url) => Some(remote::ReportTo {
+                    url,
+                    snapshot: snapshot.expect("clap requires it"),
+                    token_file: token_file.expect("clap requires it"),
+                    ca_pem: match ca_file {
+                        Some(f) => {
+                            Some(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?)
+                        }
+                        None => std::env::var("DUMPWATCH_OPERATOR_CA").ok().filter(|s| !s.trim().is_empty()),
+                    },
+                }),
+                None => None,
+            };
+            // Dropped at the end of this arm, success or not: fetched files go with it.
+            let prepared = remote::prepare(&core, dac.as_ref()).await?;
+            let args = analyze::AnalyzeArgs {
+                core: prepared.core.clone(),
+                display: prepared.display.clone(),
+                dac: prepared.dac.clone(),
+                json,
+                top,
+                histogram_only,
+                timeout,
+            };
+            let findings = tokio::task::spawn_blocking(move || analyze::analyze(args)).await??;
+            if let Some(to) = &report_to {
+                remote::report(to, &serde_json::to_value(&findings)?).await?;
+                eprintln!("findings sent to {} for {}", to.url, to.snapshot);
+            }
+            Ok(())
         }
     }
 }
