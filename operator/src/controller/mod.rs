@@ -54,7 +54,25 @@ pub struct Context {
     pub urls: Arc<dyn ArtifactUrls>,
     /// `(claim, mount path)` mounted into analysis Jobs for `file://` artifacts.
     pub artifact_claim: Option<(String, String)>,
-    failures: Mutex<HashMap<String, u32>>,
+    backoffs: Backoffs,
+}
+
+/// Exponential backoff per object after failed reconciles: 1 s, 2 s, 4 s, ... up to 5 min;
+/// forgotten after a success.
+#[derive(Default)]
+pub struct Backoffs(Mutex<HashMap<String, u32>>);
+
+impl Backoffs {
+    pub fn failed(&self, key: String) -> Duration {
+        let mut failures = self.0.lock().expect("backoff lock");
+        let n = failures.entry(key).or_insert(0);
+        *n = (*n + 1).min(16);
+        Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300))
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        self.0.lock().expect("backoff lock").remove(key);
+    }
 }
 
 impl Context {
@@ -75,20 +93,8 @@ impl Context {
             deleter,
             urls,
             artifact_claim: None,
-            failures: Mutex::default(),
+            backoffs: Backoffs::default(),
         }
-    }
-
-    /// Exponential backoff per object: 1 s, 2 s, 4 s, ... up to 5 min.
-    fn backoff(&self, key: String) -> Duration {
-        let mut failures = self.failures.lock().expect("backoff lock");
-        let n = failures.entry(key).or_insert(0);
-        *n = (*n + 1).min(16);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
-    }
-
-    fn succeeded(&self, key: &str) {
-        self.failures.lock().expect("backoff lock").remove(key);
     }
 }
 
@@ -105,7 +111,7 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
     controller: &'static str,
 ) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
     move |obj, error, ctx| {
-        let wait = ctx.backoff(key(&*obj));
+        let wait = ctx.backoffs.failed(key(&*obj));
         tracing::warn!(controller, object = %key(&*obj), %error, retry_in = ?wait, "reconcile failed");
         ctx.metrics.reconcile_failed(controller, error.metric_label());
         Action::requeue(wait)
@@ -145,7 +151,11 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
             let ctx = ctx.clone();
             async move {
                 if let Ok((obj, _)) = r {
-                    ctx.succeeded(&format!("DumpPolicy/{}/{}", obj.namespace.as_deref().unwrap_or(""), obj.name));
+                    ctx.backoffs.succeeded(&format!(
+                        "DumpPolicy/{}/{}",
+                        obj.namespace.as_deref().unwrap_or(""),
+                        obj.name
+                    ));
                 }
             }
         });
@@ -163,7 +173,11 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
             let store = snapshot_store.clone();
             async move {
                 if let Ok((obj, _)) = r {
-                    ctx.succeeded(&format!("DumpSnapshot/{}/{}", obj.namespace.as_deref().unwrap_or(""), obj.name));
+                    ctx.backoffs.succeeded(&format!(
+                        "DumpSnapshot/{}/{}",
+                        obj.namespace.as_deref().unwrap_or(""),
+                        obj.name
+                    ));
                 }
                 let phases: Vec<(api::SnapshotPhase, i64)> = store
                     .state()
@@ -217,4 +231,19 @@ pub async fn run_when_leading(
         }
     }
     let _ = campaign.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_object_up_to_five_minutes_and_resets() {
+        let b = Backoffs::default();
+        let waits: Vec<u64> = (0..12).map(|_| b.failed("DumpSnapshot/ns/a".into()).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(b.failed("DumpSnapshot/ns/b".into()).as_secs(), 1, "per object");
+        b.succeeded("DumpSnapshot/ns/a");
+        assert_eq!(b.failed("DumpSnapshot/ns/a".into()).as_secs(), 1);
+    }
 }

@@ -63,7 +63,8 @@ async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> 
         Step::StartAnalysis => {
             let mut artifacts = Vec::new();
             for a in &snapshot.spec.artifacts {
-                let uri = ctx.urls.fetchable(&a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
+                let uri =
+                    ctx.urls.fetchable(policy.as_ref(), &a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
                 artifacts.push(api::Artifact { uri, ..a.clone() });
             }
             let inputs = AnalysisInputs { artifacts, volume: ctx.artifact_claim.clone() };
@@ -148,8 +149,16 @@ async fn publish(snapshot: &DumpSnapshot, policy: Option<&DumpPolicy>, ctx: &Con
 
 /// Deletion: the stored artifacts go first; a failure keeps the finalizer and is retried.
 async fn cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> {
+    let policy = match &snapshot.spec.policy {
+        Some(p) if !snapshot.spec.artifacts.is_empty() => {
+            Api::<DumpPolicy>::namespaced(ctx.client.clone(), &snapshot.namespace().unwrap_or_default())
+                .get_opt(p)
+                .await?
+        }
+        _ => None,
+    };
     for a in &snapshot.spec.artifacts {
-        ctx.deleter.delete(&a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
+        ctx.deleter.delete(policy.as_ref(), &a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
     }
     tracing::info!(snapshot = %snapshot.name_any(), artifacts = snapshot.spec.artifacts.len(), "artifacts deleted");
     Ok(Action::await_change())

@@ -5,6 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use api::DumpPolicy;
 use futures::future::BoxFuture;
 
 /// Finalizer on every snapshot: removed once its artifacts are deleted from storage.
@@ -14,15 +15,20 @@ pub const ARTIFACTS_FINALIZER: &str = "dumpwatch.dev/artifacts";
 pub type StorageError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Deletes one stored artifact by its URI (`s3://bucket/key`, `file:///path`). Deleting what is
-/// already gone succeeds. The storage crate implements it for S3; [`VolumeDeleter`] does volumes.
+/// already gone succeeds. `policy` (when it still exists) names the storage and its credentials
+/// (`spec.storage`). The storage crate implements it for S3; [`VolumeDeleter`] does volumes.
 pub trait ArtifactDeleter: Send + Sync {
-    fn delete<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
+    fn delete<'a>(&'a self, policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
 }
 
 /// Turns a stored artifact's URI into one the analysis Job can fetch without credentials
 /// (a presigned `GET` URL for `s3://`).
 pub trait ArtifactUrls: Send + Sync {
-    fn fetchable<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<String, StorageError>>;
+    fn fetchable<'a>(
+        &'a self,
+        policy: Option<&'a DumpPolicy>,
+        uri: &'a str,
+    ) -> BoxFuture<'a, Result<String, StorageError>>;
 }
 
 /// Artifacts stored on a volume the operator mounts: `file://` URIs under `root` only (a URI
@@ -44,7 +50,7 @@ impl VolumeDeleter {
 }
 
 impl ArtifactDeleter for VolumeDeleter {
-    fn delete<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+    fn delete<'a>(&'a self, _policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let path = self.path_of(uri)?;
             match tokio::fs::remove_file(&path).await {
@@ -68,11 +74,11 @@ pub struct Deleters {
 }
 
 impl ArtifactDeleter for Deleters {
-    fn delete<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+    fn delete<'a>(&'a self, policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             if uri.starts_with("file://") {
                 match &self.volume {
-                    Some(v) => v.delete(uri).await,
+                    Some(v) => v.delete(policy, uri).await,
                     None => {
                         Err(format!("cannot delete {uri}: the operator has no artifact volume (--artifact-volume)")
                             .into())
@@ -80,7 +86,7 @@ impl ArtifactDeleter for Deleters {
                 }
             } else {
                 match &self.object {
-                    Some(o) => o.delete(uri).await,
+                    Some(o) => o.delete(policy, uri).await,
                     None => Err(format!("cannot delete {uri}: no object storage is configured in the operator").into()),
                 }
             }
@@ -92,7 +98,11 @@ impl ArtifactDeleter for Deleters {
 pub struct NoObjectStorage;
 
 impl ArtifactUrls for NoObjectStorage {
-    fn fetchable<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<String, StorageError>> {
+    fn fetchable<'a>(
+        &'a self,
+        _policy: Option<&'a DumpPolicy>,
+        uri: &'a str,
+    ) -> BoxFuture<'a, Result<String, StorageError>> {
         Box::pin(async move {
             if uri.starts_with("file://") {
                 Ok(uri.to_string())
@@ -117,13 +127,13 @@ mod tests {
         std::fs::write(&core, b"x").unwrap();
         let outside = tempfile::NamedTempFile::new().unwrap();
         let d = VolumeDeleter { root: dir.path().to_path_buf() };
-        d.delete(&format!("file://{}", core.display())).await.unwrap();
+        d.delete(None, &format!("file://{}", core.display())).await.unwrap();
         assert!(!core.exists() && !capture.exists());
-        d.delete(&format!("file://{}", core.display())).await.expect("deleting twice succeeds");
-        let err = d.delete(&format!("file://{}", outside.path().display())).await.unwrap_err();
+        d.delete(None, &format!("file://{}", core.display())).await.expect("deleting twice succeeds");
+        let err = d.delete(None, &format!("file://{}", outside.path().display())).await.unwrap_err();
         assert!(err.to_string().contains("outside the artifact volume"), "{err}");
-        assert!(d.delete(&format!("file://{}/../x", dir.path().display())).await.is_err());
+        assert!(d.delete(None, &format!("file://{}/../x", dir.path().display())).await.is_err());
         let none = Deleters { volume: None, object: None };
-        assert!(none.delete("s3://b/k").await.unwrap_err().to_string().contains("no object storage"));
+        assert!(none.delete(None, "s3://b/k").await.unwrap_err().to_string().contains("no object storage"));
     }
 }
