@@ -183,3 +183,62 @@ fn tail(s: &str) -> &str {
     }
     &s[start..]
 }
+
+/// `helm install`, `upgrade`, `uninstall` and a second `install` against the real API server:
+/// CRDs come from `crds/`, and what the operator writes at run time (the TLS Secret's data, the
+/// webhook's `caBundle`) survives an upgrade and, for the Secret, an uninstall.
+#[test]
+fn helm_lifecycle_keeps_what_the_operator_wrote() {
+    let cp = start();
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    let chart = chart_dir().display().to_string();
+    let helm = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", &kubeconfig];
+        all.extend(args);
+        chart_tests::helm(&all).unwrap_or_else(|e| panic!("{e}"))
+    };
+    helm(&["install", "dumpwatch", &chart, "-n", NAMESPACE, "--create-namespace"]);
+    cp.kubectl(&["get", "crd", "dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"]).unwrap();
+
+    // What the operator does in self mode: fill the Secret, patch caBundle.
+    let pem = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="; // base64 of a PEM header: any bytes do
+    cp.kubectl(&[
+        "patch",
+        "secret",
+        TLS_SECRET,
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"data": {{"ca.crt": "{pem}", "tls.crt": "{pem}", "tls.key": "{pem}"}}}}"#),
+    ])
+    .unwrap();
+    cp.kubectl(&[
+        "patch",
+        "mutatingwebhookconfiguration",
+        WEBHOOK_CONFIGURATION,
+        "--type=json",
+        "-p",
+        &format!(r#"[{{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "{pem}"}}]"#),
+    ])
+    .unwrap();
+
+    helm(&["upgrade", "dumpwatch", &chart, "-n", NAMESPACE, "--set", "webhook.timeoutSeconds=7"]);
+    let hook = cp.kubectl_json(&["get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION]).unwrap();
+    assert_eq!(hook["webhooks"][0]["timeoutSeconds"], 7, "the upgrade applied");
+    assert_eq!(hook["webhooks"][0]["clientConfig"]["caBundle"], pem, "caBundle survives an upgrade: {hook}");
+    let secret = cp.kubectl_json(&["get", "secret", TLS_SECRET, "-n", NAMESPACE]).unwrap();
+    assert_eq!(secret["data"]["ca.crt"], pem, "the CA survives an upgrade: {secret}");
+
+    helm(&["uninstall", "dumpwatch", "-n", NAMESPACE]);
+    assert!(cp.kubectl(&["get", "deployment", chart_tests::OPERATOR, "-n", NAMESPACE]).is_err());
+    assert!(cp.kubectl(&["get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION]).is_err());
+    let secret = cp.kubectl_json(&["get", "secret", TLS_SECRET, "-n", NAMESPACE]).unwrap();
+    assert_eq!(secret["data"]["ca.crt"], pem, "the CA is kept on uninstall (sidecars trust it)");
+    cp.kubectl(&["get", "crd", "dumpsnapshots.dumpwatch.dev"]).expect("CRDs stay");
+
+    // A second install adopts the kept Secret and keeps its CA.
+    helm(&["install", "dumpwatch", &chart, "-n", NAMESPACE]);
+    let secret = cp.kubectl_json(&["get", "secret", TLS_SECRET, "-n", NAMESPACE]).unwrap();
+    assert_eq!(secret["data"]["ca.crt"], pem, "{secret}");
+}
