@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod inject;
+pub mod sidecar_api;
 
 pub use controller::metrics;
 pub use inject::{

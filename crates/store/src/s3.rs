@@ -83,6 +83,12 @@ impl S3Store {
         Ok(Self { config, endpoint, credentials, http: HttpClient::new(), part_size: DEFAULT_PART_SIZE })
     }
 
+    /// Share one HTTP client (connection pool, TLS roots) between stores.
+    pub fn with_http(mut self, http: HttpClient) -> Self {
+        self.http = http;
+        self
+    }
+
     /// Parts of this size (the last one smaller); tests use small parts. S3 itself refuses parts
     /// under 5 MiB except the last.
     pub fn with_part_size(mut self, bytes: u64) -> Self {

@@ -1,0 +1,312 @@
+//! The sidecar API's decisions, pure: which policy a pod follows, where its files go, how a
+//! capture report becomes a `DumpSnapshot`, who may report findings. The handlers (routes.rs)
+//! only fetch inputs and apply these outputs.
+
+use std::collections::BTreeMap;
+
+use api::{Artifact, CaptureKind, DumpSnapshot, DumpSnapshotSpec, DumpSnapshotStatus, FindingsSummary, SnapshotPhase};
+use api::{DeadlockCycle, DeadlockedThread, TriggerKind};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ObjectMeta;
+use serde::Deserialize;
+
+use super::ApiError;
+use super::wire::{CaptureReport, FileRequest};
+use crate::INJECTED_ANNOTATION;
+
+/// More files than this in one capture is not a capture the sidecar makes.
+pub const MAX_FILES: usize = 32;
+/// Label on every snapshot the API creates: the pod it is about (selectable by the sidecar API
+/// and by `kubectl get dsnap -l`).
+pub const POD_LABEL: &str = "dumpwatch.dev/pod";
+/// Label with the capture id, so a retried report finds the snapshot it already created.
+pub const CAPTURE_LABEL: &str = "dumpwatch.dev/capture";
+
+/// The policy a pod follows: the one named by the webhook's annotation.
+pub fn policy_name(pod: &Pod) -> Option<&str> {
+    pod.metadata.annotations.as_ref()?.get(INJECTED_ANNOTATION).map(String::as_str).filter(|n| !n.is_empty())
+}
+
+/// A capture id or file name as one path segment: `[A-Za-z0-9._-]`, 1..=128, not `.`/`..`.
+pub fn check_segment(what: &str, s: &str) -> Result<(), ApiError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(ApiError::bad_request(format!("{what} {s:?} must be 1-128 of [A-Za-z0-9._-]"))) }
+}
+
+/// Refuses uploads that cannot be a capture of this policy: too many files, or more bytes than
+/// the policy's whole storage budget (`limits.maxBytes`).
+pub fn check_upload(files: &[FileRequest], max_bytes: u64) -> Result<(), ApiError> {
+    if files.is_empty() || files.len() > MAX_FILES {
+        return Err(ApiError::bad_request(format!("{} files (1 to {MAX_FILES} per capture)", files.len())));
+    }
+    for f in files {
+        check_segment("file name", &f.name)?;
+    }
+    if let Some(f) = files.iter().find(|f| f.size > store::s3::MAX_OBJECT_SIZE) {
+        return Err(ApiError::too_large(format!("{}: {} bytes is more than an object can hold", f.name, f.size)));
+    }
+    let total = files.iter().map(|f| f.size).sum::<u64>(); // ≤ 32 × 5 TiB: no overflow
+    if total > max_bytes {
+        return Err(ApiError::too_large(format!(
+            "{total} bytes is more than the policy's limits.maxBytes ({max_bytes})"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether artifacts of these kinds go to an analysis Job.
+pub fn needs_analysis(artifacts: &[Artifact], analysis_enabled: bool) -> bool {
+    analysis_enabled && artifacts.iter().any(|a| matches!(a.kind, CaptureKind::Dump | CaptureKind::Gcdump))
+}
+
+/// The fields of the sidecar's `manifest.json` the snapshot needs; the rest is ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Manifest {
+    id: Option<String>,
+    container: Option<String>,
+    process: Option<Process>,
+    trigger: Option<Firing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Process {
+    pid: Option<u32>,
+    runtime_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Firing {
+    trigger: Option<String>,
+    value: Option<f64>,
+}
+
+/// The name of the snapshot a capture report creates: `<pod>-<capture>`, lower-cased, cut to
+/// fit the 63 characters a label value allows (the name goes into the Job's labels too).
+pub fn snapshot_name(pod: &str, capture: &str) -> String {
+    let raw: String = format!("{pod}-{capture}")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .collect();
+    let trimmed = raw.trim_matches('-');
+    if trimmed.len() <= 63 {
+        return trimmed.to_string();
+    }
+    // Keep it unique when cut: the tail is a hash of the whole.
+    let digest = ring::digest::digest(&ring::digest::SHA256, raw.as_bytes());
+    let hash = store::sigv4::hex(&digest.as_ref()[..4]);
+    format!("{}-{hash}", raw[..54].trim_end_matches('-'))
+}
+
+/// The capture's id: the manifest's `id`.
+pub fn capture_id(report: &CaptureReport) -> Result<String, ApiError> {
+    let m = Manifest::deserialize(&report.manifest).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
+    let id = m.id.ok_or_else(|| ApiError::bad_request("manifest without an id"))?;
+    check_segment("manifest id", &id)?;
+    Ok(id)
+}
+
+/// What a capture report says about the snapshot: its spec (for `pod` in `policy`) and the status
+/// it enters. A report with live findings and nothing to analyze is final (`Analyzed`); one
+/// with a dump or gcdump to analyze is `Uploaded`, and its live findings are shown until the
+/// Job's replace them.
+pub fn snapshot_from_report(
+    report: &CaptureReport,
+    pod: &str,
+    policy: &str,
+    analysis_enabled: bool,
+) -> Result<(DumpSnapshotSpec, DumpSnapshotStatus), ApiError> {
+    let m = Manifest::deserialize(&report.manifest).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
+    let firing = m.trigger.unwrap_or_default();
+    let trigger = match firing.trigger.as_deref() {
+        Some(name) => TriggerKind::deserialize(serde_json::Value::from(name))
+            .map_err(|_| ApiError::bad_request(format!("unknown trigger {name:?}")))?,
+        None => TriggerKind::OnDemand,
+    };
+    for a in &report.artifacts {
+        if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(ApiError::bad_request(format!("artifact {}: sha256 must be 64 lowercase hex digits", a.uri)));
+        }
+    }
+    let process = m.process.unwrap_or_default();
+    let spec = DumpSnapshotSpec {
+        policy: Some(policy.to_string()),
+        pod: pod.to_string(),
+        container: m.container,
+        pid: process.pid,
+        runtime_version: process.runtime_version,
+        trigger,
+        observed: firing.value.filter(|_| trigger.is_threshold()).map(|v| format!("{v}")),
+        artifacts: report.artifacts.clone(),
+    };
+    let findings = match &report.findings {
+        Some(doc) => Some(live_findings(doc)?),
+        None => None,
+    };
+    let analyze = needs_analysis(&report.artifacts, analysis_enabled);
+    let phase = if analyze { SnapshotPhase::Uploaded } else { SnapshotPhase::Analyzed };
+    Ok((spec, DumpSnapshotStatus { phase, findings, ..Default::default() }))
+}
+
+/// The status section for live findings: a findings document (`schema: dumpwatch.findings`), or
+/// the sidecar's live deadlock (`{"kind": "deadlock", "cycle": [...], "victims": [...]}`), or a
+/// list of them.
+pub fn live_findings(doc: &serde_json::Value) -> Result<FindingsSummary, ApiError> {
+    if doc.get("schema").is_some() {
+        return FindingsSummary::from_document(doc).map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    let items: Vec<&serde_json::Value> = match doc {
+        serde_json::Value::Array(list) => list.iter().collect(),
+        one => vec![one],
+    };
+    #[derive(Deserialize)]
+    struct Live {
+        kind: String,
+        #[serde(default)]
+        cycle: Vec<LiveEdge>,
+        #[serde(default)]
+        victims: Vec<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct LiveEdge {
+        thread: u64,
+        #[serde(default)]
+        waits_for_lock: u64,
+        #[serde(default)]
+        held_by: u64,
+        #[serde(default)]
+        stack: Vec<serde_json::Value>,
+    }
+    let mut summary = FindingsSummary::default();
+    let mut threads = 0usize;
+    for item in items {
+        let live = Live::deserialize(item).map_err(|e| ApiError::bad_request(format!("live finding: {e}")))?;
+        if live.kind != "deadlock" {
+            continue;
+        }
+        summary.deadlocks += 1;
+        summary.victims += live.victims.len() as u32;
+        threads += live.cycle.len();
+        if summary.deadlock_cycles.len() < api::MAX_LISTED {
+            let threads = live.cycle.iter().take(api::MAX_LISTED).map(|e| DeadlockedThread {
+                os_tid: e.thread,
+                managed_id: None,
+                waits_for_type: String::new(),
+                lock_id: e.waits_for_lock,
+                held_by_os_tid: e.held_by,
+                // Symbolized frames are strings; raw instruction pointers are not worth a status line.
+                top_frames: e
+                    .stack
+                    .iter()
+                    .filter_map(|f| f.as_str())
+                    .filter(|f| !f.starts_with("0x"))
+                    .take(api::MAX_FRAMES)
+                    .map(str::to_owned)
+                    .collect(),
+            });
+            summary
+                .deadlock_cycles
+                .push(DeadlockCycle { threads: threads.collect(), victims: live.victims.len() as u32 });
+        }
+    }
+    if summary.deadlocks > 0 {
+        let s = if summary.deadlocks == 1 { "" } else { "s" };
+        summary.summary = format!("{} deadlock{s} ({threads} threads)", summary.deadlocks);
+    }
+    Ok(summary)
+}
+
+/// A new snapshot object for a capture report.
+pub fn new_snapshot(namespace: &str, name: &str, capture: &str, spec: DumpSnapshotSpec) -> DumpSnapshot {
+    let labels = BTreeMap::from([
+        (POD_LABEL.to_string(), label_value(&spec.pod)),
+        (CAPTURE_LABEL.to_string(), label_value(capture)),
+    ]);
+    DumpSnapshot {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+fn label_value(s: &str) -> String {
+    let v: String = s.chars().take(63).collect();
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// Whether a snapshot is waiting for this pod to capture it.
+pub fn is_request_for(s: &DumpSnapshot, pod: &str) -> bool {
+    s.spec.pod == pod
+        && s.spec.artifacts.is_empty()
+        && s.status.as_ref().is_none_or(|st| st.phase == SnapshotPhase::Requested)
+        && s.metadata.deletion_timestamp.is_none()
+}
+
+/// Whether a capture report may fill in this (requested) snapshot.
+pub fn check_fill_in(s: &DumpSnapshot, pod: &str) -> Result<(), ApiError> {
+    if s.spec.pod != pod {
+        return Err(ApiError::forbidden(format!("snapshot {} is for pod {}, not {pod}", name_of(s), s.spec.pod)));
+    }
+    let phase = s.status.as_ref().map(|st| st.phase).unwrap_or_default();
+    if !matches!(phase, SnapshotPhase::Requested | SnapshotPhase::Capturing) {
+        return Err(ApiError::conflict(format!("snapshot {} is {phase:?}, not waiting for a capture", name_of(s))));
+    }
+    Ok(())
+}
+
+/// The analysis Job's default name for a snapshot (docs/operator.md: `dsnap-<snapshot>-analyze`);
+/// the controller records the real one in `status.job`, which wins.
+pub fn default_job_name(snapshot: &str) -> String {
+    format!("dsnap-{snapshot}-analyze")
+}
+
+/// Whether `pod` is a pod of `snapshot`'s analysis Job: its `job-name` label and its owner are
+/// that Job. Findings from anyone else are refused.
+pub fn check_job_pod(snapshot: &DumpSnapshot, pod: &Pod) -> Result<(), ApiError> {
+    let snap = name_of(snapshot);
+    let job = snapshot.status.as_ref().and_then(|s| s.job.clone()).unwrap_or_else(|| default_job_name(snap));
+    let labels = pod.metadata.labels.as_ref();
+    let label = labels.and_then(|l| l.get("batch.kubernetes.io/job-name").or_else(|| l.get("job-name")));
+    let owned = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Job" && o.api_version == "batch/v1" && o.name == job);
+    if label.map(String::as_str) != Some(job.as_str()) || !owned {
+        let pod_name = pod.metadata.name.as_deref().unwrap_or("?");
+        return Err(ApiError::forbidden(format!("pod {pod_name} is not a pod of {snap}'s analysis Job {job}")));
+    }
+    let phase = snapshot.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if !matches!(phase, SnapshotPhase::Uploaded | SnapshotPhase::Analyzing) {
+        return Err(ApiError::conflict(format!("snapshot {snap} is {phase:?}, not being analyzed")));
+    }
+    Ok(())
+}
+
+/// `s3://` artifacts must lie under this pod's own prefix; a pod cannot claim another's objects.
+pub fn check_artifact_owner(uri: &str, own_prefix: &str) -> Result<(), ApiError> {
+    if uri.starts_with("s3://") && !uri.starts_with(own_prefix) {
+        return Err(ApiError::forbidden(format!("{uri} is not under this pod's {own_prefix}")));
+    }
+    if !uri.starts_with("s3://") && !uri.starts_with("file:///") {
+        return Err(ApiError::bad_request(format!("{uri}: artifacts are s3:// or file:/// URIs")));
+    }
+    Ok(())
+}
+
+fn name_of(s: &DumpSnapshot) -> &str {
+    s.metadata.name.as_deref().unwrap_or("?")
+}

@@ -1,0 +1,204 @@
+//! The HTTPS API for sidecars and analysis Jobs (docs/operator.md, "The HTTPS API"): TokenReview
+//! authentication, policy fetch, upload URLs, capture reports, on-demand requests, findings from
+//! Jobs. [`router`] is merged into the operator's one HTTPS listener.
+//!
+//! S3 credentials: the Secret named by the policy's `spec.storage.s3.secretRef`, in the
+//! operator's namespace, keys `accessKeyId` and `secretAccessKey` (and `sessionToken` for
+//! temporary credentials). They never leave the operator: sidecars get presigned URLs.
+
+mod auth;
+pub mod decide;
+mod routes;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::DumpPolicySpec;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::Secret;
+
+pub use auth::{ANALYZER_AUDIENCE, CACHE_TTL, Caller, POD_NAME_EXTRA, SIDECAR_AUDIENCE, caller_from_review};
+
+/// Keys of the S3 credentials Secret.
+pub const ACCESS_KEY_ID: &str = "accessKeyId";
+pub const SECRET_ACCESS_KEY: &str = "secretAccessKey";
+pub const SESSION_TOKEN: &str = "sessionToken";
+
+/// Presigned PUTs of whole files are short-lived; a part URL must outlive a slow multi-GB upload.
+pub const PUT_EXPIRY: Duration = Duration::from_secs(15 * 60);
+pub const PART_EXPIRY: Duration = Duration::from_secs(60 * 60);
+/// Longest long poll of `/v1/sidecar/requests`.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The API's shared state.
+#[derive(Clone)]
+pub struct SidecarApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: kube::Client,
+    operator_namespace: String,
+    auth: auth::Authenticator,
+    http: store::HttpClient,
+    part_size: u64,
+    poll_interval: Duration,
+}
+
+impl SidecarApi {
+    /// `client` carries the operator's own credentials; `operator_namespace` holds the storage Secrets.
+    pub fn new(client: kube::Client, operator_namespace: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                auth: auth::Authenticator::new(client.clone()),
+                client,
+                operator_namespace: operator_namespace.into(),
+                http: store::HttpClient::new(),
+                part_size: store::DEFAULT_PART_SIZE,
+                poll_interval: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    /// Files above `bytes` are uploaded in parts of `bytes` (default 64 MiB; tests use less).
+    pub fn with_part_size(self, bytes: u64) -> Self {
+        let mut inner = Arc::into_inner(self.inner).expect("configure before sharing");
+        inner.part_size = bytes;
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The storage of a policy, with its credentials; also what the controller uses to delete
+    /// artifacts ([`store::ArtifactDeleter`]) and presign GETs for the analysis Job.
+    pub async fn store_for(&self, spec: &DumpPolicySpec) -> Result<store::Store, ApiError> {
+        store_for_policy(&self.inner.client, &self.inner.operator_namespace, spec, self.inner.part_size).await.map(
+            |s| match s {
+                store::Store::S3(s3) => store::Store::S3(Box::new(s3.with_http(self.inner.http.clone()))),
+                v => v,
+            },
+        )
+    }
+}
+
+/// The routes of the sidecar and Job API, to merge into the operator's HTTPS router.
+pub fn router(state: SidecarApi) -> Router {
+    Router::new()
+        .route("/v1/sidecar/policy", get(routes::policy))
+        .route("/v1/sidecar/uploads", post(routes::uploads))
+        .route("/v1/sidecar/uploads/complete", post(routes::complete))
+        .route("/v1/sidecar/captures", post(routes::captures))
+        .route("/v1/sidecar/requests", get(routes::requests))
+        .route("/v1/jobs/findings", post(routes::findings))
+        .with_state(state)
+}
+
+/// The storage a policy names: a volume directory, or S3 with the credentials of the Secret
+/// `spec.storage.s3.secretRef` in `operator_namespace`.
+pub async fn store_for_policy(
+    client: &kube::Client,
+    operator_namespace: &str,
+    spec: &DumpPolicySpec,
+    part_size: u64,
+) -> Result<store::Store, ApiError> {
+    let Some(s3) = &spec.storage.s3 else {
+        let path = spec.storage.volume.clone().unwrap_or_default().path;
+        return Ok(store::Store::Volume(store::VolumeStore::new(path)));
+    };
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), operator_namespace);
+    let what = format!("Secret {operator_namespace}/{}", s3.secret_ref);
+    let secret = secrets
+        .get_opt(&s3.secret_ref)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading {what}: {e}")))?
+        .ok_or_else(|| ApiError::internal(format!("the storage credentials {what} do not exist")))?;
+    let data = secret.data.unwrap_or_default();
+    let field =
+        |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).trim().to_string()).filter(|v| !v.is_empty());
+    let missing = |k: &str| ApiError::internal(format!("{what} has no {k}"));
+    let credentials = store::Credentials {
+        access_key_id: field(ACCESS_KEY_ID).ok_or_else(|| missing(ACCESS_KEY_ID))?,
+        secret_access_key: field(SECRET_ACCESS_KEY).ok_or_else(|| missing(SECRET_ACCESS_KEY))?,
+        session_token: field(SESSION_TOKEN),
+    };
+    let config = s3_config(s3);
+    let store = store::S3Store::new(config, credentials)
+        .map_err(|e| ApiError::internal(format!("the policy's S3 storage: {e}")))?
+        .with_part_size(part_size);
+    Ok(store::Store::S3(Box::new(store)))
+}
+
+/// The policy's S3 settings as a store configuration. AWS endpoints get virtual-host addressing,
+/// every other server (MinIO, Ceph, moto, ...) path-style, which they all support.
+pub fn s3_config(s3: &api::S3Storage) -> store::S3Config {
+    let host = s3.endpoint.split("://").nth(1).unwrap_or(&s3.endpoint).split(['/', ':']).next().unwrap_or_default();
+    store::S3Config {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        bucket: s3.bucket.clone(),
+        prefix: s3.prefix.clone(),
+        path_style: !host.ends_with(".amazonaws.com"),
+    }
+}
+
+/// An error reply: `{"error": "<reason>", "message": "..."}` with its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.reason, self.status, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status, reason, message: message.into() }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(401, "Unauthorized", m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(404, "NotFound", m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(409, "Conflict", m)
+    }
+    pub fn too_large(m: impl Into<String>) -> Self {
+        Self::new(413, "TooLarge", m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(500, "Internal", m)
+    }
+    pub fn bad_gateway(m: impl Into<String>) -> Self {
+        Self::new(502, "StorageFailed", m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(503, "Unavailable", m)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = wire::ErrorReply { error: self.reason.to_string(), message: self.message };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+//! The handlers: authenticate, fetch, call a decision of decide.rs, apply. Nothing here decides.
+
+use std::time::Instant;
+
+use api::{DumpPolicy, DumpSnapshot, DumpSnapshotStatus, FindingsSummary, SnapshotPhase};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{ANALYZER_AUDIENCE, Caller, SIDECAR_AUDIENCE};
+use super::decide;
+use super::wire::*;
+use super::{ApiError, MAX_WAIT, PART_EXPIRY, PUT_EXPIRY, SidecarApi};
+
+type Reply<T> = Result<Json<T>, ApiError>;
+
+impl SidecarApi {
+    async fn caller(&self, headers: &HeaderMap, audience: &'static str) -> Result<Caller, ApiError> {
+        let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        self.inner.auth.authenticate(authorization, audience).await
+    }
+
+    fn snapshots(&self, namespace: &str) -> kube::Api<DumpSnapshot> {
+        kube::Api::namespaced(self.inner.client.clone(), namespace)
+    }
+
+    async fn pod(&self, c: &Caller) -> Result<Pod, ApiError> {
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.inner.client.clone(), &c.namespace);
+        pods.get_opt(&c.pod)
+            .await
+            .map_err(kube_error)?
+            .ok_or_else(|| ApiError::not_found(format!("pod {}/{} does not exist", c.namespace, c.pod)))
+    }
+
+    /// The caller's pod's policy.
+    async fn policy(&self, c: &Caller) -> Result<DumpPolicy, ApiError> {
+        let pod = self.pod(c).await?;
+        let name = decide::policy_name(&pod).ok_or_else(|| {
+            ApiError::not_found(format!("pod {}/{} was not injected by a DumpPolicy", c.namespace, c.pod))
+        })?;
+        let policies: kube::Api<DumpPolicy> = kube::Api::namespaced(self.inner.client.clone(), &c.namespace);
+        policies
+            .get_opt(name)
+            .await
+            .map_err(kube_error)?
+            .ok_or_else(|| ApiError::not_found(format!("DumpPolicy {}/{name} does not exist (any more)", c.namespace)))
+    }
+
+    async fn s3_store(&self, policy: &DumpPolicy) -> Result<store::S3Store, ApiError> {
+        match self.store_for(&policy.spec).await? {
+            store::Store::S3(s3) => Ok(*s3),
+            store::Store::Volume(_) => Err(ApiError::conflict(
+                "the policy stores on a volume: write the artifacts there and report file:// URIs",
+            )),
+        }
+    }
+
+    async fn set_status(&self, namespace: &str, name: &str, status: &DumpSnapshotStatus) -> Result<(), ApiError> {
+        let patch = Patch::Merge(json!({ "status": status }));
+        self.snapshots(namespace).patch_status(name, &PatchParams::default(), &patch).await.map_err(kube_error)?;
+        Ok(())
+    }
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(t)| t).map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn kube_error(e: kube::Error) -> ApiError {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => ApiError::not_found(s.message.clone()),
+        kube::Error::Api(s) if s.code == 409 => ApiError::conflict(s.message.clone()),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => ApiError::bad_request(s.message.clone()),
+        _ => ApiError::unavailable(format!("the API server: {e}")),
+    }
+}
+
+/// Storage refusals the sidecar caused (a bad upload id, missing parts) are its 400; the rest
+/// is the storage's failure.
+fn store_error(e: store::Error) -> ApiError {
+    match &e {
+        store::Error::S3 { status, .. } if (400..500).contains(status) && *status != 403 => {
+            ApiError::bad_request(e.to_string())
+        }
+        store::Error::InvalidRequest(_) | store::Error::TooLarge { .. } => ApiError::bad_request(e.to_string()),
+        _ => ApiError::bad_gateway(e.to_string()),
+    }
+}
+
+pub async fn policy(State(api): State<SidecarApi>, headers: HeaderMap) -> Reply<PolicyReply> {
+    let caller = api.caller(&headers, SIDECAR_AUDIENCE).await?;
+    let p = api.policy(&caller).await?;
+    Ok(Json(PolicyReply {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        resource_version: p.metadata.resource_version.clone().unwrap_or_default(),
+        spec: p.spec,
+    }))
+}
+
+pub async fn uploads(
+    State(api): State<SidecarApi>,
+    headers: HeaderMap,
+    req: Result<Json<UploadRequest>, JsonRejection>,
+) -> Reply<UploadReply> {
+    let caller = api.caller(&headers, SIDECAR_AUDIENCE).await?;
+    let req = body(req)?;
+    decide::check_segment("capture", &req.capture)?;
+    let policy = api.policy(&caller).await?;
+    decide::check_upload(&req.files, policy.spec.limits.max_bytes.0.max(0.0) as u64)?;
+    let s3 = api.s3_store(&policy).await?;
+    let mut files = Vec::new();
+    for f in &req.files {
+        let key = s3.key(&[&caller.namespace, &caller.pod, &req.capture, &f.name]);
+        let (url, multipart) = if f.size > s3.part_size() {
+            (None, Some(s3.create_multipart(&key, f.size, PART_EXPIRY).await.map_err(store_error)?))
+        } else {
+            (Some(s3.presign_put(&key, PUT_EXPIRY)), None)
+        };
+        files.push(FileUpload { name: f.name.clone(), uri: s3.uri(&key), url, multipart });
+    }
+    Ok(Json(UploadReply { files }))
+}
+
+pub async fn complete(
+    State(api): State<SidecarApi>,
+    headers: HeaderMap,
+    req: Result<Json<CompleteRequest>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let caller = api.caller(&headers, SIDECAR_AUDIENCE).await?;
+    let req = body(req)?;
+    decide::check_segment("capture", &req.capture)?;
+    decide::check_segment("file name", &req.name)?;
+    let policy = api.policy(&caller).await?;
+    let s3 = api.s3_store(&policy).await?;
+    // The key is rebuilt from the token's pod: a pod can only complete its own uploads.
+    let key = s3.key(&[&caller.namespace, &caller.pod, &req.capture, &req.name]);
+    if req.etags.is_empty() {
+        s3.abort_multipart(&key, &req.upload_id).await.map_err(store_error)?;
+    } else {
+        s3.complete_multipart(&key, &req.upload_id, &req.etags).await.map_err(store_error)?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn captures(
+    State(api): State<SidecarApi>,
+    headers: HeaderMap,
+    req: Result<Json<CaptureReport>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let caller = api.caller(&headers, SIDECAR_AUDIENCE).await?;
+    let report = body(req)?;
+    let capture = decide::capture_id(&report)?;
+    let policy = api.policy(&caller).await?;
+    let policy_name = policy.metadata.name.clone().unwrap_or_default();
+    let (spec, status) =
+        decide::snapshot_from_report(&report, &caller.pod, &policy_name, policy.spec.analysis.enabled)?;
+
+    // The operator vouches for what it records: every s3:// artifact is this pod's, exists, and
+    // has the reported size.
+    let storage = api.store_for(&policy.spec).await?;
+    if let store::Store::S3(s3) = &storage {
+        let own = format!("{}/", s3.uri(&s3.key(&[&caller.namespace, &caller.pod])));
+        for a in &spec.artifacts {
+            decide::check_artifact_owner(&a.uri, &own)?;
+            let found = storage.head(&a.uri).await.map_err(store_error)?;
+            match found {
+                Some(o) if o.size == a.size => {}
+                Some(o) => {
+                    return Err(ApiError::bad_request(format!("{} holds {} bytes, not {}", a.uri, o.size, a.size)));
+                }
+                None => return Err(ApiError::bad_request(format!("{} was not uploaded", a.uri))),
+            }
+        }
+    }
+
+    let snapshots = api.snapshots(&caller.namespace);
+    let name = match &report.snapshot {
+        Some(requested) => {
+            let existing = snapshots.get_opt(requested).await.map_err(kube_error)?.ok_or_else(|| {
+                ApiError::not_found(format!("DumpSnapshot {}/{requested} does not exist", caller.namespace))
+            })?;
+            decide::check_fill_in(&existing, &caller.pod)?;
+            // The request keeps its trigger (onDemand); the capture fills in the rest.
+            let patch = json!({ "spec": {
+                "policy": spec.policy, "container": spec.container, "pid": spec.pid,
+                "runtimeVersion": spec.runtime_version, "artifacts": spec.artifacts,
+            }});
+            snapshots.patch(requested, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_error)?;
+            requested.clone()
+        }
+        None => {
+            let name = decide::snapshot_name(&caller.pod, &capture);
+            let object = decide::new_snapshot(&caller.namespace, &name, &capture, spec.clone());
+            match snapshots.create(&PostParams::default(), &object).await {
+                Ok(_) => {}
+                // A retried report: the same capture of the same pod is the same snapshot.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    let existing = snapshots.get(&name).await.map_err(kube_error)?;
+                    if existing.spec.pod != caller.pod || existing.spec.artifacts != spec.artifacts {
+                        return Err(ApiError::conflict(format!("DumpSnapshot {name} exists for another capture")));
+                    }
+                }
+                Err(e) => return Err(kube_error(e)),
+            }
+            name
+        }
+    };
+    api.set_status(&caller.namespace, &name, &status).await?;
+    tracing::info!(namespace = %caller.namespace, pod = %caller.pod, snapshot = %name, phase = ?status.phase, "capture recorded");
+    Ok(Json(CaptureReply { snapshot: name }).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    wait: Option<u64>,
+}
+
+pub async fn requests(
+    State(api): State<SidecarApi>,
+    headers: HeaderMap,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Reply<RequestsReply> {
+    let caller = api.caller(&headers, SIDECAR_AUDIENCE).await?;
+    let wait = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0.wait.unwrap_or(0);
+    let deadline = Instant::now() + std::time::Duration::from_secs(wait).min(MAX_WAIT);
+    let snapshots = api.snapshots(&caller.namespace);
+    loop {
+        let list = snapshots.list(&Default::default()).await.map_err(kube_error)?;
+        let mut handed = Vec::new();
+        for s in list.items.iter().filter(|s| decide::is_request_for(s, &caller.pod)) {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            // The resourceVersion makes the move conditional: of two replicas polling at once,
+            // one hands the request out, the other gets 409 and skips it.
+            let patch = json!({
+                "metadata": { "resourceVersion": s.metadata.resource_version },
+                "status": { "phase": SnapshotPhase::Capturing },
+            });
+            match snapshots.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+                Ok(_) => handed.push(CaptureRequest { snapshot: name, pid: s.spec.pid }),
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+                Err(e) => return Err(kube_error(e)),
+            }
+        }
+        if !handed.is_empty() || Instant::now() >= deadline {
+            return Ok(Json(RequestsReply { requests: handed }));
+        }
+        tokio::time::sleep(api.inner.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+pub async fn findings(
+    State(api): State<SidecarApi>,
+    headers: HeaderMap,
+    req: Result<Json<FindingsReport>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let caller = api.caller(&headers, ANALYZER_AUDIENCE).await?;
+    let report = body(req)?;
+    let snapshot =
+        api.snapshots(&caller.namespace).get_opt(&report.snapshot).await.map_err(kube_error)?.ok_or_else(|| {
+            ApiError::not_found(format!("DumpSnapshot {}/{} does not exist", caller.namespace, report.snapshot))
+        })?;
+    let pod = api.pod(&caller).await?;
+    decide::check_job_pod(&snapshot, &pod)?;
+    let summary = FindingsSummary::from_document(&report.findings).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let status = json!({ "status": { "phase": SnapshotPhase::Analyzed, "findings": summary } });
+    api.snapshots(&caller.namespace)
+        .patch_status(&report.snapshot, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .map_err(kube_error)?;
+    tracing::info!(namespace = %caller.namespace, snapshot = %report.snapshot, summary = %summary.summary, "findings recorded");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,189 @@
+//! Unit tests of the sidecar API's pure decisions, on real k8s-openapi types.
+
+use std::collections::BTreeMap;
+
+use api::{Artifact, CaptureKind, DumpSnapshotStatus, SnapshotPhase, TriggerKind};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::ObjectMeta;
+use serde_json::json;
+
+use super::decide::*;
+use super::wire::{CaptureReport, FileRequest};
+
+const SHA: &str = "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945";
+
+fn artifact(kind: CaptureKind, name: &str) -> Artifact {
+    Artifact { kind, uri: format!("s3://dumps/p/shop/cart-1/c1/{name}"), size: 10, sha256: SHA.into() }
+}
+
+fn report(artifacts: Vec<Artifact>, findings: Option<serde_json::Value>) -> CaptureReport {
+    CaptureReport {
+        manifest: json!({
+            "version": 1, "id": "20261128T021500Z-42-gcHeapBytes", "pod": "cart-1", "namespace": "shop",
+            "container": "app", "process": {"pid": 42, "ns_pid": 1, "name": "Cart", "command_line": "x",
+            "runtime_version": "8.0.4"}, "trigger": {"index": 0, "trigger": "gcHeapBytes", "value": 6.1e8,
+            "threshold": 5e8, "detail": ""}, "dump_type": "heap", "files": [], "failures": [], "seconds": 1.5
+        }),
+        artifacts,
+        snapshot: None,
+        findings,
+    }
+}
+
+fn live_deadlock() -> serde_json::Value {
+    json!({"kind": "deadlock", "pid": 42, "process": "Cart", "locks": "a,b", "symbolized": true,
+        "cycle": [
+            {"thread": 101, "waits_for_lock": 1, "lock_object": 11, "held_by": 102, "stack": ["Cart.Transfer", "Cart.Run"]},
+            {"thread": 102, "waits_for_lock": 2, "lock_object": 12, "held_by": 101, "stack": ["0x7f00"]}
+        ],
+        "victims": [{"thread": 103, "waits_for_lock": 1, "blocked_on": 101, "stack": []}]})
+}
+
+#[test]
+fn a_dump_to_analyze_is_uploaded() {
+    let (spec, status) =
+        snapshot_from_report(&report(vec![artifact(CaptureKind::Dump, "core.42.zst")], None), "cart-1", "leaks", true)
+            .unwrap();
+    assert_eq!(status.phase, SnapshotPhase::Uploaded);
+    assert_eq!((spec.pod.as_str(), spec.policy.as_deref(), spec.pid), ("cart-1", Some("leaks"), Some(42)));
+    assert_eq!((spec.trigger, spec.container.as_deref()), (TriggerKind::GcHeapBytes, Some("app")));
+    assert_eq!(spec.runtime_version.as_deref(), Some("8.0.4"));
+    assert_eq!(spec.observed.as_deref(), Some("610000000"));
+    assert_eq!(spec.artifacts.len(), 1);
+}
+
+#[test]
+fn live_findings_with_nothing_to_analyze_are_final() {
+    let r = report(vec![artifact(CaptureKind::Stacks, "stacks.json.zst")], Some(live_deadlock()));
+    let (_, status) = snapshot_from_report(&r, "cart-1", "locks", true).unwrap();
+    assert_eq!(status.phase, SnapshotPhase::Analyzed);
+    let f = status.findings.unwrap();
+    assert_eq!((f.deadlocks, f.victims), (1, 1));
+    assert_eq!(f.summary, "1 deadlock (2 threads)");
+    let threads = &f.deadlock_cycles[0].threads;
+    assert_eq!((threads[0].os_tid, threads[0].held_by_os_tid, threads[0].lock_id), (101, 102, 1));
+    assert_eq!(threads[0].top_frames, ["Cart.Transfer", "Cart.Run"]);
+    assert!(threads[1].top_frames.is_empty(), "raw addresses are not frames");
+    // Analysis disabled: a dump is not analyzed either.
+    let r = report(vec![artifact(CaptureKind::Dump, "core.42.zst")], None);
+    assert_eq!(snapshot_from_report(&r, "p", "x", false).unwrap().1.phase, SnapshotPhase::Analyzed);
+}
+
+#[test]
+fn bad_reports_are_400_with_the_reason() {
+    let mut r = report(vec![], None);
+    r.manifest["trigger"]["trigger"] = json!("sunspots");
+    let e = snapshot_from_report(&r, "p", "x", true).unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(e.message.contains("sunspots"), "{e}");
+    let mut a = artifact(CaptureKind::Dump, "core");
+    a.sha256 = "ABC".into();
+    assert_eq!(snapshot_from_report(&report(vec![a], None), "p", "x", true).unwrap_err().status, 400);
+    let mut r = report(vec![], None);
+    r.manifest["id"] = json!("../../etc");
+    assert_eq!(capture_id(&r).unwrap_err().status, 400);
+    assert_eq!(capture_id(&report(vec![], None)).unwrap(), "20261128T021500Z-42-gcHeapBytes");
+}
+
+#[test]
+fn snapshot_names_are_valid_label_values_and_stay_unique_when_cut() {
+    assert_eq!(snapshot_name("cart-1", "20261128T021500Z-42-gcHeapBytes"), "cart-1-20261128t021500z-42-gcheapbytes");
+    let long_pod = "a".repeat(60);
+    let (x, y) = (snapshot_name(&long_pod, "capture-1"), snapshot_name(&long_pod, "capture-2"));
+    assert!(x.len() <= 63 && y.len() <= 63 && x != y, "{x} {y}");
+    assert!(snapshot_name("p", "c.1_x").chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+}
+
+#[test]
+fn uploads_are_bounded_by_the_policy_budget() {
+    let f = |name: &str, size| FileRequest { name: name.into(), size };
+    assert!(check_upload(&[f("core.1.zst", 100)], 1000).is_ok());
+    assert_eq!(check_upload(&[f("core.1.zst", 600), f("b", 600)], 1000).unwrap_err().status, 413);
+    assert_eq!(check_upload(&[f("a", u64::MAX), f("b", 2)], u64::MAX).unwrap_err().status, 413);
+    assert_eq!(check_upload(&[f("../x", 1)], 1000).unwrap_err().status, 400);
+    assert_eq!(check_upload(&[], 1000).unwrap_err().status, 400);
+}
+
+fn pod(name: &str, annotations: &[(&str, &str)], labels: &[(&str, &str)], owner_job: Option<&str>) -> Pod {
+    let map =
+        |kv: &[(&str, &str)]| Some(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>());
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: map(annotations),
+            labels: map(labels),
+            owner_references: owner_job.map(|j| {
+                vec![OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: j.into(),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_policy_is_the_injection_annotation() {
+    assert_eq!(policy_name(&pod("p", &[("dumpwatch.dev/injected", "leaks")], &[], None)), Some("leaks"));
+    assert_eq!(policy_name(&pod("p", &[], &[], None)), None);
+}
+
+fn snapshot(name: &str, pod: &str, phase: Option<SnapshotPhase>, job: Option<&str>) -> api::DumpSnapshot {
+    let (spec, _) = snapshot_from_report(&report(vec![], None), pod, "x", true).unwrap();
+    let mut s = new_snapshot("shop", name, "c1", api::DumpSnapshotSpec { artifacts: vec![], ..spec });
+    s.status = phase.map(|phase| DumpSnapshotStatus { phase, job: job.map(str::to_owned), ..Default::default() });
+    s
+}
+
+#[test]
+fn requests_are_unserved_snapshots_of_the_callers_pod() {
+    assert!(is_request_for(&snapshot("s", "cart-1", None, None), "cart-1"), "a user's snapshot has no status yet");
+    assert!(is_request_for(&snapshot("s", "cart-1", Some(SnapshotPhase::Requested), None), "cart-1"));
+    assert!(!is_request_for(&snapshot("s", "cart-1", Some(SnapshotPhase::Capturing), None), "cart-1"));
+    assert!(!is_request_for(&snapshot("s", "cart-2", None, None), "cart-1"));
+    assert_eq!(check_fill_in(&snapshot("s", "cart-2", None, None), "cart-1").unwrap_err().status, 403);
+    assert_eq!(
+        check_fill_in(&snapshot("s", "cart-1", Some(SnapshotPhase::Uploaded), None), "cart-1").unwrap_err().status,
+        409
+    );
+    assert!(check_fill_in(&snapshot("s", "cart-1", Some(SnapshotPhase::Capturing), None), "cart-1").is_ok());
+}
+
+#[test]
+fn findings_come_only_from_the_snapshots_job() {
+    let s = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Analyzing), Some("dsnap-snap-1-analyze"));
+    let job_pod =
+        pod("dsnap-snap-1-analyze-x7", &[], &[("job-name", "dsnap-snap-1-analyze")], Some("dsnap-snap-1-analyze"));
+    assert!(check_job_pod(&s, &job_pod).is_ok());
+    let other_job = pod("j", &[], &[("job-name", "dsnap-snap-2-analyze")], Some("dsnap-snap-2-analyze"));
+    assert_eq!(check_job_pod(&s, &other_job).unwrap_err().status, 403);
+    let label_only = pod("j", &[], &[("job-name", "dsnap-snap-1-analyze")], None);
+    assert_eq!(check_job_pod(&s, &label_only).unwrap_err().status, 403, "a label alone is not a Job");
+    let done = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Analyzed), Some("dsnap-snap-1-analyze"));
+    assert_eq!(check_job_pod(&done, &job_pod).unwrap_err().status, 409);
+    // Without status.job, the documented default name.
+    let s = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Uploaded), None);
+    assert!(check_job_pod(&s, &job_pod).is_ok());
+}
+
+#[test]
+fn a_pod_cannot_claim_another_pods_objects() {
+    let own = "s3://dumps/p/shop/cart-1/";
+    assert!(check_artifact_owner("s3://dumps/p/shop/cart-1/c1/core.zst", own).is_ok());
+    assert_eq!(check_artifact_owner("s3://dumps/p/shop/cart-2/c1/core.zst", own).unwrap_err().status, 403);
+    assert!(check_artifact_owner("file:///dumpwatch/c1/core.zst", own).is_ok());
+    assert_eq!(check_artifact_owner("http://x/y", own).unwrap_err().status, 400);
+}
+
+#[test]
+fn aws_endpoints_get_virtual_hosts_others_path_style() {
+    let s3 = |endpoint: &str| api::S3Storage { endpoint: endpoint.into(), ..Default::default() };
+    assert!(!super::s3_config(&s3("https://s3.eu-west-1.amazonaws.com")).path_style);
+    assert!(super::s3_config(&s3("http://minio.storage:9000")).path_style);
+    assert!(super::s3_config(&s3("http://127.0.0.1:9000")).path_style);
+}
