@@ -176,7 +176,10 @@ fn cert_manager_mode_with_monitoring() {
     assert!(!cluster_role.to_string().contains("mutatingwebhookconfigurations"), "{cluster_role}");
 
     let pm = find(&objs, "PodMonitor", "dumpwatch-sidecars").unwrap();
-    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "dw-metrics");
+    let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    assert!(endpoint["port"].is_null(), "a port filter would drop a sidecar that declares no port");
+    assert_eq!(endpoint["relabelings"][0]["regex"], "dumpwatch-sidecar");
+    assert_eq!(endpoint["relabelings"][1]["replacement"], "${1}:9464");
     assert_eq!(pm["spec"]["namespaceSelector"]["any"], true);
     let sm = find(&objs, "ServiceMonitor", OPERATOR).unwrap();
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
