@@ -113,6 +113,7 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
             tokio::spawn(operator_client::policy_loop(client.clone(), policy_tx, first, refresh));
             tokio::spawn(operator_client::requests_loop(client.clone(), demand_tx.clone(), Duration::from_secs(30)));
             tokio::spawn(upload::run(shared.clone(), client, report_queue));
+            upload::resubmit_leftovers(&shared);
         }
         None => {
             tokio::spawn(policy::reload_loop(cfg.policy_file.clone(), policy_tx, Duration::from_secs(1)));

@@ -151,8 +151,33 @@ async fn store_and_report(
     if s3 {
         // Only now is the evidence safe elsewhere.
         std::fs::remove_dir_all(&r.dir).map_err(Error::io(format!("removing the uploaded capture {capture}")))?;
+    } else {
+        let _ = std::fs::write(r.dir.join(REPORTED), b"");
     }
     Ok(answer.snapshot)
+}
+
+/// Marks a capture on the volume as reported (S3 captures are deleted instead).
+pub const REPORTED: &str = ".reported";
+
+/// At start: captures a previous run stored but never got to the operator (killed mid-upload,
+/// operator away for good), oldest first, as far as the queue takes them.
+pub fn resubmit_leftovers(shared: &Shared) {
+    let mut stored = shared.storage.stored();
+    stored.sort_by(|a, b| b.age_secs.total_cmp(&a.age_secs));
+    for s in stored.into_iter().filter(|s| !s.path.join(REPORTED).exists()).take(QUEUE) {
+        let Some(manifest) = std::fs::read(s.path.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            continue;
+        };
+        tracing::info!(dir = %s.path.display(), "a capture of an earlier run was never reported: reporting it now");
+        let findings = manifest.get("finding").cloned();
+        if let Some(r) = &shared.reporter {
+            r.submit(shared, Report { dir: s.path, manifest, snapshot: None, findings });
+        }
+    }
 }
 
 fn capture_id(r: &Report) -> String {

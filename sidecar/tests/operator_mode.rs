@@ -108,22 +108,26 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
     let marker = format!("DUMPWATCH_TEST=operator-{}", std::process::id());
     let port = free_port();
     let stderr = dir.path().join("sidecar.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_dumpwatch-sidecar"))
-        .args(["--operator-url", &url, "--token-file", token.to_str().unwrap()])
-        .args(["--policy-refresh-ms", "300", "--storage", store.to_str().unwrap()])
-        .args(["--http", &format!("127.0.0.1:{port}"), "--select-env", &marker, "--scan-interval-ms", "200"])
-        .args(["--pod", "test-pod", "--namespace", "default", "--container", "app"])
-        // The webhook sets DUMPWATCH_POLICY to the policy's name: operator mode must not read it.
-        .env("DUMPWATCH_POLICY", "orders")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut sc = Sidecar { child, stderr };
-    wait_for("the sidecar ready", Duration::from_secs(30), || {
-        testbed::http_get(port, "/readyz", Duration::from_secs(5)).ok().filter(|(s, _)| *s == 200)
-    });
+    let spawn = |log: &Path| {
+        let child = Command::new(env!("CARGO_BIN_EXE_dumpwatch-sidecar"))
+            .args(["--operator-url", &url, "--token-file", token.to_str().unwrap()])
+            .args(["--policy-refresh-ms", "300", "--storage", store.to_str().unwrap()])
+            .args(["--http", &format!("127.0.0.1:{port}"), "--select-env", &marker, "--scan-interval-ms", "200"])
+            .args(["--pod", "test-pod", "--namespace", "default", "--container", "app"])
+            // The webhook sets DUMPWATCH_POLICY to the policy's name: operator mode must not read it.
+            .env("DUMPWATCH_POLICY", "orders")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let sc = Sidecar { child, stderr: log.to_path_buf() };
+        wait_for("the sidecar ready", Duration::from_secs(30), || {
+            testbed::http_get(port, "/readyz", Duration::from_secs(5)).ok().filter(|(s, _)| *s == 200)
+        });
+        sc
+    };
+    let mut sc = spawn(&stderr);
 
     let (k, v) = marker.split_once('=').unwrap();
     let iso = Isolation { own_namespaces: false, env: vec![(k.into(), v.into())] };
@@ -233,6 +237,23 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
     assert_eq!(log.matches("fetching the policy failed").count(), 1, "one line per outage:\n{log}");
     assert!(sc.child.try_wait().unwrap().is_none(), "the sidecar died:\n{log}");
     assert_eq!(metric(port, "dumpwatch_watched_processes", ""), 1.0, "still watching");
+
+    // 5. Killed while its report cannot get through: the next start reports the capture.
+    peer.fail_reports.store(1000, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1500)); // the cooldown
+    peer.request("req-3", None);
+    let attempt = wait_for("a report attempted", Duration::from_secs(60), || {
+        peer.recorded("POST", "/v1/sidecar/captures").into_iter().find(|r| r.body["snapshot"] == "req-3")
+    });
+    let id = attempt.body["manifest"]["id"].clone();
+    drop(sc);
+    peer.fail_reports.store(0, Ordering::Relaxed);
+    let before = peer.recorded("POST", "/v1/sidecar/captures").len();
+    let _sc = spawn(&dir.path().join("sidecar-2.log"));
+    wait_for("the leftover reported after the restart", Duration::from_secs(60), || {
+        peer.recorded("POST", "/v1/sidecar/captures")[before..].iter().find(|r| r.body["manifest"]["id"] == id).cloned()
+    });
+    assert_eq!(metric(port, "dumpwatch_uploads_total", "result=\"success\""), 1.0);
 }
 
 /// A file larger than several parts (incompressible, so it stays large) goes up in exactly
