@@ -166,6 +166,30 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+/// Runs every panel query of every shipped dashboard on `prom` (Grafana variables replaced:
+/// `$namespace` and `$pod` by the given regexes), waiting up to `timeout` for each to return
+/// data; the number of queries checked, or an error naming every query that stayed empty.
+/// For scenario tests too: point it at the scenario's Prometheus.
+pub fn dashboard_queries_return_data(
+    prom: &harness::Prometheus,
+    namespace: &str,
+    pod: &str,
+    timeout: std::time::Duration,
+) -> Result<usize> {
+    let mut empty = Vec::new();
+    let mut checked = 0;
+    for (file, dashboard) in dashboards()? {
+        for q in panel_queries(&file, &dashboard) {
+            let expr = substitute_variables(&q.expr, namespace, pod);
+            checked += 1;
+            if let Err(e) = prom.wait_for_samples(&expr, timeout) {
+                empty.push(format!("{} / {}: `{expr}`: {e}", q.dashboard, q.panel));
+            }
+        }
+    }
+    if empty.is_empty() { Ok(checked) } else { Err(format!("queries without data:\n{}", empty.join("\n")).into()) }
+}
+
 /// Replaces the Grafana variables our dashboards use by values a plain Prometheus query accepts.
 pub fn substitute_variables(expr: &str, namespace: &str, pod: &str) -> String {
     expr.replace("$__rate_interval", "1m")

@@ -208,14 +208,10 @@ fn every_dashboard_query_and_alert_returns_data_on_prometheus() {
     }
 
     // Every panel's query returns data (rates need two scrapes, ALERTS an evaluation: wait).
-    for q in &queries {
-        let expr = substitute_variables(&q.expr, "shop", ".*");
-        let result = prom
-            .wait_for_samples(&expr, Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("{} / {}: `{expr}` returned no data: {e}", q.dashboard, q.panel));
-        assert!(result.as_array().is_some_and(|a| !a.is_empty()));
-    }
-    eprintln!("{} dashboard queries returned data", queries.len());
+    let checked = chart_tests::dashboard_queries_return_data(&prom, "shop", ".*", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(checked, queries.len());
+    eprintln!("{checked} dashboard queries returned data");
     // Control: a query can come back empty here, so the loop above can fail.
     assert_eq!(prom.query("dotnet_gc_heap_size_bytes_misspelled").unwrap(), serde_json::json!([]));
 
