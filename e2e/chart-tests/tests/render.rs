@@ -204,8 +204,13 @@ fn cert_manager_mode_with_monitoring() {
 
 #[test]
 fn bad_values_are_refused_with_a_reason() {
+    // values.schema.json: unknown keys (typos) and values outside the choices.
     let err = render(&["certificates.mode=vault"]).unwrap_err().to_string();
-    assert!(err.contains("certificates.mode must be"), "{err}");
+    assert!(err.contains("/certificates/mode") && err.contains("cert-manager"), "{err}");
+    let err = render(&["certificate.mode=self"]).unwrap_err().to_string();
+    assert!(err.contains("'certificate' not allowed"), "{err}");
+    let err = render(&["sidecar.metricsPortName=dumpwatch-metrics"]).unwrap_err().to_string();
+    assert!(err.contains("/sidecar/metricsPortName"), "{err}");
     let err = render(&["operator.leaderElection.enabled=false"]).unwrap_err().to_string();
     assert!(err.contains("needs operator.leaderElection.enabled"), "{err}");
     // One replica without leader election is fine.
