@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use api::{DumpPolicy, Mode};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
@@ -18,6 +19,15 @@ pub const INJECTED_ANNOTATION: &str = "dumpwatch.dev/injected";
 pub const VOLUME_NAME: &str = "dumpwatch";
 /// The environment variable that makes a .NET 5+ runtime connect to the sidecar.
 pub const DIAGNOSTIC_PORTS_ENV: &str = "DOTNET_DiagnosticPorts";
+/// The projected ServiceAccount token that proves to the operator which pod a sidecar runs in.
+pub const TOKEN_VOLUME_NAME: &str = "dumpwatch-token";
+/// Audience of the sidecar's token: the operator's TokenReview asks for exactly this one, so the
+/// token is useless against the API server and any other service.
+pub const SIDECAR_TOKEN_AUDIENCE: &str = "dumpwatch.dev/sidecar";
+/// Lifetime of the projected token; the kubelet refreshes it well before.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+/// Where the token volume is mounted in the sidecar (file `token`).
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/dumpwatch.dev";
 
 /// How the sidecar container is built (from the operator's configuration / the chart's values).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +40,10 @@ pub struct SidecarSettings {
     pub mount_path: String,
     /// Size limit of the shared emptyDir.
     pub volume_size_limit: Option<String>,
+    /// The operator's HTTPS API as a sidecar reaches it.
+    pub operator_url: String,
+    /// PEM of the CA that signs the operator's serving certificate (the sidecar trusts only it).
+    pub operator_ca: String,
 }
 
 impl Default for SidecarSettings {
@@ -45,24 +59,45 @@ impl Default for SidecarSettings {
             run_as_user: 65532,
             mount_path: "/dumpwatch".into(),
             volume_size_limit: None,
+            operator_url: "https://dumpwatch-operator.dumpwatch.svc:8443".into(),
+            operator_ca: String::new(),
         }
     }
 }
 
+/// Whether `policy`'s selector matches `pod`'s labels (an empty selector matches every pod).
+pub fn selects(policy: &DumpPolicy, pod: &Pod) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    policy.spec.selector.match_labels.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// Whether `pod` already carries the sidecar (either marker is enough).
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.name == SIDECAR_NAME))
+        || pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(INJECTED_ANNOTATION))
+}
+
+/// The pod's own volumes whose names the injection needs: adding ours next to them would make
+/// the API server refuse the pod, so such a pod is left alone.
+pub fn volume_conflicts(pod: &Pod) -> Vec<String> {
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    volumes
+        .into_iter()
+        .flatten()
+        .filter(|v| v.name == VOLUME_NAME || v.name == TOKEN_VOLUME_NAME)
+        .map(|v| v.name.clone())
+        .collect()
+}
+
 /// The JSON patch that injects the sidecar of `policy` into `pod`, or `None` when the policy
-/// does not select the pod or the pod is already injected (so a pod is never injected twice).
+/// does not select the pod, the pod is already injected (so a pod is never injected twice), or
+/// one of the pod's volumes already has a name the injection needs.
 pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings) -> Option<json_patch::Patch> {
     let spec = pod.spec.as_ref()?;
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    if !policy.spec.selector.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+    if !selects(policy, pod) || is_injected(pod) || !volume_conflicts(pod).is_empty() {
         return None;
     }
     let annotations = pod.metadata.annotations.as_ref();
-    if spec.containers.iter().any(|c| c.name == SIDECAR_NAME)
-        || annotations.is_some_and(|a| a.contains_key(INJECTED_ANNOTATION))
-    {
-        return None;
-    }
     let listen = policy.spec.mode == Mode::Listen;
     let watched = |c: &Container| policy.spec.containers.is_empty() || policy.spec.containers.contains(&c.name);
     let policy_name = policy.metadata.name.clone().unwrap_or_default();
@@ -85,7 +120,23 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
         }),
         ..Default::default()
     };
+    let token = Volume {
+        name: TOKEN_VOLUME_NAME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(SIDECAR_TOKEN_AUDIENCE.into()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     append(&mut add, "/spec/volumes", spec.volumes.is_some(), to_value(&volume));
+    add("/spec/volumes/-".into(), to_value(&token));
 
     for (i, c) in spec.containers.iter().enumerate().filter(|(_, c)| watched(c)) {
         if !c.volume_mounts.iter().flatten().any(|m| m.mount_path == sidecar.mount_path) {
@@ -127,9 +178,33 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
                 value: Some(if listen { "listen" } else { "connect" }.into()),
                 ..Default::default()
             },
+            EnvVar {
+                name: "DUMPWATCH_OPERATOR_URL".into(),
+                value: Some(sidecar.operator_url.clone()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "DUMPWATCH_OPERATOR_CA".into(),
+                value: Some(sidecar.operator_ca.clone()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "DUMPWATCH_TOKEN_FILE".into(),
+                value: Some(format!("{TOKEN_MOUNT_PATH}/token")),
+                ..Default::default()
+            },
         ]),
         resources: Some(sidecar.resources.clone()),
-        volume_mounts: Some(vec![mount]),
+        volume_mounts: Some(vec![
+            mount,
+            // The token is mounted in the sidecar only: the app never holds a credential of ours.
+            VolumeMount {
+                name: TOKEN_VOLUME_NAME.into(),
+                mount_path: TOKEN_MOUNT_PATH.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(sidecar.run_as_user),

@@ -71,7 +71,7 @@ fn listen_mode_adds_a_locked_down_sidecar_the_volume_and_the_diagnostic_port() {
     assert_eq!(env(sidecar, "DUMPWATCH_MODE"), Some("listen"));
 
     let volumes = spec.volumes.as_ref().unwrap();
-    assert_eq!(volumes.len(), 2, "the app's volume is kept");
+    assert_eq!(volumes.len(), 3, "the app's volume is kept, the shared one and the token are added");
     assert!(volumes.iter().any(|v| v.name == VOLUME_NAME && v.empty_dir.is_some()));
     for name in ["api", "worker", SIDECAR_NAME] {
         let c = container(&after, name);
@@ -161,4 +161,63 @@ fn a_connect_pod_that_already_shares_its_pid_namespace_keeps_it() {
     let text = serde_json::to_string(&patch).unwrap();
     assert!(!text.contains("shareProcessNamespace"), "{text}");
     assert_eq!(apply(&shared, &patch).spec.unwrap().share_process_namespace, Some(true));
+}
+
+#[test]
+fn the_sidecar_alone_gets_a_projected_token_of_its_audience_and_the_operator_address() {
+    let before = orders_pod();
+    let settings = SidecarSettings {
+        operator_url: "https://op.dumpwatch.svc:8443".into(),
+        operator_ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        ..SidecarSettings::default()
+    };
+    let after = apply(&before, &injection_patch(&before, &policy(LISTEN), &settings).unwrap());
+    let volumes = after.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    let token = volumes.iter().find(|v| v.name == TOKEN_VOLUME_NAME).expect("the token volume");
+    let sources = token.projected.as_ref().unwrap().sources.as_ref().unwrap();
+    let sat = sources[0].service_account_token.as_ref().unwrap();
+    assert_eq!(sat.audience.as_deref(), Some("dumpwatch.dev/sidecar"));
+    assert_eq!(sat.expiration_seconds, Some(3600));
+    assert_eq!(sat.path, "token");
+
+    let sidecar = container(&after, SIDECAR_NAME);
+    let mount = sidecar.volume_mounts.iter().flatten().find(|m| m.name == TOKEN_VOLUME_NAME).unwrap();
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/var/run/secrets/dumpwatch.dev", Some(true)));
+    assert_eq!(env(sidecar, "DUMPWATCH_TOKEN_FILE"), Some("/var/run/secrets/dumpwatch.dev/token"));
+    assert_eq!(env(sidecar, "DUMPWATCH_OPERATOR_URL"), Some("https://op.dumpwatch.svc:8443"));
+    assert_eq!(env(sidecar, "DUMPWATCH_OPERATOR_CA"), Some(settings.operator_ca.as_str()));
+    for name in ["api", "worker"] {
+        let c = container(&after, name);
+        assert!(!c.volume_mounts.iter().flatten().any(|m| m.name == TOKEN_VOLUME_NAME), "{name} gets no token");
+        assert_eq!(env(c, "DUMPWATCH_TOKEN_FILE"), None);
+    }
+
+    // A pod without any volume: both arrive, the shared one first.
+    let bare =
+        pod(json!({"metadata": {"name": "b", "labels": {"app": "orders"}}, "spec": {"containers": [{"name": "app"}]}}));
+    let after = apply(&bare, &injection_patch(&bare, &policy(CONNECT), &settings).unwrap());
+    let names: Vec<String> = after.spec.unwrap().volumes.unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, [VOLUME_NAME, TOKEN_VOLUME_NAME]);
+}
+
+#[test]
+fn a_pod_whose_volume_names_collide_with_ours_is_left_alone() {
+    for taken in [VOLUME_NAME, TOKEN_VOLUME_NAME] {
+        let mut p = orders_pod();
+        p.spec.as_mut().unwrap().volumes.as_mut().unwrap().push(Volume { name: taken.into(), ..Default::default() });
+        assert_eq!(volume_conflicts(&p), [taken]);
+        assert_eq!(injection_patch(&p, &policy(LISTEN), &SidecarSettings::default()), None, "{taken}");
+    }
+    assert!(volume_conflicts(&orders_pod()).is_empty());
+}
+
+#[test]
+fn selects_and_is_injected_read_the_labels_and_both_markers() {
+    let p = orders_pod();
+    assert!(selects(&policy(LISTEN), &p));
+    assert!(selects(&policy("selector: {}"), &p), "an empty selector matches every pod");
+    assert!(!selects(&policy("selector: {matchLabels: {app: orders, tier: web}}"), &p));
+    assert!(!is_injected(&p));
+    let once = apply(&p, &injection_patch(&p, &policy(LISTEN), &SidecarSettings::default()).unwrap());
+    assert!(is_injected(&once));
 }

@@ -7,7 +7,8 @@ pub mod sidecar_api;
 
 pub use controller::metrics;
 pub use inject::{
-    DIAGNOSTIC_PORTS_ENV, INJECTED_ANNOTATION, SIDECAR_NAME, SidecarSettings, VOLUME_NAME, injection_patch,
+    DIAGNOSTIC_PORTS_ENV, INJECTED_ANNOTATION, SIDECAR_NAME, SIDECAR_TOKEN_AUDIENCE, SidecarSettings, TOKEN_MOUNT_PATH,
+    TOKEN_VOLUME_NAME, VOLUME_NAME, injection_patch, is_injected, selects, volume_conflicts,
 };
 
 /// Everything that can go wrong in the operator.
