@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod inject;
 pub mod sidecar_api;
+pub mod webhook;
 
 pub use controller::metrics;
 pub use inject::{
@@ -22,6 +23,16 @@ pub enum Error {
     Storage(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("certificate generation: {0}")]
+    CertGen(#[from] rcgen::Error),
+    #[error("certificate {what}: {reason}")]
+    BadCertificate { what: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("secret {namespace}/{name}: {reason}")]
+    CertSecret { namespace: String, name: String, reason: String },
 }
 
 impl Error {
@@ -32,6 +43,16 @@ impl Error {
             Self::Finalizer(_) => "finalizer",
             Self::Storage(_) => "storage",
             Self::Invalid(_) => "invalid",
+            Self::CertGen(_) | Self::BadCertificate { .. } | Self::Tls(_) | Self::CertSecret { .. } => "certificate",
+            Self::Io { .. } => "io",
         }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { what: what.into(), source }
+    }
+
+    pub(crate) fn bad_cert(what: impl Into<String>, reason: impl ToString) -> Self {
+        Error::BadCertificate { what: what.into(), reason: reason.to_string() }
     }
 }

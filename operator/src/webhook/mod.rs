@@ -1,0 +1,101 @@
+//! The mutating admission webhook: AdmissionReview handling over the policies of a reflector
+//! cache, its configuration, its certificates and the operator's HTTPS server.
+
+pub mod admission;
+pub mod certs;
+pub mod config;
+pub mod provision;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::DumpPolicy;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::{FutureExt, StreamExt};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::inject::SidecarSettings;
+pub use server::{serve, serve_on};
+pub use tls::CertSource;
+
+/// How long an admission waits for the policy cache's first list (just after start-up), well
+/// inside the webhook's 5 s timeout.
+const CACHE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the webhook routes share.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Every DumpPolicy of the cluster, kept by a reflector: no API call per admission.
+    pub policies: Store<DumpPolicy>,
+    /// The sidecar to inject; its `operator_ca` is taken from `certs` at each admission.
+    pub sidecar: SidecarSettings,
+    pub certs: CertSource,
+}
+
+/// `POST /mutate`, `GET /healthz`, `GET /readyz`.
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route(config::MUTATE_PATH, post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(state))
+}
+
+/// A reflector over every DumpPolicy: the store the webhook reads, and the future that keeps
+/// it current (run it for the life of the process; it retries with backoff on its own).
+pub fn policy_cache(client: kube::Client) -> (Store<DumpPolicy>, impl Future<Output = ()> + Send + 'static) {
+    let (store, writer) = reflector::store();
+    let stream =
+        reflector::reflector(writer, watcher(kube::Api::<DumpPolicy>::all(client), watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+    let run = stream.for_each(|event| async move {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "DumpPolicy watch");
+        }
+    });
+    (store, run)
+}
+
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    if state.policies.wait_until_ready().now_or_never().is_none() {
+        let _ = tokio::time::timeout(CACHE_WAIT, state.policies.wait_until_ready()).await;
+    }
+    let sidecar = SidecarSettings { operator_ca: state.certs.ca_pem(), ..state.sidecar.clone() };
+    let policies_in =
+        |namespace: &str| state.policies.state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace));
+    let reviewed = admission::review(&body, policies_in, &sidecar);
+    let decision = &reviewed.decision;
+    if decision.warnings.is_empty() {
+        tracing::info!(uid = %reviewed.uid, namespace = %reviewed.namespace, pod = %reviewed.pod,
+            policy = decision.policy.as_deref().unwrap_or("-"), injected = decision.patch.is_some(), "admission");
+    } else {
+        tracing::warn!(uid = %reviewed.uid, namespace = %reviewed.namespace, pod = %reviewed.pod,
+            policy = decision.policy.as_deref().unwrap_or("-"), injected = decision.patch.is_some(),
+            warnings = ?decision.warnings, "admission");
+    }
+    match reviewed.body {
+        Some(body) => ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response(),
+        None => (StatusCode::BAD_REQUEST, "not an AdmissionReview").into_response(),
+    }
+}
+
+/// Ready when a certificate is loaded and the policy cache has listed once.
+async fn readyz(State(state): State<Arc<WebhookState>>) -> Response {
+    let cache = state.policies.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+    match (state.certs.is_loaded(), cache) {
+        (true, true) => "ok".into_response(),
+        (certs, cache) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("certificate loaded: {certs}, policy cache ready: {cache}"))
+                .into_response()
+        }
+    }
+}
