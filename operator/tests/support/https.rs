@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by the tests and the benchmark, each using part of it
 //! A minimal HTTPS/1.1 client for the webhook tests and the benchmark: one kept-alive
 //! connection, trusting only the given CA, reporting which certificate the server presented.
 
