@@ -156,8 +156,8 @@ async fn load(addr: std::net::SocketAddr, ca: &str, args: &Args) -> Vec<(Kind, D
     drop(done_tx);
     // Warm-up (connections, caches), not counted.
     let warm = Instant::now();
-    for i in 0..50 {
-        tx.send((if i % 2 == 0 { Kind::Mutate } else { Kind::Healthz }, warm, i)).unwrap();
+    for i in 0..50usize {
+        tx.send((if i.is_multiple_of(2) { Kind::Mutate } else { Kind::Healthz }, warm, i)).unwrap();
     }
     let mut results = Vec::new();
     while results.len() < 50 {
@@ -169,7 +169,7 @@ async fn load(addr: std::net::SocketAddr, ca: &str, args: &Args) -> Vec<(Kind, D
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let total = args.per_kind * 2;
     for i in 0..total {
-        let kind = if (i / args.block) % 2 == 0 { Kind::Healthz } else { Kind::Mutate };
+        let kind = if (i / args.block).is_multiple_of(2) { Kind::Healthz } else { Kind::Mutate };
         let due = start + interval * i as u32;
         tokio::time::sleep_until(due).await;
         tx.send((kind, due.into_std(), i)).unwrap();

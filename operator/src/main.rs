@@ -79,6 +79,39 @@ struct Cli {
     #[arg(long, env = "DUMPWATCH_NO_LEADER_ELECTION")]
     no_leader_election: bool,
 
+    /// The HTTPS listener: webhook `POST /mutate`, `/healthz`, `/readyz` (and the sidecar API).
+    #[arg(long, env = "DUMPWATCH_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    webhook_addr: SocketAddr,
+
+    /// Serving certificate: `self` (generated, kept in a Secret, caBundle written, rotated) or
+    /// `files` (tls.crt/tls.key/ca.crt mounted in --cert-dir, e.g. by cert-manager; reloaded).
+    #[arg(long, env = "DUMPWATCH_CERT_MODE", default_value = "self")]
+    cert_mode: operator::webhook::CertMode,
+
+    /// Files mode: the directory of tls.crt, tls.key and ca.crt.
+    #[arg(long, env = "DUMPWATCH_CERT_DIR", default_value = "/etc/dumpwatch/tls")]
+    cert_dir: PathBuf,
+
+    /// The operator's Service: the serving certificate names <service>.<namespace>.svc.
+    #[arg(long, env = "DUMPWATCH_SERVICE_NAME", default_value = "dumpwatch-operator")]
+    service_name: String,
+
+    /// More names or IPs for the serving certificate (repeatable).
+    #[arg(long = "extra-san", env = "DUMPWATCH_EXTRA_SANS", value_delimiter = ',')]
+    extra_sans: Vec<String>,
+
+    /// The MutatingWebhookConfiguration whose caBundle self mode keeps up to date.
+    #[arg(long, env = "DUMPWATCH_WEBHOOK_CONFIG", default_value = "dumpwatch")]
+    webhook_config: String,
+
+    /// Self mode: the Secret (in --namespace) holding the CA and the serving certificate.
+    #[arg(long, env = "DUMPWATCH_CERT_SECRET", default_value = "dumpwatch-webhook-certs")]
+    cert_secret: String,
+
+    /// Image of the injected sidecar.
+    #[arg(long, env = "DUMPWATCH_SIDECAR_IMAGE", default_value = "ghcr.io/dumpwatch/sidecar:0.1.0")]
+    sidecar_image: String,
+
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "DUMPWATCH_LOG_JSON")]
     log_json: bool,
@@ -136,8 +169,26 @@ async fn main() -> anyhow::Result<()> {
         let _ = shutdown_tx.send(true);
     });
 
-    // Every replica: /metrics. The HTTPS listener (webhook `POST /mutate`, the sidecar API
-    // `operator::sidecar_api::router`) is served here too once those modules land.
+    // Every replica: the HTTPS listener (webhook; the sidecar API router merges in here).
+    let https_options = operator::webhook::ServeOptions {
+        addr: cli.webhook_addr,
+        cert_mode: cli.cert_mode,
+        cert_dir: cli.cert_dir.clone(),
+        namespace: cli.namespace.clone(),
+        service_name: cli.service_name.clone(),
+        extra_sans: cli.extra_sans.clone(),
+        webhook_config_name: cli.webhook_config.clone(),
+        cert_secret_name: cli.cert_secret.clone(),
+        sidecar: operator::SidecarSettings {
+            image: cli.sidecar_image.clone(),
+            operator_url: cli.operator_url.clone(),
+            ..Default::default()
+        },
+    };
+    let https = operator::webhook::start(client.clone(), https_options, axum::Router::new()).await?;
+    let https_server = tokio::spawn(https);
+
+    // Every replica: /metrics.
     let listener = tokio::net::TcpListener::bind(cli.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics address {}", cli.metrics_addr))?;
@@ -168,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
         controller::run_when_leading(ctx, elector, shutdown).await;
     }
     metrics_server.await?.context("metrics server")?;
+    https_server.abort();
     Ok(())
 }
 

@@ -8,6 +8,8 @@ pub mod provision;
 pub mod server;
 pub mod tls;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use futures::{FutureExt, StreamExt};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use crate::Error;
 use crate::inject::SidecarSettings;
 pub use server::{serve, serve_on};
 pub use tls::CertSource;
@@ -98,4 +101,84 @@ async fn readyz(State(state): State<Arc<WebhookState>>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertMode {
+    /// The operator generates a CA and serving certificates (Secret in its namespace) and writes
+    /// the CA into the webhook configuration's `caBundle`.
+    SelfProvisioned,
+    /// cert-manager (or anything else) mounts `tls.crt`, `tls.key`, `ca.crt` in a directory;
+    /// the `caBundle` is its business (cert-manager's CA injector).
+    Files,
+}
+
+impl std::str::FromStr for CertMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "self" => Ok(CertMode::SelfProvisioned),
+            "files" => Ok(CertMode::Files),
+            other => Err(format!("unknown certificate mode {other:?}: self or files")),
+        }
+    }
+}
+
+/// How `main` configures the HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub cert_mode: CertMode,
+    /// Files mode: the mounted Secret.
+    pub cert_dir: PathBuf,
+    /// The operator's namespace and Service (the serving certificate's names).
+    pub namespace: String,
+    pub service_name: String,
+    pub extra_sans: Vec<String>,
+    pub webhook_config_name: String,
+    pub cert_secret_name: String,
+    pub sidecar: SidecarSettings,
+}
+
+/// How often certificates are checked (rotation, another replica's rotation, a reset
+/// `caBundle`) or re-read from files.
+const SELF_PROVISIONED_CHECK: Duration = Duration::from_secs(3600);
+const FILES_CHECK: Duration = Duration::from_secs(10);
+
+/// Starts the certificate upkeep and the policy cache, and returns the HTTPS server serving the
+/// webhook and `extra` (e.g. the sidecar API) to be awaited. Certificates that cannot be had at
+/// once are retried in the background; `/readyz` answers 503 meanwhile.
+pub async fn start(
+    client: kube::Client,
+    options: ServeOptions,
+    extra: Router,
+) -> Result<impl Future<Output = Result<(), Error>>, Error> {
+    let certs = CertSource::empty();
+    match options.cert_mode {
+        CertMode::SelfProvisioned => {
+            let provisioner = provision::SelfProvisioned {
+                client: client.clone(),
+                namespace: options.namespace.clone(),
+                secret_name: options.cert_secret_name.clone(),
+                webhook_config_name: options.webhook_config_name.clone(),
+                sans: certs::serving_sans(&options.service_name, &options.namespace, &options.extra_sans),
+            };
+            tokio::spawn(provisioner.run(certs.clone(), SELF_PROVISIONED_CHECK));
+        }
+        CertMode::Files => {
+            if let Err(e) = certs.reload_dir(&options.cert_dir) {
+                tracing::warn!(dir = %options.cert_dir.display(), error = %e, "no serving certificate yet");
+            }
+            tokio::spawn(certs.clone().watch_dir(options.cert_dir.clone(), FILES_CHECK));
+        }
+    }
+    let (policies, reflect) = policy_cache(client);
+    tokio::spawn(reflect);
+    let state = WebhookState { policies, sidecar: options.sidecar, certs: certs.clone() };
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .map_err(|e| Error::io(format!("bind {}", options.addr), e))?;
+    tracing::info!(addr = %options.addr, mode = ?options.cert_mode, "serving HTTPS (webhook)");
+    Ok(serve_on(listener, certs, router(state).merge(extra)))
 }
