@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = shutdown_tx.send(true);
     });
 
-    // Every replica: the HTTPS listener (webhook; the sidecar API router merges in here).
+    // Every replica: the HTTPS listener, webhook and sidecar API.
     let https_options = operator::webhook::ServeOptions {
         addr: cli.webhook_addr,
         cert_mode: cli.cert_mode,
@@ -185,7 +185,9 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let https = operator::webhook::start(client.clone(), https_options, axum::Router::new()).await?;
+    let sidecar_api =
+        operator::sidecar_api::router(operator::sidecar_api::SidecarApi::new(client.clone(), cli.namespace.clone()));
+    let https = operator::webhook::start(client.clone(), https_options, sidecar_api).await?;
     let https_server = tokio::spawn(https);
 
     // Every replica: /metrics.

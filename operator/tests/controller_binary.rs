@@ -1,9 +1,11 @@
 //! The `dumpwatch-operator` binary itself, two replicas on the real kube-apiserver: one leads
 //! (Lease, `dumpwatch_operator_leader 1` on its /metrics) and reconciles, the other only serves
 //! metrics; killed, the leader is replaced once the Lease expires; SIGTERM releases the Lease
-//! and exits cleanly.
+//! and exits cleanly. Both serve HTTPS with the one serving certificate the first of them
+//! provisioned in the shared Secret.
 
 mod controller_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,16 +16,19 @@ use api::DumpPolicy;
 use controller_support::{client, eventually, install_crds, start, stop};
 use harness::{ControlPlane, Options};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
 struct Replica {
     name: &'static str,
     port: u16,
+    webhook_port: u16,
     child: Child,
 }
 
 fn spawn(cp: &ControlPlane, name: &'static str, log_dir: &std::path::Path) -> Replica {
     let port = harness::free_port();
+    let webhook_port = harness::free_port();
     let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dumpwatch-operator"))
         .env("KUBECONFIG", cp.kubeconfig())
@@ -31,11 +36,12 @@ fn spawn(cp: &ControlPlane, name: &'static str, log_dir: &std::path::Path) -> Re
         .env("POD_NAME", name)
         .env("DUMPWATCH_LOG", "info")
         .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--lease-duration", "3s"])
+        .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}"), "--extra-san", "127.0.0.1"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    Replica { name, port, child }
+    Replica { name, port, webhook_port, child }
 }
 
 /// `dumpwatch_operator_leader` from the replica's /metrics.
@@ -96,6 +102,31 @@ async fn two_operator_replicas_elect_one_leader_and_hand_over() {
     .await;
     cp.apply(&policy("first")).unwrap();
     reconciled(&policies, "first").await;
+
+    // Every replica serves HTTPS, with the certificate of the one Secret they share.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let (ca, serving) = eventually("the webhook certificate secret", Duration::from_secs(30), || async {
+        let secret = secrets.get_opt("dumpwatch-webhook-certs").await.map_err(|e| e.to_string())?;
+        let secret = secret.ok_or("no secret yet")?;
+        let (ca, serving) = operator::webhook::provision::read_secret(&secret)?;
+        Ok((ca, serving.ok_or("no serving certificate")?))
+    })
+    .await;
+    for r in &replicas {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], r.webhook_port));
+        let served = eventually(&format!("HTTPS on {}", r.name), Duration::from_secs(30), || {
+            let ca = ca.cert.clone();
+            async move { support::https::connect(addr, "127.0.0.1", &ca).await.map_err(|e| e.to_string()) }
+        })
+        .await;
+        let pem_serial = operator::webhook::certs::inspect(&serving.cert).unwrap().serial;
+        assert_eq!(
+            operator::webhook::certs::inspect_der(&served.server_cert).unwrap().serial,
+            pem_serial,
+            "{}",
+            r.name
+        );
+    }
 
     // SIGKILL: no release, the follower waits out the Lease and takes over the controllers.
     replicas[lead].child.kill().unwrap();
