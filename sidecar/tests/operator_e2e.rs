@@ -1,0 +1,290 @@
+//! The sidecar binary against the operator's real sidecar API (operator::sidecar_api's router,
+//! in process, over HTTPS with a CA the sidecar is given as PEM text), a real kube-apiserver
+//! (TokenReview of a token bound to a real Pod object, DumpPolicy and DumpSnapshot objects) and
+//! real S3 (moto), watching a real .NET 8 workload: a `kubectl`-created DumpSnapshot request is
+//! captured, uploaded and filled in; a deadlock becomes a snapshot with its live findings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::{ControlPlane, Options, S3Server};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use testbed::{Isolation, Runtime, Workload};
+
+struct Sidecar {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- sidecar log (last 40 lines) ---");
+            for l in log.lines().rev().take(40).collect::<Vec<_>>().iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start_apiserver() -> ControlPlane {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() }) {
+            Ok(cp) => return cp,
+            // A free port can be taken in between on a shared machine.
+            Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {}
+            Err(e) => panic!("control plane starts: {e}"),
+        }
+    }
+}
+
+fn crd(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds").join(name)).unwrap()
+}
+
+/// The operator's API on `https://127.0.0.1:<port>`, with a serving certificate of the
+/// control plane's CA, from a runtime of its own.
+fn serve_api(cp: &ControlPlane) -> String {
+    let (cert, key) = cp.serving_cert("dumpwatch-operator").unwrap();
+    let kubeconfig = cp.kubeconfig().to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+            let client = kube::Client::try_from(config).unwrap();
+            let api = operator::sidecar_api::SidecarApi::new(client, "dumpwatch").with_part_size(5 << 20);
+            let app = operator::sidecar_api::router(api);
+            let tls = tls_acceptor(&cert, &key);
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (tls, app) = (tls.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = tls.accept(tcp).await else { return };
+                    let svc = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    format!("https://127.0.0.1:{port}")
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn snapshots(cp: &ControlPlane) -> Vec<Value> {
+    cp.kubectl_json(&["-n", "shop", "get", "dsnap"]).unwrap()["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn the_sidecar_works_with_the_real_operator_api() {
+    let cp = start_apiserver();
+    let s3 = S3Server::start("dumps").unwrap();
+    cp.apply(&crd("dumppolicy.yaml")).unwrap();
+    cp.apply(&crd("dumpsnapshot.yaml")).unwrap();
+    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
+        cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
+    }
+    cp.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: dumpwatch}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3-creds, namespace: dumpwatch}}
+stringData: {{accessKeyId: {ak}, secretAccessKey: {sk}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: app, namespace: shop}}
+---
+apiVersion: dumpwatch.dev/v1alpha1
+kind: DumpPolicy
+metadata: {{name: orders, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  mode: connect
+  triggers: [{{type: deadlock, capture: [stacks]}}, {{type: onDemand}}]
+  capture: {{kinds: [dump, stacks], dumpType: heap}}
+  limits: {{maxPerHour: 20, cooldown: 1s, maxBytes: 4Gi, minFreeDisk: 64Mi}}
+  storage: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: orders-1
+  namespace: shop
+  annotations: {{dumpwatch.dev/injected: orders}}
+spec:
+  serviceAccountName: app
+  containers: [{{name: app, image: app:1}}]
+"#,
+        ak = S3Server::ACCESS_KEY,
+        sk = S3Server::SECRET_KEY,
+        endpoint = s3.endpoint(),
+    ))
+    .unwrap();
+    let url = serve_api(&cp);
+
+    let dir = tempfile::Builder::new().prefix("sidecar-e2e-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let token_file = dir.path().join("token");
+    // What the kubelet projects for the sidecar: a token bound to the pod, sidecar audience.
+    let token = {
+        let bound = ["--bound-object-kind", "Pod", "--bound-object-name", "orders-1", "--duration", "1h"];
+        let args = ["-n", "shop", "create", "token", "app", "--audience", "dumpwatch.dev/sidecar"];
+        cp.kubectl(&[&args[..], &bound[..]].concat()).unwrap()
+    };
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let ca_pem = std::fs::read_to_string(cp.ca_cert()).unwrap();
+    let store = dir.path().join("store");
+    let marker = format!("DUMPWATCH_TEST=e2e-{}", std::process::id());
+    let port = harness::free_port();
+    let log = dir.path().join("sidecar.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_dumpwatch-sidecar"))
+        .args(["--storage", store.to_str().unwrap(), "--http", &format!("127.0.0.1:{port}")])
+        .args(["--select-env", &marker, "--scan-interval-ms", "200", "--container", "app"])
+        .env("DUMPWATCH_OPERATOR_URL", &url)
+        .env("DUMPWATCH_OPERATOR_CA", &ca_pem)
+        .env("DUMPWATCH_TOKEN_FILE", &token_file)
+        .env("DUMPWATCH_POLICY", "orders")
+        .env("POD_NAME", "orders-1")
+        .env("POD_NAMESPACE", "shop")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _sc = Sidecar { child, log: log.clone() };
+    wait_for("the sidecar ready with the operator's policy", Duration::from_secs(60), || {
+        testbed::http_get(port, "/readyz", Duration::from_secs(5)).ok().filter(|(s, _)| *s == 200)
+    });
+    assert!(std::fs::read_to_string(&log).unwrap().contains("policy from the operator"));
+
+    let (k, v) = marker.split_once('=').unwrap();
+    let w = Workload::start_with(
+        Runtime::Net8,
+        "DiagScenarios",
+        &[],
+        &Isolation { own_namespaces: false, env: vec![(k.into(), v.into())] },
+    );
+    wait_for("the workload watched", Duration::from_secs(60), || {
+        let m = testbed::http_get(port, "/metrics", Duration::from_secs(5)).ok()?.1;
+        m.lines().any(|l| l.starts_with("dumpwatch_watched_processes ") && !l.ends_with(" 0")).then_some(())
+    });
+
+    // An on-demand request, as a user makes it: a DumpSnapshot with no artifacts.
+    cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpSnapshot\nmetadata: {{name: ask-1, namespace: shop}}\n\
+         spec: {{pod: orders-1, trigger: onDemand, pid: {}}}\n",
+        w.pid
+    ))
+    .unwrap();
+    let snap = wait_for("the request filled in", Duration::from_secs(240), || {
+        let s = cp.kubectl_json(&["-n", "shop", "get", "dsnap", "ask-1"]).ok()?;
+        (!s["spec"]["artifacts"].as_array()?.is_empty()).then_some(s)
+    });
+    let phase = snap["status"]["phase"].as_str().unwrap();
+    assert!(["Uploaded", "Analyzed"].contains(&phase), "{phase}");
+    assert_eq!(snap["spec"]["pid"], w.pid);
+    let s3store = store::Store::S3(Box::new(
+        store::S3Store::new(
+            store::S3Config {
+                endpoint: s3.endpoint(),
+                region: S3Server::REGION.into(),
+                bucket: "dumps".into(),
+                prefix: "dw".into(),
+                path_style: true,
+            },
+            store::Credentials {
+                access_key_id: S3Server::ACCESS_KEY.into(),
+                secret_access_key: S3Server::SECRET_KEY.into(),
+                session_token: None,
+            },
+        )
+        .unwrap(),
+    ));
+    let artifacts = snap["spec"]["artifacts"].as_array().unwrap();
+    let core = artifacts
+        .iter()
+        .find(|a| a["uri"].as_str().unwrap().ends_with(&format!("/core.{}.zst", w.pid)))
+        .unwrap_or_else(|| panic!("a core dump among {artifacts:?}"));
+    let uri = core["uri"].as_str().unwrap();
+    assert!(uri.starts_with("s3://dumps/dw/shop/orders-1/"), "the key names namespace and pod: {uri}");
+    let get = s3store.presign_get(uri, Duration::from_secs(600)).unwrap();
+    let stored = Command::new("curl").args(["-sf", &get]).output().unwrap().stdout;
+    assert_eq!(stored.len() as u64, core["size"].as_u64().unwrap());
+    assert_eq!(sha256_hex(&stored), core["sha256"].as_str().unwrap());
+    let plain = zstd::decode_all(&stored[..]).unwrap();
+    assert_eq!(&plain[..4], b"\x7fELF");
+    assert!(artifacts.iter().any(|a| a["uri"].as_str().unwrap().contains("/libmscordaccore")), "the DAC is stored");
+    wait_for("the local copy removed", Duration::from_secs(20), || {
+        let left = std::fs::read_dir(&store).unwrap().flatten().any(|e| e.path().join("manifest.json").exists());
+        (!left).then_some(())
+    });
+
+    // A deadlock: a snapshot of its own, with the live findings in its status.
+    let dl = w.get("/deadlock?waiters=1");
+    let mut owners: Vec<u64> = dl["owners"].as_array().unwrap().iter().map(|o| o["os_tid"].as_u64().unwrap()).collect();
+    owners.sort();
+    let found = wait_for("a deadlock snapshot", Duration::from_secs(120), || {
+        snapshots(&cp).into_iter().find(|s| s["spec"]["trigger"] == "deadlock" && s["status"]["findings"].is_object())
+    });
+    assert_eq!(found["status"]["phase"], "Analyzed", "stacks only: nothing for a Job to analyze");
+    let f = &found["status"]["findings"];
+    assert_eq!(f["deadlocks"], 1, "{f}");
+    let text = f.to_string();
+    for tid in owners {
+        assert!(text.contains(&tid.to_string()), "thread {tid} named in {f}");
+    }
+    let ok = testbed::http_get(port, "/metrics", Duration::from_secs(5)).unwrap().1;
+    assert!(ok.contains("dumpwatch_uploads_total{result=\"success\"} 2"), "{ok}");
+}
