@@ -21,6 +21,7 @@ struct World {
     cp: ControlPlane,
     s3: S3Server,
     base: String,
+    client: kube::Client,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -100,12 +101,12 @@ spec:
     let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     let client = kube::Client::try_from(config).unwrap();
-    let state = SidecarApi::new(client, "dumpwatch").with_part_size(5 * MIB);
+    let state = SidecarApi::new(client.clone(), "dumpwatch").with_part_size(5 * MIB);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, sidecar_api::router(state)).await.unwrap() });
     let http = Client::builder(TokioExecutor::new()).build_http();
-    World { cp, s3, base, http }
+    World { cp, s3, base, client, http }
 }
 
 impl World {
@@ -270,6 +271,23 @@ async fn tokens_policies_uploads_and_capture_reports() {
     uploader.get_to_file(&get, &downloaded).await.unwrap();
     store::verify_and_decompress_file(&downloaded, &core.sha256, &dir.path().join("back")).unwrap();
     assert_eq!(std::fs::read(dir.path().join("back")).unwrap(), std::fs::read(&core_raw).unwrap());
+
+    // The controller's view: a presigned GET for the analysis Job, then the finalizer's delete,
+    // with the policy and, once the policy is gone, without it.
+    use operator::controller::{ArtifactDeleter, ArtifactUrls};
+    let objects = sidecar_api::ObjectStorage::new(w.client.clone(), "dumpwatch");
+    let policy: api::DumpPolicy = kube::Api::namespaced(w.client.clone(), "shop").get("leaks").await.unwrap();
+    let url = objects.fetchable(Some(&policy), heap_uri).await.unwrap();
+    assert!(url.starts_with(&format!("{}/dumps/dw/shop/cart-1/c1/heap.nettrace.zst?", w.s3.endpoint())), "{url}");
+    let fetched = dir.path().join("fetched.zst");
+    uploader.get_to_file(&url, &fetched).await.unwrap();
+    assert_eq!(store::sha256_file(&fetched).unwrap(), (heap.size, heap.sha256.clone()));
+    objects.delete(Some(&policy), heap_uri).await.unwrap();
+    assert!(s3.head("dw/shop/cart-1/c1/heap.nettrace.zst").await.unwrap().is_none());
+    objects.delete(None, core_uri).await.expect("found through the policy that holds the bucket");
+    assert!(s3.head("dw/shop/cart-1/c1/core.42.zst").await.unwrap().is_none());
+    let err = objects.delete(None, "s3://elsewhere/x").await.unwrap_err();
+    assert!(err.to_string().contains("no DumpPolicy"), "{err}");
 
     // A live deadlock with only stacks is final at once; its pod is the token's (cart-2), not the manifest's.
     let stacks_raw = dir.path().join("stacks.json");

@@ -8,6 +8,7 @@
 
 mod auth;
 pub mod decide;
+mod object_storage;
 mod routes;
 pub mod wire;
 
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use k8s_openapi::api::core::v1::Secret;
 
 pub use auth::{ANALYZER_AUDIENCE, CACHE_TTL, Caller, POD_NAME_EXTRA, SIDECAR_AUDIENCE, caller_from_review};
+pub use object_storage::{JOB_URL_EXPIRY, ObjectStorage};
 
 /// Keys of the S3 credentials Secret.
 pub const ACCESS_KEY_ID: &str = "accessKeyId";
