@@ -11,7 +11,8 @@ use ring::digest::{Context, SHA256};
 use crate::Error;
 use crate::sigv4::hex;
 
-/// zstd level 3: zstd's default; ~300 MB/s per core here, and dumps shrink 3-10x.
+/// zstd level 3, zstd's default: 0.78-0.88 GB/s compress + hash on one core here for a 256 MiB
+/// file that shrinks 4:1 (`cargo run --release -p store --example codec_throughput`).
 pub const DEFAULT_LEVEL: i32 = 3;
 
 /// The stored (compressed) bytes: their count and SHA-256, plus how many bytes went in.
