@@ -65,7 +65,11 @@ dumpwatch.dev/component: operator
 {{- end -}}
 
 {{- define "dumpwatch.operatorUrl" -}}
+{{- if .Values.operator.url -}}
+{{- .Values.operator.url -}}
+{{- else -}}
 {{- printf "https://%s.%s.svc:%v" (include "dumpwatch.operator" .) .Release.Namespace .Values.service.port -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "dumpwatch.checkValues" -}}
