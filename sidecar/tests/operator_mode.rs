@@ -181,6 +181,21 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
     wait_for("the uploaded capture removed from the app's disk", Duration::from_secs(10), || {
         store_dirs(&store).is_empty().then_some(())
     });
+    // Streaming: the ~100 MB dump never sits in the sidecar's memory.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sc.child.id())).unwrap();
+    let peak_kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    let core_bytes = report.body["manifest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"].as_str().unwrap().starts_with("core."))
+        .unwrap()["bytes"]
+        .as_u64()
+        .unwrap();
+    eprintln!("sidecar peak RSS {} MiB after capturing and uploading a {} MiB dump", peak_kib / 1024, core_bytes >> 20);
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} kB");
+    assert!(core_bytes > 64 << 20, "a dump larger than the memory bound: {core_bytes}");
     assert_eq!(metric(port, "dumpwatch_uploads_total", "result=\"retry\""), 2.0);
     assert_eq!(metric(port, "dumpwatch_uploads_total", "result=\"success\""), 1.0);
 
