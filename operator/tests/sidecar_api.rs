@@ -422,4 +422,25 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     assert_eq!(snap["status"]["findings"]["deadlockCycles"][0]["threads"][0]["topFrames"], json!(["Cart.Transfer"]));
     // Once analyzed, a second report is refused.
     assert_eq!(w.call("POST", "/v1/jobs/findings", Some(&job_pod), Some(findings)).await.0, 409);
+
+    // Volume storage: no upload URLs; the sidecar reports file:// artifacts it wrote itself.
+    w.cp.apply(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: local, namespace: shop}\n\
+         spec: {storage: {volume: {path: /dumpwatch}}}\n",
+    )
+    .unwrap();
+    w.cp.apply(&pod_yaml("vol-1", "{dumpwatch.dev/injected: local}", "")).unwrap();
+    let vol = w.token("vol-1", SIDECAR);
+    let files = json!({"capture": "v1", "files": [{"name": "core.42.zst", "size": 10}]});
+    let (status, body) = w.call("POST", "/v1/sidecar/uploads", Some(&vol), Some(files)).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("file://"), "{body}");
+    let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let artifacts = json!([{"kind": "dump", "uri": "file:///dumpwatch/v1/core.42.zst", "size": 10, "sha256": sha}]);
+    let report = json!({"manifest": manifest("v1", "vol-1"), "artifacts": artifacts});
+    let (status, body) = w.call("POST", "/v1/sidecar/captures", Some(&vol), Some(report)).await;
+    assert_eq!(status, 200, "{body}");
+    let snap = w.snapshot(body["snapshot"].as_str().unwrap());
+    assert_eq!(snap["spec"]["artifacts"][0]["uri"], "file:///dumpwatch/v1/core.42.zst");
+    assert_eq!((&snap["spec"]["policy"], &snap["status"]["phase"]), (&json!("local"), &json!("Uploaded")));
 }
