@@ -9,6 +9,7 @@
 mod auth;
 pub mod decide;
 mod object_storage;
+mod request_watch;
 mod routes;
 pub mod wire;
 
@@ -49,6 +50,8 @@ struct Inner {
     http: store::HttpClient,
     part_size: u64,
     poll_interval: Duration,
+    /// Started by the first long poll.
+    request_watch: tokio::sync::OnceCell<request_watch::RequestWatch>,
 }
 
 impl SidecarApi {
@@ -62,6 +65,7 @@ impl SidecarApi {
                 http: store::HttpClient::new(),
                 part_size: store::DEFAULT_PART_SIZE,
                 poll_interval: Duration::from_secs(1),
+                request_watch: tokio::sync::OnceCell::new(),
             }),
         }
     }

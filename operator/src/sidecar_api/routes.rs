@@ -230,13 +230,28 @@ pub async fn requests(
     let wait = query.map_err(|e| ApiError::bad_request(e.body_text()))?.0.wait.unwrap_or(0);
     let deadline = Instant::now() + std::time::Duration::from_secs(wait).min(MAX_WAIT);
     let snapshots = api.snapshots(&caller.namespace);
+    let watch = api.request_watch().await;
     loop {
-        let list = snapshots.list(&Default::default()).await.map_err(kube_error)?;
+        // Registered before reading, so a change between the read and the wait still wakes us.
+        let mut changed = watch.map(|w| Box::pin(w.changed.notified()));
+        if let Some(c) = changed.as_mut() {
+            c.as_mut().enable();
+        }
+        let candidates: Vec<DumpSnapshot> = match watch {
+            Some(w) => w
+                .cache
+                .state()
+                .iter()
+                .filter(|s| s.metadata.namespace.as_deref() == Some(caller.namespace.as_str()))
+                .map(|s| (**s).clone())
+                .collect(),
+            None => snapshots.list(&Default::default()).await.map_err(kube_error)?.items,
+        };
         let mut handed = Vec::new();
-        for s in list.items.iter().filter(|s| decide::is_request_for(s, &caller.pod)) {
+        for s in candidates.iter().filter(|s| decide::is_request_for(s, &caller.pod)) {
             let name = s.metadata.name.clone().unwrap_or_default();
             // The resourceVersion makes the move conditional: of two replicas polling at once,
-            // one hands the request out, the other gets 409 and skips it.
+            // one hands the request out, the other gets 409 and skips it (as does a stale cache).
             let patch = json!({
                 "metadata": { "resourceVersion": s.metadata.resource_version },
                 "status": { "phase": SnapshotPhase::Capturing },
@@ -247,10 +262,29 @@ pub async fn requests(
                 Err(e) => return Err(kube_error(e)),
             }
         }
-        if !handed.is_empty() || Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !handed.is_empty() || left.is_zero() {
             return Ok(Json(RequestsReply { requests: handed }));
         }
-        tokio::time::sleep(api.inner.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+        match changed {
+            // A missed event (the watch re-listing) costs at most a few seconds.
+            Some(c) => drop(tokio::time::timeout(left.min(WATCH_RECHECK), c).await),
+            None => tokio::time::sleep(api.inner.poll_interval.min(left)).await,
+        }
+    }
+}
+
+/// With the watch, waiting polls still look again this often.
+const WATCH_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl SidecarApi {
+    /// The shared watch, once it has listed; `None` (list per poll) while it cannot.
+    async fn request_watch(&self) -> Option<&super::request_watch::RequestWatch> {
+        let client = self.inner.client.clone();
+        let w =
+            self.inner.request_watch.get_or_init(|| async { super::request_watch::RequestWatch::start(client) }).await;
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(5), w.cache.wait_until_ready()).await;
+        matches!(ready, Ok(Ok(()))).then_some(w)
     }
 }
 
