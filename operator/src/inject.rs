@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use api::{DumpPolicy, Mode};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
     Volume, VolumeMount, VolumeProjection,
 };
@@ -44,6 +44,9 @@ pub struct SidecarSettings {
     pub operator_url: String,
     /// PEM of the CA that signs the operator's serving certificate (the sidecar trusts only it).
     pub operator_ca: String,
+    /// The sidecar's /metrics port: declared on the container and given to it as `DUMPWATCH_HTTP`.
+    pub metrics_port: i32,
+    pub metrics_port_name: String,
 }
 
 impl Default for SidecarSettings {
@@ -61,6 +64,8 @@ impl Default for SidecarSettings {
             volume_size_limit: None,
             operator_url: "https://dumpwatch-operator.dumpwatch.svc:8443".into(),
             operator_ca: String::new(),
+            metrics_port: 9464,
+            metrics_port_name: "dw-metrics".into(),
         }
     }
 }
@@ -189,12 +194,23 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
                 ..Default::default()
             },
             EnvVar {
+                name: "DUMPWATCH_HTTP".into(),
+                value: Some(format!("0.0.0.0:{}", sidecar.metrics_port)),
+                ..Default::default()
+            },
+            EnvVar {
                 name: "DUMPWATCH_TOKEN_FILE".into(),
                 value: Some(format!("{TOKEN_MOUNT_PATH}/token")),
                 ..Default::default()
             },
         ]),
         resources: Some(sidecar.resources.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some(sidecar.metrics_port_name.clone()),
+            container_port: sidecar.metrics_port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
         volume_mounts: Some(vec![
             mount,
             // The token is mounted in the sidecar only: the app never holds a credential of ours.

@@ -186,6 +186,8 @@ fn the_sidecar_alone_gets_a_projected_token_of_its_audience_and_the_operator_add
     assert_eq!(env(sidecar, "DUMPWATCH_TOKEN_FILE"), Some("/var/run/secrets/dumpwatch.dev/token"));
     assert_eq!(env(sidecar, "DUMPWATCH_OPERATOR_URL"), Some("https://op.dumpwatch.svc:8443"));
     assert_eq!(env(sidecar, "DUMPWATCH_OPERATOR_CA"), Some(settings.operator_ca.as_str()));
+    let port = &sidecar.ports.as_ref().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.container_port), (Some("dw-metrics"), 9464));
     for name in ["api", "worker"] {
         let c = container(&after, name);
         assert!(!c.volume_mounts.iter().flatten().any(|m| m.name == TOKEN_VOLUME_NAME), "{name} gets no token");

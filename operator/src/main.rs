@@ -79,16 +79,16 @@ struct Cli {
     #[arg(long, env = "DUMPWATCH_NO_LEADER_ELECTION")]
     no_leader_election: bool,
 
-    /// The HTTPS listener: webhook `POST /mutate`, `/healthz`, `/readyz` (and the sidecar API).
-    #[arg(long, env = "DUMPWATCH_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    /// The HTTPS listener: webhook `POST /mutate`, the sidecar API, `/healthz`, `/readyz`.
+    #[arg(long, env = "DUMPWATCH_HTTPS_ADDR", default_value = "0.0.0.0:8443")]
     webhook_addr: SocketAddr,
 
-    /// Serving certificate: `self` (generated, kept in a Secret, caBundle written, rotated) or
-    /// `files` (tls.crt/tls.key/ca.crt mounted in --cert-dir, e.g. by cert-manager; reloaded).
+    /// Serving certificate: `self` (generated, kept in --cert-secret, caBundle written, rotated)
+    /// or `cert-manager` (alias `files`: tls.crt/tls.key/ca.crt mounted in --cert-dir; reloaded).
     #[arg(long, env = "DUMPWATCH_CERT_MODE", default_value = "self")]
     cert_mode: operator::webhook::CertMode,
 
-    /// Files mode: the directory of tls.crt, tls.key and ca.crt.
+    /// cert-manager mode: the directory of tls.crt, tls.key and ca.crt.
     #[arg(long, env = "DUMPWATCH_CERT_DIR", default_value = "/etc/dumpwatch/tls")]
     cert_dir: PathBuf,
 
@@ -96,21 +96,45 @@ struct Cli {
     #[arg(long, env = "DUMPWATCH_SERVICE_NAME", default_value = "dumpwatch-operator")]
     service_name: String,
 
-    /// More names or IPs for the serving certificate (repeatable).
+    /// More names or IPs for the serving certificate (repeatable, or comma-separated).
     #[arg(long = "extra-san", env = "DUMPWATCH_EXTRA_SANS", value_delimiter = ',')]
     extra_sans: Vec<String>,
 
     /// The MutatingWebhookConfiguration whose caBundle self mode keeps up to date.
-    #[arg(long, env = "DUMPWATCH_WEBHOOK_CONFIG", default_value = "dumpwatch")]
+    #[arg(long, env = "DUMPWATCH_WEBHOOK_CONFIGURATION", default_value = "dumpwatch")]
     webhook_config: String,
 
-    /// Self mode: the Secret (in --namespace) holding the CA and the serving certificate.
-    #[arg(long, env = "DUMPWATCH_CERT_SECRET", default_value = "dumpwatch-webhook-certs")]
+    /// Self mode: the Secret (in --namespace) holding the CA and the serving certificate; the
+    /// chart creates it empty, the operator fills it (and creates it when absent).
+    #[arg(long, env = "DUMPWATCH_TLS_SECRET", default_value = "dumpwatch-operator-tls")]
     cert_secret: String,
 
     /// Image of the injected sidecar.
     #[arg(long, env = "DUMPWATCH_SIDECAR_IMAGE", default_value = "ghcr.io/dumpwatch/sidecar:0.1.0")]
     sidecar_image: String,
+
+    /// UID (and GID) of the injected sidecar.
+    #[arg(long, env = "DUMPWATCH_SIDECAR_RUN_AS_USER", default_value_t = 65532)]
+    sidecar_run_as_user: i64,
+
+    /// Where the shared volume is mounted in the sidecar and the app containers.
+    #[arg(long, env = "DUMPWATCH_SIDECAR_MOUNT_PATH", default_value = "/dumpwatch")]
+    sidecar_mount_path: String,
+
+    /// Size limit of the shared emptyDir (empty: none).
+    #[arg(long, env = "DUMPWATCH_SIDECAR_VOLUME_SIZE_LIMIT", default_value = "")]
+    sidecar_volume_size_limit: String,
+
+    /// The sidecar's /metrics port and its name on the container.
+    #[arg(long, env = "DUMPWATCH_SIDECAR_METRICS_PORT", default_value_t = 9464)]
+    sidecar_metrics_port: i32,
+    #[arg(long, env = "DUMPWATCH_SIDECAR_METRICS_PORT_NAME", default_value = "dw-metrics")]
+    sidecar_metrics_port_name: String,
+
+    /// The sidecar's resources, a Kubernetes ResourceRequirements as JSON (default: 10m CPU,
+    /// 32Mi requested, 128Mi memory limit).
+    #[arg(long, env = "DUMPWATCH_SIDECAR_RESOURCES")]
+    sidecar_resources: Option<String>,
 
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "DUMPWATCH_LOG_JSON")]
@@ -141,11 +165,50 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("dumpwatch-operator-{}", std::process::id()));
     let metrics = Metrics::new();
 
+    // Every replica: the HTTPS listener, webhook and sidecar API.
+    let defaults = operator::SidecarSettings::default();
+    let resources = match &cli.sidecar_resources {
+        Some(json) => serde_json::from_str(json).context("--sidecar-resources is not a ResourceRequirements")?,
+        None => defaults.resources.clone(),
+    };
+    let https_options = operator::webhook::ServeOptions {
+        addr: cli.webhook_addr,
+        cert_mode: cli.cert_mode,
+        cert_dir: cli.cert_dir.clone(),
+        namespace: cli.namespace.clone(),
+        service_name: cli.service_name.clone(),
+        extra_sans: cli.extra_sans.clone(),
+        webhook_config_name: cli.webhook_config.clone(),
+        cert_secret_name: cli.cert_secret.clone(),
+        sidecar: operator::SidecarSettings {
+            image: cli.sidecar_image.clone(),
+            resources,
+            run_as_user: cli.sidecar_run_as_user,
+            mount_path: cli.sidecar_mount_path.clone(),
+            volume_size_limit: Some(cli.sidecar_volume_size_limit.clone()).filter(|s| !s.is_empty()),
+            operator_url: cli.operator_url.clone(),
+            metrics_port: cli.sidecar_metrics_port,
+            metrics_port_name: cli.sidecar_metrics_port_name.clone(),
+            ..defaults
+        },
+    };
+    let sidecar_api =
+        operator::sidecar_api::router(operator::sidecar_api::SidecarApi::new(client.clone(), cli.namespace.clone()));
+    let (certs, https) = operator::webhook::start(client.clone(), https_options, sidecar_api).await?;
+    let https_server = tokio::spawn(https);
+
     let operator_ca_pem = match &cli.operator_ca_file {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("reading --operator-ca-file {}", p.display()))?)
         }
-        None => None,
+        // Self-provisioned: the CA is known once the Secret is read (or written); give it a moment.
+        None => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while certs.ca_pem().is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(certs.ca_pem()).filter(|pem| !pem.is_empty())
+        }
     };
     let analysis = AnalysisSettings {
         image: cli.analyzer_image.clone(),
@@ -168,27 +231,6 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
-
-    // Every replica: the HTTPS listener, webhook and sidecar API.
-    let https_options = operator::webhook::ServeOptions {
-        addr: cli.webhook_addr,
-        cert_mode: cli.cert_mode,
-        cert_dir: cli.cert_dir.clone(),
-        namespace: cli.namespace.clone(),
-        service_name: cli.service_name.clone(),
-        extra_sans: cli.extra_sans.clone(),
-        webhook_config_name: cli.webhook_config.clone(),
-        cert_secret_name: cli.cert_secret.clone(),
-        sidecar: operator::SidecarSettings {
-            image: cli.sidecar_image.clone(),
-            operator_url: cli.operator_url.clone(),
-            ..Default::default()
-        },
-    };
-    let sidecar_api =
-        operator::sidecar_api::router(operator::sidecar_api::SidecarApi::new(client.clone(), cli.namespace.clone()));
-    let https = operator::webhook::start(client.clone(), https_options, sidecar_api).await?;
-    let https_server = tokio::spawn(https);
 
     // Every replica: /metrics.
     let listener = tokio::net::TcpListener::bind(cli.metrics_addr)

@@ -106,7 +106,7 @@ async fn two_operator_replicas_elect_one_leader_and_hand_over() {
     // Every replica serves HTTPS, with the certificate of the one Secret they share.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let (ca, serving) = eventually("the webhook certificate secret", Duration::from_secs(30), || async {
-        let secret = secrets.get_opt("dumpwatch-webhook-certs").await.map_err(|e| e.to_string())?;
+        let secret = secrets.get_opt("dumpwatch-operator-tls").await.map_err(|e| e.to_string())?;
         let secret = secret.ok_or("no secret yet")?;
         let (ca, serving) = operator::webhook::provision::read_secret(&secret)?;
         Ok((ca, serving.ok_or("no serving certificate")?))

@@ -36,6 +36,12 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: dumpwatch}
 ---
+# As the chart makes it: empty, for the operator to fill.
+apiVersion: v1
+kind: Secret
+metadata: {name: dumpwatch-operator-tls, namespace: dumpwatch, annotations: {helm.sh/resource-policy: keep}}
+type: Opaque
+---
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: shop}
@@ -157,16 +163,17 @@ async fn the_apiserver_injects_through_self_provisioned_certificates() {
     let provisioner = SelfProvisioned {
         client: client.clone(),
         namespace: "dumpwatch".into(),
-        secret_name: "dumpwatch-webhook-certs".into(),
+        secret_name: "dumpwatch-operator-tls".into(),
         webhook_config_name: "dumpwatch".into(),
         sans: certs::serving_sans("dumpwatch-operator", "dumpwatch", &["127.0.0.1".into()]),
     };
     let provisioned = provisioner.ensure(&certs).await.expect("certificates provisioned");
 
     // Ground truth: the Secret and the configuration as the API server stores them.
-    let secret = Api::<Secret>::namespaced(client.clone(), "dumpwatch").get("dumpwatch-webhook-certs").await.unwrap();
+    let secret = Api::<Secret>::namespaced(client.clone(), "dumpwatch").get("dumpwatch-operator-tls").await.unwrap();
     let (ca, serving) = read_secret(&secret).unwrap();
     assert_eq!((&ca, serving.as_ref()), (&provisioned.ca, Some(&provisioned.serving)));
+    assert_eq!(secret.metadata.annotations.unwrap()["helm.sh/resource-policy"], "keep", "the chart's Secret, filled");
     let stored_mwc = configs.get("dumpwatch").await.unwrap();
     let bundle = stored_mwc.webhooks.unwrap()[0].client_config.ca_bundle.clone().expect("caBundle patched");
     assert_eq!(bundle.0, ca.cert.as_bytes());
@@ -240,7 +247,7 @@ async fn the_apiserver_injects_through_self_provisioned_certificates() {
     let second_serial = served_serial(addr, &ca.cert).await;
     assert_ne!(second_serial, first_serial, "the new certificate is served");
     assert_eq!(second_serial, certs::inspect(&rotated.serving.cert).unwrap().serial);
-    let secret = Api::<Secret>::namespaced(client.clone(), "dumpwatch").get("dumpwatch-webhook-certs").await.unwrap();
+    let secret = Api::<Secret>::namespaced(client.clone(), "dumpwatch").get("dumpwatch-operator-tls").await.unwrap();
     assert_eq!(read_secret(&secret).unwrap().1.as_ref(), Some(&rotated.serving), "stored for the other replicas");
     let calls = seen.lock().unwrap().len();
     cp.apply(&pod_manifest("shop", "orders-2", "orders")).unwrap();

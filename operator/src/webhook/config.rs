@@ -17,11 +17,13 @@ pub const MUTATE_PATH: &str = "/mutate";
 /// Namespaces opt in with this label, valued [`INJECT_LABEL_VALUE`].
 pub const INJECT_LABEL: &str = "dumpwatch.dev/inject";
 pub const INJECT_LABEL_VALUE: &str = "enabled";
-/// Set on the operator's own pods and on analysis Job pods: such a pod is never sent to the
-/// webhook, so the operator cannot block (or inject) itself even in an opted-in namespace.
+/// `dumpwatch.dev/component=operator` on the operator's own pods: never sent to the webhook, so
+/// the operator cannot block (or inject) itself even in an opted-in namespace.
 pub const COMPONENT_LABEL: &str = "dumpwatch.dev/component";
-/// Set on analysis Job pods (docs/operator.md); excluded as well, in case a Job lacks the above.
+/// Set on analysis Job pods (docs/operator.md): never injected.
 pub const SNAPSHOT_LABEL: &str = "dumpwatch.dev/snapshot";
+/// A pod opts out with `dumpwatch.dev/inject=disabled` (the namespace label's key, on the pod).
+pub const POD_OPT_OUT_VALUE: &str = "disabled";
 
 /// How the API server reaches the webhook in a cluster: the operator's Service.
 pub fn service_client_config(service: &str, namespace: &str, port: i32) -> WebhookClientConfig {
@@ -40,7 +42,12 @@ pub fn service_client_config(service: &str, namespace: &str, port: i32) -> Webho
 /// `failurePolicy: Ignore`: a webhook that is down or slow never blocks a pod (it is then
 /// created without the sidecar).
 pub fn mutating_webhook_configuration(name: &str, client_config: WebhookClientConfig) -> MutatingWebhookConfiguration {
-    let exclude =
+    let not_in = |key: &str, value: &str| LabelSelectorRequirement {
+        key: key.into(),
+        operator: "NotIn".into(),
+        values: Some(vec![value.into()]),
+    };
+    let absent =
         |key: &str| LabelSelectorRequirement { key: key.into(), operator: "DoesNotExist".into(), values: None };
     MutatingWebhookConfiguration {
         metadata: ObjectMeta {
@@ -64,7 +71,11 @@ pub fn mutating_webhook_configuration(name: &str, client_config: WebhookClientCo
                 ..Default::default()
             }),
             object_selector: Some(LabelSelector {
-                match_expressions: Some(vec![exclude(COMPONENT_LABEL), exclude(SNAPSHOT_LABEL)]),
+                match_expressions: Some(vec![
+                    not_in(COMPONENT_LABEL, "operator"),
+                    absent(SNAPSHOT_LABEL),
+                    not_in(INJECT_LABEL, POD_OPT_OUT_VALUE),
+                ]),
                 ..Default::default()
             }),
             rules: Some(vec![RuleWithOperations {
@@ -79,19 +90,25 @@ pub fn mutating_webhook_configuration(name: &str, client_config: WebhookClientCo
     }
 }
 
-/// `config` with every webhook's `caBundle` set to `ca_pem`, or `None` when it already is (so
-/// replicas that agree do not write).
-pub fn with_ca_bundle(config: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<MutatingWebhookConfiguration> {
+/// The JSON patch setting every webhook's `caBundle` of `config` to `ca_pem`, or `None` when it
+/// already is (so replicas that agree do not write). It first tests the resourceVersion: a
+/// configuration changed meanwhile (webhooks reordered by a chart upgrade) makes it fail
+/// instead of writing into the wrong place. A patch, not an update: the chart grants `patch`.
+pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<json_patch::Patch> {
     let bundle = ByteString(ca_pem.as_bytes().to_vec());
     let webhooks = config.webhooks.as_ref()?;
     if webhooks.iter().all(|w| w.client_config.ca_bundle.as_ref() == Some(&bundle)) {
         return None;
     }
-    let mut updated = config.clone();
-    for w in updated.webhooks.iter_mut().flatten() {
-        w.client_config.ca_bundle = Some(bundle.clone());
+    let mut ops = vec![serde_json::json!({
+        "op": "test", "path": "/metadata/resourceVersion", "value": config.metadata.resource_version.clone().unwrap_or_default()
+    })];
+    for i in 0..webhooks.len() {
+        ops.push(serde_json::json!({
+            "op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": serde_json::to_value(&bundle).expect("bytes serialize")
+        }));
     }
-    Some(updated)
+    Some(serde_json::from_value(serde_json::Value::Array(ops)).expect("well-formed JSON patch"))
 }
 
 #[cfg(test)]
@@ -122,8 +139,9 @@ mod tests {
                     "reinvocationPolicy": "IfNeeded",
                     "namespaceSelector": {"matchLabels": {"dumpwatch.dev/inject": "enabled"}},
                     "objectSelector": {"matchExpressions": [
-                        {"key": "dumpwatch.dev/component", "operator": "DoesNotExist"},
-                        {"key": "dumpwatch.dev/snapshot", "operator": "DoesNotExist"}
+                        {"key": "dumpwatch.dev/component", "operator": "NotIn", "values": ["operator"]},
+                        {"key": "dumpwatch.dev/snapshot", "operator": "DoesNotExist"},
+                        {"key": "dumpwatch.dev/inject", "operator": "NotIn", "values": ["disabled"]}
                     ]},
                     "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}]
                 }]
@@ -132,13 +150,19 @@ mod tests {
     }
 
     #[test]
-    fn the_ca_bundle_is_written_once() {
-        let config = mutating_webhook_configuration("dumpwatch", service_client_config("op", "ns", 8443));
-        let updated = with_ca_bundle(&config, "PEM-A").expect("a bundle to set");
+    fn the_ca_bundle_is_written_once_at_the_version_read() {
+        let mut config = mutating_webhook_configuration("dumpwatch", service_client_config("op", "ns", 8443));
+        config.metadata.resource_version = Some("42".into());
+        let patch = ca_bundle_patch(&config, "PEM-A").expect("a bundle to set");
+        let mut doc = serde_json::to_value(&config).unwrap();
+        json_patch::patch(&mut doc, &patch.0).unwrap();
+        let updated: MutatingWebhookConfiguration = serde_json::from_value(doc.clone()).unwrap();
         assert_eq!(updated.webhooks.as_ref().unwrap()[0].client_config.ca_bundle, Some(ByteString(b"PEM-A".to_vec())));
-        assert_eq!(with_ca_bundle(&updated, "PEM-A"), None, "already set: no write");
-        assert!(with_ca_bundle(&updated, "PEM-B").is_some(), "a new CA is written");
-        let no_webhooks = MutatingWebhookConfiguration::default();
-        assert_eq!(with_ca_bundle(&no_webhooks, "PEM-A"), None);
+        assert_eq!(ca_bundle_patch(&updated, "PEM-A"), None, "already set: no write");
+        assert!(ca_bundle_patch(&updated, "PEM-B").is_some(), "a new CA is written");
+        assert_eq!(ca_bundle_patch(&MutatingWebhookConfiguration::default(), "PEM-A"), None);
+        // Written over a configuration that changed since: the test op refuses it.
+        doc["metadata"]["resourceVersion"] = json!("43");
+        assert!(json_patch::patch(&mut doc, &ca_bundle_patch(&config, "PEM-B").unwrap().0).is_err());
     }
 }

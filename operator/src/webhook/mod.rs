@@ -119,8 +119,9 @@ impl std::str::FromStr for CertMode {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "self" => Ok(CertMode::SelfProvisioned),
-            "files" => Ok(CertMode::Files),
-            other => Err(format!("unknown certificate mode {other:?}: self or files")),
+            // The chart's name for it (certificates.mode).
+            "files" | "cert-manager" => Ok(CertMode::Files),
+            other => Err(format!("unknown certificate mode {other:?}: self, cert-manager or files")),
         }
     }
 }
@@ -146,14 +147,15 @@ pub struct ServeOptions {
 const SELF_PROVISIONED_CHECK: Duration = Duration::from_secs(3600);
 const FILES_CHECK: Duration = Duration::from_secs(10);
 
-/// Starts the certificate upkeep and the policy cache, and returns the HTTPS server serving the
+/// Starts the certificate upkeep and the policy cache, and returns the certificate source (its
+/// `ca_pem()` is the CA to hand to analysis Jobs once loaded) and the HTTPS server serving the
 /// webhook and `extra` (e.g. the sidecar API) to be awaited. Certificates that cannot be had at
 /// once are retried in the background; `/readyz` answers 503 meanwhile.
 pub async fn start(
     client: kube::Client,
     options: ServeOptions,
     extra: Router,
-) -> Result<impl Future<Output = Result<(), Error>>, Error> {
+) -> Result<(CertSource, impl Future<Output = Result<(), Error>>), Error> {
     let certs = CertSource::empty();
     match options.cert_mode {
         CertMode::SelfProvisioned => {
@@ -180,5 +182,5 @@ pub async fn start(
         .await
         .map_err(|e| Error::io(format!("bind {}", options.addr), e))?;
     tracing::info!(addr = %options.addr, mode = ?options.cert_mode, "serving HTTPS (webhook)");
-    Ok(serve_on(listener, certs, router(state).merge(extra)))
+    Ok((certs.clone(), serve_on(listener, certs, router(state).merge(extra))))
 }

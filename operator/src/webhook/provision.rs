@@ -10,11 +10,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use time::OffsetDateTime;
 
 use super::certs::{self, CertPem};
-use super::config::with_ca_bundle;
+use super::config::ca_bundle_patch;
 use super::tls::CertSource;
 use crate::Error;
 
@@ -95,6 +95,8 @@ impl SelfProvisioned {
                 }
             };
             let version = secret.metadata.resource_version.clone();
+            // The chart creates the Secret empty (type fixed then: it is immutable).
+            let type_ = secret.type_.clone();
             let (ca, serving) = match read_secret(&secret) {
                 Ok(found) => found,
                 Err(reason) => {
@@ -115,7 +117,11 @@ impl SelfProvisioned {
             };
             let serving = certs::issue_serving(&ca, &self.sans, now, certs::SERVING_VALIDITY)?;
             let rotated = StoredCerts { ca, serving };
-            match secrets.replace(&self.secret_name, &PostParams::default(), &self.secret(&rotated, version)).await {
+            let mut updated = self.secret(&rotated, version);
+            updated.type_ = type_.or(updated.type_);
+            updated.metadata.labels = secret.metadata.labels.clone().or(updated.metadata.labels);
+            updated.metadata.annotations = secret.metadata.annotations.clone();
+            match secrets.replace(&self.secret_name, &PostParams::default(), &updated).await {
                 Ok(_) => {
                     tracing::info!(%reason, serial = %serial_hex(&rotated.serving.cert), "rotated the serving certificate");
                     return Ok(rotated);
@@ -143,13 +149,14 @@ impl SelfProvisioned {
                 tracing::warn!(name = %self.webhook_config_name, "no MutatingWebhookConfiguration to write the CA into");
                 return Ok(());
             };
-            let Some(updated) = with_ca_bundle(&config, ca_pem) else { return Ok(()) };
-            match configs.replace(&self.webhook_config_name, &PostParams::default(), &updated).await {
+            let Some(patch) = ca_bundle_patch(&config, ca_pem) else { return Ok(()) };
+            match configs.patch(&self.webhook_config_name, &PatchParams::default(), &Patch::Json::<()>(patch)).await {
                 Ok(_) => {
                     tracing::info!(name = %self.webhook_config_name, "caBundle written");
                     return Ok(());
                 }
-                Err(e) if is_conflict(&e) => continue,
+                // 422 from the failed `test` op: changed meanwhile, read again.
+                Err(e) if is_conflict(&e) || is_invalid(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -196,6 +203,10 @@ pub fn read_secret(secret: &Secret) -> Result<(CertPem, Option<CertPem>), String
 
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_invalid(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422)
 }
 
 fn serial_hex(cert_pem: &str) -> String {
