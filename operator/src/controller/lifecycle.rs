@@ -17,6 +17,9 @@ pub const PUBLISHED: &str = "Published";
 /// before it exits, so this only covers a slow API write), and how far past the deadline a Job
 /// that still runs is given up on (the Job controller normally fails it first).
 pub const GRACE: Duration = Duration::from_secs(60);
+/// How long a snapshot may stay `Requested` or `Capturing` (from its creation) before the
+/// capture is given up: no sidecar picked the request up, or it never reported the capture.
+pub const CAPTURE_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -43,7 +46,25 @@ pub fn next_step(snapshot: &DumpSnapshot, job: Option<&Job>, policy: Option<&Dum
     }
     let analysis = policy.map(|p| p.spec.analysis.clone()).unwrap_or_default();
     match status.phase {
-        SnapshotPhase::Requested | SnapshotPhase::Capturing => Step::Nothing,
+        SnapshotPhase::Requested | SnapshotPhase::Capturing => {
+            let created = snapshot.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+            let give_up = created + CAPTURE_TIMEOUT;
+            if now < give_up {
+                Step::Wait(until(now, give_up))
+            } else if status.phase == SnapshotPhase::Requested {
+                Step::Fail(format!(
+                    "no sidecar took the capture request within {}s: is pod {} running with the dumpwatch sidecar?",
+                    CAPTURE_TIMEOUT.as_secs(),
+                    snapshot.spec.pod
+                ))
+            } else {
+                Step::Fail(format!(
+                    "the sidecar of pod {} took the capture request but reported no capture within {}s",
+                    snapshot.spec.pod,
+                    CAPTURE_TIMEOUT.as_secs()
+                ))
+            }
+        }
         SnapshotPhase::Uploaded if analysis.enabled && analyzable(snapshot) => Step::StartAnalysis,
         SnapshotPhase::Uploaded => Step::Nothing,
         SnapshotPhase::Analyzed | SnapshotPhase::Failed if is_published(snapshot) => Step::Nothing,
@@ -126,10 +147,21 @@ mod tests {
     }
 
     #[test]
-    fn the_sidecar_moves_the_first_phases() {
+    fn the_sidecar_moves_the_first_phases_within_the_capture_timeout() {
         for phase in ["Requested", "Capturing"] {
-            assert_eq!(next_step(&snapshot("a", phase), None, Some(&policy()), ts(10)), Step::Nothing);
+            // created at ts(0)
+            assert_eq!(
+                next_step(&snapshot("a", phase), None, Some(&policy()), ts(10)),
+                Step::Wait(Duration::from_secs(590))
+            );
         }
+        let Step::Fail(requested) = next_step(&snapshot("a", "Requested"), None, None, ts(601)) else { panic!() };
+        assert_eq!(
+            requested,
+            "no sidecar took the capture request within 600s: is pod orders-7c9 running with the dumpwatch sidecar?"
+        );
+        let Step::Fail(capturing) = next_step(&snapshot("a", "Capturing"), None, None, ts(601)) else { panic!() };
+        assert!(capturing.contains("reported no capture"), "{capturing}");
     }
 
     #[test]
