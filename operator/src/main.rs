@@ -11,8 +11,8 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use operator::controller::{
-    self, AnalysisSettings, ArtifactDeleter, ArtifactUrls, Context, Deleters, LeaderElector, Metrics, NoObjectStorage,
-    VolumeDeleter,
+    self, AnalysisSettings, ArtifactDeleter, ArtifactUrls, Context, Deleters, LeaderElector, Metrics,
+    PolicyObjectStorage, VolumeDeleter,
 };
 
 /// The dumpwatch Kubernetes operator.
@@ -141,6 +141,9 @@ struct Cli {
     log_json: bool,
 }
 
+/// Validity of the presigned URLs an analysis Job downloads with (covers a retry after a deadline).
+const PRESIGNED_GET_TTL: Duration = Duration::from_secs(6 * 3600);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     api::Duration::parse(s).map(|d| d.std()).map_err(|e| e.to_string())
 }
@@ -218,11 +221,15 @@ async fn main() -> anyhow::Result<()> {
         ttl_after_finished_secs: cli.analysis_ttl.as_secs() as i32,
         ..AnalysisSettings::default()
     };
-    // Object storage (S3) comes from the storage crate once it is wired here; until then only
-    // `file://` artifacts can be analyzed and deleted.
-    let deleter: Arc<dyn ArtifactDeleter> =
-        Arc::new(Deleters { volume: cli.artifact_volume.clone().map(|root| VolumeDeleter { root }), object: None });
-    let urls: Arc<dyn ArtifactUrls> = Arc::new(NoObjectStorage);
+    // `s3://` artifacts: the policy's storage and the credentials of its Secret in our namespace.
+    let object = Arc::new(PolicyObjectStorage {
+        client: client.clone(),
+        operator_namespace: cli.namespace.clone(),
+        url_ttl: PRESIGNED_GET_TTL,
+    });
+    let volume = cli.artifact_volume.clone().map(|root| VolumeDeleter { root });
+    let deleter: Arc<dyn ArtifactDeleter> = Arc::new(Deleters { volume, object: Some(object.clone()) });
+    let urls: Arc<dyn ArtifactUrls> = object;
     let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), analysis, deleter, urls, Some(identity.clone())));
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
