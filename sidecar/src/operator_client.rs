@@ -300,6 +300,11 @@ pub async fn policy_loop(
                 if changed {
                     tracing::info!(policy = %p.name, resource_version = %p.resource_version, triggers = p.spec.triggers.len(),
                         "policy changed");
+                    // The storage kind applies to the next upload (the local folder is --storage);
+                    // the mode decides at start whether a socket is bound.
+                    if p.spec.mode != current.spec.mode {
+                        tracing::warn!("policy changed mode: it takes effect when the sidecar restarts");
+                    }
                     let _ = tx.send(Arc::new(p.spec.clone()));
                     current = p;
                 }
@@ -320,6 +325,14 @@ pub async fn requests_loop(client: Arc<OperatorClient>, tx: broadcast::Sender<On
             Ok(reqs) => {
                 outage.ok("polling on-demand requests");
                 attempt = 0;
+                // The operator hands a request out once: right after start nobody may be
+                // watching yet, so wait (up to a minute) for a first watcher to listen.
+                for _ in 0..60 {
+                    if reqs.is_empty() || tx.receiver_count() > 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 for r in reqs {
                     tracing::info!(snapshot = %r.snapshot, pid = ?r.pid, "on-demand capture requested by the operator");
                     let _ = tx.send(OnDemand {

@@ -73,6 +73,9 @@ pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc:
     let storage_http = storage_client();
     let answered: Mutex<HashSet<String>> = Mutex::default();
     while let Some(mut r) = rx.recv().await {
+        if answered.lock().expect("poisoned").len() > 1000 {
+            answered.lock().expect("poisoned").clear(); // requests are answered within seconds
+        }
         // A request for every process is answered by the first capture; the others become
         // snapshots of their own.
         if let Some(s) = &r.snapshot
@@ -272,33 +275,18 @@ async fn put_file(
         match (&target.url, &target.multipart) {
             (Some(url), None) => put(http, url, rx.clone(), size, &target.name).await.map(|_| ()),
             (_, Some(m)) => {
-                let mut etags = Vec::new();
-                let mut left = size;
-                for (i, url) in m.parts.iter().enumerate() {
-                    if left == 0 {
-                        break;
-                    }
-                    let n = left.min(m.part_size);
-                    let etag = put(http, url, rx.clone(), n, &format!("{} part {}", target.name, i + 1)).await?;
-                    etags.push(
-                        etag.ok_or_else(|| Error::Operator(format!("part {} of {} has no ETag", i + 1, target.name)))?,
-                    );
-                    left -= n;
+                let r = upload_parts(client, http, capture, target, m, rx.clone(), size).await;
+                if r.is_err() {
+                    // Empty ETags abort: S3 would otherwise keep the parts (and bill them).
+                    let abort = CompleteRequest {
+                        capture: capture.to_string(),
+                        name: target.name.clone(),
+                        upload_id: m.upload_id.clone(),
+                        etags: Vec::new(),
+                    };
+                    let _ = client.complete(&abort).await;
                 }
-                if left > 0 {
-                    return Err(Error::Operator(format!(
-                        "{} needs more parts than the {} offered",
-                        target.name,
-                        m.parts.len()
-                    )));
-                }
-                let req = CompleteRequest {
-                    capture: capture.to_string(),
-                    name: target.name.clone(),
-                    upload_id: m.upload_id.clone(),
-                    etags,
-                };
-                client.complete(&req).await
+                r
             }
             (None, None) => {
                 Err(Error::Operator(format!("the upload target of {} has neither url nor multipart", target.name)))
@@ -319,6 +307,39 @@ async fn put_file(
         )));
     }
     Ok(())
+}
+
+/// The parts of a multipart upload, in order, then `/uploads/complete` with their ETags.
+async fn upload_parts(
+    client: &OperatorClient,
+    http: &reqwest::Client,
+    capture: &str,
+    target: &UploadTarget,
+    m: &crate::operator_client::Multipart,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    size: u64,
+) -> Result<(), Error> {
+    let mut etags = Vec::new();
+    let mut left = size;
+    for (i, url) in m.parts.iter().enumerate() {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(m.part_size);
+        let etag = put(http, url, rx.clone(), n, &format!("{} part {}", target.name, i + 1)).await?;
+        etags.push(etag.ok_or_else(|| Error::Operator(format!("part {} of {} has no ETag", i + 1, target.name)))?);
+        left -= n;
+    }
+    if left > 0 {
+        return Err(Error::Operator(format!("{} needs more parts than the {} offered", target.name, m.parts.len())));
+    }
+    let req = CompleteRequest {
+        capture: capture.to_string(),
+        name: target.name.clone(),
+        upload_id: m.upload_id.clone(),
+        etags,
+    };
+    client.complete(&req).await
 }
 
 /// PUT exactly `len` bytes from the chunk stream; returns the ETag.

@@ -218,7 +218,9 @@ spec:
     );
     wait_for("the workload watched", Duration::from_secs(60), || {
         let m = testbed::http_get(port, "/metrics", Duration::from_secs(5)).ok()?.1;
-        m.lines().any(|l| l.starts_with("dumpwatch_watched_processes ") && !l.ends_with(" 0")).then_some(())
+        // Published once its session runs, right before the watcher listens for requests.
+        let pid = format!("pid=\"{}\"", w.pid);
+        m.lines().any(|l| l.starts_with("dumpwatch_deadlocked_threads{") && l.contains(&pid)).then_some(())
     });
 
     // An on-demand request, as a user makes it: a DumpSnapshot with no artifacts.

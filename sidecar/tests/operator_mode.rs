@@ -132,15 +132,21 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
     let (k, v) = marker.split_once('=').unwrap();
     let iso = Isolation { own_namespaces: false, env: vec![(k.into(), v.into())] };
     let w = Workload::start_with(Runtime::Net8, "DiagScenarios", &[], &iso);
-    wait_for("the workload watched", Duration::from_secs(60), || {
-        (metric(port, "dumpwatch_watched_processes", "") >= 1.0).then_some(())
-    });
-
     // 1. An on-demand request naming the process: dump + stacks to S3, the dump multipart. The
     //    first two reports fail (503): the capture stays local until the third is accepted.
     std::fs::write(&token, "token-2\n").unwrap(); // rotated: the next requests carry the new one
     peer.fail_reports.store(2, Ordering::Relaxed);
+    // Sent before the sidecar watches the process: it must keep the request until it does
+    // (the operator hands each request out once).
     peer.request("req-1", Some(w.pid));
+    wait_for("the workload watched", Duration::from_secs(60), || {
+        // Published once its session runs, right before the watcher listens for requests (a
+        // request broadcast before that would find nobody to capture).
+        let pid = format!("pid=\"{}\"", w.pid);
+        let text = testbed::http_get(port, "/metrics", Duration::from_secs(5)).ok()?.1;
+        text.lines().any(|l| l.starts_with("dumpwatch_deadlocked_threads{") && l.contains(&pid)).then_some(())
+    });
+
     let report = wait_for("the on-demand capture reported", Duration::from_secs(180), || {
         let r = peer.recorded("POST", "/v1/sidecar/captures");
         r.iter().find(|r| r.body["snapshot"] == "req-1").cloned().filter(|_| r.len() >= 3)
