@@ -19,6 +19,11 @@ use crate::Error;
 /// A client that has not finished its handshake by then is dropped (it holds a task, not the
 /// accept loop).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper starts this clock whenever a connection waits for a request, so it is also how long an
+/// idle kept-alive connection stays open. Longer than the API server's own idle timeout (Go's
+/// 90 s): the client closes first, so it never sends on a connection we are closing (a POST
+/// is not retried).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Binds `addr` and serves `router` over HTTPS with the certificate of `tls`. Runs until the
 /// future is dropped.
@@ -57,6 +62,7 @@ pub async fn serve_on(listener: TcpListener, tls: CertSource, router: Router) ->
             };
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(IDLE_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
