@@ -37,7 +37,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { rate: 100.0, per_kind: 3000, block: 500, connections: 4 };
+    let mut a = Args { rate: 100.0, per_kind: 3000, block: 50, connections: 4 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().expect("a value").parse::<f64>().expect("a number");
