@@ -145,7 +145,13 @@ async fn store_and_report(
     };
     let capture = capture_id(r);
     let report = CaptureReport {
-        manifest: r.manifest.clone(),
+        manifest: {
+            let mut m = r.manifest.clone();
+            if m.is_object() {
+                m["id"] = capture.clone().into();
+            }
+            m
+        },
         artifacts,
         snapshot: r.snapshot.clone(),
         findings: r.findings.clone(),
@@ -183,11 +189,23 @@ pub fn resubmit_leftovers(shared: &Shared) {
     }
 }
 
+/// The capture's id as the operator takes it: one path segment of `[A-Za-z0-9._-]`, at most 128
+/// characters (it becomes part of an object key). The local id holds the process name, which
+/// may not be that tame.
 fn capture_id(r: &Report) -> String {
-    r.manifest["id"]
+    let raw = r.manifest["id"]
         .as_str()
         .map(str::to_string)
-        .unwrap_or_else(|| r.dir.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .unwrap_or_else(|| r.dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    segment(&raw)
+}
+
+pub fn segment(raw: &str) -> String {
+    let s: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    let s = s.trim_start_matches('.');
+    let s = if s.is_empty() { "capture" } else { s };
+    s.chars().take(128).collect()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
@@ -378,4 +396,18 @@ async fn put(
         return Err(Error::OperatorStatus { what: format!("uploading {what}"), status: status.as_u16(), body });
     }
     Ok(etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_ids_become_one_tame_path_segment() {
+        assert_eq!(segment("20261128T042425Z-Orders-42-onDemand"), "20261128T042425Z-Orders-42-onDemand");
+        assert_eq!(segment("20261128T042425Z-Shop+Api/ü-42-cpu"), "20261128T042425Z-Shop-Api---42-cpu");
+        assert_eq!(segment("..hidden"), "hidden");
+        assert_eq!(segment(""), "capture");
+        assert_eq!(segment(&"x".repeat(300)).len(), 128);
+    }
 }
