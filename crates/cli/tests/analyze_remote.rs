@@ -103,7 +103,15 @@ fn analyzes_a_compressed_dump_from_s3_and_reports_the_findings() {
     let hour = Duration::from_secs(3600);
     let mut artifacts = Vec::new();
     for (file, name) in [(&core, "core.42.zst"), (&dac, "libmscordaccore.so.zst")] {
+        let started = std::time::Instant::now();
         let stored = zstd::encode_all(std::fs::File::open(file).unwrap(), 1).unwrap();
+        let plain = std::fs::metadata(file).unwrap().len();
+        eprintln!(
+            "{name}: {:.1} MiB -> {:.1} MiB with zstd level 1 (the sidecar's) in {:.2} s",
+            plain as f64 / 1048576.0,
+            stored.len() as f64 / 1048576.0,
+            started.elapsed().as_secs_f64()
+        );
         let key = format!("dumps/default/app-0/c1/{name}");
         let put = bucket.put_object(Some(&creds), &key).sign(hour).to_string();
         let tmp = work.path().join(name);
