@@ -32,7 +32,11 @@ pub struct AnalyzeArgs {
 /// Runs the analysis and prints it; returns the findings (for `--report-to`).
 pub fn analyze(args: AnalyzeArgs) -> Result<Findings> {
     let started = Instant::now();
-    let mut findings = findings_for(&args)?;
+    let mut findings = if crate::heap_file::is_heap_snapshot(&args.core) {
+        crate::heap_file::findings_for(&args.core, &args.display, args.top, args.histogram_only)?
+    } else {
+        findings_for(&args)?
+    };
     findings.source.path = args.display.clone();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);

@@ -4,6 +4,7 @@
 
 mod analyze;
 mod commands;
+mod heap_file;
 mod remote;
 mod render;
 
@@ -125,7 +126,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Analyze a core dump: deadlocks (with both stacks), heap histogram, leak suspects.
+    /// Analyze a core dump: deadlocks (with both stacks), heap histogram, leak suspects; or a
+    /// saved heap snapshot (`*.nettrace`, from `gcdump -o`): histogram and leak suspects.
     ///
     /// Uses the runtime's own DAC (libmscordaccore.so) in an isolated child process: the one
     /// `dump` wrote beside the core, or --dac, or the dumped runtime's folder. The DAC must be

@@ -74,19 +74,19 @@ impl ArtifactSource {
     }
 }
 
-/// From `--artifacts`: the dump (`core*`) and the DAC (`libmscordaccore*`).
+/// From `--artifacts`: the dump (`core*`) and the DAC (`libmscordaccore*`); without a dump, the
+/// heap snapshot (`heap.nettrace*`).
 pub fn pick(artifacts: &[ArtifactSource]) -> Result<(ArtifactSource, Option<ArtifactSource>), RemoteError> {
-    let core = artifacts
-        .iter()
-        .find(|a| a.kind.as_deref().is_none_or(|k| k == "dump") && a.name().starts_with("core"))
-        .cloned()
-        .ok_or_else(|| {
-            let names: Vec<String> = artifacts.iter().map(ArtifactSource::name).collect();
-            RemoteError::Usage(format!(
-                "no core dump among the artifacts ({}); only dumps are analyzed here",
-                names.join(", ")
-            ))
-        })?;
+    let of_kind = |kind: &str, prefix: &str| {
+        artifacts.iter().find(|a| a.kind.as_deref().is_none_or(|k| k == kind) && a.name().starts_with(prefix)).cloned()
+    };
+    let core = of_kind("dump", "core").or_else(|| of_kind("gcdump", "heap.nettrace")).ok_or_else(|| {
+        let names: Vec<String> = artifacts.iter().map(ArtifactSource::name).collect();
+        RemoteError::Usage(format!(
+            "no core dump or heap snapshot among the artifacts ({}): nothing to analyze",
+            names.join(", ")
+        ))
+    })?;
     let dac = artifacts.iter().find(|a| a.name().starts_with("libmscordaccore")).cloned();
     Ok((core, dac))
 }
@@ -393,6 +393,11 @@ mod tests {
         assert_eq!(dac.unwrap().name(), "libmscordaccore.so.zst");
         let err = pick(&list[..1]).unwrap_err().to_string();
         assert!(err.contains("no core dump") && err.contains("stacks.json.zst"), "{err}");
+        let heap: Vec<ArtifactSource> = serde_json::from_str(
+            r#"[{"kind":"gcdump","uri":"file:///d/c/histogram.json.zst"},{"kind":"gcdump","uri":"file:///d/c/heap.nettrace.zst"}]"#,
+        )
+        .unwrap();
+        assert_eq!(pick(&heap).unwrap().0.name(), "heap.nettrace.zst", "a heap snapshot when there is no dump");
     }
 
     #[test]

@@ -196,3 +196,40 @@ fn analyzes_a_compressed_dump_from_s3_and_reports_the_findings() {
     assert!(f["source"]["dac"].as_str().is_some(), "the DAC beside the dump was used");
     assert!(empty(scratch.path()));
 }
+
+/// A gcdump-only capture (what a heap trigger with `capture: [gcdump]` stores): the Job analyzes
+/// the compressed heap snapshot itself: histogram and leak suspect, from a real .NET 8 leak.
+#[test]
+fn analyzes_a_compressed_heap_snapshot_from_the_volume() {
+    let w = Workload::start(Runtime::Net8, "DiagScenarios", &[]);
+    let total = w.get("/leak?count=150000")["total_customers"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("heap.nettrace");
+    let r = dumpwatch(&["gcdump", &w.pid.to_string(), "-o", raw.to_str().unwrap(), "--json"], dir.path());
+    assert!(r.ok, "{}", r.stderr);
+    drop(w);
+    let capture = dir.path().join("vol/c1");
+    std::fs::create_dir_all(&capture).unwrap();
+    let stored = zstd::encode_all(std::fs::File::open(&raw).unwrap(), 1).unwrap();
+    std::fs::write(capture.join("heap.nettrace.zst"), &stored).unwrap();
+    std::fs::write(capture.join("histogram.json.zst"), zstd::encode_all(&b"{}"[..], 1).unwrap()).unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    let list = json!([
+        {"kind": "gcdump", "uri": format!("file://{}", capture.join("histogram.json.zst").display())},
+        {"kind": "gcdump", "uri": format!("file://{}", capture.join("heap.nettrace.zst").display()),
+         "size": stored.len(), "sha256": sha256_hex(&stored)},
+    ]);
+    let scratch = tempfile::tempdir().unwrap();
+    let r = dumpwatch(&["analyze", "--artifacts", &list.to_string(), "--json"], scratch.path());
+    assert!(r.ok, "{}", r.stderr);
+    let f: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(f["source"]["kind"], "gcdump");
+    let types = f["heap"]["top_types"].as_array().unwrap();
+    let customer = types.iter().find(|t| t["type_name"] == "DiagScenarios.Customer").expect("Customer listed");
+    assert_eq!(customer["count"].as_u64().unwrap(), total);
+    let top = &f["leak_suspects"][0];
+    assert_eq!(top["type_name"], "DiagScenarios.Customer", "{}", f["leak_suspects"]);
+    let path: Vec<&str> = top["path"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(path.contains(&"DiagScenarios.CustomerCache"), "{path:?}");
+    assert!(empty(scratch.path()), "the decompressed snapshot is gone");
+}
