@@ -9,20 +9,26 @@ use kube::ResourceExt;
 /// `max_count` are kept unless older than `max_age`. Work in flight (`Requested`, `Capturing`,
 /// `Analyzing`) is never deleted, but counts towards `max_count`.
 pub fn expired(snapshots: &[DumpSnapshot], retention: &Retention, now: Timestamp) -> Vec<String> {
-    let mut live: Vec<&DumpSnapshot> = snapshots.iter().filter(|s| s.metadata.deletion_timestamp.is_none()).collect();
+    // Work in flight is neither deleted nor counted: a new request must not push out the last
+    // analyzed snapshot before it has a result of its own (it may still fail). `Uploaded` counts
+    // as settled: with analysis off a snapshot stays there for good.
+    let settled = |s: &DumpSnapshot| {
+        !matches!(
+            s.status.as_ref().map(|st| st.phase).unwrap_or_default(),
+            SnapshotPhase::Requested | SnapshotPhase::Capturing | SnapshotPhase::Analyzing
+        )
+    };
+    let mut kept: Vec<&DumpSnapshot> =
+        snapshots.iter().filter(|s| s.metadata.deletion_timestamp.is_none() && settled(s)).collect();
     let created = |s: &DumpSnapshot| s.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
     // Newest first; the name breaks ties (creation times have one-second resolution).
-    live.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| b.name_any().cmp(&a.name_any())));
-    live.iter()
+    kept.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| b.name_any().cmp(&a.name_any())));
+    kept.iter()
         .enumerate()
         .filter(|(i, s)| {
-            let settled = !matches!(
-                s.status.as_ref().map(|st| st.phase).unwrap_or_default(),
-                SnapshotPhase::Requested | SnapshotPhase::Capturing | SnapshotPhase::Analyzing
-            );
             let too_many = *i >= retention.max_count as usize;
             let too_old = now.duration_since(created(s)).unsigned_abs() > retention.max_age.std() && created(s) < now;
-            settled && (too_many || too_old)
+            too_many || too_old
         })
         .map(|(_, s)| s.name_any())
         .collect()
@@ -58,9 +64,13 @@ mod tests {
     }
 
     #[test]
-    fn work_in_flight_is_kept_but_counted() {
+    fn work_in_flight_is_neither_deleted_nor_counted() {
+        // A new request (c) must not push out the only analyzed snapshot (a) before it has a
+        // result; once it settles, the older one goes.
         let snaps = [at("a", 10, "Analyzed"), at("b", 20, "Analyzing"), at("c", 30, "Requested")];
-        assert_eq!(expired(&snaps, &retention(1, 3600), ts(100)), vec!["a"]);
+        assert!(expired(&snaps, &retention(1, 3600), ts(100)).is_empty());
+        let later = [at("a", 10, "Analyzed"), at("b", 20, "Analyzing"), at("c", 30, "Analyzed")];
+        assert_eq!(expired(&later, &retention(1, 3600), ts(100)), vec!["a"]);
         assert!(expired(&[at("b", 0, "Analyzing")], &retention(0, 1), ts(100_000)).is_empty());
     }
 
