@@ -46,16 +46,33 @@ impl History {
     }
 }
 
+/// Who asked for a capture: a trigger, or a person (on demand: `kubectl create dsnap`, a request
+/// file, SIGUSR1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    Trigger,
+    Person,
+}
+
 /// May a capture start at `now` (seconds, monotonic)? `used` is what storage holds already,
-/// `estimate` what this capture will add.
-pub fn admit(limits: &Limits, h: &mut History, now: f64, used: u64, estimate: u64) -> Result<(), Refusal> {
+/// `estimate` what this capture will add. The cooldown damps triggers that keep firing; a
+/// person's explicit request is not held back by it, but still counts against the hourly cap,
+/// the byte budget and the one-at-a-time rule, which protect the patient.
+pub fn admit(
+    limits: &Limits,
+    h: &mut History,
+    now: f64,
+    used: u64,
+    estimate: u64,
+    asker: Asker,
+) -> Result<(), Refusal> {
     if h.in_progress {
         return Err(Refusal::InProgress);
     }
     while h.starts.front().is_some_and(|&t| now - t >= 3600.0) {
         h.starts.pop_front();
     }
-    if let Some(&last) = h.starts.back() {
+    if let Some(&last) = h.starts.back().filter(|_| asker == Asker::Trigger) {
         let cooldown = limits.cooldown.as_secs_f64();
         if now - last < cooldown {
             return Err(Refusal::Cooldown { remaining: cooldown - (now - last) });
@@ -105,29 +122,49 @@ mod tests {
     }
 
     #[test]
+    fn a_person_is_not_held_back_by_the_cooldown_but_by_everything_else() {
+        let l = Limits { cooldown: api::Duration::from_secs(60), max_per_hour: 2, ..Limits::default() };
+        let mut h = History::default();
+        assert_eq!(admit(&l, &mut h, 0.0, 0, 10, Asker::Trigger), Ok(()));
+        h.record_start(0.0);
+        assert_eq!(admit(&l, &mut h, 1.0, 0, 10, Asker::Person), Err(Refusal::InProgress));
+        h.in_progress = false;
+        assert!(matches!(admit(&l, &mut h, 5.0, 0, 10, Asker::Trigger), Err(Refusal::Cooldown { .. })));
+        assert_eq!(admit(&l, &mut h, 5.0, 0, 10, Asker::Person), Ok(()));
+        h.record_start(5.0);
+        h.in_progress = false;
+        assert_eq!(admit(&l, &mut h, 10.0, 0, 10, Asker::Person), Err(Refusal::HourlyLimit { max: 2 }));
+    }
+
+    #[test]
     fn cooldown_then_hourly_cap_then_window_slides() {
         let l = limits();
         let mut h = History::default();
-        assert_eq!(admit(&l, &mut h, 0.0, 0, 10), Ok(()));
+        assert_eq!(admit(&l, &mut h, 0.0, 0, 10, Asker::Trigger), Ok(()));
         h.record_start(0.0);
-        assert_eq!(admit(&l, &mut h, 1.0, 0, 10), Err(Refusal::InProgress));
+        assert_eq!(admit(&l, &mut h, 1.0, 0, 10, Asker::Trigger), Err(Refusal::InProgress));
         h.in_progress = false;
-        assert!(matches!(admit(&l, &mut h, 30.0, 0, 10), Err(Refusal::Cooldown { remaining }) if remaining == 30.0));
+        assert!(
+            matches!(admit(&l, &mut h, 30.0, 0, 10, Asker::Trigger), Err(Refusal::Cooldown { remaining }) if remaining == 30.0)
+        );
         for t in [60.0, 120.0] {
-            assert_eq!(admit(&l, &mut h, t, 0, 10), Ok(()));
+            assert_eq!(admit(&l, &mut h, t, 0, 10, Asker::Trigger), Ok(()));
             h.record_start(t);
             h.in_progress = false;
         }
-        assert_eq!(admit(&l, &mut h, 200.0, 0, 10), Err(Refusal::HourlyLimit { max: 3 }));
-        assert_eq!(admit(&l, &mut h, 3600.0, 0, 10), Ok(()), "the first one left the hour");
+        assert_eq!(admit(&l, &mut h, 200.0, 0, 10, Asker::Trigger), Err(Refusal::HourlyLimit { max: 3 }));
+        assert_eq!(admit(&l, &mut h, 3600.0, 0, 10, Asker::Trigger), Ok(()), "the first one left the hour");
     }
 
     #[test]
     fn budget_counts_what_is_stored_plus_the_estimate() {
         let l = limits();
         let mut h = History::default();
-        assert_eq!(admit(&l, &mut h, 0.0, 900, 100), Ok(()));
-        assert_eq!(admit(&l, &mut h, 0.0, 900, 101), Err(Refusal::Budget { used: 900, estimate: 101, max: 1000 }));
+        assert_eq!(admit(&l, &mut h, 0.0, 900, 100, Asker::Trigger), Ok(()));
+        assert_eq!(
+            admit(&l, &mut h, 0.0, 900, 101, Asker::Trigger),
+            Err(Refusal::Budget { used: 900, estimate: 101, max: 1000 })
+        );
         assert_eq!(Refusal::Budget { used: 0, estimate: 0, max: 0 }.label(), "over_budget");
     }
 

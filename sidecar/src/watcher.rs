@@ -16,7 +16,7 @@ use nettrace::{Event, TraceInfo};
 use tokio::sync::{broadcast, watch};
 
 use crate::capture::{self, Identity, Target};
-use crate::limits::{self, History};
+use crate::limits::{self, Asker, History};
 use crate::metrics::{CaptureLabels, Metrics, TriggerLabels};
 use crate::storage::Storage;
 use crate::triggers::{Engine, Firing, Values};
@@ -289,7 +289,8 @@ fn fire(
         let mut h = history.lock().expect("poisoned");
         let estimate = estimate(t, policy, v, &kinds, h.last_gcdump_bytes);
         let now = shared.now();
-        limits::admit(&policy.limits, &mut h, now, shared.storage.used_bytes(), estimate).map(|()| {
+        let asker = if firing.trigger == TriggerKind::OnDemand.name() { Asker::Person } else { Asker::Trigger };
+        limits::admit(&policy.limits, &mut h, now, shared.storage.used_bytes(), estimate, asker).map(|()| {
             h.record_start(now);
             estimate
         })
