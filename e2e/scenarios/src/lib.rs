@@ -1,0 +1,367 @@
+//! The whole of dumpwatch on real components, as a user meets it: the chart's CRDs, RBAC,
+//! webhook configuration and operator Deployment applied to a real control plane; the operator
+//! and every injected sidecar and analysis Job running as pods on the node agent (the operator
+//! with exactly the chart's ServiceAccount); real .NET workloads; Prometheus with the shipped
+//! rules, Alertmanager, and an S3 server for the artifacts.
+//!
+//! What differs from a real cluster, and why (no container runtime, no cluster network here):
+//! - "images" are local executables (the node agent's image map): the workspace's binaries and
+//!   scripts that start the C# workloads on the cached runtimes;
+//! - every pod shares the host's loopback, so ports are picked free per run and passed in as the
+//!   chart's values; pods reach the operator at `https://127.0.0.1:<port>` (its certificate names
+//!   that address too). The API server reaches the webhook at that URL as well: Endpoints may not
+//!   hold loopback addresses, so the rendered webhook configuration's `service` reference is
+//!   swapped for `url` (the only change made to the chart's objects);
+//! - Prometheus scrapes fixed loopback targets instead of discovering pods.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harness::{Alertmanager, ControlPlane, Options, Prometheus, S3Server, Value, free_port};
+use testbed::{Runtime, workload_dll};
+
+pub use harness::Result;
+
+/// Namespace of the chart's release, as in docs/operator.md.
+pub const NAMESPACE: &str = "dumpwatch";
+/// The image names the chart is rendered with; the node agent maps them to local executables.
+pub const OPERATOR_IMAGE: &str = "ghcr.io/dumpwatch/operator";
+pub const SIDECAR_IMAGE: &str = "ghcr.io/dumpwatch/sidecar";
+pub const ANALYZER_IMAGE: &str = "ghcr.io/dumpwatch/dumpwatch";
+pub const TAG: &str = "e2e";
+/// Workload images: DiagScenarios on .NET 8 and on .NET Core 3.1.
+pub const APP_NET8: &str = "dumpwatch-e2e/diagscenarios:net8";
+pub const APP_NET31: &str = "dumpwatch-e2e/diagscenarios:net31";
+/// The S3 bucket and the Secret (in the operator's namespace) with its credentials.
+pub const BUCKET: &str = "dumps";
+pub const S3_SECRET: &str = "dumpwatch-s3";
+
+/// Loopback ports of this run (every pod shares the host network).
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub operator_https: u16,
+    pub operator_metrics: u16,
+    pub sidecar_metrics: u16,
+}
+
+/// One cluster with dumpwatch installed from its chart, plus monitoring and storage.
+pub struct Cluster {
+    pub cp: ControlPlane,
+    pub s3: S3Server,
+    pub prometheus: Prometheus,
+    pub alertmanager: Alertmanager,
+    pub ports: Ports,
+    pub started: Instant,
+    _images: tempfile::TempDir,
+}
+
+/// `target/<profile>/<name>`: the workspace's binaries, built before any test runs
+/// (`$DUMPWATCH_E2E_BIN_DIR` points elsewhere, e.g. at a copy that a concurrent build cannot
+/// replace mid-run).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("DUMPWATCH_E2E_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable");
+            exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_path_buf()
+        }
+    };
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} missing: build the workspace first (scripts/test does)", bin.display());
+    bin
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("writing an image script");
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    p
+}
+
+fn app_image(dir: &Path, runtime: Runtime) -> PathBuf {
+    let name = format!("diagscenarios-{}", runtime.version());
+    script(
+        dir,
+        &name,
+        &format!("exec '{}' '{}' \"$@\"", runtime.host().display(), workload_dll("DiagScenarios").display()),
+    )
+}
+
+/// The shipped rules with their time windows divided by 60 (minutes become seconds), so that
+/// alerts whose real windows are tens of minutes fire within a test; the expressions, labels and
+/// annotations are the shipped ones.
+pub fn time_compressed_rules() -> Result<String> {
+    let text = std::fs::read_to_string(chart_tests::chart_dir().join("rules/dumpwatch.rules.yaml"))?;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    // `[10m]`, `offset 10m`, `for: 10m`: a number followed by `m` and a non-word character.
+    while let Some(i) = rest.find(|c: char| c.is_ascii_digit()) {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        let digits = tail.find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len());
+        let (num, after) = tail.split_at(digits);
+        let word_before = head.chars().last().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !word_before && after.starts_with('m') && !after[1..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            out.push_str(num);
+            out.push('s');
+            rest = &after[1..];
+        } else {
+            out.push_str(num);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Cluster {
+    pub fn start() -> Result<Cluster> {
+        testbed::require_setup();
+        let started = Instant::now();
+        let images = tempfile::tempdir()?;
+        let ports = Ports { operator_https: free_port(), operator_metrics: free_port(), sidecar_metrics: free_port() };
+        let image = |repo: &str| format!("{repo}:{TAG}");
+        let opts = || Options {
+            images: vec![
+                (image(OPERATOR_IMAGE), workspace_bin("dumpwatch-operator")),
+                (image(SIDECAR_IMAGE), workspace_bin("dumpwatch-sidecar")),
+                (image(ANALYZER_IMAGE), workspace_bin("dumpwatch")),
+                (APP_NET8.into(), app_image(images.path(), Runtime::Net8)),
+                (APP_NET31.into(), app_image(images.path(), Runtime::Net31)),
+            ],
+            ..Options::default()
+        };
+        // A port taken between probe and bind on a shared machine: one retry.
+        let cp = ControlPlane::start_with(opts()).or_else(|_| ControlPlane::start_with(opts()))?;
+        let s3 = S3Server::start(BUCKET)?;
+        let alertmanager = Alertmanager::start(
+            "route: {receiver: none, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}\nreceivers: [{name: none}]\n",
+        )?;
+        let prometheus = Prometheus::start(
+            &[format!("127.0.0.1:{}", ports.sidecar_metrics), format!("127.0.0.1:{}", ports.operator_metrics)],
+            &time_compressed_rules()?,
+            Some(&alertmanager.address()),
+        )?;
+        let cluster = Cluster { cp, s3, prometheus, alertmanager, ports, started, _images: images };
+        cluster.install()?;
+        Ok(cluster)
+    }
+
+    /// The chart, rendered with this run's images and ports, applied; then wait for the operator.
+    fn install(&self) -> Result<()> {
+        let cp = &self.cp;
+        let chart = chart_tests::chart_dir();
+        for crd in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml"] {
+            cp.kubectl(&["apply", "-f", &chart.join(crd).display().to_string()])?;
+        }
+        cp.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+        cp.kubectl(&["create", "namespace", NAMESPACE])?;
+        cp.apply(&format!(
+            r#"{{"apiVersion": "v1", "kind": "Secret", "metadata": {{"name": "{S3_SECRET}", "namespace": "{NAMESPACE}"}},
+                "stringData": {{"accessKeyId": "{ak}", "secretAccessKey": "{sk}"}}}}"#,
+            ak = S3Server::ACCESS_KEY,
+            sk = S3Server::SECRET_KEY
+        ))?;
+        let p = self.ports;
+        let values = [
+            format!("operator.image.repository={OPERATOR_IMAGE}"),
+            format!("operator.image.tag={TAG}"),
+            format!("sidecar.image.repository={SIDECAR_IMAGE}"),
+            format!("sidecar.image.tag={TAG}"),
+            format!("analysis.image.repository={ANALYZER_IMAGE}"),
+            format!("analysis.image.tag={TAG}"),
+            // One replica: two would both bind the same loopback port here.
+            "operator.replicas=1".into(),
+            "operator.logLevel=info\\,operator=debug".into(),
+            format!("service.port={}", p.operator_https),
+            format!("service.metricsPort={}", p.operator_metrics),
+            format!("sidecar.metricsPort={}", p.sidecar_metrics),
+            format!("operator.url=https://127.0.0.1:{}", p.operator_https),
+            "certificates.extraSANs={127.0.0.1}".into(),
+        ];
+        let set: Vec<&str> = values.iter().map(String::as_str).collect();
+        let manifest = webhook_by_url(&chart_tests::render_text(&set, &["--skip-crds"])?, p.operator_https)?;
+        cp.kubectl_stdin(&["apply", "-f", "-"], &manifest)?;
+        let deadline = Duration::from_secs(60);
+        harness::wait_for("the operator Ready", deadline, || {
+            let pods = cp.kubectl_json(&["get", "pods", "-n", NAMESPACE, "-l", "dumpwatch.dev/component=operator"])?;
+            Ok(pods["items"].as_array().into_iter().flatten().find(|p| ready(p)).map(|_| ()))
+        })
+        .map_err(|e| format!("{e}\noperator log:\n{}", self.pod_log(NAMESPACE, "operator")))?;
+        harness::wait_for("the webhook's caBundle", deadline, || {
+            let cfg = cp.kubectl_json(&["get", "mutatingwebhookconfigurations", "-o", "json"])?;
+            let has = cfg["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["webhooks"][0]["clientConfig"]["caBundle"].as_str().is_some_and(|b| !b.is_empty()));
+            Ok(has.then_some(()))
+        })?;
+        Ok(())
+    }
+
+    /// The log of `container` of the (newest) pod in `namespace` that has such a container.
+    pub fn pod_log(&self, namespace: &str, container: &str) -> String {
+        let Ok(pods) = std::fs::read_dir(self.cp.dir().join("node/pods")) else { return String::new() };
+        let mut logs: Vec<(std::time::SystemTime, PathBuf)> = pods
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{namespace}_")))
+            .map(|e| e.path().join(format!("logs/{container}.log")))
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        logs.sort();
+        logs.last().and_then(|(_, p)| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    /// `kubectl get <what> -n <namespace> -o json`'s items.
+    pub fn items(&self, namespace: &str, what: &str) -> Result<Vec<Value>> {
+        let v = self.cp.kubectl_json(&["get", what, "-n", namespace])?;
+        Ok(v["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// A namespace that opted in to injection.
+    pub fn opted_in_namespace(&self, name: &str) -> Result<()> {
+        self.cp.kubectl(&["create", "namespace", name])?;
+        self.cp.kubectl(&["label", "namespace", name, "dumpwatch.dev/inject=enabled"])?;
+        Ok(())
+    }
+
+    /// An S3 storage stanza of a DumpPolicy for this run's bucket.
+    pub fn s3_storage(&self) -> String {
+        format!(
+            "storage: {{s3: {{endpoint: '{}', region: {}, bucket: {BUCKET}, secretRef: {S3_SECRET}}}}}",
+            self.s3.endpoint(),
+            S3Server::REGION
+        )
+    }
+
+    /// A Deployment of DiagScenarios listening on `port` (loopback: pods share it).
+    pub fn deploy_app(&self, namespace: &str, name: &str, image: &str, port: u16, args: &[&str]) -> Result<()> {
+        let mut all = vec!["--port".to_string(), port.to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        self.cp.apply(&format!(
+            r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "{name}", "namespace": "{namespace}"}},
+  "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "{name}"}}}},
+    "template": {{"metadata": {{"labels": {{"app": "{name}"}}}},
+      "spec": {{"containers": [{{"name": "app", "image": "{image}", "args": {args},
+        "env": [{{"name": "DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "value": "1"}}]}}]}}}}}}}}"#,
+            args = serde_json::to_string(&all)?,
+        ))?;
+        Ok(())
+    }
+
+    /// The Running pod of Deployment `app` (label app=<app>) once every container runs.
+    pub fn running_pod(&self, namespace: &str, app: &str, timeout: Duration) -> Result<Value> {
+        harness::wait_for(&format!("a running {app} pod"), timeout, || {
+            let pods = self.cp.kubectl_json(&["get", "pods", "-n", namespace, "-l", &format!("app={app}")])?;
+            Ok(pods["items"].as_array().into_iter().flatten().find(|p| ready(p)).cloned())
+        })
+    }
+
+    /// SHA-256 of the object behind an `s3://bucket/key` URI, read with a presigned GET (the
+    /// test holds the credentials; the app's pod never does).
+    pub fn s3_object_sha256(&self, uri: &str) -> Result<String> {
+        let key = uri.strip_prefix(&format!("s3://{BUCKET}/")).ok_or_else(|| format!("{uri}: not in {BUCKET}"))?;
+        let config = store::S3Config {
+            endpoint: self.s3.endpoint(),
+            region: S3Server::REGION.into(),
+            bucket: BUCKET.into(),
+            prefix: String::new(),
+            path_style: true,
+        };
+        let creds = store::Credentials {
+            access_key_id: S3Server::ACCESS_KEY.into(),
+            secret_access_key: S3Server::SECRET_KEY.into(),
+            session_token: None,
+        };
+        let s3 = store::S3Store::new(config, creds)?;
+        let url = s3.presign_get(key, Duration::from_secs(300));
+        let out = std::process::Command::new("curl").args(["-sf", "-o", "-", &url]).output()?;
+        if !out.status.success() {
+            return Err(format!("GET {uri}: curl exit {}", out.status).into());
+        }
+        use sha2::Digest;
+        Ok(sha2::Sha256::digest(&out.stdout).iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The workload on `port` answers /health.
+    pub fn wait_for_app(&self, port: u16, timeout: Duration) -> Result<()> {
+        harness::wait_for("the workload to answer", timeout, || {
+            Ok(testbed::http_get(port, "/health", Duration::from_secs(5)).ok().filter(|(s, _)| *s == 200).map(|_| ()))
+        })
+    }
+
+    /// Delete Deployment `name` and wait until its pods are gone (pods share the host's ports).
+    pub fn delete_app(&self, namespace: &str, name: &str) -> Result<()> {
+        self.cp.kubectl(&["delete", "deployment", name, "-n", namespace, "--wait=true", "--timeout=60s"])?;
+        harness::wait_for(&format!("the {name} pods gone"), Duration::from_secs(60), || {
+            let pods = self.cp.kubectl_json(&["get", "pods", "-n", namespace, "-l", &format!("app={name}")])?;
+            Ok(pods["items"].as_array().is_none_or(|p| p.is_empty()).then_some(()))
+        })
+    }
+
+    /// A PromQL query's result vector once it is non-empty.
+    pub fn wait_for_series(&self, expr: &str, timeout: Duration) -> Result<Value> {
+        self.prometheus.wait_for_samples(expr, timeout)
+    }
+
+    /// The firing alert `name` in Alertmanager, once it is there.
+    pub fn wait_for_alert(&self, name: &str, timeout: Duration) -> Result<Value> {
+        harness::wait_for(&format!("alert {name} in Alertmanager"), timeout, || {
+            let alerts = self.alertmanager.alerts()?;
+            Ok(alerts.as_array().into_iter().flatten().find(|a| a["labels"]["alertname"] == name).cloned())
+        })
+    }
+}
+
+/// The rendered chart with the webhook's `clientConfig.service` replaced by `url` (see the crate
+/// docs: Services cannot route to loopback pod IPs here).
+pub fn webhook_by_url(manifest: &str, port: u16) -> Result<String> {
+    let mut docs = chart_tests::objects(manifest)?;
+    let mut swapped = 0;
+    for d in docs.iter_mut().filter(|d| d["kind"] == "MutatingWebhookConfiguration") {
+        for w in d["webhooks"].as_array_mut().into_iter().flatten() {
+            let path = w["clientConfig"]["service"]["path"].as_str().unwrap_or("/mutate").to_string();
+            w["clientConfig"] = serde_json::json!({"url": format!("https://127.0.0.1:{port}{path}")});
+            swapped += 1;
+        }
+    }
+    if swapped == 0 {
+        return Err("the chart rendered no MutatingWebhookConfiguration".into());
+    }
+    Ok(docs.iter().map(|d| serde_json::to_string(d).expect("JSON")).collect::<Vec<_>>().join("\n---\n"))
+}
+
+/// Every container of the pod running and Ready.
+pub fn ready(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// Names of the pod's containers.
+pub fn containers(pod: &Value) -> Vec<String> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rule_windows_shrink_from_minutes_to_seconds_and_nothing_else_changes() {
+        let compressed = super::time_compressed_rules().unwrap();
+        assert!(!compressed.contains("[10m]") && compressed.contains("[10s]"), "{compressed}");
+        assert!(compressed.contains("offset 20s"));
+        assert!(compressed.contains("for: 10s"));
+        assert!(compressed.contains("[30s]"), "increase(...[30m]) becomes 30s");
+        // Words ending in a digit + m stay (none today; the guard is for label values like "p2m").
+        assert!(compressed.contains("DotnetDeadlockDetected"));
+    }
+}

@@ -1,0 +1,250 @@
+//! From `kubectl apply` of a DumpPolicy to a firing alert, on real components (see the crate
+//! docs for what stands in for a container runtime). One test runs the scenarios in order on
+//! one cluster: they share loopback ports, as pods on one node share a network here.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use harness::{Value, free_port};
+use scenarios::{APP_NET8, Cluster, containers};
+
+const S: Duration = Duration::from_secs(1);
+
+fn tids(v: &Value, key: &str) -> BTreeSet<u64> {
+    v.as_array().into_iter().flatten().filter_map(|t| t[key].as_u64()).collect()
+}
+
+/// Figures a user cares about, printed at the end (`cargo test -p scenarios -- --nocapture`).
+#[derive(Default)]
+struct Figures(Vec<(String, Duration)>);
+
+impl Figures {
+    fn note(&mut self, what: &str, d: Duration) {
+        eprintln!("FIGURE {what}: {:.1} s", d.as_secs_f64());
+        self.0.push((what.into(), d));
+    }
+}
+
+#[test]
+fn from_kubectl_apply_to_a_firing_alert() {
+    let cluster = Cluster::start().expect("cluster with dumpwatch installed");
+    let mut figures = Figures::default();
+    figures.note("cluster + chart installed, operator ready", cluster.started.elapsed());
+    deadlock_on_net8(&cluster, &mut figures);
+    leak_on_demand_and_retention(&cluster, &mut figures);
+    figures.note("total", cluster.started.elapsed());
+}
+
+/// .NET 8: the sidecar sees the cycle live; a DumpSnapshot with the deadlock, a DeadlockDetected
+/// Event on the pod, the metric in Prometheus and the shipped alert in Alertmanager.
+fn deadlock_on_net8(c: &Cluster, figures: &mut Figures) {
+    let ns = "orders";
+    c.opted_in_namespace(ns).unwrap();
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: orders, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: orders}}}}\n  mode: listen\n  counterInterval: 1s\n\
+         \x20 triggers: [{{type: deadlock}}]\n  capture: {{kinds: [stacks]}}\n  {}\n",
+        c.s3_storage()
+    ))
+    .unwrap();
+    let port = free_port();
+    c.deploy_app(ns, "orders", APP_NET8, port, &[]).unwrap();
+    let pod = c
+        .running_pod(ns, "orders", 120 * S)
+        .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", c.pod_log(ns, "dumpwatch-sidecar")));
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    c.wait_for_app(port, 60 * S).unwrap();
+    assert_eq!(
+        containers(&pod),
+        ["app", "dumpwatch-sidecar"],
+        "the webhook injected the sidecar\napiserver: {}\noperator log:\n{}",
+        c.cp.log("kube-apiserver").lines().filter(|l| l.contains("webhook")).collect::<Vec<_>>().join("\n"),
+        c.pod_log(scenarios::NAMESPACE, "operator")
+    );
+    assert_eq!(pod["metadata"]["annotations"]["dumpwatch.dev/injected"], "orders");
+
+    // Watched: the runtime connected to the sidecar's socket and its metrics are scraped.
+    c.wait_for_series("dotnet_gc_heap_size_bytes", 60 * S)
+        .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", c.pod_log(ns, "dumpwatch-sidecar")));
+
+    let truth = testbed::http_get(port, "/deadlock?waiters=3", 30 * S).expect("the workload answers");
+    let formed = Instant::now();
+    let truth: Value = serde_json::from_str(&truth.1).unwrap();
+    let owners = tids(&truth["owners"], "os_tid");
+    assert_eq!(owners.len(), 2, "{truth}");
+
+    // A DumpSnapshot naming the two owners.
+    let snapshot = harness::wait_for("a DumpSnapshot with the deadlock", 30 * S, || {
+        let snaps = c.items(ns, "dumpsnapshots")?;
+        Ok(snaps.into_iter().find(|s| s["status"]["findings"]["deadlocks"].as_u64().unwrap_or(0) > 0))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nsnapshots: {:#}\nsidecar log:\n{}\noperator log:\n{}",
+            c.cp.kubectl_json(&["get", "dsnap", "-n", ns]).unwrap_or_default(),
+            c.pod_log(ns, "dumpwatch-sidecar"),
+            c.pod_log(scenarios::NAMESPACE, "operator")
+        )
+    });
+    figures.note("deadlock formed -> DumpSnapshot with the finding", formed.elapsed());
+    let text = snapshot["status"].to_string();
+    for tid in &owners {
+        assert!(text.contains(&tid.to_string()), "owner thread {tid} named in the snapshot: {text}");
+    }
+    assert_eq!(snapshot["spec"]["pod"], pod_name.as_str());
+
+    // The Event on the pod.
+    let event = harness::wait_for("a DeadlockDetected Event on the pod", 30 * S, || {
+        Ok(c.items(ns, "events")?
+            .into_iter()
+            .find(|e| e["reason"] == "DeadlockDetected" && e["involvedObject"]["name"] == pod_name.as_str()))
+    })
+    .unwrap();
+    figures.note("deadlock formed -> DeadlockDetected Event", formed.elapsed());
+    eprintln!("Event: {}", event["message"]);
+
+    c.wait_for_series("dumpwatch_deadlocked_threads > 0", 30 * S).unwrap();
+    figures.note("deadlock formed -> dumpwatch_deadlocked_threads > 0 in Prometheus", formed.elapsed());
+    let alert = c.wait_for_alert("DotnetDeadlockDetected", 90 * S).unwrap();
+    figures.note("deadlock formed -> DotnetDeadlockDetected firing in Alertmanager", formed.elapsed());
+    eprintln!("Alert: {}", alert["annotations"]["summary"]);
+    assert!(formed.elapsed() < 120 * S);
+    c.delete_app(ns, "orders").unwrap();
+}
+
+/// The snapshot `name` in `ns` once `done` says so; the snapshots and logs in the error.
+fn wait_for_snapshot(c: &Cluster, ns: &str, what: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    harness::wait_for(what, timeout, || Ok(c.items(ns, "dumpsnapshots")?.into_iter().find(|s| done(s)))).unwrap_or_else(
+        |e| {
+            panic!(
+                "{e}\nsnapshots: {:#}\nsidecar log:\n{}\noperator log:\n{}\nanalysis log:\n{}",
+                c.cp.kubectl_json(&["get", "dsnap", "-n", ns]).unwrap_or_default(),
+                tail(&c.pod_log(ns, "dumpwatch-sidecar"), 40),
+                tail(&c.pod_log(scenarios::NAMESPACE, "operator"), 40),
+                tail(&c.pod_log(ns, "analyze"), 40),
+            )
+        },
+    )
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn phase(s: &Value) -> &str {
+    s["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// A leak grows the heap until the trigger fires: a heap dump and a heap snapshot go to S3
+/// (zstd, SHA-256), the analysis Job names `Customer` held through `CustomerCache`, a
+/// MemoryLeakSuspected Event, the heap-growth alert. Then an on-demand snapshot by `kubectl
+/// create`, and retention (maxCount 1) deleting the older snapshot and its stored artifacts.
+fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures) {
+    let ns = "catalog";
+    c.opted_in_namespace(ns).unwrap();
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: catalog, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: catalog}}}}\n  mode: listen\n  counterInterval: 1s\n\
+         \x20 triggers: [{{type: gcHeapBytes, above: 48Mi, for: 2s}}, {{type: onDemand}}]\n\
+         \x20 capture: {{kinds: [dump, gcdump], dumpType: heap}}\n\
+         \x20 limits: {{cooldown: 10m, maxPerHour: 10}}\n  retention: {{maxCount: 1, maxAge: 1d}}\n  {}\n",
+        c.s3_storage()
+    ))
+    .unwrap();
+    let port = free_port();
+    c.deploy_app(ns, "catalog", APP_NET8, port, &[]).unwrap();
+    let pod = c.running_pod(ns, "catalog", 120 * S).unwrap();
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(containers(&pod), ["app", "dumpwatch-sidecar"]);
+    c.wait_for_app(port, 60 * S).unwrap();
+    let series = c
+        .wait_for_series("dotnet_gc_heap_size_bytes", 60 * S)
+        .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", tail(&c.pod_log(ns, "dumpwatch-sidecar"), 40)));
+    eprintln!("watched: {series}");
+
+    // A steady leak, ~1.3 MB per second: the heap's floor rises (the growth alert) and crosses
+    // the trigger's 48 MiB after ~35 s.
+    let leaking = Instant::now();
+    let mut leaked_customers = 0u64;
+    let mut fired = None;
+    while leaking.elapsed() < 120 * S {
+        let r = testbed::http_get(port, "/leak?count=14000", 10 * S).expect("the workload answers");
+        let v: Value = serde_json::from_str(&r.1).unwrap();
+        leaked_customers = v["total_customers"].as_u64().unwrap_or(leaked_customers);
+        if fired.is_none() && !c.items(ns, "dumpsnapshots").unwrap().is_empty() {
+            fired = Some(Instant::now());
+        }
+        if fired.is_some_and(|f| f.elapsed() > 20 * S) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let fired = fired.expect("the gcHeapBytes trigger made a DumpSnapshot within 120 s");
+    figures.note("leak: first leaked byte -> trigger's DumpSnapshot", fired - leaking);
+
+    let analyzed = wait_for_snapshot(c, ns, "the leak snapshot Analyzed", 240 * S, |s| {
+        phase(s) == "Analyzed" || phase(s) == "Failed"
+    });
+    assert_eq!(phase(&analyzed), "Analyzed", "{analyzed:#}");
+    figures.note("leak: trigger -> analyzed snapshot", fired.elapsed());
+    let leak_snapshot = analyzed["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(analyzed["spec"]["pod"], pod_name.as_str());
+    // Stored in S3, compressed, checksummed.
+    let artifacts = analyzed["spec"]["artifacts"].as_array().unwrap().clone();
+    let kinds: BTreeSet<&str> = artifacts.iter().filter_map(|a| a["kind"].as_str()).collect();
+    assert!(kinds.contains("dump") && kinds.contains("gcdump"), "{artifacts:#?}");
+    for a in &artifacts {
+        let uri = a["uri"].as_str().unwrap();
+        assert!(uri.starts_with(&format!("s3://{}/", scenarios::BUCKET)) && uri.ends_with(".zst"), "{uri}");
+        assert_eq!(a["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(c.s3_object_sha256(uri).unwrap(), a["sha256"].as_str().unwrap(), "{uri} as stored");
+    }
+    // The analysis names the leaked type and the path that holds it.
+    let suspects = &analyzed["status"]["findings"]["suspects"];
+    let top = suspects.as_array().and_then(|s| s.first()).cloned().unwrap_or_default();
+    assert!(top["typeName"].as_str().unwrap_or("").ends_with("Customer"), "{suspects:#}");
+    assert!(top.to_string().contains("CustomerCache"), "the path names the cache: {top:#}");
+    assert!(top["instances"].as_u64().unwrap() >= leaked_customers.min(10_000), "{top:#} vs {leaked_customers}");
+    let event = harness::wait_for("a MemoryLeakSuspected Event on the pod", 60 * S, || {
+        Ok(c.items(ns, "events")?
+            .into_iter()
+            .find(|e| e["reason"] == "MemoryLeakSuspected" && e["involvedObject"]["name"] == pod_name.as_str()))
+    })
+    .unwrap();
+    eprintln!("Event: {}", event["message"]);
+    let alert = c.wait_for_alert("DotnetHeapGrowthSustained", 120 * S).unwrap();
+    figures.note("leak: first leaked byte -> DotnetHeapGrowthSustained firing (windows / 60)", leaking.elapsed());
+    eprintln!("Alert: {}", alert["annotations"]["summary"]);
+    c.wait_for_alert("DotnetMemoryLeakSuspected", 60 * S).unwrap();
+
+    // On demand: kubectl create, no artifacts.
+    let requested = Instant::now();
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpSnapshot\nmetadata: {{name: asked, namespace: {ns}}}\n\
+         spec: {{pod: {pod_name}, policy: catalog, trigger: onDemand}}\n"
+    ))
+    .unwrap();
+    let asked = wait_for_snapshot(c, ns, "the on-demand snapshot Analyzed", 240 * S, |s| {
+        s["metadata"]["name"] == "asked" && (phase(s) == "Analyzed" || phase(s) == "Failed")
+    });
+    assert_eq!(phase(&asked), "Analyzed", "{asked:#}");
+    assert!(!asked["spec"]["artifacts"].as_array().unwrap().is_empty());
+    figures.note("on demand: kubectl create -> analyzed snapshot", requested.elapsed());
+
+    // Retention: maxCount 1 keeps the newest; the leak snapshot and its objects go.
+    harness::wait_for("retention to delete the older snapshot", 120 * S, || {
+        let names: Vec<String> = c
+            .items(ns, "dumpsnapshots")?
+            .iter()
+            .filter_map(|s| s["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        Ok((!names.contains(&leak_snapshot)).then_some(()))
+    })
+    .unwrap();
+    for a in &artifacts {
+        let uri = a["uri"].as_str().unwrap();
+        assert!(c.s3_object_sha256(uri).is_err(), "{uri} deleted with its snapshot");
+    }
+    assert!(c.items(ns, "dumpsnapshots").unwrap().iter().any(|s| s["metadata"]["name"] == "asked"));
+}
