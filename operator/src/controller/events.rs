@@ -69,14 +69,21 @@ fn finding_events(f: &FindingsSummary, snapshot: &str) -> Vec<Notice> {
 /// "threads 14 and 15 deadlock on two System.Object locks in DeadlockFunc; 3 threads wait
 /// behind them (OS threads 4105, 4106)".
 pub fn deadlock_sentence(c: &DeadlockCycle) -> String {
-    let ids: Vec<String> =
-        c.threads.iter().map(|t| t.managed_id.map_or_else(|| format!("os:{}", t.os_tid), |m| m.to_string())).collect();
-    let mut types: Vec<&str> = c.threads.iter().map(|t| t.waits_for_type.as_str()).collect();
+    // Managed ids are what a .NET developer sees in a debugger; a live finding may only know
+    // the OS ids, and then says so instead of mixing the two.
+    let managed: Option<Vec<String>> = c.threads.iter().map(|t| t.managed_id.map(|m| m.to_string())).collect();
+    let tids: Vec<String> = c.threads.iter().map(|t| t.os_tid.to_string()).collect();
+    let who = match &managed {
+        Some(ids) => format!("threads {}", and_list(ids)),
+        None => format!("OS threads {}", and_list(&tids)),
+    };
+    let mut types: Vec<&str> = c.threads.iter().map(|t| t.waits_for_type.as_str()).filter(|t| !t.is_empty()).collect();
+    types.sort_unstable();
     types.dedup();
-    let locks = if types.len() == 1 {
-        format!("{} {} locks", number(c.threads.len()), types[0])
-    } else {
-        format!("locks of {}", and_list(&types.iter().map(|t| t.to_string()).collect::<Vec<_>>()))
+    let locks = match types.as_slice() {
+        [] => format!("{} locks", number(c.threads.len())),
+        [one] => format!("{} {one} locks", number(c.threads.len())),
+        many => format!("locks of {}", and_list(&many.iter().map(|t| t.to_string()).collect::<Vec<_>>())),
     };
     let place = c
         .threads
@@ -90,8 +97,8 @@ pub fn deadlock_sentence(c: &DeadlockCycle) -> String {
         1 => "; 1 thread waits behind them".into(),
         n => format!("; {n} threads wait behind them"),
     };
-    let tids: Vec<String> = c.threads.iter().map(|t| t.os_tid.to_string()).collect();
-    format!("threads {} deadlock on {locks}{place}{victims} (OS threads {})", and_list(&ids), tids.join(", "))
+    let os = if managed.is_some() { format!(" (OS threads {})", tids.join(", ")) } else { String::new() };
+    format!("{who} deadlock on {locks}{place}{victims}{os}")
 }
 
 /// "201000 DiagScenarios.Customer objects retain 18.4 MiB (81% of the heap), held by static
@@ -167,6 +174,21 @@ mod tests {
             events[0].note,
             "threads 14 and 15 deadlock on two System.Object locks in DeadlockFunc; 3 threads wait behind them \
              (OS threads 4105, 4106) (DumpSnapshot orders-1)"
+        );
+    }
+
+    #[test]
+    fn a_live_deadlock_with_only_os_ids_and_no_lock_types_still_reads_well() {
+        let mut f = analyzed().status.unwrap().findings.unwrap();
+        let cycle = &mut f.deadlock_cycles[0];
+        for t in &mut cycle.threads {
+            t.managed_id = None;
+            t.waits_for_type.clear();
+            t.top_frames.clear();
+        }
+        assert_eq!(
+            deadlock_sentence(cycle),
+            "OS threads 4105 and 4106 deadlock on two locks; 3 threads wait behind them"
         );
     }
 
