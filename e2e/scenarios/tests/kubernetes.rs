@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use harness::{Value, free_port};
-use scenarios::{APP_NET8, Cluster, containers};
+use scenarios::{APP_NET8, APP_NET31, Cluster, containers};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -32,6 +32,8 @@ fn from_kubectl_apply_to_a_firing_alert() {
     figures.note("cluster + chart installed, operator ready", cluster.started.elapsed());
     deadlock_on_net8(&cluster, &mut figures);
     leak_on_demand_and_retention(&cluster, &mut figures);
+    deadlock_on_net31_by_stall(&cluster, &mut figures);
+    webhook_down(&cluster, &mut figures);
     figures.note("total", cluster.started.elapsed());
 }
 
@@ -247,4 +249,91 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures) {
         assert!(c.s3_object_sha256(uri).is_err(), "{uri} deleted with its snapshot");
     }
     assert!(c.items(ns, "dumpsnapshots").unwrap().iter().any(|s| s["metadata"]["name"] == "asked"));
+}
+
+/// .NET Core 3.1 has no owner in its contention events, so no live detection: the policy's stall
+/// trigger (thread-pool queue) captures a dump, the analysis Job runs `dumpwatch analyze`, and
+/// the snapshot's status carries the deadlock with the right threads.
+fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures) {
+    let ns = "legacy";
+    c.delete_app("catalog", "catalog").unwrap();
+    c.opted_in_namespace(ns).unwrap();
+    // 3.1 cannot connect to a diagnostic port: connect mode (shared PID namespace).
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: legacy, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: legacy}}}}\n  mode: connect\n  counterInterval: 1s\n\
+         \x20 triggers: [{{type: threadPoolQueue, above: 20, for: 3s}}]\n\
+         \x20 capture: {{kinds: [dump], dumpType: heap}}\n  {}\n",
+        c.s3_storage()
+    ))
+    .unwrap();
+    let port = free_port();
+    c.deploy_app(ns, "legacy", APP_NET31, port, &[]).unwrap();
+    let pod = c.running_pod(ns, "legacy", 120 * S).unwrap();
+    assert_eq!(containers(&pod), ["app", "dumpwatch-sidecar"]);
+    assert_eq!(pod["spec"]["shareProcessNamespace"], true, "connect mode shares the PID namespace");
+    c.wait_for_app(port, 60 * S).unwrap();
+    c.wait_for_series("dumpwatch_live_deadlock_detection_unavailable == 1", 60 * S)
+        .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", tail(&c.pod_log(ns, "dumpwatch-sidecar"), 40)));
+
+    // The deadlock, then 60 requests that need its lock pile up in the thread pool.
+    let truth = testbed::http_get(port, "/deadlock?waiters=1&requests=60", 30 * S).expect("the workload answers");
+    let formed = Instant::now();
+    let truth: Value = serde_json::from_str(&truth.1).unwrap();
+    let owners = tids(&truth["owners"], "os_tid");
+    let snapshot = wait_for_snapshot(c, ns, "the stall dump analyzed", 240 * S, |s| {
+        phase(s) == "Analyzed" || phase(s) == "Failed"
+    });
+    assert_eq!(phase(&snapshot), "Analyzed", "{snapshot:#}");
+    figures.note(".NET 3.1: deadlock formed -> stall dump analyzed", formed.elapsed());
+    assert_eq!(snapshot["spec"]["trigger"], "threadPoolQueue");
+    let cycle = &snapshot["status"]["findings"]["deadlockCycles"][0];
+    assert_eq!(tids(&cycle["threads"], "osTid"), owners, "the analysis names the two owners: {cycle:#}");
+    assert!(cycle["victims"].as_u64().unwrap() >= 1, "{cycle:#}");
+    let event = harness::wait_for("a DeadlockDetected Event on the 3.1 pod", 60 * S, || {
+        Ok(c.items(ns, "events")?.into_iter().find(|e| e["reason"] == "DeadlockDetected"))
+    })
+    .unwrap();
+    eprintln!("Event: {}", event["message"]);
+    c.delete_app(ns, "legacy").unwrap();
+}
+
+/// With the operator (and so its webhook) down, pods are still created, without the sidecar,
+/// and the policy says so once the operator is back.
+fn webhook_down(c: &Cluster, figures: &mut Figures) {
+    let ns = "billing";
+    c.opted_in_namespace(ns).unwrap();
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: billing, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: billing}}}}\n  triggers: [{{type: deadlock}}]\n"
+    ))
+    .unwrap();
+    let operator = ["-n", scenarios::NAMESPACE, "deployment/dumpwatch-operator"];
+    c.cp.kubectl(&[&["scale", "--replicas=0"][..], &operator[..]].concat()).unwrap();
+    harness::wait_for("the operator gone", 60 * S, || {
+        let pods = c.items(scenarios::NAMESPACE, "pods")?;
+        Ok(pods.is_empty().then_some(()))
+    })
+    .unwrap();
+    let created = Instant::now();
+    c.deploy_app(ns, "billing", APP_NET8, free_port(), &[]).unwrap();
+    let pod = c.running_pod(ns, "billing", 120 * S).unwrap();
+    figures.note("webhook down: Deployment applied -> pod running (uninjected)", created.elapsed());
+    assert_eq!(containers(&pod), ["app"], "failurePolicy Ignore: created, not injected");
+    c.cp.kubectl(&[&["scale", "--replicas=1"][..], &operator[..]].concat()).unwrap();
+    let policy = harness::wait_for("the policy to report the uninjected pod", 120 * S, || {
+        let p = c.cp.kubectl_json(&["get", "dumppolicy", "billing", "-n", ns])?;
+        let reported = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k["type"] == "Injecting" && k["status"] == "False" && k["reason"] == "WebhookNotInjecting");
+        Ok(reported.then_some(p))
+    })
+    .unwrap();
+    assert_eq!(policy["status"]["matchedPods"], 1, "{policy:#}");
+    assert_eq!(policy["status"]["injectedPods"], 0, "{policy:#}");
+    let injecting =
+        policy["status"]["conditions"].as_array().unwrap().iter().find(|k| k["type"] == "Injecting").cloned();
+    eprintln!("Policy condition: {}", injecting.unwrap_or_default()["message"]);
 }

@@ -112,6 +112,18 @@ namespace DiagScenarios
             }
         }
 
+        // A request handler that needs the deadlocked lock: queued on the thread pool, as a web
+        // app's requests would be. They pile up, the pool's queue grows: the stall signal a
+        // policy can trigger on where live detection is unavailable (.NET < 8).
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void RequestFunc(object target)
+        {
+            lock (target)
+            {
+                Console.Error.WriteLine("[diag] BUG: a request acquired a deadlocked lock");
+            }
+        }
+
         static void Start(ThreadRecord r, ThreadStart body)
         {
             ThreadStart wrapped = () => { r.RecordIds(); body(); };
@@ -151,6 +163,7 @@ namespace DiagScenarios
         public static HttpResponse Handle(HttpRequest req)
         {
             int waiters = req.Int("waiters", 3, 0, MaxWaiters);
+            int requests = req.Int("requests", 0, 0, 10000);
             string err = req.Finish();
             if (err != null) return HttpResponse.Error(400, err);
 
@@ -187,7 +200,10 @@ namespace DiagScenarios
                 d.Id = all.Count + 1;
                 all.Add(d);
             }
-            return HttpResponse.Ok(d.ToJson());
+            for (int i = 0; i < requests; i++) ThreadPool.QueueUserWorkItem(_ => RequestFunc(o1));
+            var answer = d.ToJson();
+            answer.Add("requests_queued", requests);
+            return HttpResponse.Ok(answer);
         }
     }
 }
