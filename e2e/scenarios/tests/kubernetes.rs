@@ -30,16 +30,18 @@ fn from_kubectl_apply_to_a_firing_alert() {
     let cluster = Cluster::start().expect("cluster with dumpwatch installed");
     let mut figures = Figures::default();
     figures.note("cluster + chart installed, operator ready", cluster.started.elapsed());
-    deadlock_on_net8(&cluster, &mut figures);
-    leak_on_demand_and_retention(&cluster, &mut figures);
-    deadlock_on_net31_by_stall(&cluster, &mut figures);
+    let mut dashboards = Dashboards::shipped();
+    deadlock_on_net8(&cluster, &mut figures, &mut dashboards);
+    leak_on_demand_and_retention(&cluster, &mut figures, &mut dashboards);
+    deadlock_on_net31_by_stall(&cluster, &mut figures, &mut dashboards);
     webhook_down(&cluster, &mut figures);
+    dashboards.all_answered();
     figures.note("total", cluster.started.elapsed());
 }
 
 /// .NET 8: the sidecar sees the cycle live; a DumpSnapshot with the deadlock, a DeadlockDetected
 /// Event on the pod, the metric in Prometheus and the shipped alert in Alertmanager.
-fn deadlock_on_net8(c: &Cluster, figures: &mut Figures) {
+fn deadlock_on_net8(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboards) {
     let ns = "orders";
     c.opted_in_namespace(ns).unwrap();
     c.cp.apply(&format!(
@@ -111,7 +113,43 @@ fn deadlock_on_net8(c: &Cluster, figures: &mut Figures) {
     figures.note("deadlock formed -> DotnetDeadlockDetected firing in Alertmanager", formed.elapsed());
     eprintln!("Alert: {}", alert["annotations"]["summary"]);
     assert!(formed.elapsed() < 120 * S);
+    dashboards.check(c, ".NET 8 deadlock");
     c.delete_app(ns, "orders").unwrap();
+}
+
+/// Every panel query of the shipped dashboards must return data from the scenarios'
+/// Prometheus in at least one scenario (a deadlock panel has data while a deadlock lives, the
+/// .NET 3.1 panel while a 3.1 process is watched).
+struct Dashboards {
+    pending: Vec<chart_tests::PanelQuery>,
+    total: usize,
+}
+
+impl Dashboards {
+    fn shipped() -> Self {
+        let pending: Vec<_> = chart_tests::dashboards()
+            .unwrap()
+            .iter()
+            .flat_map(|(file, d)| chart_tests::panel_queries(file, d))
+            .collect();
+        Self { total: pending.len(), pending }
+    }
+
+    fn check(&mut self, c: &Cluster, during: &str) {
+        let before = self.pending.len();
+        self.pending.retain(|q| {
+            let expr = chart_tests::substitute_variables(&q.expr, ".*", ".*");
+            c.prometheus.wait_for_samples(&expr, 3 * S).is_err()
+        });
+        eprintln!("dashboards: {} more panel queries answered during {during}", before - self.pending.len());
+    }
+
+    fn all_answered(&self) {
+        let left: Vec<String> =
+            self.pending.iter().map(|q| format!("{} / {}: {}", q.dashboard, q.panel, q.expr)).collect();
+        assert!(left.is_empty(), "panel queries that never returned data:\n{}", left.join("\n"));
+        eprintln!("dashboards: all {} panel queries returned data", self.total);
+    }
 }
 
 /// The snapshot `name` in `ns` once `done` says so; the snapshots and logs in the error.
@@ -142,7 +180,7 @@ fn phase(s: &Value) -> &str {
 /// (zstd, SHA-256), the analysis Job names `Customer` held through `CustomerCache`, a
 /// MemoryLeakSuspected Event, the heap-growth alert. Then an on-demand snapshot by `kubectl
 /// create`, and retention (maxCount 1) deleting the older snapshot and its stored artifacts.
-fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures) {
+fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboards) {
     let ns = "catalog";
     c.opted_in_namespace(ns).unwrap();
     c.cp.apply(&format!(
@@ -234,6 +272,8 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures) {
     assert!(!asked["spec"]["artifacts"].as_array().unwrap().is_empty());
     figures.note("on demand: kubectl create -> analyzed snapshot", requested.elapsed());
 
+    dashboards.check(c, "leak + on demand");
+
     // Retention: maxCount 1 keeps the newest; the leak snapshot and its objects go.
     harness::wait_for("retention to delete the older snapshot", 120 * S, || {
         let names: Vec<String> = c
@@ -254,7 +294,7 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures) {
 /// .NET Core 3.1 has no owner in its contention events, so no live detection: the policy's stall
 /// trigger (thread-pool queue) captures a dump, the analysis Job runs `dumpwatch analyze`, and
 /// the snapshot's status carries the deadlock with the right threads.
-fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures) {
+fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboards) {
     let ns = "legacy";
     c.delete_app("catalog", "catalog").unwrap();
     c.opted_in_namespace(ns).unwrap();
@@ -295,6 +335,7 @@ fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures) {
     })
     .unwrap();
     eprintln!("Event: {}", event["message"]);
+    dashboards.check(c, ".NET 3.1 deadlock");
     c.delete_app(ns, "legacy").unwrap();
 }
 
