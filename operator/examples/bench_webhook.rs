@@ -82,7 +82,12 @@ fn main() {
     orders.metadata.namespace = Some("shop".into());
     writer.apply_watcher_event(&watcher::Event::InitApply(orders));
     writer.apply_watcher_event(&watcher::Event::InitDone);
-    let state = WebhookState { policies: store, sidecar: SidecarSettings::default(), certs: source.clone() };
+    let state = WebhookState {
+        policies: store,
+        sidecar: SidecarSettings::default(),
+        certs: source.clone(),
+        latency: operator::webhook::latency_histogram(),
+    };
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     server_rt.spawn(webhook::serve_on(listener, source, webhook::router(state)));

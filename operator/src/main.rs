@@ -167,6 +167,12 @@ async fn main() -> anyhow::Result<()> {
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
         .unwrap_or_else(|| format!("dumpwatch-operator-{}", std::process::id()));
     let metrics = Metrics::new();
+    let webhook_latency = operator::webhook::latency_histogram();
+    metrics.register(
+        "dumpwatch_operator_webhook_duration_seconds",
+        "Time to answer one AdmissionReview",
+        webhook_latency.clone(),
+    );
 
     // Every replica: the HTTPS listener, webhook and sidecar API.
     let defaults = operator::SidecarSettings::default();
@@ -194,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
             metrics_port_name: cli.sidecar_metrics_port_name.clone(),
             ..defaults
         },
+        latency: webhook_latency.clone(),
     };
     let sidecar_api =
         operator::sidecar_api::router(operator::sidecar_api::SidecarApi::new(client.clone(), cli.namespace.clone()));

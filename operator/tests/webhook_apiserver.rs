@@ -151,7 +151,12 @@ async fn the_apiserver_injects_through_self_provisioned_certificates() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sidecar =
         SidecarSettings { operator_url: "https://dumpwatch-operator.dumpwatch.svc:8443".into(), ..Default::default() };
-    let state = WebhookState { policies: policies.clone(), sidecar, certs: certs.clone() };
+    let state = WebhookState {
+        policies: policies.clone(),
+        sidecar,
+        certs: certs.clone(),
+        latency: operator::webhook::latency_histogram(),
+    };
     let (addr, server) = start_server(state, certs.clone(), seen.clone()).await;
 
     // Registered by URL (the API server runs outside any cluster network), caBundle empty.

@@ -46,7 +46,12 @@ async fn start(certs: CertSource, ca: CertPem, policies: Vec<DumpPolicy>) -> Ser
         writer.apply_watcher_event(&watcher::Event::InitApply(p));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
-    let state = WebhookState { policies: store, sidecar: SidecarSettings::default(), certs: certs.clone() };
+    let state = WebhookState {
+        policies: store,
+        sidecar: SidecarSettings::default(),
+        certs: certs.clone(),
+        latency: operator::webhook::latency_histogram(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = webhook::router(state);
@@ -208,7 +213,12 @@ async fn readiness_waits_for_a_certificate_and_the_policy_cache() {
     assert!(!certs.is_loaded());
     // A certificate, but a policy cache that never listed.
     let (store, _writer) = reflector::store::<DumpPolicy>();
-    let state = WebhookState { policies: store, sidecar: SidecarSettings::default(), certs: certs.clone() };
+    let state = WebhookState {
+        policies: store,
+        sidecar: SidecarSettings::default(),
+        certs: certs.clone(),
+        latency: operator::webhook::latency_histogram(),
+    };
     certs.set(&issue(&ca), &ca.cert).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -113,6 +113,8 @@ fn deadlock_on_net8(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboa
     figures.note("deadlock formed -> DotnetDeadlockDetected firing in Alertmanager", formed.elapsed());
     eprintln!("Alert: {}", alert["annotations"]["summary"]);
     assert!(formed.elapsed() < 120 * S);
+    // The admission of this pod is on the operator's /metrics.
+    c.wait_for_series("dumpwatch_operator_webhook_duration_seconds_count > 0", 30 * S).unwrap();
     dashboards.check(c, ".NET 8 deadlock");
     c.delete_app(ns, "orders").unwrap();
 }

@@ -8,6 +8,7 @@ pub mod provision;
 pub mod server;
 pub mod tls;
 
+use prometheus_client::metrics::histogram::Histogram;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,14 @@ pub struct WebhookState {
     /// The sidecar to inject; its `operator_ca` is taken from `certs` at each admission.
     pub sidecar: SidecarSettings,
     pub certs: CertSource,
+    /// `dumpwatch_operator_webhook_duration_seconds`: time to answer one AdmissionReview.
+    pub latency: Histogram,
+}
+
+/// Buckets for admission latency: the API server waits at most `timeoutSeconds` (5 s); we aim
+/// for a p99 under 10 ms.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
 }
 
 /// `POST /mutate`, `GET /healthz`, `GET /readyz`.
@@ -69,6 +78,13 @@ pub fn policy_cache(client: kube::Client) -> (Store<DumpPolicy>, impl Future<Out
 }
 
 async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let started = std::time::Instant::now();
+    let answer = answer_review(&state, body).await;
+    state.latency.observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn answer_review(state: &WebhookState, body: Bytes) -> Response {
     if state.policies.wait_until_ready().now_or_never().is_none() {
         let _ = tokio::time::timeout(CACHE_WAIT, state.policies.wait_until_ready()).await;
     }
@@ -140,6 +156,8 @@ pub struct ServeOptions {
     pub webhook_config_name: String,
     pub cert_secret_name: String,
     pub sidecar: SidecarSettings,
+    /// Where admission latency is recorded (registered on the operator's /metrics by `main`).
+    pub latency: Histogram,
 }
 
 /// How often certificates are checked (rotation, another replica's rotation, a reset
@@ -177,7 +195,7 @@ pub async fn start(
     }
     let (policies, reflect) = policy_cache(client);
     tokio::spawn(reflect);
-    let state = WebhookState { policies, sidecar: options.sidecar, certs: certs.clone() };
+    let state = WebhookState { policies, sidecar: options.sidecar, certs: certs.clone(), latency: options.latency };
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .map_err(|e| Error::io(format!("bind {}", options.addr), e))?;
