@@ -11,8 +11,7 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use operator::controller::{
-    self, AnalysisSettings, ArtifactDeleter, ArtifactUrls, Context, Deleters, LeaderElector, Metrics,
-    PolicyObjectStorage, VolumeDeleter,
+    self, AnalysisSettings, ArtifactDeleter, ArtifactUrls, Context, Deleters, LeaderElector, Metrics, VolumeDeleter,
 };
 
 /// The dumpwatch Kubernetes operator.
@@ -141,9 +140,6 @@ struct Cli {
     log_json: bool,
 }
 
-/// Validity of the presigned URLs an analysis Job downloads with (covers a retry after a deadline).
-const PRESIGNED_GET_TTL: Duration = Duration::from_secs(6 * 3600);
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
     api::Duration::parse(s).map(|d| d.std()).map_err(|e| e.to_string())
 }
@@ -228,12 +224,9 @@ async fn main() -> anyhow::Result<()> {
         ttl_after_finished_secs: cli.analysis_ttl.as_secs() as i32,
         ..AnalysisSettings::default()
     };
-    // `s3://` artifacts: the policy's storage and the credentials of its Secret in our namespace.
-    let object = Arc::new(PolicyObjectStorage {
-        client: client.clone(),
-        operator_namespace: cli.namespace.clone(),
-        url_ttl: PRESIGNED_GET_TTL,
-    });
+    // `s3://` artifacts: the policy's storage and the credentials of its Secret in our namespace
+    // (or, once the policy is gone, of any policy whose bucket and prefix hold the artifact).
+    let object = Arc::new(operator::sidecar_api::ObjectStorage::new(client.clone(), cli.namespace.clone()));
     let volume = cli.artifact_volume.clone().map(|root| VolumeDeleter { root });
     let deleter: Arc<dyn ArtifactDeleter> = Arc::new(Deleters { volume, object: Some(object.clone()) });
     let urls: Arc<dyn ArtifactUrls> = object;

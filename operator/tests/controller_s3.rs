@@ -13,7 +13,8 @@ use controller_support::{client, eventually, install_crds, start, stop};
 use harness::{Options, S3Server};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use operator::controller::{self, AnalysisSettings, Context, Deleters, Metrics, PolicyObjectStorage};
+use operator::controller::{self, AnalysisSettings, Context, Deleters, Metrics};
+use operator::sidecar_api::ObjectStorage;
 use serde_json::json;
 
 const KEY: &str = "dw/default/orders-a/c1/core.42.zst";
@@ -80,11 +81,7 @@ spec:
     assert!(ok, "PUT to moto");
     assert!(ours.head(KEY).await.unwrap().is_some());
 
-    let object = Arc::new(PolicyObjectStorage {
-        client: client.clone(),
-        operator_namespace: "dumpwatch".into(),
-        url_ttl: Duration::from_secs(600),
-    });
+    let object = Arc::new(ObjectStorage::new(client.clone(), "dumpwatch"));
     let deleter = Arc::new(Deleters { volume: None, object: Some(object.clone()) });
     let settings = AnalysisSettings { image: "dumpwatch:test".into(), ..AnalysisSettings::default() };
     let ctx = Arc::new(Context::new(client.clone(), Metrics::new(), settings, deleter, object, None));

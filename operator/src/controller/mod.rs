@@ -40,9 +40,7 @@ pub use lifecycle::{Step, next_step};
 pub use metrics::Metrics;
 pub use policy_status::policy_status;
 pub use retention::expired;
-pub use storage::{
-    ARTIFACTS_FINALIZER, ArtifactDeleter, ArtifactUrls, Deleters, NoObjectStorage, PolicyObjectStorage, VolumeDeleter,
-};
+pub use storage::{ARTIFACTS_FINALIZER, ArtifactDeleter, ArtifactUrls, Deleters, NoObjectStorage, VolumeDeleter};
 
 use crate::Error;
 

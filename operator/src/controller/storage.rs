@@ -114,52 +114,6 @@ impl ArtifactUrls for NoObjectStorage {
     }
 }
 
-/// `s3://` artifacts through the storage crate, with the storage the snapshot's policy names and
-/// the credentials of its Secret in the operator's namespace (resolved as the sidecar API does).
-pub struct PolicyObjectStorage {
-    pub client: kube::Client,
-    pub operator_namespace: String,
-    /// How long a presigned `GET` handed to an analysis Job stays valid.
-    pub url_ttl: std::time::Duration,
-}
-
-impl PolicyObjectStorage {
-    async fn store(&self, policy: Option<&DumpPolicy>, uri: &str) -> Result<store::Store, StorageError> {
-        let policy = policy.ok_or_else(|| {
-            format!("cannot reach {uri}: its DumpPolicy, which names the storage and its credentials, is gone")
-        })?;
-        crate::sidecar_api::store_for_policy(
-            &self.client,
-            &self.operator_namespace,
-            &policy.spec,
-            store::DEFAULT_PART_SIZE,
-        )
-        .await
-        .map_err(|e| e.to_string().into())
-    }
-}
-
-impl ArtifactDeleter for PolicyObjectStorage {
-    fn delete<'a>(&'a self, policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move { Ok(self.store(policy, uri).await?.delete(uri).await?) })
-    }
-}
-
-impl ArtifactUrls for PolicyObjectStorage {
-    fn fetchable<'a>(
-        &'a self,
-        policy: Option<&'a DumpPolicy>,
-        uri: &'a str,
-    ) -> BoxFuture<'a, Result<String, StorageError>> {
-        Box::pin(async move {
-            if uri.starts_with("file://") {
-                return Ok(uri.to_string());
-            }
-            Ok(self.store(policy, uri).await?.presign_get(uri, self.url_ttl)?)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
