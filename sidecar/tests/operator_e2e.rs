@@ -45,16 +45,8 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 }
 
 fn start_apiserver() -> ControlPlane {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() }) {
-            Ok(cp) => return cp,
-            // A free port can be taken in between on a shared machine.
-            Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {}
-            Err(e) => panic!("control plane starts: {e}"),
-        }
-    }
+    ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() })
+        .expect("control plane starts")
 }
 
 fn crd(name: &str) -> String {

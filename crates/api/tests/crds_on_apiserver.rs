@@ -47,20 +47,10 @@ spec:
     - {kind: dump, uri: "s3://dumps/default/orders-7c9-1/core.zst", size: 104857600, sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
 "#;
 
-/// A bare apiserver. The harness picks a free port and then binds it, so on a shared machine
-/// another process can take the port in between: that one error is retried.
+/// A bare apiserver (the harness retries a start whose port was taken in between).
 fn start_apiserver() -> ControlPlane {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() }) {
-            Ok(cp) => return cp,
-            Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {
-                eprintln!("control plane start {attempt}: port taken, retrying");
-            }
-            Err(e) => panic!("control plane starts: {e}"),
-        }
-    }
+    ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() })
+        .expect("control plane starts")
 }
 
 #[test]

@@ -18,16 +18,8 @@ use sha2::{Digest, Sha256};
 use testbed::{Runtime, Workload};
 
 fn start_apiserver() -> ControlPlane {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() }) {
-            Ok(cp) => return cp,
-            // A free port can be taken in between on a shared machine.
-            Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {}
-            Err(e) => panic!("control plane starts: {e}"),
-        }
-    }
+    ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() })
+        .expect("control plane starts")
 }
 
 /// The operator's API on `https://127.0.0.1:<port>` (serving cert of the control plane's CA).

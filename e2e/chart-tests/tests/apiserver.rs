@@ -28,9 +28,8 @@ fn third_party_crds() -> Vec<PathBuf> {
 }
 
 fn start() -> ControlPlane {
-    // A port taken between probe and bind on this shared machine: one retry.
     let opts = || Options { controller_manager: false, node_agent: false, ..Options::default() };
-    ControlPlane::start_with(opts()).or_else(|_| ControlPlane::start_with(opts())).expect("control plane starts")
+    ControlPlane::start_with(opts()).expect("control plane starts")
 }
 
 /// `kubectl auth can-i` as the operator's ServiceAccount: true for "yes".

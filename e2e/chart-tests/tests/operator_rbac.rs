@@ -36,7 +36,7 @@ fn metrics(port: u16) -> Result<String, String> {
 fn the_operator_runs_with_the_charts_environment_and_rbac_only() {
     let bin = operator_binary();
     let opts = || Options { controller_manager: false, node_agent: false, ..Options::default() };
-    let cp = ControlPlane::start_with(opts()).or_else(|_| ControlPlane::start_with(opts())).unwrap();
+    let cp = ControlPlane::start_with(opts()).unwrap();
     for f in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml"] {
         cp.kubectl(&["apply", "--server-side", "-f", &chart_dir().join(f).display().to_string()]).unwrap();
     }

@@ -65,7 +65,23 @@ impl ControlPlane {
         Self::start_with(Options::default())
     }
 
+    /// Starts what `opts` asks for. Ports are picked free and bound a moment later, so on a
+    /// shared machine another process can take one in between: that one failure is retried
+    /// (three attempts in all), here rather than in every test.
     pub fn start_with(opts: Options) -> Result<ControlPlane> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(opts.clone()) {
+                Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {
+                    eprintln!("control plane start {attempt}: a port was taken in between, retrying");
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn start_once(opts: Options) -> Result<ControlPlane> {
         let t0 = Instant::now();
         let dir = tempfile::Builder::new().prefix("dumpwatch-cp-").tempdir()?;
         let mut cp = ControlPlane {

@@ -131,8 +131,7 @@ impl Cluster {
             ],
             ..Options::default()
         };
-        // A port taken between probe and bind on a shared machine: one retry.
-        let cp = ControlPlane::start_with(opts()).or_else(|_| ControlPlane::start_with(opts()))?;
+        let cp = ControlPlane::start_with(opts())?;
         let s3 = S3Server::start(BUCKET)?;
         let alertmanager = Alertmanager::start(
             "route: {receiver: none, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}\nreceivers: [{name: none}]\n",

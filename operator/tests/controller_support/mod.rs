@@ -13,19 +13,9 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use operator::controller::{self, AnalysisSettings, Context, Deleters, Metrics, NoObjectStorage, VolumeDeleter};
 
-/// A control plane start that lost its port to another process in between is retried (shared machine).
+/// `ControlPlane::start_with` off the async runtime (it blocks for seconds).
 pub async fn start(opts: Options) -> ControlPlane {
-    for attempt in 1.. {
-        let o = opts.clone();
-        match tokio::task::spawn_blocking(move || ControlPlane::start_with(o)).await.unwrap() {
-            Ok(cp) => return cp,
-            Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {
-                eprintln!("control plane start {attempt}: port taken, retrying")
-            }
-            Err(e) => panic!("control plane start: {e}"),
-        }
-    }
-    unreachable!()
+    tokio::task::spawn_blocking(move || ControlPlane::start_with(opts)).await.unwrap().expect("control plane starts")
 }
 
 pub async fn client(cp: &ControlPlane) -> Client {
