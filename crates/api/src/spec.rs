@@ -28,6 +28,11 @@ use crate::units::{Duration, Quantity};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+// validate.rs says the same in Rust, for the standalone sidecar.
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": cooldown_rule(),
+    "message": "limits.cooldown must be at least counterInterval: a trigger can fire at most once per counter interval (e.g. counterInterval: 1s, limits: {cooldown: 10m})"
+}]))]
 pub struct DumpPolicySpec {
     /// Which pods the policy applies to (operator only; the standalone sidecar ignores it).
     pub selector: Selector,
@@ -46,6 +51,34 @@ pub struct DumpPolicySpec {
     pub storage: Storage,
     pub retention: Retention,
     pub analysis: Analysis,
+}
+
+/// `cooldown >= counterInterval`, in CEL. Both are policy duration strings (`500ms`, `10s`, `5m`,
+/// `1h`, `1d`, bare seconds), which CEL's `duration()` does not read (no `d`, no bare number), so
+/// each is turned into seconds by its suffix. Plain string and number functions only: the
+/// apiserver's cost estimate stays bounded by the fields' `maxLength`.
+fn cooldown_rule() -> String {
+    let cooldown = "self.limits.cooldown";
+    let interval = "self.counterInterval";
+    format!(
+        "!has(self.limits) || !has({cooldown}) || !has({interval}) || {} >= {}",
+        cel_seconds(cooldown),
+        cel_seconds(interval)
+    )
+}
+
+/// A CEL expression: the seconds, as a double, of the duration string `field`.
+fn cel_seconds(field: &str) -> String {
+    let number = |cut: usize| format!("double({field}.substring(0, {field}.size() - {cut}))");
+    format!(
+        "({field}.endsWith('ms') ? {} / 1000.0 : {field}.endsWith('s') ? {} : {field}.endsWith('m') ? {} * 60.0 : \
+         {field}.endsWith('h') ? {} * 3600.0 : {field}.endsWith('d') ? {} * 86400.0 : double({field}))",
+        number(2),
+        number(1),
+        number(1),
+        number(1),
+        number(1)
+    )
 }
 
 impl Default for DumpPolicySpec {

@@ -167,6 +167,8 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|h|d)?$",
+            // Bounds the cost the apiserver estimates for the CEL rules that compare durations.
+            "maxLength": 32,
             "description": "A duration such as 500ms, 10s, 5m, 1h or 1d"
         })
     }

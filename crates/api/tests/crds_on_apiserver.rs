@@ -47,6 +47,8 @@ spec:
     - {kind: dump, uri: "s3://dumps/default/orders-7c9-1/core.zst", size: 104857600, sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
 "#;
 
+const COOLDOWN_MESSAGE: &str = "limits.cooldown must be at least counterInterval";
+
 /// A bare apiserver (the harness retries a start whose port was taken in between).
 fn start_apiserver() -> ControlPlane {
     ControlPlane::start_with(Options { controller_manager: false, node_agent: false, ..Options::default() })
@@ -97,6 +99,15 @@ fn generated_crds_on_the_real_apiserver() {
             "a schedule trigger needs exactly one of `every` (e.g. every: 1h) or `cron`",
         ),
         (VALID.replace("above: 500Mi, ", ""), "a metric trigger needs `above` (the threshold), e.g. above: 500Mi"),
+        (VALID.replace("cooldown: 10m", "cooldown: 500ms"), COOLDOWN_MESSAGE),
+        (
+            VALID.replace("counterInterval: 1s", "counterInterval: 1h").replace("cooldown: 10m", "cooldown: 59m"),
+            COOLDOWN_MESSAGE,
+        ),
+        (
+            VALID.replace("counterInterval: 1s", "counterInterval: \"2\"").replace("cooldown: 10m", "cooldown: 1500ms"),
+            COOLDOWN_MESSAGE,
+        ),
     ];
     // A bare fraction is valid YAML for the Rust rules but not for a CRD's integer-or-string:
     // the API server says which field, and the description tells to quote it.
@@ -109,6 +120,21 @@ fn generated_crds_on_the_real_apiserver() {
         assert!(err.contains(message), "case {i}: expected {message:?} in the API server's answer, got: {err}");
         // The Rust rules refuse it too, so the standalone sidecar and the cluster agree.
         assert!(api::DumpPolicySpec::from_yaml(&manifest).is_err(), "case {i}: the Rust rules accept it");
+    }
+
+    // The CEL rule reads every duration form the Rust parser reads (days, bare seconds,
+    // fractions): these pairs are at or above the counter interval and must pass.
+    for (i, (interval, cooldown)) in
+        [("1s", "1s"), ("1h", "1d"), ("2", "2000ms"), ("1500ms", "1.5"), ("30m", "0.5h"), ("1s", "3650d")]
+            .iter()
+            .enumerate()
+    {
+        let manifest = VALID
+            .replace("counterInterval: 1s", &format!("counterInterval: \"{interval}\""))
+            .replace("cooldown: 10m", &format!("cooldown: \"{cooldown}\""))
+            .replace("name: orders,", &format!("name: cooldown-{i},"));
+        api::DumpPolicySpec::from_yaml(&manifest).unwrap_or_else(|e| panic!("{interval}/{cooldown}: Rust rules: {e}"));
+        cp.apply(&manifest).unwrap_or_else(|e| panic!("counterInterval {interval}, cooldown {cooldown}: {e}"));
     }
 
     cp.apply(SNAPSHOT).expect("a DumpSnapshot is accepted");
