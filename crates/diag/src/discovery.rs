@@ -83,17 +83,23 @@ impl ProcFs {
         let status =
             fs::read_to_string(dir.join("status")).map_err(|e| no(format!("cannot read /proc/{pid}/status: {e}")))?;
         let ns_pid = parse_ns_pid(&status).unwrap_or(pid);
+        let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+        // Kernel threads have no command line: a stale socket of a dead namespaced process with
+        // the same small pid must not make one look like .NET.
+        if cmdline.is_empty() {
+            return Err(no("no command line (a kernel thread or a zombie)".into()));
+        }
+        let start_key = fs::read_to_string(dir.join("stat")).ok().as_deref().and_then(start_time);
         let environ = fs::read(dir.join("environ")).unwrap_or_default();
         let tmpdir = tmpdir_from_environ(&environ);
         let root = dir.join("root");
         let search_dir = join_inside(&root, &tmpdir);
-        let socket = newest_socket(&search_dir, ns_pid).ok_or_else(|| {
+        let socket = find_socket(&search_dir, ns_pid, start_key).ok_or_else(|| {
             no(format!(
                 "no dotnet-diagnostic-{ns_pid}-*-socket in {} (not .NET, diagnostics disabled with DOTNET_EnableDiagnostics=0, or no permission)",
                 search_dir.display()
             ))
         })?;
-        let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
         let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
         let runtime_dir_inside = runtime_dir_from_maps(&maps);
         let runtime_version = runtime_dir_inside.as_deref().and_then(version_from_runtime_dir);
@@ -155,23 +161,34 @@ fn join_inside(root: &Path, inside: &str) -> PathBuf {
     root.join(inside.trim_start_matches('/'))
 }
 
-/// The reference client takes the newest matching socket: a pid reused after a restart can
-/// leave a stale socket behind.
-fn newest_socket(dir: &Path, ns_pid: u32) -> Option<PathBuf> {
+/// The process's socket. The runtime names it with its start time (`/proc/<pid>/stat` field
+/// 22, the "disambiguation key"), so that socket is the process's own; a pid reused after a
+/// restart leaves stale sockets beside it. Without an exact match, the newest socket is taken,
+/// as the reference client does.
+fn find_socket(dir: &Path, ns_pid: u32, start_key: Option<u64>) -> Option<PathBuf> {
     let prefix = format!("dotnet-diagnostic-{ns_pid}-");
-    fs::read_dir(dir)
+    let candidates: Vec<(u64, i64, PathBuf)> = fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| {
+        .filter_map(|e| {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(&prefix)
-                && name.ends_with("-socket")
-                && name[prefix.len()..name.len() - "-socket".len()].bytes().all(|b| b.is_ascii_digit())
+            let key = name.to_str()?.strip_prefix(&prefix)?.strip_suffix("-socket")?;
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((key.parse().ok()?, e.metadata().ok()?.mtime(), e.path()))
         })
-        .filter_map(|e| Some((e.metadata().ok()?.mtime(), e.path())))
-        .max_by_key(|(mtime, _)| *mtime)
-        .map(|(_, p)| p)
+        .collect();
+    if let Some((_, _, exact)) = candidates.iter().find(|(key, _, _)| Some(*key) == start_key) {
+        return Some(exact.clone());
+    }
+    candidates.into_iter().max_by_key(|(_, mtime, _)| *mtime).map(|(_, _, p)| p)
+}
+
+/// Field 22 of `/proc/<pid>/stat`, the start time in clock ticks since boot. The command name
+/// (field 2) may hold spaces and parentheses: count from the last `)`.
+pub fn start_time(stat: &str) -> Option<u64> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn same_mount_ns(proc_root: &Path, pid: u32) -> bool {
@@ -213,16 +230,39 @@ mod tests {
     }
 
     #[test]
-    fn newest_socket_wins_and_junk_is_ignored() {
+    fn the_process_own_socket_wins_then_the_newest_and_junk_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join("dotnet-diagnostic-12-100-socket");
+        let own = dir.path().join("dotnet-diagnostic-12-100-socket");
         let new = dir.path().join("dotnet-diagnostic-12-200-socket");
-        fs::write(&old, b"").unwrap();
+        fs::write(&own, b"").unwrap();
         fs::write(dir.path().join("dotnet-diagnostic-12-x-socket"), b"").unwrap();
+        fs::write(dir.path().join("dotnet-diagnostic-12--socket"), b"").unwrap();
         fs::write(dir.path().join("dotnet-diagnostic-123-300-socket"), b"").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         fs::write(&new, b"").unwrap();
-        assert_eq!(newest_socket(dir.path(), 12), Some(new));
-        assert_eq!(newest_socket(dir.path(), 99), None);
+        assert_eq!(find_socket(dir.path(), 12, Some(100)), Some(own), "the key of the process's start time");
+        assert_eq!(find_socket(dir.path(), 12, Some(7)), Some(new.clone()), "else the newest");
+        assert_eq!(find_socket(dir.path(), 12, None), Some(new));
+        assert_eq!(find_socket(dir.path(), 99, None), None);
+    }
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 123456 1000 10";
+        assert_eq!(start_time(stat), Some(123456));
+        for junk in ["", ")", "1 (x)", "1 (x) S 1 2"] {
+            assert_eq!(start_time(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn kernel_threads_are_not_dotnet_even_beside_a_stale_socket() {
+        // pid 2 is kthreadd on Linux; a dead namespaced runtime may have left a socket for pid 2.
+        let procfs = ProcFs::default();
+        if let Ok(cmd) = fs::read(Path::new("/proc/2/cmdline")) {
+            assert!(cmd.is_empty(), "pid 2 is a kernel thread here");
+            assert!(procfs.process(2).is_err());
+            assert!(procfs.dotnet_processes().iter().all(|p| !p.command_line.is_empty()));
+        }
     }
 }
