@@ -84,6 +84,8 @@ fn listen_mode_net8_resumes_a_suspended_runtime_and_finds_its_deadlock() {
     let pid = format!("pid=\"{}\"", w.pid);
     sc.wait_for("metrics of the workload", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
     assert!(sc.metrics().contains("dumpwatch_watched_processes 1"), "watched once, not also through /proc");
+    // Named by the runtime's own answer (the entrypoint assembly), as in connect mode.
+    assert!(sc.metrics().contains(&format!("{pid},process=\"DiagScenarios\"")), "{}", sc.metrics());
     // .NET Core 3.1 ignores DOTNET_DiagnosticPorts: the sidecar reaches it through /proc.
     let old = start(&sc, Runtime::Net31, true, true, &[]);
     let old_pid = format!("pid=\"{}\"", old.pid);

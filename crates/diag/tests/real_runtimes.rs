@@ -143,6 +143,17 @@ fn listen_mode_accepts_a_suspended_runtime_and_resumes_it() {
         assert_eq!(info.pid, runtime.pid());
         assert_eq!(info.runtime_cookie, runtime.cookie());
         client.resume_runtime().await.unwrap();
+        // Once running, the runtime names its entrypoint assembly (what the sidecar calls the
+        // process): the entry assembly, named after its file.
+        let named = async {
+            loop {
+                match client.process_info().await.unwrap().entrypoint_assembly {
+                    Some(name) if !name.is_empty() => return name,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        };
+        assert_eq!(tokio::time::timeout(Duration::from_secs(30), named).await.unwrap(), "Idle");
         // Commands keep working on fresh reverse connections after the resume.
         let (id, _s) = client.collect_tracing(&diag::counters::session_config(&["System.Runtime"], 1.0)).await.unwrap();
         client.stop_tracing(id).await.unwrap();
