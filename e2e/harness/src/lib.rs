@@ -18,7 +18,7 @@ mod s3;
 mod util;
 
 pub use controlplane::{ControlPlane, DEFAULT_CONTROLLERS, NODE_NAME, Options, kubectl_path};
-pub use monitoring::{Alertmanager, Prometheus, promtool};
+pub use monitoring::{Alertmanager, Prometheus, promtool, write_targets};
 pub use s3::S3Server;
 pub use serde_json::Value;
 pub use util::{cache_dir, free_port, wait_for};

@@ -9,7 +9,9 @@ use crate::proc::Proc;
 use crate::util::{curl, free_port, run, wait_for};
 
 /// Debian's Prometheus on a loopback port, scraping the given targets every second and
-/// evaluating the given rules every second.
+/// evaluating the given rules every second. Debian builds it without Kubernetes service
+/// discovery: targets found by other means are handed over as a file (`file_sd`, job `pods`,
+/// see [`Prometheus::set_pod_targets`]), which Prometheus watches.
 pub struct Prometheus {
     proc: Proc,
     port: u16,
@@ -28,8 +30,12 @@ impl Prometheus {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [rules_path],
             "alerting": {"alertmanagers": alertmanager.map(|a| vec![serde_json::json!({"static_configs": [{"targets": [a]}]})]).unwrap_or_default()},
-            "scrape_configs": [{"job_name": "test", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [
+                {"job_name": "test", "static_configs": [{"targets": targets}]},
+                {"job_name": "pods", "file_sd_configs": [{"files": [dir.path().join("pods/*.json")], "refresh_interval": "1s"}]},
+            ],
         });
+        std::fs::create_dir_all(dir.path().join("pods"))?;
         // JSON is YAML.
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
@@ -54,6 +60,16 @@ impl Prometheus {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The file of job `pods`' targets, for [`write_targets`] (from another thread, say).
+    pub fn pod_targets_file(&self) -> PathBuf {
+        self.dir.path().join("pods/targets.json")
+    }
+
+    /// Replaces job `pods`' targets: `[{"targets": ["host:port"], "labels": {...}}]`.
+    pub fn set_pod_targets(&self, groups: &Value) -> Result<()> {
+        write_targets(&self.pod_targets_file(), groups)
     }
 
     pub fn log(&self) -> String {
@@ -140,6 +156,14 @@ impl Alertmanager {
         }
         Ok(serde_json::from_str(&body)?)
     }
+}
+
+/// Writes a `file_sd` target file whole (write, then rename): Prometheus never reads half of it.
+pub fn write_targets(path: &Path, groups: &Value) -> Result<()> {
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, serde_json::to_vec(groups)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// Runs Debian's `promtool` (`check rules`, `test rules`, `check config`, `query instant`, ...).

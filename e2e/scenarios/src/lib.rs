@@ -12,9 +12,14 @@
 //!   that address too). The API server reaches the webhook at that URL as well: Endpoints may not
 //!   hold loopback addresses, so the rendered webhook configuration's `service` reference is
 //!   swapped for `url` (the only change made to the chart's objects);
-//! - Prometheus scrapes fixed loopback targets instead of discovering pods.
+//! - Debian's Prometheus has no Kubernetes service discovery: [`PodDiscovery`] does what the
+//!   chart's PodMonitor asks of the Prometheus operator (every running pod's `dumpwatch-sidecar`
+//!   container, labelled `namespace`, `pod`, `container`) from the API server's pod list and
+//!   hands the targets to Prometheus as a `file_sd` file. The operator is a fixed target.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use harness::{Alertmanager, ControlPlane, Options, Prometheus, S3Server, Value, free_port};
@@ -52,7 +57,79 @@ pub struct Cluster {
     pub alertmanager: Alertmanager,
     pub ports: Ports,
     pub started: Instant,
+    _discovery: PodDiscovery,
     _images: tempfile::TempDir,
+}
+
+/// The `file_sd` target groups for the sidecars among `pods` (a `kubectl get pods -o json`
+/// list): what the chart's PodMonitor selects (a running pod's `dumpwatch-sidecar` container)
+/// with the labels the Prometheus operator gives its targets. Every pod shares the loopback here,
+/// so the address is the one sidecar metrics port.
+pub fn sidecar_targets(pods: &Value, port: u16) -> Value {
+    let groups: Vec<Value> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["spec"]["containers"].as_array().into_iter().flatten().any(|c| c["name"] == "dumpwatch-sidecar"))
+        .map(|p| {
+            serde_json::json!({
+                "targets": [format!("127.0.0.1:{port}")],
+                "labels": {
+                    "namespace": p["metadata"]["namespace"],
+                    "pod": p["metadata"]["name"],
+                    "container": "dumpwatch-sidecar",
+                },
+            })
+        })
+        .collect();
+    Value::Array(groups)
+}
+
+/// Keeps Prometheus' sidecar targets in step with the pods, every 500 ms, until dropped.
+pub struct PodDiscovery {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodDiscovery {
+    fn start(cp: &ControlPlane, targets_file: PathBuf, port: u16) -> Result<PodDiscovery> {
+        harness::write_targets(&targets_file, &Value::Array(vec![]))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kubectl, kubeconfig) = (harness::kubectl_path(), cp.kubeconfig().to_path_buf());
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut last = Value::Null;
+                while !stop.load(Ordering::Relaxed) {
+                    let out = std::process::Command::new(&kubectl)
+                        .arg("--kubeconfig")
+                        .arg(&kubeconfig)
+                        .args(["get", "pods", "--all-namespaces", "-o", "json"])
+                        .output();
+                    let pods =
+                        out.ok().filter(|o| o.status.success()).and_then(|o| serde_json::from_slice(&o.stdout).ok());
+                    if let Some(pods) = pods {
+                        let groups = sidecar_targets(&pods, port);
+                        if groups != last && harness::write_targets(&targets_file, &groups).is_ok() {
+                            last = groups;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        });
+        Ok(PodDiscovery { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for PodDiscovery {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `target/<profile>/<name>`: the workspace's binaries, built before any test runs
@@ -137,11 +214,13 @@ impl Cluster {
             "route: {receiver: none, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}\nreceivers: [{name: none}]\n",
         )?;
         let prometheus = Prometheus::start(
-            &[format!("127.0.0.1:{}", ports.sidecar_metrics), format!("127.0.0.1:{}", ports.operator_metrics)],
+            &[format!("127.0.0.1:{}", ports.operator_metrics)],
             &time_compressed_rules()?,
             Some(&alertmanager.address()),
         )?;
-        let cluster = Cluster { cp, s3, prometheus, alertmanager, ports, started, _images: images };
+        let discovery = PodDiscovery::start(&cp, prometheus.pod_targets_file(), ports.sidecar_metrics)?;
+        let cluster =
+            Cluster { cp, s3, prometheus, alertmanager, ports, started, _discovery: discovery, _images: images };
         cluster.install()?;
         Ok(cluster)
     }
@@ -362,5 +441,27 @@ mod tests {
         assert!(compressed.contains("[30s]"), "increase(...[30m]) becomes 30s");
         // Words ending in a digit + m stay (none today; the guard is for label values like "p2m").
         assert!(compressed.contains("DotnetDeadlockDetected"));
+    }
+
+    #[test]
+    fn running_pods_with_the_sidecar_become_labelled_targets() {
+        let pod = |ns: &str, name: &str, phase: &str, containers: &[&str]| {
+            let containers: Vec<_> = containers.iter().map(|c| serde_json::json!({"name": c})).collect();
+            serde_json::json!({"metadata": {"namespace": ns, "name": name}, "spec": {"containers": containers}, "status": {"phase": phase}})
+        };
+        let mut leaving = pod("shop", "old", "Running", &["app", "dumpwatch-sidecar"]);
+        leaving["metadata"]["deletionTimestamp"] = "2026-11-28T07:00:00Z".into();
+        let pods = serde_json::json!({"items": [
+            pod("shop", "orders-1", "Running", &["app", "dumpwatch-sidecar"]),
+            pod("shop", "plain", "Running", &["app"]),
+            pod("shop", "starting", "Pending", &["app", "dumpwatch-sidecar"]),
+            leaving,
+        ]});
+        let groups = super::sidecar_targets(&pods, 9464);
+        assert_eq!(
+            groups,
+            serde_json::json!([{"targets": ["127.0.0.1:9464"],
+                "labels": {"namespace": "shop", "pod": "orders-1", "container": "dumpwatch-sidecar"}}])
+        );
     }
 }

@@ -112,6 +112,10 @@ fn deadlock_on_net8(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboa
     let alert = c.wait_for_alert("DotnetDeadlockDetected", 90 * S).unwrap();
     figures.note("deadlock formed -> DotnetDeadlockDetected firing in Alertmanager", formed.elapsed());
     eprintln!("Alert: {}", alert["annotations"]["summary"]);
+    // Labelled with the pod (from discovery, as the PodMonitor does) and the process's name.
+    let labels = &alert["labels"];
+    assert_eq!((labels["namespace"].as_str(), labels["pod"].as_str()), (Some(ns), Some(pod_name.as_str())), "{alert}");
+    assert_eq!(labels["process"], "DiagScenarios", "{alert}");
     assert!(formed.elapsed() < 120 * S);
     // The admission of this pod is on the operator's /metrics.
     c.wait_for_series("dumpwatch_operator_webhook_duration_seconds_count > 0", 30 * S).unwrap();
@@ -258,6 +262,7 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures, dashboards: 
     let alert = c.wait_for_alert("DotnetHeapGrowthSustained", 120 * S).unwrap();
     figures.note("leak: first leaked byte -> DotnetHeapGrowthSustained firing (windows / 60)", leaking.elapsed());
     eprintln!("Alert: {}", alert["annotations"]["summary"]);
+    assert_eq!(alert["labels"]["pod"], pod_name.as_str(), "{alert}");
     c.wait_for_alert("DotnetMemoryLeakSuspected", 60 * S).unwrap();
 
     // On demand: kubectl create, no artifacts.
