@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use api::CaptureKind;
 use diag::client::DiagnosticsClient;
 use diag::discovery::DotnetProcess;
+use diag::stacks::ThreadStack;
 use serde::Serialize;
 
 use crate::Error;
@@ -148,13 +149,14 @@ pub async fn run(storage: &Storage, who: &Identity, t: &Target, req: &Request<'_
     let mut failures = Vec::new();
     let mut results = Vec::new();
     let mut heap_top = None;
-    if let Some(f) = &req.finding {
-        let text = serde_json::to_vec_pretty(f).expect("finding serializes");
-        std::fs::write(pending.dir().join("finding.json"), text).map_err(Error::io("writing finding.json"))?;
-    }
+    let mut finding = req.finding.clone();
     for &kind in req.kinds {
         let r = match kind {
-            CaptureKind::Stacks => stacks(t, &pending.dir().join("stacks.json")).await,
+            CaptureKind::Stacks => stacks(t, &pending.dir().join("stacks.json")).await.map(|threads| {
+                if let Some(f) = &mut finding {
+                    name_the_frames(f, &threads);
+                }
+            }),
             CaptureKind::Gcdump => gcdump(t, pending.dir(), req.top_types).await.map(|top| heap_top = Some(top)),
             CaptureKind::Dump => dump(t, pending.dir(), req).await,
         };
@@ -169,6 +171,10 @@ pub async fn run(storage: &Storage, who: &Identity, t: &Target, req: &Request<'_
             what: format!("capturing pid {}", t.pid),
             source: std::io::Error::other(failures.join("; ")),
         });
+    }
+    if let Some(f) = &finding {
+        let text = serde_json::to_vec_pretty(f).expect("finding serializes");
+        std::fs::write(pending.dir().join("finding.json"), text).map_err(Error::io("writing finding.json"))?;
     }
     let files = pending.files_async().await?;
     let manifest = Manifest {
@@ -187,7 +193,7 @@ pub async fn run(storage: &Storage, who: &Identity, t: &Target, req: &Request<'_
         dump_type: dump_type(req.dump_type).name(),
         files,
         failures,
-        finding: req.finding.clone(),
+        finding,
         seconds: started.elapsed().as_secs_f64(),
     };
     let bytes = manifest.files.iter().map(|f| f.bytes).sum();
@@ -195,10 +201,31 @@ pub async fn run(storage: &Storage, who: &Identity, t: &Target, req: &Request<'_
     Ok(Outcome { dir, bytes, manifest, heap_top, results })
 }
 
-async fn stacks(t: &Target, out: &std::path::Path) -> Result<(), Error> {
+async fn stacks(t: &Target, out: &std::path::Path) -> Result<Vec<ThreadStack>, Error> {
     let threads = diag::stacks::capture(&t.client, Duration::from_millis(50), Duration::from_secs(60)).await?;
     let json = serde_json::to_vec_pretty(&threads).expect("stacks serialize");
-    std::fs::write(out, json).map_err(Error::io("writing stacks.json"))
+    std::fs::write(out, json).map_err(Error::io("writing stacks.json"))?;
+    Ok(threads)
+}
+
+/// A live deadlock finding holds the raw instruction pointers of each waiter (ContentionStart's
+/// stack), named later if at all. A stacks capture taken for it names every thread's frames:
+/// put them in, so that the finding (and the Event built from it) says where the threads are
+/// stuck, e.g. `DeadlockFunc`. Threads the capture did not see keep what they had.
+pub fn name_the_frames(finding: &mut serde_json::Value, threads: &[ThreadStack]) {
+    let unnamed = |stack: &serde_json::Value| {
+        stack.as_array().is_none_or(|frames| frames.iter().all(|f| f.as_str().is_none_or(|s| s.starts_with("0x"))))
+    };
+    for list in ["cycle", "victims"] {
+        let Some(entries) = finding.get_mut(list).and_then(|v| v.as_array_mut()) else { continue };
+        for e in entries {
+            let Some(tid) = e["thread"].as_u64() else { continue };
+            let Some(t) = threads.iter().find(|t| t.os_thread_id == tid && !t.frames.is_empty()) else { continue };
+            if unnamed(&e["stack"]) {
+                e["stack"] = serde_json::json!(t.frames);
+            }
+        }
+    }
 }
 
 async fn gcdump(t: &Target, dir: &std::path::Path, top: usize) -> Result<Vec<(String, u64)>, Error> {
@@ -258,6 +285,34 @@ async fn dump(t: &Target, dir: &std::path::Path, req: &Request<'_>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stacks_capture_names_the_frames_of_a_live_deadlock() {
+        let mut f = serde_json::json!({"kind": "deadlock",
+            "cycle": [{"thread": 28, "stack": ["0x7f01", "0x7f02"]}, {"thread": 27, "stack": ["Known.Frame"]}],
+            "victims": [{"thread": 30, "stack": []}, {"thread": 31, "stack": ["0x1"]}]});
+        let t = |tid: u64, frames: &[&str]| ThreadStack {
+            os_thread_id: tid,
+            state: "managed",
+            frames: frames.iter().map(|s| s.to_string()).collect(),
+        };
+        let threads = [
+            t(
+                28,
+                &[
+                    "System.Threading.Monitor.Enter(System.Object)",
+                    "DiagScenarios.Deadlocks.DeadlockFunc(System.Object)",
+                ],
+            ),
+            t(27, &["Other.Frame"]),
+            t(30, &["DiagScenarios.Deadlocks.Waiter()"]),
+        ];
+        name_the_frames(&mut f, &threads);
+        assert_eq!(f["cycle"][0]["stack"][1], "DiagScenarios.Deadlocks.DeadlockFunc(System.Object)");
+        assert_eq!(f["cycle"][1]["stack"], serde_json::json!(["Known.Frame"]), "already named: kept");
+        assert_eq!(f["victims"][0]["stack"][0], "DiagScenarios.Deadlocks.Waiter()");
+        assert_eq!(f["victims"][1]["stack"], serde_json::json!(["0x1"]), "not in the capture: kept");
+    }
 
     #[test]
     fn names_from_command_lines() {

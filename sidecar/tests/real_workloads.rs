@@ -41,6 +41,12 @@ fn deadlock_is_found_and_captured(sc: &Sidecar, w: &testbed::Workload) {
     assert!(stacks.contains("DeadlockFunc"), "the owners' frames are named");
     let found: Value = serde_json::from_slice(&std::fs::read(dir.join("finding.json")).unwrap()).unwrap();
     assert_eq!(tids(&found["cycle"]), tids(&dl["owners"]));
+    // The capture's stacks name the owners' frames in the finding it carries (what the operator's
+    // Event says), not only in the later symbolized finding on /findings.
+    for owner in found["cycle"].as_array().unwrap() {
+        assert!(owner["stack"].to_string().contains("DeadlockFunc"), "{found:#}");
+    }
+    assert_eq!(m["finding"]["cycle"], found["cycle"], "the manifest carries the same finding");
     // The symbolized version of the finding follows the raw one.
     let named = sc.wait_for("a symbolized finding", 30 * S, || {
         sc.findings().into_iter().find(|f| f["pid"] == pid && f["symbolized"] == true)

@@ -106,6 +106,8 @@ fn deadlock_on_net8(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboa
     .unwrap();
     figures.note("deadlock formed -> DeadlockDetected Event", formed.elapsed());
     eprintln!("Event: {}", event["message"]);
+    // Where they are stuck, from the stacks captured with the live finding.
+    assert!(event["message"].as_str().unwrap_or("").contains(" in DeadlockFunc"), "{event}");
 
     c.wait_for_series("dumpwatch_deadlocked_threads > 0", 30 * S).unwrap();
     figures.note("deadlock formed -> dumpwatch_deadlocked_threads > 0 in Prometheus", formed.elapsed());
