@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod inject;
 pub mod sidecar_api;
+pub mod testing;
 pub mod webhook;
 
 pub use controller::metrics;

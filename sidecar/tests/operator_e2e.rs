@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{ControlPlane, Options, S3Server};
@@ -54,53 +53,10 @@ fn crd(name: &str) -> String {
 }
 
 /// The operator's API on `https://127.0.0.1:<port>`, with a serving certificate of the
-/// control plane's CA, from a runtime of its own.
+/// control plane's CA; 5 MiB parts (S3's minimum), so that multipart uploads are exercised.
 fn serve_api(cp: &ControlPlane) -> String {
     let (cert, key) = cp.serving_cert("dumpwatch-operator").unwrap();
-    let kubeconfig = cp.kubeconfig().to_path_buf();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-            let client = kube::Client::try_from(config).unwrap();
-            let api = operator::sidecar_api::SidecarApi::new(client, "dumpwatch").with_part_size(5 << 20);
-            let app = operator::sidecar_api::router(api);
-            let tls = tls_acceptor(&cert, &key);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let (tls, app) = (tls.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(stream) = tls.accept(tcp).await else { return };
-                    let svc = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    format!("https://127.0.0.1:{port}")
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<_, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    operator::testing::serve_sidecar_api(cp.kubeconfig(), &cert, &key, Some(5 << 20))
 }
 
 fn sha256_hex(data: &[u8]) -> String {
