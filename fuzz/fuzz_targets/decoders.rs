@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use nettrace::events::{RUNDOWN_PROVIDER, RUNTIME_PROVIDER, RuntimeEvent, SAMPLE_PROFILER_PROVIDER, decode_runtime};
-use nettrace::{Event, EventMetadata, FieldMetadata, TypeCode};
+use nettrace::testing::{event, native_metadata};
+use nettrace::{FieldMetadata, TypeCode};
 
 const IDS: &[u32] = &[0, 1, 2, 15, 16, 17, 18, 19, 38, 81, 90, 91, 139, 140, 143, 144, 149, 150, 152, 153, 154];
 
@@ -17,30 +18,8 @@ fuzz_target!(|input: &[u8]| {
     let version = u32::from(input[2] % 4);
     let ptr = if input[2] & 0x80 != 0 { 4 } else { 8 };
     let payload = &input[3..];
-    let md = EventMetadata {
-        metadata_id: 1,
-        provider: provider.to_string(),
-        event_id,
-        event_name: String::new(),
-        keywords: 0,
-        version,
-        level: 5,
-        opcode: None,
-        fields: vec![],
-    };
-    let e = Event {
-        metadata: &md,
-        sequence_number: 1,
-        thread_id: 1,
-        capture_thread_id: 1,
-        processor_number: 0,
-        stack_id: 0,
-        stack: &[],
-        timestamp: 0,
-        activity_id: [0; 16],
-        related_activity_id: [0; 16],
-        payload,
-    };
+    let md = native_metadata(1, provider, event_id, version);
+    let e = event(&md, payload);
     if let Ok(ev) = decode_runtime(&e, ptr) {
         let n = match ev {
             RuntimeEvent::BulkType(it) => {
