@@ -88,11 +88,8 @@ func (w *podWorker) run(ctx context.Context) {
 		defer smu.Unlock()
 		w.report(ctx, p, startTime, states, phase, msg)
 	}
-	volumes, err := w.prepareVolumes(ctx, p, dir)
-	if err != nil {
-		w.logf("volumes: %v", err)
-		report(corev1.PodFailed, "volumes: "+err.Error())
-		w.waitForDeletion(ctx)
+	volumes, ok := w.volumesWhenSourcesExist(ctx, p, dir, report)
+	if !ok {
 		return
 	}
 	if p.Spec.ShareProcessNamespace != nil && *p.Spec.ShareProcessNamespace {
@@ -164,6 +161,43 @@ func (w *podWorker) run(ctx context.Context) {
 				w.finalize(ctx)
 				return
 			}
+		}
+	}
+}
+
+// volumesWhenSourcesExist prepares the pod's volumes, waiting like a kubelet (the pod stays
+// Pending) while a Secret or ConfigMap it mounts does not exist yet, e.g. one that cert-manager
+// has still to issue. False when the pod is gone or failed meanwhile (already handled).
+func (w *podWorker) volumesWhenSourcesExist(ctx context.Context, p *corev1.Pod, dir string,
+	report func(corev1.PodPhase, string)) (map[string]string, bool) {
+	waiting := ""
+	for {
+		volumes, err := w.prepareVolumes(ctx, p, dir)
+		if err == nil {
+			return volumes, true
+		}
+		if !apierrors.IsNotFound(err) {
+			w.logf("volumes: %v", err)
+			report(corev1.PodFailed, "volumes: "+err.Error())
+			w.waitForDeletion(ctx)
+			return nil, false
+		}
+		if msg := "volumes: " + err.Error(); msg != waiting {
+			waiting = msg
+			w.logf("%s (waiting)", msg)
+			report(corev1.PodPending, msg)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-w.stop:
+			return nil, false
+		case <-w.wake:
+			if cur := w.a.latest(w.ns, w.name, w.uid); cur != nil && cur.DeletionTimestamp != nil {
+				w.finalize(ctx)
+				return nil, false
+			}
+		case <-time.After(time.Second):
 		}
 	}
 }
@@ -642,6 +676,10 @@ func (w *podWorker) report(ctx context.Context, p *corev1.Pod, start metav1.Time
 		StartTime: &start, QOSClass: qosClass(p)}
 	toStatus := func(c corev1.Container) corev1.ContainerStatus {
 		s := states[c.Name]
+		if s == nil {
+			// Not set up yet (volumes still being prepared), as a kubelet says it.
+			s = &containerState{waiting: "ContainerCreating"}
+		}
 		cs := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: "dumpwatch-local://" + c.Image,
 			RestartCount: s.restarts}
 		switch {
