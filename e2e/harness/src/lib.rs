@@ -6,10 +6,12 @@
 //!   plus the `e2e/nodeagent` test node that runs pods' containers as local processes.
 //! - [`Prometheus`] and [`Alertmanager`]: Debian's binaries with test configs and 1 s intervals.
 //! - [`S3Server`]: moto's S3 server with a bucket.
+//! - [`CertManager`]: cert-manager's CRDs, controllers and CA injector on a [`ControlPlane`].
 //!
 //! Everything is installed by `scripts/setup`; a missing piece is a panic naming it, never a
 //! silently skipped test.
 
+mod certmanager;
 mod controlplane;
 mod monitoring;
 mod pki;
@@ -17,11 +19,12 @@ pub mod proc;
 mod s3;
 mod util;
 
+pub use certmanager::{CERT_MANAGER_VERSION, CertManager};
 pub use controlplane::{ControlPlane, DEFAULT_CONTROLLERS, NODE_NAME, Options, kubectl_path};
 pub use monitoring::{Alertmanager, Prometheus, promtool, write_targets};
 pub use s3::S3Server;
 pub use serde_json::Value;
-pub use util::{cache_dir, free_port, wait_for};
+pub use util::{cache_dir, free_port, wait_for, workspace_bin};
 
 /// Everything these helpers return as an error.
 pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;

@@ -12,13 +12,30 @@ pub fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache")
 }
 
-/// `<cache>/e2e/bin`: links to the binaries `e2e/controlplane/build` and `e2e/nodeagent/build` made.
+/// `<cache>/e2e/bin`: links to the binaries `e2e/controlplane/build`, `e2e/nodeagent/build` and
+/// `e2e/certmanager/build` made.
 pub(crate) fn e2e_bin(name: &str) -> Result<PathBuf> {
     let p = cache_dir().join("e2e/bin").join(name);
     if !p.exists() {
-        return Err(format!("{} is missing: run scripts/setup (it builds the control plane)", p.display()).into());
+        return Err(format!("{} is missing: run scripts/setup (it builds the e2e binaries)", p.display()).into());
     }
     Ok(p)
+}
+
+/// `target/<profile>/<name>`: a binary of the workspace, built before the test runs (`scripts/test`
+/// builds them all; alone, e.g. `cargo build -p operator`). `$DUMPWATCH_E2E_BIN_DIR` points
+/// elsewhere, e.g. at a copy that a concurrent build cannot replace mid-run.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("DUMPWATCH_E2E_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable");
+            exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_path_buf()
+        }
+    };
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} missing: build the workspace first (scripts/test does)", bin.display());
+    bin
 }
 
 /// A loopback TCP port that was free a moment ago.
