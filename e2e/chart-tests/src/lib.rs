@@ -80,6 +80,46 @@ pub fn kinds(objects: &[Value]) -> Vec<String> {
     objects.iter().map(|o| o["kind"].as_str().unwrap_or_default().to_string()).collect()
 }
 
+/// The rendered chart with every webhook's `clientConfig.service` replaced by
+/// `url: https://127.0.0.1:<port><path>`: on the test node pods share the host's loopback, and
+/// Endpoints may not hold loopback addresses, so a Service cannot route the API server to the
+/// operator. The only change made to the chart's objects (its caBundle handling is untouched).
+pub fn webhook_by_url(manifest: &str, port: u16) -> Result<String> {
+    let mut docs = objects(manifest)?;
+    let mut swapped = 0;
+    for d in docs.iter_mut().filter(|d| d["kind"] == "MutatingWebhookConfiguration") {
+        for w in d["webhooks"].as_array_mut().into_iter().flatten() {
+            let path = w["clientConfig"]["service"]["path"].as_str().unwrap_or("/mutate").to_string();
+            w["clientConfig"] = serde_json::json!({"url": format!("https://127.0.0.1:{port}{path}")});
+            swapped += 1;
+        }
+    }
+    if swapped == 0 {
+        return Err("the chart rendered no MutatingWebhookConfiguration".into());
+    }
+    Ok(docs.iter().map(|d| serde_json::to_string(d).expect("JSON")).collect::<Vec<_>>().join("\n---\n"))
+}
+
+/// Every container of the pod running and Ready.
+pub fn ready(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// Names of the pod's containers.
+pub fn containers(pod: &Value) -> Vec<String> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
 /// One PromQL query of a dashboard: where it is (dashboard, panel title) and its text.
 #[derive(Debug, Clone)]
 pub struct PanelQuery {

@@ -8,20 +8,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chart_tests::{NAMESPACE, OPERATOR, SERVICE_ACCOUNT, Value, chart_dir, find, render, render_text};
-use harness::{ControlPlane, Options, free_port, wait_for};
-
-fn operator_binary() -> PathBuf {
-    // target/<profile>/deps/operator_rbac-<hash> → target/<profile>/dumpwatch-operator
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("dumpwatch-operator");
-    assert!(bin.exists(), "{} is missing: `cargo build -p operator` (scripts/test builds it)", bin.display());
-    bin
-}
+use harness::{ControlPlane, Options, free_port, wait_for, workspace_bin};
 
 fn metrics(port: u16) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -34,7 +25,7 @@ fn metrics(port: u16) -> Result<String, String> {
 
 #[test]
 fn the_operator_runs_with_the_charts_environment_and_rbac_only() {
-    let bin = operator_binary();
+    let bin = workspace_bin("dumpwatch-operator");
     let opts = || Options { controller_manager: false, node_agent: false, ..Options::default() };
     let cp = ControlPlane::start_with(opts()).unwrap();
     for f in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml"] {

@@ -151,6 +151,20 @@ fn operator_deployment_is_locked_down() {
 }
 
 #[test]
+fn extra_sans_reach_the_cert_manager_certificate() {
+    let objs =
+        render(&["certificates.mode=cert-manager", "certificates.extraSANs={127.0.0.1,ops.example.com,::1}"]).unwrap();
+    let cert = find(&objs, "Certificate", OPERATOR).unwrap();
+    let dns = cert["spec"]["dnsNames"].as_array().unwrap();
+    assert_eq!(dns.len(), 5, "the four Service names and ops.example.com: {dns:?}");
+    assert_eq!(dns[4], "ops.example.com");
+    assert_eq!(cert["spec"]["ipAddresses"], serde_json::json!(["127.0.0.1", "::1"]));
+    // Without extra SANs there is no ipAddresses key at all.
+    let objs = render(&["certificates.mode=cert-manager"]).unwrap();
+    assert!(find(&objs, "Certificate", OPERATOR).unwrap()["spec"]["ipAddresses"].is_null());
+}
+
+#[test]
 fn cert_manager_mode_with_monitoring() {
     let mut set = vec!["certificates.mode=cert-manager"];
     set.extend(MONITORING_ON);

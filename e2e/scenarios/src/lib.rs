@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use harness::{Alertmanager, ControlPlane, Options, Prometheus, S3Server, Value, free_port};
 use testbed::{Runtime, workload_dll};
 
-pub use harness::Result;
+// Shared with the chart's own tests (e2e/chart-tests), which run the chart the same way.
+pub use chart_tests::{containers, ready, webhook_by_url};
+pub use harness::{Result, workspace_bin};
 
 /// Namespace of the chart's release, as in docs/operator.md.
 pub const NAMESPACE: &str = "dumpwatch";
@@ -130,22 +132,6 @@ impl Drop for PodDiscovery {
             let _ = t.join();
         }
     }
-}
-
-/// `target/<profile>/<name>`: the workspace's binaries, built before any test runs
-/// (`$DUMPWATCH_E2E_BIN_DIR` points elsewhere, e.g. at a copy that a concurrent build cannot
-/// replace mid-run).
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("DUMPWATCH_E2E_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let exe = std::env::current_exe().expect("test executable");
-            exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_path_buf()
-        }
-    };
-    let bin = dir.join(name);
-    assert!(bin.exists(), "{} missing: build the workspace first (scripts/test does)", bin.display());
-    bin
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -390,44 +376,6 @@ impl Cluster {
             Ok(alerts.as_array().into_iter().flatten().find(|a| a["labels"]["alertname"] == name).cloned())
         })
     }
-}
-
-/// The rendered chart with the webhook's `clientConfig.service` replaced by `url` (see the crate
-/// docs: Services cannot route to loopback pod IPs here).
-pub fn webhook_by_url(manifest: &str, port: u16) -> Result<String> {
-    let mut docs = chart_tests::objects(manifest)?;
-    let mut swapped = 0;
-    for d in docs.iter_mut().filter(|d| d["kind"] == "MutatingWebhookConfiguration") {
-        for w in d["webhooks"].as_array_mut().into_iter().flatten() {
-            let path = w["clientConfig"]["service"]["path"].as_str().unwrap_or("/mutate").to_string();
-            w["clientConfig"] = serde_json::json!({"url": format!("https://127.0.0.1:{port}{path}")});
-            swapped += 1;
-        }
-    }
-    if swapped == 0 {
-        return Err("the chart rendered no MutatingWebhookConfiguration".into());
-    }
-    Ok(docs.iter().map(|d| serde_json::to_string(d).expect("JSON")).collect::<Vec<_>>().join("\n---\n"))
-}
-
-/// Every container of the pod running and Ready.
-pub fn ready(pod: &Value) -> bool {
-    pod["status"]["phase"] == "Running"
-        && pod["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
-/// Names of the pod's containers.
-pub fn containers(pod: &Value) -> Vec<String> {
-    pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str().map(String::from))
-        .collect()
 }
 
 #[cfg(test)]
