@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Seed the (git-ignored) corpus of the `elf_core` target with small but well-formed cores.
 
-Usage: fuzz/seed-elf-core.py [real-core ...]
+Usage: fuzz/seed-elf-core.py [real-core | libcoreclr.so ...]
 
 Always writes a synthetic core (PRSTATUS, FPREGSET, AUXV, FILE notes, three PT_LOADs, one of
 them with p_filesz = 0 as 3.1 writes them) and its PN_XNUM variant. Each real core given
 (e.g. from `dumpwatch dump`) is shrunk: headers and notes kept, every PT_LOAD cut to at most
-64 bytes, so the fuzzer starts from createdump's real note layout.
+64 bytes, so the fuzzer starts from createdump's real note layout. The same target reads the
+bytes as a module image for its GNU build-id: a synthetic shared object is written, and each
+`*.so` given is cut to its first 4 KiB (ELF header, program headers, notes).
 """
 import os
 import struct
@@ -65,6 +67,16 @@ def synthetic():
     return notes, loads
 
 
+def image():
+    """A shared object's first bytes: ELF header, PT_LOAD + PT_NOTE, a GNU build-id note."""
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8
+    head = ident + struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 64, 0, 0, 64, 56, 2, 64, 0, 0)
+    notes = note(3, bytes(range(20)), b"GNU\0")
+    phs = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, 0x1000, 0x1000, 0x1000)
+    phs += struct.pack("<IIQQQQQQ", 4, 4, 176, 176, 176, len(notes), len(notes), 4)
+    return head + phs + notes
+
+
 def shrink(path):
     with open(path, "rb") as f:
         data = f.read()
@@ -86,7 +98,12 @@ def shrink(path):
 def main():
     os.makedirs(OUT, exist_ok=True)
     seeds = {"synthetic": synthetic()}
-    for p in sys.argv[1:]:
+    with open(os.path.join(OUT, "image-synthetic"), "wb") as f:
+        f.write(image())
+    for p in [p for p in sys.argv[1:] if p.endswith(".so")]:
+        with open(p, "rb") as src, open(os.path.join(OUT, "image-" + os.path.basename(p)), "wb") as f:
+            f.write(src.read(4096))
+    for p in [p for p in sys.argv[1:] if not p.endswith(".so")]:
         seeds["shrunk-" + os.path.basename(os.path.dirname(os.path.abspath(p))) + "-" + os.path.basename(p)] = shrink(p)
     for name, (notes, loads) in seeds.items():
         for xnum in (False, True):

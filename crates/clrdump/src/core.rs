@@ -115,6 +115,14 @@ impl CoreDump {
         self.elf.module_mappings("libcoreclr.so").map(|f| f.path.as_str()).next().ok_or(Error::NoRuntime)
     }
 
+    /// The GNU build-id of `libcoreclr.so`, read from the dump's memory only (createdump keeps
+    /// every module's ELF header, program headers and notes): what names the runtime build
+    /// when its files are not on this machine.
+    pub fn runtime_build_id(&self) -> Result<Vec<u8>> {
+        let base = self.runtime_base()?;
+        crate::buildid::image_build_id(&mut |addr, buf| self.read(addr, buf), base)
+    }
+
     /// The runtime's `@(#)Version …` string: from libcoreclr's pages in the dump (3.1 heap
     /// dumps have them), else from the `libcoreclr.so` file the dumped process mapped, when
     /// it is readable here (8.0 heap dumps leave that page out).

@@ -32,6 +32,9 @@ pub enum Error {
     /// The dump holds no .NET runtime (`libcoreclr.so` is not mapped).
     #[error("no .NET runtime (libcoreclr.so) in this dump")]
     NoRuntime,
+    /// The build-id of an ELF image in the dump could not be read (memory absent or damaged).
+    #[error("no GNU build-id for libcoreclr.so in this dump: {0}")]
+    BuildId(String),
     /// No DAC was given and none was found next to the dump or in a runtime folder.
     #[error("no DAC (libmscordaccore.so) found for runtime {runtime_version}; looked in: {looked_in}")]
     DacNotFound {

@@ -15,6 +15,7 @@
 //! println!("{} threads", dump.snapshot.threads.len());
 //! ```
 
+pub mod buildid;
 mod collect;
 pub mod core;
 pub mod dac;
