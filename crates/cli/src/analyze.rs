@@ -23,6 +23,8 @@ pub struct AnalyzeArgs {
     /// How the dump is named in the report (its URL without signature, or its path).
     pub display: String,
     pub dac: Option<PathBuf>,
+    /// The runtime version found while looking for the DAC, for dumps that do not hold it.
+    pub runtime_version: Option<String>,
     pub json: bool,
     pub top: usize,
     pub histogram_only: bool,
@@ -108,7 +110,7 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
         source: Source {
             kind: "core_dump".into(),
             path: args.core.display().to_string(),
-            runtime_version: s.runtime_version.clone(),
+            runtime_version: s.runtime_version.clone().or_else(|| args.runtime_version.clone()),
             dac: Some(data.dac.display().to_string()),
             threads: s.threads.len(),
         },
@@ -118,8 +120,25 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
         histogram: &histogram,
         top_types: args.top,
         leak_suspects: suspects,
-        warnings: s.warnings.clone(),
+        warnings: warnings(s),
     }))
+}
+
+/// The reader's warnings, and one when types have no name: the DAC reads type names from
+/// assembly metadata, which heap dumps of .NET Core 3.1 leave out; it then reads them from the
+/// assemblies at their dumped paths, absent where the app's files are not (an analysis Job).
+/// Locks and leak paths are then unreliable, and the report must not look healthy.
+fn warnings(s: &Snapshot) -> Vec<String> {
+    let mut out = s.warnings.clone();
+    let unnamed = s.types.iter().filter(|t| t.count > 0 && t.name.starts_with("<unknown type")).count();
+    if unnamed > 0 {
+        out.push(format!(
+            "{unnamed} heap types have no name: the dump lacks their assemblies' metadata and the assemblies are not at \
+             their dumped paths here; deadlocks and leak paths may be missed. Analyze where the app's and runtime's \
+             files are, or take a full dump"
+        ));
+    }
+    out
 }
 
 fn dump_threads(s: &Snapshot) -> Vec<DumpThread> {

@@ -7,6 +7,7 @@ mod commands;
 mod heap_file;
 mod remote;
 mod render;
+mod symbols;
 
 use std::path::PathBuf;
 
@@ -129,10 +130,12 @@ enum Command {
     /// Analyze a core dump: deadlocks (with both stacks), heap histogram, leak suspects; or a
     /// saved heap snapshot (`*.nettrace`, from `gcdump -o`): histogram and leak suspects.
     ///
-    /// Uses the runtime's own DAC (libmscordaccore.so) in an isolated child process: the one
-    /// `dump` wrote beside the core, or --dac, or the dumped runtime's folder. The DAC must be
-    /// the exact build of the dumped runtime. Leak suspects need retention (the default);
-    /// --histogram-only is faster and lighter.
+    /// Uses the runtime's own DAC (libmscordaccore.so) in an isolated child process: --dac, or
+    /// the one `dump` wrote beside the core, or the dumped runtime's folder or an installed
+    /// runtime of that build, or else one downloaded from a symbol server by the dumped
+    /// libcoreclr.so's build-id (cached in --dac-cache). The DAC must be the exact build of the
+    /// dumped runtime. Leak suspects need retention (the default); --histogram-only is faster
+    /// and lighter.
     ///
     /// Stored artifacts work too: a presigned https:// URL or a file:// path, `.zst` compressed,
     /// checked against --sha256 (the SHA-256 of the stored bytes), fetched into a temporary
@@ -174,6 +177,23 @@ enum Command {
         /// Only the histogram, threads and locks: no object graph, no leak suspects.
         #[arg(long)]
         histogram_only: bool,
+        /// Symbol server to fetch a missing DAC from (repeatable, tried in order). Default: the
+        /// comma-separated DUMPWATCH_SYMBOL_SERVER if set (empty: none), else Microsoft's
+        /// (https://msdl.microsoft.com/download/symbols).
+        #[arg(long, value_name = "URL")]
+        symbol_server: Vec<String>,
+        /// Never download a DAC: use only --dac, the dump's folder, the cache and local runtimes.
+        #[arg(long, conflicts_with = "symbol_server")]
+        no_symbol_server: bool,
+        /// Where downloaded DACs are kept, by symbol-server key (default:
+        /// $XDG_CACHE_HOME/dumpwatch/dac, else <temp dir>/dumpwatch-dac).
+        #[arg(long, env = "DUMPWATCH_DAC_CACHE", value_name = "DIR")]
+        dac_cache: Option<PathBuf>,
+        /// Do not take the DAC from the dumped process' runtime folder or from runtimes
+        /// installed here: only what travels with the dump, the cache and symbol servers. For
+        /// analysis that does not depend on this machine's runtimes.
+        #[arg(long)]
+        no_local_runtime: bool,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -232,6 +252,10 @@ async fn run(command: Command) -> Result<()> {
             ca_file,
             top,
             histogram_only,
+            symbol_server,
+            no_symbol_server,
+            dac_cache,
+            no_local_runtime,
             timeout,
             json,
         } => {
@@ -262,10 +286,30 @@ async fn run(command: Command) -> Result<()> {
             };
             // Dropped at the end of this arm, success or not: fetched files go with it.
             let prepared = remote::prepare(&core, dac.as_ref()).await?;
+            let dac = if heap_file::is_heap_snapshot(&prepared.core) {
+                None
+            } else {
+                let sources = symbols::DacSources {
+                    servers: symbols::DacSources::servers_from(
+                        symbol_server,
+                        std::env::var("DUMPWATCH_SYMBOL_SERVER").ok(),
+                        no_symbol_server,
+                    ),
+                    cache: dac_cache.unwrap_or_else(symbols::DacSources::default_cache),
+                    local_runtimes: !no_local_runtime,
+                };
+                let found = symbols::find_dac(&prepared.core, prepared.dac.as_deref(), &sources).await;
+                Some(found.with_context(|| format!("finding the DAC for {}", prepared.display))?)
+            };
+            let (dac, runtime_version) = match dac {
+                Some(f) => (Some(f.path), f.runtime_version),
+                None => (None, None),
+            };
             let args = analyze::AnalyzeArgs {
                 core: prepared.core.clone(),
                 display: prepared.display.clone(),
-                dac: prepared.dac.clone(),
+                dac,
+                runtime_version,
                 json,
                 top,
                 histogram_only,

@@ -31,6 +31,21 @@ pub enum RemoteError {
     Usage(String),
     #[error("reporting the findings to {url}: HTTP {status}: {body}")]
     Report { url: String, status: u16, body: String },
+    #[error(transparent)]
+    Dump(#[from] clrdump::Error),
+    #[error(
+        "{local}; and no symbol server may be asked for it (--no-symbol-server, or DUMPWATCH_SYMBOL_SERVER set empty). \
+         Allow a symbol server (it holds {key}), pass --dac, or run the sidecar in connect mode so the DAC is captured beside the dump"
+    )]
+    DacLocalOnly { local: String, key: String },
+    #[error(
+        "{local}; and the symbol server could not provide it: {tried}. If the analysis runs in a cluster, allow its egress to \
+         the symbol server (or set a reachable mirror with --symbol-server / DUMPWATCH_SYMBOL_SERVER), pass --dac, or run the \
+         sidecar in connect mode so the DAC is captured beside the dump"
+    )]
+    DacUnavailable { local: String, tried: String },
+    #[error("refused the DAC from {url}: {why} (runtime {runtime}); a DAC of another build reads garbage")]
+    DacRefused { url: String, why: String, runtime: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RemoteError {
@@ -132,7 +147,7 @@ fn dac_beside(core: &Path) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
-fn client() -> Result<reqwest::Client, RemoteError> {
+pub(crate) fn client() -> Result<reqwest::Client, RemoteError> {
     reqwest::Client::builder()
         .use_rustls_tls()
         .connect_timeout(Duration::from_secs(15))

@@ -73,10 +73,8 @@ pub fn image_build_id(read: &mut dyn FnMut(u64, &mut [u8]) -> usize, base: u64) 
     }
     let ph_addr = base.checked_add(phoff).ok_or_else(|| err("program header offset overflows"))?;
     let phs = read_exact(read, ph_addr, phnum * 56, "program headers")?;
-    let headers: Vec<(u32, u64, u64, u64)> = phs
-        .chunks_exact(56)
-        .map(|p| (u32_at(p, 0), u64_at(p, 16), u64_at(p, 40), u64_at(p, 48)))
-        .collect();
+    let headers: Vec<(u32, u64, u64, u64)> =
+        phs.chunks_exact(56).map(|p| (u32_at(p, 0), u64_at(p, 16), u64_at(p, 40), u64_at(p, 48))).collect();
     // A shared object's addresses are relative to its load bias: base minus its lowest
     // PT_LOAD's page. An executable (ET_EXEC) is mapped at its link addresses.
     let bias = if e_type == 3 {
@@ -133,12 +131,21 @@ pub fn hex(bytes: &[u8]) -> String {
 /// As the symbol store indexes them, ids of 16 to 19 bytes are zero-padded to 20; other
 /// lengths have no key.
 pub fn dac_symbol_key(build_id: &[u8]) -> Option<String> {
+    Some(format!("libmscordaccore.so/elf-buildid-coreclr-{}/libmscordaccore.so", key_id(build_id)?))
+}
+
+/// The symbol-server key of `libcoreclr.so` itself (SSQP "elf-buildid", by its own id).
+pub fn runtime_symbol_key(build_id: &[u8]) -> Option<String> {
+    Some(format!("libcoreclr.so/elf-buildid-{}/libcoreclr.so", key_id(build_id)?))
+}
+
+fn key_id(build_id: &[u8]) -> Option<String> {
     if !(16..=20).contains(&build_id.len()) {
         return None;
     }
     let mut id = build_id.to_vec();
     id.resize(20, 0);
-    Some(format!("libmscordaccore.so/elf-buildid-coreclr-{}/libmscordaccore.so", hex(&id)))
+    Some(hex(&id))
 }
 
 #[cfg(test)]
@@ -217,6 +224,10 @@ mod tests {
             dac_symbol_key(&id).unwrap(),
             "libmscordaccore.so/elf-buildid-coreclr-180a373d6afbabf0eb1f09be1bc45bd700000000/libmscordaccore.so",
             "16-byte ids are zero-padded to 20"
+        );
+        assert_eq!(
+            runtime_symbol_key(&[0xab; 20]).unwrap(),
+            format!("libcoreclr.so/elf-buildid-{}/libcoreclr.so", "ab".repeat(20))
         );
         assert_eq!(dac_symbol_key(&[1; 8]), None);
         assert_eq!(dac_symbol_key(&[1; 21]), None);

@@ -48,12 +48,15 @@ pub struct ReadOptions {
     pub worker: WorkerCommand,
     /// Kill the worker after this long.
     pub timeout: Duration,
+    /// Also look for the DAC in the dumped process' runtime folder and in installed runtimes
+    /// (see [`locate`]); off for analysis that must not depend on this machine.
+    pub local_runtimes: bool,
 }
 
 impl ReadOptions {
-    /// Defaults: DAC found automatically, 10-minute timeout.
+    /// Defaults: DAC found automatically (local runtimes included), 10-minute timeout.
     pub fn new(worker: WorkerCommand, depth: Depth) -> Self {
-        ReadOptions { dac: None, depth, worker, timeout: Duration::from_secs(600) }
+        ReadOptions { dac: None, depth, worker, timeout: Duration::from_secs(600), local_runtimes: true }
     }
 }
 
@@ -74,7 +77,8 @@ pub fn read_dump(core_path: &Path, opts: &ReadOptions) -> Result<DumpData> {
     let core = core::CoreDump::open(core_path)?;
     let runtime_path = core.runtime_path()?.to_string();
     let version = core.runtime_version()?;
-    let dac = locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref())?;
+    let dac =
+        locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref(), opts.local_runtimes)?;
     drop(core);
     let (snapshot, graph) = worker::run(&opts.worker, core_path, &dac, opts.depth, opts.timeout)?;
     Ok(DumpData { snapshot, graph, dac })

@@ -2,6 +2,10 @@
 //! writes it: `libmscordaccore.so` or `libmscordaccore-<version>.so`), else the runtime
 //! folder the dumped process used, else installed runtimes. The DAC's `@(#)Version` must
 //! equal the dumped runtime's: a mismatched DAC reads garbage or crashes.
+//!
+//! `local_runtimes = false` skips the last two: the analysis then depends only on files that
+//! travel with the dump (or come from a symbol server by the runtime's build-id), not on
+//! whatever runtimes this machine happens to have.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +16,7 @@ use crate::error::{Error, Result};
 const RUNTIME_ROOTS: &[&str] = &["/usr/share/dotnet", "/usr/lib/dotnet", "/usr/local/share/dotnet", "/opt/dotnet"];
 
 /// Candidate DAC files, most specific first.
-pub fn candidates(dump: &Path, runtime_path: Option<&str>) -> Vec<PathBuf> {
+pub fn candidates(dump: &Path, runtime_path: Option<&str>, local_runtimes: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let dir = dump.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     out.push(dir.join("libmscordaccore.so"));
@@ -27,6 +31,10 @@ pub fn candidates(dump: &Path, runtime_path: Option<&str>) -> Vec<PathBuf> {
             .collect();
         named.sort();
         out.extend(named);
+    }
+    if !local_runtimes {
+        out.retain(|p| p.is_file());
+        return out;
     }
     if let Some(rt) = runtime_path.and_then(|p| Path::new(p).parent()) {
         out.push(rt.join("libmscordaccore.so"));
@@ -55,6 +63,7 @@ pub fn choose(
     dump: &Path,
     runtime_path: Option<&str>,
     version: Option<&str>,
+    local_runtimes: bool,
 ) -> Result<PathBuf> {
     let matches = |dac: &Path| -> Result<bool> {
         let Some(want) = version else { return Ok(true) };
@@ -69,7 +78,7 @@ pub fn choose(
         }
         return Ok(dac.to_path_buf());
     }
-    let found = candidates(dump, runtime_path);
+    let found = candidates(dump, runtime_path, local_runtimes);
     for c in &found {
         if matches(c)? {
             return Ok(c.clone());
@@ -79,11 +88,18 @@ pub fn choose(
         Some(first) => Err(mismatch(first, version)),
         None => Err(Error::DacNotFound {
             runtime_version: version.unwrap_or("unknown").to_string(),
-            looked_in: format!(
-                "{} (beside the dump), the runtime folder of the dumped process, {}",
-                dump.parent().map(|p| p.display().to_string()).unwrap_or_default(),
-                RUNTIME_ROOTS.join(", ")
-            ),
+            looked_in: if local_runtimes {
+                format!(
+                    "{} (beside the dump), the runtime folder of the dumped process, {}",
+                    dump.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+                    RUNTIME_ROOTS.join(", ")
+                )
+            } else {
+                format!(
+                    "{} (beside the dump; local runtimes not searched)",
+                    dump.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                )
+            },
         }),
     }
 }
