@@ -65,6 +65,15 @@ struct Cli {
     #[arg(long, env = "DUMPWATCH_ANALYSIS_BACKOFF_LIMIT", default_value_t = 1)]
     analysis_backoff_limit: i32,
 
+    /// Symbol servers (comma-separated) analysis Jobs may fetch a missing DAC from, by the dumped
+    /// runtime's build-id; empty: none (dumps stored without their DAC then fail to analyze).
+    #[arg(
+        long,
+        env = "DUMPWATCH_ANALYSIS_SYMBOL_SERVER",
+        default_value = operator::controller::job::MICROSOFT_SYMBOL_SERVER
+    )]
+    analysis_symbol_server: String,
+
     /// How long finished analysis Jobs stay (for `kubectl logs`).
     #[arg(long, env = "DUMPWATCH_ANALYSIS_TTL", default_value = "1h", value_parser = parse_duration)]
     analysis_ttl: Duration,
@@ -222,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         operator_ca_pem,
         backoff_limit: cli.analysis_backoff_limit,
         ttl_after_finished_secs: cli.analysis_ttl.as_secs() as i32,
+        symbol_server: cli.analysis_symbol_server.clone(),
         ..AnalysisSettings::default()
     };
     // `s3://` artifacts: the policy's storage and the credentials of its Secret in our namespace

@@ -231,6 +231,26 @@ fn bad_values_are_refused_with_a_reason() {
     render(&["operator.leaderElection.enabled=false", "operator.replicas=1"]).unwrap();
 }
 
+#[test]
+fn the_analysis_symbol_server_reaches_the_operator() {
+    let server = |set: &[&str]| {
+        let objs = render(set).unwrap();
+        let deploy = find(&objs, "Deployment", OPERATOR).unwrap().clone();
+        let env = deploy["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        env.iter().find(|e| e["name"] == "DUMPWATCH_ANALYSIS_SYMBOL_SERVER").map(|e| e["value"].clone())
+    };
+    // Default: Microsoft's, where dotnet-dump finds DACs too.
+    assert_eq!(server(&[]), Some(Value::from("https://msdl.microsoft.com/download/symbols")));
+    assert_eq!(
+        server(&["analysis.symbolServer=http://symbols.mirror.svc:8080/symbols"]),
+        Some(Value::from("http://symbols.mirror.svc:8080/symbols"))
+    );
+    // Empty is passed on as empty: the operator then tells Jobs not to download.
+    assert_eq!(server(&["analysis.symbolServer="]), Some(Value::from("")));
+    let err = render(&["analysis.symbolServer=msdl.microsoft.com"]).unwrap_err().to_string();
+    assert!(err.contains("/analysis/symbolServer"), "{err}");
+}
+
 /// A webhook `objectSelector` (matchLabels + matchExpressions) against a pod's labels.
 fn object_selector_matches(selector: &Value, labels: &Value) -> bool {
     let label = |k: &str| labels[k].as_str();

@@ -25,6 +25,8 @@ pub const ANALYZER_AUDIENCE: &str = "dumpwatch.dev/analyzer";
 pub const TOKEN_DIR: &str = "/var/run/secrets/dumpwatch.dev";
 /// Scratch space for downloads and decompression; not `/tmp`, which a test node would hide.
 pub const SCRATCH_DIR: &str = "/scratch";
+/// Microsoft's public symbol server, where dotnet-dump and SOS find DACs too.
+pub const MICROSOFT_SYMBOL_SERVER: &str = "https://msdl.microsoft.com/download/symbols";
 /// Uid of the analyzer (the distroless "nonroot" user).
 pub const ANALYZER_UID: i64 = 65532;
 
@@ -44,6 +46,10 @@ pub struct AnalysisSettings {
     pub ttl_after_finished_secs: i32,
     /// Disk for downloading and decompressing the dump.
     pub scratch_size: String,
+    /// Symbol servers (comma-separated) the CLI may fetch a missing DAC from, given to it in
+    /// `DUMPWATCH_SYMBOL_SERVER`; empty: no download. Listen-mode dumps carry no DAC and the
+    /// Job's image has no runtime, so without one such dumps cannot be analyzed.
+    pub symbol_server: String,
 }
 
 impl Default for AnalysisSettings {
@@ -55,6 +61,7 @@ impl Default for AnalysisSettings {
             backoff_limit: 1,
             ttl_after_finished_secs: 3600,
             scratch_size: "20Gi".into(),
+            symbol_server: MICROSOFT_SYMBOL_SERVER.into(),
         }
     }
 }
@@ -126,7 +133,14 @@ pub fn analysis_job(
     .to_vec();
 
     let mut env = vec![
+        // Also where downloaded DACs are cached (`<TMPDIR>/dumpwatch-dac`).
         EnvVar { name: "TMPDIR".into(), value: Some(SCRATCH_DIR.into()), ..Default::default() },
+        // Set even when empty: empty tells the CLI not to download (its default is Microsoft's).
+        EnvVar {
+            name: "DUMPWATCH_SYMBOL_SERVER".into(),
+            value: Some(settings.symbol_server.clone()),
+            ..Default::default()
+        },
         EnvVar { name: "DUMPWATCH_SNAPSHOT".into(), value: Some(name.clone()), ..Default::default() },
     ];
     if let Some(pem) = &settings.operator_ca_pem {

@@ -121,3 +121,15 @@ fn outcome_comes_from_the_job_conditions() {
         JobOutcome::Failed("DeadlineExceeded: Job was active longer than specified deadline".into())
     );
 }
+
+#[test]
+fn the_cli_gets_the_symbol_servers_and_empty_means_none() {
+    let env_of = |job: &Job, name: &str| {
+        pod_spec(job).containers[0].env.as_ref().unwrap().iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+    };
+    assert_eq!(env_of(&job(), "DUMPWATCH_SYMBOL_SERVER").as_deref(), Some(MICROSOFT_SYMBOL_SERVER));
+    assert_eq!(env_of(&job(), "TMPDIR").as_deref(), Some(SCRATCH_DIR), "the DAC cache is on the scratch volume");
+    let settings = AnalysisSettings { symbol_server: String::new(), ..Default::default() };
+    let off = analysis_job(&snapshot("orders-1", "Uploaded"), None, &settings, &AnalysisInputs::default());
+    assert_eq!(env_of(&off, "DUMPWATCH_SYMBOL_SERVER").as_deref(), Some(""), "set, empty: no download");
+}
