@@ -259,6 +259,24 @@ fn a_missing_or_wrong_dac_on_the_server_and_no_server_are_clear_errors() {
     assert!(run.stderr.contains("refused the DAC") && run.stderr.contains("its version is 4.700."), "{}", run.stderr);
     assert!(!cache.join(&key).exists(), "a refused DAC is not kept");
 
+    // --no-local-runtime, without hiding anything: the runtime folder is ignored, so the DAC is
+    // the server's (the version is read from the runtime file, still readable here: no
+    // libcoreclr.so request).
+    let good = SymbolServer::start(server_files(
+        Runtime::Net8,
+        std::fs::read(Runtime::Net8.shared_dir().join("libmscordaccore.so")).unwrap(),
+    ));
+    let cache = dir.path().join("cache-no-local");
+    let out = Command::new(env!("CARGO_BIN_EXE_dumpwatch"))
+        .args(["analyze", core, "--json", "--histogram-only", "--no-local-runtime", "--symbol-server", &good.url])
+        .args(["--dac-cache", cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["source"]["dac"], cache.join(&key).to_str().unwrap());
+    assert_eq!(good.requests(), vec![format!("/symbols/{key}")]);
+
     // No network allowed: the local-only error, which names the key to fetch by other means.
     let run = analyze_without_runtime(Runtime::Net8, &[core, "--no-symbol-server"]);
     assert!(!run.ok);
