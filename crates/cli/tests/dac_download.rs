@@ -246,6 +246,23 @@ fn a_missing_or_wrong_dac_on_the_server_and_no_server_are_clear_errors() {
     assert!(run.stderr.contains("allow its egress") && run.stderr.contains("connect mode"), "{}", run.stderr);
     assert!(!cache.join(&key).exists());
 
+    // No server listening (as when egress is blocked): the same advice, after the first server
+    // the second one is tried.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/symbols", closed.local_addr().unwrap());
+    drop(closed);
+    let run = analyze_without_runtime(
+        Runtime::Net8,
+        &[core, "--symbol-server", &dead, "--symbol-server", &empty.url, "--dac-cache", cache.to_str().unwrap()],
+    );
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&format!("{dead}/{key}: ")) && run.stderr.contains("allow its egress"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&format!("{}/{key}: HTTP 404", empty.url)), "{}", run.stderr);
+
     // The 3.1 DAC under 8.0's key: refused (against the version of 8.0's libcoreclr.so, which
     // the server has too), not cached.
     let wrong = std::fs::read(Runtime::Net31.shared_dir().join("libmscordaccore.so")).unwrap();
