@@ -92,6 +92,7 @@ func (w *podWorker) run(ctx context.Context) {
 	if !ok {
 		return
 	}
+	go w.syncVolumes(ctx, p, volumes)
 	if p.Spec.ShareProcessNamespace != nil && *p.Spec.ShareProcessNamespace {
 		if err := w.startPause(dir); err != nil {
 			w.logf("shared PID namespace: %v", err)
@@ -471,7 +472,8 @@ const stageDir = "/run/dumpwatch-nodeagent-stage"
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // prepareVolumes makes a host directory for every volume: emptyDir and anything unsupported is an
-// empty directory, hostPath is the host path itself, configMap and secret are written out.
+// empty directory, hostPath is the host path itself, configMap and secret are written out as a
+// kubelet does (volumes.go; kept in sync by syncVolumes), projected ones once.
 func (w *podWorker) prepareVolumes(ctx context.Context, p *corev1.Pod, dir string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, v := range p.Spec.Volumes {
@@ -484,31 +486,21 @@ func (w *podWorker) prepareVolumes(ctx context.Context, p *corev1.Pod, dir strin
 			return nil, err
 		}
 		_ = os.Chmod(d, 0o777)
-		files := map[string][]byte{}
-		switch {
-		case v.ConfigMap != nil:
-			cm, err := w.a.client.CoreV1().ConfigMaps(p.Namespace).Get(ctx, v.ConfigMap.Name, metav1.GetOptions{})
-			if err != nil && !(apierrors.IsNotFound(err) && v.ConfigMap.Optional != nil && *v.ConfigMap.Optional) {
+		if v.ConfigMap != nil || v.Secret != nil {
+			files, err := w.sourceFiles(ctx, p, v)
+			if err != nil {
+				return nil, err
+			}
+			if err := writeAtomically(d, files); err != nil {
 				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 			}
-			if cm != nil {
-				for k, val := range cm.Data {
-					files[k] = []byte(val)
-				}
-			}
-		case v.Projected != nil:
+			out[v.Name] = d
+			continue
+		}
+		files := map[string][]byte{}
+		if v.Projected != nil {
 			if err := w.projected(ctx, p, v.Projected, files); err != nil {
 				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
-			}
-		case v.Secret != nil:
-			s, err := w.a.client.CoreV1().Secrets(p.Namespace).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
-			if err != nil && !(apierrors.IsNotFound(err) && v.Secret.Optional != nil && *v.Secret.Optional) {
-				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
-			}
-			if s != nil {
-				for k, val := range s.Data {
-					files[k] = val
-				}
 			}
 		}
 		for k, val := range files {

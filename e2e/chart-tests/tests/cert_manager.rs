@@ -14,9 +14,9 @@
 //!   certificate and key under the same CA; the operator serves it without a restart.
 //!
 //! What differs from a cluster: the webhook's `service` is swapped for `url: https://127.0.0.1:<port>`
-//! (no Services on the test node, `chart_tests::webhook_by_url`), and the node agent writes Secret
-//! volumes once at pod start, so the test plays the kubelet's part of a rotation: it copies the
-//! re-issued Secret into the running pod's volume directory.
+//! (no Services on the test node, `chart_tests::webhook_by_url`), and the node agent, standing in
+//! for the kubelet, brings the re-issued Secret into the running pod's volume within 2 s (a
+//! kubelet: up to about a minute), in the kubelet's `..data` symlink layout.
 //!
 //! The operator binary is the workspace's `target/<profile>/dumpwatch-operator`
 //! (`cargo test --workspace` builds it; alone, `cargo build -p operator` first).
@@ -304,30 +304,27 @@ fn cert_manager_issues_injects_and_rotates_the_operators_certificate() {
     verify(new_crt, renewed["ca.crt"].as_str().unwrap(), tmp.path()).unwrap();
     assert_eq!(first_cert(renewed["ca.crt"].as_str().unwrap()), first_cert(ca_crt), "same CA");
 
-    // The kubelet's part (the node agent writes Secret volumes only at pod start): the renewed
-    // keys land in the running pod's volume; each file replaced whole by a rename.
-    let volume = operator_pod_dir(&cp, &pod).join("volumes/tls");
-    for (key, value) in renewed.as_object().unwrap() {
-        let staged = volume.join(format!(".{key}.new"));
-        std::fs::write(&staged, value.as_str().unwrap()).unwrap();
-        std::fs::rename(&staged, volume.join(key)).unwrap();
-    }
+    // The node agent updates the pod's Secret volume as a kubelet does (atomically, `..data`
+    // switched); the operator re-reads it and serves the new certificate, same process.
     let served = wait_for("the operator serving the renewed certificate", 60 * S, || {
         Ok(served_cert(https, &bundle_file).ok().filter(|c| *c == first_cert(new_crt)))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", operator_log(&cp, &pod)));
     assert_eq!(served, first_cert(new_crt));
+    let to_served = renew.elapsed();
     let same_pod =
         cp.kubectl_json(&["get", "pod", "-n", NAMESPACE, pod["metadata"]["name"].as_str().unwrap()]).unwrap();
     assert_eq!(same_pod["status"]["containerStatuses"][0]["restartCount"], 0, "no restart: {same_pod}");
     assert!(operator_log(&cp, &pod).contains("serving certificate reloaded"));
+    let volume = operator_pod_dir(&cp, &pod).join("volumes/tls");
+    assert!(volume.join("..data").is_symlink() && volume.join("tls.crt").is_symlink(), "the kubelet's layout");
     // And the API server still reaches the webhook with the (unchanged) injected CA.
     injected("orders-after-renewal");
     assert!(!cp.log("kube-apiserver").contains("failing open"), "the API server never failed open");
 
     eprintln!(
         "figures: control plane + cert-manager + CRDs {started:?}; after apply: Certificate Ready {to_ready:?}, \
-         caBundle injected {to_injected:?}; renewal to Ready {to_renewed:?}; whole test {:?}",
+         caBundle injected {to_injected:?}; renewal: Ready {to_renewed:?}, served {to_served:?}; whole test {:?}",
         t0.elapsed()
     );
     drop(cm);
