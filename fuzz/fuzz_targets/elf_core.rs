@@ -26,6 +26,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(key.len(), "libmscordaccore.so/elf-buildid-coreclr-/libmscordaccore.so".len() + 40);
         }
     }
+    // The same bytes as a managed assembly's first page (its PE key for the symbol server).
+    let _ = clrdump::core::pe_identity(data);
     let Ok(core) = ElfCore::parse(data) else { return };
     assert!(core.required_len <= data.len() as u64);
     for w in core.loads.windows(2) {

@@ -25,6 +25,8 @@ pub struct AnalyzeArgs {
     pub dac: Option<PathBuf>,
     /// The runtime version found while looking for the DAC, for dumps that do not hold it.
     pub runtime_version: Option<String>,
+    /// Local copies of assemblies absent at their dumped paths (see `symbols::fetch_assemblies`).
+    pub replacements: Vec<(String, PathBuf)>,
     pub json: bool,
     pub top: usize,
     pub histogram_only: bool,
@@ -54,6 +56,7 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
     let depth = if args.histogram_only { Depth::Histogram } else { Depth::Graph };
     let mut opts = ReadOptions::new(WorkerCommand::current_exe(WORKER_SUBCOMMAND)?, depth);
     opts.dac = args.dac.clone();
+    opts.replacements = args.replacements.clone();
     opts.timeout = Duration::from_secs(args.timeout);
     let data = clrdump::read_dump(&args.core, &opts).with_context(|| format!("analyzing {}", args.core.display()))?;
     let s = &data.snapshot;

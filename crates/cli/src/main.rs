@@ -287,9 +287,8 @@ async fn run(command: Command) -> Result<()> {
             };
             // Dropped at the end of this arm, success or not: fetched files go with it.
             let prepared = remote::prepare(&core, dac.as_ref()).await?;
-            let dac = if heap_file::is_heap_snapshot(&prepared.core) {
-                None
-            } else {
+            let (mut dac, mut runtime_version, mut replacements) = (None, None, Vec::new());
+            if !heap_file::is_heap_snapshot(&prepared.core) {
                 let sources = symbols::DacSources {
                     servers: symbols::DacSources::servers_from(
                         symbol_server,
@@ -299,18 +298,18 @@ async fn run(command: Command) -> Result<()> {
                     cache: dac_cache.unwrap_or_else(symbols::DacSources::default_cache),
                     local_runtimes: !no_local_runtime,
                 };
-                let found = symbols::find_dac(&prepared.core, prepared.dac.as_deref(), &sources).await;
-                Some(found.with_context(|| format!("finding the DAC for {}", prepared.display))?)
-            };
-            let (dac, runtime_version) = match dac {
-                Some(f) => (Some(f.path), f.runtime_version),
-                None => (None, None),
-            };
+                let context = || format!("finding the DAC for {}", prepared.display);
+                let found =
+                    symbols::find_dac(&prepared.core, prepared.dac.as_deref(), &sources).await.with_context(context)?;
+                (dac, runtime_version) = (Some(found.path), found.runtime_version);
+                replacements = symbols::fetch_assemblies(&prepared.core, &sources).await?;
+            }
             let args = analyze::AnalyzeArgs {
                 core: prepared.core.clone(),
                 display: prepared.display.clone(),
                 dac,
                 runtime_version,
+                replacements,
                 json,
                 top,
                 histogram_only,

@@ -117,6 +117,83 @@ pub async fn find_dac(core: &Path, explicit: Option<&Path>, src: &DacSources) ->
     }
 }
 
+/// Local copies of the assemblies a .NET Core 3.x dump needs but this machine lacks, from the
+/// symbol servers by each assembly's PE key (read from its headers in the dump).
+///
+/// 3.x heap dumps leave assembly metadata out, and the DAC reads type names from the assembly
+/// files at their dumped paths; in an analysis Job none of them exist. Microsoft's server has
+/// the framework's assemblies (System.Private.CoreLib and the rest), not the app's own: those
+/// stay unnamed, and the findings warn about it. Later runtimes keep the metadata in the dump,
+/// so nothing is fetched for them.
+pub async fn fetch_assemblies(core: &Path, src: &DacSources) -> Result<Vec<(String, PathBuf)>, RemoteError> {
+    let dump = CoreDump::open(core)?;
+    if !dump.runtime_version()?.is_some_and(|v| v.starts_with("4.700.")) {
+        return Ok(Vec::new());
+    }
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for f in &dump.elf().files {
+        let is_dll = f.path.to_ascii_lowercase().ends_with(".dll");
+        if is_dll
+            && !wanted.iter().any(|(p, _)| *p == f.path)
+            && !Path::new(&f.path).is_file()
+            && let Some(key) = dump.pe_symbol_key(&f.path)
+        {
+            wanted.push((f.path.clone(), key));
+        }
+    }
+    drop(dump);
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let http = crate::remote::client()?;
+    let started = Instant::now();
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for (path, key) in &wanted {
+        let check = |b: &[u8]| check_pe(b, key);
+        match cached_or_fetched_quietly(&http, src, key, &check).await {
+            Some(local) => found.push((path.clone(), local)),
+            None => missing.push(clrdump::elf::file_name(path).to_string()),
+        }
+    }
+    eprintln!(
+        "{} of {} assemblies absent here taken from the symbol server or cache in {:.2} s{}",
+        found.len(),
+        wanted.len(),
+        started.elapsed().as_secs_f64(),
+        if missing.is_empty() { String::new() } else { format!("; not there: {}", missing.join(", ")) }
+    );
+    Ok(found)
+}
+
+/// Like [`cached_or_fetched`], for files that are often simply not published (an app's own
+/// assemblies): any failure is `None`.
+async fn cached_or_fetched_quietly(
+    http: &reqwest::Client,
+    src: &DacSources,
+    key: &str,
+    check: &dyn Fn(&[u8]) -> Result<(), String>,
+) -> Option<PathBuf> {
+    let cached = src.cache.join(key);
+    if cached.is_file() && std::fs::read(&cached).ok().is_some_and(|b| check(&b).is_ok()) {
+        return Some(cached);
+    }
+    for server in &src.servers {
+        let url = format!("{}/{key}", server.trim_end_matches('/'));
+        if download(http, &url, &cached, check).await.is_ok() {
+            return Some(cached);
+        }
+    }
+    None
+}
+
+/// A PE image whose key (`<name>/<timestamp><size>/<name>`) is `key`.
+fn check_pe(bytes: &[u8], key: &str) -> Result<(), String> {
+    let (timestamp, size) = clrdump::core::pe_identity(bytes).ok_or("not a PE image")?;
+    let id = key.split('/').nth(1).unwrap_or_default();
+    if id == format!("{timestamp:08X}{size:x}") { Ok(()) } else { Err(format!("its PE id is {timestamp:08X}{size:x}")) }
+}
+
 /// The file stored under `key`: from the cache if it passes `check`, else from the first
 /// server that has it (then cached). `None`: not cached and no server may be asked.
 async fn cached_or_fetched(

@@ -19,6 +19,9 @@ pub struct CoreDump {
     elf: ElfCore,
     /// Files named in NT_FILE, opened on first use (None: not readable here).
     files: RefCell<HashMap<String, Option<File>>>,
+    /// Local copies of files the dumped process mapped, by its path (fetched from a symbol
+    /// server when the path does not exist here).
+    replacements: HashMap<String, PathBuf>,
 }
 
 impl std::fmt::Debug for CoreDump {
@@ -35,7 +38,19 @@ impl CoreDump {
         }
         let map = crate::mapped::map(path)?;
         let elf = ElfCore::parse(&map)?;
-        Ok(CoreDump { path: path.to_path_buf(), map, elf, files: RefCell::new(HashMap::new()) })
+        Ok(CoreDump {
+            path: path.to_path_buf(),
+            map,
+            elf,
+            files: RefCell::new(HashMap::new()),
+            replacements: HashMap::new(),
+        })
+    }
+
+    /// Reads `local` wherever [`read_with_files`](Self::read_with_files) would read the file
+    /// the dumped process mapped from `dumped`.
+    pub fn replace_file(&mut self, dumped: String, local: PathBuf) {
+        self.replacements.insert(dumped, local);
     }
 
     /// The dump file.
@@ -100,7 +115,10 @@ impl CoreDump {
         let Some(m) = self.elf.files.iter().find(|f| f.start <= addr && addr < f.end) else { return 0 };
         let len = buf.len().min((m.end - addr) as usize);
         let mut files = self.files.borrow_mut();
-        let file = files.entry(m.path.clone()).or_insert_with(|| File::open(&m.path).ok());
+        let file = files.entry(m.path.clone()).or_insert_with(|| match self.replacements.get(&m.path) {
+            Some(local) => File::open(local).ok(),
+            None => File::open(&m.path).ok(),
+        });
         let Some(file) = file else { return 0 };
         file.read_at(&mut buf[..len], m.file_offset + (addr - m.start)).unwrap_or(0)
     }
@@ -161,12 +179,41 @@ impl CoreDump {
         Ok(None)
     }
 
+    /// The symbol-server key of the PE image (a managed assembly) the dumped process mapped from
+    /// `path` (SSQP "PE-timestamp-filesize": `<name>/<TimeDateStamp, 8 upper-case hex digits>
+    /// <SizeOfImage, lower-case hex>/<name>`), from its headers in the dump (createdump keeps
+    /// each assembly's first page). `None` when they are absent or not a PE image.
+    pub fn pe_symbol_key(&self, path: &str) -> Option<String> {
+        let base = self.elf.files.iter().filter(|f| f.path == path && f.file_offset == 0).map(|f| f.start).min()?;
+        let mut head = [0u8; 1024];
+        if self.read(base, &mut head) < head.len() {
+            return None;
+        }
+        let (timestamp, size) = pe_identity(&head)?;
+        let name = file_name(path).to_lowercase();
+        Some(format!("{name}/{timestamp:08X}{size:x}/{name}"))
+    }
+
     /// Module names from NT_FILE, for error messages.
     pub fn module_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.elf.files.iter().map(|f| file_name(&f.path)).collect();
         v.dedup();
         v
     }
+}
+
+/// `(TimeDateStamp, SizeOfImage)` from a PE image's first bytes (DOS header → `PE\0\0` → COFF
+/// header → optional header, where SizeOfImage has the same offset in PE32 and PE32+).
+pub fn pe_identity(head: &[u8]) -> Option<(u32, u32)> {
+    let u32_at = |at: usize| Some(u32::from_le_bytes(head.get(at..at.checked_add(4)?)?.try_into().ok()?));
+    if head.get(..2)? != b"MZ" {
+        return None;
+    }
+    let pe = u32_at(0x3c)? as usize;
+    if head.get(pe..pe.checked_add(4)?)? != b"PE\0\0" {
+        return None;
+    }
+    Some((u32_at(pe + 8)?, u32_at(pe + 24 + 56)?))
 }
 
 /// Finds `@(#)Version <version>` in `bytes` and returns `<version>` (up to the next space

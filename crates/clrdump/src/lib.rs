@@ -51,12 +51,22 @@ pub struct ReadOptions {
     /// Also look for the DAC in the dumped process' runtime folder and in installed runtimes
     /// (see [`locate`]); off for analysis that must not depend on this machine.
     pub local_runtimes: bool,
+    /// `(path in the dumped process, local file)`: copies of mapped files that are not at
+    /// their dumped path here (assemblies fetched from a symbol server).
+    pub replacements: Vec<(String, PathBuf)>,
 }
 
 impl ReadOptions {
     /// Defaults: DAC found automatically (local runtimes included), 10-minute timeout.
     pub fn new(worker: WorkerCommand, depth: Depth) -> Self {
-        ReadOptions { dac: None, depth, worker, timeout: Duration::from_secs(600), local_runtimes: true }
+        ReadOptions {
+            dac: None,
+            depth,
+            worker,
+            timeout: Duration::from_secs(600),
+            local_runtimes: true,
+            replacements: Vec::new(),
+        }
     }
 }
 
@@ -80,6 +90,6 @@ pub fn read_dump(core_path: &Path, opts: &ReadOptions) -> Result<DumpData> {
     let dac =
         locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref(), opts.local_runtimes)?;
     drop(core);
-    let (snapshot, graph) = worker::run(&opts.worker, core_path, &dac, opts.depth, opts.timeout)?;
+    let (snapshot, graph) = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
     Ok(DumpData { snapshot, graph, dac })
 }

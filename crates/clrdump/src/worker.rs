@@ -41,9 +41,10 @@ pub(crate) fn run(
     cmd: &WorkerCommand,
     core: &Path,
     dac: &Path,
-    depth: Depth,
+    opts: &crate::ReadOptions,
     timeout: Duration,
 ) -> Result<(Snapshot, Option<RawGraph>)> {
+    let depth = opts.depth;
     let depth_arg = match depth {
         Depth::Histogram => "histogram",
         Depth::Graph => "graph",
@@ -53,6 +54,8 @@ pub(crate) fn run(
         .arg(core)
         .arg(dac)
         .arg(depth_arg)
+        // Then pairs: a path in the dumped process, the local file to read instead.
+        .args(opts.replacements.iter().flat_map(|(dumped, local)| [OsString::from(dumped), local.clone().into()]))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -178,8 +181,8 @@ pub fn worker_main(args: &[OsString]) -> i32 {
 }
 
 fn worker(args: &[OsString]) -> Result<()> {
-    let [core, dac, depth] = args else {
-        return Err(Error::Worker("usage: <core> <dac> <histogram|graph>".into()));
+    let [core, dac, depth, replacements @ ..] = args else {
+        return Err(Error::Worker("usage: <core> <dac> <histogram|graph> [<dumped path> <local file>]...".into()));
     };
     let depth = match depth.to_str() {
         Some("graph") => Depth::Graph,
@@ -187,7 +190,11 @@ fn worker(args: &[OsString]) -> Result<()> {
     };
     let out = crate::stdio::take_stdout()?;
     // Leaked: the DAC keeps pointers into the data target for the process' lifetime.
-    let core: &'static CoreDump = Box::leak(Box::new(CoreDump::open(Path::new(core))?));
+    let mut opened = CoreDump::open(Path::new(core))?;
+    for pair in replacements.chunks_exact(2) {
+        opened.replace_file(pair[0].to_string_lossy().into_owned(), PathBuf::from(&pair[1]));
+    }
+    let core: &'static CoreDump = Box::leak(Box::new(opened));
     let dac = Dac::load(Path::new(dac), core)?;
     let (snapshot, graph) = crate::collect::collect(&dac, core, depth)?;
     let mut w = BufWriter::with_capacity(1 << 20, out);
