@@ -240,7 +240,9 @@ async fn main() -> anyhow::Result<()> {
     let volume = cli.artifact_volume.clone().map(|root| VolumeDeleter { root });
     let deleter: Arc<dyn ArtifactDeleter> = Arc::new(Deleters { volume, object: Some(object.clone()) });
     let urls: Arc<dyn ArtifactUrls> = object;
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), analysis, deleter, urls, Some(identity.clone())));
+    let mut ctx = Context::new(client.clone(), metrics.clone(), analysis, deleter, urls, Some(identity.clone()));
+    ctx.certs = Some(certs.clone());
+    let ctx = Arc::new(ctx);
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

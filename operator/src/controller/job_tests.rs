@@ -133,3 +133,23 @@ fn the_cli_gets_the_symbol_servers_and_empty_means_none() {
     let off = analysis_job(&snapshot("orders-1", "Uploaded"), None, &settings, &AnalysisInputs::default());
     assert_eq!(env_of(&off, "DUMPWATCH_SYMBOL_SERVER").as_deref(), Some(""), "set, empty: no download");
 }
+
+#[test]
+fn a_job_trusts_the_ca_served_when_it_is_created_not_the_one_read_at_start() {
+    use crate::webhook::{CertSource, certs};
+    let now = time::OffsetDateTime::now_utc();
+    let started = AnalysisSettings { operator_ca_pem: Some("CA read at start".into()), ..AnalysisSettings::default() };
+    let source = CertSource::empty();
+    assert_eq!(super::super::with_current_ca(&started, Some(&source)), started, "nothing served yet: keep it");
+    assert_eq!(super::super::with_current_ca(&started, None), started);
+    // cert-manager renewed the chain under another CA; the files were reloaded.
+    let ca = certs::generate_ca(now).unwrap();
+    let serving =
+        certs::issue_serving(&ca, &["dumpwatch-operator.dumpwatch.svc".into()], now, time::Duration::hours(1)).unwrap();
+    source.set(&serving, &ca.cert).unwrap();
+    let now_settings = super::super::with_current_ca(&started, Some(&source));
+    assert_eq!(now_settings.operator_ca_pem.as_deref(), Some(ca.cert.as_str()));
+    let job = analysis_job(&snapshot("orders-1", "Uploaded"), None, &now_settings, &AnalysisInputs::default());
+    let env = job.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "DUMPWATCH_OPERATOR_CA" && e.value.as_deref() == Some(ca.cert.as_str())));
+}

@@ -54,6 +54,9 @@ pub struct Context {
     pub urls: Arc<dyn ArtifactUrls>,
     /// `(claim, mount path)` mounted into analysis Jobs for `file://` artifacts.
     pub artifact_claim: Option<(String, String)>,
+    /// The serving certificate's source: its CA (reloaded in cert-manager mode) is the one each
+    /// new analysis Job is told to trust, not the one read at start.
+    pub certs: Option<crate::webhook::CertSource>,
     backoffs: Backoffs,
 }
 
@@ -93,9 +96,24 @@ impl Context {
             deleter,
             urls,
             artifact_claim: None,
+            certs: None,
             backoffs: Backoffs::default(),
         }
     }
+
+    /// The settings for a Job created now: the CA the operator serves under at this moment.
+    pub fn analysis_settings(&self) -> AnalysisSettings {
+        with_current_ca(&self.analysis, self.certs.as_ref())
+    }
+}
+
+/// `settings` with the CA `certs` holds now, when it holds one.
+pub fn with_current_ca(settings: &AnalysisSettings, certs: Option<&crate::webhook::CertSource>) -> AnalysisSettings {
+    let mut settings = settings.clone();
+    if let Some(pem) = certs.map(|c| c.ca_pem()).filter(|pem| !pem.trim().is_empty()) {
+        settings.operator_ca_pem = Some(pem);
+    }
+    settings
 }
 
 fn key<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {

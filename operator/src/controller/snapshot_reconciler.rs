@@ -68,7 +68,7 @@ async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> 
                 artifacts.push(api::Artifact { uri, ..a.clone() });
             }
             let inputs = AnalysisInputs { artifacts, volume: ctx.artifact_claim.clone() };
-            let job = analysis_job(snapshot, policy.as_ref(), &ctx.analysis, &inputs);
+            let job = analysis_job(snapshot, policy.as_ref(), &ctx.analysis_settings(), &inputs);
             match jobs.create(&PostParams::default(), &job).await {
                 Ok(_) => {
                     tracing::info!(snapshot = %name, namespace = %ns, job = %job.name_any(), "analysis Job created")
