@@ -80,6 +80,19 @@ pub struct DumpSnapshotSpec {
     /// What was captured; empty on a request that has not been served yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<Artifact>,
+    /// Where the `file://` artifacts live: the claim and the path it is mounted at (set by the
+    /// operator from the policy's `storage.volume`, so that analysis and deletion still find
+    /// them once the policy is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<SnapshotVolume>,
+}
+
+/// A PersistentVolumeClaim (same namespace) and the path its artifacts' URIs are under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotVolume {
+    pub claim_name: String,
+    pub path: String,
 }
 
 /// One stored file of a capture.

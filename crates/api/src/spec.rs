@@ -323,13 +323,22 @@ impl Default for Storage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct VolumeStorage {
-    /// Directory on the shared volume (as the sidecar sees it).
+    /// Directory where finished captures are kept, as the sidecar sees it.
     pub path: String,
+    /// A PersistentVolumeClaim in the policy's namespace (ReadWriteMany when the selected pods run
+    /// on several nodes). With it, the operator mounts the claim at `path` in the sidecar only,
+    /// captures are stored there as `<namespace>/<pod>/<capture>/<file>.zst`, analysis Jobs mount
+    /// it read-only, and deleting a DumpSnapshot deletes its files (a short Job mounts the claim).
+    /// Without it (operator mode), captures stay in the pod's emptyDir: not analyzed, and gone
+    /// with the pod. The standalone sidecar ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub claim_name: Option<String>,
 }
 
 impl Default for VolumeStorage {
     fn default() -> Self {
-        Self { path: "/dumpwatch".into() }
+        Self { path: "/dumpwatch".into(), claim_name: None }
     }
 }
 

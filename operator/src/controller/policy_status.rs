@@ -200,6 +200,7 @@ mod tests {
                 trigger: api::TriggerKind::Deadlock,
                 observed: None,
                 artifacts: vec![],
+                volume: None,
             },
         );
         if with_artifacts {

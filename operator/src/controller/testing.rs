@@ -39,6 +39,7 @@ pub fn snapshot(name: &str, phase: &str) -> DumpSnapshot {
                 size: 1000,
                 sha256: "ab".repeat(32),
             }],
+            volume: None,
         },
     );
     s.metadata.namespace = Some("shop".into());

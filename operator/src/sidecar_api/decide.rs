@@ -145,6 +145,8 @@ pub fn snapshot_from_report(
         trigger,
         observed: firing.value.filter(|_| trigger.is_threshold()).map(|v| format!("{v}")),
         artifacts: report.artifacts.clone(),
+        // Set by the caller from the policy's storage when the artifacts are on a claim.
+        volume: None,
     };
     let findings = match &report.findings {
         Some(doc) => Some(live_findings(doc)?),
