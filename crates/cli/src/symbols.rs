@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clrdump::core::{CoreDump, find_version};
 
-use crate::remote::RemoteError;
+use crate::remote::{RemoteError, chain};
 
 /// Microsoft's public symbol server, the default of dotnet-symbol and SOS.
 pub const MICROSOFT_SYMBOL_SERVER: &str = "https://msdl.microsoft.com/download/symbols";
@@ -316,17 +316,6 @@ fn check_dac(bytes: &[u8], version: Option<&str>) -> Result<(), String> {
         Some(want) if want != found => Err(format!("its version is {found}, the dumped runtime is {want}")),
         _ => Ok(()),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

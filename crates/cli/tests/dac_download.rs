@@ -17,29 +17,12 @@ use std::time::Instant;
 
 use testbed::{Runtime, Value, Workload};
 
-/// The GNU build-id from `.note.gnu.build-id`, found through the section headers.
-fn build_id_from_file(path: &Path) -> String {
-    let f = std::fs::read(path).unwrap();
-    let u16_at = |at: usize| u16::from_le_bytes(f[at..at + 2].try_into().unwrap()) as usize;
-    let u32_at = |at: usize| u32::from_le_bytes(f[at..at + 4].try_into().unwrap()) as usize;
-    let u64_at = |at: usize| u64::from_le_bytes(f[at..at + 8].try_into().unwrap()) as usize;
-    let (shoff, shnum, shstrndx) = (u64_at(40), u16_at(60), u16_at(62));
-    let sh = |i: usize| shoff + i * 64;
-    let strtab = u64_at(sh(shstrndx) + 24);
-    for i in 0..shnum {
-        let name = f[strtab + u32_at(sh(i))..].split(|&b| b == 0).next().unwrap();
-        if name == b".note.gnu.build-id" {
-            let off = u64_at(sh(i) + 24);
-            let desc = off + 12 + u32_at(off).next_multiple_of(4);
-            return f[desc..desc + u32_at(off + 4)].iter().map(|b| format!("{b:02x}")).collect();
-        }
-    }
-    panic!("{} has no .note.gnu.build-id", path.display());
-}
-
 /// The keys of a runtime's DAC and of its libcoreclr.so, by the symbol store's conventions.
 fn keys(runtime: Runtime) -> (String, String) {
-    let id = build_id_from_file(&runtime.shared_dir().join("libcoreclr.so"));
+    let id: String = testbed::build_id_of_file(&runtime.shared_dir().join("libcoreclr.so"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     (
         format!("libmscordaccore.so/elf-buildid-coreclr-{id}/libmscordaccore.so"),
         format!("libcoreclr.so/elf-buildid-{id}/libcoreclr.so"),

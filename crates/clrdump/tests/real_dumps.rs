@@ -183,36 +183,13 @@ fn a_mini_dump_says_it_has_no_heap() {
     }
 }
 
-/// The GNU build-id in a shared object's `.note.gnu.build-id` section, found through the
-/// section headers: a path independent of the program-header walk the dump reader uses.
-fn build_id_from_file(path: &Path) -> Vec<u8> {
-    let f = std::fs::read(path).unwrap();
-    let u16_at = |at: usize| u16::from_le_bytes(f[at..at + 2].try_into().unwrap()) as usize;
-    let u32_at = |at: usize| u32::from_le_bytes(f[at..at + 4].try_into().unwrap()) as usize;
-    let u64_at = |at: usize| u64::from_le_bytes(f[at..at + 8].try_into().unwrap()) as usize;
-    let (shoff, shnum, shstrndx) = (u64_at(40), u16_at(60), u16_at(62));
-    let sh = |i: usize| shoff + i * 64;
-    let strtab = u64_at(sh(shstrndx) + 24);
-    for i in 0..shnum {
-        let name_at = strtab + u32_at(sh(i));
-        let name = f[name_at..].split(|&b| b == 0).next().unwrap();
-        if name == b".note.gnu.build-id" {
-            let off = u64_at(sh(i) + 24);
-            let (namesz, descsz) = (u32_at(off), u32_at(off + 4));
-            let desc = off + 12 + namesz.next_multiple_of(4);
-            return f[desc..desc + descsz].to_vec();
-        }
-    }
-    panic!("{} has no .note.gnu.build-id", path.display());
-}
-
 #[test]
 fn the_runtime_build_id_read_from_the_dump_is_the_one_of_the_file_on_disk() {
     for runtime in Runtime::ALL {
         let w = Workload::start(runtime, "Idle", &[]);
         let dir = tempfile::tempdir().unwrap();
         let core = dump(&w, dir.path());
-        let truth = build_id_from_file(&runtime.shared_dir().join("libcoreclr.so"));
+        let truth = testbed::build_id_of_file(&runtime.shared_dir().join("libcoreclr.so"));
         assert_eq!(truth.len(), 20, "{runtime:?}: a SHA-1 build-id");
         let d = clrdump::core::CoreDump::open(&core).unwrap();
         let id = d.runtime_build_id().unwrap_or_else(|e| panic!("{runtime:?}: {e}"));

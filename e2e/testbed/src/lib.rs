@@ -222,6 +222,29 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Ground truth for build-id readers: the GNU build-id of a shared object on disk (e.g. a
+/// runtime's `libcoreclr.so`), from its `.note.gnu.build-id` section found through the section
+/// headers — independent of the program-header walk a dump reader does. Panics on a file
+/// without one (test support, not a parser of untrusted input).
+pub fn build_id_of_file(path: &Path) -> Vec<u8> {
+    let f = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let u16_at = |at: usize| u16::from_le_bytes(f[at..at + 2].try_into().unwrap()) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(f[at..at + 4].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(f[at..at + 8].try_into().unwrap()) as usize;
+    let (shoff, shnum, shstrndx) = (u64_at(40), u16_at(60), u16_at(62));
+    let sh = |i: usize| shoff + i * 64;
+    let strtab = u64_at(sh(shstrndx) + 24);
+    for i in 0..shnum {
+        let name = f[strtab + u32_at(sh(i))..].split(|&b| b == 0).next().unwrap();
+        if name == b".note.gnu.build-id" {
+            let off = u64_at(sh(i) + 24);
+            let desc = off + 12 + u32_at(off).next_multiple_of(4);
+            return f[desc..desc + u32_at(off + 4)].to_vec();
+        }
+    }
+    panic!("{} has no .note.gnu.build-id", path.display());
+}
+
 /// Minimal HTTP/1.1 GET against the workload on loopback.
 pub fn http_get(port: u16, path_and_query: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
