@@ -4,6 +4,7 @@
 
 mod analyze;
 mod commands;
+mod delete_artifacts;
 mod heap_file;
 mod remote;
 mod render;
@@ -202,6 +203,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete stored `file://` artifacts, but only those under --under.
+    ///
+    /// What the operator's cleanup Job runs when a DumpSnapshot stored on a PersistentVolumeClaim
+    /// is deleted: the claim is mounted read-write, so every path is checked first. A URI is
+    /// deleted only if its path is absolute, has no `.` or `..`, lies under DIR, and its directory
+    /// still lies under DIR once symlinks are resolved (a symlinked file is removed itself, never
+    /// followed). A file that is already gone counts as deleted. Capture directories left empty
+    /// are removed, up to DIR (DIR itself stays). All URIs are tried; the exit code is 1 if any
+    /// was refused or could not be deleted.
+    #[command(after_help = "Example (what the cleanup Job of snapshot orders-7c9-c1 runs):\n  \
+        dumpwatch delete-artifacts --under /dumpwatch/shop/orders-7c9 \\\n    \
+        file:///dumpwatch/shop/orders-7c9/c1/core.42.zst file:///dumpwatch/shop/orders-7c9/c1/libmscordaccore.so.zst")]
+    DeleteArtifacts {
+        /// The directory every artifact must be under (the snapshot's `<path>/<namespace>/<pod>`).
+        #[arg(long, value_name = "DIR")]
+        under: PathBuf,
+        /// The artifacts' `file:///...` URIs.
+        #[arg(required = true, value_name = "URI")]
+        uris: Vec<String>,
+    },
 }
 
 fn parse_dump_type(s: &str) -> Result<diag::protocol::DumpType, String> {
@@ -241,6 +262,19 @@ async fn run(command: Command) -> Result<()> {
             dump(pid, output, dump_type, min_free_mib, json).await
         }
         Command::Watch { pid, confirm_ms, duration, once, json } => watch(pid, confirm_ms, duration, once, json).await,
+        Command::DeleteArtifacts { under, uris } => {
+            let (done, errors) = delete_artifacts::delete_all(&under, &uris);
+            for d in done {
+                match d {
+                    delete_artifacts::Deleted::Removed(p) => println!("deleted {}", p.display()),
+                    delete_artifacts::Deleted::AlreadyGone(p) => println!("already gone {}", p.display()),
+                }
+            }
+            if !errors.is_empty() {
+                anyhow::bail!("{} of {} artifacts not deleted:\n{}", errors.len(), uris.len(), errors.join("\n"));
+            }
+            Ok(())
+        }
         Command::Analyze {
             core,
             sha256,
