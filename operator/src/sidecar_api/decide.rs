@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use api::{Artifact, CaptureKind, DumpSnapshot, DumpSnapshotSpec, DumpSnapshotStatus, FindingsSummary, SnapshotPhase};
-use api::{DeadlockCycle, DeadlockedThread, TriggerKind};
+use api::{DeadlockCycle, DeadlockedThread, SnapshotVolume, Storage, TriggerKind};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 use serde::Deserialize;
@@ -122,6 +122,7 @@ pub fn snapshot_from_report(
     pod: &str,
     policy: &str,
     analysis_enabled: bool,
+    volume: Option<SnapshotVolume>,
 ) -> Result<(DumpSnapshotSpec, DumpSnapshotStatus), ApiError> {
     let m = Manifest::deserialize(&report.manifest).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
     let firing = m.trigger.unwrap_or_default();
@@ -145,8 +146,9 @@ pub fn snapshot_from_report(
         trigger,
         observed: firing.value.filter(|_| trigger.is_threshold()).map(|v| format!("{v}")),
         artifacts: report.artifacts.clone(),
-        // Set by the caller from the policy's storage when the artifacts are on a claim.
-        volume: None,
+        // From the policy's storage (see `snapshot_volume`): analysis and deletion find the
+        // files through it even after the policy is gone.
+        volume,
     };
     let findings = match &report.findings {
         Some(doc) => Some(live_findings(doc)?),
@@ -298,13 +300,38 @@ pub fn check_job_pod(snapshot: &DumpSnapshot, pod: &Pod) -> Result<(), ApiError>
     Ok(())
 }
 
-/// `s3://` artifacts must lie under this pod's own prefix; a pod cannot claim another's objects.
+/// Where a snapshot's `file://` artifacts live when the policy stores on a claim
+/// (`storage.volume.claimName`); `None` for S3 and for the pod's own emptyDir.
+pub fn snapshot_volume(storage: &Storage) -> Option<SnapshotVolume> {
+    let v = storage.volume.as_ref()?;
+    let claim = v.claim_name.as_deref().filter(|c| !c.is_empty())?;
+    Some(SnapshotVolume { claim_name: claim.to_string(), path: v.path.trim_end_matches('/').to_string() })
+}
+
+/// The URI prefix of `pod`'s files on the claim: `file://<path>/<namespace>/<pod>/` (the layout
+/// the sidecar writes; the cleanup Job deletes under it).
+pub fn claim_prefix(volume: &SnapshotVolume, namespace: &str, pod: &str) -> String {
+    format!("file://{}/{namespace}/{pod}/", volume.path.trim_end_matches('/'))
+}
+
+/// Artifacts must lie under this pod's own prefix (`s3://…/<ns>/<pod>/` in a bucket,
+/// `file://<path>/<ns>/<pod>/` on a claim): a pod cannot claim another's files, and on a claim
+/// it cannot reach out with `.` or `..` either.
 pub fn check_artifact_owner(uri: &str, own_prefix: &str) -> Result<(), ApiError> {
-    if uri.starts_with("s3://") && !uri.starts_with(own_prefix) {
-        return Err(ApiError::forbidden(format!("{uri} is not under this pod's {own_prefix}")));
-    }
     if !uri.starts_with("s3://") && !uri.starts_with("file:///") {
         return Err(ApiError::bad_request(format!("{uri}: artifacts are s3:// or file:/// URIs")));
+    }
+    if own_prefix.starts_with("file://") {
+        let inside = uri
+            .strip_prefix(own_prefix)
+            .filter(|rest| !rest.is_empty() && rest.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."));
+        if inside.is_none() {
+            return Err(ApiError::forbidden(format!(
+                "{uri} is not a file under this pod's {own_prefix} (no . or .. segments)"
+            )));
+        }
+    } else if uri.starts_with("s3://") && !uri.starts_with(own_prefix) {
+        return Err(ApiError::forbidden(format!("{uri} is not under this pod's {own_prefix}")));
     }
     Ok(())
 }

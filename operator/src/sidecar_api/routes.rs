@@ -158,8 +158,16 @@ pub async fn captures(
     let capture = decide::capture_id(&report)?;
     let policy = api.policy(&caller).await?;
     let policy_name = policy.metadata.name.clone().unwrap_or_default();
+    let volume = decide::snapshot_volume(&policy.spec.storage);
     let (spec, status) =
-        decide::snapshot_from_report(&report, &caller.pod, &policy_name, policy.spec.analysis.enabled)?;
+        decide::snapshot_from_report(&report, &caller.pod, &policy_name, policy.spec.analysis.enabled, volume)?;
+    // On a claim, every file is this pod's (the cleanup Job deletes under the pod's directory).
+    if let Some(v) = &spec.volume {
+        let own = decide::claim_prefix(v, &caller.namespace, &caller.pod);
+        for a in &spec.artifacts {
+            decide::check_artifact_owner(&a.uri, &own)?;
+        }
+    }
 
     // The operator vouches for what it records: every s3:// artifact is this pod's, exists, and
     // has the reported size.
@@ -189,7 +197,7 @@ pub async fn captures(
             // The request keeps its trigger (onDemand); the capture fills in the rest.
             let patch = json!({ "spec": {
                 "policy": spec.policy, "container": spec.container, "pid": spec.pid,
-                "runtimeVersion": spec.runtime_version, "artifacts": spec.artifacts,
+                "runtimeVersion": spec.runtime_version, "artifacts": spec.artifacts, "volume": spec.volume,
             }});
             snapshots.patch(requested, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_error)?;
             requested.clone()

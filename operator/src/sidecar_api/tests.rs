@@ -42,9 +42,14 @@ fn live_deadlock() -> serde_json::Value {
 
 #[test]
 fn a_dump_to_analyze_is_uploaded() {
-    let (spec, status) =
-        snapshot_from_report(&report(vec![artifact(CaptureKind::Dump, "core.42.zst")], None), "cart-1", "leaks", true)
-            .unwrap();
+    let (spec, status) = snapshot_from_report(
+        &report(vec![artifact(CaptureKind::Dump, "core.42.zst")], None),
+        "cart-1",
+        "leaks",
+        true,
+        None,
+    )
+    .unwrap();
     assert_eq!(status.phase, SnapshotPhase::Uploaded);
     assert_eq!((spec.pod.as_str(), spec.policy.as_deref(), spec.pid), ("cart-1", Some("leaks"), Some(42)));
     assert_eq!((spec.trigger, spec.container.as_deref()), (TriggerKind::GcHeapBytes, Some("app")));
@@ -56,7 +61,7 @@ fn a_dump_to_analyze_is_uploaded() {
 #[test]
 fn live_findings_with_nothing_to_analyze_are_final() {
     let r = report(vec![artifact(CaptureKind::Stacks, "stacks.json.zst")], Some(live_deadlock()));
-    let (_, status) = snapshot_from_report(&r, "cart-1", "locks", true).unwrap();
+    let (_, status) = snapshot_from_report(&r, "cart-1", "locks", true, None).unwrap();
     assert_eq!(status.phase, SnapshotPhase::Analyzed);
     let f = status.findings.unwrap();
     assert_eq!((f.deadlocks, f.victims), (1, 1));
@@ -67,19 +72,19 @@ fn live_findings_with_nothing_to_analyze_are_final() {
     assert!(threads[1].top_frames.is_empty(), "raw addresses are not frames");
     // Analysis disabled: a dump is not analyzed either.
     let r = report(vec![artifact(CaptureKind::Dump, "core.42.zst")], None);
-    assert_eq!(snapshot_from_report(&r, "p", "x", false).unwrap().1.phase, SnapshotPhase::Analyzed);
+    assert_eq!(snapshot_from_report(&r, "p", "x", false, None).unwrap().1.phase, SnapshotPhase::Analyzed);
 }
 
 #[test]
 fn bad_reports_are_400_with_the_reason() {
     let mut r = report(vec![], None);
     r.manifest["trigger"]["trigger"] = json!("sunspots");
-    let e = snapshot_from_report(&r, "p", "x", true).unwrap_err();
+    let e = snapshot_from_report(&r, "p", "x", true, None).unwrap_err();
     assert_eq!(e.status, 400);
     assert!(e.message.contains("sunspots"), "{e}");
     let mut a = artifact(CaptureKind::Dump, "core");
     a.sha256 = "ABC".into();
-    assert_eq!(snapshot_from_report(&report(vec![a], None), "p", "x", true).unwrap_err().status, 400);
+    assert_eq!(snapshot_from_report(&report(vec![a], None), "p", "x", true, None).unwrap_err().status, 400);
     let mut r = report(vec![], None);
     r.manifest["id"] = json!("../../etc");
     assert_eq!(capture_id(&r).unwrap_err().status, 400);
@@ -134,7 +139,7 @@ fn the_policy_is_the_injection_annotation() {
 }
 
 fn snapshot(name: &str, pod: &str, phase: Option<SnapshotPhase>, job: Option<&str>) -> api::DumpSnapshot {
-    let (spec, _) = snapshot_from_report(&report(vec![], None), pod, "x", true).unwrap();
+    let (spec, _) = snapshot_from_report(&report(vec![], None), pod, "x", true, None).unwrap();
     let mut s = new_snapshot("shop", name, "c1", api::DumpSnapshotSpec { artifacts: vec![], ..spec });
     s.status = phase.map(|phase| DumpSnapshotStatus { phase, job: job.map(str::to_owned), ..Default::default() });
     s
@@ -178,6 +183,40 @@ fn a_pod_cannot_claim_another_pods_objects() {
     assert_eq!(check_artifact_owner("s3://dumps/p/shop/cart-2/c1/core.zst", own).unwrap_err().status, 403);
     assert!(check_artifact_owner("file:///dumpwatch/c1/core.zst", own).is_ok());
     assert_eq!(check_artifact_owner("http://x/y", own).unwrap_err().status, 400);
+}
+
+#[test]
+fn on_a_claim_the_snapshot_records_it_and_a_pod_owns_only_its_directory() {
+    let mut storage = api::Storage::default();
+    assert_eq!(snapshot_volume(&storage), None, "emptyDir: no claim to record");
+    storage.volume = Some(api::VolumeStorage { path: "/dumpwatch-store/".into(), claim_name: Some("dumps".into()) });
+    let volume = snapshot_volume(&storage).unwrap();
+    assert_eq!((volume.claim_name.as_str(), volume.path.as_str()), ("dumps", "/dumpwatch-store"));
+    let s3 = api::Storage { volume: None, s3: Some(Default::default()) };
+    assert_eq!(snapshot_volume(&s3), None);
+
+    let mut a = artifact(CaptureKind::Dump, "core.42.zst");
+    a.uri = "file:///dumpwatch-store/shop/cart-1/c1/core.42.zst".into();
+    let (spec, status) =
+        snapshot_from_report(&report(vec![a], None), "cart-1", "leaks", true, Some(volume.clone())).unwrap();
+    assert_eq!(spec.volume.as_ref(), Some(&volume));
+    assert_eq!(status.phase, SnapshotPhase::Uploaded);
+
+    let own = claim_prefix(&volume, "shop", "cart-1");
+    assert_eq!(own, "file:///dumpwatch-store/shop/cart-1/");
+    assert!(check_artifact_owner("file:///dumpwatch-store/shop/cart-1/c1/core.42.zst", &own).is_ok());
+    for theirs in [
+        "file:///dumpwatch-store/shop/cart-2/c1/core.42.zst",
+        "file:///dumpwatch-store/shop/cart-1/../cart-2/c1/core.42.zst",
+        "file:///dumpwatch-store/shop/cart-1/./c1/core.42.zst",
+        "file:///dumpwatch-store/shop/cart-1//etc/passwd",
+        "file:///dumpwatch-store/shop/cart-1/",
+        "file:///dumpwatch-store/shop/cart-10/c1/core.42.zst",
+        "file:///etc/passwd",
+        "s3://dumps/p/shop/cart-1/c1/core.zst",
+    ] {
+        assert_eq!(check_artifact_owner(theirs, &own).unwrap_err().status, 403, "{theirs}");
+    }
 }
 
 #[test]
