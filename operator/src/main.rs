@@ -11,7 +11,7 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use operator::controller::{
-    self, AnalysisSettings, ArtifactDeleter, ArtifactUrls, Context, Deleters, LeaderElector, Metrics, VolumeDeleter,
+    self, AnalysisSettings, ArtifactDeleter, ArtifactUrls, Context, Deleters, LeaderElector, Metrics,
 };
 
 /// The dumpwatch Kubernetes operator.
@@ -77,11 +77,6 @@ struct Cli {
     /// How long finished analysis Jobs stay (for `kubectl logs`).
     #[arg(long, env = "DUMPWATCH_ANALYSIS_TTL", default_value = "1h", value_parser = parse_duration)]
     analysis_ttl: Duration,
-
-    /// Where the operator mounts the artifact volume, for deleting `file://` artifacts of expired
-    /// snapshots. Without it, snapshots with `file://` artifacts cannot be deleted.
-    #[arg(long, env = "DUMPWATCH_ARTIFACT_VOLUME")]
-    artifact_volume: Option<PathBuf>,
 
     /// Run the controllers without a Lease (one replica only; for development).
     #[arg(long, env = "DUMPWATCH_NO_LEADER_ELECTION")]
@@ -237,8 +232,8 @@ async fn main() -> anyhow::Result<()> {
     // `s3://` artifacts: the policy's storage and the credentials of its Secret in our namespace
     // (or, once the policy is gone, of any policy whose bucket and prefix hold the artifact).
     let object = Arc::new(operator::sidecar_api::ObjectStorage::new(client.clone(), cli.namespace.clone()));
-    let volume = cli.artifact_volume.clone().map(|root| VolumeDeleter { root });
-    let deleter: Arc<dyn ArtifactDeleter> = Arc::new(Deleters { volume, object: Some(object.clone()) });
+    // `file://` artifacts on a claim: a cleanup Job in the snapshot's namespace (cleanup.rs).
+    let deleter: Arc<dyn ArtifactDeleter> = Arc::new(Deleters { object: Some(object.clone()) });
     let urls: Arc<dyn ArtifactUrls> = object;
     let mut ctx = Context::new(client.clone(), metrics.clone(), analysis, deleter, urls, Some(identity.clone()));
     ctx.certs = Some(certs.clone());

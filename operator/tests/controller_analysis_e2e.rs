@@ -86,7 +86,7 @@ async fn a_real_dump_is_analyzed_by_its_job_and_the_deadlock_becomes_an_event() 
     let api_server = sidecar_api::router(SidecarApi::new(client.clone(), "dumpwatch"));
     tokio::spawn(async move { axum::serve(listener, api_server).await.unwrap() });
     let settings = AnalysisSettings { image: IMAGE.into(), operator_url: url, ..AnalysisSettings::default() };
-    let (stop_controllers, ctx, controllers) = run_controllers(client.clone(), settings, work.path().join("volume"));
+    let (stop_controllers, ctx, controllers) = run_controllers(client.clone(), settings);
 
     cp.apply(
         r#"
@@ -97,6 +97,13 @@ spec:
   selector: {matchLabels: {app: orders}}
   triggers: [{type: deadlock}]
   analysis: {deadline: 3m, memory: 2Gi}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: dumps, namespace: default}
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
 ---
 apiVersion: v1
 kind: Pod
@@ -117,7 +124,11 @@ spec:
         "apiVersion": "dumpwatch.dev/v1alpha1", "kind": "DumpSnapshot",
         "metadata": {"name": "orders-a-c1", "namespace": "default"},
         "spec": {"policy": "orders", "pod": "orders-a", "container": "app", "pid": 42, "trigger": "deadlock",
-                 "artifacts": artifacts}
+                 "artifacts": artifacts,
+                 // A snapshot on a claim is what a Job can analyze. The claim is mounted apart from
+                 // the dump, which the test node's containers see on the host (e2e/scenarios'
+                 // volume_storage test has the sidecar write it onto the claim itself).
+                 "volume": {"claimName": "dumps", "path": format!("{}/claim", work.path().display())}}
     }))
     .unwrap();
     snapshots.create(&PostParams::default(), &snapshot).await.unwrap();

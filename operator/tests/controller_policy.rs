@@ -37,12 +37,10 @@ fn condition(p: &DumpPolicy, type_: &str) -> Option<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_status_counts_real_pods_and_reports_a_webhook_that_does_not_inject() {
-    let dir = tempfile::tempdir().unwrap();
     let cp = start(Options::default()).await;
     install_crds(&cp);
     let client = client(&cp).await;
-    let (stop_controllers, _ctx, controllers) =
-        run_controllers(client.clone(), AnalysisSettings::default(), dir.path().to_path_buf());
+    let (stop_controllers, _ctx, controllers) = run_controllers(client.clone(), AnalysisSettings::default());
 
     // A pod from before the policy, then the policy, then pods created while "the webhook" was
     // (one injected by hand, as the webhook would) and was not (the bare one).

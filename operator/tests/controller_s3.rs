@@ -82,7 +82,7 @@ spec:
     assert!(ours.head(KEY).await.unwrap().is_some());
 
     let object = Arc::new(ObjectStorage::new(client.clone(), "dumpwatch"));
-    let deleter = Arc::new(Deleters { volume: None, object: Some(object.clone()) });
+    let deleter = Arc::new(Deleters { object: Some(object.clone()) });
     let settings = AnalysisSettings { image: "dumpwatch:test".into(), ..AnalysisSettings::default() };
     let ctx = Arc::new(Context::new(client.clone(), Metrics::new(), settings, deleter, object, None));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -1,11 +1,14 @@
 //! The DumpSnapshot controller on a real control plane (kube-apiserver, the Job controller,
 //! a node agent that runs pods): an uploaded snapshot gets its analysis Job, the Job really
 //! runs, findings become Events on the pod and the policy, a failing Job fails the snapshot
-//! with an AnalysisFailed Event, and retention deletes the oldest snapshot with its artifact.
+//! with an AnalysisFailed Event, and retention deletes the oldest snapshot, its cleanup Job its
+//! artifact.
 //!
 //! The sidecar API's `POST /v1/jobs/findings` is another module: here the analyzer image is a
 //! small script (it records its arguments and whether its token was mounted), and the test
-//! writes the findings into the status as that route does.
+//! writes the findings into the status as that route does. The same script stands in for
+//! `dumpwatch delete-artifacts` in the cleanup Job (crates/cli/tests/delete_artifacts.rs tests
+//! the real one): the files lie on the host outside the claim's mount point, where it sees them.
 
 mod controller_support;
 
@@ -35,6 +38,8 @@ fn analyzer_script(dir: &Path) -> PathBuf {
         format!(
             "#!/bin/sh\n\
              token=missing; test -s /var/run/secrets/dumpwatch.dev/token && token=mounted\n\
+             case \"$1\" in delete-artifacts) echo \"cleanup args=$*\" >> {log}\n\
+               for a in \"$@\"; do case \"$a\" in file://*) rm -f \"${{a#file://}}\";; esac; done; exit 0;; esac\n\
              echo \"token=$token args=$*\" >> {log}\n\
              case \"$*\" in *will-fail*) echo 'cannot read the dump' >&2; exit 3;; esac\n\
              exit 0\n",
@@ -64,8 +69,14 @@ fn deadlock_findings() -> serde_json::Value {
     })
 }
 
+/// Where the claim `dumps` is mounted in the Jobs (apart from `dir`, so that the files stay
+/// visible to the stand-in script).
+fn claim_path(dir: &Path) -> String {
+    format!("{}-claim", dir.display())
+}
+
 /// A snapshot as the sidecar API leaves it after a capture report: spec with a `file://`
-/// artifact written under `dir`, status `Uploaded`.
+/// artifact written under `dir` and the claim, status `Uploaded`.
 async fn uploaded(api: &Api<DumpSnapshot>, name: &str, dir: &Path) -> PathBuf {
     let capture = dir.join(NS).join("orders-a").join(name);
     std::fs::create_dir_all(&capture).unwrap();
@@ -75,7 +86,8 @@ async fn uploaded(api: &Api<DumpSnapshot>, name: &str, dir: &Path) -> PathBuf {
         "apiVersion": "dumpwatch.dev/v1alpha1", "kind": "DumpSnapshot",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"policy": "orders", "pod": "orders-a", "container": "app", "pid": 42, "trigger": "deadlock",
-                 "artifacts": [{"kind": "dump", "uri": format!("file://{}", core.display()), "size": 17, "sha256": "ab".repeat(32)}]}
+                 "artifacts": [{"kind": "dump", "uri": format!("file://{}", core.display()), "size": 17, "sha256": "ab".repeat(32)}],
+                 "volume": {"claimName": "dumps", "path": claim_path(dir)}}
     }))
     .unwrap();
     api.create(&PostParams::default(), &snapshot).await.unwrap();
@@ -117,7 +129,7 @@ async fn snapshot_lifecycle_jobs_events_and_retention() {
     };
     let volume = dir.path().join("volume");
     std::fs::create_dir_all(&volume).unwrap();
-    let (stop_controllers, ctx, controllers) = run_controllers(client.clone(), settings, volume.clone());
+    let (stop_controllers, ctx, controllers) = run_controllers(client.clone(), settings);
 
     cp.apply(&format!(
         r#"
@@ -129,6 +141,14 @@ spec:
   triggers: [{{type: deadlock}}]
   retention: {{maxCount: 2, maxAge: 1h}}
   analysis: {{deadline: 2m, memory: 512Mi}}
+  storage: {{volume: {{path: /dumpwatch, claimName: dumps}}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: dumps, namespace: {NS}}}
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {{requests: {{storage: 1Gi}}}}
 ---
 apiVersion: v1
 kind: Pod
@@ -247,6 +267,20 @@ spec:
     })
     .await;
     assert!(!first_core.exists(), "the artifact of the deleted snapshot is deleted");
+    let calls = std::fs::read_to_string(dir.path().join("analyzer-calls")).unwrap();
+    let under = format!(
+        "cleanup args=delete-artifacts --under {}/{NS}/orders-a file://{}",
+        claim_path(&volume),
+        first_core.display()
+    );
+    assert!(calls.contains(&under), "{calls}");
+    eventually("the succeeded cleanup Job is deleted", WAIT, || async {
+        match jobs.get_opt("dsnap-orders-a-1-cleanup").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await;
     assert!(third_core.exists());
     assert!(snapshots.get_opt("will-fail").await.unwrap().is_some());
 

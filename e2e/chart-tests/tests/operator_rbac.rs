@@ -35,6 +35,14 @@ fn the_operator_runs_with_the_charts_environment_and_rbac_only() {
     cp.kubectl(&["create", "namespace", NAMESPACE]).unwrap();
     cp.kubectl(&["create", "namespace", "shop"]).unwrap();
     cp.apply(&render_text(&[], &[]).unwrap()).unwrap();
+    // Analysis Jobs and the cleanup Jobs of snapshots on a claim: created, read and deleted in
+    // the snapshot's namespace.
+    let sa = format!("system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}");
+    for verb in ["create", "get", "delete"] {
+        let answer = cp.kubectl(&["auth", "can-i", verb, "jobs.batch", "-n", "shop", "--as", &sa]);
+        let answer = answer.map(|a| a.trim().to_string()).unwrap_or_else(|e| e.to_string());
+        assert_eq!(answer, "yes", "{verb} jobs in shop");
+    }
 
     // A kubeconfig holding only the chart's ServiceAccount's token.
     let token = cp.kubectl(&["create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, "--duration=1h"]).unwrap();

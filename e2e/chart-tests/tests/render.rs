@@ -124,6 +124,7 @@ fn operator_deployment_is_locked_down() {
     assert_eq!(resources["limits"]["memory"], "128Mi");
     // Self mode: the operator makes its CA, so no CA file; cert-manager mode mounts one.
     assert!(env("DUMPWATCH_OPERATOR_CA_FILE").is_null());
+    assert!(env("DUMPWATCH_ARTIFACT_VOLUME").is_null(), "the operator mounts no claim");
     let cm =
         render(&["certificates.mode=cert-manager", "operator.leaderElection.enabled=false", "operator.replicas=1"])
             .unwrap();
@@ -229,6 +230,9 @@ fn bad_values_are_refused_with_a_reason() {
     assert!(err.contains("needs operator.leaderElection.enabled"), "{err}");
     // One replica without leader election is fine.
     render(&["operator.leaderElection.enabled=false", "operator.replicas=1"]).unwrap();
+    // The operator mounts no artifact volume any more: claims are named in each DumpPolicy.
+    let err = render(&["storage.volume.claimName=dumps"]).unwrap_err().to_string();
+    assert!(err.contains("'volume' not allowed"), "{err}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use api::{Artifact, DumpPolicy, DumpSnapshot};
+use api::{Artifact, DumpPolicy, DumpSnapshot, SnapshotVolume};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSecurityContext,
@@ -71,23 +71,29 @@ impl Default for AnalysisSettings {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AnalysisInputs {
     pub artifacts: Vec<Artifact>,
-    /// `(claim name, mount path)`: the PVC holding `file://` artifacts, mounted read-only.
-    pub volume: Option<(String, String)>,
+    /// The PVC holding `file://` artifacts (the snapshot's `spec.volume`), mounted read-only at
+    /// its path, where the artifacts' URIs point.
+    pub volume: Option<SnapshotVolume>,
 }
 
 /// `dsnap-<snapshot>-analyze`, or, when that exceeds a label value's 63 characters (the Job
 /// controller puts the name in the pod's `job-name` label), the snapshot name cut and a hash
 /// of the whole name added so that two long names never share a Job.
 pub fn job_name(snapshot: &str) -> String {
-    let full = format!("dsnap-{snapshot}-analyze");
+    suffixed_name(snapshot, "analyze")
+}
+
+/// `dsnap-<snapshot>-<suffix>` within 63 characters (see [`job_name`]).
+pub fn suffixed_name(snapshot: &str, suffix: &str) -> String {
+    let full = format!("dsnap-{snapshot}-{suffix}");
     if full.len() <= 63 {
         return full;
     }
     let hash = hex8(&Sha256::digest(snapshot.as_bytes()));
-    // 63 - "dsnap-" - "-" - 8 - "-analyze"
-    let keep = 63 - 6 - 1 - 8 - 8;
+    // 63 - "dsnap-" - "-" - 8 - "-<suffix>"
+    let keep = (63 - 6 - 1 - 8 - 1 - suffix.len()).min(snapshot.len());
     let cut = snapshot[..keep].trim_end_matches(['-', '.']);
-    format!("dsnap-{cut}-{hash}-analyze")
+    format!("dsnap-{cut}-{hash}-{suffix}")
 }
 
 fn hex8(bytes: &[u8]) -> String {
@@ -182,7 +188,7 @@ pub fn analysis_job(
             ..Default::default()
         },
     ];
-    if let Some((claim, path)) = &inputs.volume {
+    if let Some(SnapshotVolume { claim_name, path }) = &inputs.volume {
         mounts.push(VolumeMount {
             name: "artifacts".into(),
             mount_path: path.clone(),
@@ -192,7 +198,7 @@ pub fn analysis_job(
         volumes.push(Volume {
             name: "artifacts".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.clone(),
+                claim_name: claim_name.clone(),
                 read_only: Some(true),
             }),
             ..Default::default()

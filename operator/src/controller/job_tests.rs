@@ -92,7 +92,8 @@ fn dollar_signs_in_urls_survive_kubernetes_expansion() {
 
 #[test]
 fn volume_artifacts_are_mounted_read_only() {
-    let inputs = AnalysisInputs { artifacts: vec![], volume: Some(("dumps".into(), "/dumps".into())) };
+    let volume = SnapshotVolume { claim_name: "dumps".into(), path: "/dumps".into() };
+    let inputs = AnalysisInputs { artifacts: vec![], volume: Some(volume) };
     let job = analysis_job(&snapshot("orders-1", "Uploaded"), None, &AnalysisSettings::default(), &inputs);
     let pod = pod_spec(&job);
     let v = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "artifacts").unwrap();

@@ -31,6 +31,8 @@ pub enum Step {
     Wait(Duration),
     /// Move to `Failed` with this message (the outcome is published on the next pass).
     Fail(String),
+    /// Stay in this phase, with this status message saying why nothing happens.
+    Hold(String),
     /// Send the outcome's Events, then set `Published`.
     Publish,
 }
@@ -65,7 +67,10 @@ pub fn next_step(snapshot: &DumpSnapshot, job: Option<&Job>, policy: Option<&Dum
                 ))
             }
         }
-        SnapshotPhase::Uploaded if analysis.enabled && analyzable(snapshot) => Step::StartAnalysis,
+        SnapshotPhase::Uploaded if analysis.enabled && analyzable(snapshot) => match out_of_a_jobs_reach(snapshot) {
+            Some(why) => Step::Hold(why),
+            None => Step::StartAnalysis,
+        },
         SnapshotPhase::Uploaded => Step::Nothing,
         SnapshotPhase::Analyzed | SnapshotPhase::Failed if is_published(snapshot) => Step::Nothing,
         SnapshotPhase::Analyzed | SnapshotPhase::Failed => Step::Publish,
@@ -89,11 +94,30 @@ pub fn next_step(snapshot: &DumpSnapshot, job: Option<&Job>, policy: Option<&Dum
                     analysis.deadline
                 )),
                 Some(JobOutcome::Running) => Step::Wait(until(now, give_up)),
-                // Deleted under us (by hand, or a restarted analysis): create it again.
-                None => Step::StartAnalysis,
+                None => match out_of_a_jobs_reach(snapshot) {
+                    Some(why) => Step::Fail(why),
+                    // Deleted under us (by hand, or a restarted analysis): create it again.
+                    None => Step::StartAnalysis,
+                },
             }
         }
     }
+}
+
+/// Why an analysis Job cannot read the snapshot's artifacts, if it cannot: `file://` files that
+/// are on no claim (`spec.volume`) are in the pod's own emptyDir, which no other pod can mount.
+pub fn out_of_a_jobs_reach(snapshot: &DumpSnapshot) -> Option<String> {
+    let on_pod_disk = snapshot.spec.artifacts.iter().any(|a| a.uri.starts_with("file://"));
+    if !on_pod_disk || snapshot.spec.volume.is_some() {
+        return None;
+    }
+    let policy = snapshot.spec.policy.as_deref().unwrap_or("<policy>");
+    Some(format!(
+        "not analyzed: the capture is kept in pod {}'s emptyDir, which an analysis Job cannot mount; \
+         set storage.volume.claimName (a PersistentVolumeClaim in this namespace) or storage.s3 in DumpPolicy \
+         {policy} to have captures analyzed (files in the emptyDir go with the pod)",
+        snapshot.spec.pod
+    ))
 }
 
 fn until(now: Timestamp, then: Timestamp) -> Duration {
@@ -144,6 +168,25 @@ mod tests {
         let mut stacks_only = s.clone();
         stacks_only.spec.artifacts[0].kind = api::CaptureKind::Stacks;
         assert_eq!(next_step(&stacks_only, None, Some(&policy()), ts(10)), Step::Nothing);
+    }
+
+    #[test]
+    fn files_in_the_pods_emptydir_are_not_given_to_a_job_and_the_status_says_why() {
+        let mut s = snapshot("orders-1", "Uploaded");
+        s.spec.volume = None;
+        assert!(s.spec.artifacts[0].uri.starts_with("file://"));
+        let Step::Hold(why) = next_step(&s, None, Some(&policy()), ts(10)) else { panic!() };
+        assert!(why.contains("emptyDir") && why.contains("storage.volume.claimName"), "{why}");
+        assert!(why.contains("pod orders-7c9") && why.contains("DumpPolicy orders"), "{why}");
+        // Analyzing without its Job (an operator upgrade): failed, not re-created.
+        let mut old = analyzing(0);
+        old.spec.volume = None;
+        assert_eq!(next_step(&old, None, Some(&policy()), ts(10)), Step::Fail(why));
+        s.spec.volume = Some(api::SnapshotVolume { claim_name: "dumps".into(), path: "/dumps".into() });
+        assert_eq!(next_step(&s, None, Some(&policy()), ts(10)), Step::StartAnalysis);
+        s.spec.volume = None;
+        s.spec.artifacts[0].uri = "s3://b/k".into();
+        assert_eq!(next_step(&s, None, Some(&policy()), ts(10)), Step::StartAnalysis);
     }
 
     #[test]

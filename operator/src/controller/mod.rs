@@ -5,6 +5,7 @@
 //! [`analysis_job`], [`outcome_events`], [`expired`], [`lease_decision`]); the reconcilers only
 //! read their inputs, call them, and write the result.
 
+pub mod cleanup;
 pub mod events;
 pub mod job;
 pub mod leader;
@@ -40,7 +41,7 @@ pub use lifecycle::{Step, next_step};
 pub use metrics::Metrics;
 pub use policy_status::policy_status;
 pub use retention::expired;
-pub use storage::{ARTIFACTS_FINALIZER, ArtifactDeleter, ArtifactUrls, Deleters, NoObjectStorage, VolumeDeleter};
+pub use storage::{ARTIFACTS_FINALIZER, ArtifactDeleter, ArtifactUrls, Deleters, NoObjectStorage};
 
 use crate::Error;
 
@@ -52,8 +53,6 @@ pub struct Context {
     pub analysis: AnalysisSettings,
     pub deleter: Arc<dyn ArtifactDeleter>,
     pub urls: Arc<dyn ArtifactUrls>,
-    /// `(claim, mount path)` mounted into analysis Jobs for `file://` artifacts.
-    pub artifact_claim: Option<(String, String)>,
     /// The serving certificate's source: its CA (reloaded in cert-manager mode) is the one each
     /// new analysis Job is told to trust, not the one read at start.
     pub certs: Option<crate::webhook::CertSource>,
@@ -95,7 +94,6 @@ impl Context {
             analysis,
             deleter,
             urls,
-            artifact_claim: None,
             certs: None,
             backoffs: Backoffs::default(),
         }

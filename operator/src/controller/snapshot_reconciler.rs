@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
+use super::cleanup::{CLEANUP_POLL, CleanupStep, cleanup_job, cleanup_job_name, cleanup_step, files_on_claim};
 use super::events::{DEADLOCK_DETECTED, MEMORY_LEAK_SUSPECTED, outcome_events};
 use super::job::{AnalysisInputs, analysis_job, job_name};
 use super::lifecycle::{GRACE, PUBLISHED, Step, next_step};
@@ -31,6 +32,13 @@ pub async fn reconcile(snapshot: Arc<DumpSnapshot>, ctx: Arc<Context>) -> Result
     let started = std::time::Instant::now();
     let ns = snapshot.namespace().unwrap_or_default();
     let api: Api<DumpSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    // Files on a claim are deleted by a Job first; the finalizer stays while it runs.
+    let deleting = snapshot.metadata.deletion_timestamp.is_some()
+        && snapshot.finalizers().iter().any(|f| f == ARTIFACTS_FINALIZER);
+    if deleting && let Some(wait) = claim_cleanup(&snapshot, &ctx).await? {
+        ctx.metrics.observe_reconcile(CONTROLLER, started.elapsed());
+        return Ok(Action::requeue(wait));
+    }
     let result = finalizer(&api, ARTIFACTS_FINALIZER, snapshot, |event| async {
         match event {
             Finalizer::Apply(s) => apply(&s, &ctx).await,
@@ -67,7 +75,7 @@ async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> 
                     ctx.urls.fetchable(policy.as_ref(), &a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
                 artifacts.push(api::Artifact { uri, ..a.clone() });
             }
-            let inputs = AnalysisInputs { artifacts, volume: ctx.artifact_claim.clone() };
+            let inputs = AnalysisInputs { artifacts, volume: snapshot.spec.volume.clone() };
             let job = analysis_job(snapshot, policy.as_ref(), &ctx.analysis_settings(), &inputs);
             match jobs.create(&PostParams::default(), &job).await {
                 Ok(_) => {
@@ -94,6 +102,13 @@ async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> 
             .await?;
             let deadline = policy.map(|p| p.spec.analysis.deadline.std()).unwrap_or(Duration::from_secs(900));
             Ok(Action::requeue(deadline + GRACE))
+        }
+        Step::Hold(message) => {
+            if status.message.as_deref() != Some(message.as_str()) {
+                tracing::info!(snapshot = %name, namespace = %ns, %message, "snapshot held");
+                patch_status(ctx, snapshot, json!({"message": message})).await?;
+            }
+            Ok(Action::await_change())
         }
         Step::Fail(message) => {
             tracing::info!(snapshot = %name, namespace = %ns, %message, "snapshot failed");
@@ -147,20 +162,80 @@ async fn publish(snapshot: &DumpSnapshot, policy: Option<&DumpPolicy>, ctx: &Con
     Ok(())
 }
 
-/// Deletion: the stored artifacts go first; a failure keeps the finalizer and is retried.
+/// The files of a snapshot on a claim: `Some(wait)` while its cleanup Job runs (look again
+/// then), `None` once they are deleted (or there are none). A failed Job is reported as a
+/// Warning Event, deleted, and the error retries it with the reconcile's backoff.
+async fn claim_cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Option<Duration>, Error> {
+    let ns = snapshot.namespace().unwrap_or_default();
+    let name = snapshot.name_any();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let job_name = cleanup_job_name(&name);
+    let job = match files_on_claim(snapshot) {
+        Some(_) => jobs.get_opt(&job_name).await?,
+        None => None,
+    };
+    // The Job's pods go with it (a Job's own default would leave them).
+    let delete_job = DeleteParams::background();
+    match cleanup_step(snapshot, job.as_ref()) {
+        CleanupStep::Nothing => Ok(None),
+        CleanupStep::Create => {
+            let (volume, uris) = files_on_claim(snapshot).expect("cleanup_step saw files on a claim");
+            let job = cleanup_job(snapshot, volume, &uris, &ctx.analysis);
+            match jobs.create(&PostParams::default(), &job).await {
+                Ok(_) => {
+                    tracing::info!(snapshot = %name, namespace = %ns, job = %job_name, files = uris.len(), "cleanup Job created")
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(Some(CLEANUP_POLL))
+        }
+        CleanupStep::Wait => Ok(Some(CLEANUP_POLL)),
+        CleanupStep::Done => {
+            match jobs.delete(&job_name, &delete_job).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!(snapshot = %name, namespace = %ns, job = %job_name, "files on the claim deleted");
+            Ok(None)
+        }
+        CleanupStep::Retry(why) => {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "ArtifactCleanupFailed".into(),
+                note: Some(why.clone()),
+                action: "Delete".into(),
+                secondary: None,
+            };
+            ctx.recorder.publish(&event, &snapshot.object_ref(&())).await?;
+            match jobs.delete(&job_name, &delete_job).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Err(Error::Storage(why))
+        }
+    }
+}
+
+/// Deletion, once the files on a claim are gone: the objects in S3 go too; a failure keeps the
+/// finalizer and is retried. `file://` files without a claim were in the pod's emptyDir.
 async fn cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> {
+    let objects: Vec<&str> =
+        snapshot.spec.artifacts.iter().map(|a| a.uri.as_str()).filter(|u| !u.starts_with("file://")).collect();
     let policy = match &snapshot.spec.policy {
-        Some(p) if !snapshot.spec.artifacts.is_empty() => {
+        Some(p) if !objects.is_empty() => {
             Api::<DumpPolicy>::namespaced(ctx.client.clone(), &snapshot.namespace().unwrap_or_default())
                 .get_opt(p)
                 .await?
         }
         _ => None,
     };
-    for a in &snapshot.spec.artifacts {
-        ctx.deleter.delete(policy.as_ref(), &a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
+    for uri in &objects {
+        ctx.deleter.delete(policy.as_ref(), uri).await.map_err(|e| Error::Storage(e.to_string()))?;
     }
-    tracing::info!(snapshot = %snapshot.name_any(), artifacts = snapshot.spec.artifacts.len(), "artifacts deleted");
+    tracing::info!(snapshot = %snapshot.name_any(), objects = objects.len(), "artifacts deleted");
     Ok(Action::await_change())
 }
 

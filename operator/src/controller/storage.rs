@@ -1,8 +1,7 @@
 //! The controller's view of artifact storage: delete an artifact (finalizer), and turn a stored
 //! URI into one the analysis Job can fetch. The storage crate implements both for S3;
-//! volumes (`file://`) are handled here.
+//! files on a claim (`file://`) are deleted by a Job (cleanup.rs).
 
-use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use api::DumpPolicy;
@@ -14,9 +13,9 @@ pub const ARTIFACTS_FINALIZER: &str = "dumpwatch.dev/artifacts";
 /// What a storage backend reports; its own error type, boxed.
 pub type StorageError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Deletes one stored artifact by its URI (`s3://bucket/key`, `file:///path`). Deleting what is
+/// Deletes one stored artifact by its URI (`s3://bucket/key`). Deleting what is
 /// already gone succeeds. `policy` (when it still exists) names the storage and its credentials
-/// (`spec.storage`). The storage crate implements it for S3; [`VolumeDeleter`] does volumes.
+/// (`spec.storage`). The storage crate implements it for S3.
 pub trait ArtifactDeleter: Send + Sync {
     fn delete<'a>(&'a self, policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
 }
@@ -31,45 +30,9 @@ pub trait ArtifactUrls: Send + Sync {
     ) -> BoxFuture<'a, Result<String, StorageError>>;
 }
 
-/// Artifacts stored on a volume the operator mounts: `file://` URIs under `root` only (a URI
-/// elsewhere, or with `..`, is refused rather than followed).
-pub struct VolumeDeleter {
-    pub root: PathBuf,
-}
-
-impl VolumeDeleter {
-    pub fn path_of(&self, uri: &str) -> Result<PathBuf, StorageError> {
-        let path = uri.strip_prefix("file://").ok_or_else(|| format!("{uri} is not a file:// URI"))?;
-        let path = Path::new(path);
-        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) || !path.starts_with(&self.root)
-        {
-            return Err(format!("{uri} is outside the artifact volume {}", self.root.display()).into());
-        }
-        Ok(path.to_path_buf())
-    }
-}
-
-impl ArtifactDeleter for VolumeDeleter {
-    fn delete<'a>(&'a self, _policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let path = self.path_of(uri)?;
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("deleting {}: {e}", path.display()).into()),
-            }
-            // The capture's directory goes with its last file; a non-empty one stays.
-            if let Some(dir) = path.parent().filter(|d| *d != self.root) {
-                let _ = tokio::fs::remove_dir(dir).await;
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Routes `file://` to the volume deleter and everything else to object storage.
+/// Routes artifacts to the object storage that deletes them. `file://` artifacts never come
+/// here: those on a claim are deleted by the cleanup Job, those in a pod's emptyDir went with it.
 pub struct Deleters {
-    pub volume: Option<VolumeDeleter>,
     pub object: Option<Arc<dyn ArtifactDeleter>>,
 }
 
@@ -77,18 +40,13 @@ impl ArtifactDeleter for Deleters {
     fn delete<'a>(&'a self, policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             if uri.starts_with("file://") {
-                match &self.volume {
-                    Some(v) => v.delete(policy, uri).await,
-                    None => {
-                        Err(format!("cannot delete {uri}: the operator has no artifact volume (--artifact-volume)")
-                            .into())
-                    }
-                }
-            } else {
-                match &self.object {
-                    Some(o) => o.delete(policy, uri).await,
-                    None => Err(format!("cannot delete {uri}: no object storage is configured in the operator").into()),
-                }
+                return Err(
+                    format!("{uri}: files are deleted by the snapshot's cleanup Job, not by the operator").into()
+                );
+            }
+            match &self.object {
+                Some(o) => o.delete(policy, uri).await,
+                None => Err(format!("cannot delete {uri}: no object storage is configured in the operator").into()),
             }
         })
     }
@@ -119,21 +77,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_volume_deleter_deletes_inside_its_root_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let capture = dir.path().join("shop/orders-1/cap1");
-        std::fs::create_dir_all(&capture).unwrap();
-        let core = capture.join("core.42.zst");
-        std::fs::write(&core, b"x").unwrap();
-        let outside = tempfile::NamedTempFile::new().unwrap();
-        let d = VolumeDeleter { root: dir.path().to_path_buf() };
-        d.delete(None, &format!("file://{}", core.display())).await.unwrap();
-        assert!(!core.exists() && !capture.exists());
-        d.delete(None, &format!("file://{}", core.display())).await.expect("deleting twice succeeds");
-        let err = d.delete(None, &format!("file://{}", outside.path().display())).await.unwrap_err();
-        assert!(err.to_string().contains("outside the artifact volume"), "{err}");
-        assert!(d.delete(None, &format!("file://{}/../x", dir.path().display())).await.is_err());
-        let none = Deleters { volume: None, object: None };
+    async fn deleters_route_objects_and_refuse_files() {
+        let none = Deleters { object: None };
         assert!(none.delete(None, "s3://b/k").await.unwrap_err().to_string().contains("no object storage"));
+        let file = none.delete(None, "file:///dumps/shop/p/c1/core.zst").await.unwrap_err().to_string();
+        assert!(file.contains("cleanup Job"), "{file}");
     }
 }

@@ -39,7 +39,7 @@ pub fn snapshot(name: &str, phase: &str) -> DumpSnapshot {
                 size: 1000,
                 sha256: "ab".repeat(32),
             }],
-            volume: None,
+            volume: Some(api::SnapshotVolume { claim_name: "dumps".into(), path: "/dumps".into() }),
         },
     );
     s.metadata.namespace = Some("shop".into());

@@ -4,14 +4,14 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{ControlPlane, Options};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use operator::controller::{self, AnalysisSettings, Context, Deleters, Metrics, NoObjectStorage, VolumeDeleter};
+use operator::controller::{self, AnalysisSettings, Context, Deleters, Metrics, NoObjectStorage};
 
 /// `ControlPlane::start_with` off the async runtime (it blocks for seconds).
 pub async fn start(opts: Options) -> ControlPlane {
@@ -44,9 +44,8 @@ pub fn install_crds(cp: &ControlPlane) {
 pub fn run_controllers(
     client: Client,
     analysis: AnalysisSettings,
-    volume_root: PathBuf,
 ) -> (tokio::sync::watch::Sender<bool>, Arc<Context>, tokio::task::JoinHandle<()>) {
-    let deleter = Arc::new(Deleters { volume: Some(VolumeDeleter { root: volume_root }), object: None });
+    let deleter = Arc::new(Deleters { object: None });
     let ctx = Arc::new(Context::new(
         client,
         Metrics::new(),
