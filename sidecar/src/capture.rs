@@ -278,8 +278,39 @@ async fn dump(t: &Target, dir: &std::path::Path, req: &Request<'_>) -> Result<()
         min_free_bytes: req.min_free_bytes,
         copy_dac: true,
     };
-    diag::dump::write_dump(&t.client, &dreq).await?;
-    Ok(())
+    match diag::dump::write_dump(&t.client, &dreq).await {
+        Ok(_) => Ok(()),
+        Err(diag::Error::InsufficientDisk { dir, needed, available }) => Err(Error::Io {
+            what: "dump".into(),
+            source: std::io::Error::other(disk_guard(&dir, needed, available, req.min_free_bytes)),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The disk guard's refusal as a user reads it: what is free, what the dump needs, and the
+/// policy setting (`limits.minFreeDisk`) that keeps the rest free.
+pub fn disk_guard(dir: &std::path::Path, needed: u64, available: u64, min_free: u64) -> String {
+    let dir = dir.parent().unwrap_or(dir); // the capture's folder in the storage root
+    format!(
+        "disk guard: {} free on {}, the dump needs ~{} and limits.minFreeDisk keeps {} free",
+        human_bytes(available),
+        dir.display(),
+        human_bytes(needed.saturating_sub(min_free)),
+        human_bytes(min_free)
+    )
+}
+
+/// Binary units, one decimal: `3.1 GiB`, `1000.0 TiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 #[cfg(test)]
@@ -312,6 +343,22 @@ mod tests {
         assert_eq!(f["cycle"][1]["stack"], serde_json::json!(["Known.Frame"]), "already named: kept");
         assert_eq!(f["victims"][0]["stack"][0], "DiagScenarios.Deadlocks.Waiter()");
         assert_eq!(f["victims"][1]["stack"], serde_json::json!(["0x1"]), "not in the capture: kept");
+    }
+
+    #[test]
+    fn the_disk_guard_says_what_is_free_and_which_limit_keeps_it() {
+        let tib = 1u64 << 40;
+        let msg = disk_guard(
+            std::path::Path::new("/dumpwatch/.pending-x"),
+            1000 * tib + (300 << 20),
+            3_328_599_654,
+            1000 * tib,
+        );
+        assert_eq!(
+            msg,
+            "disk guard: 3.1 GiB free on /dumpwatch, the dump needs ~300.0 MiB and limits.minFreeDisk keeps 1000.0 TiB free"
+        );
+        assert_eq!(human_bytes(512), "512 B");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
+use api::CaptureKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -132,6 +133,12 @@ impl Metrics {
         r.register("dumpwatch_uploads", "Captures stored and reported to the operator, by result", m.uploads.clone());
         r.register("dumpwatch_capture_duration_seconds", "Duration of captures", m.capture_seconds.clone());
         r.register("dumpwatch_watched_processes", "Processes watched now", m.watched.clone());
+        // Failures are published at 0 from the start: `increase()` only sees a rise from a sample
+        // it has, so a series born at 1 on the first failure would never fire
+        // DumpwatchCaptureFailing for a pod's first failure.
+        for kind in [CaptureKind::Dump, CaptureKind::Gcdump, CaptureKind::Stacks] {
+            let _ = m.captures.get_or_create(&CaptureLabels { kind: kind.name().into(), result: "failure".into() });
+        }
         Self { registry: r, ..m }
     }
 
@@ -157,6 +164,29 @@ impl Metrics {
             self.heap_types.get_or_create(&l).set(*bytes as f64);
             published.push(l);
         }
+    }
+
+    /// Publish at 0 the counters alerts and dashboards read with `increase`/`rate`, before the
+    /// first event: a series that appears already at 1 shows no increase to Prometheus, so the
+    /// first capture failure of a pod would never fire `DumpwatchCaptureFailing`.
+    pub fn publish_zeros(&self, policy: &api::DumpPolicySpec, p: &Proc) {
+        let mut kinds = policy.capture.kinds.clone();
+        for i in 0..policy.triggers.len() {
+            kinds.extend(policy.capture_kinds(i));
+        }
+        for k in kinds {
+            for result in ["success", "failure"] {
+                let _ = self.captures.get_or_create(&CaptureLabels { kind: k.name().into(), result: result.into() });
+            }
+        }
+        for t in &policy.triggers {
+            let l = TriggerLabels { pid: p.pid.clone(), process: p.process.clone(), trigger: t.kind.name().into() };
+            let _ = self.triggers.get_or_create(&l);
+        }
+        for f in [&self.contention, &self.exceptions, &self.allocated] {
+            let _ = f.get_or_create(p);
+        }
+        let _ = self.contention_events.get_or_create(p);
     }
 
     /// Forget a process that went away.
@@ -202,5 +232,26 @@ mod tests {
         m.remove_process(&p);
         let text = m.encode();
         assert!(!text.contains(r#"pid="42""#), "{text}");
+    }
+
+    #[test]
+    fn failure_counters_exist_at_zero_before_the_first_failure() {
+        let m = Metrics::new();
+        let p = Proc { pid: "7".into(), process: "Orders".into() };
+        let policy: api::DumpPolicySpec = serde_json::from_value(serde_json::json!({
+            "triggers": [{"type": "deadlock", "capture": ["stacks"]}, {"type": "onDemand"}],
+            "capture": {"kinds": ["dump"]}
+        }))
+        .unwrap();
+        m.publish_zeros(&policy, &p);
+        let text = m.encode();
+        for kind in ["dump", "stacks"] {
+            assert!(
+                text.contains(&format!(r#"dumpwatch_captures_total{{kind="{kind}",result="failure"}} 0"#)),
+                "{text}"
+            );
+        }
+        assert!(text.contains(r#"dumpwatch_triggers_total{pid="7",process="Orders",trigger="deadlock"} 0"#), "{text}");
+        assert!(text.contains(r#"dotnet_exceptions_total{pid="7",process="Orders"} 0"#), "{text}");
     }
 }

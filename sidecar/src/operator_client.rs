@@ -105,6 +105,28 @@ pub struct CaptureReport {
     pub findings: Option<serde_json::Value>,
 }
 
+/// A capture that failed (or an on-demand request the limits refused): `POST /v1/sidecar/failures`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureReport {
+    /// Unique per failure, one path segment (names the snapshot of a trigger's failure).
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub pid: u32,
+    pub process: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
+    pub trigger: String,
+    /// The value that fired the trigger.
+    pub value: f64,
+    /// The on-demand `DumpSnapshot` this failure answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why, in words a user acts on.
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ReportAnswer {
     #[serde(default)]
@@ -194,6 +216,14 @@ impl OperatorClient {
         let what = "reporting a capture";
         let url = format!("{}/v1/sidecar/captures", self.base);
         let resp = self.call(self.http.post(url).json(report).timeout(TIMEOUT), what).await?;
+        let text = resp.text().await.unwrap_or_default();
+        Ok(serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    pub async fn report_failure(&self, failure: &FailureReport) -> Result<ReportAnswer, Error> {
+        let what = "reporting a failed capture";
+        let url = format!("{}/v1/sidecar/failures", self.base);
+        let resp = self.call(self.http.post(url).json(failure).timeout(TIMEOUT), what).await?;
         let text = resp.text().await.unwrap_or_default();
         Ok(serde_json::from_str(&text).unwrap_or_default())
     }

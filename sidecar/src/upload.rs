@@ -19,8 +19,8 @@ use crate::Error;
 use crate::artifacts::{self, Planned};
 use crate::metrics::UploadLabels;
 use crate::operator_client::{
-    ArtifactRef, CaptureReport, CompleteRequest, FileSize, OperatorClient, UploadTarget, UploadsRequest, backoff,
-    error_chain,
+    ArtifactRef, CaptureReport, CompleteRequest, FailureReport, FileSize, OperatorClient, UploadTarget, UploadsRequest,
+    backoff, error_chain,
 };
 use crate::watcher::Shared;
 
@@ -40,13 +40,36 @@ pub struct Report {
     pub findings: Option<serde_json::Value>,
 }
 
+/// What the queue carries: a capture to store and report, or a capture that failed.
+#[derive(Debug, Clone)]
+pub enum Queued {
+    Capture(Report),
+    Failure(FailureReport),
+}
+
+impl Queued {
+    fn snapshot_mut(&mut self) -> &mut Option<String> {
+        match self {
+            Queued::Capture(r) => &mut r.snapshot,
+            Queued::Failure(f) => &mut f.snapshot,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Queued::Capture(r) => r.dir.display().to_string(),
+            Queued::Failure(f) => format!("failure {}", f.id),
+        }
+    }
+}
+
 /// The watchers' handle on the queue.
 #[derive(Clone)]
 pub struct Reporter {
-    tx: mpsc::Sender<Report>,
+    tx: mpsc::Sender<Queued>,
 }
 
-pub fn queue() -> (Reporter, mpsc::Receiver<Report>) {
+pub fn queue() -> (Reporter, mpsc::Receiver<Queued>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     (Reporter { tx }, rx)
 }
@@ -54,11 +77,21 @@ pub fn queue() -> (Reporter, mpsc::Receiver<Report>) {
 impl Reporter {
     /// Never waits: a full queue drops the report (the capture stays on disk, within budget).
     pub fn submit(&self, shared: &Shared, r: Report) {
-        if let Err(e) = self.tx.try_send(r) {
-            let r = match e {
-                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+        self.send(shared, Queued::Capture(r));
+    }
+
+    /// Never waits either: a failure the queue cannot take stays in the log and the metrics (an
+    /// on-demand snapshot then fails at the operator's capture timeout).
+    pub fn submit_failure(&self, shared: &Shared, f: FailureReport) {
+        self.send(shared, Queued::Failure(f));
+    }
+
+    fn send(&self, shared: &Shared, q: Queued) {
+        if let Err(e) = self.tx.try_send(q) {
+            let q = match e {
+                mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
             };
-            tracing::warn!(dir = %r.dir.display(), "upload queue full: this capture stays local and is not reported");
+            tracing::warn!(what = %q.describe(), "upload queue full: this is not reported to the operator");
             count(shared, "dropped");
         }
     }
@@ -69,7 +102,7 @@ fn count(shared: &Shared, result: &str) {
 }
 
 /// Work through the queue until the sidecar stops.
-pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc::Receiver<Report>) {
+pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc::Receiver<Queued>) {
     let storage_http = storage_client();
     let answered: Mutex<HashSet<String>> = Mutex::default();
     while let Some(mut r) = rx.recv().await {
@@ -78,28 +111,32 @@ pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc:
         }
         // A request for every process is answered by the first capture; the others become
         // snapshots of their own.
-        if let Some(s) = &r.snapshot
-            && !answered.lock().expect("poisoned").insert(s.clone())
+        if let Some(s) = r.snapshot_mut().clone()
+            && !answered.lock().expect("poisoned").insert(s)
         {
-            r.snapshot = None;
+            *r.snapshot_mut() = None;
         }
         let mut attempt = 0;
         loop {
-            match store_and_report(&shared, &client, &storage_http, &r).await {
+            let sent = match &r {
+                Queued::Capture(c) => store_and_report(&shared, &client, &storage_http, c).await,
+                Queued::Failure(f) => client.report_failure(f).await.map(|a| a.snapshot),
+            };
+            match sent {
                 Ok(snapshot) => {
-                    tracing::info!(dir = %r.dir.display(), snapshot = ?snapshot, "capture stored and reported");
+                    tracing::info!(what = %r.describe(), snapshot = ?snapshot, "reported to the operator");
                     count(&shared, "success");
                     break;
                 }
                 Err(e) if attempt + 1 < ATTEMPTS && retriable(&e) => {
                     count(&shared, "retry");
                     let wait = backoff(attempt, Duration::from_secs(2), Duration::from_secs(60));
-                    tracing::warn!(dir = %r.dir.display(), error = %e, attempt, retry_in = ?wait, "upload failed");
+                    tracing::warn!(what = %r.describe(), error = %e, attempt, retry_in = ?wait, "upload failed");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
                 Err(e) => {
-                    tracing::error!(dir = %r.dir.display(), error = %e, "upload failed for good; the capture stays local");
+                    tracing::error!(what = %r.describe(), error = %e, "report failed for good; a capture stays local");
                     count(&shared, "failure");
                     break;
                 }

@@ -113,6 +113,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     } else {
         shared.metrics.deadlocked.get_or_create(&labels).set(0.0);
     }
+    shared.metrics.publish_zeros(&policy, &labels);
     let mut engine = Engine::new(&policy);
     let new_tracker = || {
         let graph =
@@ -153,6 +154,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                         reported.clear();
                     }
                     engine = Engine::new(&new);
+                    shared.metrics.publish_zeros(&new, &labels);
                     policy = new;
                 }
                 req = on_demand.recv() => if let Ok(req) = req && req.wants(target.pid, target.ns_pid) {
@@ -300,6 +302,11 @@ fn fire(
         Err(r) => {
             tracing::info!(pid = t.pid, trigger = firing.trigger, reason = %r, "capture refused");
             count(&shared.metrics, &kinds, r.label());
+            // A person waits on their DumpSnapshot: tell them now, not at the operator's timeout.
+            // A trigger refused by the limits is the limits working, not a failure.
+            if snapshot.is_some() {
+                report_failure(shared, t, &firing, snapshot, format!("capture refused: {r}"));
+            }
             return;
         }
     };
@@ -333,10 +340,14 @@ fn fire(
             Err(Error::Refused(r)) => {
                 tracing::info!(pid = t.pid, reason = %r, "capture refused");
                 count(&shared.metrics, &kinds, r.label());
+                if snapshot.is_some() {
+                    report_failure(&shared, &t, &firing, snapshot, format!("capture refused: {r}"));
+                }
             }
             Err(e) => {
                 tracing::warn!(pid = t.pid, error = %e, "capture failed");
                 count(&shared.metrics, &kinds, "failure");
+                report_failure(&shared, &t, &firing, snapshot, format!("capture failed: {e}"));
             }
         }
         history.lock().expect("poisoned").in_progress = false;
@@ -389,6 +400,26 @@ fn estimate(t: &Target, policy: &DumpPolicySpec, v: &Values, kinds: &[CaptureKin
             CaptureKind::Stacks => 1 << 20,
         })
         .sum()
+}
+
+/// Operator mode: the failed capture becomes a `Failed` DumpSnapshot (the one asked for, or a
+/// new one) with `reason`, through the report queue.
+fn report_failure(shared: &Shared, t: &Target, firing: &Firing, snapshot: Option<String>, reason: String) {
+    let Some(r) = &shared.reporter else { return };
+    let stamp: String =
+        crate::storage::rfc3339(std::time::SystemTime::now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let failure = crate::operator_client::FailureReport {
+        id: crate::upload::segment(&format!("{stamp}-{}-{}-{}-failed", t.name, t.pid, firing.trigger)),
+        container: Some(shared.identity.container.clone()).filter(|c| !c.is_empty()),
+        pid: t.pid,
+        process: t.name.clone(),
+        runtime_version: t.runtime_version.clone(),
+        trigger: firing.trigger.to_string(),
+        value: firing.value,
+        snapshot,
+        reason,
+    };
+    r.submit_failure(shared, failure);
 }
 
 fn count(m: &Metrics, kinds: &[CaptureKind], result: &str) {

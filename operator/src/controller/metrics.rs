@@ -103,6 +103,11 @@ impl Metrics {
         for p in PHASES {
             let _ = snapshots.get_or_create(&PhaseLabels { phase: phase_name(p).into() });
         }
+        // At 0 from the start: `increase` (DotnetMemoryLeakSuspected) sees no rise in a series
+        // that first appears at 1.
+        for kind in ["deadlock", "leak_suspect"] {
+            let _ = findings.get_or_create(&KindLabels { kind: kind.into() });
+        }
         Self {
             registry: Arc::new(RwLock::new(registry)),
             snapshots,

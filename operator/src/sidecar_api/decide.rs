@@ -11,7 +11,7 @@ use kube::api::ObjectMeta;
 use serde::Deserialize;
 
 use super::ApiError;
-use super::wire::{CaptureReport, FileRequest};
+use super::wire::{CaptureReport, FailureReport, FileRequest};
 use crate::INJECTED_ANNOTATION;
 
 /// More files than this in one capture is not a capture the sidecar makes.
@@ -159,6 +159,49 @@ pub fn snapshot_from_report(
     Ok((spec, DumpSnapshotStatus { phase, findings, ..Default::default() }))
 }
 
+/// The longest failure reason kept in `status.message` (the Event's note allows 1 kB).
+pub const MAX_REASON: usize = 900;
+
+/// What a failure report says about the snapshot: its spec (no artifacts) and the `Failed`
+/// status with the reason, for a new snapshot (a trigger's failure) or the one asked for.
+pub fn snapshot_from_failure(
+    report: &FailureReport,
+    pod: &str,
+    policy: &str,
+) -> Result<(DumpSnapshotSpec, DumpSnapshotStatus), ApiError> {
+    check_segment("failure id", &report.id)?;
+    let trigger = TriggerKind::deserialize(serde_json::Value::from(report.trigger.as_str()))
+        .map_err(|_| ApiError::bad_request(format!("unknown trigger {:?}", report.trigger)))?;
+    let reason = report.reason.trim();
+    if reason.is_empty() {
+        return Err(ApiError::bad_request("a failure report needs a reason"));
+    }
+    let mut message: String = reason.chars().take(MAX_REASON).collect();
+    if message.len() < reason.len() {
+        message.push('…');
+    }
+    if let Some(process) = report.process.as_deref().filter(|p| !p.is_empty()) {
+        let pid = report.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        message = format!("{process}{pid}: {message}");
+    }
+    let spec = DumpSnapshotSpec {
+        policy: Some(policy.to_string()),
+        pod: pod.to_string(),
+        container: report.container.clone(),
+        pid: report.pid,
+        runtime_version: report.runtime_version.clone(),
+        trigger,
+        observed: report.value.filter(|_| trigger.is_threshold()).map(|v| format!("{v}")),
+        artifacts: Vec::new(),
+    };
+    Ok((spec, DumpSnapshotStatus { phase: SnapshotPhase::Failed, message: Some(message), ..Default::default() }))
+}
+
+/// Whether an existing snapshot is the one a retried failure report already created.
+pub fn is_same_failure(existing: &DumpSnapshot, pod: &str) -> bool {
+    existing.spec.pod == pod && existing.spec.artifacts.is_empty()
+}
+
 /// The status section for live findings: a findings document (`schema: dumpwatch.findings`), or
 /// the sidecar's live deadlock (`{"kind": "deadlock", "cycle": [...], "victims": [...]}`), or a
 /// list of them.
@@ -252,7 +295,11 @@ fn label_value(s: &str) -> String {
 
 /// Whether a snapshot is waiting for this pod to capture it.
 pub fn is_request_for(s: &DumpSnapshot, pod: &str) -> bool {
+    // Snapshots this API creates carry the capture label: a failure's (no artifacts, and no
+    // status for a moment after it is created) is never a request.
+    let from_a_report = s.metadata.labels.as_ref().is_some_and(|l| l.contains_key(CAPTURE_LABEL));
     s.spec.pod == pod
+        && !from_a_report
         && s.spec.artifacts.is_empty()
         && s.status.as_ref().is_none_or(|st| st.phase == SnapshotPhase::Requested)
         && s.metadata.deletion_timestamp.is_none()

@@ -96,6 +96,7 @@ pub fn router(state: SidecarApi) -> Router {
         .route("/v1/sidecar/uploads", post(routes::uploads))
         .route("/v1/sidecar/uploads/complete", post(routes::complete))
         .route("/v1/sidecar/captures", post(routes::captures))
+        .route("/v1/sidecar/failures", post(routes::failures))
         .route("/v1/sidecar/requests", get(routes::requests))
         .route("/v1/jobs/findings", post(routes::findings))
         .with_state(state)

@@ -224,6 +224,54 @@ pub async fn captures(
     Ok(Json(CaptureReply { snapshot: name }).into_response())
 }
 
+/// A capture that failed in the sidecar: the asked-for snapshot, or a new one, becomes `Failed`
+/// with the reason; the controller then publishes `CaptureFailed` on the pod and the policy.
+pub async fn failures(
+    State(api): State<SidecarApi>,
+    headers: HeaderMap,
+    req: Result<Json<FailureReport>, JsonRejection>,
+) -> Reply<CaptureReply> {
+    let caller = api.caller(&headers, SIDECAR_AUDIENCE).await?;
+    let report = body(req)?;
+    let policy = api.policy(&caller).await?;
+    let policy_name = policy.metadata.name.clone().unwrap_or_default();
+    let (spec, status) = decide::snapshot_from_failure(&report, &caller.pod, &policy_name)?;
+    let snapshots = api.snapshots(&caller.namespace);
+    let name = match &report.snapshot {
+        Some(requested) => {
+            let existing = snapshots.get_opt(requested).await.map_err(kube_error)?.ok_or_else(|| {
+                ApiError::not_found(format!("DumpSnapshot {}/{requested} does not exist", caller.namespace))
+            })?;
+            decide::check_fill_in(&existing, &caller.pod)?;
+            let patch = json!({ "spec": {
+                "policy": spec.policy, "container": spec.container, "pid": spec.pid, "runtimeVersion": spec.runtime_version,
+            }});
+            snapshots.patch(requested, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_error)?;
+            requested.clone()
+        }
+        None => {
+            let name = decide::snapshot_name(&caller.pod, &report.id);
+            let object = decide::new_snapshot(&caller.namespace, &name, &report.id, spec);
+            match snapshots.create(&PostParams::default(), &object).await {
+                Ok(_) => {}
+                // A retried report: the same failure of the same pod is the same snapshot.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    let existing = snapshots.get(&name).await.map_err(kube_error)?;
+                    if !decide::is_same_failure(&existing, &caller.pod) {
+                        return Err(ApiError::conflict(format!("DumpSnapshot {name} exists for another capture")));
+                    }
+                }
+                Err(e) => return Err(kube_error(e)),
+            }
+            name
+        }
+    };
+    api.set_status(&caller.namespace, &name, &status).await?;
+    tracing::info!(namespace = %caller.namespace, pod = %caller.pod, snapshot = %name, reason = %report.reason,
+        "capture failure recorded");
+    Ok(Json(CaptureReply { snapshot: name }))
+}
+
 #[derive(Deserialize)]
 pub struct WaitQuery {
     wait: Option<u64>,

@@ -9,7 +9,7 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::decide::*;
-use super::wire::{CaptureReport, FileRequest};
+use super::wire::{CaptureReport, FailureReport, FileRequest};
 
 const SHA: &str = "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945";
 
@@ -141,6 +141,7 @@ fn the_policy_is_the_injection_annotation() {
 fn snapshot(name: &str, pod: &str, phase: Option<SnapshotPhase>, job: Option<&str>) -> api::DumpSnapshot {
     let (spec, _) = snapshot_from_report(&report(vec![], None), pod, "x", true, None).unwrap();
     let mut s = new_snapshot("shop", name, "c1", api::DumpSnapshotSpec { artifacts: vec![], ..spec });
+    s.metadata.labels = None; // as `kubectl create` makes it
     s.status = phase.map(|phase| DumpSnapshotStatus { phase, job: job.map(str::to_owned), ..Default::default() });
     s
 }
@@ -157,6 +158,57 @@ fn requests_are_unserved_snapshots_of_the_callers_pod() {
         409
     );
     assert!(check_fill_in(&snapshot("s", "cart-1", Some(SnapshotPhase::Capturing), None), "cart-1").is_ok());
+}
+
+fn failure(trigger: &str, snapshot: Option<&str>) -> FailureReport {
+    FailureReport {
+        id: "20261128T090000Z-Cart-42-gcHeapBytes-failed".into(),
+        container: Some("app".into()),
+        pid: Some(42),
+        process: Some("Cart".into()),
+        runtime_version: Some("8.0.4".into()),
+        trigger: trigger.into(),
+        value: Some(6.1e8),
+        snapshot: snapshot.map(str::to_owned),
+        reason: "capture failed: capturing pid 42: dump: disk guard: 3.1 GiB free on /dumpwatch, the dump needs \
+                 ~300.0 MiB and limits.minFreeDisk keeps 1000.0 TiB free"
+            .into(),
+    }
+}
+
+#[test]
+fn a_failed_capture_becomes_a_failed_snapshot_with_the_reason() {
+    let (spec, status) = snapshot_from_failure(&failure("gcHeapBytes", None), "cart-1", "leaks").unwrap();
+    assert_eq!(status.phase, SnapshotPhase::Failed);
+    let message = status.message.unwrap();
+    assert!(message.starts_with("Cart (pid 42): capture failed: "), "{message}");
+    assert!(message.contains("limits.minFreeDisk keeps 1000.0 TiB free"), "{message}");
+    assert_eq!((spec.pod.as_str(), spec.policy.as_deref(), spec.pid), ("cart-1", Some("leaks"), Some(42)));
+    assert_eq!((spec.trigger, spec.observed.as_deref()), (TriggerKind::GcHeapBytes, Some("610000000")));
+    assert!(spec.artifacts.is_empty());
+    let (spec, _) = snapshot_from_failure(&failure("onDemand", Some("asked")), "cart-1", "leaks").unwrap();
+    assert_eq!((spec.trigger, spec.observed), (TriggerKind::OnDemand, None), "an on-demand request has no value");
+}
+
+#[test]
+fn bad_failure_reports_are_400_and_long_reasons_are_cut() {
+    assert_eq!(snapshot_from_failure(&failure("nope", None), "cart-1", "p").unwrap_err().status, 400);
+    let no_reason = FailureReport { reason: "  ".into(), ..failure("onDemand", None) };
+    assert_eq!(snapshot_from_failure(&no_reason, "cart-1", "p").unwrap_err().status, 400);
+    let bad_id = FailureReport { id: "../x".into(), ..failure("onDemand", None) };
+    assert_eq!(snapshot_from_failure(&bad_id, "cart-1", "p").unwrap_err().status, 400);
+    let long = FailureReport { reason: "x".repeat(5000), ..failure("onDemand", None) };
+    let (_, status) = snapshot_from_failure(&long, "cart-1", "p").unwrap();
+    assert!(status.message.unwrap().chars().count() < MAX_REASON + 20);
+}
+
+#[test]
+fn snapshots_made_from_reports_are_never_requests() {
+    let (spec, _) = snapshot_from_failure(&failure("gcHeapBytes", None), "cart-1", "p").unwrap();
+    // Created without a status (the status subresource is written next): still not a request.
+    let created = new_snapshot("shop", "cart-1-x", "x", spec);
+    assert!(!is_request_for(&created, "cart-1"));
+    assert!(is_same_failure(&created, "cart-1") && !is_same_failure(&created, "cart-2"));
 }
 
 #[test]

@@ -70,6 +70,32 @@ pub struct CaptureReport {
     pub findings: Option<serde_json::Value>,
 }
 
+/// A capture that failed, or an on-demand request the sidecar's limits refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureReport {
+    /// Unique per failure; names the snapshot a trigger's failure creates.
+    pub id: String,
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub process: Option<String>,
+    #[serde(default)]
+    pub runtime_version: Option<String>,
+    /// The trigger's name (`onDemand`, `gcHeapBytes`, …).
+    pub trigger: String,
+    /// The value that fired the trigger.
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// The on-demand request (a `DumpSnapshot` name) this failure answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why, in words a user acts on.
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CaptureReply {
