@@ -193,6 +193,7 @@ pub fn snapshot_from_failure(
         trigger,
         observed: report.value.filter(|_| trigger.is_threshold()).map(|v| format!("{v}")),
         artifacts: Vec::new(),
+        volume: None, // nothing stored
     };
     Ok((spec, DumpSnapshotStatus { phase: SnapshotPhase::Failed, message: Some(message), ..Default::default() }))
 }
