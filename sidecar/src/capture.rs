@@ -280,10 +280,9 @@ async fn dump(t: &Target, dir: &std::path::Path, req: &Request<'_>) -> Result<()
     };
     match diag::dump::write_dump(&t.client, &dreq).await {
         Ok(_) => Ok(()),
-        Err(diag::Error::InsufficientDisk { dir, needed, available }) => Err(Error::Io {
-            what: "dump".into(),
-            source: std::io::Error::other(disk_guard(&dir, needed, available, req.min_free_bytes)),
-        }),
+        Err(diag::Error::InsufficientDisk { dir, needed, available }) => {
+            Err(Error::DiskGuard(disk_guard(&dir, needed, available, req.min_free_bytes)))
+        }
         Err(e) => Err(e.into()),
     }
 }

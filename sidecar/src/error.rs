@@ -16,6 +16,10 @@ pub enum Error {
     #[error(transparent)]
     Diag(#[from] diag::Error),
 
+    /// `limits.minFreeDisk` keeps a dump from being written (the text says what is free).
+    #[error("{0}")]
+    DiskGuard(String),
+
     #[error("capture refused: {0}")]
     Refused(#[from] crate::limits::Refusal),
 

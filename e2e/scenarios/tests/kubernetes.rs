@@ -32,11 +32,28 @@ fn from_kubectl_apply_to_a_firing_alert() {
     figures.note("cluster + chart installed, operator ready", cluster.started.elapsed());
     let mut dashboards = Dashboards::shipped();
     deadlock_on_net8(&cluster, &mut figures, &mut dashboards);
+    capture_failing(&cluster, &mut figures, &mut dashboards);
     leak_on_demand_and_retention(&cluster, &mut figures, &mut dashboards);
     deadlock_on_net31_by_stall(&cluster, &mut figures, &mut dashboards);
     webhook_down(&cluster, &mut figures);
     dashboards.all_answered();
+    every_shipped_alert_fired(&cluster);
     figures.note("total", cluster.started.elapsed());
+}
+
+/// Every alert of the shipped rules fired at some point of the run, by Prometheus' own record
+/// (`ALERTS`), so an alert whose expression can never be true here does not go unnoticed.
+fn every_shipped_alert_fired(c: &Cluster) {
+    let never: Vec<String> = chart_tests::rule_exprs()
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            let expr = format!("last_over_time(ALERTS{{alertname=\"{name}\",alertstate=\"firing\"}}[1h])");
+            c.prometheus.wait_for_samples(&expr, 3 * S).is_err()
+        })
+        .collect();
+    assert!(never.is_empty(), "shipped alerts that never fired: {never:?}");
 }
 
 /// .NET 8: the sidecar sees the cycle live; a DumpSnapshot with the deadlock, a DeadlockDetected
@@ -123,6 +140,76 @@ fn deadlock_on_net8(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboa
     c.wait_for_series("dumpwatch_operator_webhook_duration_seconds_count > 0", 30 * S).unwrap();
     dashboards.check(c, ".NET 8 deadlock");
     c.delete_app(ns, "orders").unwrap();
+}
+
+/// A capture that cannot be taken: the disk guard refuses the dump (`limits.minFreeDisk` far above
+/// the free space). The on-demand snapshot is `Failed` within seconds with the reason (not at the
+/// operator's 600 s capture timeout), a CaptureFailed Event on the pod, the failure counted and
+/// the shipped DumpwatchCaptureFailing alert firing on the pod's first failure.
+fn capture_failing(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboards) {
+    let began = Instant::now();
+    let ns = "payments";
+    c.opted_in_namespace(ns).unwrap();
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: payments, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: payments}}}}\n  mode: listen\n  counterInterval: 1s\n\
+         \x20 triggers: [{{type: onDemand}}]\n  capture: {{kinds: [dump], dumpType: mini}}\n\
+         \x20 limits: {{minFreeDisk: 1000Ti, maxBytes: 100Gi}}\n  {}\n",
+        c.s3_storage()
+    ))
+    .unwrap();
+    let port = free_port();
+    c.deploy_app(ns, "payments", APP_NET8, port, &[]).unwrap();
+    let pod = c.running_pod(ns, "payments", 120 * S).unwrap();
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    c.wait_for_app(port, 60 * S).unwrap();
+    // Published at 0 before any failure: a series born at 1 shows no increase() to the alert.
+    c.wait_for_series(
+        &format!("dumpwatch_captures_total{{pod=\"{pod_name}\",kind=\"dump\",result=\"failure\"}} == 0"),
+        60 * S,
+    )
+    .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", tail(&c.pod_log(ns, "dumpwatch-sidecar"), 40)));
+
+    let requested = Instant::now();
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpSnapshot\nmetadata: {{name: refused, namespace: {ns}}}\n\
+         spec: {{pod: {pod_name}, policy: payments, trigger: onDemand}}\n"
+    ))
+    .unwrap();
+    let failed = wait_for_snapshot(c, ns, "the on-demand snapshot Failed", 60 * S, |s| {
+        s["metadata"]["name"] == "refused" && matches!(phase(s), "Failed" | "Uploaded" | "Analyzed")
+    });
+    figures.note("capture failing: kubectl create dsnap -> Failed", requested.elapsed());
+    assert_eq!(phase(&failed), "Failed", "{failed:#}");
+    let message = failed["status"]["message"].as_str().unwrap_or_default();
+    eprintln!("Failed: {message}");
+    assert!(
+        message.contains("disk guard: ") && message.contains("limits.minFreeDisk keeps 1000.0 TiB free"),
+        "{failed:#}"
+    );
+    assert!(requested.elapsed() < 30 * S, "promptly, not at the capture timeout");
+
+    let event = harness::wait_for("a CaptureFailed Event on the pod", 30 * S, || {
+        Ok(c.items(ns, "events")?
+            .into_iter()
+            .find(|e| e["reason"] == "CaptureFailed" && e["involvedObject"]["name"] == pod_name.as_str()))
+    })
+    .unwrap();
+    figures.note("capture failing: kubectl create dsnap -> CaptureFailed Event", requested.elapsed());
+    eprintln!("Event: {}", event["message"]);
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert!(event["message"].as_str().unwrap_or_default().contains("disk guard: "), "{event}");
+
+    c.wait_for_series(&format!("dumpwatch_captures_total{{pod=\"{pod_name}\",result=\"failure\"}} > 0"), 30 * S)
+        .unwrap();
+    let alert = c.wait_for_alert("DumpwatchCaptureFailing", 60 * S).unwrap();
+    figures.note("capture failing: kubectl create dsnap -> DumpwatchCaptureFailing firing", requested.elapsed());
+    eprintln!("Alert: {}", alert["annotations"]["summary"]);
+    let labels = &alert["labels"];
+    assert_eq!((labels["pod"].as_str(), labels["kind"].as_str()), (Some(pod_name.as_str()), Some("dump")), "{alert}");
+    dashboards.check(c, "capture failing");
+    c.delete_app(ns, "payments").unwrap();
+    figures.note("capture failing: whole scenario", began.elapsed());
 }
 
 /// Every panel query of the shipped dashboards must return data from the scenarios'
