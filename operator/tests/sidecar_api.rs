@@ -384,6 +384,38 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     assert_eq!(snap["spec"]["trigger"], "onDemand");
     assert_eq!(snap["spec"]["artifacts"][0]["sha256"], core.sha256.as_str());
 
+    // A failed capture: req-2 (handed out above) ends Failed with the reason, at once; only
+    // its own pod can say so, and only while it waits.
+    let failure = |snapshot: Option<&str>| {
+        json!({"id": "20261128T090000Z-Cart-42-onDemand-failed", "trigger": "onDemand", "value": 1.0,
+            "pid": 42, "process": "Cart", "container": "app", "snapshot": snapshot,
+            "reason": "capture failed: capturing pid 42: dump: disk guard: 3.1 GiB free on /dumpwatch, \
+                       the dump needs ~300.0 MiB and limits.minFreeDisk keeps 1000.0 TiB free"})
+    };
+    assert_eq!(w.call("POST", "/v1/sidecar/failures", Some(&cart2), Some(failure(Some("req-2")))).await.0, 403);
+    let (status, body) = w.call("POST", "/v1/sidecar/failures", Some(&cart1), Some(failure(Some("req-2")))).await;
+    assert_eq!((status, &body["snapshot"]), (200, &json!("req-2")), "{body}");
+    let failed = w.snapshot("req-2");
+    assert_eq!(failed["status"]["phase"], "Failed", "{failed}");
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("Cart (pid 42): capture failed") && message.contains("minFreeDisk"), "{message}");
+    assert_eq!(w.call("POST", "/v1/sidecar/failures", Some(&cart1), Some(failure(Some("req-2")))).await.0, 409);
+    // A trigger's failure becomes a Failed snapshot of its own (a retry finds the same one),
+    // which is never handed out as a request.
+    let mut trigger = failure(None);
+    trigger["trigger"] = json!("gcHeapBytes");
+    trigger["value"] = json!(6.1e8);
+    let (status, body) = w.call("POST", "/v1/sidecar/failures", Some(&cart1), Some(trigger.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    let name = body["snapshot"].as_str().unwrap().to_string();
+    let (status, again) = w.call("POST", "/v1/sidecar/failures", Some(&cart1), Some(trigger)).await;
+    assert_eq!((status, &again["snapshot"]), (200, &json!(name)), "{again}");
+    let own = w.snapshot(&name);
+    assert_eq!((&own["status"]["phase"], &own["spec"]["pod"]), (&json!("Failed"), &json!("cart-1")), "{own}");
+    assert_eq!((&own["spec"]["trigger"], &own["spec"]["observed"]), (&json!("gcHeapBytes"), &json!("610000000")));
+    let (_, body) = w.call("GET", "/v1/sidecar/requests?wait=1", Some(&cart1), None).await;
+    assert_eq!(body["requests"], json!([]), "{body}");
+
     // The controller's part, by hand: a Job for req-1, its pod, the snapshot Analyzing.
     w.cp.apply(
         "apiVersion: batch/v1\nkind: Job\nmetadata: {name: dsnap-req-1-analyze, namespace: shop}\nspec:\n  template:\n    \
