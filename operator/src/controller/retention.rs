@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 /// The snapshots (names) to delete now. `snapshots` are those of one policy; the newest
 /// `max_count` are kept unless older than `max_age`. Work in flight (`Requested`, `Capturing`,
-/// `Analyzing`) is never deleted, but counts towards `max_count`.
+/// `Analyzing`) is never deleted; failed captures (nothing stored) are kept by their own count.
 pub fn expired(snapshots: &[DumpSnapshot], retention: &Retention, now: Timestamp) -> Vec<String> {
     // Work in flight is neither deleted nor counted: a new request must not push out the last
     // analyzed snapshot before it has a result of its own (it may still fail). `Uploaded` counts
@@ -18,20 +18,33 @@ pub fn expired(snapshots: &[DumpSnapshot], retention: &Retention, now: Timestamp
             SnapshotPhase::Requested | SnapshotPhase::Capturing | SnapshotPhase::Analyzing
         )
     };
-    let mut kept: Vec<&DumpSnapshot> =
-        snapshots.iter().filter(|s| s.metadata.deletion_timestamp.is_none() && settled(s)).collect();
+    // A capture that failed left nothing behind: such snapshots are counted among themselves,
+    // so that a burst of failures never pushes out the last snapshot with evidence.
+    let nothing_captured = |s: &DumpSnapshot| {
+        s.spec.artifacts.is_empty() && s.status.as_ref().is_some_and(|st| st.phase == SnapshotPhase::Failed)
+    };
     let created = |s: &DumpSnapshot| s.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
-    // Newest first; the name breaks ties (creation times have one-second resolution).
-    kept.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| b.name_any().cmp(&a.name_any())));
-    kept.iter()
-        .enumerate()
-        .filter(|(i, s)| {
-            let too_many = *i >= retention.max_count as usize;
-            let too_old = now.duration_since(created(s)).unsigned_abs() > retention.max_age.std() && created(s) < now;
-            too_many || too_old
-        })
-        .map(|(_, s)| s.name_any())
-        .collect()
+    let mut out = Vec::new();
+    for failed in [false, true] {
+        let mut kept: Vec<&DumpSnapshot> = snapshots
+            .iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none() && settled(s) && nothing_captured(s) == failed)
+            .collect();
+        // Newest first; the name breaks ties (creation times have one-second resolution).
+        kept.sort_by(|a, b| created(b).cmp(&created(a)).then_with(|| b.name_any().cmp(&a.name_any())));
+        out.extend(
+            kept.iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    let too_many = *i >= retention.max_count as usize;
+                    let too_old =
+                        now.duration_since(created(s)).unsigned_abs() > retention.max_age.std() && created(s) < now;
+                    too_many || too_old
+                })
+                .map(|(_, s)| s.name_any()),
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -80,6 +93,18 @@ mod tests {
         going.metadata.deletion_timestamp = Some(Time(ts(60)));
         let snaps = [at("a", 10, "Analyzed"), going, at("b", 20, "Analyzed")];
         assert!(expired(&snaps, &retention(2, 3600), ts(100)).is_empty());
+    }
+
+    #[test]
+    fn failed_captures_never_push_out_evidence_and_are_kept_by_the_same_count() {
+        let failed = |name: &str, created: i64| {
+            let mut s = at(name, created, "Failed");
+            s.spec.artifacts.clear();
+            s
+        };
+        let snaps = [at("evidence", 10, "Analyzed"), failed("f1", 20), failed("f2", 30), failed("f3", 40)];
+        assert_eq!(expired(&snaps, &retention(1, 3600), ts(100)), vec!["f2", "f1"]);
+        assert_eq!(expired(&snaps, &retention(1, 3600), ts(5000)), vec!["evidence", "f3", "f2", "f1"], "by age too");
     }
 
     #[test]
