@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use api::{DumpPolicy, Mode};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, Pod, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
     Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,6 +19,10 @@ pub const INJECTED_ANNOTATION: &str = "dumpwatch.dev/injected";
 pub const VOLUME_NAME: &str = "dumpwatch";
 /// The environment variable that makes a .NET 5+ runtime connect to the sidecar.
 pub const DIAGNOSTIC_PORTS_ENV: &str = "DOTNET_DiagnosticPorts";
+/// The policy's claim (`storage.volume.claimName`), mounted in the sidecar only, at `volume.path`.
+pub const STORE_VOLUME_NAME: &str = "dumpwatch-store";
+/// Tells the sidecar where the claim is mounted: finished captures go there.
+pub const STORE_ENV: &str = "DUMPWATCH_STORE";
 /// The projected ServiceAccount token that proves to the operator which pod a sidecar runs in.
 pub const TOKEN_VOLUME_NAME: &str = "dumpwatch-token";
 /// Audience of the sidecar's token: the operator's TokenReview asks for exactly this one, so the
@@ -89,9 +93,36 @@ pub fn volume_conflicts(pod: &Pod) -> Vec<String> {
     volumes
         .into_iter()
         .flatten()
-        .filter(|v| v.name == VOLUME_NAME || v.name == TOKEN_VOLUME_NAME)
+        .filter(|v| v.name == VOLUME_NAME || v.name == TOKEN_VOLUME_NAME || v.name == STORE_VOLUME_NAME)
         .map(|v| v.name.clone())
         .collect()
+}
+
+/// The claim a policy stores finished captures on, with the path it is mounted at in the sidecar.
+pub fn store_claim(policy: &DumpPolicy) -> Option<(String, String)> {
+    let volume = policy.spec.storage.volume.as_ref().filter(|_| policy.spec.storage.s3.is_none())?;
+    volume.claim_name.clone().map(|claim| (claim, volume.path.clone()))
+}
+
+/// Why the policy's claim cannot be mounted beside the sidecar's own mounts, if it cannot: the
+/// same or a nested path would hide the capture dir (or the token) or be hidden by it.
+pub fn store_path_conflict(policy: &DumpPolicy, sidecar: &SidecarSettings) -> Option<String> {
+    let (_, path) = store_claim(policy)?;
+    let nested = |a: &str, b: &str| {
+        let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+        a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
+    };
+    if !path.starts_with('/') {
+        return Some(format!("storage.volume.path {path:?} is not an absolute path"));
+    }
+    for (theirs, what) in [(sidecar.mount_path.as_str(), "the sidecar's capture dir"), (TOKEN_MOUNT_PATH, "its token")] {
+        if nested(&path, theirs) {
+            return Some(format!(
+                "storage.volume.path {path} collides with {what} at {theirs}: choose another path (e.g. /dumps)"
+            ));
+        }
+    }
+    None
 }
 
 /// The JSON patch that injects the sidecar of `policy` into `pod`, or `None` when the policy
@@ -99,7 +130,11 @@ pub fn volume_conflicts(pod: &Pod) -> Vec<String> {
 /// one of the pod's volumes already has a name the injection needs.
 pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings) -> Option<json_patch::Patch> {
     let spec = pod.spec.as_ref()?;
-    if !selects(policy, pod) || is_injected(pod) || !volume_conflicts(pod).is_empty() {
+    if !selects(policy, pod)
+        || is_injected(pod)
+        || !volume_conflicts(pod).is_empty()
+        || store_path_conflict(policy, sidecar).is_some()
+    {
         return None;
     }
     let annotations = pod.metadata.annotations.as_ref();
@@ -142,6 +177,18 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
     };
     append(&mut add, "/spec/volumes", spec.volumes.is_some(), to_value(&volume));
     add("/spec/volumes/-".into(), to_value(&token));
+    let store = store_claim(policy);
+    if let Some((claim, _)) = &store {
+        let volume = Volume {
+            name: STORE_VOLUME_NAME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(false),
+            }),
+            ..Default::default()
+        };
+        add("/spec/volumes/-".into(), to_value(&volume));
+    }
 
     for (i, c) in spec.containers.iter().enumerate().filter(|(_, c)| watched(c)) {
         if !c.volume_mounts.iter().flatten().any(|m| m.mount_path == sidecar.mount_path) {
@@ -166,44 +213,48 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
         field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
         ..Default::default()
     };
+    let mut env = vec![
+        EnvVar { name: "POD_NAME".into(), value_from: Some(field("metadata.name")), ..Default::default() },
+        EnvVar { name: "POD_NAMESPACE".into(), value_from: Some(field("metadata.namespace")), ..Default::default() },
+        EnvVar { name: "DUMPWATCH_POLICY".into(), value: Some(policy_name), ..Default::default() },
+        EnvVar {
+            name: "DUMPWATCH_MODE".into(),
+            value: Some(if listen { "listen" } else { "connect" }.into()),
+            ..Default::default()
+        },
+        EnvVar { name: "DUMPWATCH_OPERATOR_URL".into(), value: Some(sidecar.operator_url.clone()), ..Default::default() },
+        EnvVar { name: "DUMPWATCH_OPERATOR_CA".into(), value: Some(sidecar.operator_ca.clone()), ..Default::default() },
+        EnvVar {
+            name: "DUMPWATCH_HTTP".into(),
+            value: Some(format!("0.0.0.0:{}", sidecar.metrics_port)),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "DUMPWATCH_TOKEN_FILE".into(),
+            value: Some(format!("{TOKEN_MOUNT_PATH}/token")),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        mount,
+        // The token is mounted in the sidecar only: the app never holds a credential of ours.
+        VolumeMount {
+            name: TOKEN_VOLUME_NAME.into(),
+            mount_path: TOKEN_MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    if let Some((_, path)) = &store {
+        // The claim holds every pod's captures: only the sidecar sees it, never the app.
+        mounts.push(VolumeMount { name: STORE_VOLUME_NAME.into(), mount_path: path.clone(), ..Default::default() });
+        env.push(EnvVar { name: STORE_ENV.into(), value: Some(path.clone()), ..Default::default() });
+    }
     let container = Container {
         name: SIDECAR_NAME.into(),
         image: Some(sidecar.image.clone()),
         args: Some(vec!["--storage".into(), sidecar.mount_path.clone()]),
-        env: Some(vec![
-            EnvVar { name: "POD_NAME".into(), value_from: Some(field("metadata.name")), ..Default::default() },
-            EnvVar {
-                name: "POD_NAMESPACE".into(),
-                value_from: Some(field("metadata.namespace")),
-                ..Default::default()
-            },
-            EnvVar { name: "DUMPWATCH_POLICY".into(), value: Some(policy_name), ..Default::default() },
-            EnvVar {
-                name: "DUMPWATCH_MODE".into(),
-                value: Some(if listen { "listen" } else { "connect" }.into()),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "DUMPWATCH_OPERATOR_URL".into(),
-                value: Some(sidecar.operator_url.clone()),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "DUMPWATCH_OPERATOR_CA".into(),
-                value: Some(sidecar.operator_ca.clone()),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "DUMPWATCH_HTTP".into(),
-                value: Some(format!("0.0.0.0:{}", sidecar.metrics_port)),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "DUMPWATCH_TOKEN_FILE".into(),
-                value: Some(format!("{TOKEN_MOUNT_PATH}/token")),
-                ..Default::default()
-            },
-        ]),
+        env: Some(env),
         resources: Some(sidecar.resources.clone()),
         ports: Some(vec![ContainerPort {
             name: Some(sidecar.metrics_port_name.clone()),
@@ -211,16 +262,7 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        volume_mounts: Some(vec![
-            mount,
-            // The token is mounted in the sidecar only: the app never holds a credential of ours.
-            VolumeMount {
-                name: TOKEN_VOLUME_NAME.into(),
-                mount_path: TOKEN_MOUNT_PATH.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(sidecar.run_as_user),

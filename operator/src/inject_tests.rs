@@ -223,3 +223,52 @@ fn selects_and_is_injected_read_the_labels_and_both_markers() {
     let once = apply(&p, &injection_patch(&p, &policy(LISTEN), &SidecarSettings::default()).unwrap());
     assert!(is_injected(&once));
 }
+
+const ON_CLAIM: &str = "selector: {matchLabels: {app: orders}}\nmode: listen\nstorage: {volume: {path: /dumps, claimName: dumps}}";
+
+#[test]
+fn a_claim_is_mounted_in_the_sidecar_only_and_the_sidecar_is_told_where() {
+    let before = orders_pod();
+    let patch = injection_patch(&before, &policy(ON_CLAIM), &SidecarSettings::default()).expect("a patch");
+    let after = apply(&before, &patch);
+    let volumes = after.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    let store = volumes.iter().find(|v| v.name == STORE_VOLUME_NAME).expect("the claim's volume");
+    assert_eq!(store.persistent_volume_claim.as_ref().unwrap().claim_name, "dumps");
+    assert!(volumes.iter().any(|v| v.name == VOLUME_NAME && v.empty_dir.is_some()), "captures in progress stay local");
+    let sidecar = container(&after, SIDECAR_NAME);
+    let mounts: Vec<(&str, &str)> =
+        sidecar.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str())).collect();
+    assert!(mounts.contains(&(STORE_VOLUME_NAME, "/dumps")), "{mounts:?}");
+    assert!(mounts.contains(&(VOLUME_NAME, "/dumpwatch")), "{mounts:?}");
+    assert_eq!(env(sidecar, STORE_ENV), Some("/dumps"));
+    for app in ["api", "worker"] {
+        let c = container(&after, app);
+        assert!(
+            !c.volume_mounts.iter().flatten().any(|m| m.name == STORE_VOLUME_NAME),
+            "{app} must not see other pods' dumps"
+        );
+    }
+}
+
+#[test]
+fn without_a_claim_the_sidecar_is_not_told_of_a_store() {
+    let after = apply(&orders_pod(), &injection_patch(&orders_pod(), &policy(LISTEN), &SidecarSettings::default()).unwrap());
+    assert_eq!(env(container(&after, SIDECAR_NAME), STORE_ENV), None);
+    assert!(!after.spec.unwrap().volumes.unwrap().iter().any(|v| v.name == STORE_VOLUME_NAME));
+}
+
+#[test]
+fn a_claim_path_colliding_with_the_sidecars_mounts_is_refused() {
+    let settings = SidecarSettings::default();
+    for path in ["/dumpwatch", "/dumpwatch/", "/dumpwatch/store", "/", "/var/run/secrets"] {
+        let p = policy(&format!(
+            "selector: {{matchLabels: {{app: orders}}}}\nstorage: {{volume: {{path: {path}, claimName: dumps}}}}"
+        ));
+        let why = store_path_conflict(&p, &settings).unwrap_or_else(|| panic!("{path} collides"));
+        assert!(why.contains("collides"), "{why}");
+        assert!(injection_patch(&orders_pod(), &p, &settings).is_none(), "{path}: not injected");
+    }
+    assert_eq!(store_path_conflict(&policy(ON_CLAIM), &settings), None);
+    // The default path without a claim is the emptyDir itself: nothing to mount, nothing to refuse.
+    assert_eq!(store_path_conflict(&policy(LISTEN), &settings), None);
+}

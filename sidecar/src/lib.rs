@@ -8,6 +8,7 @@
 
 pub mod artifacts;
 pub mod capture;
+pub mod claim_store;
 pub mod crash;
 pub mod discovery;
 mod error;
@@ -38,6 +39,9 @@ pub struct Config {
     pub operator: Option<operator_client::OperatorConfig>,
     /// Overrides `spec.storage.volume.path`.
     pub storage: Option<PathBuf>,
+    /// Operator mode: where the policy's claim is mounted (`DUMPWATCH_STORE`); finished captures
+    /// are stored there instead of in the capture folder.
+    pub store: Option<PathBuf>,
     /// Listen-mode socket; default `<storage>/dumpwatch.sock`.
     pub listen_socket: Option<PathBuf>,
     pub http: SocketAddr,
@@ -112,7 +116,7 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
             let refresh = cfg.operator.as_ref().map_or(Duration::from_secs(10), |o| o.policy_refresh);
             tokio::spawn(operator_client::policy_loop(client.clone(), policy_tx, first, refresh));
             tokio::spawn(operator_client::requests_loop(client.clone(), demand_tx.clone(), Duration::from_secs(30)));
-            tokio::spawn(upload::run(shared.clone(), client, report_queue));
+            tokio::spawn(upload::run(shared.clone(), client, report_queue, cfg.store.clone()));
             upload::resubmit_leftovers(&shared);
         }
         None => {

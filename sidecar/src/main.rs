@@ -49,6 +49,10 @@ struct Args {
     /// Capture folder; overrides spec.storage.volume.path.
     #[arg(long, env = "DUMPWATCH_STORAGE")]
     storage: Option<PathBuf>,
+    /// Operator mode: where the policy's claim is mounted (the webhook sets it); finished
+    /// captures are stored there as <namespace>/<pod>/<capture>/<file>.zst.
+    #[arg(long, env = "DUMPWATCH_STORE")]
+    store: Option<PathBuf>,
     /// Listen-mode socket the apps' DOTNET_DiagnosticPorts points to [default: <storage>/dumpwatch.sock].
     #[arg(long, env = "DUMPWATCH_LISTEN_SOCKET")]
     listen_socket: Option<PathBuf>,
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             policy_refresh: std::time::Duration::from_millis(args.policy_refresh_ms.max(100)),
         }),
         storage: args.storage,
+        store: args.store,
         listen_socket: args.listen_socket,
         http: args.http,
         identity: sidecar::capture::Identity { pod: args.pod, namespace: args.namespace, container: args.container },

@@ -4,7 +4,9 @@
 //!
 //! - S3: upload URLs from the operator, presigned PUTs (multipart when told), then the report;
 //!   the local capture is deleted only once the operator confirmed the report.
-//! - Volume: compressed in place on the volume (`file://` URIs), originals removed as each
+//! - Volume on a claim (`DUMPWATCH_STORE`): compressed onto the claim ([`crate::claim_store`]),
+//!   the local capture deleted once the operator confirmed the report.
+//! - Volume without a claim: compressed in place on the volume (`file://` URIs), originals removed as each
 //!   compressed file is complete, never passing `limits.maxBytes`.
 
 use std::collections::HashSet;
@@ -102,7 +104,13 @@ fn count(shared: &Shared, result: &str) {
 }
 
 /// Work through the queue until the sidecar stops.
-pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc::Receiver<Queued>) {
+/// `store`: where the policy's claim is mounted (`DUMPWATCH_STORE`), when it has one.
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Arc<OperatorClient>,
+    mut rx: mpsc::Receiver<Queued>,
+    store: Option<PathBuf>,
+) {
     let storage_http = storage_client();
     let answered: Mutex<HashSet<String>> = Mutex::default();
     while let Some(mut r) = rx.recv().await {
@@ -119,7 +127,7 @@ pub async fn run(shared: Arc<Shared>, client: Arc<OperatorClient>, mut rx: mpsc:
         let mut attempt = 0;
         loop {
             let sent = match &r {
-                Queued::Capture(c) => store_and_report(&shared, &client, &storage_http, c).await,
+                Queued::Capture(c) => store_and_report(&shared, &client, &storage_http, c, store.as_deref()).await,
                 Queued::Failure(f) => client.report_failure(f).await.map(|a| a.snapshot),
             };
             match sent {
@@ -169,12 +177,20 @@ async fn store_and_report(
     client: &OperatorClient,
     storage_http: &reqwest::Client,
     r: &Report,
+    store: Option<&Path>,
 ) -> Result<Option<String>, Error> {
     let policy = shared.policy.borrow().clone();
     let planned = artifacts::plan(&r.dir)?;
     let s3 = policy.storage.s3.is_some();
+    // Stored elsewhere than the capture dir: the local copy goes once the report is confirmed.
+    let moved = s3 || store.is_some();
     let artifacts = if s3 {
         upload_s3(client, storage_http, r, &planned).await?
+    } else if let Some(store) = store {
+        let id = &shared.identity;
+        let dir = crate::claim_store::capture_dir(store, &id.namespace, &id.pod, &capture_id(r));
+        let min_free = policy.limits.min_free_disk.value() as u64;
+        blocking(move || crate::claim_store::store(&dir, &planned, min_free)).await??
     } else {
         let max = policy.limits.max_bytes.value() as u64;
         let root = shared.storage.root().to_path_buf();
@@ -194,7 +210,7 @@ async fn store_and_report(
         findings: r.findings.clone(),
     };
     let answer = client.report(&report).await?;
-    if s3 {
+    if moved {
         // Only now is the evidence safe elsewhere.
         std::fs::remove_dir_all(&r.dir).map_err(Error::io(format!("removing the uploaded capture {capture}")))?;
     } else {

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
-use crate::inject::{SidecarSettings, injection_patch, is_injected, selects, volume_conflicts};
+use crate::inject::{SidecarSettings, injection_patch, is_injected, selects, store_path_conflict, volume_conflicts};
 
 /// What the webhook decided for one request (for the response and the log line).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -54,6 +54,10 @@ pub fn decide(req: &AdmissionRequest<Pod>, policies: &[Arc<DumpPolicy>], sidecar
             conflicts.join(" and "),
             name(chosen)
         ));
+        return decision;
+    }
+    if let Some(why) = store_path_conflict(chosen, sidecar) {
+        decision.warnings.push(format!("dumpwatch: not injected, DumpPolicy {}: {why}", name(chosen)));
         return decision;
     }
     decision.patch = injection_patch(pod, chosen, sidecar);
