@@ -472,13 +472,22 @@ const stageDir = "/run/dumpwatch-nodeagent-stage"
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // prepareVolumes makes a host directory for every volume: emptyDir and anything unsupported is an
-// empty directory, hostPath is the host path itself, configMap and secret are written out as a
+// empty directory, hostPath is the host path itself, persistentVolumeClaim the claim's directory
+// (claimDir), configMap and secret are written out as a
 // kubelet does (volumes.go; kept in sync by syncVolumes), projected ones once.
 func (w *podWorker) prepareVolumes(ctx context.Context, p *corev1.Pod, dir string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, v := range p.Spec.Volumes {
 		if v.HostPath != nil {
 			out[v.Name] = v.HostPath.Path
+			continue
+		}
+		if v.PersistentVolumeClaim != nil {
+			d, err := w.claimDir(ctx, p, v)
+			if err != nil {
+				return nil, err
+			}
+			out[v.Name] = d
 			continue
 		}
 		d := filepath.Join(dir, "volumes", v.Name)

@@ -170,3 +170,21 @@ func (w *podWorker) syncVolumes(ctx context.Context, p *corev1.Pod, dirs map[str
 		}
 	}
 }
+
+// claimDir is the directory that stands for a PersistentVolumeClaim: <state-dir>/pvc/<namespace>/<claim>,
+// shared by every pod of the namespace that mounts the claim (like a ReadWriteMany volume) and
+// kept when the pods go. The claim must exist (a NotFound keeps the pod Pending, as a kubelet
+// would); there is no provisioner, so it need not be Bound.
+func (w *podWorker) claimDir(ctx context.Context, p *corev1.Pod, v corev1.Volume) (string, error) {
+	name := v.PersistentVolumeClaim.ClaimName
+	if _, err := w.a.client.CoreV1().PersistentVolumeClaims(p.Namespace).Get(ctx, name, metav1.GetOptions{}); err != nil {
+		return "", fmt.Errorf("volume %s: claim %s: %w", v.Name, name, err)
+	}
+	d := filepath.Join(w.a.stateDir, "pvc", p.Namespace, name)
+	if err := os.MkdirAll(d, 0o777); err != nil {
+		return "", err
+	}
+	// Writable for any uid, like a fresh volume with fsGroup applied.
+	_ = os.Chmod(d, 0o777)
+	return d, nil
+}
