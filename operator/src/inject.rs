@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use api::{DumpPolicy, Mode};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, Pod, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    PersistentVolumeClaimVolumeSource, Pod, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
@@ -115,7 +115,8 @@ pub fn store_path_conflict(policy: &DumpPolicy, sidecar: &SidecarSettings) -> Op
     if !path.starts_with('/') {
         return Some(format!("storage.volume.path {path:?} is not an absolute path"));
     }
-    for (theirs, what) in [(sidecar.mount_path.as_str(), "the sidecar's capture dir"), (TOKEN_MOUNT_PATH, "its token")] {
+    for (theirs, what) in [(sidecar.mount_path.as_str(), "the sidecar's capture dir"), (TOKEN_MOUNT_PATH, "its token")]
+    {
         if nested(&path, theirs) {
             return Some(format!(
                 "storage.volume.path {path} collides with {what} at {theirs}: choose another path (e.g. /dumps)"
@@ -222,7 +223,11 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
             value: Some(if listen { "listen" } else { "connect" }.into()),
             ..Default::default()
         },
-        EnvVar { name: "DUMPWATCH_OPERATOR_URL".into(), value: Some(sidecar.operator_url.clone()), ..Default::default() },
+        EnvVar {
+            name: "DUMPWATCH_OPERATOR_URL".into(),
+            value: Some(sidecar.operator_url.clone()),
+            ..Default::default()
+        },
         EnvVar { name: "DUMPWATCH_OPERATOR_CA".into(), value: Some(sidecar.operator_ca.clone()), ..Default::default() },
         EnvVar {
             name: "DUMPWATCH_HTTP".into(),

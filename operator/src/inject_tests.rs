@@ -224,7 +224,8 @@ fn selects_and_is_injected_read_the_labels_and_both_markers() {
     assert!(is_injected(&once));
 }
 
-const ON_CLAIM: &str = "selector: {matchLabels: {app: orders}}\nmode: listen\nstorage: {volume: {path: /dumps, claimName: dumps}}";
+const ON_CLAIM: &str =
+    "selector: {matchLabels: {app: orders}}\nmode: listen\nstorage: {volume: {path: /dumps, claimName: dumps}}";
 
 #[test]
 fn a_claim_is_mounted_in_the_sidecar_only_and_the_sidecar_is_told_where() {
@@ -252,7 +253,8 @@ fn a_claim_is_mounted_in_the_sidecar_only_and_the_sidecar_is_told_where() {
 
 #[test]
 fn without_a_claim_the_sidecar_is_not_told_of_a_store() {
-    let after = apply(&orders_pod(), &injection_patch(&orders_pod(), &policy(LISTEN), &SidecarSettings::default()).unwrap());
+    let after =
+        apply(&orders_pod(), &injection_patch(&orders_pod(), &policy(LISTEN), &SidecarSettings::default()).unwrap());
     assert_eq!(env(container(&after, SIDECAR_NAME), STORE_ENV), None);
     assert!(!after.spec.unwrap().volumes.unwrap().iter().any(|v| v.name == STORE_VOLUME_NAME));
 }

@@ -9,9 +9,9 @@ pub mod webhook;
 
 pub use controller::metrics;
 pub use inject::{
-    DIAGNOSTIC_PORTS_ENV, INJECTED_ANNOTATION, SIDECAR_NAME, SIDECAR_TOKEN_AUDIENCE, SidecarSettings, TOKEN_MOUNT_PATH,
-    STORE_ENV, STORE_VOLUME_NAME, TOKEN_VOLUME_NAME, VOLUME_NAME, injection_patch, is_injected, selects, store_claim,
-    store_path_conflict, volume_conflicts,
+    DIAGNOSTIC_PORTS_ENV, INJECTED_ANNOTATION, SIDECAR_NAME, SIDECAR_TOKEN_AUDIENCE, STORE_ENV, STORE_VOLUME_NAME,
+    SidecarSettings, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME, VOLUME_NAME, injection_patch, is_injected, selects,
+    store_claim, store_path_conflict, volume_conflicts,
 };
 
 /// Everything that can go wrong in the operator.
