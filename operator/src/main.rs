@@ -237,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
     let urls: Arc<dyn ArtifactUrls> = object;
     let mut ctx = Context::new(client.clone(), metrics.clone(), analysis, deleter, urls, Some(identity.clone()));
     ctx.certs = Some(certs.clone());
+    ctx.sidecar_mount_path = cli.sidecar_mount_path.clone();
     let ctx = Arc::new(ctx);
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);

@@ -56,6 +56,8 @@ pub struct Context {
     /// The serving certificate's source: its CA (reloaded in cert-manager mode) is the one each
     /// new analysis Job is told to trust, not the one read at start.
     pub certs: Option<crate::webhook::CertSource>,
+    /// Where the webhook mounts the sidecar's capture dir (a policy's claim path must not collide).
+    pub sidecar_mount_path: String,
     backoffs: Backoffs,
 }
 
@@ -95,6 +97,7 @@ impl Context {
             deleter,
             urls,
             certs: None,
+            sidecar_mount_path: crate::inject::SidecarSettings::default().mount_path,
             backoffs: Backoffs::default(),
         }
     }

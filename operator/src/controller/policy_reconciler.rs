@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
-use super::policy_status::policy_status;
+use super::policy_status::{explain_storage_conflict, policy_status};
 use super::retention::expired;
 use crate::Error;
 
@@ -50,7 +50,8 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let now = Timestamp::now();
 
-    let status = policy_status(policy, &pods, &snapshots, now);
+    let status =
+        explain_storage_conflict(policy_status(policy, &pods, &snapshots, now), policy, &ctx.sidecar_mount_path);
     if policy.status.as_ref() != Some(&status) {
         Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns)
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))

@@ -119,6 +119,23 @@ pub fn policy_status(
     }
 }
 
+/// When the webhook left pods bare because the policy's claim path collides with the sidecar's
+/// own mounts (`sidecar_mount_path`), the `Injecting` condition says that instead of pointing at
+/// the namespace label or the webhook's reachability.
+pub fn explain_storage_conflict(
+    mut status: DumpPolicyStatus,
+    policy: &DumpPolicy,
+    sidecar_mount_path: &str,
+) -> DumpPolicyStatus {
+    let settings = crate::inject::SidecarSettings { mount_path: sidecar_mount_path.into(), ..Default::default() };
+    let Some(why) = crate::inject::store_path_conflict(policy, &settings) else { return status };
+    for c in status.conditions.iter_mut().filter(|c| c.type_ == "Injecting" && c.reason == "WebhookNotInjecting") {
+        c.reason = "StoragePathConflict".into();
+        c.message = format!("the webhook does not inject pods of this policy: {why}");
+    }
+    status
+}
+
 fn names(pods: &[&Pod]) -> String {
     let mut out: Vec<String> = pods.iter().take(NAMES_IN_MESSAGE).map(|p| p.name_any()).collect();
     if pods.len() > NAMES_IN_MESSAGE {
@@ -249,6 +266,20 @@ mod tests {
         assert!(c.message.contains("dumpwatch.dev/inject=enabled"), "{}", c.message);
         assert_eq!(cond(&s, "Ready").status, "False");
         assert_eq!(s.last_capture, None, "a request without artifacts is not a capture");
+    }
+
+    #[test]
+    fn a_claim_path_colliding_with_the_sidecar_is_named_as_the_reason() {
+        let pods = [pod("orders-2", "orders", 300, "Running", false)];
+        let mut p = policy();
+        p.spec.storage.volume = Some(api::VolumeStorage { path: "/dumpwatch".into(), claim_name: Some("d".into()) });
+        let s = explain_storage_conflict(policy_status(&p, &pods, &[], ts(1000)), &p, "/dumpwatch");
+        let c = cond(&s, "Injecting");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "StoragePathConflict"));
+        assert!(c.message.contains("collides with the sidecar's capture dir"), "{}", c.message);
+        // Another path, or the operator's sidecar mounted elsewhere: the usual reason stays.
+        let s = explain_storage_conflict(policy_status(&p, &pods, &[], ts(1000)), &p, "/diag");
+        assert_eq!(cond(&s, "Injecting").reason, "WebhookNotInjecting");
     }
 
     #[test]
