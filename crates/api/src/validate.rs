@@ -34,6 +34,10 @@ impl DumpPolicySpec {
         }
         match (&self.storage.volume, &self.storage.s3) {
             (Some(v), None) if v.path.is_empty() => p.push("storage.volume.path must not be empty".into()),
+            // The claim is mounted at the path: Kubernetes takes absolute mount paths only.
+            (Some(v), None) if v.claim_name.is_some() && (!v.path.starts_with('/') || v.path.contains("/..")) => {
+                p.push(format!("storage.volume.path must be an absolute path with a claimName (got {:?})", v.path))
+            }
             (Some(_), None) => {}
             (None, Some(s3)) => {
                 for (name, v) in [("bucket", &s3.bucket), ("secretRef", &s3.secret_ref)] {
@@ -199,6 +203,15 @@ storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
         assert_eq!((p.storage.volume, p.storage.s3.unwrap().bucket.as_str()), (None, "b"));
         let err = DumpPolicySpec::from_yaml("storage: {}").unwrap_err().to_string();
         assert!(err.contains("storage needs exactly one of volume"), "{err}");
+    }
+
+    #[test]
+    fn a_claim_needs_an_absolute_path() {
+        let err = DumpPolicySpec::from_yaml("storage: {volume: {path: dumps, claimName: d}}").unwrap_err().to_string();
+        assert!(err.contains("storage.volume.path must be an absolute path"), "{err}");
+        assert!(DumpPolicySpec::from_yaml("storage: {volume: {path: /dumps/../etc, claimName: d}}").is_err());
+        assert!(DumpPolicySpec::from_yaml("storage: {volume: {path: /dumps, claimName: d}}").is_ok());
+        assert!(DumpPolicySpec::from_yaml("storage: {volume: {path: dumps}}").is_ok(), "standalone: relative is fine");
     }
 
     #[test]
