@@ -330,7 +330,9 @@ pub struct VolumeStorage {
     /// captures are stored there as `<namespace>/<pod>/<capture>/<file>.zst`, analysis Jobs mount
     /// it read-only, and deleting a DumpSnapshot deletes its files (a short Job mounts the claim).
     /// Without it (operator mode), captures stay in the pod's emptyDir: not analyzed, and gone
-    /// with the pod. The standalone sidecar ignores it.
+    /// with the pod. The standalone sidecar ignores it. With a claim, `path` must lie outside the
+    /// sidecar's own capture mount (the chart's `sidecar.mountPath`, `/dumpwatch` by default),
+    /// e.g. `path: /dumps`; otherwise pods are not injected and the policy says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
     pub claim_name: Option<String>,
