@@ -14,14 +14,14 @@ use std::time::Duration;
 use api::{DumpSnapshot, SnapshotVolume};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::job::{ANALYZER_UID, AnalysisSettings, JobOutcome, job_outcome, suffixed_name};
+use super::job::{AnalysisSettings, JobOutcome, analyzer_pod_security, job_outcome, suffixed_name};
 
 /// Label on the cleanup Job and its pod: the snapshot whose files it deletes.
 pub const CLEANUP_LABEL: &str = "dumpwatch.dev/cleanup-of";
@@ -112,14 +112,7 @@ pub fn cleanup_job(
                     // Deleting files needs no Kubernetes API.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(ANALYZER_UID),
-                        run_as_group: Some(ANALYZER_UID),
-                        fs_group: Some(ANALYZER_UID),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(analyzer_pod_security()),
                     containers: vec![container],
                     volumes: Some(vec![Volume {
                         name: "artifacts".into(),

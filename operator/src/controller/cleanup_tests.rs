@@ -1,4 +1,5 @@
 use super::*;
+use crate::controller::job::ANALYZER_UID;
 use crate::controller::testing::snapshot;
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 

@@ -100,6 +100,19 @@ fn hex8(bytes: &[u8]) -> String {
     bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The pod security of dumpwatch's Jobs (analysis and cleanup): the non-root analyzer user, its
+/// group owning mounted volumes, the runtime's default seccomp profile.
+pub(super) fn analyzer_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(ANALYZER_UID),
+        run_as_group: Some(ANALYZER_UID),
+        fs_group: Some(ANALYZER_UID),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
 /// Kubernetes expands `$(VAR)` in args; `$$` is a literal `$` (URLs may carry `$`).
 fn literal(arg: String) -> String {
     arg.replace('$', "$$")
@@ -244,14 +257,7 @@ pub fn analysis_job(
                     restart_policy: Some("Never".into()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(ANALYZER_UID),
-                        run_as_group: Some(ANALYZER_UID),
-                        fs_group: Some(ANALYZER_UID),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(analyzer_pod_security()),
                     containers: vec![container],
                     volumes: Some(volumes),
                     ..Default::default()
