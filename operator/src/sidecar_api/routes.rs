@@ -190,32 +190,21 @@ pub async fn captures(
     let snapshots = api.snapshots(&caller.namespace);
     let name = match &report.snapshot {
         Some(requested) => {
-            let existing = snapshots.get_opt(requested).await.map_err(kube_error)?.ok_or_else(|| {
-                ApiError::not_found(format!("DumpSnapshot {}/{requested} does not exist", caller.namespace))
-            })?;
-            decide::check_fill_in(&existing, &caller.pod)?;
             // The request keeps its trigger (onDemand); the capture fills in the rest.
             let patch = json!({ "spec": {
                 "policy": spec.policy, "container": spec.container, "pid": spec.pid,
                 "runtimeVersion": spec.runtime_version, "artifacts": spec.artifacts, "volume": spec.volume,
             }});
-            snapshots.patch(requested, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_error)?;
-            requested.clone()
+            fill_in_request(&snapshots, &caller.namespace, &caller.pod, requested, patch).await?
         }
         None => {
             let name = decide::snapshot_name(&caller.pod, &capture);
             let object = decide::new_snapshot(&caller.namespace, &name, &capture, spec.clone());
-            match snapshots.create(&PostParams::default(), &object).await {
-                Ok(_) => {}
-                // A retried report: the same capture of the same pod is the same snapshot.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    let existing = snapshots.get(&name).await.map_err(kube_error)?;
-                    if existing.spec.pod != caller.pod || existing.spec.artifacts != spec.artifacts {
-                        return Err(ApiError::conflict(format!("DumpSnapshot {name} exists for another capture")));
-                    }
-                }
-                Err(e) => return Err(kube_error(e)),
-            }
+            // A retried report: the same capture of the same pod is the same snapshot.
+            create_once(&snapshots, object, |existing| {
+                existing.spec.pod == caller.pod && existing.spec.artifacts == spec.artifacts
+            })
+            .await?;
             name
         }
     };
@@ -239,30 +228,16 @@ pub async fn failures(
     let snapshots = api.snapshots(&caller.namespace);
     let name = match &report.snapshot {
         Some(requested) => {
-            let existing = snapshots.get_opt(requested).await.map_err(kube_error)?.ok_or_else(|| {
-                ApiError::not_found(format!("DumpSnapshot {}/{requested} does not exist", caller.namespace))
-            })?;
-            decide::check_fill_in(&existing, &caller.pod)?;
             let patch = json!({ "spec": {
                 "policy": spec.policy, "container": spec.container, "pid": spec.pid, "runtimeVersion": spec.runtime_version,
             }});
-            snapshots.patch(requested, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_error)?;
-            requested.clone()
+            fill_in_request(&snapshots, &caller.namespace, &caller.pod, requested, patch).await?
         }
         None => {
             let name = decide::snapshot_name(&caller.pod, &report.id);
             let object = decide::new_snapshot(&caller.namespace, &name, &report.id, spec);
-            match snapshots.create(&PostParams::default(), &object).await {
-                Ok(_) => {}
-                // A retried report: the same failure of the same pod is the same snapshot.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    let existing = snapshots.get(&name).await.map_err(kube_error)?;
-                    if !decide::is_same_failure(&existing, &caller.pod) {
-                        return Err(ApiError::conflict(format!("DumpSnapshot {name} exists for another capture")));
-                    }
-                }
-                Err(e) => return Err(kube_error(e)),
-            }
+            // A retried report: the same failure of the same pod is the same snapshot.
+            create_once(&snapshots, object, |existing| decide::is_same_failure(existing, &caller.pod)).await?;
             name
         }
     };
@@ -270,6 +245,47 @@ pub async fn failures(
     tracing::info!(namespace = %caller.namespace, pod = %caller.pod, snapshot = %name, reason = %report.reason,
         "capture failure recorded");
     Ok(Json(CaptureReply { snapshot: name }))
+}
+
+/// Fills `patch` into the on-demand request `requested`, which must be the calling pod's and
+/// still waiting for a capture; the snapshot's name.
+async fn fill_in_request(
+    snapshots: &kube::Api<DumpSnapshot>,
+    namespace: &str,
+    pod: &str,
+    requested: &str,
+    patch: serde_json::Value,
+) -> Result<String, ApiError> {
+    let existing = snapshots
+        .get_opt(requested)
+        .await
+        .map_err(kube_error)?
+        .ok_or_else(|| ApiError::not_found(format!("DumpSnapshot {namespace}/{requested} does not exist")))?;
+    decide::check_fill_in(&existing, pod)?;
+    snapshots.patch(requested, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(kube_error)?;
+    Ok(requested.to_string())
+}
+
+/// Creates `object`; if it exists already, that is fine only when `same` says it is this report's
+/// (a retried report), and a conflict otherwise.
+async fn create_once(
+    snapshots: &kube::Api<DumpSnapshot>,
+    object: DumpSnapshot,
+    same: impl Fn(&DumpSnapshot) -> bool,
+) -> Result<(), ApiError> {
+    match snapshots.create(&PostParams::default(), &object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let existing = snapshots.get(&name).await.map_err(kube_error)?;
+            if same(&existing) {
+                Ok(())
+            } else {
+                Err(ApiError::conflict(format!("DumpSnapshot {name} exists for another capture")))
+            }
+        }
+        Err(e) => Err(kube_error(e)),
+    }
 }
 
 #[derive(Deserialize)]
