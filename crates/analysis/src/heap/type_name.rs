@@ -6,10 +6,13 @@
 //! Matching its output keeps our reports comparable with the tool people already know.
 
 /// dotnet-gcdump's cleanup: drop generic arity markers (`` `\d+ ``), turn `[`/`]` into
-/// `<`/`>`, then turn the resulting `<>` back into `[]` (so arrays stay `T[]`).
+/// `<`/`>`, except an empty `[]`, which stays (so arrays stay `T[]`).
 ///
-/// Faithful to the reference, quirks included: a multi-dimensional array `T[,]` becomes
-/// `T<,>`, and a backtick not followed by a digit is kept.
+/// Faithful to the reference, quirks included (a multi-dimensional array `T[,]` becomes
+/// `T<,>`, and a backtick not followed by a digit is kept), with one deliberate difference:
+/// the reference swaps every `<>` of the result back to `[]`, which also mangles the `<>` of
+/// compiler-generated names (`Outer+<>c__DisplayClass3_0`, the closures a leak finding names);
+/// here only brackets that were brackets become `[]`.
 pub fn clean_type_name(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();
@@ -18,15 +21,11 @@ pub fn clean_type_name(raw: &str) -> String {
             '`' if chars.peek().is_some_and(char::is_ascii_digit) => {
                 while chars.next_if(char::is_ascii_digit).is_some() {}
             }
+            '[' if chars.next_if_eq(&']').is_some() => out.push_str("[]"),
             '[' => out.push('<'),
             ']' => out.push('>'),
             _ => out.push(c),
         }
-    }
-    // The reference replaces after the bracket swap, left to right without overlaps,
-    // which `str::replace` also does.
-    if out.contains("<>") {
-        out = out.replace("<>", "[]");
     }
     out
 }
@@ -61,6 +60,13 @@ mod tests {
         );
         // Reference quirk, kept on purpose.
         assert_eq!(clean_type_name("System.Int32[,]"), "System.Int32<,>");
+    }
+
+    #[test]
+    fn compiler_generated_names_keep_their_angle_brackets() {
+        assert_eq!(clean_type_name("App.Sessions+<>c__DisplayClass1_0"), "App.Sessions+<>c__DisplayClass1_0");
+        assert_eq!(clean_type_name("App.Sessions+<>c__DisplayClass1_0[]"), "App.Sessions+<>c__DisplayClass1_0[]");
+        assert_eq!(clean_type_name("List`1[App.X+<>c]"), "List<App.X+<>c>");
     }
 
     #[test]
