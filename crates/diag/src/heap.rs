@@ -155,7 +155,12 @@ impl HeapSnapshotCollector {
                 if let Some(g) = self.graph.as_mut() {
                     for s in statics {
                         let s = s?;
-                        g.add_static_root(s.object_id, s.type_id, &s.field_name.to_string_lossy());
+                        // The event's type id is the type of the object in the field, not the
+                        // type declaring it (the runtime logs `obj->GetTypeHandle()`): the
+                        // declaring type is unknown here, and naming it after the value would
+                        // read as `static System.EventHandler.Changed`.
+                        let field_name = s.field_name.to_string_lossy();
+                        g.add_root(s.object_id, RootKind::Static { type_name: String::new(), field_name });
                     }
                 }
             }

@@ -28,9 +28,10 @@ impl NodeIndex {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RootKind {
-    /// A static field (`GCBulkRootStaticVar`): the usual holder of a leak.
+    /// A static field: the usual holder of a leak.
     Static {
-        /// Declaring type, cleaned.
+        /// Declaring type, cleaned; empty when unknown (heap snapshots: `GCBulkRootStaticVar`
+        /// names the field and the type of its value, not the declaring type).
         type_name: String,
         /// Field name.
         field_name: String,
@@ -84,6 +85,7 @@ impl RootKind {
 impl std::fmt::Display for RootKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            RootKind::Static { type_name, field_name } if type_name.is_empty() => write!(f, "static {field_name}"),
             RootKind::Static { type_name, field_name } => write!(f, "static {type_name}.{field_name}"),
             RootKind::StrongHandle => f.write_str("[strong handle]"),
             RootKind::PinnedHandle => f.write_str("[pinned handle]"),
@@ -209,8 +211,8 @@ impl ObjectGraphBuilder {
         self.roots.push((address, PendingRoot::Kind(kind)));
     }
 
-    /// A `GCBulkRootStaticVar` entry; the declaring type is named at finish, since its
-    /// `BulkType` may come later.
+    /// A static field whose declaring type is known by id; the type is named at finish, since
+    /// its `BulkType` may come later.
     pub fn add_static_root(&mut self, address: u64, declaring_type_id: u64, field_name: &str) {
         self.roots
             .push((address, PendingRoot::Static { type_id: declaring_type_id, field_name: field_name.to_string() }));
