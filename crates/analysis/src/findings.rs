@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::heap::{HeapHistogram, LeakSuspect, TypeStats};
+use crate::hangs::{HangFinding, HangThresholds, find_hangs};
+use crate::heap::{FinalizerQueue, HeapHistogram, LeakSuspect, TypeStats, human_bytes, thousands};
 use crate::monitors::{DumpMonitor, DumpThread, MonitorAnalysis};
 use crate::wait_for::BlockedThread;
 
@@ -33,8 +34,14 @@ pub struct Findings {
     pub long_waits: Vec<LongWaitFinding>,
     /// Heap figures and the biggest types.
     pub heap: HeapFinding,
-    /// Types that pile up, biggest first; `null` when retention was not computed.
+    /// What piles up under one holder, surest first; `null` when retention was not computed.
     pub leak_suspects: Option<Vec<LeakSuspect>>,
+    /// Threads blocked at the same place, and thread-pool starvation (dumps only).
+    #[serde(default)]
+    pub hangs: Vec<HangFinding>,
+    /// Objects piling up in the finalizer queue; `null` when below the threshold or not read.
+    #[serde(default)]
+    pub finalization_backlog: Option<FinalizationBacklog>,
     /// Problems that make some figures less certain.
     pub warnings: Vec<String>,
 }
@@ -65,6 +72,9 @@ pub struct Summary {
     pub victims: usize,
     /// Leak suspects (0 when not computed).
     pub leak_suspects: usize,
+    /// Hang findings.
+    #[serde(default)]
+    pub hangs: usize,
 }
 
 /// A lock as reported.
@@ -144,6 +154,28 @@ pub struct HeapFinding {
     pub top_types: Vec<TypeStats>,
 }
 
+/// Objects waiting in the finalizer queue, and what the finalizer thread is doing instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizationBacklog {
+    /// Objects waiting for their finalizer.
+    pub objects: u64,
+    /// Bytes they keep alive.
+    pub retained_bytes: u64,
+    /// The most common types among them.
+    pub types: Vec<TypeStats>,
+    /// The finalizer thread, when the snapshot has threads (dumps).
+    pub finalizer_thread: Option<ThreadRef>,
+    /// Its stack, innermost first.
+    pub finalizer_stack: Vec<String>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Fewest objects waiting in the finalizer queue for a finding: the finalizer thread empties
+/// the queue within milliseconds of a GC, so a thousand still waiting means it is stuck or
+/// cannot keep up.
+pub const FINALIZATION_BACKLOG_MIN_OBJECTS: u64 = 1_000;
+
 /// Inputs of [`build`].
 #[derive(Clone, Debug)]
 pub struct FindingsInput<'a> {
@@ -161,6 +193,12 @@ pub struct FindingsInput<'a> {
     pub top_types: usize,
     /// Leak suspects, if retention was computed.
     pub leak_suspects: Option<Vec<LeakSuspect>>,
+    /// The finalizer queue, if the object graph was read.
+    pub finalizer_queue: Option<FinalizerQueue>,
+    /// OS id of the runtime's finalizer thread, if known.
+    pub finalizer_tid: Option<u64>,
+    /// Work items waiting in the thread pool's queue, if the object graph was read.
+    pub queued_work_items: Option<u64>,
     /// Warnings from the reader.
     pub warnings: Vec<String>,
 }
@@ -210,7 +248,13 @@ pub fn build(input: FindingsInput<'_>) -> Findings {
             waiters: l.waiters.iter().map(waiting).collect(),
         })
         .collect();
+    let hangs = find_hangs(input.threads, input.queued_work_items, &HangThresholds::default());
+    let finalization_backlog = input
+        .finalizer_queue
+        .filter(|q| q.objects >= FINALIZATION_BACKLOG_MIN_OBJECTS)
+        .map(|q| backlog(q, input.finalizer_tid.map(&thread), input.finalizer_tid.and_then(|t| stacks.get(&t))));
     let summary = Summary {
+        hangs: hangs.len(),
         deadlocks: deadlocks.len(),
         deadlocked_threads: deadlocks.iter().map(|d| d.cycle.len()).sum(),
         victims: deadlocks.iter().map(|d| d.victims.len()).sum(),
@@ -229,6 +273,38 @@ pub fn build(input: FindingsInput<'_>) -> Findings {
             top_types: input.histogram.top(input.top_types).to_vec(),
         },
         leak_suspects: input.leak_suspects,
+        hangs,
+        finalization_backlog,
         warnings: input.warnings,
+    }
+}
+
+fn backlog(q: FinalizerQueue, thread: Option<ThreadRef>, stack: Option<&&Vec<String>>) -> FinalizationBacklog {
+    let stack: Vec<String> = stack.map(|s| (*s).clone()).unwrap_or_default();
+    let most =
+        q.types.first().map(|t| format!(" (most: {} `{}`)", thousands(t.count), t.type_name)).unwrap_or_default();
+    // Where the finalizer thread is: the innermost frame that is code (a finalizer), not the
+    // runtime's waiting frames.
+    let doing = stack
+        .iter()
+        .find(|f| f.contains("Finalize") && !f.starts_with('['))
+        .or_else(|| stack.iter().find(|f| !f.starts_with('[')))
+        .map_or_else(
+            || "its stack is not in this snapshot (a heap snapshot has no threads; a dump has)".to_string(),
+            |f| format!("the finalizer thread is in `{f}`"),
+        );
+    let reason = format!(
+        "{} objects wait in the finalizer queue{most}, keeping {}; {doing}: while one finalizer blocks, no other \
+         runs, and the memory of everything waiting is never freed",
+        thousands(q.objects),
+        human_bytes(q.retained_bytes),
+    );
+    FinalizationBacklog {
+        objects: q.objects,
+        retained_bytes: q.retained_bytes,
+        types: q.types,
+        finalizer_thread: thread,
+        finalizer_stack: stack,
+        reason,
     }
 }

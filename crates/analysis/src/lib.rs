@@ -5,10 +5,12 @@
 //! - [`heap`]: heap histograms, snapshot diffs, object graphs, retention paths and
 //!   retained sizes from GC heap snapshots, and leak suspects.
 //! - [`monitors`]: Monitor deadlocks in a dump, from sync blocks and stack references.
+//! - [`hangs`]: hangs that are not lock cycles (thread-pool starvation, blocked threads).
 //! - [`findings`]: the versioned findings document every report is a view of.
 
 pub mod error;
 pub mod findings;
+pub mod hangs;
 pub mod heap;
 pub mod monitors;
 pub mod wait_for;

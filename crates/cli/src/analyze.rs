@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use analysis::findings::{self, Findings, FindingsInput, Source};
-use analysis::heap::{HeapHistogram, LeakThresholds, ObjectGraphBuilder, RootKind, TypeStats, leak_suspects};
+use analysis::hangs::{HangKind, queued_work_items};
+use analysis::heap::{
+    Confidence, HeapHistogram, LeakThresholds, ObjectGraph, ObjectGraphBuilder, RootKind, TypeStats, finalizer_queue,
+    leak_suspects,
+};
 use analysis::monitors::{DumpMonitor, DumpThread, StackLockRef, analyze_monitors};
 use anyhow::{Context, Result};
 use clrdump::model::{RootSource, Snapshot};
@@ -76,38 +80,8 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
     let monitor_analysis = analyze_monitors(&threads, &monitors);
     let histogram = histogram(s);
 
-    let suspects = match &data.graph {
-        None => None,
-        Some(raw) => {
-            let mut b = ObjectGraphBuilder::new();
-            for (i, t) in s.types.iter().enumerate() {
-                b.add_type(i as u64, &simplify_type_name(&t.name));
-            }
-            let mut edges = raw.edges.iter();
-            for i in 0..raw.addresses.len() {
-                let n = raw.edge_counts[i];
-                b.add_node(raw.addresses[i], u64::from(raw.sizes[i]), u64::from(raw.type_index[i]), u64::from(n));
-                for &e in edges.by_ref().take(n as usize) {
-                    b.add_edge(e);
-                }
-            }
-            for r in &s.roots {
-                let kind = match &r.kind {
-                    RootSource::Static { type_name, field_name } => {
-                        RootKind::Static { type_name: simplify_type_name(type_name), field_name: field_name.clone() }
-                    }
-                    RootSource::StrongHandle => RootKind::StrongHandle,
-                    RootSource::PinnedHandle => RootKind::PinnedHandle,
-                    RootSource::OtherHandle => RootKind::Other,
-                    RootSource::Stack { .. } => RootKind::Stack,
-                };
-                b.add_root(r.object, kind);
-            }
-            let graph = b.finish().context("building the object graph")?;
-            let retained = graph.retained_sizes();
-            Some(leak_suspects(&graph, &retained, histogram.total_bytes(), &LeakThresholds::default()))
-        }
-    };
+    let graph = data.graph.as_ref().map(|raw| dump_graph(s, raw)).transpose()?;
+    let heap = graph.as_ref().map(|g| GraphFindings::of(g, histogram.total_bytes())).unwrap_or_default();
 
     Ok(findings::build(FindingsInput {
         source: Source {
@@ -122,9 +96,62 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
         monitor_analysis: &monitor_analysis,
         histogram: &histogram,
         top_types: args.top,
-        leak_suspects: suspects,
+        leak_suspects: heap.leak_suspects,
+        finalizer_queue: heap.finalizer_queue,
+        finalizer_tid: s.finalizer_thread.map(u64::from),
+        queued_work_items: heap.queued_work_items,
         warnings: warnings(s),
     }))
+}
+
+/// What the findings take from the object graph (all `None` without one).
+#[derive(Default)]
+pub struct GraphFindings {
+    pub leak_suspects: Option<Vec<analysis::heap::LeakSuspect>>,
+    pub finalizer_queue: Option<analysis::heap::FinalizerQueue>,
+    pub queued_work_items: Option<u64>,
+}
+
+impl GraphFindings {
+    /// Retention, then the leak suspects, the finalizer queue and the pool's queue length.
+    pub fn of(graph: &ObjectGraph, heap_bytes: u64) -> Self {
+        let retained = graph.retained_sizes();
+        GraphFindings {
+            leak_suspects: Some(leak_suspects(graph, &retained, heap_bytes, &LeakThresholds::default())),
+            finalizer_queue: finalizer_queue(graph, &retained),
+            queued_work_items: queued_work_items(graph),
+        }
+    }
+}
+
+/// The dump's object graph with its roots, under readable type names.
+pub fn dump_graph(s: &Snapshot, raw: &clrdump::RawGraph) -> Result<ObjectGraph> {
+    let mut b = ObjectGraphBuilder::new();
+    for (i, t) in s.types.iter().enumerate() {
+        b.add_type(i as u64, &simplify_type_name(&t.name));
+    }
+    let mut edges = raw.edges.iter();
+    for i in 0..raw.addresses.len() {
+        let n = raw.edge_counts[i];
+        b.add_node(raw.addresses[i], u64::from(raw.sizes[i]), u64::from(raw.type_index[i]), u64::from(n));
+        for &e in edges.by_ref().take(n as usize) {
+            b.add_edge(e);
+        }
+    }
+    for r in &s.roots {
+        let kind = match &r.kind {
+            RootSource::Static { type_name, field_name } => {
+                RootKind::Static { type_name: simplify_type_name(type_name), field_name: field_name.clone() }
+            }
+            RootSource::StrongHandle => RootKind::StrongHandle,
+            RootSource::PinnedHandle => RootKind::PinnedHandle,
+            RootSource::OtherHandle => RootKind::Other,
+            RootSource::Stack { .. } => RootKind::Stack,
+            RootSource::Finalizer => RootKind::Finalizer,
+        };
+        b.add_root(r.object, kind);
+    }
+    b.finish().context("building the object graph")
 }
 
 /// The reader's warnings, and one when types have no name: the DAC reads type names from
@@ -162,7 +189,7 @@ fn dump_threads(s: &Snapshot) -> Vec<DumpThread> {
 }
 
 /// Per-type totals under readable names (several MethodTables can share one).
-fn histogram(s: &Snapshot) -> HeapHistogram {
+pub fn histogram(s: &Snapshot) -> HeapHistogram {
     let mut by_name: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
     for t in s.types.iter().filter(|t| t.count > 0) {
         let e = by_name.entry(simplify_type_name(&t.name)).or_default();
@@ -172,6 +199,14 @@ fn histogram(s: &Snapshot) -> HeapHistogram {
     HeapHistogram::from_types(
         by_name.into_iter().map(|(type_name, (count, bytes))| TypeStats { type_name, count, bytes }).collect(),
     )
+}
+
+fn confidence(c: Confidence) -> &'static str {
+    match c {
+        Confidence::High => "high",
+        Confidence::Medium => "medium",
+        Confidence::Low => "low",
+    }
 }
 
 fn bytes(n: u64) -> String {
@@ -251,6 +286,18 @@ pub fn report(f: &Findings) -> String {
         );
         stack_lines(&mut out, &l.owner_stack, 6);
     }
+    for h in &f.hangs {
+        let label = match h.kind {
+            HangKind::ThreadPoolStarvation => "THREAD-POOL STARVATION",
+            HangKind::BlockedThreads => "BLOCKED THREADS",
+        };
+        let _ = writeln!(out, "{label}: {}", h.reason);
+        stack_lines(&mut out, &h.stack, 6);
+    }
+    if let Some(b) = &f.finalization_backlog {
+        let _ = writeln!(out, "FINALIZATION BACKLOG: {}", b.reason);
+        stack_lines(&mut out, &b.finalizer_stack, 4);
+    }
     out.push('\n');
     let _ = writeln!(out, "TOP HEAP TYPES\n  {:>10}  {:>10}  type", "objects", "bytes");
     for t in &f.heap.top_types {
@@ -261,18 +308,20 @@ pub fn report(f: &Findings) -> String {
         None => out.push_str("LEAK SUSPECTS: not computed (--histogram-only)\n"),
         Some(s) if s.is_empty() => out.push_str("LEAK SUSPECTS: none\n"),
         Some(s) => {
-            out.push_str("LEAK SUSPECTS\n");
+            out.push_str("LEAK SUSPECTS (surest first)\n");
             for (i, l) in s.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "  {}. {} × {} retain {} ({:.0} % of the heap), held by:",
+                    "  {}. [{}] {} × {} retain {} ({:.0} % of the heap), held by:",
                     i + 1,
+                    confidence(l.confidence),
                     l.instances,
                     l.type_name,
                     bytes(l.retained_bytes),
                     l.heap_share * 100.0
                 );
                 let _ = writeln!(out, "     {} → {}", l.root, l.path.join(" → "));
+                let _ = writeln!(out, "     {}", l.reason);
             }
         }
     }

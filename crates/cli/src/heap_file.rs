@@ -5,26 +5,29 @@
 use std::path::Path;
 
 use analysis::findings::{self, Findings, FindingsInput, Source};
-use analysis::heap::{LeakThresholds, leak_suspects};
 use analysis::monitors::analyze_monitors;
 use anyhow::{Context, Result};
-use diag::heap::HeapSnapshotCollector;
+use diag::heap::{HeapSnapshot, HeapSnapshotCollector};
 use nettrace::{Event, Reader, Step};
+
+use crate::analyze::GraphFindings;
 
 /// Whether `path` names a heap snapshot rather than a core dump.
 pub fn is_heap_snapshot(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "nettrace")
 }
 
-pub fn findings_for(path: &Path, display: &str, top: usize, histogram_only: bool) -> Result<Findings> {
+/// Reads a saved heap snapshot: its histogram, and its object graph if `graph`.
+pub fn load(path: &Path, display: &str, graph: bool) -> Result<HeapSnapshot> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut collector = HeapSnapshotCollector::new(!histogram_only);
+    let mut collector = HeapSnapshotCollector::new(graph);
     read(file, &mut collector).with_context(|| format!("reading the heap snapshot {display}"))?;
-    let snap = collector.finish().with_context(|| format!("{display}: not a complete heap snapshot"))?;
-    let suspects = snap.graph.as_ref().map(|g| {
-        let retained = g.retained_sizes();
-        leak_suspects(g, &retained, snap.histogram.total_bytes(), &LeakThresholds::default())
-    });
+    collector.finish().with_context(|| format!("{display}: not a complete heap snapshot"))
+}
+
+pub fn findings_for(path: &Path, display: &str, top: usize, histogram_only: bool) -> Result<Findings> {
+    let snap = load(path, display, !histogram_only)?;
+    let heap = snap.graph.as_ref().map(|g| GraphFindings::of(g, snap.histogram.total_bytes())).unwrap_or_default();
     Ok(findings::build(FindingsInput {
         source: Source {
             kind: "gcdump".into(),
@@ -38,7 +41,10 @@ pub fn findings_for(path: &Path, display: &str, top: usize, histogram_only: bool
         monitor_analysis: &analyze_monitors(&[], &[]),
         histogram: &snap.histogram,
         top_types: top,
-        leak_suspects: suspects,
+        leak_suspects: heap.leak_suspects,
+        finalizer_queue: heap.finalizer_queue,
+        finalizer_tid: None,
+        queued_work_items: heap.queued_work_items,
         warnings: Vec::new(),
     }))
 }

@@ -127,6 +127,7 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Op
             warnings.push(format!("static fields of {failed} modules could not be read"));
         }
         roots.extend(statics);
+        roots.extend(crate::finalizer::ready_for_finalization(dac, core));
         let handles = dac.handles().map_err(|e| Error::NoHeap(format!("handle table unreadable: {e}")))?;
         for h in handles {
             let kind = match h.kind {
@@ -156,7 +157,9 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Op
     if walker.stats.resyncs > 0 {
         warnings.push(format!("heap walk resynchronized {} times (damaged or moving heap)", walker.stats.resyncs));
     }
+    let finalizer_thread = threads.iter().find(|t| t.address == store.finalizer_thread && t.alive).map(|t| t.os_id);
     let snapshot = Snapshot {
+        finalizer_thread,
         runtime_version,
         dac_revision,
         threads,

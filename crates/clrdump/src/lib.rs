@@ -21,6 +21,7 @@ pub mod core;
 pub mod dac;
 pub mod elf;
 pub mod error;
+mod finalizer;
 mod heapwalk;
 pub mod locate;
 mod mapped;

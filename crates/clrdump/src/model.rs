@@ -123,6 +123,8 @@ pub enum RootSource {
         /// The thread.
         os_id: u32,
     },
+    /// Ready for finalization: dead, waiting for the finalizer thread.
+    Finalizer,
 }
 
 /// Heap walk figures besides the histogram.
@@ -169,6 +171,9 @@ pub struct Snapshot {
     pub types: Vec<HeapType>,
     /// GC roots (empty at [`Depth::Histogram`]).
     pub roots: Vec<GcRoot>,
+    /// OS id of the runtime's finalizer thread, if it is running.
+    #[serde(default)]
+    pub finalizer_thread: Option<u32>,
     /// Non-fatal problems met on the way.
     pub warnings: Vec<String>,
 }

@@ -1,192 +1,504 @@
-//! Leak suspects: the types that pile up, ranked by retained bytes, each with the retention
-//! path that holds most of its instances.
+//! Leak suspects: what accumulates, *where* it accumulates, and how sure we are.
 //!
-//! Ranking by retained bytes alone would name the holders (the statics array, the cache
-//! object, the list) before what accumulates in them, since a holder retains everything
-//! below it. A leak is *many* instances kept by one owner, so a suspect must have many
-//! instances and no single instance may retain a large part of its type's total; the
-//! holders then show up in the suspect's path instead
-//! (`static Processor → CustomerCache → List<Customer> → Customer[] → Customer`).
+//! A suspect is a group of instances kept by one holder (see [`super::holders`]): one type
+//! under two holders is two suspects, each with what that holder keeps. The group is then
+//! recognised as one of the common .NET leak patterns, each of which names its holder:
+//!
+//! - **event handlers**: a multicast delegate's invocation list (an `Object[]` held by a
+//!   delegate of the same type as its elements) with many handlers. Recognised by shape, so
+//!   it works for any delegate type; the event is the static field that holds the delegate.
+//! - **timers**: `System.Threading.TimerQueueTimer`s still scheduled on the runtime's timer
+//!   queue, named by what their callbacks lead to (closure and target).
+//! - **closures**: delegates whose targets are compiler-generated closure objects
+//!   (`<>c__DisplayClass…`, or Mono's `<Method>c__AnonStorey…`), named by what they capture.
+//! - **collection**: anything else that piles up under one holder (a `List`, a
+//!   `Dictionary`, a linked list), the seed's case.
+//!
+//! The structural patterns are near-certain signs of a leak, so they count from
+//! [`LeakThresholds::min_instances`] handlers or timers whatever their size. A plain big
+//! collection is only a suspect above [`LeakThresholds::min_retained_bytes`] and
+//! [`LeakThresholds::min_heap_share`], and with low confidence: in one snapshot a large
+//! cache or lookup table looks exactly like a leak, which only growth across snapshots
+//! tells apart ([`super::growth`]).
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::dominators::RetainedSizes;
-use super::graph::{ObjectGraph, RootKind};
+use super::graph::{NodeIndex, ObjectGraph, RootKind};
+use super::holders::{HolderGroup, holder_groups};
+use super::paths::RetentionPaths;
 
-/// When a type counts as a leak suspect. Defaults: at least 8 MiB and 10 % of the heap
-/// retained by at least 1 000 instances, none of which retains more than 10 % of the type's
-/// total. A healthy small service stays well below 8 MiB per type; the seed's leak
-/// (1 M customers, ~96 MB) is far above.
+/// When a group of instances is a leak suspect. See `docs/findings-schema.md`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LeakThresholds {
-    /// Minimum bytes retained by the type's instances.
-    pub min_retained_bytes: u64,
-    /// Minimum share of the heap's total object bytes (0..1).
-    pub min_heap_share: f64,
-    /// Minimum number of reachable instances.
+    /// Fewest instances under one holder for any suspect (default 1,000): a service keeps a
+    /// few hundred handlers, timers or cached entries by design, rarely thousands of one kind
+    /// in one place.
     pub min_instances: u64,
-    /// Largest share of the type's retained bytes a single instance may hold (0..1).
-    pub max_single_instance_share: f64,
-    /// Most suspects reported.
+    /// Closures and timers: fewest bytes the group must retain (default 1 MiB), so that a
+    /// thousand tiny cancellation timers of a busy server are not reported.
+    pub min_pattern_bytes: u64,
+    /// Plain collections: fewest bytes retained (default 8 MiB; a healthy small service
+    /// stays well below this per holder, the seed's leak of 1 M customers is ~96 MB).
+    pub min_retained_bytes: u64,
+    /// Plain collections: smallest share of the heap retained (0..1, default 0.10).
+    pub min_heap_share: f64,
+    /// Most suspects reported (default 10).
     pub max_suspects: usize,
 }
 
 impl Default for LeakThresholds {
     fn default() -> Self {
         LeakThresholds {
+            min_instances: 1_000,
+            min_pattern_bytes: 1 << 20,
             min_retained_bytes: 8 << 20,
             min_heap_share: 0.10,
-            min_instances: 1_000,
-            max_single_instance_share: 0.10,
-            max_suspects: 5,
+            max_suspects: 10,
         }
     }
 }
 
-/// One suspect.
+/// Which leak shape a suspect has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakPattern {
+    /// Handlers on an event that are added and never removed.
+    EventHandlers,
+    /// Timers never disposed, kept by the runtime's timer queue.
+    Timers,
+    /// Closures stored in a long-lived place.
+    Closures,
+    /// A collection (or any holder) with many instances.
+    #[default]
+    Collection,
+}
+
+/// How sure a suspect is; suspects are ranked by this, then by retained bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    /// Big, but one snapshot cannot tell a leak from a cache.
+    #[default]
+    Low,
+    /// A shape that usually is a leak.
+    Medium,
+    /// A shape that practically always is a leak.
+    High,
+}
+
+/// One suspect: instances of one type kept by one holder.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LeakSuspect {
-    /// Cleaned type name.
+    /// The type that piles up (for events and timers: what the handlers or callbacks keep).
     pub type_name: String,
-    /// Reachable instances.
+    /// Its instances kept by this holder.
     pub instances: u64,
-    /// Their shallow bytes.
+    /// Shallow bytes of the holder's direct members (handlers, timers, elements).
     pub shallow_bytes: u64,
-    /// Bytes freed if all of them went away.
+    /// Bytes freed if the holder let go of them.
     pub retained_bytes: u64,
     /// `retained_bytes` / heap bytes.
     pub heap_share: f64,
-    /// The root of the dominant path, e.g. `[pinned handle]` or `static T.f`.
+    /// The root of the holder's path, e.g. `static T.f` or `[strong handle]`.
     pub root: String,
-    /// Type names from the root object to the suspect type, inclusive.
+    /// Type names from the rooted object through the holder to the suspect type, inclusive.
     pub path: Vec<String>,
-    /// Instances held along exactly that path.
+    /// Members of the holder along exactly that path (handlers, timers, elements).
     pub path_instances: u64,
+    /// The leak shape.
+    #[serde(default)]
+    pub pattern: LeakPattern,
+    /// How sure we are.
+    #[serde(default)]
+    pub confidence: Confidence,
+    /// The holder, named: `static event App.Catalog.Changed`, `static App.Cache.Items →
+    /// List<App.Order>`, `the timer queue (static …)`.
+    #[serde(default)]
+    pub holder: String,
+    /// Why this is a suspect, in words.
+    #[serde(default)]
+    pub reason: String,
 }
 
-/// Suspects in `graph`, biggest first. `heap_bytes` is the total the shares refer to
-/// (usually the histogram's total, unreachable objects included).
+const TIMER_QUEUE_TIMER: &str = "System.Threading.TimerQueueTimer";
+
+/// Suspects in `graph`, surest first, then biggest. `heap_bytes` is the total the shares
+/// refer to (usually the histogram's total, unreachable objects included).
 pub fn leak_suspects(
     graph: &ObjectGraph,
     retained: &RetainedSizes,
     heap_bytes: u64,
     t: &LeakThresholds,
 ) -> Vec<LeakSuspect> {
-    let mut out = Vec::new();
-    let candidates = retained.by_type(graph).into_iter().filter(|r| {
-        r.retained_bytes >= t.min_retained_bytes
-            && r.count >= t.min_instances
-            && heap_bytes > 0
-            && r.retained_bytes as f64 / heap_bytes as f64 >= t.min_heap_share
-    });
+    let groups = holder_groups(graph, retained, t.min_instances.max(1));
     let mut paths = None;
-    for r in candidates {
-        let biggest =
-            graph.nodes_of_type(&r.type_name).into_iter().filter_map(|n| retained.retained(n)).max().unwrap_or(0);
-        if biggest as f64 > t.max_single_instance_share * r.retained_bytes as f64 {
-            // A holder: it will appear in the path of what it holds.
+    let mut out: Vec<LeakSuspect> = Vec::new();
+    let mut best_per_anchor: HashMap<Option<NodeIndex>, usize> = HashMap::new();
+    for group in &groups {
+        let type_name = graph.type_names()[group.type_index as usize].as_str();
+        if type_name == TIMER_QUEUE_TIMER {
+            continue; // all timers together, below
+        }
+        let view = GroupView::new(graph, retained, group);
+        let pattern = view.pattern();
+        let share = share(group.retained_bytes, heap_bytes);
+        let big_enough = match pattern {
+            LeakPattern::EventHandlers => true,
+            LeakPattern::Closures | LeakPattern::Timers => group.retained_bytes >= t.min_pattern_bytes,
+            LeakPattern::Collection => group.retained_bytes >= t.min_retained_bytes && share >= t.min_heap_share,
+        };
+        if !big_enough {
             continue;
         }
         let paths = paths.get_or_insert_with(|| graph.retention_paths());
-        let groups = paths.groups_for_type(&r.type_name, 1);
-        let (root, path, path_instances) = match groups.first() {
-            Some(g) => {
-                (root_label(&g.path.root), g.path.steps.iter().map(|s| s.type_name.clone()).collect(), g.instances)
+        let suspect = view.describe(paths, pattern, heap_bytes);
+        // A dictionary's entries array holds its keys and its values: one suspect per holder.
+        match best_per_anchor.get(&group.anchor) {
+            Some(&i) if pattern == LeakPattern::Collection => {
+                if suspect.retained_bytes > out[i].retained_bytes {
+                    out[i] = suspect;
+                }
             }
-            None => ("[unreachable]".to_string(), vec![r.type_name.clone()], 0),
+            _ => {
+                best_per_anchor.insert(group.anchor, out.len());
+                out.push(suspect);
+            }
+        }
+    }
+    if let Some(timers) = timer_group(graph, retained)
+        && timers.instances >= t.min_instances
+        && timers.retained_bytes >= t.min_pattern_bytes
+    {
+        let paths = paths.get_or_insert_with(|| graph.retention_paths());
+        out.push(GroupView::new(graph, retained, &timers).describe(paths, LeakPattern::Timers, heap_bytes));
+    }
+    out.sort_by(|a, b| {
+        b.confidence
+            .cmp(&a.confidence)
+            .then(b.retained_bytes.cmp(&a.retained_bytes))
+            .then_with(|| a.type_name.cmp(&b.type_name))
+    });
+    out.truncate(t.max_suspects);
+    out
+}
+
+fn share(bytes: u64, heap_bytes: u64) -> f64 {
+    if heap_bytes == 0 { 0.0 } else { bytes as f64 / heap_bytes as f64 }
+}
+
+/// Every reachable timer, as one group: the runtime spreads timers over one queue per CPU
+/// and two lists per queue, which says nothing about the leak.
+fn timer_group(graph: &ObjectGraph, retained: &RetainedSizes) -> Option<HolderGroup> {
+    let members: Vec<NodeIndex> =
+        graph.nodes_of_type(TIMER_QUEUE_TIMER).into_iter().filter(|&n| retained.retained(n).is_some()).collect();
+    let first = *members.first()?;
+    let type_index = graph.type_index_of(first.0);
+    // The holder is what dominates the head of the first timer's chain (its `TimerQueue`).
+    let mut head = first;
+    while let Some(d) = retained.immediate_dominator(head).filter(|d| graph.type_index_of(d.0) == type_index) {
+        head = d;
+    }
+    let mut group = HolderGroup {
+        anchor: retained.immediate_dominator(head),
+        type_index,
+        instances: members.len() as u64,
+        shallow_bytes: 0,
+        retained_bytes: 0,
+        members: Vec::new(),
+    };
+    for &m in &members {
+        group.shallow_bytes += graph.size(m);
+        // The timers of one list form a dominator chain: count each chain once, at its head.
+        if retained.immediate_dominator(m).is_none_or(|d| graph.type_index_of(d.0) != type_index) {
+            group.retained_bytes += retained.retained(m).unwrap_or(0);
+        }
+    }
+    group.members = members;
+    Some(group)
+}
+
+/// True for delegate types, by name: the BCL's delegates and the usual naming of custom ones.
+/// (Invocation lists are recognised by shape instead, whatever the delegate's name.)
+pub(crate) fn is_delegate_type(name: &str) -> bool {
+    let base = name.split('<').next().unwrap_or(name);
+    const BCL: [&str; 11] = [
+        "System.Action",
+        "System.Func",
+        "System.EventHandler",
+        "System.Predicate",
+        "System.Comparison",
+        "System.Converter",
+        "System.Threading.TimerCallback",
+        "System.Threading.WaitCallback",
+        "System.Threading.SendOrPostCallback",
+        "System.Threading.ContextCallback",
+        "System.Threading.ParameterizedThreadStart",
+    ];
+    BCL.contains(&base) || ["EventHandler", "Callback", "Delegate"].iter().any(|s| base.ends_with(s))
+}
+
+/// Compiler-generated closure classes: Roslyn's `Outer+<>c__DisplayClass3_0`, Mono's
+/// `Outer+<Method>c__AnonStorey0`.
+pub(crate) fn is_closure_type(name: &str) -> bool {
+    name.contains("c__DisplayClass") || name.contains("c__AnonStorey")
+}
+
+/// A holder group and what its members lead to.
+struct GroupView<'a> {
+    graph: &'a ObjectGraph,
+    retained: &'a RetainedSizes,
+    group: &'a HolderGroup,
+    /// The most common chain from a member to what it keeps (delegate → closure → captured
+    /// object), as nodes of one representative member, member first.
+    chain: Vec<NodeIndex>,
+    /// Members whose chain has that shape.
+    chain_members: u64,
+    /// Of those, how many keep the last object of the chain to themselves (it is dominated
+    /// by the chain): "reachable only through".
+    exclusive: u64,
+}
+
+impl<'a> GroupView<'a> {
+    fn new(graph: &'a ObjectGraph, retained: &'a RetainedSizes, group: &'a HolderGroup) -> Self {
+        let mut shapes: HashMap<Vec<u32>, (u64, u64, NodeIndex)> = HashMap::new();
+        for &m in &group.members {
+            let chain = unwrap_chain(graph, retained, m);
+            let shape: Vec<u32> = chain.iter().map(|n| graph.type_index_of(n.0)).collect();
+            let last = *chain.last().expect("the chain starts with the member");
+            let exclusive = chain.len() == 1
+                || chain.windows(2).all(|w| retained.immediate_dominator(w[1]) == Some(w[0]))
+                    && retained.retained(last).is_some();
+            let e = shapes.entry(shape).or_insert((0, 0, m));
+            e.0 += 1;
+            e.1 += u64::from(exclusive);
+        }
+        let (count, exclusive, sample) =
+            shapes.into_values().max_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2))).unwrap_or((0, 0, group.members[0]));
+        GroupView {
+            graph,
+            retained,
+            group,
+            chain: unwrap_chain(graph, retained, sample),
+            chain_members: count,
+            exclusive,
+        }
+    }
+
+    fn type_of(&self, n: NodeIndex) -> &'a str {
+        self.graph.type_name(n)
+    }
+
+    /// An `Object[]` owned by a delegate of its elements' type is an invocation list.
+    fn invocation_list_owner(&self) -> Option<NodeIndex> {
+        let anchor = self.group.anchor?;
+        let owner = self.retained.immediate_dominator(anchor)?;
+        (self.type_of(anchor) == "System.Object[]"
+            && self.graph.type_index_of(owner.0) == self.group.type_index
+            && self.graph.children(owner).any(|c| c == anchor))
+        .then_some(owner)
+    }
+
+    fn pattern(&self) -> LeakPattern {
+        if self.type_of(self.chain[0]) == TIMER_QUEUE_TIMER {
+            LeakPattern::Timers
+        } else if self.invocation_list_owner().is_some() {
+            LeakPattern::EventHandlers
+        } else if self.chain.iter().any(|&n| is_closure_type(self.type_of(n))) {
+            LeakPattern::Closures
+        } else {
+            LeakPattern::Collection
+        }
+    }
+
+    fn describe(&self, paths: &RetentionPaths<'_>, pattern: LeakPattern, heap_bytes: u64) -> LeakSuspect {
+        let g = self.graph;
+        // The path to the holder, then the chain from a member to what it keeps.
+        let holder_path = match self.group.anchor {
+            Some(a) => paths.path_to(a),
+            None => paths.path_to(self.chain[0]).map(|mut p| {
+                p.steps.pop();
+                p
+            }),
         };
-        out.push(LeakSuspect {
-            type_name: r.type_name.clone(),
-            instances: r.count,
-            shallow_bytes: r.shallow_bytes,
-            retained_bytes: r.retained_bytes,
-            heap_share: r.retained_bytes as f64 / heap_bytes as f64,
+        let (root_kind, holder_steps): (Option<RootKind>, Vec<NodeIndex>) = match holder_path {
+            Some(p) => (Some(p.root), p.steps.iter().map(|s| s.node).collect()),
+            None => (None, Vec::new()),
+        };
+        let root = root_kind.as_ref().map_or_else(|| "[unreachable]".to_string(), RootKind::to_string);
+        let path = collapse_runs(holder_steps.iter().chain(&self.chain).map(|&n| g.type_name(n)));
+        let subject = *self.chain.last().expect("non-empty chain");
+        let subject_type = g.type_name(subject).to_string();
+        let holder_text = |steps: &[NodeIndex]| -> String {
+            let mut s = root.clone();
+            for t in collapse_runs(steps.iter().map(|&n| g.type_name(n))) {
+                s.push_str(" → ");
+                s.push_str(&t);
+            }
+            s
+        };
+        let n = self.chain_members;
+        let only = if self.exclusive * 10 >= n * 9 { "reachable only through" } else { "kept by" };
+        let (holder, confidence, reason) = match pattern {
+            LeakPattern::EventHandlers => {
+                let owner = self.invocation_list_owner().expect("checked by pattern()");
+                let event = match (&root_kind, holder_steps.as_slice()) {
+                    (Some(static_field @ RootKind::Static { .. }), [first, ..]) if *first == owner => {
+                        static_field.to_string().replacen("static ", "static event ", 1)
+                    }
+                    _ => {
+                        let at = holder_steps.iter().position(|&s| s == owner).unwrap_or(holder_steps.len());
+                        let declaring = at.checked_sub(1).map_or("an object", |i| g.type_name(holder_steps[i]));
+                        format!("an event of {declaring} ({})", holder_text(&holder_steps[..at]))
+                    }
+                };
+                let handlers = self.group.instances;
+                let reason = format!(
+                    "{} `{subject_type}` objects are {only} the invocation list of {event} ({} handlers of type `{}`): \
+                     handlers added and never removed",
+                    thousands(n),
+                    thousands(handlers),
+                    g.type_name(self.chain[0]),
+                );
+                (event, Confidence::High, reason)
+            }
+            LeakPattern::Timers => {
+                let via = self
+                    .chain
+                    .get(1..self.chain.len().saturating_sub(1))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&c| format!("`{}`", g.type_name(c)))
+                    .collect::<Vec<_>>()
+                    .join(" → ");
+                let callback = if via.is_empty() { String::new() } else { format!(" (callback {via})") };
+                let holder = format!("the runtime's timer queue ({})", holder_text(&holder_steps));
+                let reason = format!(
+                    "{} `{subject_type}` objects are {only} the callbacks of {} scheduled `System.Threading.Timer`s{callback} \
+                     on {holder}: timers created and never disposed",
+                    thousands(n),
+                    thousands(self.group.instances),
+                );
+                (holder, Confidence::High, reason)
+            }
+            LeakPattern::Closures => {
+                let closure =
+                    self.chain.iter().map(|&c| g.type_name(c)).find(|t| is_closure_type(t)).unwrap_or("a closure");
+                let holder = holder_text(&holder_steps);
+                let reason = format!(
+                    "{} `{subject_type}` objects are captured by closures (`{closure}`) and {only} {} delegates held by \
+                     {holder}: callbacks stored and never released",
+                    thousands(n),
+                    thousands(self.group.instances),
+                );
+                (holder, Confidence::Medium, reason)
+            }
+            LeakPattern::Collection => {
+                let holder = match self.group.anchor {
+                    Some(_) => holder_text(&holder_steps),
+                    None => format!("several roots, e.g. {}", holder_text(&holder_steps)),
+                };
+                let reason = format!(
+                    "{} `{subject_type}` objects retain {} ({:.0} % of the heap) and are kept by {holder}: a collection \
+                     that only grows leaks like this, but one snapshot cannot tell it from a full cache; compare two \
+                     snapshots with `dumpwatch diff`",
+                    thousands(n),
+                    human_bytes(self.group.retained_bytes),
+                    share(self.group.retained_bytes, heap_bytes) * 100.0,
+                );
+                (holder, Confidence::Low, reason)
+            }
+        };
+        LeakSuspect {
+            type_name: subject_type,
+            instances: n,
+            shallow_bytes: self.group.shallow_bytes,
+            retained_bytes: self.group.retained_bytes,
+            heap_share: share(self.group.retained_bytes, heap_bytes),
             root,
             path,
-            path_instances,
-        });
-        if out.len() >= t.max_suspects {
-            break;
+            path_instances: self.group.instances,
+            pattern,
+            confidence,
+            holder,
+            reason,
         }
+    }
+}
+
+/// From a group member to what it keeps: a timer to its callback, a delegate to its target,
+/// a closure to its largest capture. At most four hops; member first.
+fn unwrap_chain(graph: &ObjectGraph, retained: &RetainedSizes, member: NodeIndex) -> Vec<NodeIndex> {
+    let mut chain = vec![member];
+    let mut cur = member;
+    for _ in 0..4 {
+        let name = graph.type_name(cur);
+        let next = if name == TIMER_QUEUE_TIMER {
+            graph.children(cur).find(|&c| is_delegate_type(graph.type_name(c)))
+        } else if is_delegate_type(name) || is_closure_type(name) {
+            // Prefer what this object keeps to itself (a closure may also capture `this`).
+            graph.children(cur).filter(|&c| c != cur && retained.retained(c).is_some()).max_by_key(|&c| {
+                (retained.immediate_dominator(c) == Some(cur), retained.retained(c), std::cmp::Reverse(c))
+            })
+        } else {
+            None
+        };
+        match next {
+            Some(c) if !chain.contains(&c) => {
+                chain.push(c);
+                cur = c;
+            }
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// Type names of a path, with a run of one type (the nodes of a linked list, a chain of
+/// timers) written once with its length: `Node (×1,999)`.
+fn collapse_runs<'t>(names: impl Iterator<Item = &'t str>) -> Vec<String> {
+    let mut out: Vec<(&str, u64)> = Vec::new();
+    for name in names {
+        match out.last_mut() {
+            Some((last, n)) if *last == name => *n += 1,
+            _ => out.push((name, 1)),
+        }
+    }
+    out.into_iter()
+        .map(
+            |(name, n)| {
+                if n < 3 { vec![name.to_string(); n as usize] } else { vec![format!("{name} (×{})", thousands(n))] }
+            },
+        )
+        .flatten()
+        .collect()
+}
+
+/// `30000` → `30,000`.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
     }
     out
 }
 
-fn root_label(kind: &RootKind) -> String {
-    kind.to_string()
+/// `1536` → `1.5 KiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::heap::ObjectGraphBuilder;
-
-    /// `[pinned handle] → Object[] → Cache → Customer[] → n × (Customer → String)`, plus
-    /// `other` unrelated small objects held by a strong handle.
-    fn leak_graph(n: u64, other: u64) -> ObjectGraph {
-        let mut b = ObjectGraphBuilder::new();
-        for (id, name) in [
-            (1, "System.Object[]"),
-            (2, "App.Cache"),
-            (3, "App.Customer[]"),
-            (4, "App.Customer"),
-            (5, "System.String"),
-            (6, "App.Other"),
-        ] {
-            b.add_type(id, name);
-        }
-        b.add_node(0x100, 64, 1, 1);
-        b.add_edge(0x200);
-        b.add_node(0x200, 32, 2, 1);
-        b.add_edge(0x300);
-        b.add_node(0x300, 16 + 8 * n, 3, n);
-        for i in 0..n {
-            b.add_edge(0x10_000 + i * 96);
-        }
-        for i in 0..n {
-            b.add_node(0x10_000 + i * 96, 32, 4, 1);
-            b.add_edge(0x10_000 + i * 96 + 32);
-            b.add_node(0x10_000 + i * 96 + 32, 64, 5, 0);
-        }
-        for i in 0..other {
-            b.add_node(0x1_000_000 + i * 64, 64, 6, 0);
-            b.add_root(0x1_000_000 + i * 64, RootKind::StrongHandle);
-        }
-        b.add_root(0x100, RootKind::PinnedHandle);
-        b.finish().unwrap()
-    }
-
-    fn small() -> LeakThresholds {
-        LeakThresholds { min_retained_bytes: 10_000, ..LeakThresholds::default() }
-    }
-
-    #[test]
-    fn the_accumulated_type_is_the_suspect_and_its_holders_are_its_path() {
-        let g = leak_graph(2000, 100);
-        let r = g.retained_sizes();
-        let s = leak_suspects(&g, &r, g.histogram().total_bytes(), &small());
-        assert_eq!(s[0].type_name, "App.Customer");
-        assert_eq!(s[0].instances, 2000);
-        assert_eq!(s[0].retained_bytes, 2000 * 96);
-        assert_eq!(s[0].root, "[pinned handle]");
-        assert_eq!(s[0].path, vec!["System.Object[]", "App.Cache", "App.Customer[]", "App.Customer"]);
-        assert_eq!(s[0].path_instances, 2000);
-        // The holders retain as much but are single objects: never suspects themselves.
-        assert!(s.iter().all(|x| !["System.Object[]", "App.Cache", "App.Customer[]"].contains(&x.type_name.as_str())));
-    }
-
-    #[test]
-    fn below_the_thresholds_nothing_is_suspect() {
-        let g = leak_graph(50, 100);
-        let r = g.retained_sizes();
-        assert!(leak_suspects(&g, &r, g.histogram().total_bytes(), &small()).is_empty(), "too few instances");
-        let g = leak_graph(2000, 100);
-        let r = g.retained_sizes();
-        assert!(leak_suspects(&g, &r, g.histogram().total_bytes(), &LeakThresholds::default()).is_empty(), "< 8 MiB");
-        // Many instances but each a small share of a big heap.
-        let g = leak_graph(2000, 100_000);
-        let r = g.retained_sizes();
-        let s = leak_suspects(&g, &r, g.histogram().total_bytes(), &small());
-        assert!(s.iter().all(|x| x.type_name != "App.Customer"), "{s:?}");
-    }
-}
+#[path = "leaks_tests.rs"]
+mod tests;

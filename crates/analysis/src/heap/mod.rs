@@ -3,15 +3,21 @@
 //! paths to roots and retained sizes.
 
 mod dominators;
+mod finalization;
 mod graph;
+mod growth;
 mod histogram;
+mod holders;
 mod leaks;
 mod paths;
 mod type_name;
 
 pub use dominators::{RetainedSizes, TypeRetained};
+pub use finalization::{FinalizerQueue, finalizer_queue};
 pub use graph::{GraphStats, NodeIndex, ObjectGraph, ObjectGraphBuilder, Root, RootKind};
+pub use growth::{GrowthThresholds, GrowthVerdict, HeapSummary, growth_verdicts};
 pub use histogram::{HeapHistogram, HeapHistogramBuilder, TypeGrowth, TypeStats};
-pub use leaks::{LeakSuspect, LeakThresholds, leak_suspects};
+pub use leaks::{Confidence, LeakPattern, LeakSuspect, LeakThresholds, leak_suspects};
+pub(crate) use leaks::{human_bytes, thousands};
 pub use paths::{PathGroup, PathStep, RetentionPath, RetentionPaths};
 pub use type_name::{clean_type_name, unknown_type_name};

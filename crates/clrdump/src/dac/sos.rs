@@ -234,6 +234,23 @@ impl Dac {
         Some(table)
     }
 
+    /// ISOSDacInterface8's finalization fill pointers (one per generation plus the two
+    /// ready-for-finalization segments) where available (.NET 5+).
+    pub fn finalization_fill_pointers(&self, heap: Option<u64>) -> Option<Vec<u64>> {
+        let sos8 = self.sos8?;
+        let mut needed = 0u32;
+        let mut table = vec![0u64; 16];
+        let hr = match heap {
+            None => com!(sos8, 5, (u32, *mut u64, *mut u32), 16, table.as_mut_ptr(), &mut needed),
+            Some(h) => com!(sos8, 7, (u64, u32, *mut u64, *mut u32), h, 16, table.as_mut_ptr(), &mut needed),
+        };
+        if hr < 0 || needed as usize > table.len() {
+            return None;
+        }
+        table.truncate(needed as usize);
+        Some(table)
+    }
+
     /// ISOSDacInterface12's global allocation context, where available.
     pub fn global_alloc_context(&self) -> Option<(u64, u64)> {
         let sos12 = self.sos12?;

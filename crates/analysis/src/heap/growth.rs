@@ -1,0 +1,162 @@
+//! Growth verdicts across heap snapshots: the leak test that one snapshot cannot make.
+//!
+//! A type *leaks* when its instance count rises in every one of the last K intervals between
+//! snapshots, by a meaningful amount, while the rest of the heap is steady: only a few types
+//! grow like that at once (when many do, it is load, not a leak). A bounded cache at steady state, a lookup table loaded at start
+//! and short-lived churn all fail the first test: their counts stay put or go up and down.
+//! A cache that is still filling up passes it until it is full; K intervals of growth over
+//! the sidecar's snapshot period keep that window short.
+//!
+//! The input is a list of per-snapshot summaries (a histogram and, when the object graph was
+//! kept, the path holding each type's instances), so the sidecar can keep a few of them
+//! without keeping graphs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::histogram::HeapHistogram;
+use super::leaks::{human_bytes, thousands};
+
+/// One heap snapshot as the verdict needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeapSummary {
+    /// When it was taken, in seconds on any clock that only moves forward.
+    pub taken_at_seconds: f64,
+    /// Its per-type histogram.
+    pub histogram: HeapHistogram,
+    /// Per type name, the path that holds most of its instances (`static T.f → List<X> → X[]
+    /// → X`), when known.
+    #[serde(default)]
+    pub holders: BTreeMap<String, String>,
+}
+
+/// When growth is a leak. See `docs/findings-schema.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrowthThresholds {
+    /// K: intervals in a row in which the count must rise (default 3, so 4 snapshots).
+    pub intervals: usize,
+    /// Fewest instances added over those intervals (default 1,000).
+    pub min_count_growth: u64,
+    /// Fewest bytes added over those intervals (default 1 MiB).
+    pub min_bytes_growth: u64,
+    /// Most types that may grow past the thresholds at once (default 5; a leak grows its type
+    /// and what each instance holds, such as a name string): when more grow, everything
+    /// grows (more load, a bigger working set) and no one type leaks.
+    pub max_growing_types: usize,
+}
+
+impl Default for GrowthThresholds {
+    fn default() -> Self {
+        GrowthThresholds { intervals: 3, min_count_growth: 1_000, min_bytes_growth: 1 << 20, max_growing_types: 5 }
+    }
+}
+
+/// A type that grows steadily: a `MemoryLeakSuspected`-grade finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrowthVerdict {
+    /// The type.
+    pub type_name: String,
+    /// Intervals in a row in which its count rose (at least K).
+    pub intervals: usize,
+    /// Count in the first snapshot of that run and in the last.
+    pub first_count: u64,
+    /// Count in the last snapshot.
+    pub last_count: u64,
+    /// Bytes added over the run.
+    pub bytes_growth: i64,
+    /// Instances added per hour.
+    pub count_per_hour: f64,
+    /// Bytes added per hour.
+    pub bytes_per_hour: f64,
+    /// What holds its instances in the last snapshot, when known.
+    pub holder: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Types that grew in each of the last K intervals while the rest of the heap stayed steady,
+/// biggest byte growth first. `snapshots` must be in the order they were taken.
+pub fn growth_verdicts(snapshots: &[HeapSummary], t: &GrowthThresholds) -> Vec<GrowthVerdict> {
+    let k = t.intervals.max(1);
+    if snapshots.len() < k + 1 {
+        return Vec::new();
+    }
+    let window = &snapshots[snapshots.len() - (k + 1)..];
+    let last = &window[k];
+    let count_of = |s: &HeapSummary, name: &str| s.histogram.by_name(name).map_or((0, 0), |r| (r.count, r.bytes));
+    let lookup: Vec<HashMap<&str, (u64, u64)>> = window
+        .iter()
+        .map(|s| s.histogram.types().iter().map(|r| (r.type_name.as_str(), (r.count, r.bytes))).collect())
+        .collect();
+    let mut growing: Vec<(&str, u64)> = Vec::new();
+    for row in last.histogram.types() {
+        let name = row.type_name.as_str();
+        let counts: Vec<(u64, u64)> = lookup.iter().map(|m| m.get(name).copied().unwrap_or((0, 0))).collect();
+        if !counts.windows(2).all(|w| w[1].0 > w[0].0) {
+            continue;
+        }
+        let (c0, b0) = counts[0];
+        let count_growth = row.count - c0;
+        let bytes_growth = row.bytes as i64 - b0 as i64;
+        if count_growth >= t.min_count_growth && bytes_growth >= t.min_bytes_growth as i64 {
+            growing.push((name, row.count));
+        }
+    }
+    if growing.is_empty() || growing.len() > t.max_growing_types {
+        return Vec::new();
+    }
+    // A type whose instances are held by another growing type grows because that one does
+    // (the `String` names of leaked customers): the holder's verdict covers it.
+    let names: Vec<&str> = growing.iter().map(|g| g.0).collect();
+    let held_by_other = |name: &str| {
+        last.holders.get(name).is_some_and(|path| {
+            let steps: Vec<&str> = path.split(" → ").collect();
+            steps[..steps.len() - 1].iter().any(|s| *s != name && names.contains(s))
+        })
+    };
+    let mut out: Vec<GrowthVerdict> = growing
+        .iter()
+        .filter(|g| !held_by_other(g.0))
+        .map(|&(name, c1)| {
+            // Report the whole run of growth, which may be longer than the K intervals checked.
+            let run = run_length(snapshots, name, count_of);
+            let start = &snapshots[snapshots.len() - 1 - run];
+            let (c0, b0) = count_of(start, name);
+            let bytes = count_of(last, name).1 as i64 - b0 as i64;
+            let hours = ((last.taken_at_seconds - start.taken_at_seconds) / 3600.0).max(f64::EPSILON);
+            let holder = last.holders.get(name).cloned();
+            let held = holder.as_deref().map(|h| format!(", held by {h}")).unwrap_or_default();
+            let reason = format!(
+                "`{name}` grew in each of the last {run} intervals between heap snapshots, from {} to {} instances \
+                 (+{} per hour, +{} per hour){held}, while the rest of the heap stayed steady",
+                thousands(c0),
+                thousands(c1),
+                thousands(((c1 - c0) as f64 / hours).round() as u64),
+                human_bytes((bytes.max(0) as f64 / hours).round() as u64),
+            );
+            GrowthVerdict {
+                type_name: name.to_string(),
+                intervals: run,
+                first_count: c0,
+                last_count: c1,
+                bytes_growth: bytes,
+                count_per_hour: (c1 - c0) as f64 / hours,
+                bytes_per_hour: bytes as f64 / hours,
+                holder,
+                reason,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.bytes_growth.cmp(&a.bytes_growth).then_with(|| a.type_name.cmp(&b.type_name)));
+    out
+}
+
+/// How many intervals in a row, ending at the last snapshot, `name`'s count rose.
+fn run_length(snapshots: &[HeapSummary], name: &str, count_of: impl Fn(&HeapSummary, &str) -> (u64, u64)) -> usize {
+    snapshots.windows(2).rev().take_while(|w| count_of(&w[1], name).0 > count_of(&w[0], name).0).count()
+}
+
+#[cfg(test)]
+#[path = "growth_tests.rs"]
+mod tests;

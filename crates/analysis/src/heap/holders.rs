@@ -1,0 +1,226 @@
+//! Holders: where instances accumulate, read off the dominator tree.
+//!
+//! An instance's *anchor* is its nearest dominator of another type: the `Customer[]` behind a
+//! `List<Customer>`, the invocation list (`Object[]`) of a multicast delegate, the `TimerQueue`
+//! at the head of its timers. Runs of the same type are skipped, so the nodes of a linked list
+//! or of a chain of timers all share the anchor of the chain's first node, however long the
+//! chain. Grouping instances by (anchor, type) puts one type under two holders into two
+//! groups, each with what that holder keeps, which grouping by type alone cannot do.
+//!
+//! Cost: one `u32` per object for the anchors and one for the fan-out counts, two passes
+//! over the objects; what survives the call is the member lists of the groups kept (at most
+//! one `u32` per object, and only for objects in groups of at least `min_instances`).
+
+use std::collections::HashMap;
+
+use super::dominators::RetainedSizes;
+use super::graph::{NodeIndex, ObjectGraph};
+
+/// The anchor of objects that only the virtual super-root dominates: they are reachable
+/// from several roots, so no single object holds them.
+pub(crate) const SEVERAL_ROOTS: u32 = u32::MAX - 1;
+const UNREACHABLE: u32 = u32::MAX;
+const UNSET: u32 = u32::MAX - 2;
+
+/// Instances of one type kept by one anchor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HolderGroup {
+    /// The accumulation point, `None` when several roots hold the instances.
+    pub anchor: Option<NodeIndex>,
+    /// Type index (see [`ObjectGraph::type_index_of`]) of the instances.
+    pub type_index: u32,
+    /// Instances under this anchor.
+    pub instances: u64,
+    /// Their shallow bytes.
+    pub shallow_bytes: u64,
+    /// Bytes freed if they all went away (a chain's nodes count once, through its head).
+    pub retained_bytes: u64,
+    /// The instances, lowest address first (what they lead to, such as a delegate's target,
+    /// is read from them).
+    pub members: Vec<NodeIndex>,
+}
+
+/// Per object: its anchor (a node index, [`SEVERAL_ROOTS`] or unreachable).
+fn anchors(graph: &ObjectGraph, retained: &RetainedSizes) -> Vec<u32> {
+    let n = graph.len();
+    let mut anchor = vec![UNSET; n];
+    let mut chain: Vec<u32> = Vec::new();
+    for v in 0..n as u32 {
+        let mut cur = v;
+        let resolved = loop {
+            let known = anchor[cur as usize];
+            if known != UNSET {
+                break known;
+            }
+            if retained.retained(NodeIndex(cur)).is_none() {
+                anchor[cur as usize] = UNREACHABLE;
+                break UNREACHABLE;
+            }
+            match retained.immediate_dominator(NodeIndex(cur)) {
+                None => {
+                    anchor[cur as usize] = SEVERAL_ROOTS;
+                    break SEVERAL_ROOTS;
+                }
+                Some(d) if graph.type_index_of(d.0) != graph.type_index_of(cur) => {
+                    anchor[cur as usize] = d.0;
+                    break d.0;
+                }
+                // Same type as its dominator: a chain continues; its anchor is the chain head's.
+                Some(d) => {
+                    chain.push(cur);
+                    cur = d.0;
+                }
+            }
+        };
+        for c in chain.drain(..) {
+            anchor[c as usize] = resolved;
+        }
+    }
+    anchor
+}
+
+/// Every (anchor, type) group with at least `min_instances` instances, most instances first.
+pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_instances: u64) -> Vec<HolderGroup> {
+    let anchor = anchors(graph, retained);
+    // Which anchors hold enough objects (of any type) to hold a big group at all.
+    let mut fan_out = vec![0u32; graph.len()];
+    let mut several_roots: HashMap<u32, u64> = HashMap::new();
+    for (v, &a) in anchor.iter().enumerate() {
+        match a {
+            UNREACHABLE => {}
+            SEVERAL_ROOTS => *several_roots.entry(graph.type_index_of(v as u32)).or_default() += 1,
+            a => fan_out[a as usize] = fan_out[a as usize].saturating_add(1),
+        }
+    }
+    let min_fan_out = u32::try_from(min_instances).unwrap_or(u32::MAX);
+    let mut groups: HashMap<(u32, u32), HolderGroup> = HashMap::new();
+    for (v, &a) in anchor.iter().enumerate() {
+        let v = v as u32;
+        let t = graph.type_index_of(v);
+        let candidate = match a {
+            UNREACHABLE => false,
+            SEVERAL_ROOTS => several_roots.get(&t).is_some_and(|&c| c >= min_instances),
+            a => fan_out[a as usize] >= min_fan_out,
+        };
+        if !candidate {
+            continue;
+        }
+        let node = NodeIndex(v);
+        let group = groups.entry((a, t)).or_insert_with(|| HolderGroup {
+            anchor: (a != SEVERAL_ROOTS).then_some(NodeIndex(a)),
+            type_index: t,
+            instances: 0,
+            shallow_bytes: 0,
+            retained_bytes: 0,
+            members: Vec::new(),
+        });
+        group.instances += 1;
+        group.shallow_bytes += graph.size(node);
+        // Only a chain's head counts its retained size: it already includes the rest.
+        let chain_head = retained.immediate_dominator(node).is_none_or(|d| graph.type_index_of(d.0) != t);
+        if chain_head {
+            group.retained_bytes += retained.retained(node).unwrap_or(0);
+        }
+        group.members.push(node);
+    }
+    let mut out: Vec<HolderGroup> = groups.into_values().filter(|g| g.instances >= min_instances).collect();
+    out.sort_by(|a, b| {
+        b.instances
+            .cmp(&a.instances)
+            .then(b.retained_bytes.cmp(&a.retained_bytes))
+            .then(a.members[0].cmp(&b.members[0]))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::{ObjectGraphBuilder, RootKind};
+
+    /// `static Holder.A → List → Item[] → n × Item`, `static Holder.B → Bag → Item[] → m × Item`,
+    /// and a doubly linked chain of `k` `Node`s under `static Holder.C → LinkedList`.
+    fn two_holders_and_a_chain(n: u64, m: u64, k: u64) -> ObjectGraph {
+        let mut b = ObjectGraphBuilder::new();
+        for (id, name) in [
+            (1, "App.List"),
+            (2, "App.Item[]"),
+            (3, "App.Item"),
+            (4, "App.Bag"),
+            (5, "App.LinkedList"),
+            (6, "App.Node"),
+        ] {
+            b.add_type(id, name);
+        }
+        let holder = |b: &mut ObjectGraphBuilder, base: u64, owner_type: u64, count: u64| {
+            b.add_node(base, 32, owner_type, 1);
+            b.add_edge(base + 0x100);
+            b.add_node(base + 0x100, 16 + 8 * count, 2, count);
+            for i in 0..count {
+                b.add_edge(base + 0x10_000 + i * 32);
+            }
+            for i in 0..count {
+                b.add_node(base + 0x10_000 + i * 32, 32, 3, 0);
+            }
+        };
+        holder(&mut b, 0x100_0000, 1, n);
+        holder(&mut b, 0x200_0000, 4, m);
+        b.add_node(0x300_0000, 32, 5, 1);
+        b.add_edge(0x300_1000);
+        for i in 0..k {
+            let at = 0x300_1000 + i * 48;
+            let next = (i + 1 < k).then_some(at + 48);
+            let prev = (i > 0).then(|| at - 48);
+            let edges: Vec<u64> = next.into_iter().chain(prev).collect();
+            b.add_node(at, 48, 6, edges.len() as u64);
+            for e in edges {
+                b.add_edge(e);
+            }
+        }
+        for (at, field) in [(0x100_0000, "A"), (0x200_0000, "B"), (0x300_0000, "C")] {
+            b.add_static_root(at, 99, field);
+        }
+        b.add_type(99, "App.Holder");
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn one_type_under_two_holders_is_two_groups_and_a_chain_is_one() {
+        let g = two_holders_and_a_chain(3000, 1500, 2000);
+        let r = g.retained_sizes();
+        let groups = holder_groups(&g, &r, 1000);
+        let summary: Vec<(&str, &str, u64, u64)> = groups
+            .iter()
+            .map(|h| {
+                let anchor = h.anchor.map_or("-", |a| g.type_name(a));
+                (anchor, g.type_names()[h.type_index as usize].as_str(), h.instances, h.retained_bytes)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("App.Item[]", "App.Item", 3000, 3000 * 32),
+                // The whole chain hangs under the list object, counted once through its head.
+                ("App.LinkedList", "App.Node", 2000, 2000 * 48),
+                ("App.Item[]", "App.Item", 1500, 1500 * 32),
+            ]
+        );
+        assert_ne!(groups[0].anchor, groups[2].anchor);
+    }
+
+    #[test]
+    fn objects_of_several_roots_group_by_type_and_small_groups_are_dropped() {
+        let mut b = ObjectGraphBuilder::new();
+        b.add_type(1, "App.Shared");
+        for i in 0..1200u64 {
+            b.add_node(0x1000 + i * 16, 16, 1, 0);
+            b.add_root(0x1000 + i * 16, RootKind::StrongHandle);
+        }
+        let g = b.finish().unwrap();
+        let r = g.retained_sizes();
+        let groups = holder_groups(&g, &r, 1000);
+        assert_eq!(groups.len(), 1);
+        assert_eq!((groups[0].anchor, groups[0].instances), (None, 1200));
+        assert!(holder_groups(&g, &r, 2000).is_empty());
+    }
+}
