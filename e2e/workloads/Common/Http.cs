@@ -48,6 +48,14 @@ namespace Workloads
 
         public bool Has(string name) { return Query.ContainsKey(name); }
 
+        // A word parameter (null if absent); the handler checks the value itself.
+        public string Str(string name)
+        {
+            consumed.Add(name);
+            string raw;
+            return Query.TryGetValue(name, out raw) ? raw : null;
+        }
+
         // Called after all Int() calls: parameters nobody asked for are typos in a test.
         public string Finish()
         {

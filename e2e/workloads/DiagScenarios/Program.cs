@@ -33,6 +33,8 @@ namespace DiagScenarios
             server.Route("/exceptions", ExceptionScenario.Handle);
             server.Route("/gc", GcScenario.Handle);
             server.Route("/contend", ContendScenario.Handle);
+            server.Route("/taskwait", Hangs.TaskWait);
+            server.Route("/block", Hangs.Block);
             server.Route("/truth", Truth);
             server.Route("/exit", Exit);
             server.Start(requestedPort);
