@@ -90,7 +90,9 @@ struct Loaded {
     graph: Option<ObjectGraph>,
 }
 
-fn load(input: &DiffInput, graph: bool, timeout: u64) -> Result<Loaded> {
+/// `known`: type names of the earlier heap snapshots, which a later snapshot of the same .NET
+/// Core 3.1 process does not repeat (grown by this snapshot's).
+fn load(input: &DiffInput, graph: bool, timeout: u64, known: &mut HashMap<u64, String>) -> Result<Loaded> {
     let display = input.path.display().to_string();
     let taken_at_seconds = std::fs::metadata(&input.path)
         .and_then(|m| m.modified())
@@ -98,7 +100,8 @@ fn load(input: &DiffInput, graph: bool, timeout: u64) -> Result<Loaded> {
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let (kind, histogram, graph) = if crate::heap_file::is_heap_snapshot(&input.path) {
-        let snap = crate::heap_file::load(&input.path, &display, graph)?;
+        let snap = crate::heap_file::load(&input.path, &display, graph, known)?;
+        known.extend(snap.type_names);
         ("gcdump", snap.histogram, snap.graph)
     } else {
         let depth = if graph { Depth::Graph } else { Depth::Histogram };
@@ -189,11 +192,12 @@ pub fn run(args: DiffArgs) -> Result<HeapDiff> {
     let last = args.inputs.len() - 1;
     // Only the first and the last need their object graphs (for the paths); the ones in
     // between only count towards the verdict.
+    let mut known = HashMap::new();
     let loaded: Vec<Loaded> = args
         .inputs
         .iter()
         .enumerate()
-        .map(|(i, input)| load(input, i == 0 || i == last, args.timeout))
+        .map(|(i, input)| load(input, i == 0 || i == last, args.timeout, &mut known))
         .collect::<Result<_>>()?;
     let (old, new) = (&loaded[0], &loaded[last]);
     let mut types = type_changes(&old.histogram, &new.histogram);

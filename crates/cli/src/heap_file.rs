@@ -2,6 +2,7 @@
 //! sidecar's gcdump captures keep): the histogram and the leak suspects with their root paths,
 //! in the same findings document as a core dump's (no threads, so no deadlocks).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use analysis::findings::{self, Findings, FindingsInput, Source};
@@ -17,16 +18,19 @@ pub fn is_heap_snapshot(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "nettrace")
 }
 
-/// Reads a saved heap snapshot: its histogram, and its object graph if `graph`.
-pub fn load(path: &Path, display: &str, graph: bool) -> Result<HeapSnapshot> {
+/// Reads a saved heap snapshot: its histogram, and its object graph if `graph`. `known` names
+/// types of an earlier snapshot of the same process (see
+/// [`HeapSnapshotCollector::assume_type_names`]).
+pub fn load(path: &Path, display: &str, graph: bool, known: &HashMap<u64, String>) -> Result<HeapSnapshot> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut collector = HeapSnapshotCollector::new(graph);
+    collector.assume_type_names(known);
     read(file, &mut collector).with_context(|| format!("reading the heap snapshot {display}"))?;
     collector.finish().with_context(|| format!("{display}: not a complete heap snapshot"))
 }
 
 pub fn findings_for(path: &Path, display: &str, top: usize, histogram_only: bool) -> Result<Findings> {
-    let snap = load(path, display, !histogram_only)?;
+    let snap = load(path, display, !histogram_only, &HashMap::new())?;
     let heap = snap.graph.as_ref().map(|g| GraphFindings::of(g, snap.histogram.total_bytes())).unwrap_or_default();
     Ok(findings::build(FindingsInput {
         source: Source {

@@ -6,6 +6,7 @@
 //! event stream and feeds a histogram (memory per type, not per object) and, when asked, an
 //! object graph. [`capture`] drives a real session.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use analysis::heap::{HeapHistogram, HeapHistogramBuilder, ObjectGraph, ObjectGraphBuilder, RootKind};
@@ -46,6 +47,8 @@ pub struct HeapSnapshotCollector {
     next_node_event: u32,
     next_edge_event: u32,
     error: Option<Error>,
+    /// Every type name announced (by id), for later snapshots of the same process.
+    type_names: HashMap<u64, String>,
 }
 
 /// Bulk events are numbered per stream; a gap means the runtime dropped events (its buffer
@@ -74,6 +77,22 @@ impl HeapSnapshotCollector {
             next_node_event: 0,
             next_edge_event: 0,
             error: None,
+            type_names: HashMap::new(),
+        }
+    }
+
+    /// Names types that this session may not announce: .NET Core 3.1 announces a type in the
+    /// first heap snapshot session of a process only, so a later snapshot of the same process
+    /// knows its types by id alone. `known` comes from an earlier snapshot of that process
+    /// (type ids are MethodTable addresses, meaningless in another process); a name the
+    /// session does announce wins.
+    pub fn assume_type_names(&mut self, known: &HashMap<u64, String>) {
+        for (&id, name) in known {
+            self.histogram.add_type(id, name);
+            if let Some(g) = self.graph.as_mut() {
+                g.add_type(id, name);
+            }
+            self.type_names.entry(id).or_insert_with(|| name.clone());
         }
     }
 
@@ -106,6 +125,7 @@ impl HeapSnapshotCollector {
                     if let Some(g) = self.graph.as_mut() {
                         g.add_type(t.type_id, &name);
                     }
+                    self.type_names.insert(t.type_id, name);
                 }
             }
             RuntimeEvent::GcStart { count, depth, reason, gc_type }
@@ -183,7 +203,13 @@ impl HeapSnapshotCollector {
             Some(g) => Some(g.finish()?),
             None => None,
         };
-        Ok(HeapSnapshot { histogram: self.histogram.finish(), graph, nodes: self.nodes, edges: self.edges })
+        Ok(HeapSnapshot {
+            histogram: self.histogram.finish(),
+            graph,
+            nodes: self.nodes,
+            edges: self.edges,
+            type_names: self.type_names,
+        })
     }
 }
 
@@ -192,6 +218,8 @@ pub struct HeapSnapshot {
     pub graph: Option<ObjectGraph>,
     pub nodes: u64,
     pub edges: u64,
+    /// Type names by id (raw, as announced or assumed), for a later snapshot of this process.
+    pub type_names: HashMap<u64, String>,
 }
 
 /// Progress of a capture, for long heaps.
