@@ -38,7 +38,8 @@ pub struct GrowthThresholds {
     pub intervals: usize,
     /// Fewest instances added over those intervals (default 1,000).
     pub min_count_growth: u64,
-    /// Fewest bytes added over those intervals (default 1 MiB).
+    /// Fewest bytes added over those intervals (default 1 MiB), counting the rising types a
+    /// type holds (a small `Order` holding a big buffer).
     pub min_bytes_growth: u64,
     /// Most types that may grow past the thresholds at once (default 5; a leak grows its type
     /// and what each instance holds, such as a name string): when more grow, everything
@@ -63,7 +64,7 @@ pub struct GrowthVerdict {
     pub first_count: u64,
     /// Count in the last snapshot.
     pub last_count: u64,
-    /// Bytes added over the run.
+    /// Bytes added over the run, with those of the rising types it holds.
     pub bytes_growth: i64,
     /// Instances added per hour.
     pub count_per_hour: f64,
@@ -77,7 +78,7 @@ pub struct GrowthVerdict {
 
 /// Types that grew in each of the last K intervals while the rest of the heap stayed steady,
 /// biggest byte growth first. `snapshots` must be in the order they were taken.
-pub fn growth_verdicts(snapshots: &[HeapSummary], t: &GrowthThresholds) -> Vec<GrowthVerdict> {
+pub fn growth_verdicts<'s>(snapshots: &'s [HeapSummary], t: &GrowthThresholds) -> Vec<GrowthVerdict> {
     let k = t.intervals.max(1);
     if snapshots.len() < k + 1 {
         return Vec::new();
@@ -89,47 +90,66 @@ pub fn growth_verdicts(snapshots: &[HeapSummary], t: &GrowthThresholds) -> Vec<G
         .iter()
         .map(|s| s.histogram.types().iter().map(|r| (r.type_name.as_str(), (r.count, r.bytes))).collect())
         .collect();
-    let mut growing: Vec<(&str, u64)> = Vec::new();
+    // Types whose count rose in every interval, by enough instances, with their byte growth.
+    let mut rising: Vec<(&str, i64)> = Vec::new();
     for row in last.histogram.types() {
         let name = row.type_name.as_str();
         let counts: Vec<(u64, u64)> = lookup.iter().map(|m| m.get(name).copied().unwrap_or((0, 0))).collect();
-        if !counts.windows(2).all(|w| w[1].0 > w[0].0) {
-            continue;
-        }
         let (c0, b0) = counts[0];
-        let count_growth = row.count - c0;
-        let bytes_growth = row.bytes as i64 - b0 as i64;
-        if count_growth >= t.min_count_growth && bytes_growth >= t.min_bytes_growth as i64 {
-            growing.push((name, row.count));
+        if counts.windows(2).all(|w| w[1].0 > w[0].0) && row.count - c0 >= t.min_count_growth {
+            rising.push((name, row.bytes as i64 - b0 as i64));
         }
     }
+    // A type whose instances are held by another rising type grows because that one does (the
+    // `String` names of leaked customers, the buffers of leaked orders): its bytes count towards
+    // the holder's, which may be a small object holding big ones.
+    let names: Vec<&str> = rising.iter().map(|r| r.0).collect();
+    let holder_of = |name: &'s str| -> Option<&'s str> {
+        let path = last.holders.get(name)?;
+        let steps: Vec<&str> = path.split(" → ").collect();
+        steps[..steps.len() - 1].iter().rev().copied().find(|s| *s != name && names.contains(s))
+    };
+    let top_of = |name: &'s str| -> &'s str {
+        let mut top = name;
+        for _ in 0..names.len() {
+            match holder_of(top) {
+                Some(h) => top = h,
+                None => break,
+            }
+        }
+        top
+    };
+    let mut group_bytes: HashMap<&str, i64> = HashMap::new();
+    for &(name, bytes) in &rising {
+        *group_bytes.entry(top_of(name)).or_default() += bytes;
+    }
+    let growing: Vec<(&str, i64)> = rising
+        .iter()
+        .filter(|r| top_of(r.0) == r.0)
+        .map(|r| (r.0, group_bytes[r.0]))
+        .filter(|&(_, bytes)| bytes >= t.min_bytes_growth as i64)
+        .collect();
     if growing.is_empty() || growing.len() > t.max_growing_types {
         return Vec::new();
     }
-    // A type whose instances are held by another growing type grows because that one does
-    // (the `String` names of leaked customers): the holder's verdict covers it.
-    let names: Vec<&str> = growing.iter().map(|g| g.0).collect();
-    let held_by_other = |name: &str| {
-        last.holders.get(name).is_some_and(|path| {
-            let steps: Vec<&str> = path.split(" → ").collect();
-            steps[..steps.len() - 1].iter().any(|s| *s != name && names.contains(s))
-        })
-    };
     let mut out: Vec<GrowthVerdict> = growing
         .iter()
-        .filter(|g| !held_by_other(g.0))
-        .map(|&(name, c1)| {
+        .map(|&(name, window_bytes)| {
             // Report the whole run of growth, which may be longer than the K intervals checked.
             let run = run_length(snapshots, name, count_of);
             let start = &snapshots[snapshots.len() - 1 - run];
-            let (c0, b0) = count_of(start, name);
-            let bytes = count_of(last, name).1 as i64 - b0 as i64;
+            let c0 = count_of(start, name).0;
+            let c1 = count_of(last, name).0;
+            // The bytes of what it holds are known over the window checked; scale to the run.
+            let own_window = count_of(last, name).1 as i64 - count_of(&window[0], name).1 as i64;
+            let own_run = count_of(last, name).1 as i64 - count_of(start, name).1 as i64;
+            let bytes = own_run + (window_bytes - own_window);
             let hours = ((last.taken_at_seconds - start.taken_at_seconds) / 3600.0).max(f64::EPSILON);
             let holder = last.holders.get(name).cloned();
             let held = holder.as_deref().map(|h| format!(", held by {h}")).unwrap_or_default();
             let reason = format!(
                 "`{name}` grew in each of the last {run} intervals between heap snapshots, from {} to {} instances \
-                 (+{} per hour, +{} per hour){held}, while the rest of the heap stayed steady",
+                 (+{} per hour, +{} per hour with what they hold){held}, while the rest of the heap stayed steady",
                 thousands(c0),
                 thousands(c1),
                 thousands(((c1 - c0) as f64 / hours).round() as u64),

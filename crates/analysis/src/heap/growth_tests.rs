@@ -47,14 +47,15 @@ fn a_type_growing_across_k_intervals_is_a_verdict_with_rate_and_holder() {
     assert_eq!(c.type_name, "App.Customer");
     assert_eq!((c.intervals, c.first_count, c.last_count), (3, 100_000, 160_000));
     assert_eq!(c.count_per_hour, 120_000.0);
-    assert_eq!(c.bytes_growth, 60_000 * 32);
+    // With the names the customers hold.
+    assert_eq!(c.bytes_growth, 60_000 * (32 + 64));
     assert_eq!(c.holder.as_deref(), Some(CUSTOMER_PATH));
     assert_eq!(
         c.reason,
         format!(
             "`App.Customer` grew in each of the last 3 intervals between heap snapshots, from 100,000 to 160,000 \
-             instances (+120,000 per hour, +3.7 MiB per hour), held by {CUSTOMER_PATH}, while the rest of the heap \
-             stayed steady"
+             instances (+120,000 per hour, +11.0 MiB per hour with what they hold), held by {CUSTOMER_PATH}, while \
+             the rest of the heap stayed steady"
         )
     );
 }
@@ -89,6 +90,29 @@ fn the_negatives_stay_silent() {
         })
         .collect();
     assert!(growth_verdicts(&ramp, &t).is_empty());
+}
+
+#[test]
+fn a_small_type_holding_big_growing_ones_is_the_verdict() {
+    // 2,000 orders of 32 bytes per interval, each with a 512-byte buffer: the orders alone
+    // add too few bytes, the buffers are theirs.
+    let orders: Vec<HeapSummary> = (0..4u64)
+        .map(|i| {
+            let n = 5000 + 2000 * i;
+            snap(
+                10.0 * i as f64,
+                &[("App.Order", n, 32), ("System.Byte[]", n + 100, 536)],
+                &[
+                    ("App.Order", "static Open → Dictionary → Entry[] → App.Order"),
+                    ("System.Byte[]", "static Open → Dictionary → Entry[] → App.Order → System.Byte[]"),
+                ],
+            )
+        })
+        .collect();
+    let v = growth_verdicts(&orders, &GrowthThresholds::default());
+    let names: Vec<&str> = v.iter().map(|v| v.type_name.as_str()).collect();
+    assert_eq!(names, ["App.Order"]);
+    assert_eq!(v[0].bytes_growth, 6000 * (32 + 536));
 }
 
 #[test]
