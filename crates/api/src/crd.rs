@@ -165,10 +165,32 @@ pub struct FindingsSummary {
     /// The first [`MAX_LISTED`] deadlocks, in the analysis' order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deadlock_cycles: Vec<DeadlockCycle>,
-    /// The first [`MAX_LISTED`] leak suspects, biggest first.
+    /// The first [`MAX_LISTED`] leak suspects, surest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspects: Vec<LeakSuspect>,
+    /// The first [`MAX_LISTED`] hangs that are not lock cycles (thread-pool starvation, threads
+    /// blocked at one place).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hangs: Vec<HangSummary>,
+    /// Why objects pile up in the finalizer queue, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalization_backlog: Option<String>,
 }
+
+/// A hang of the findings document, in words.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HangSummary {
+    /// `thread_pool_starvation` or `blocked_threads`.
+    pub kind: String,
+    /// Threads blocked.
+    pub threads: u32,
+    /// The analysis' sentence ("8 thread-pool threads wait in `OrderService.Get` → `Task.Result` …").
+    pub reason: String,
+}
+
+/// Longest reason sentence kept (the Events API takes 1 kB per note).
+pub const MAX_REASON: usize = 900;
 
 /// How many deadlocks, suspects, threads per cycle, frames and path elements the status keeps.
 pub const MAX_LISTED: usize = 5;
@@ -221,6 +243,9 @@ pub struct LeakSuspect {
     /// Type names from the rooted object to the suspect type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path: Vec<String>,
+    /// Why it is a suspect, naming its holder (the analysis' sentence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Both CRDs as YAML documents, `(file name, text)`, in the order `crdgen` writes them.

@@ -7,6 +7,9 @@ use kube::ResourceExt;
 
 pub const DEADLOCK_DETECTED: &str = "DeadlockDetected";
 pub const MEMORY_LEAK_SUSPECTED: &str = "MemoryLeakSuspected";
+pub const THREAD_POOL_STARVATION: &str = "ThreadPoolStarvation";
+pub const THREADS_BLOCKED: &str = "ThreadsBlocked";
+pub const FINALIZATION_BACKLOG: &str = "FinalizationBacklog";
 pub const CAPTURE_FAILED: &str = "CaptureFailed";
 pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
 
@@ -63,6 +66,17 @@ fn finding_events(f: &FindingsSummary, snapshot: &str) -> Vec<Notice> {
         reason: MEMORY_LEAK_SUSPECTED,
         note: clip(format!("{} (DumpSnapshot {snapshot})", leak_sentence(s))),
     }));
+    // The analysis words hangs and backlogs itself; the Event carries its sentence.
+    out.extend(f.hangs.iter().take(MAX_LISTED).map(|h| Notice {
+        warning: true,
+        reason: if h.kind == "thread_pool_starvation" { THREAD_POOL_STARVATION } else { THREADS_BLOCKED },
+        note: clip(format!("{} (DumpSnapshot {snapshot})", h.reason)),
+    }));
+    out.extend(f.finalization_backlog.iter().map(|reason| Notice {
+        warning: true,
+        reason: FINALIZATION_BACKLOG,
+        note: clip(format!("{reason} (DumpSnapshot {snapshot})")),
+    }));
     out
 }
 
@@ -103,7 +117,12 @@ pub fn deadlock_sentence(c: &DeadlockCycle) -> String {
 
 /// "201000 DiagScenarios.Customer objects retain 18.4 MiB (81% of the heap), held by static
 /// DiagScenarios.Processor.Current → DiagScenarios.CustomerCache → DiagScenarios.Customer".
+/// Suspects from analyses that word their reason (naming the holder: the event, the timer
+/// queue, the static field) read as that reason.
 pub fn leak_sentence(s: &LeakSuspect) -> String {
+    if let Some(reason) = s.reason.as_ref().filter(|r| !r.is_empty()) {
+        return reason.clone();
+    }
     let path = if s.path.is_empty() { String::new() } else { format!(" → {}", s.path.join(" → ")) };
     format!(
         "{} {} objects retain {} ({}% of the heap), held by {}{path}",
@@ -202,6 +221,48 @@ mod tests {
              DiagScenarios.Processor.Current → DiagScenarios.Processor → DiagScenarios.CustomerCache → \
              DiagScenarios.Customer (DumpSnapshot orders-1)"
         );
+    }
+
+    #[test]
+    fn worded_findings_read_as_the_analysis_words_them() {
+        let mut doc = crate::controller::testing::deadlock_document();
+        doc["leak_suspects"][0]["reason"] = "30,000 `App.Observer` objects are reachable only through the invocation \
+            list of static event App.Catalog.Changed (30,000 handlers of type `System.EventHandler`): handlers added \
+            and never removed"
+            .into();
+        doc["hangs"] = serde_json::json!([
+            {"kind": "thread_pool_starvation", "threads": [{"os_tid": 1}, {"os_tid": 2}],
+             "reason": "2 thread-pool threads wait in `OrderService.Get` → `Task.Result` (sync over async)"},
+            {"kind": "blocked_threads", "threads": [], "reason": "6 threads wait in `Inventory.Reserve` → `SemaphoreSlim.Wait`"}
+        ]);
+        doc["finalization_backlog"] = serde_json::json!({"reason": "5,000 objects wait in the finalizer queue"});
+        let mut s = snapshot("orders-3", "Analyzed");
+        s.status.as_mut().unwrap().findings = Some(FindingsSummary::from_document(&doc).unwrap());
+        let events: Vec<(&str, String)> = outcome_events(&s).into_iter().skip(1).map(|e| (e.reason, e.note)).collect();
+        assert_eq!(
+            events,
+            [
+                (
+                    MEMORY_LEAK_SUSPECTED,
+                    "30,000 `App.Observer` objects are reachable only through the invocation list of static event \
+                     App.Catalog.Changed (30,000 handlers of type `System.EventHandler`): handlers added and never \
+                     removed (DumpSnapshot orders-3)"
+                        .to_string()
+                ),
+                (
+                    THREAD_POOL_STARVATION,
+                    "2 thread-pool threads wait in `OrderService.Get` → `Task.Result` (sync over async) (DumpSnapshot \
+                     orders-3)"
+                        .to_string()
+                ),
+                (
+                    THREADS_BLOCKED,
+                    "6 threads wait in `Inventory.Reserve` → `SemaphoreSlim.Wait` (DumpSnapshot orders-3)".to_string()
+                ),
+                (FINALIZATION_BACKLOG, "5,000 objects wait in the finalizer queue (DumpSnapshot orders-3)".to_string()),
+            ]
+        );
+        assert_eq!(s.status.unwrap().findings.unwrap().summary, "1 deadlock (2 threads), 1 leak suspect, 2 hangs");
     }
 
     #[test]

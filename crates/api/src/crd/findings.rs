@@ -4,7 +4,10 @@
 
 use serde::Deserialize;
 
-use super::{DeadlockCycle, DeadlockedThread, FindingsSummary, LeakSuspect, MAX_FRAMES, MAX_LISTED, MAX_TEXT};
+use super::{
+    DeadlockCycle, DeadlockedThread, FindingsSummary, HangSummary, LeakSuspect, MAX_FRAMES, MAX_LISTED, MAX_REASON,
+    MAX_TEXT,
+};
 use crate::Error;
 
 // The document's own shape, only the fields read here; unknown fields are ignored as the schema
@@ -20,6 +23,25 @@ struct Document {
     heap: Option<Heap>,
     #[serde(default)]
     leak_suspects: Option<Vec<Suspect>>,
+    #[serde(default)]
+    hangs: Vec<Hang>,
+    #[serde(default)]
+    finalization_backlog: Option<Backlog>,
+}
+
+#[derive(Deserialize)]
+struct Hang {
+    kind: String,
+    #[serde(default)]
+    threads: Vec<serde_json::Value>,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct Backlog {
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +105,8 @@ struct Suspect {
     root: String,
     #[serde(default)]
     path: Vec<String>,
+    #[serde(default)]
+    reason: String,
 }
 
 /// The findings document's `schema` field.
@@ -103,14 +127,31 @@ impl FindingsSummary {
         let suspects: Vec<LeakSuspect> =
             doc.leak_suspects.unwrap_or_default().iter().take(MAX_LISTED).map(suspect).collect();
         let leak_suspects = doc.summary.leak_suspects.max(suspects.len() as u32);
+        let hangs: Vec<HangSummary> = doc
+            .hangs
+            .iter()
+            .take(MAX_LISTED)
+            .map(|h| HangSummary {
+                kind: clip(&h.kind),
+                threads: h.threads.len() as u32,
+                reason: clip_to(&h.reason, MAX_REASON),
+            })
+            .collect();
+        let mut summary = one_line(doc.summary.deadlocks, doc.summary.deadlocked_threads, leak_suspects);
+        if !doc.hangs.is_empty() {
+            let hangs = plural(doc.hangs.len() as u32, "hang", "hangs");
+            summary = if summary == NOTHING { hangs } else { format!("{summary}, {hangs}") };
+        }
         Ok(Self {
             deadlocks: doc.summary.deadlocks,
             victims: doc.summary.victims,
             leak_suspects,
             top_type: doc.heap.and_then(|h| h.top_types.into_iter().next()).map(|t| clip(&t.type_name)),
-            summary: one_line(doc.summary.deadlocks, doc.summary.deadlocked_threads, leak_suspects),
+            summary,
             deadlock_cycles,
             suspects,
+            hangs,
+            finalization_backlog: doc.finalization_backlog.map(|b| clip_to(&b.reason, MAX_REASON)),
         })
     }
 }
@@ -153,17 +194,24 @@ fn suspect(s: &Suspect) -> LeakSuspect {
             let tail = s.path[s.path.len() - MAX_LISTED..].iter().map(|p| clip(p));
             head.chain(std::iter::once("…".to_string())).chain(tail).collect()
         },
+        reason: (!s.reason.is_empty()).then(|| clip_to(&s.reason, MAX_REASON)),
     }
 }
 
 fn clip(s: &str) -> String {
-    if s.chars().count() <= MAX_TEXT {
+    clip_to(s, MAX_TEXT)
+}
+
+fn clip_to(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(MAX_TEXT - 1).collect();
+    let mut out: String = s.chars().take(max - 1).collect();
     out.push('…');
     out
 }
+
+const NOTHING: &str = "nothing found";
 
 fn plural(n: u32, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -181,7 +229,7 @@ fn one_line(deadlocks: u32, deadlocked_threads: u32, suspects: u32) -> String {
     if suspects > 0 {
         parts.push(plural(suspects, "leak suspect", "leak suspects"));
     }
-    if parts.is_empty() { "nothing found".into() } else { parts.join(", ") }
+    if parts.is_empty() { NOTHING.into() } else { parts.join(", ") }
 }
 
 #[cfg(test)]
