@@ -467,12 +467,11 @@ fn collapse_runs<'t>(names: impl Iterator<Item = &'t str>) -> Vec<String> {
         }
     }
     out.into_iter()
-        .map(
+        .flat_map(
             |(name, n)| {
                 if n < 3 { vec![name.to_string(); n as usize] } else { vec![format!("{name} (×{})", thousands(n))] }
             },
         )
-        .flatten()
         .collect()
 }
 
@@ -481,7 +480,7 @@ pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
