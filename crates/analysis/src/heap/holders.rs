@@ -7,7 +7,7 @@
 //! chain. Grouping instances by (anchor, type) puts one type under two holders into two
 //! groups, each with what that holder keeps, which grouping by type alone cannot do.
 //!
-//! Cost: one `u32` per object for the anchors and one for the fan-out counts, two passes
+//! Cost: one `u32` per object for the anchors and a `u16` for the fan-out counts, two passes
 //! over the objects; what survives the call is the member lists of the groups kept (at most
 //! one `u32` per object, and only for objects in groups of at least `min_instances`).
 
@@ -82,8 +82,9 @@ fn anchors(graph: &ObjectGraph, retained: &RetainedSizes) -> Vec<u32> {
 /// Every (anchor, type) group with at least `min_instances` instances, most instances first.
 pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_instances: u64) -> Vec<HolderGroup> {
     let anchor = anchors(graph, retained);
-    // Which anchors hold enough objects (of any type) to hold a big group at all.
-    let mut fan_out = vec![0u32; graph.len()];
+    // Which anchors hold enough objects (of any type) to hold a big group at all; a u16 that
+    // saturates is enough to compare with thresholds in the thousands, at 2 bytes an object.
+    let mut fan_out = vec![0u16; graph.len()];
     let mut several_roots: HashMap<u32, u64> = HashMap::new();
     for (v, &a) in anchor.iter().enumerate() {
         match a {
@@ -92,7 +93,7 @@ pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_i
             a => fan_out[a as usize] = fan_out[a as usize].saturating_add(1),
         }
     }
-    let min_fan_out = u32::try_from(min_instances).unwrap_or(u32::MAX);
+    let min_fan_out = u16::try_from(min_instances).unwrap_or(u16::MAX);
     let mut groups: HashMap<(u32, u32), HolderGroup> = HashMap::new();
     for (v, &a) in anchor.iter().enumerate() {
         let v = v as u32;
