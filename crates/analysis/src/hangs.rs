@@ -195,7 +195,8 @@ pub fn find_hangs(threads: &[DumpThread], queued_work_items: Option<u64>, t: &Ha
             stack: &th.stack,
             threads: Vec::new(),
         });
-        group.threads.push(ThreadRef { os_tid: th.os_tid, managed_id: Some(th.managed_id) });
+        // Managed thread ids start at 1: 0 is a thread seen without one (a live sample).
+        group.threads.push(ThreadRef { os_tid: th.os_tid, managed_id: (th.managed_id != 0).then_some(th.managed_id) });
     }
     let starved_threads: usize = groups.values().filter(|g| g.pool && g.sync_over_async).map(|g| g.threads.len()).sum();
     let starved = starved_threads >= t.min_starved_pool_threads && queued_work_items.is_none_or(|q| q > 0);

@@ -249,3 +249,54 @@ pub async fn watch(pid: u32, confirm_ms: u64, duration: Option<f64>, once: bool,
     }
     Ok(())
 }
+
+/// Live hangs (`dumpwatch hangs`): every thread's stack from the sampler, the pool's queue
+/// length from the runtime's counter, and the same analysis as a dump's.
+pub async fn hangs(pid: u32, json: bool) -> Result<()> {
+    let (process, client) = resolve(pid)?;
+    let stacks = diag::stacks::capture(&client, Duration::from_millis(50), Duration::from_secs(60)).await?;
+    let queued = pool_queue_length(&client).await?;
+    let threads: Vec<analysis::monitors::DumpThread> = stacks
+        .iter()
+        .map(|t| analysis::monitors::DumpThread {
+            os_tid: t.os_thread_id,
+            // The sampler knows OS ids only; 0 is no managed id (they start at 1).
+            managed_id: 0,
+            stack: t.frames.clone(),
+            lock_refs: Vec::new(),
+        })
+        .collect();
+    let found = analysis::hangs::find_hangs(&threads, queued, &analysis::hangs::HangThresholds::default());
+    if json {
+        let doc =
+            serde_json::json!({ "pid": pid, "threads": threads.len(), "queued_work_items": queued, "hangs": found });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render::hangs(&process, threads.len(), queued, &found));
+    }
+    Ok(())
+}
+
+/// The runtime's `threadpool-queue-length` counter (work items waiting in the pool's queues),
+/// from one counter interval; `None` if the runtime does not publish it in time.
+async fn pool_queue_length(client: &DiagnosticsClient) -> Result<Option<u64>> {
+    const QUEUE: &str = "threadpool-queue-length";
+    let cfg = diag::counters::session_config(&[diag::counters::SYSTEM_RUNTIME], 1.0);
+    let mut session = diag::session::TraceSession::start(client, &cfg).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut value = None;
+    while value.is_none() && Instant::now() < deadline {
+        let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
+            if let Some(s) = diag::counters::sample_from_event(info, ev).filter(|s| s.name == QUEUE) {
+                value = Some(s.value.max(0.0).round() as u64);
+            }
+        };
+        if let Ok(more) = tokio::time::timeout(Duration::from_millis(250), session.pump(&mut sink)).await
+            && !more?
+        {
+            break;
+        }
+    }
+    let _ = session.stop().await;
+    Ok(value)
+}

@@ -29,6 +29,7 @@ use clap::{Parser, Subcommand};
         dumpwatch ps                       # which .NET processes are there?\n  \
         dumpwatch watch 4242               # wait for a deadlock (.NET 8+), print the cycle\n  \
         dumpwatch stacks 4242              # every thread's managed stack (clrstack -all)\n  \
+        dumpwatch hangs 4242               # thread-pool starvation, threads blocked at one place\n  \
         dumpwatch gcdump 4242 --paths 5    # what is on the heap, and who holds it (dumpheap -stat, gcroot)\n  \
         dumpwatch dump 4242 -o core.4242   # core dump + matching DAC for later analysis\n  \
         dumpwatch analyze core.4242        # deadlocks, hangs, heap histogram and leak suspects from the dump\n  \
@@ -205,6 +206,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find hangs that are not deadlocks in a running process: thread-pool starvation and
+    /// crowds of threads blocked at one place.
+    ///
+    /// Samples every thread's managed stack (like `stacks`) and reads the thread pool's queue
+    /// length from the runtime's counters, then groups the threads blocked in a wait API
+    /// (Task.Wait/.Result/GetAwaiter().GetResult(), SemaphoreSlim, ManualResetEventSlim,
+    /// Thread.Join, Monitor.Wait, wait handles) by identical stack. Pool threads blocked on
+    /// tasks while work waits in the pool's queue are starvation (sync over async); 5 or more
+    /// threads with one stack are a blocked group. Threads waiting for a `lock` are `watch`'s
+    /// business. The same analysis runs on dumps in `analyze`. Works on .NET Core 3.1 and 8.
+    #[command(after_help = "Example:\n  dumpwatch hangs 4242\n  \
+        THREAD-POOL STARVATION: 8 thread-pool threads wait in `OrderService.Get` → `Task.Result` (sync over async; …)")]
+    Hangs {
+        pid: u32,
+        /// `{pid, threads, queued_work_items, hangs}`; `hangs` as in the findings document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare heap snapshots: what grew, by how much, and which path holds the new objects.
     ///
     /// Takes saved heap snapshots (`*.nettrace`, from `dumpwatch gcdump -o`) and core dumps
@@ -303,6 +322,7 @@ async fn run(command: Command) -> Result<()> {
             dump(pid, output, dump_type, min_free_mib, json).await
         }
         Command::Watch { pid, confirm_ms, duration, once, json } => watch(pid, confirm_ms, duration, once, json).await,
+        Command::Hangs { pid, json } => hangs(pid, json).await,
         Command::Diff { snapshots, top, intervals, no_symbol_server, timeout, json } => {
             let sources = symbols::DacSources {
                 servers: symbols::DacSources::servers_from(

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use analysis::hangs::{HangFinding, HangKind};
 use analysis::heap::{HeapHistogram, ObjectGraph};
 use analysis::wait_for::Deadlock;
 use diag::counters::CounterSample;
@@ -116,6 +117,28 @@ pub fn retainers_text(retainers: &[Retainer]) -> String {
         let _ = writeln!(out, "{:>14}  {} ({} instances)", format_bytes(r.retained_bytes), r.type_name, r.count);
         if let Some(p) = &r.path {
             let _ = writeln!(out, "                via {p}");
+        }
+    }
+    out
+}
+
+/// The live hang report: one paragraph per group of blocked threads.
+pub fn hangs(process: &DotnetProcess, threads: usize, queued: Option<u64>, found: &[HangFinding]) -> String {
+    let mut out = String::new();
+    let queue = queued.map_or_else(|| "unknown".to_string(), |q| q.to_string());
+    let _ = writeln!(out, "pid {}: {threads} threads sampled, thread-pool queue length {queue}", process.pid);
+    if found.is_empty() {
+        out.push_str("HANGS: none (no crowd of threads blocked at one place)\n");
+    }
+    for h in found {
+        let label = match h.kind {
+            HangKind::ThreadPoolStarvation => "THREAD-POOL STARVATION",
+            HangKind::BlockedThreads => "BLOCKED THREADS",
+        };
+        let tids: Vec<String> = h.threads.iter().map(|t| t.os_tid.to_string()).collect();
+        let _ = writeln!(out, "{label}: {}\n  threads {}", h.reason, tids.join(", "));
+        for f in h.stack.iter().take(8) {
+            let _ = writeln!(out, "      at {f}");
         }
     }
     out

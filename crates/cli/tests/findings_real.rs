@@ -221,6 +221,34 @@ fn hangs_name_the_threads_the_method_and_the_wait() {
     }
 }
 
+#[test]
+fn live_hangs_match_the_dump_analysis_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let starve = w.get("/taskwait?threads=8&queued=20");
+        let semaphore = w.get("/block?kind=semaphore&threads=6");
+        let live = json(&["hangs", &w.pid.to_string(), "--json"]);
+        let hangs = live["hangs"].as_array().unwrap();
+        let ctx = format!("{runtime:?}: {}", serde_json::to_string_pretty(&live).unwrap());
+        assert_eq!(hangs.len(), 2, "{ctx}");
+        assert_eq!(hangs[0]["kind"], "thread_pool_starvation", "{ctx}");
+        assert_eq!(tids(&hangs[0]["threads"]), tids(&starve["blocked"]), "{ctx}");
+        assert_eq!(hangs[0]["wait"], "Task.Result", "{ctx}");
+        // The runtime's own queue length counter, which the workload read as PendingWorkItemCount.
+        assert_eq!(live["queued_work_items"], starve["pending_work_items"], "{ctx}");
+        assert_eq!(hangs[1]["kind"], "blocked_threads", "{ctx}");
+        assert_eq!(tids(&hangs[1]["threads"]), tids(&semaphore["threads"]), "{ctx}");
+        assert_eq!(hangs[1]["wait"], "SemaphoreSlim.Wait", "{ctx}");
+        assert!(hangs[1]["method"].as_str().unwrap().starts_with("DiagScenarios.InventoryService.Reserve("), "{ctx}");
+        let (ok, text, err) = dumpwatch(&["hangs", &w.pid.to_string()]);
+        assert!(ok, "{err}");
+        assert!(
+            text.contains("THREAD-POOL STARVATION: 8 thread-pool threads wait in `OrderService.Get` → `Task.Result`"),
+            "{text}"
+        );
+    }
+}
+
 fn type_row<'a>(d: &'a Value, name: &str) -> Option<&'a Value> {
     d["types"].as_array().unwrap().iter().find(|t| t["type_name"] == name)
 }
