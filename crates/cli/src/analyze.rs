@@ -225,6 +225,13 @@ fn thread_label(t: &findings::ThreadRef) -> String {
     }
 }
 
+/// The stack from the frame just inside the one `at` finds (the wait API a method blocks in,
+/// then the method and its callers), or all of it.
+fn from_frame(stack: &[String], at: impl Fn(&String) -> bool) -> &[String] {
+    let start = stack.iter().position(at).map_or(0, |i| i.saturating_sub(1));
+    &stack[start..]
+}
+
 /// Frames worth reading: runtime frames without a method name say nothing to a .NET engineer.
 fn stack_lines(out: &mut String, stack: &[String], max: usize) {
     for f in stack.iter().filter(|f| !(f.starts_with('[') && f.ends_with(']'))).take(max) {
@@ -292,11 +299,11 @@ pub fn report(f: &Findings) -> String {
             HangKind::BlockedThreads => "BLOCKED THREADS",
         };
         let _ = writeln!(out, "{label}: {}", h.reason);
-        stack_lines(&mut out, &h.stack, 6);
+        stack_lines(&mut out, from_frame(&h.stack, |f| *f == h.method), 6);
     }
     if let Some(b) = &f.finalization_backlog {
         let _ = writeln!(out, "FINALIZATION BACKLOG: {}", b.reason);
-        stack_lines(&mut out, &b.finalizer_stack, 4);
+        stack_lines(&mut out, from_frame(&b.finalizer_stack, |f| f.contains(".Finalize(")), 4);
     }
     out.push('\n');
     let _ = writeln!(out, "TOP HEAP TYPES\n  {:>10}  {:>10}  type", "objects", "bytes");
