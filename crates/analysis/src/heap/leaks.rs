@@ -136,7 +136,7 @@ pub fn leak_suspects(
     let groups = holder_groups(graph, retained, t.min_instances.max(1));
     let mut paths = None;
     let mut out: Vec<LeakSuspect> = Vec::new();
-    let mut best_per_anchor: HashMap<Option<NodeIndex>, usize> = HashMap::new();
+    let mut best_per_anchor: HashMap<NodeIndex, usize> = HashMap::new();
     for group in &groups {
         let type_name = graph.type_names()[group.type_index as usize].as_str();
         if type_name == TIMER_QUEUE_TIMER {
@@ -155,15 +155,19 @@ pub fn leak_suspects(
         }
         let paths = paths.get_or_insert_with(|| graph.retention_paths());
         let suspect = view.describe(paths, pattern, heap_bytes);
-        // A dictionary's entries array holds its keys and its values: one suspect per holder.
-        match best_per_anchor.get(&group.anchor) {
-            Some(&i) if pattern == LeakPattern::Collection => {
+        // A dictionary's entries array holds its keys and its values: one collection suspect
+        // per holder (objects of several roots have no holder in common).
+        let same_holder = group.anchor.and_then(|a| best_per_anchor.get(&a).copied());
+        match same_holder {
+            Some(i) if pattern == LeakPattern::Collection && out[i].pattern == LeakPattern::Collection => {
                 if suspect.retained_bytes > out[i].retained_bytes {
                     out[i] = suspect;
                 }
             }
             _ => {
-                best_per_anchor.insert(group.anchor, out.len());
+                if let Some(a) = group.anchor {
+                    best_per_anchor.insert(a, out.len());
+                }
                 out.push(suspect);
             }
         }

@@ -253,6 +253,33 @@ fn structural_patterns_rank_before_big_collections() {
 }
 
 #[test]
+fn a_dictionary_is_one_suspect_and_objects_of_several_roots_one_per_type() {
+    let mut h = Heap::new();
+    // Dictionary<String, Country>: keys and values share the entries array.
+    let entries: Vec<u64> = (0..5000)
+        .flat_map(|_| {
+            let key = h.obj("System.String", 40, &[]);
+            let flag = h.obj("System.Byte[]", 2000, &[]);
+            let value = h.obj("App.Country", 32, &[flag]);
+            [key, value]
+        })
+        .collect();
+    let array = h.obj("System.Collections.Generic.Dictionary+Entry<System.String,App.Country>[]", 24 * 5000, &entries);
+    let dict = h.obj("System.Collections.Generic.Dictionary<System.String,App.Country>", 80, &[array]);
+    h.static_root(dict, "App.Countries", "ByCode");
+    // Two types, each object held by two statics' arrays at once: no single holder.
+    for (name, size) in [("App.SharedA", 3000), ("App.SharedB", 2500)] {
+        let objects: Vec<u64> = (0..4000).map(|_| h.obj(name, size, &[])).collect();
+        let a = h.obj("System.Object[]", 8 * 4000, &objects);
+        let b = h.obj("System.Object[]", 8 * 4000, &objects);
+        h.static_root(a, "App.Registry", "First");
+        h.static_root(b, "App.Registry", "Second");
+    }
+    let types: Vec<String> = suspects(h).iter().map(|s| format!("{} {}", s.type_name, s.instances)).collect();
+    assert_eq!(types, ["App.SharedA 4000", "App.Country 5000", "App.SharedB 4000"]);
+}
+
+#[test]
 fn runs_of_one_type_read_once() {
     let names = ["A", "Node", "Node", "Node", "Node", "B", "B"];
     assert_eq!(collapse_runs(names.into_iter()), ["A", "Node (×4)", "B", "B"]);
