@@ -125,7 +125,10 @@ fn check_patterns(runtime: Runtime, f: &Value, truth: &Value, from_dump: bool) {
     let order: Vec<&str> = all.iter().map(|s| s["confidence"].as_str().unwrap()).collect();
     assert_eq!(order, ["high", "high", "medium", "low"], "{ctx}");
 
-    // The look-alikes stay silent: the bounded cache, the lookup table, the churn.
+    // The look-alikes stay silent: the bounded cache (5,000 entries, ~5.5 MB), the lookup table
+    // (20,000 rows, ~3.5 MB), the churn (garbage). One snapshot cannot tell a cache or table
+    // above the collection bar (8 MiB and 10 %) from a leak; the diff test below shows the
+    // growth verdict ignoring a table four times that size.
     for silent in ["LeakPatterns.CacheEntry", "LeakPatterns.Country", "LeakPatterns.RequestBuffer"] {
         assert!(
             all.iter().all(|s| s["type_name"] != silent && !s["path"].to_string().contains(silent)),
@@ -257,7 +260,7 @@ fn type_row<'a>(d: &'a Value, name: &str) -> Option<&'a Value> {
 fn diff_shows_the_leak_growing_with_its_holder_and_the_steady_types_steady() {
     for runtime in Runtime::ALL {
         let w = Workload::start(runtime, "LeakPatterns", &[]);
-        w.get("/table?rows=20000");
+        w.get("/table?rows=100000");
         w.get("/lru?ops=20000&keys=20000");
         w.get("/orders?count=5000");
         let dir = tempfile::tempdir().unwrap();
