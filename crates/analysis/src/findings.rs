@@ -308,3 +308,72 @@ fn backlog(q: FinalizerQueue, thread: Option<ThreadRef>, stack: Option<&&Vec<Str
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitors::analyze_monitors;
+
+    fn input<'a>(
+        threads: &'a [DumpThread],
+        analysis: &'a MonitorAnalysis,
+        histogram: &'a HeapHistogram,
+        finalizer_tid: Option<u64>,
+    ) -> FindingsInput<'a> {
+        FindingsInput {
+            source: Source {
+                kind: "core_dump".into(),
+                path: "core".into(),
+                runtime_version: None,
+                dac: None,
+                threads: 1,
+            },
+            threads,
+            monitors: &[],
+            monitor_analysis: analysis,
+            histogram,
+            top_types: 5,
+            leak_suspects: None,
+            finalizer_queue: Some(FinalizerQueue {
+                objects: 5000,
+                retained_bytes: 5 << 20,
+                types: vec![TypeStats { type_name: "App.TempFile".into(), count: 4990, bytes: 4990 * 32 }],
+            }),
+            finalizer_tid,
+            queued_work_items: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_finalizer_backlog_says_where_the_finalizer_thread_is_or_that_it_is_not_known() {
+        let finalizer = DumpThread {
+            os_tid: 7,
+            managed_id: 2,
+            stack: vec![
+                "[HelperMethodFrame_1OBJ] System.Threading.Monitor.ObjWait(Int32, System.Object)".into(),
+                "System.Threading.ManualResetEventSlim.Wait()".into(),
+                "App.Blocker.Finalize()".into(),
+            ],
+            lock_refs: Vec::new(),
+        };
+        let threads = [finalizer];
+        let analysis = analyze_monitors(&threads, &[]);
+        let histogram = HeapHistogram::default();
+        let f = build(input(&threads, &analysis, &histogram, Some(7)));
+        let b = f.finalization_backlog.unwrap();
+        assert_eq!(b.finalizer_thread, Some(ThreadRef { os_tid: 7, managed_id: Some(2) }));
+        assert_eq!(
+            b.reason,
+            "5,000 objects wait in the finalizer queue (most: 4,990 `App.TempFile`), keeping 5.0 MiB; the finalizer \
+             thread is in `App.Blocker.Finalize()`: while one finalizer blocks, no other runs, and the memory of \
+             everything waiting is never freed"
+        );
+        let f = build(input(&[], &analysis, &histogram, None));
+        assert!(f.finalization_backlog.unwrap().reason.contains("its stack is not in this snapshot (a heap snapshot"));
+        // Below the threshold: no finding.
+        let mut few = input(&[], &analysis, &histogram, None);
+        few.finalizer_queue.as_mut().unwrap().objects = FINALIZATION_BACKLOG_MIN_OBJECTS - 1;
+        assert_eq!(build(few).finalization_backlog, None);
+    }
+}
