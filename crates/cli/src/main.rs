@@ -132,8 +132,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Analyze a core dump: deadlocks (with both stacks), heap histogram, leak suspects; or a
-    /// saved heap snapshot (`*.nettrace`, from `gcdump -o`): histogram and leak suspects.
+    /// Analyze a core dump: deadlocks (with both stacks), hangs, heap histogram, leak suspects,
+    /// finalizer backlog; or a saved heap snapshot (`*.nettrace`, from `gcdump -o`): histogram,
+    /// leak suspects and finalizer backlog.
+    ///
+    /// Leak suspects are grouped by holder (one type under two holders is two suspects) and
+    /// named by pattern: event handlers never removed (the static event is named), timers never
+    /// disposed (what their callbacks keep), closures stored for good, or a big collection; each
+    /// with how sure it is and why, in words. Hangs are thread-pool starvation (pool threads
+    /// blocked on tasks while work waits in the queue) and 5+ threads blocked at one place.
+    /// Thresholds: docs/findings-schema.md.
     ///
     /// Uses the runtime's own DAC (libmscordaccore.so) in an isolated child process: --dac, or
     /// the one `dump` wrote beside the core, or the dumped runtime's folder or an installed
