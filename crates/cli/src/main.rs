@@ -242,8 +242,8 @@ enum Command {
     /// runs a full GC first, so compare like with like where garbage matters.
     ///
     /// With K+1 snapshots or more (K = --intervals), also gives the growth verdict: a type
-    /// whose count rose in each of the last K intervals, by at least 1,000 objects and 1 MiB,
-    /// while at most 4 other types did so too, is a suspected leak, with its growth per hour
+    /// whose count rose in each of the last K intervals, by at least 1,000 objects and 1 MiB
+    /// (with the rising objects it holds), while at most 4 other types did so too, is a suspected leak, with its growth per hour
     /// (from the files' modification times) and its holder. A bounded cache at steady state, a
     /// table loaded at start-up and request churn do not rise in every interval.
     #[command(after_help = "Examples:\n  \
