@@ -213,15 +213,48 @@ fn timer_group(graph: &ObjectGraph, retained: &RetainedSizes) -> Option<HolderGr
         retained_bytes: 0,
         members: Vec::new(),
     };
+    // The timers of one list form a dominator chain, and a timer's callback may keep another
+    // timer: count only timers that no other timer dominates (their retained size already
+    // holds the rest).
+    let mut under_a_timer: HashMap<u32, bool> = HashMap::new();
     for &m in &members {
         group.shallow_bytes += graph.size(m);
-        // The timers of one list form a dominator chain: count each chain once, at its head.
-        if retained.immediate_dominator(m).is_none_or(|d| graph.type_index_of(d.0) != type_index) {
+        if !dominated_by_type(graph, retained, m, type_index, &mut under_a_timer) {
             group.retained_bytes += retained.retained(m).unwrap_or(0);
         }
     }
     group.members = members;
     Some(group)
+}
+
+/// Whether some dominator of `node` (not `node` itself) has type `type_index`, memoized in
+/// `memo` so that the dominator chains of many nodes are walked once in all.
+fn dominated_by_type(
+    graph: &ObjectGraph,
+    retained: &RetainedSizes,
+    node: NodeIndex,
+    type_index: u32,
+    memo: &mut HashMap<u32, bool>,
+) -> bool {
+    let mut walked = Vec::new();
+    let mut cur = retained.immediate_dominator(node);
+    let answer = loop {
+        let Some(d) = cur else { break false };
+        if let Some(&known) = memo.get(&d.0) {
+            break known;
+        }
+        if graph.type_index_of(d.0) == type_index {
+            break true;
+        }
+        walked.push(d.0);
+        cur = retained.immediate_dominator(d);
+    };
+    // Each walked node's own answer: a dominator of its of that type exists iff one was found
+    // above it (none of the walked nodes has the type).
+    for w in walked {
+        memo.insert(w, answer);
+    }
+    answer
 }
 
 /// True for delegate types, by name: the BCL's delegates and the usual naming of custom ones.
