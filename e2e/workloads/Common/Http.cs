@@ -94,6 +94,21 @@ namespace Workloads
 
         public void Route(string path, Func<HttpRequest, HttpResponse> handler) { routes[path] = handler; }
 
+        // Every workload's /health ({"ok":true}) and /exit (answers, closes the connection, then
+        // Environment.Exit(0), so the client always gets its answer before the process goes).
+        public void RouteHealthAndExit()
+        {
+            Route("/health", req => req.Finish() != null
+                ? HttpResponse.Error(400, req.Error)
+                : HttpResponse.Ok(new JObj { { "ok", true } }));
+            Route("/exit", req => {
+                if (req.Finish() != null) return HttpResponse.Error(400, req.Error);
+                var resp = HttpResponse.Ok(new JObj { { "exiting", true }, { "exit_code", 0 } });
+                resp.AfterSend = () => Environment.Exit(0);
+                return resp;
+            });
+        }
+
         // Binds before returning so the caller can print the ready line with the real port.
         public void Start(int port)
         {

@@ -26,7 +26,7 @@ namespace DiagScenarios
             if (leak > 0) Processor.Current.Cache.Add(leak);
 
             var server = new HttpServer("diag");
-            server.Route("/health", Health);
+            server.RouteHealthAndExit();
             server.Route("/deadlock", Deadlocks.Handle);
             server.Route("/leak", LeakScenario.Handle);
             server.Route("/cpu", CpuScenario.Handle);
@@ -36,7 +36,6 @@ namespace DiagScenarios
             server.Route("/taskwait", Hangs.TaskWait);
             server.Route("/block", Hangs.Block);
             server.Route("/truth", Truth);
-            server.Route("/exit", Exit);
             server.Start(requestedPort);
             port = server.Port;
 
@@ -45,13 +44,6 @@ namespace DiagScenarios
             // serves; every other thread we create is a background thread.
             server.RunAcceptLoop();
             return 0;
-        }
-
-        static HttpResponse Health(HttpRequest req)
-        {
-            string err = req.Finish();
-            if (err != null) return HttpResponse.Error(400, err);
-            return HttpResponse.Ok(new JObj { { "ok", true } });
         }
 
         static HttpResponse Truth(HttpRequest req)
@@ -73,16 +65,6 @@ namespace DiagScenarios
                 { "total_memory", GC.GetTotalMemory(false) },
                 { "thread_count", Native.ThreadCount() },
             });
-        }
-
-        static HttpResponse Exit(HttpRequest req)
-        {
-            string err = req.Finish();
-            if (err != null) return HttpResponse.Error(400, err);
-            var resp = HttpResponse.Ok(new JObj { { "exiting", true }, { "exit_code", 0 } });
-            // After the socket is closed, so the client always gets its answer before we vanish.
-            resp.AfterSend = () => Environment.Exit(0);
-            return resp;
         }
     }
 }

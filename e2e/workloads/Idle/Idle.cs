@@ -22,14 +22,7 @@ namespace Idle
             if (port > 0)
             {
                 var server = new HttpServer("idle");
-                server.Route("/health", req => req.Finish() != null
-                    ? HttpResponse.Error(400, req.Error)
-                    : HttpResponse.Ok(new JObj { { "ok", true } }));
-                server.Route("/exit", req => {
-                    var r = HttpResponse.Ok(new JObj { { "exiting", true }, { "exit_code", 0 } });
-                    r.AfterSend = () => Environment.Exit(0);
-                    return r;
-                });
+                server.RouteHealthAndExit();
                 server.Start(port);
                 port = server.Port;
                 server.StartAcceptThread();

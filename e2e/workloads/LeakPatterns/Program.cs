@@ -19,9 +19,7 @@ namespace LeakPatterns
             if (requestedPort > 65535) Args.Fail(Usage, "--port must be <= 65535");
 
             var server = new HttpServer("leaks");
-            server.Route("/health", req => req.Finish() != null
-                ? HttpResponse.Error(400, req.Error)
-                : HttpResponse.Ok(new JObj { { "ok", true } }));
+            server.RouteHealthAndExit();
             server.Route("/events", Catalog.Handle);
             server.Route("/timers", Sessions.Handle);
             server.Route("/closures", RetryQueue.Handle);
@@ -31,11 +29,6 @@ namespace LeakPatterns
             server.Route("/table", Countries.Handle);
             server.Route("/churn", Churn.Handle);
             server.Route("/truth", Truth);
-            server.Route("/exit", req => {
-                var r = HttpResponse.Ok(new JObj { { "exiting", true }, { "exit_code", 0 } });
-                r.AfterSend = () => Environment.Exit(0);
-                return r;
-            });
             server.Start(requestedPort);
             Ready.Print(server.Port);
             server.RunAcceptLoop();
