@@ -96,7 +96,8 @@ namespace Workloads
 
         // Every workload's /health ({"ok":true}) and /exit (answers, closes the connection, then
         // Environment.Exit(0), so the client always gets its answer before the process goes).
-        public void RouteHealthAndExit()
+        // `beforeExit` undoes what would keep the runtime from exiting.
+        public void RouteHealthAndExit(Action beforeExit = null)
         {
             Route("/health", req => req.Finish() != null
                 ? HttpResponse.Error(400, req.Error)
@@ -104,7 +105,10 @@ namespace Workloads
             Route("/exit", req => {
                 if (req.Finish() != null) return HttpResponse.Error(400, req.Error);
                 var resp = HttpResponse.Ok(new JObj { { "exiting", true }, { "exit_code", 0 } });
-                resp.AfterSend = () => Environment.Exit(0);
+                resp.AfterSend = () => {
+                    if (beforeExit != null) beforeExit();
+                    Environment.Exit(0);
+                };
                 return resp;
             });
         }

@@ -165,6 +165,9 @@ namespace LeakPatterns
         public static readonly ManualResetEventSlim Entered = new ManualResetEventSlim(false);
         static readonly ManualResetEventSlim Never = new ManualResetEventSlim(false);
 
+        // For /exit only: the runtime's shutdown waits for the finalizer thread.
+        public static void Release() { Never.Set(); }
+
         // A finalizer that waits for something that never happens: the finalizer thread stops
         // here, and every finalizable object that dies afterwards waits in the queue forever.
         ~Blocker()

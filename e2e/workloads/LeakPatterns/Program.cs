@@ -19,7 +19,8 @@ namespace LeakPatterns
             if (requestedPort > 65535) Args.Fail(Usage, "--port must be <= 65535");
 
             var server = new HttpServer("leaks");
-            server.RouteHealthAndExit();
+            // A stuck finalizer thread keeps the runtime from exiting: let it go first.
+            server.RouteHealthAndExit(Blocker.Release);
             server.Route("/events", Catalog.Handle);
             server.Route("/timers", Sessions.Handle);
             server.Route("/closures", RetryQueue.Handle);
