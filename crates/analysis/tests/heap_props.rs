@@ -1,5 +1,10 @@
 //! Property tests: on random small heaps, dominators, retained sizes and retention paths
-//! agree with their definitions computed the slow way.
+//! agree with their definitions computed the slow way (remove `d`: is `v` still reachable?).
+//!
+//! The heaps have cycles, self-loops (an edge `i → i` is as likely as any other), unreachable
+//! parts, several roots (also several on one object), and, in [`chain_heap`], long doubly
+//! linked chains with random extra references: the shape that made the former iterative
+//! dominator algorithm quadratic.
 
 use std::collections::VecDeque;
 
@@ -17,13 +22,45 @@ struct Heap {
 }
 
 fn heap() -> impl Strategy<Value = Heap> {
-    (1..14usize).prop_flat_map(|n| {
+    (1..24usize).prop_flat_map(|n| {
         (
             prop::collection::vec(1..100u64, n),
             prop::collection::vec(prop::collection::vec(0..n, 0..4), n),
-            prop::collection::vec((0..n, 0..KINDS.len()), 0..4),
+            prop::collection::vec((0..n, 0..KINDS.len()), 0..5),
         )
             .prop_map(|(sizes, edges, roots)| Heap { sizes, edges, roots })
+    })
+}
+
+/// A doubly linked chain `0 ↔ 1 ↔ … ↔ n-1` rooted at 0, with a few random references
+/// added (shortcuts forward, back into the chain, self-loops) and sometimes more roots.
+fn chain_heap() -> impl Strategy<Value = Heap> {
+    (20..160usize).prop_flat_map(|n| {
+        (
+            prop::collection::vec(1..100u64, n),
+            prop::collection::vec((0..n, 0..n), 0..6),
+            prop::collection::vec((0..n, 0..KINDS.len()), 0..3),
+        )
+            .prop_map(move |(sizes, extra, more_roots)| {
+                let mut edges: Vec<Vec<usize>> = (0..n)
+                    .map(|i| {
+                        let mut e = Vec::new();
+                        if i + 1 < n {
+                            e.push(i + 1);
+                        }
+                        if i > 0 {
+                            e.push(i - 1);
+                        }
+                        e
+                    })
+                    .collect();
+                for (from, to) in extra {
+                    edges[from].push(to);
+                }
+                let mut roots = vec![(0, 0)];
+                roots.extend(more_roots);
+                Heap { sizes, edges, roots }
+            })
     })
 }
 
@@ -71,42 +108,47 @@ fn idx(g: &ObjectGraph, i: usize) -> NodeIndex {
     g.find(address(i)).unwrap()
 }
 
+/// Dominators, retained sizes and the per-type total against the brute-force definition.
+fn check_dominators(h: &Heap) -> Result<(), TestCaseError> {
+    let g = build(h);
+    let r = g.retained_sizes();
+    let n = h.sizes.len();
+    let root_nodes: Vec<usize> = h.roots.iter().map(|r| r.0).collect();
+    let live = reachable(h, &root_nodes, None);
+    // dominated[d][v]: removing d makes v unreachable (d dominates itself).
+    let dominated: Vec<Vec<bool>> = (0..n)
+        .map(|d| {
+            let without = reachable(h, &root_nodes, Some(d));
+            (0..n).map(|v| live[v].is_some() && (v == d || without[v].is_none())).collect()
+        })
+        .collect();
+    for v in 0..n {
+        if live[v].is_none() {
+            prop_assert_eq!(r.retained(idx(&g, v)), None);
+            continue;
+        }
+        let expected: u64 = (0..n).filter(|&w| dominated[v][w]).map(|w| h.sizes[w]).sum();
+        prop_assert_eq!(r.retained(idx(&g, v)), Some(expected));
+        // The immediate dominator is the strict dominator dominating the fewest nodes.
+        let idom =
+            (0..n).filter(|&d| d != v && dominated[d][v]).min_by_key(|&d| dominated[d].iter().filter(|&&x| x).count());
+        prop_assert_eq!(r.immediate_dominator(idx(&g, v)), idom.map(|d| idx(&g, d)));
+    }
+    let type_row = r.by_type(&g);
+    let live_bytes: u64 = (0..n).filter(|&v| live[v].is_some()).map(|v| h.sizes[v]).sum();
+    if live_bytes > 0 {
+        // One type: its top-level instances retain everything reachable.
+        prop_assert_eq!(type_row[0].retained_bytes, live_bytes);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn dominators_and_retained_sizes_match_their_definition(h in heap()) {
-        let g = build(&h);
-        let r = g.retained_sizes();
-        let n = h.sizes.len();
-        let root_nodes: Vec<usize> = h.roots.iter().map(|r| r.0).collect();
-        let live = reachable(&h, &root_nodes, None);
-        // dominated[d][v]: removing d makes v unreachable (d dominates itself).
-        let dominated: Vec<Vec<bool>> = (0..n)
-            .map(|d| {
-                let without = reachable(&h, &root_nodes, Some(d));
-                (0..n).map(|v| live[v].is_some() && (v == d || without[v].is_none())).collect()
-            })
-            .collect();
-        for v in 0..n {
-            if live[v].is_none() {
-                prop_assert_eq!(r.retained(idx(&g, v)), None);
-                continue;
-            }
-            let expected: u64 = (0..n).filter(|&w| dominated[v][w]).map(|w| h.sizes[w]).sum();
-            prop_assert_eq!(r.retained(idx(&g, v)), Some(expected));
-            // The immediate dominator is the strict dominator dominating the fewest nodes.
-            let idom = (0..n)
-                .filter(|&d| d != v && dominated[d][v])
-                .min_by_key(|&d| dominated[d].iter().filter(|&&x| x).count());
-            prop_assert_eq!(r.immediate_dominator(idx(&g, v)), idom.map(|d| idx(&g, d)));
-        }
-        let type_row = r.by_type(&g);
-        let live_bytes: u64 = (0..n).filter(|&v| live[v].is_some()).map(|v| h.sizes[v]).sum();
-        if live_bytes > 0 {
-            // One type: its top-level instances retain everything reachable.
-            prop_assert_eq!(type_row[0].retained_bytes, live_bytes);
-        }
+        check_dominators(&h)?;
     }
 
     #[test]
@@ -141,5 +183,14 @@ proptest! {
                 prop_assert!(g.children(from).any(|c| c == pair[1].node), "steps are edges");
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn dominators_of_long_doubly_linked_chains_match_their_definition(h in chain_heap()) {
+        check_dominators(&h)?;
     }
 }
