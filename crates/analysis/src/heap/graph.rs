@@ -1,8 +1,10 @@
 //! The object graph of a GC heap snapshot, in compressed sparse row form.
 //!
 //! A snapshot of a leaking service easily has tens of millions of objects, so the graph
-//! stores per object only its address, size, type index and edge offset (24 bytes) and
-//! 4 bytes per reference, with nodes sorted by address so lookups need no hash map.
+//! stores per object only its address, size, type index and edge offset (20 bytes) and
+//! 4 bytes per reference, with nodes sorted by address so lookups need no hash map. The
+//! builder holds 20 bytes per object and 8 per reference, and when objects arrive in address
+//! order (a dump's heap walk) it finishes without reordering anything.
 
 use std::collections::{HashMap, HashSet};
 
@@ -132,7 +134,7 @@ pub struct GraphStats {
 #[derive(Debug, Default)]
 pub struct ObjectGraphBuilder {
     addresses: Vec<u64>,
-    sizes: Vec<u64>,
+    sizes: Sizes,
     type_indexes: Vec<u32>,
     edge_counts: Vec<u32>,
     announced_edges: u64,
@@ -152,27 +154,93 @@ enum PendingRoot {
     },
 }
 
+/// Object sizes in 4 bytes each: no object of a real heap comes near 4 GiB, but an array
+/// can, so larger sizes are kept aside, marked by `u32::MAX`.
+#[derive(Clone, Debug, Default)]
+struct Sizes {
+    small: Vec<u32>,
+    /// (position, size), ascending by position.
+    large: Vec<(u32, u64)>,
+}
+
+impl Sizes {
+    fn push(&mut self, size: u64) {
+        match u32::try_from(size) {
+            Ok(small) if small != u32::MAX => self.small.push(small),
+            _ => {
+                self.large.push((self.small.len() as u32, size));
+                self.small.push(u32::MAX);
+            }
+        }
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        match self.small[i] {
+            u32::MAX => self.large.binary_search_by_key(&(i as u32), |&(at, _)| at).map_or(0, |k| self.large[k].1),
+            small => u64::from(small),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.small.len()).map(|i| self.get(i))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.small.capacity() * 4 + self.large.capacity() * 16
+    }
+}
+
 /// Type ids (MethodTable addresses) interned to dense indexes, names resolved late.
 #[derive(Debug, Default)]
 struct TypeTable {
     index_of: HashMap<u64, u32>,
+    /// Ids below `DENSE_IDS` (a dump's type indexes) skip the hash map, which would
+    /// otherwise be looked up once per object.
+    dense: Vec<u32>,
     ids: Vec<u64>,
     names: Vec<Option<String>>,
 }
 
+const DENSE_IDS: u64 = 1 << 16;
+
 impl TypeTable {
     fn intern(&mut self, type_id: u64) -> u32 {
-        *self.index_of.entry(type_id).or_insert_with(|| {
-            self.ids.push(type_id);
-            self.names.push(None);
-            (self.ids.len() - 1) as u32
-        })
+        if type_id < DENSE_IDS {
+            let slot = type_id as usize;
+            if slot >= self.dense.len() {
+                self.dense.resize(slot + 1, u32::MAX);
+            }
+            if self.dense[slot] == u32::MAX {
+                self.dense[slot] = self.push(type_id);
+            }
+            return self.dense[slot];
+        }
+        match self.index_of.get(&type_id) {
+            Some(&i) => i,
+            None => {
+                let i = self.push(type_id);
+                self.index_of.insert(type_id, i);
+                i
+            }
+        }
+    }
+
+    fn push(&mut self, type_id: u64) -> u32 {
+        self.ids.push(type_id);
+        self.names.push(None);
+        (self.ids.len() - 1) as u32
+    }
+
+    fn index_of(&self, type_id: u64) -> Option<u32> {
+        if type_id < DENSE_IDS {
+            return self.dense.get(type_id as usize).copied().filter(|&i| i != u32::MAX);
+        }
+        self.index_of.get(&type_id).copied()
     }
 
     fn name_of_id(&self, type_id: u64) -> String {
-        self.index_of
-            .get(&type_id)
-            .and_then(|&i| self.names[i as usize].clone())
+        self.index_of(type_id)
+            .and_then(|i| self.names[i as usize].clone())
             .unwrap_or_else(|| unknown_type_name(type_id))
     }
 }
@@ -240,68 +308,75 @@ impl ObjectGraphBuilder {
         if received < self.announced_edges {
             return Err(Error::EdgesMissing { announced: self.announced_edges, received });
         }
-        if self.addresses.len() >= u32::MAX as usize {
-            return Err(Error::TooLarge { what: "nodes", limit: u32::MAX as u64 - 1 });
+        let nodes = self.addresses.len() as u64;
+        if nodes >= u64::from(u32::MAX) {
+            return Err(Error::TooLarge { what: "nodes", limit: u64::from(u32::MAX) - 1 });
         }
-        if received > u32::MAX as u64 {
-            return Err(Error::TooLarge { what: "edges", limit: u32::MAX as u64 });
+        // Retention adds one edge per root to the references: both must fit 32-bit offsets.
+        if received + nodes > u64::from(u32::MAX) {
+            return Err(Error::TooLarge { what: "edges", limit: u64::from(u32::MAX) - nodes });
         }
+        let ObjectGraphBuilder { addresses, sizes, type_indexes, mut edge_counts, edges, types, roots, .. } = self;
 
-        // Where each node's edges start in the flat stream, in arrival order.
-        let mut first_edge: Vec<u32> = Vec::with_capacity(self.addresses.len());
+        // Where each node's edges start in the flat stream, in arrival order (in place of
+        // the counts, plus the end).
         let mut offset = 0u32;
-        for &count in &self.edge_counts {
-            first_edge.push(offset);
-            offset += count;
+        for count in &mut edge_counts {
+            let start = offset;
+            offset += *count;
+            *count = start;
         }
+        edge_counts.push(offset);
+        let first_edge = edge_counts;
 
-        // Address order; a stable sort keeps the first of duplicate addresses first. The
-        // GC usually walks in address order already, so skip the sort when it did.
-        let mut order: Vec<u32> = (0..self.addresses.len() as u32).collect();
-        if !self.addresses.is_sorted() {
-            order.sort_by_key(|&i| self.addresses[i as usize]);
-        }
         let mut duplicate_nodes = 0u64;
-        order.dedup_by(|later, earlier| {
-            let same = self.addresses[*later as usize] == self.addresses[*earlier as usize];
-            duplicate_nodes += u64::from(same);
-            same
-        });
-
-        let addresses: Vec<u64> = order.iter().map(|&i| self.addresses[i as usize]).collect();
-        let sizes: Vec<u64> = order.iter().map(|&i| self.sizes[i as usize]).collect();
-        let type_index: Vec<u32> = order.iter().map(|&i| self.type_indexes[i as usize]).collect();
-        drop(self.sizes);
-        drop(self.type_indexes);
-
-        let mut edge_offsets: Vec<u32> = Vec::with_capacity(order.len() + 1);
-        let mut edge_targets: Vec<u32> = Vec::with_capacity(self.edges.len());
-        edge_offsets.push(0);
-        for &old in &order {
-            let start = first_edge[old as usize] as usize;
-            let end = start + self.edge_counts[old as usize] as usize;
-            for &target in &self.edges[start..end] {
-                if let Ok(t) = addresses.binary_search(&target) {
-                    edge_targets.push(t as u32);
-                }
+        let (addresses, sizes, type_index, order) = if addresses.windows(2).all(|w| w[0] < w[1]) {
+            // Already in address order, every address once: a dump's heap walk.
+            (addresses, sizes, type_indexes, None)
+        } else {
+            // A stable sort keeps the first of duplicate addresses first.
+            let mut order: Vec<u32> = (0..addresses.len() as u32).collect();
+            order.sort_by_key(|&i| addresses[i as usize]);
+            order.dedup_by(|later, earlier| {
+                let same = addresses[*later as usize] == addresses[*earlier as usize];
+                duplicate_nodes += u64::from(same);
+                same
+            });
+            let mut sorted_sizes = Sizes::default();
+            for &i in &order {
+                sorted_sizes.push(sizes.get(i as usize));
             }
+            let sorted_addresses = order.iter().map(|&i| addresses[i as usize]).collect();
+            let sorted_types = order.iter().map(|&i| type_indexes[i as usize]).collect();
+            (sorted_addresses, sorted_sizes, sorted_types, Some(order))
+        };
+
+        let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
+        let mut edge_targets: Vec<u32> = Vec::with_capacity(edges.len());
+        for i in 0..addresses.len() {
+            let arrived = order.as_ref().map_or(i, |o| o[i] as usize);
             edge_offsets.push(edge_targets.len() as u32);
+            let stream = &edges[first_edge[arrived] as usize..first_edge[arrived + 1] as usize];
+            edge_targets
+                .extend(stream.iter().filter_map(|&target| addresses.binary_search(&target).ok()).map(|t| t as u32));
         }
+        edge_offsets.push(edge_targets.len() as u32);
+        drop((edges, first_edge, order));
+        edge_targets.shrink_to_fit();
         // Includes the edges of dropped duplicate nodes.
         let dropped_edges = received - edge_targets.len() as u64;
 
-        let type_names: Vec<String> = self
-            .types
+        let type_names: Vec<String> = types
             .ids
             .iter()
-            .zip(&self.types.names)
+            .zip(&types.names)
             .map(|(&id, name)| name.clone().unwrap_or_else(|| unknown_type_name(id)))
             .collect();
 
         let mut dropped_roots = 0u64;
         let mut seen: HashSet<(u32, RootKind)> = HashSet::new();
-        let mut roots: Vec<Root> = Vec::new();
-        for (address, pending) in self.roots {
+        let mut resolved: Vec<Root> = Vec::new();
+        for (address, pending) in roots {
             let Ok(node) = addresses.binary_search(&address) else {
                 dropped_roots += 1;
                 continue;
@@ -309,25 +384,25 @@ impl ObjectGraphBuilder {
             let kind = match pending {
                 PendingRoot::Kind(kind) => kind,
                 PendingRoot::Static { type_id, field_name } => {
-                    RootKind::Static { type_name: self.types.name_of_id(type_id), field_name }
+                    RootKind::Static { type_name: types.name_of_id(type_id), field_name }
                 }
             };
             // The same object is typically rooted by many stack slots: keep one per kind.
             if seen.insert((node as u32, kind.clone())) {
-                roots.push(Root { node: NodeIndex(node as u32), kind });
+                resolved.push(Root { node: NodeIndex(node as u32), kind });
             }
         }
-        roots.sort_by(|a, b| a.kind.rank().cmp(&b.kind.rank()).then(a.node.cmp(&b.node)));
+        resolved.sort_by(|a, b| a.kind.rank().cmp(&b.kind.rank()).then(a.node.cmp(&b.node)));
 
         let stats = GraphStats {
             nodes: addresses.len() as u64,
             edges: edge_targets.len() as u64,
-            roots: roots.len() as u64,
+            roots: resolved.len() as u64,
             dropped_edges,
             dropped_roots,
             duplicate_nodes,
         };
-        Ok(ObjectGraph { addresses, type_index, sizes, edge_offsets, edge_targets, type_names, roots, stats })
+        Ok(ObjectGraph { addresses, type_index, sizes, edge_offsets, edge_targets, type_names, roots: resolved, stats })
     }
 }
 
@@ -337,7 +412,7 @@ pub struct ObjectGraph {
     /// Sorted ascending; position = node index.
     addresses: Vec<u64>,
     type_index: Vec<u32>,
-    sizes: Vec<u64>,
+    sizes: Sizes,
     /// Node i's references are `edge_targets[edge_offsets[i]..edge_offsets[i + 1]]`.
     edge_offsets: Vec<u32>,
     edge_targets: Vec<u32>,
@@ -375,7 +450,7 @@ impl ObjectGraph {
 
     /// Shallow size of an object.
     pub fn size(&self, node: NodeIndex) -> u64 {
-        self.sizes[node.index()]
+        self.sizes.get(node.index())
     }
 
     /// Cleaned type name of an object.
@@ -410,7 +485,7 @@ impl ObjectGraph {
         for (i, name) in self.type_names.iter().enumerate() {
             builder.add_type(i as u64, name);
         }
-        for (&t, &size) in self.type_index.iter().zip(&self.sizes) {
+        for (&t, size) in self.type_index.iter().zip(self.sizes.iter()) {
             builder.add_object(u64::from(t), size);
         }
         builder.finish()
@@ -420,7 +495,7 @@ impl ObjectGraph {
     pub fn memory_bytes(&self) -> usize {
         self.addresses.capacity() * 8
             + self.type_index.capacity() * 4
-            + self.sizes.capacity() * 8
+            + self.sizes.memory_bytes()
             + self.edge_offsets.capacity() * 4
             + self.edge_targets.capacity() * 4
     }
