@@ -12,6 +12,9 @@ use memmap2::Mmap;
 use crate::elf::{ElfCore, file_name};
 use crate::error::{Error, Result};
 
+/// The page size of the dumped process (x86-64 Linux).
+const PAGE: u64 = 4096;
+
 /// A mapped, parsed core dump.
 pub struct CoreDump {
     path: PathBuf,
@@ -104,23 +107,62 @@ impl CoreDump {
         done
     }
 
-    /// Like [`read`](Self::read), but pages the dump left out are read from the mapped
-    /// file on disk when the address lies in an NT_FILE mapping (heap dumps omit module
-    /// images; on 3.1 that includes assembly metadata the DAC needs for type names).
+    /// Like [`read`](Self::read), but every byte the dump left out is read from the file the
+    /// dumped process mapped there (NT_FILE), when it is readable here: heap dumps omit module
+    /// images, and on 3.1 that includes the assembly metadata the DAC needs for type names.
+    /// A read may mix both, page by page: 3.1 keeps an assembly's first page and writes the
+    /// next ones as PT_LOADs without data, so metadata spanning them must come from both.
     pub fn read_with_files(&self, addr: u64, buf: &mut [u8]) -> usize {
-        let n = self.read(addr, buf);
-        if n > 0 {
-            return n;
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(at) = addr.checked_add(done as u64) else { break };
+            let rest = &mut buf[done..];
+            let n = match self.slice_to_end(at) {
+                Some(src) => {
+                    let n = src.len().min(rest.len());
+                    rest[..n].copy_from_slice(&src[..n]);
+                    n
+                }
+                None => self.read_mapped_file(at, rest),
+            };
+            if n == 0 {
+                break;
+            }
+            done += n;
         }
+        done
+    }
+
+    /// Bytes absent from the dump at `addr`, up to the next byte it has, from the file mapped
+    /// there. Past the file's end the rest of its last page reads as zeros, as in the process.
+    fn read_mapped_file(&self, addr: u64, buf: &mut [u8]) -> usize {
         let Some(m) = self.elf.files.iter().find(|f| f.start <= addr && addr < f.end) else { return 0 };
-        let len = buf.len().min((m.end - addr) as usize);
+        let next_present = self.elf.next_load_after(addr).map_or(u64::MAX, |l| l.vaddr);
+        let want = (buf.len() as u64).min(m.end - addr).min(next_present - addr) as usize;
+        let Some(offset) = m.file_offset.checked_add(addr - m.start) else { return 0 };
         let mut files = self.files.borrow_mut();
         let file = files.entry(m.path.clone()).or_insert_with(|| match self.replacements.get(&m.path) {
             Some(local) => File::open(local).ok(),
             None => File::open(&m.path).ok(),
         });
         let Some(file) = file else { return 0 };
-        file.read_at(&mut buf[..len], m.file_offset + (addr - m.start)).unwrap_or(0)
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[got..want], offset + got as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        if got < want {
+            // The file ends inside the mapping: its last page is zero-filled in memory.
+            let zeros_end = file.metadata().map_or(0, |m| m.len().next_multiple_of(PAGE));
+            let end = zeros_end.saturating_sub(offset).min(want as u64) as usize;
+            if end > got {
+                buf[got..end].fill(0);
+                got = end;
+            }
+        }
+        got
     }
 
     /// Base address of `libcoreclr.so`.
@@ -231,4 +273,77 @@ pub fn find_version(bytes: &[u8]) -> Option<String> {
 pub fn file_version(path: &Path) -> Result<Option<String>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(find_version(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::testing::core_file;
+
+    const BASE: u64 = 0x7f00_0000_0000;
+    const ELSEWHERE: u64 = 0x7f00_1000_0000;
+
+    /// An 8.5 KiB "assembly" whose bytes say where they are.
+    fn assembly() -> Vec<u8> {
+        (0..8704u32).map(|i| (i % 251) as u8 + 1).collect()
+    }
+
+    /// The failing 3.1 layout: the assembly mapped over three pages, the first in the dump
+    /// and the next two PT_LOADs without data; plus its second page mapped again elsewhere
+    /// (file offset 4096, nothing in the dump) and a mapping of a file missing here.
+    fn open(dir: &Path) -> CoreDump {
+        let dll = dir.join("App.dll");
+        std::fs::write(&dll, assembly()).unwrap();
+        let loads = vec![(BASE, assembly()[..4096].to_vec(), 4096), (BASE + 4096, Vec::new(), 8192)];
+        let dll = dll.to_str().unwrap();
+        let files =
+            [(BASE, BASE + 3 * 4096, 0, dll), (ELSEWHERE, ELSEWHERE + 4096, 1, dll), (0x1000, 0x2000, 0, "/gone")];
+        let core = dir.join("core");
+        std::fs::write(&core, core_file(&loads, &files, false)).unwrap();
+        CoreDump::open(&core).unwrap()
+    }
+
+    #[test]
+    fn a_read_spanning_present_and_absent_pages_is_completed_from_the_mapped_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path());
+        let mut buf = vec![0xAAu8; 3 * 4096 - 100];
+        assert_eq!(core.read(BASE + 100, &mut buf), 4096 - 100, "the dump alone has the first page");
+        let mut buf = vec![0xAAu8; 3 * 4096 - 100];
+        assert_eq!(core.read_with_files(BASE + 100, &mut buf), buf.len());
+        assert_eq!(&buf[..8604], &assembly()[100..], "the dump's page, then the file's");
+        assert!(buf[8604..].iter().all(|&b| b == 0), "past the file's end its last page is zeros");
+
+        // Starting in the absent part, and in the zeros after the file's end.
+        let mut buf = [0u8; 16];
+        assert_eq!(core.read_with_files(BASE + 5000, &mut buf), 16);
+        assert_eq!(buf, assembly()[5000..5016]);
+        assert_eq!(core.read_with_files(BASE + 9000, &mut buf), 16);
+        assert_eq!(buf, [0; 16]);
+        // Nothing is mapped past the three pages.
+        let mut buf = [0u8; 64];
+        assert_eq!(core.read_with_files(BASE + 3 * 4096 - 32, &mut buf), 32);
+    }
+
+    #[test]
+    fn a_mapping_at_a_file_offset_reads_from_that_offset_and_missing_files_read_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path());
+        let mut buf = [0u8; 32];
+        assert_eq!(core.read_with_files(ELSEWHERE + 8, &mut buf), 32);
+        assert_eq!(buf, assembly()[4096 + 8..4096 + 40]);
+        assert_eq!(core.read_with_files(0x1800, &mut buf), 0, "/gone is not here");
+    }
+
+    #[test]
+    fn a_replacement_file_stands_in_for_the_dumped_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = open(dir.path());
+        let local = dir.path().join("fetched.dll");
+        std::fs::write(&local, vec![7u8; 4096]).unwrap();
+        core.replace_file("/gone".into(), local);
+        let mut buf = [0u8; 8];
+        assert_eq!(core.read_with_files(0x1ff8, &mut buf), 8);
+        assert_eq!(buf, [7; 8]);
+    }
 }

@@ -203,6 +203,11 @@ impl ElfCore {
         (addr - l.vaddr < l.filesz).then_some(l)
     }
 
+    /// The first PT_LOAD with data that starts after `addr`.
+    pub fn next_load_after(&self, addr: u64) -> Option<&Load> {
+        self.loads.get(self.loads.partition_point(|l| l.vaddr <= addr))
+    }
+
     /// Lowest start address of a file mapping at offset 0 whose file name is `name`.
     pub fn module_base(&self, name: &str) -> Option<u64> {
         self.files.iter().filter(|f| f.file_offset == 0 && file_name(&f.path) == name).map(|f| f.start).min()
@@ -255,15 +260,10 @@ fn parse_nt_file(desc: &[u8]) -> Result<Vec<FileMapping>> {
     Ok(out)
 }
 
+/// Builds small core files for tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-
-    #[test]
-    fn rejects_non_elf_and_short_input() {
-        assert!(matches!(ElfCore::parse(b""), Err(Error::NotACore(_))));
-        assert!(matches!(ElfCore::parse(&[0u8; 100]), Err(Error::NotACore(_))));
-    }
 
     fn note(ntype: u32, desc: &[u8]) -> Vec<u8> {
         let mut n = Vec::new();
@@ -276,21 +276,30 @@ mod tests {
         n
     }
 
-    /// A minimal core: one thread, NT_FILE with libcoreclr, one 64-byte PT_LOAD and one
-    /// PT_LOAD without file data (as 3.1 writes them); optionally with PN_XNUM.
-    fn synthetic(xnum: bool) -> Vec<u8> {
+    /// A core with one thread (tid 4242, rip 0xdeadbeef), the PT_LOADs `(vaddr, present
+    /// bytes, memsz)` and the NT_FILE mappings `(start, end, page offset, path)`; with
+    /// `xnum` the program header count is in section header 0 (PN_XNUM).
+    pub(crate) fn core_file(loads: &[(u64, Vec<u8>, usize)], files: &[(u64, u64, u64, &str)], xnum: bool) -> Vec<u8> {
         let mut prstatus = vec![0u8; PRSTATUS_SIZE];
         prstatus[PRSTATUS_PID..PRSTATUS_PID + 4].copy_from_slice(&4242u32.to_le_bytes());
         prstatus[PRSTATUS_REG + 16 * 8..PRSTATUS_REG + 17 * 8].copy_from_slice(&0xdead_beefu64.to_le_bytes());
-        let mut file = Vec::new();
-        for v in [1u64, 4096, 0x7f00_0000_0000, 0x7f00_0001_0000, 0] {
-            file.extend_from_slice(&v.to_le_bytes());
+        let mut nt_file = Vec::new();
+        for v in [files.len() as u64, 4096] {
+            nt_file.extend_from_slice(&v.to_le_bytes());
         }
-        file.extend_from_slice(b"/rt/libcoreclr.so\0");
-        let notes = [note(NT_PRSTATUS, &prstatus), note(NT_FILE, &file)].concat();
+        for &(start, end, pgoff, _) in files {
+            for v in [start, end, pgoff] {
+                nt_file.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        for &(_, _, _, path) in files {
+            nt_file.extend_from_slice(path.as_bytes());
+            nt_file.push(0);
+        }
+        let notes = [note(NT_PRSTATUS, &prstatus), note(NT_FILE, &nt_file)].concat();
+        let phnum = loads.len() + 1;
         let phoff = if xnum { 128 } else { 64 };
-        let notes_off = phoff + 3 * 56;
-        let data_off = notes_off + notes.len();
+        let notes_off = phoff + phnum * 56;
         let mut out = vec![0u8; 64];
         out[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x03");
         out[16..18].copy_from_slice(&4u16.to_le_bytes());
@@ -301,10 +310,10 @@ mod tests {
             out[40..48].copy_from_slice(&64u64.to_le_bytes());
             out[56..58].copy_from_slice(&PN_XNUM.to_le_bytes());
             let mut sh = vec![0u8; 64];
-            sh[44..48].copy_from_slice(&3u32.to_le_bytes());
+            sh[44..48].copy_from_slice(&(phnum as u32).to_le_bytes());
             out.extend_from_slice(&sh);
         } else {
-            out[56..58].copy_from_slice(&3u16.to_le_bytes());
+            out[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
         }
         let ph = |t: u32, off: usize, vaddr: u64, filesz: usize, memsz: usize| {
             let mut p = vec![0u8; 56];
@@ -316,11 +325,35 @@ mod tests {
             p
         };
         out.extend(ph(PT_NOTE, notes_off, 0, notes.len(), 0));
-        out.extend(ph(PT_LOAD, data_off, 0x7f00_0000_0000, 64, 0x1000));
-        out.extend(ph(PT_LOAD, data_off + 64, 0x7f00_0000_1000, 0, 0x1000));
+        let mut data_off = notes_off + notes.len();
+        for (vaddr, data, memsz) in loads {
+            out.extend(ph(PT_LOAD, data_off, *vaddr, data.len(), *memsz));
+            data_off += data.len();
+        }
         out.extend(notes);
-        out.extend((0..64u8).collect::<Vec<_>>());
+        for (_, data, _) in loads {
+            out.extend_from_slice(data);
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_non_elf_and_short_input() {
+        assert!(matches!(ElfCore::parse(b""), Err(Error::NotACore(_))));
+        assert!(matches!(ElfCore::parse(&[0u8; 100]), Err(Error::NotACore(_))));
+    }
+
+    /// A minimal core: one thread, NT_FILE with libcoreclr, one 64-byte PT_LOAD and one
+    /// PT_LOAD without file data (as 3.1 writes them); optionally with PN_XNUM.
+    fn synthetic(xnum: bool) -> Vec<u8> {
+        let mut loads = vec![(0x7f00_0000_0000, (0..64u8).collect::<Vec<_>>(), 0x1000)];
+        loads.push((0x7f00_0000_1000, Vec::new(), 0x1000));
+        testing::core_file(&loads, &[(0x7f00_0000_0000, 0x7f00_0001_0000, 0, "/rt/libcoreclr.so")], xnum)
     }
 
     #[test]

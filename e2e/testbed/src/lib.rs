@@ -98,8 +98,15 @@ impl Workload {
 
     pub fn start_with(runtime: Runtime, name: &str, args: &[&str], iso: &Isolation) -> Workload {
         require_setup();
+        Self::start_dll(runtime, &workload_dll(name), args, iso)
+    }
+
+    /// Start the app `dll` (e.g. one from [`compile_app`]); it must print a ready line with a
+    /// `port` like the workloads do.
+    pub fn start_dll(runtime: Runtime, dll: &Path, args: &[&str], iso: &Isolation) -> Workload {
         let host = runtime.host();
-        let dll = workload_dll(name);
+        let name = dll.file_stem().map_or_else(|| dll.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let dll = dll.to_path_buf();
         let mut cmd = if iso.own_namespaces {
             // tmpfs on /tmp makes the runtime's socket invisible from our mount namespace:
             // only /proc/<pid>/root reaches it, as from a sidecar container. The cache (which
@@ -220,6 +227,45 @@ fn innermost_child(pid: u32) -> u32 {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Compiles the C# `source` into `<dir>/<name>.dll` with a runtimeconfig, the way
+/// `e2e/workloads/build` compiles the workloads (mcs against the .NET Core 3.1 assemblies,
+/// `rollForward: Major`), for tests that generate their patient. Panics if mcs fails.
+pub fn compile_app(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let refdir = Runtime::Net31.shared_dir();
+    let mut refs = vec![format!("-r:{}", refdir.join("System.Private.CoreLib.dll").display())];
+    let mut dlls: Vec<PathBuf> = std::fs::read_dir(&refdir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup", refdir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dlls.sort();
+    for dll in dlls {
+        let file = dll.file_name().unwrap().to_string_lossy().into_owned();
+        // The same exclusions as the build script: facades whose types clash, Windows-only
+        // and internal assemblies.
+        let excluded = ["mscorlib.dll", "Microsoft.VisualBasic.dll", "WindowsBase.dll"].contains(&file.as_str())
+            || file.starts_with("System.Runtime.WindowsRuntime")
+            || file.starts_with("System.Private.");
+        if file.ends_with(".dll") && !excluded {
+            refs.push(format!("-r:{}", dll.display()));
+        }
+    }
+    let src = dir.join(format!("{name}.cs"));
+    std::fs::write(&src, source).unwrap();
+    let dll = dir.join(format!("{name}.dll"));
+    let out = Command::new("mcs")
+        .args(["-nologo", "-target:exe", "-nostdlib", "-noconfig", "-optimize+", "-nowarn:1702"])
+        .args(&refs)
+        .arg(format!("-out:{}", dll.display()))
+        .arg(&src)
+        .output()
+        .expect("mcs (Debian package mono-mcs; scripts/setup installs it)");
+    assert!(out.status.success(), "mcs failed for {name}: {}", String::from_utf8_lossy(&out.stdout));
+    let config = r#"{"runtimeOptions":{"tfm":"netcoreapp3.1","rollForward":"Major","framework":{"name":"Microsoft.NETCore.App","version":"3.1.0"},"configProperties":{"System.Globalization.Invariant":true}}}"#;
+    std::fs::write(dir.join(format!("{name}.runtimeconfig.json")), config).unwrap();
+    dll
 }
 
 /// Ground truth for build-id readers: the GNU build-id of a shared object on disk (e.g. a
