@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 use analysis::findings::{self, Findings, FindingsInput, Source};
 use analysis::hangs::{HangKind, queued_work_items};
 use analysis::heap::{
-    Confidence, HeapHistogram, LeakThresholds, ObjectGraph, ObjectGraphBuilder, RootKind, TypeStats, finalizer_queue,
-    leak_suspects,
+    Confidence, HeapHistogram, LeakThresholds, ObjectGraph, TypeStats, finalizer_queue, leak_suspects,
 };
 use analysis::monitors::{DumpMonitor, DumpThread, StackLockRef, analyze_monitors};
 use anyhow::{Context, Result};
-use clrdump::model::{RootSource, Snapshot};
+use clrdump::model::Snapshot;
 use clrdump::names::simplify_type_name;
 use clrdump::{Depth, ReadOptions, WorkerCommand};
 
@@ -80,8 +79,7 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
     let monitor_analysis = analyze_monitors(&threads, &monitors);
     let histogram = histogram(s);
 
-    let graph = data.graph.as_ref().map(|raw| dump_graph(s, raw)).transpose()?;
-    let heap = graph.as_ref().map(|g| GraphFindings::of(g, histogram.total_bytes())).unwrap_or_default();
+    let heap = data.graph.as_ref().map(|g| GraphFindings::of(g, histogram.total_bytes())).unwrap_or_default();
 
     Ok(findings::build(FindingsInput {
         source: Source {
@@ -122,36 +120,6 @@ impl GraphFindings {
             queued_work_items: queued_work_items(graph),
         }
     }
-}
-
-/// The dump's object graph with its roots, under readable type names.
-pub fn dump_graph(s: &Snapshot, raw: &clrdump::RawGraph) -> Result<ObjectGraph> {
-    let mut b = ObjectGraphBuilder::new();
-    for (i, t) in s.types.iter().enumerate() {
-        b.add_type(i as u64, &simplify_type_name(&t.name));
-    }
-    let mut edges = raw.edges.iter();
-    for i in 0..raw.addresses.len() {
-        let n = raw.edge_counts[i];
-        b.add_node(raw.addresses[i], u64::from(raw.sizes[i]), u64::from(raw.type_index[i]), u64::from(n));
-        for &e in edges.by_ref().take(n as usize) {
-            b.add_edge(e);
-        }
-    }
-    for r in &s.roots {
-        let kind = match &r.kind {
-            RootSource::Static { type_name, field_name } => {
-                RootKind::Static { type_name: simplify_type_name(type_name), field_name: field_name.clone() }
-            }
-            RootSource::StrongHandle => RootKind::StrongHandle,
-            RootSource::PinnedHandle => RootKind::PinnedHandle,
-            RootSource::OtherHandle => RootKind::Other,
-            RootSource::Stack { .. } => RootKind::Stack,
-            RootSource::Finalizer => RootKind::Finalizer,
-        };
-        b.add_root(r.object, kind);
-    }
-    b.finish().context("building the object graph")
 }
 
 /// The reader's warnings, and one when types have no name: the DAC reads type names from

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use clrdump::{Depth, ReadOptions, WorkerCommand};
 use serde::Serialize;
 
-use crate::analyze::{WORKER_SUBCOMMAND, dump_graph, histogram};
+use crate::analyze::{WORKER_SUBCOMMAND, histogram};
 use crate::render::format_bytes;
 
 /// One snapshot to compare, with what reading a dump needs.
@@ -110,8 +110,7 @@ fn load(input: &DiffInput, graph: bool, timeout: u64, known: &mut HashMap<u64, S
         opts.replacements = input.replacements.clone();
         opts.timeout = Duration::from_secs(timeout);
         let data = clrdump::read_dump(&input.path, &opts).with_context(|| format!("reading {display}"))?;
-        let graph = data.graph.as_ref().map(|raw| dump_graph(&data.snapshot, raw)).transpose()?;
-        ("core_dump", histogram(&data.snapshot), graph)
+        ("core_dump", histogram(&data.snapshot), data.graph)
     };
     let info = SnapshotInfo {
         path: display,

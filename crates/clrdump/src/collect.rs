@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::core::CoreDump;
 use crate::dac::Dac;
 use crate::error::{Error, Result};
-use crate::heapwalk::HeapWalker;
+use crate::heapwalk::{HeapWalker, ObjectSink};
 use crate::model::*;
 
 const TS_UNSTARTED: u32 = 0x400;
@@ -21,8 +21,9 @@ const HND_REFCOUNTED: u32 = 5;
 const HND_ASYNCPINNED: u32 = 7;
 const HND_SIZEDREF: u32 = 8;
 
-/// Extracts everything at `depth`.
-pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Option<RawGraph>)> {
+/// Extracts everything at `depth`; at [`Depth::Graph`] every object goes to `sink` as the
+/// heap walk meets it.
+pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, sink: Option<&mut dyn ObjectSink>) -> Result<Snapshot> {
     let mut warnings = Vec::new();
     let dac_revision = dac.revision().unwrap_or(0);
     let runtime_version = core.runtime_version()?;
@@ -145,8 +146,7 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Op
 
     // Heap.
     let mut walker = HeapWalker::new(dac, core, alloc_contexts)?;
-    let mut graph = (depth == Depth::Graph).then(RawGraph::default);
-    walker.walk(graph.as_mut())?;
+    walker.walk(sink.filter(|_| depth == Depth::Graph))?;
     if walker.stats.walked_bytes == 0 {
         return Err(Error::NoHeap("no heap segment is present in the dump".into()));
     }
@@ -169,7 +169,7 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth) -> Result<(Snapshot, Op
         roots,
         warnings,
     };
-    Ok((snapshot, graph))
+    Ok(snapshot)
 }
 
 fn symbolize(dac: &Dac, core: &CoreDump, f: &crate::dac::RawFrame, names: &mut HashMap<u64, String>) -> Frame {

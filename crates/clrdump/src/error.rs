@@ -78,6 +78,9 @@ pub enum Error {
     /// The heap walk met an inconsistent heap (dump taken mid-GC or damaged).
     #[error("heap walk failed: {0}")]
     Heap(String),
+    /// The objects the worker sent do not form a graph (their references do not add up).
+    #[error("object graph: {0}")]
+    Graph(#[from] analysis::Error),
 }
 
 impl Error {

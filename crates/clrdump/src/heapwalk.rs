@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::core::CoreDump;
 use crate::dac::{Dac, GenerationData};
 use crate::error::{Error, Result};
-use crate::model::{HeapStats, HeapType, RawGraph};
+use crate::model::{HeapStats, HeapType};
 
 const MIN_OBJECT_SIZE: u64 = 24;
 
@@ -30,7 +30,14 @@ struct TypeInfo {
     contains_pointers: bool,
 }
 
-/// Walks every object; fills the histogram, and the graph when `graph` is given.
+/// Receives every object of a heap walk, in address order, with its non-null references:
+/// the worker streams them to its parent as they are found instead of collecting them.
+pub trait ObjectSink {
+    /// One object; `type_index` points into the walk's histogram (`HeapWalker::out_types`).
+    fn object(&mut self, address: u64, size: u64, type_index: u32, references: &[u64]) -> Result<()>;
+}
+
+/// Walks every object; fills the histogram, and feeds a sink with the graph when given one.
 pub struct HeapWalker<'a> {
     dac: &'a Dac,
     core: &'a CoreDump,
@@ -137,8 +144,9 @@ impl<'a> HeapWalker<'a> {
         self.alloc_contexts.iter().find(|&&(p, l)| p != 0 && p <= obj && obj < l).map(|&(_, l)| l + MIN_OBJECT_SIZE)
     }
 
-    /// Walks the heap. With `graph`, records each object and its references.
-    pub fn walk(&mut self, mut graph: Option<&mut RawGraph>) -> Result<()> {
+    /// Walks the heap. With a `sink`, hands it each object and its references.
+    pub fn walk(&mut self, mut sink: Option<&mut dyn ObjectSink>) -> Result<()> {
+        let mut references = Vec::new();
         for range in self.ranges()? {
             let Some(bytes) = self.core.slice(range.start, range.end - range.start) else {
                 self.stats.resyncs += 1;
@@ -182,16 +190,13 @@ impl<'a> HeapWalker<'a> {
                     t.bytes += size;
                     self.stats.objects += 1;
                     self.stats.bytes += size;
-                    if let Some(g) = graph.as_deref_mut() {
+                    if let Some(sink) = sink.as_deref_mut() {
                         let end = (off + size as usize).min(bytes.len());
-                        let before = g.edges.len();
+                        references.clear();
                         if info.contains_pointers {
-                            self.references(mt, &bytes[off..end], &mut g.edges);
+                            self.references(mt, &bytes[off..end], &mut references);
                         }
-                        g.addresses.push(obj);
-                        g.sizes.push(u32::try_from(size).unwrap_or(u32::MAX));
-                        g.type_index.push(info.index);
-                        g.edge_counts.push((g.edges.len() - before) as u32);
+                        sink.object(obj, size, info.index, &references)?;
                     }
                 }
                 obj += size;

@@ -5,8 +5,8 @@
 //! - [`dac`]: the bridge to the runtime's own data-access library `libmscordaccore.so`
 //!   (hand-written COM vtables; the only `unsafe` code of the crate).
 //! - [`read_dump`]: runs the DAC in an isolated worker process ([`worker_main`]) and returns
-//!   threads, stacks, sync blocks, the heap histogram and optionally the object graph with
-//!   its GC roots ([`model`]).
+//!   threads, stacks, sync blocks, the heap histogram ([`model`]) and optionally the object
+//!   graph with its GC roots, streamed from the worker as it walks the heap.
 //!
 //! ```no_run
 //! use clrdump::{Depth, ReadOptions, WorkerCommand};
@@ -22,6 +22,7 @@ pub mod dac;
 pub mod elf;
 pub mod error;
 mod finalizer;
+mod graph;
 mod heapwalk;
 pub mod locate;
 mod mapped;
@@ -34,8 +35,9 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use analysis::heap::ObjectGraph;
 pub use error::{Error, Result};
-pub use model::{Depth, RawGraph, Snapshot};
+pub use model::{Depth, Snapshot};
 pub use worker::{WorkerCommand, worker_main};
 
 /// How to read a dump.
@@ -77,7 +79,7 @@ pub struct DumpData {
     /// Threads, locks, histogram, roots.
     pub snapshot: Snapshot,
     /// The object graph, at [`Depth::Graph`].
-    pub graph: Option<RawGraph>,
+    pub graph: Option<ObjectGraph>,
     /// The DAC used.
     pub dac: PathBuf,
 }
@@ -91,6 +93,7 @@ pub fn read_dump(core_path: &Path, opts: &ReadOptions) -> Result<DumpData> {
     let dac =
         locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref(), opts.local_runtimes)?;
     drop(core);
-    let (snapshot, graph) = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
+    let (snapshot, builder) = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
+    let graph = builder.map(|b| graph::finish(b, &snapshot)).transpose()?;
     Ok(DumpData { snapshot, graph, dac })
 }

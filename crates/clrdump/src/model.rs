@@ -177,19 +177,3 @@ pub struct Snapshot {
     /// Non-fatal problems met on the way.
     pub warnings: Vec<String>,
 }
-
-/// The object graph in columnar form: object `i` is at `addresses[i]`, of `types[type_index[i]]`,
-/// and references `edges[edge_start(i)..][..edge_counts[i]]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RawGraph {
-    /// Object addresses, in heap walk order.
-    pub addresses: Vec<u64>,
-    /// Object sizes.
-    pub sizes: Vec<u32>,
-    /// Index into [`Snapshot::types`].
-    pub type_index: Vec<u32>,
-    /// References per object.
-    pub edge_counts: Vec<u32>,
-    /// Referenced addresses, flat.
-    pub edges: Vec<u64>,
-}

@@ -1,9 +1,12 @@
 //! The DAC runs in a child process so that a crash or hang inside it (a damaged dump, a DAC
 //! bug) becomes an [`Error::Worker`] / [`Error::WorkerTimeout`] instead of killing the caller.
 //!
-//! Protocol on the child's stdout: `CLRDUMP1`, a u64 length and the JSON [`Snapshot`]; then,
-//! at [`Depth::Graph`], the columns of the [`RawGraph`] as little-endian arrays, each
-//! preceded by its element count. Errors go to stderr as one line; exit code 2.
+//! Protocol on the child's stdout, little-endian: `CLRDUMP2`; at [`Depth::Graph`] one record
+//! per object as the heap walk finds it (address u64, size u64, type index u32, reference
+//! count u32, the referenced addresses u64 each) and a u64 0 after the last; then a u64
+//! length and the JSON [`Snapshot`]. The parent builds the object graph from the records as
+//! they arrive, so no process ever holds the heap twice. Errors go to stderr as one line;
+//! exit code 2.
 
 use std::ffi::OsString;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -11,12 +14,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use analysis::heap::ObjectGraphBuilder;
+
 use crate::core::CoreDump;
 use crate::dac::Dac;
 use crate::error::{Error, Result};
-use crate::model::{Depth, RawGraph, Snapshot};
+use crate::heapwalk::ObjectSink;
+use crate::model::{Depth, Snapshot};
 
-const MAGIC: &[u8; 8] = b"CLRDUMP1";
+const MAGIC: &[u8; 8] = b"CLRDUMP2";
+/// More references than a .NET object can have (arrays hold at most 2^31 elements).
+const MAX_REFERENCES: u32 = 1 << 31;
 
 /// How to start the worker: a program and the arguments that put it in worker mode; the
 /// core path, DAC path and depth are appended.
@@ -43,7 +51,7 @@ pub(crate) fn run(
     dac: &Path,
     opts: &crate::ReadOptions,
     timeout: Duration,
-) -> Result<(Snapshot, Option<RawGraph>)> {
+) -> Result<(Snapshot, Option<ObjectGraphBuilder>)> {
     let depth = opts.depth;
     let depth_arg = match depth {
         Depth::Histogram => "histogram",
@@ -101,29 +109,52 @@ pub(crate) fn run(
     output
 }
 
-fn read_output(r: &mut impl Read, depth: Depth) -> Result<(Snapshot, Option<RawGraph>)> {
-    let bad = |what: &str| Error::Worker(format!("bad worker output: {what}"));
+fn read_output(r: &mut impl Read, depth: Depth) -> Result<(Snapshot, Option<ObjectGraphBuilder>)> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| bad("no header"))?;
     if &magic != MAGIC {
         return Err(bad("wrong magic"));
     }
+    let graph = match depth {
+        Depth::Histogram => None,
+        Depth::Graph => Some(read_objects(r)?),
+    };
     let len = read_u64(r).ok_or_else(|| bad("no length"))?;
     let mut json = vec![0u8; usize::try_from(len).map_err(|_| bad("length"))?.min(1 << 30)];
     r.read_exact(&mut json).map_err(|_| bad("short snapshot"))?;
     let snapshot: Snapshot = serde_json::from_slice(&json).map_err(|e| bad(&e.to_string()))?;
-    if depth == Depth::Histogram {
-        return Ok((snapshot, None));
+    Ok((snapshot, graph))
+}
+
+fn bad(what: &str) -> Error {
+    Error::Worker(format!("bad worker output: {what}"))
+}
+
+/// The object records, straight into the graph builder.
+fn read_objects(r: &mut impl Read) -> Result<ObjectGraphBuilder> {
+    let mut builder = ObjectGraphBuilder::new();
+    let mut header = [0u8; 24];
+    let mut references = Vec::new();
+    loop {
+        r.read_exact(&mut header[..8]).map_err(|_| bad("objects end early"))?;
+        let address = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        if address == 0 {
+            return Ok(builder);
+        }
+        r.read_exact(&mut header[8..]).map_err(|_| bad("object record cut"))?;
+        let size = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let type_index = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+        let count = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+        if count > MAX_REFERENCES {
+            return Err(bad("reference count"));
+        }
+        references.resize(count as usize * 8, 0);
+        r.read_exact(&mut references).map_err(|_| bad("references cut"))?;
+        builder.add_node(address, size, u64::from(type_index), u64::from(count));
+        for reference in references.chunks_exact(8) {
+            builder.add_edge(u64::from_le_bytes(reference.try_into().expect("8 bytes")));
+        }
     }
-    let graph = RawGraph {
-        addresses: read_col(r, 8, |b| u64::from_le_bytes(b.try_into().expect("8"))).ok_or_else(|| bad("addresses"))?,
-        sizes: read_col(r, 4, |b| u32::from_le_bytes(b.try_into().expect("4"))).ok_or_else(|| bad("sizes"))?,
-        type_index: read_col(r, 4, |b| u32::from_le_bytes(b.try_into().expect("4"))).ok_or_else(|| bad("types"))?,
-        edge_counts: read_col(r, 4, |b| u32::from_le_bytes(b.try_into().expect("4")))
-            .ok_or_else(|| bad("edge counts"))?,
-        edges: read_col(r, 8, |b| u64::from_le_bytes(b.try_into().expect("8"))).ok_or_else(|| bad("edges"))?,
-    };
-    Ok((snapshot, Some(graph)))
 }
 
 fn read_u64(r: &mut impl Read) -> Option<u64> {
@@ -132,34 +163,25 @@ fn read_u64(r: &mut impl Read) -> Option<u64> {
     Some(u64::from_le_bytes(b))
 }
 
-fn read_col<T>(r: &mut impl Read, width: usize, f: impl Fn(&[u8]) -> T) -> Option<Vec<T>> {
-    let n = usize::try_from(read_u64(r)?).ok()?;
-    if n > 1 << 32 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut buf = vec![0u8; 64 * 1024 * width];
-    let mut left = n;
-    while left > 0 {
-        let take = left.min(64 * 1024);
-        r.read_exact(&mut buf[..take * width]).ok()?;
-        out.extend(buf[..take * width].chunks_exact(width).map(&f));
-        left -= take;
-    }
-    Some(out)
+/// Writes each object of the walk as a record (see the module docs).
+struct RecordWriter<W: Write> {
+    out: W,
 }
 
-fn write_col<T: Copy>(w: &mut impl Write, col: &[T], f: impl Fn(T, &mut Vec<u8>)) -> std::io::Result<()> {
-    w.write_all(&(col.len() as u64).to_le_bytes())?;
-    let mut buf = Vec::with_capacity(64 * 1024 * 8);
-    for chunk in col.chunks(64 * 1024) {
-        buf.clear();
-        for &v in chunk {
-            f(v, &mut buf);
+impl<W: Write> ObjectSink for RecordWriter<W> {
+    fn object(&mut self, address: u64, size: u64, type_index: u32, references: &[u64]) -> Result<()> {
+        let io = |e| Error::io("writing worker output", e);
+        let mut header = [0u8; 24];
+        header[..8].copy_from_slice(&address.to_le_bytes());
+        header[8..16].copy_from_slice(&size.to_le_bytes());
+        header[16..20].copy_from_slice(&type_index.to_le_bytes());
+        header[20..24].copy_from_slice(&(references.len() as u32).to_le_bytes());
+        self.out.write_all(&header).map_err(io)?;
+        for reference in references {
+            self.out.write_all(&reference.to_le_bytes()).map_err(io)?;
         }
-        w.write_all(&buf)?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// The worker's `main`: `<core> <dac> <histogram|graph>`. Returns the process exit code.
@@ -196,20 +218,17 @@ fn worker(args: &[OsString]) -> Result<()> {
     }
     let core: &'static CoreDump = Box::leak(Box::new(opened));
     let dac = Dac::load(Path::new(dac), core)?;
-    let (snapshot, graph) = crate::collect::collect(&dac, core, depth)?;
-    let mut w = BufWriter::with_capacity(1 << 20, out);
     let io = |e| Error::io("writing worker output", e);
+    let mut records = RecordWriter { out: BufWriter::with_capacity(1 << 20, out) };
+    records.out.write_all(MAGIC).map_err(io)?;
+    let snapshot = crate::collect::collect(&dac, core, depth, Some(&mut records))?;
+    let mut w = records.out;
+    if depth == Depth::Graph {
+        w.write_all(&0u64.to_le_bytes()).map_err(io)?;
+    }
     let json = serde_json::to_vec(&snapshot).map_err(|e| Error::Worker(e.to_string()))?;
-    w.write_all(MAGIC).map_err(io)?;
     w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&json).map_err(io)?;
-    if let Some(g) = graph {
-        write_col(&mut w, &g.addresses, |v, b| b.extend_from_slice(&v.to_le_bytes())).map_err(io)?;
-        write_col(&mut w, &g.sizes, |v, b| b.extend_from_slice(&v.to_le_bytes())).map_err(io)?;
-        write_col(&mut w, &g.type_index, |v, b| b.extend_from_slice(&v.to_le_bytes())).map_err(io)?;
-        write_col(&mut w, &g.edge_counts, |v, b| b.extend_from_slice(&v.to_le_bytes())).map_err(io)?;
-        write_col(&mut w, &g.edges, |v, b| b.extend_from_slice(&v.to_le_bytes())).map_err(io)?;
-    }
     w.flush().map_err(io)?;
     Ok(())
 }
