@@ -93,3 +93,19 @@ fn a_million_long_chain_retains_its_suffix() {
         assert_eq!(r.immediate_dominator(node), expected, "node {i}");
     }
 }
+
+/// Paths into the list are up to half a million objects long; grouping the payloads by path
+/// must not walk each of them (that was quadratic too). Payloads i and n-1-i sit at the same
+/// depth from either end, on paths of the same types: each group holds two.
+#[test]
+fn a_million_node_list_groups_its_payloads_by_path_in_one_pass() {
+    let g = doubly_linked_list(NODES);
+    // The best groups only: a group's path is as long as the list is deep there.
+    let groups = g.retention_paths().groups_for_type("Cache.Payload", 3);
+    assert_eq!(groups.len(), 3);
+    assert!(groups.iter().all(|grp| grp.instances == 2 && grp.bytes == 2 * PAYLOAD_SIZE));
+    let first = &groups[0].path;
+    let types: Vec<&str> = first.steps.iter().map(|s| s.type_name.as_str()).collect();
+    assert_eq!(types, ["Cache.List", "Cache.Node", "Cache.Payload"]);
+    assert_eq!(first.steps[2].address, payload_address(0));
+}

@@ -6,7 +6,7 @@
 //! linked chains with random extra references: the shape that made the former iterative
 //! dominator algorithm quadratic.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use analysis::heap::{NodeIndex, ObjectGraph, ObjectGraphBuilder, RootKind};
 use proptest::prelude::*;
@@ -70,9 +70,17 @@ fn address(i: usize) -> u64 {
 }
 
 fn build(h: &Heap) -> ObjectGraph {
+    build_typed(h, &[])
+}
+
+/// Node i gets type `T{types[i]}` (type 0 past the end of `types`).
+fn build_typed(h: &Heap, types: &[u64]) -> ObjectGraph {
     let mut b = ObjectGraphBuilder::new();
+    for t in 0..3 {
+        b.add_type(t, &format!("T{t}"));
+    }
     for (i, size) in h.sizes.iter().enumerate() {
-        b.add_node(address(i), *size, 1, h.edges[i].len() as u64);
+        b.add_node(address(i), *size, types.get(i).copied().unwrap_or(0), h.edges[i].len() as u64);
         for &t in &h.edges[i] {
             b.add_edge(address(t));
         }
@@ -192,5 +200,40 @@ proptest! {
     #[test]
     fn dominators_of_long_doubly_linked_chains_match_their_definition(h in chain_heap()) {
         check_dominators(&h)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Instances of a type are grouped exactly by their root's kind and the types along their
+    /// path, each group represented by its lowest object.
+    #[test]
+    fn path_groups_partition_instances_by_root_kind_and_path_types(
+        h in heap(),
+        types in prop::collection::vec(0..3u64, 24),
+    ) {
+        let g = build_typed(&h, &types);
+        let paths = g.retention_paths();
+        for t in 0..3 {
+            let name = format!("T{t}");
+            let mut expected: HashMap<(RootKind, Vec<String>), (u64, u64, NodeIndex)> = HashMap::new();
+            for node in g.nodes_of_type(&name) {
+                let Some(path) = paths.path_to(node) else { continue };
+                let key = (path.root.clone(), path.steps.iter().map(|s| s.type_name.clone()).collect());
+                let e = expected.entry(key).or_insert((0, 0, node));
+                e.0 += 1;
+                e.1 += g.size(node);
+                e.2 = e.2.min(node);
+            }
+            let groups = paths.groups_for_type(&name, usize::MAX);
+            prop_assert_eq!(groups.len(), expected.len());
+            for group in groups {
+                let key = (group.path.root.clone(), group.path.steps.iter().map(|s| s.type_name.clone()).collect());
+                let (instances, bytes, best) = expected[&key];
+                prop_assert_eq!((group.instances, group.bytes), (instances, bytes));
+                prop_assert_eq!(group.path.steps.last().unwrap().node, best);
+            }
+        }
     }
 }

@@ -274,6 +274,11 @@ impl ObjectGraphBuilder {
         self.edges.push(target_address);
     }
 
+    /// Many `GCBulkEdge` values at once, in stream order.
+    pub fn add_edges(&mut self, target_addresses: impl IntoIterator<Item = u64>) {
+        self.edges.extend(target_addresses);
+    }
+
     /// A root from `GCBulkRootEdge` (see [`RootKind::from_gc_root`]) or elsewhere.
     pub fn add_root(&mut self, address: u64, kind: RootKind) {
         self.roots.push((address, PendingRoot::Kind(kind)));
@@ -351,14 +356,26 @@ impl ObjectGraphBuilder {
             (sorted_addresses, sorted_sizes, sorted_types, Some(order))
         };
 
+        let locator = Locator::new(&addresses);
         let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
         let mut edge_targets: Vec<u32> = Vec::with_capacity(edges.len());
         for i in 0..addresses.len() {
             let arrived = order.as_ref().map_or(i, |o| o[i] as usize);
             edge_offsets.push(edge_targets.len() as u32);
             let stream = &edges[first_edge[arrived] as usize..first_edge[arrived + 1] as usize];
-            edge_targets
-                .extend(stream.iter().filter_map(|&target| addresses.binary_search(&target).ok()).map(|t| t as u32));
+            // Objects mostly reference the next object (a node its item) and arrays their
+            // elements in order: check just after the last hit before searching.
+            let mut hint = i;
+            for &target in stream {
+                let found = match addresses.get(hint + 1) {
+                    Some(&next) if next == target => Some(hint + 1),
+                    _ => locator.find(&addresses, target),
+                };
+                if let Some(t) = found {
+                    edge_targets.push(t as u32);
+                    hint = t;
+                }
+            }
         }
         edge_offsets.push(edge_targets.len() as u32);
         drop((edges, first_edge, order));
@@ -403,6 +420,31 @@ impl ObjectGraphBuilder {
             duplicate_nodes,
         };
         Ok(ObjectGraph { addresses, type_index, sizes, edge_offsets, edge_targets, type_names, roots: resolved, stats })
+    }
+}
+
+/// Finds addresses among millions of sorted ones with few cache misses: a binary search over
+/// every 64th address (a table small enough to stay in cache) picks the block, then one
+/// search inside the block. A plain binary search misses the cache at nearly every step once
+/// the heap is larger than the cache, and references go everywhere.
+struct Locator {
+    /// `addresses[k * BLOCK]` for every k.
+    samples: Vec<u64>,
+}
+
+const BLOCK: usize = 64;
+
+impl Locator {
+    fn new(addresses: &[u64]) -> Self {
+        Locator { samples: addresses.iter().step_by(BLOCK).copied().collect() }
+    }
+
+    /// The position of `target` in `addresses` (the ones `new` sampled).
+    fn find(&self, addresses: &[u64], target: u64) -> Option<usize> {
+        let block = self.samples.partition_point(|&a| a <= target).checked_sub(1)?;
+        let start = block * BLOCK;
+        let end = (start + BLOCK).min(addresses.len());
+        addresses[start..end].binary_search(&target).ok().map(|k| start + k)
     }
 }
 
@@ -516,5 +558,21 @@ impl ObjectGraph {
     /// Per type index: does it carry `type_name`? (Several MethodTables can share a name.)
     pub(crate) fn type_indexes_named(&self, type_name: &str) -> Vec<bool> {
         self.type_names.iter().map(|n| n == type_name).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Locator;
+
+    #[test]
+    fn the_locator_finds_what_bisection_finds() {
+        for n in [0, 1, 63, 64, 65, 200, 1000] {
+            let addresses: Vec<u64> = (0..n as u64).map(|i| 0x1000 + i * 40 + (i % 4) * 8).collect();
+            let locator = Locator::new(&addresses);
+            for target in (0x0f00..0x1000 + 40 * n as u64 + 64).step_by(8) {
+                assert_eq!(locator.find(&addresses, target), addresses.binary_search(&target).ok(), "{n} {target:#x}");
+            }
+        }
     }
 }

@@ -163,39 +163,60 @@ impl RetentionPaths<'_> {
     }
 
     /// See [`ObjectGraph::shortest_paths_by_type`].
+    ///
+    /// A leak has millions of instances, and a linked list's paths are as long as the list:
+    /// so no path is ever walked twice. Each object on the paths to the instances gets the id
+    /// of its path's shape (its root's kind and the types along it) from its parent's id and
+    /// its own type, exactly, in one pass up from each instance that stops at the first
+    /// object already numbered.
     pub fn groups_for_type(&self, type_name: &str, limit: usize) -> Vec<PathGroup> {
         struct Group {
-            best: NodeIndex,
+            best: u32,
             instances: u64,
             bytes: u64,
         }
-        let mut groups: HashMap<(RootKind, Vec<u32>), Group> = HashMap::new();
-        for node in self.graph.nodes_of_type(type_name) {
-            let Some(chain) = self.chain(node.0) else {
+        let wanted = self.graph.type_indexes_named(type_name);
+        // Roots of equal kinds (two stack slots, say) hold their objects the same way.
+        let mut kind_ids: HashMap<&RootKind, u32> = HashMap::new();
+        let kind_of_root: Vec<u32> = self
+            .graph
+            .roots()
+            .iter()
+            .map(|r| {
+                let next = kind_ids.len() as u32;
+                *kind_ids.entry(&r.kind).or_insert(next)
+            })
+            .collect();
+        let mut shapes = PathShapes::new(self.graph.len());
+        let mut groups: HashMap<u32, Group> = HashMap::new();
+        for node in 0..self.graph.len() as u32 {
+            if !wanted[self.graph.type_index_of(node) as usize] || self.parent[node as usize] == UNREACHED {
                 continue;
-            };
-            let root = self.graph.roots()[self.root_of[&chain[0]] as usize].kind.clone();
-            let types: Vec<u32> = chain.iter().map(|&n| self.graph.type_index_of(n)).collect();
-            let size = self.graph.size(node);
-            let group = groups.entry((root, types)).or_insert(Group { best: node, instances: 0, bytes: 0 });
+            }
+            let shape = shapes.of(self, node, &kind_of_root);
+            let size = self.graph.size(NodeIndex(node));
+            // Nodes come in ascending order and share tier and depth within a shape, so the
+            // first one is the best representative.
+            let group = groups.entry(shape).or_insert(Group { best: node, instances: 0, bytes: 0 });
             group.instances += 1;
             group.bytes += size;
-            if self.quality(node) < self.quality(group.best) {
-                group.best = node;
-            }
         }
-        let mut out: Vec<PathGroup> = groups
-            .into_values()
-            .filter_map(|g| Some(PathGroup { path: self.path_to(g.best)?, instances: g.instances, bytes: g.bytes }))
-            .collect();
-        out.sort_by(|a, b| {
+        let mut ranked: Vec<(u32, Group)> = groups.into_iter().collect();
+        let top_address = |shape: u32| self.graph.address(NodeIndex(shapes.top[shape as usize]));
+        ranked.sort_by(|(a_shape, a), (b_shape, b)| {
             b.instances
                 .cmp(&a.instances)
                 .then(b.bytes.cmp(&a.bytes))
-                .then(a.path.steps[0].address.cmp(&b.path.steps[0].address))
+                .then(top_address(*a_shape).cmp(&top_address(*b_shape)))
+                .then(a.best.cmp(&b.best))
         });
-        out.truncate(limit);
-        out
+        ranked.truncate(limit);
+        ranked
+            .into_iter()
+            .filter_map(|(_, g)| {
+                Some(PathGroup { path: self.path_to(NodeIndex(g.best))?, instances: g.instances, bytes: g.bytes })
+            })
+            .collect()
     }
 
     /// Lower is a better explanation: better root kind, then shorter, then lower address.
@@ -220,5 +241,56 @@ impl RetentionPaths<'_> {
         }
         nodes.reverse();
         Some(nodes)
+    }
+}
+
+/// Ids of path shapes (root kind + types from the root down), memoized per object.
+struct PathShapes {
+    /// Per object: its shape, or `UNREACHED` until computed.
+    of_node: Vec<u32>,
+    /// (parent's shape, or `ROOT_KIND | kind` for a rooted object; the object's type) → id.
+    ids: HashMap<(u64, u32), u32>,
+    /// Per shape: the rooted object its first path starts from.
+    top: Vec<u32>,
+    /// Reused walk-up buffer.
+    pending: Vec<u32>,
+}
+
+/// Marks a root kind in a shape key, apart from the shape ids below 2^32.
+const ROOT_KIND: u64 = 1 << 32;
+
+impl PathShapes {
+    fn new(nodes: usize) -> Self {
+        PathShapes { of_node: vec![UNREACHED; nodes], ids: HashMap::new(), top: Vec::new(), pending: Vec::new() }
+    }
+
+    /// The shape of reachable `node`'s path.
+    fn of(&mut self, paths: &RetentionPaths<'_>, node: u32, kind_of_root: &[u32]) -> u32 {
+        self.pending.clear();
+        let mut current = node;
+        // Up to the first object already numbered, or the rooted object.
+        while self.of_node[current as usize] == UNREACHED {
+            self.pending.push(current);
+            match paths.parent[current as usize] {
+                ROOTED => break,
+                p => current = p,
+            }
+        }
+        while let Some(v) = self.pending.pop() {
+            let (parent_key, top) = match paths.parent[v as usize] {
+                ROOTED => (ROOT_KIND | u64::from(kind_of_root[paths.root_of[&v] as usize]), v),
+                p => {
+                    let shape = self.of_node[p as usize];
+                    (u64::from(shape), self.top[shape as usize])
+                }
+            };
+            let next = self.top.len() as u32;
+            let shape = *self.ids.entry((parent_key, paths.graph.type_index_of(v))).or_insert(next);
+            if shape == next {
+                self.top.push(top);
+            }
+            self.of_node[v as usize] = shape;
+        }
+        self.of_node[node as usize]
     }
 }
