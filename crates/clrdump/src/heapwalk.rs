@@ -1,12 +1,13 @@
 //! The GC heap walk: segments (3.1) or regions (.NET 7+) from the DAC, objects read straight
-//! from the mapped dump, sizes from the DAC's MethodTable data (cached per type), references
-//! from the GCDesc stored just below each MethodTable.
+//! from the mapped dump, sizes from the DAC's MethodTable data, references from the GCDesc
+//! stored just below each MethodTable (both cached per type).
 
 use std::collections::HashMap;
 
 use crate::core::CoreDump;
 use crate::dac::{Dac, GenerationData};
 use crate::error::{Error, Result};
+use crate::gcdesc::GcDesc;
 use crate::model::{HeapStats, HeapType};
 
 const MIN_OBJECT_SIZE: u64 = 24;
@@ -27,7 +28,6 @@ struct TypeInfo {
     base_size: u32,
     component_size: u32,
     is_string: bool,
-    contains_pointers: bool,
 }
 
 /// Receives every object of a heap walk, in address order, with its non-null references:
@@ -44,6 +44,8 @@ pub struct HeapWalker<'a> {
     free_mt: u64,
     string_mt: u64,
     types: HashMap<u64, Option<TypeInfo>>,
+    /// Per `TypeInfo::index`: where its objects hold references.
+    layouts: Vec<Option<GcDesc>>,
     /// The histogram, indexed by `TypeInfo::index`.
     pub out_types: Vec<HeapType>,
     /// Figures.
@@ -64,6 +66,7 @@ impl<'a> HeapWalker<'a> {
             free_mt: globals.free_mt,
             string_mt: globals.string_mt,
             types: HashMap::new(),
+            layouts: Vec::new(),
             out_types: Vec::new(),
             stats: HeapStats::default(),
             alloc_contexts,
@@ -127,12 +130,13 @@ impl<'a> HeapWalker<'a> {
                 self.dac.method_table_name(mt).unwrap_or_else(|_| format!("<unknown type {mt:#x}>"))
             };
             self.out_types.push(HeapType { method_table: mt, name, count: 0, bytes: 0 });
+            let layout = if d.contains_pointers != 0 { GcDesc::read(mt, |a| self.core.u64_at(a)) } else { None };
+            self.layouts.push(layout);
             TypeInfo {
                 index,
                 base_size: d.base_size,
                 component_size: d.component_size,
                 is_string: mt == self.string_mt,
-                contains_pointers: d.contains_pointers != 0,
             }
         });
         self.types.insert(mt, info);
@@ -147,6 +151,9 @@ impl<'a> HeapWalker<'a> {
     /// Walks the heap. With a `sink`, hands it each object and its references.
     pub fn walk(&mut self, mut sink: Option<&mut dyn ObjectSink>) -> Result<()> {
         let mut references = Vec::new();
+        // A few types make up most objects, often interleaved (a node and its item): a small
+        // direct-mapped cache in front of the hash map saves a lookup per object.
+        let mut recent: [Option<(u64, TypeInfo)>; 64] = [None; 64];
         for range in self.ranges()? {
             let Some(bytes) = self.core.slice(range.start, range.end - range.start) else {
                 self.stats.resyncs += 1;
@@ -164,7 +171,12 @@ impl<'a> HeapWalker<'a> {
                 }
                 let off = (obj - range.start) as usize;
                 let mt = u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes")) & !7;
-                let info = if mt == 0 { None } else { self.type_info(mt) };
+                let slot = (mt >> 3) as usize % recent.len();
+                let info = match recent[slot] {
+                    Some((cached, info)) if cached == mt => Some(info),
+                    _ if mt == 0 => None,
+                    _ => self.type_info(mt),
+                };
                 let Some(info) = info else {
                     // Not an object: damaged heap or an allocation gap we did not know about.
                     // Resynchronize on the next pointer-aligned word.
@@ -172,6 +184,7 @@ impl<'a> HeapWalker<'a> {
                     obj += 8;
                     continue;
                 };
+                recent[slot] = Some((mt, info));
                 let mut size = info.base_size as u64;
                 if info.component_size != 0 {
                     let count =
@@ -193,8 +206,8 @@ impl<'a> HeapWalker<'a> {
                     if let Some(sink) = sink.as_deref_mut() {
                         let end = (off + size as usize).min(bytes.len());
                         references.clear();
-                        if info.contains_pointers {
-                            self.references(mt, &bytes[off..end], &mut references);
+                        if let Some(layout) = &self.layouts[info.index as usize] {
+                            layout.references(&bytes[off..end], &mut references);
                         }
                         sink.object(obj, size, info.index, &references)?;
                     }
@@ -203,64 +216,5 @@ impl<'a> HeapWalker<'a> {
             }
         }
         Ok(())
-    }
-
-    /// Non-null references of one object, from its type's GCDesc (the series stored below
-    /// the MethodTable: count at mt-8, then (size, offset) pairs, or repeating
-    /// (pointers, skip) value series for arrays of structs when the count is negative).
-    fn references(&self, mt: u64, obj: &[u8], out: &mut Vec<u64>) {
-        let size = obj.len() as i64;
-        let word = |at: i64| -> Option<u64> {
-            let at = usize::try_from(at).ok()?;
-            Some(u64::from_le_bytes(obj.get(at..at + 8)?.try_into().ok()?))
-        };
-        let mut push = |at: i64| {
-            if let Some(v) = word(at)
-                && v != 0
-            {
-                out.push(v);
-            }
-        };
-        let Some(series) = self.core.u64_at(mt - 8).map(|v| v as i64) else { return };
-        let highest = mt - 24;
-        if series > 0 {
-            if series > 10_000 {
-                return;
-            }
-            for i in 0..series as u64 {
-                let cur = highest - i * 16;
-                let (Some(ser_size), Some(ser_off)) = (self.core.u64_at(cur), self.core.u64_at(cur + 8)) else {
-                    return;
-                };
-                let mut at = ser_off as i64;
-                let stop = at + ser_size as i64 + size;
-                while at < stop && at < size {
-                    push(at);
-                    at += 8;
-                }
-            }
-        } else if series < 0 && series > -10_000 {
-            let Some(start) = self.core.u64_at(highest + 8) else { return };
-            let mut at = start as i64;
-            let mut vals = Vec::with_capacity((-series) as usize);
-            for i in 0..(-series) as u64 {
-                let Some(w) = self.core.u64_at(highest - i * 8) else { return };
-                vals.push(((w & 0xffff_ffff) as i64, (w >> 32) as u32 as i64));
-            }
-            while at < size - 8 {
-                let before = at;
-                for &(nptrs, skip) in &vals {
-                    let stop = at + nptrs * 8;
-                    while at < stop && at < size {
-                        push(at);
-                        at += 8;
-                    }
-                    at += skip;
-                }
-                if at <= before {
-                    break;
-                }
-            }
-        }
     }
 }

@@ -22,6 +22,7 @@ pub mod dac;
 pub mod elf;
 pub mod error;
 mod finalizer;
+mod gcdesc;
 mod graph;
 mod heapwalk;
 pub mod locate;
