@@ -20,14 +20,7 @@ namespace HeapShapes
             if (requestedPort > 65535) Args.Fail(Usage, "--port must be <= 65535");
 
             var server = new HttpServer("shapes");
-            server.Route("/health", req => req.Finish() != null
-                ? HttpResponse.Error(400, req.Error)
-                : HttpResponse.Ok(new JObj { { "ok", true } }));
-            server.Route("/exit", req => {
-                var r = HttpResponse.Ok(new JObj { { "exiting", true }, { "exit_code", 0 } });
-                r.AfterSend = () => Environment.Exit(0);
-                return r;
-            });
+            server.RouteHealthAndExit();
             server.Route("/list", req => Build(req, 1000000, Shapes.LinkedList));
             server.Route("/tree", req => Build(req, 1000000, Shapes.BalancedTree));
             server.Route("/cycles", req => Build(req, 1000000, Shapes.Cycles));
