@@ -2,6 +2,10 @@
 //! `schedule` triggers: `*`, lists, ranges and steps, as in crontab(5). Names (`mon`, `jan`)
 //! and `@daily` forms are not accepted; the error says so.
 
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::civil::Date;
+use k8s_openapi::jiff::tz::TimeZone;
+
 use crate::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,41 +73,38 @@ impl Cron {
         })
     }
 
-    fn matches(&self, unix_minute: u64) -> bool {
-        let secs = unix_minute * 60;
-        let days = (secs / 86400) as i64;
-        let (_, month, day) = civil(days);
-        let weekday = (days + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday
-        let (hour, minute) = ((secs % 86400) / 3600, (secs % 3600) / 60);
-        let bit = |mask: u64, v: u64| mask & (1 << v) != 0;
-        let dom = bit(self.days, day as u64);
-        let dow = bit(self.weekdays, weekday as u64);
+    fn day_matches(&self, date: Date) -> bool {
+        let bit = |mask: u64, v: i8| mask & (1 << v) != 0;
+        let dom = bit(self.days, date.day());
+        let dow = bit(self.weekdays, date.weekday().to_sunday_zero_offset());
         let day_ok = match (self.days_restricted, self.weekdays_restricted) {
             (true, true) => dom || dow,
             _ => dom && dow,
         };
-        bit(self.minutes, minute) && bit(self.hours, hour) && bit(self.months, month as u64) && day_ok
+        bit(self.months, date.month()) && day_ok
     }
 
-    /// The first whole minute strictly after `unix_secs` that matches, in Unix seconds.
+    /// The first whole minute strictly after `unix_secs` that matches, in Unix seconds (UTC).
     pub fn next_after(&self, unix_secs: u64) -> Option<u64> {
-        let first = unix_secs / 60 + 1;
+        let first_minute = unix_secs / 60 + 1;
+        let start = Timestamp::from_second(i64::try_from(first_minute * 60).ok()?).ok()?.to_zoned(TimeZone::UTC);
+        let mut date = start.date();
+        let mut from_minute = u64::from(start.hour() as u8) * 60 + u64::from(start.minute() as u8);
         // Every expression matches within 4 years (29 Feb), else never (31 Feb).
-        (first..first + 4 * 366 * 1440).find(|&m| self.matches(m)).map(|m| m * 60)
+        for _ in 0..4 * 366 {
+            if self.day_matches(date) {
+                let minute_of_day = (from_minute..1440)
+                    .find(|m| self.hours & (1 << (m / 60)) != 0 && self.minutes & (1 << (m % 60)) != 0);
+                if let Some(m) = minute_of_day {
+                    let midnight = date.to_zoned(TimeZone::UTC).ok()?.timestamp().as_second();
+                    return u64::try_from(midnight).ok().map(|s| s + m * 60);
+                }
+            }
+            date = date.tomorrow().ok()?;
+            from_minute = 0;
+        }
+        None
     }
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

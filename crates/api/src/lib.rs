@@ -15,6 +15,7 @@ mod cron;
 mod spec;
 mod units;
 mod validate;
+pub mod wire;
 
 pub use crd::*;
 pub use cron::Cron;

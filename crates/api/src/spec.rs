@@ -193,6 +193,12 @@ pub enum TriggerKind {
     Crash,
 }
 
+impl std::fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl TriggerKind {
     pub fn name(self) -> &'static str {
         match self {
@@ -317,6 +323,27 @@ pub struct Storage {
 impl Default for Storage {
     fn default() -> Self {
         Self { volume: Some(VolumeStorage::default()), s3: None }
+    }
+}
+
+/// The one storage a policy names. The CRD keeps two optional fields (`volume`, `s3`: the shape
+/// users write, held to exactly one by a CEL rule and [`DumpPolicySpec::validate`]); code decides
+/// on this instead, so that no caller has to assume which of the two is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StorageTarget<'a> {
+    Volume(&'a VolumeStorage),
+    S3(&'a S3Storage),
+}
+
+impl Storage {
+    /// `s3` when set (a validated policy has exactly one), else `volume`, else the default volume.
+    pub fn target(&self) -> StorageTarget<'_> {
+        static DEFAULT_VOLUME: std::sync::LazyLock<VolumeStorage> = std::sync::LazyLock::new(VolumeStorage::default);
+        match (&self.s3, &self.volume) {
+            (Some(s3), _) => StorageTarget::S3(s3),
+            (None, Some(v)) => StorageTarget::Volume(v),
+            (None, None) => StorageTarget::Volume(&DEFAULT_VOLUME),
+        }
     }
 }
 
