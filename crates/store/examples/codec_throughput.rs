@@ -24,7 +24,7 @@ fn main() {
     data.truncate(mib << 20);
     std::fs::write(&raw, &data).unwrap();
     let t = Instant::now();
-    let c = store::compress_file(&raw, &zst).unwrap();
+    let c = store::compress_file(&raw, &zst, u64::MAX).unwrap();
     let comp = t.elapsed().as_secs_f64();
     let t = Instant::now();
     store::verify_and_decompress_file(&zst, &c.sha256, &back).unwrap();

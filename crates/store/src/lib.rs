@@ -5,20 +5,20 @@
 //!   part URLs, [`S3Store::presign_get`]); the credential holder (the operator) completes or
 //!   aborts multipart uploads, deletes and heads objects. SigV4 lives in [`sigv4`].
 //! - [`VolumeStore`]: a directory on a mounted volume, `file://` URIs.
-//! - [`Store`] is either, addressed by artifact URI; it implements [`ArtifactDeleter`], what
-//!   retention and finalizers call.
-//! - [`codec`]: streaming zstd + SHA-256 for uploaders ([`compress_and_hash`]) and readers
-//!   ([`verify_and_decompress`]).
-//! - [`HttpClient`]: PUTs to presigned URLs (the uploader's side), streaming from a file.
+//! - [`Store`] is either, addressed by artifact URI: what the operator's retention and finalizers
+//!   delete with.
+//! - [`codec`]: the stored-artifact format (streaming zstd + SHA-256), the one implementation of
+//!   every writer ([`compress_file`]) and reader ([`codec::Verifier`], [`verify_and_decompress`]).
+//! - [`HttpClient`]: PUTs and GETs of presigned URLs (the uploader's and the reader's side).
+//! - [`redact`]: error text without presigned signatures, for every binary.
 
 pub mod codec;
 mod http;
+pub mod redact;
 pub mod s3;
 pub mod sigv4;
 mod volume;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 pub use codec::{
@@ -66,6 +66,33 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the same request may succeed later: the server was away, busy or slow. A refusal
+    /// (`AccessDenied`, `NoSuchBucket`, a bad request, a checksum) stays a refusal: retrying it
+    /// only delays the error the user has to act on.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::S3 { status, code, .. } => match code.as_str() {
+                // S3's own words for "try again"; an expired session token is renewed by the next
+                // presigning.
+                "RequestTimeout" | "SlowDown" | "InternalError" | "ServiceUnavailable" | "OperationAborted"
+                | "ExpiredToken" => true,
+                _ => *status >= 500 || *status == 408 || *status == 429,
+            },
+            Error::Http { .. } | Error::BadReply { .. } => true,
+            Error::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidData
+            ),
+            Error::ChecksumMismatch { .. }
+            | Error::InvalidUri(_)
+            | Error::NotThisStore { .. }
+            | Error::InvalidConfig(_)
+            | Error::InvalidRequest(_)
+            | Error::TooLarge { .. }
+            | Error::Unsupported(_) => false,
+        }
+    }
 }
 
 /// What `head` learns about a stored object.
@@ -73,15 +100,6 @@ impl Error {
 pub struct ObjectInfo {
     pub size: u64,
     pub etag: Option<String>,
-}
-
-/// A boxed future, so that [`ArtifactDeleter`] can be used as `dyn ArtifactDeleter`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Deletes stored artifacts by URI; deleting what is already gone succeeds, so a finalizer can
-/// run twice. What the controller's retention and finalizers call.
-pub trait ArtifactDeleter: Send + Sync {
-    fn delete<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 /// One storage of either kind.
@@ -92,6 +110,8 @@ pub enum Store {
 }
 
 impl Store {
+    /// Deletes an artifact by URI; deleting what is already gone succeeds, so a finalizer can
+    /// run twice.
     pub async fn delete(&self, uri: &str) -> Result<(), Error> {
         match self {
             Store::S3(s) => s.delete(s.key_of(uri)?).await,
@@ -116,8 +136,26 @@ impl Store {
     }
 }
 
-impl ArtifactDeleter for Store {
-    fn delete<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Store::delete(self, uri))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(status: u16, code: &str) -> Error {
+        Error::S3 { operation: "PutObject", key: "k".into(), status, code: code.into(), message: String::new() }
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_outages_transient() {
+        for permanent in
+            [s3(403, "AccessDenied"), s3(404, "NoSuchBucket"), s3(403, "InvalidAccessKeyId"), s3(400, "HTTP400")]
+        {
+            assert!(!permanent.is_transient(), "{permanent}");
+        }
+        for transient in [s3(503, "SlowDown"), s3(500, "InternalError"), s3(400, "RequestTimeout"), s3(502, "HTTP502")]
+        {
+            assert!(transient.is_transient(), "{transient}");
+        }
+        assert!(Error::Http { operation: "x", detail: "connection refused".into() }.is_transient());
+        assert!(!Error::ChecksumMismatch { expected: "a".into(), actual: "b".into() }.is_transient());
     }
 }

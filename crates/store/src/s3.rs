@@ -116,9 +116,9 @@ impl S3Store {
         format!("s3://{}/{key}", self.config.bucket)
     }
 
-    /// Presigned `PUT` of one whole object.
-    pub fn presign_put(&self, key: &str, expires: Duration) -> String {
-        self.sign(Method::PUT, key, &[], expires)
+    /// Presigned `PUT` of one whole object of exactly `size` bytes (the length is signed).
+    pub fn presign_put(&self, key: &str, size: u64, expires: Duration) -> String {
+        self.sign_upload(key, &[], size, expires)
     }
 
     /// Presigned `GET` (for the analysis Job).
@@ -126,9 +126,9 @@ impl S3Store {
         self.sign(Method::GET, key, &[], expires)
     }
 
-    /// Presigned `PUT` of part `number` (1-based) of a multipart upload.
-    pub fn presign_part(&self, key: &str, upload_id: &str, number: u32, expires: Duration) -> String {
-        self.sign(Method::PUT, key, &[("partNumber", &number.to_string()), ("uploadId", upload_id)], expires)
+    /// Presigned `PUT` of part `number` (1-based) of a multipart upload, of exactly `len` bytes.
+    pub fn presign_part(&self, key: &str, upload_id: &str, number: u32, len: u64, expires: Duration) -> String {
+        self.sign_upload(key, &[("partNumber", &number.to_string()), ("uploadId", upload_id)], len, expires)
     }
 
     /// Starts a multipart upload of `size` bytes and presigns a URL per part. The part size
@@ -142,8 +142,13 @@ impl S3Store {
             operation: "CreateMultipartUpload",
             detail: format!("no UploadId in {}", String::from_utf8_lossy(&reply.body)),
         })?;
-        let count = size.div_ceil(part_size).max(1) as u32;
-        let parts = (1..=count).map(|n| self.presign_part(key, &upload_id, n, expires)).collect();
+        let count = size.div_ceil(part_size).max(1);
+        let parts = (1..=count)
+            .map(|n| {
+                let len = part_size.min(size - (n - 1) * part_size);
+                self.presign_part(key, &upload_id, n as u32, len, expires)
+            })
+            .collect();
         Ok(MultipartUpload { upload_id, part_size, parts })
     }
 
@@ -155,7 +160,7 @@ impl S3Store {
         }
         let mut body = String::from("<CompleteMultipartUpload>");
         for (i, etag) in etags.iter().enumerate() {
-            let etag = xml_escape(etag);
+            let etag = quick_xml::escape::escape(etag.as_str());
             body.push_str(&format!("<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>", i + 1));
         }
         body.push_str("</CompleteMultipartUpload>");
@@ -216,13 +221,34 @@ impl S3Store {
     }
 
     fn sign(&self, method: Method, key: &str, query: &[(&str, &str)], expires: Duration) -> String {
+        self.presign(method, key, query, None, expires)
+    }
+
+    fn sign_upload(&self, key: &str, query: &[(&str, &str)], len: u64, expires: Duration) -> String {
+        self.presign(Method::PUT, key, query, Some(len), expires)
+    }
+
+    fn presign(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(&str, &str)],
+        content_length: Option<u64>,
+        expires: Duration,
+    ) -> String {
         let (host, path) = if self.config.path_style {
             (self.endpoint.host.clone(), format!("{}/{}/{key}", self.endpoint.base, self.config.bucket))
         } else {
             (format!("{}.{}", self.config.bucket, self.endpoint.host), format!("{}/{key}", self.endpoint.base))
         };
-        let req =
-            sigv4::Request { method: method.as_str(), scheme: &self.endpoint.scheme, host: &host, path: &path, query };
+        let req = sigv4::Request {
+            method: method.as_str(),
+            scheme: &self.endpoint.scheme,
+            host: &host,
+            path: &path,
+            query,
+            content_length,
+        };
         sigv4::presign(&req, &self.credentials, &self.config.region, SystemTime::now(), expires)
     }
 }
@@ -274,25 +300,23 @@ pub(crate) fn refusal(operation: &'static str, key: &str, reply: &Reply) -> Erro
     Error::S3 { operation, key: key.to_string(), status: reply.status, code, message }
 }
 
-/// The text of the first `<tag>...</tag>`, unescaped. S3's replies are flat enough that this
-/// is all the XML reading needed (UploadId, Code, Message).
+/// The text of the first `<tag>...</tag>` element (any namespace), unescaped; `None` when the body
+/// is not XML or has no such element. S3's replies are flat (UploadId, Code, Message).
 fn xml_text(body: &[u8], tag: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    let open = format!("<{tag}>");
-    let start = text.find(&open)? + open.len();
-    let end = start + text[start..].find(&format!("</{tag}>"))?;
-    Some(
-        text[start..end]
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&"),
-    )
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut inside = false;
+    let mut text = String::new();
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) if !inside && e.local_name().as_ref() == tag.as_bytes() => inside = true,
+            Event::Text(t) if inside => text.push_str(&t.unescape().ok()?),
+            Event::CData(t) if inside => text.push_str(std::str::from_utf8(&t).ok()?),
+            Event::End(_) if inside => return Some(text),
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -314,7 +338,7 @@ mod tests {
     #[test]
     fn urls_follow_the_addressing_style() {
         let s = store("http://127.0.0.1:9000", true).unwrap();
-        assert!(s.presign_put("team/a", Duration::from_secs(60)).starts_with("http://127.0.0.1:9000/dumps/team/a?"));
+        assert!(s.presign_put("team/a", 5, Duration::from_secs(60)).starts_with("http://127.0.0.1:9000/dumps/team/a?"));
         let s = store("https://s3.eu-west-1.amazonaws.com/", false).unwrap();
         let url = s.presign_get("team/a", Duration::from_secs(60));
         assert!(url.starts_with("https://dumps.s3.eu-west-1.amazonaws.com/team/a?"), "{url}");
@@ -368,5 +392,18 @@ mod tests {
         }
         let garbage = Reply { status: 502, headers: Default::default(), body: Bytes::from_static(&[0xff, 0xfe]) };
         assert!(matches!(refusal("x", "k", &garbage), Error::S3 { code, .. } if code == "HTTP502"));
+        let nested =
+            b"<Error xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Code><![CDATA[SlowDown]]></Code></Error>";
+        assert_eq!(xml_text(nested, "Code").as_deref(), Some("SlowDown"));
+        assert_eq!(xml_text(b"<Error><Message>a</Message></Error>", "Code"), None);
+    }
+
+    #[test]
+    fn part_urls_sign_each_parts_length() {
+        let s = store("http://127.0.0.1:9000", true).unwrap();
+        let a = s.presign_part("k", "u", 1, 5 << 20, Duration::from_secs(60));
+        let b = s.presign_part("k", "u", 1, 1 << 20, Duration::from_secs(60));
+        assert!(a.contains("X-Amz-SignedHeaders=content-length%3Bhost"), "{a}");
+        assert_ne!(a, b);
     }
 }

@@ -1,9 +1,11 @@
 //! AWS Signature Version 4 in query form (presigned URLs), pure: method, URL parts, time and
 //! credentials in, URL out. Every S3 call of this crate is a presigned URL, including the ones the
 //! operator sends itself (create/complete/abort multipart, delete, head): one signing path to get
-//! right instead of two. The payload is `UNSIGNED-PAYLOAD`, so bodies can stream.
+//! right instead of two. The payload is `UNSIGNED-PAYLOAD`, so bodies can stream; an upload URL
+//! signs its `Content-Length` instead, so that whoever holds the URL can store exactly the bytes
+//! it was asked for and no more (S3 refuses another length with `SignatureDoesNotMatch`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use ring::{digest, hmac};
@@ -42,6 +44,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Unencoded query parameters of the action (`uploadId`, `partNumber`, `uploads`, ...).
     pub query: &'a [(&'a str, &'a str)],
+    /// Sign the `Content-Length` header too (uploads): the request must then send exactly this.
+    pub content_length: Option<u64>,
 }
 
 pub fn encode(s: &str) -> String {
@@ -65,12 +69,15 @@ pub fn presign(req: &Request, creds: &Credentials, region: &str, now: SystemTime
     if let Some(token) = &creds.session_token {
         query.push(("X-Amz-Security-Token".into(), encode(token)));
     }
-    query.push(("X-Amz-SignedHeaders".into(), "host".into()));
+    let (headers, signed) = match req.content_length {
+        Some(n) => (format!("content-length:{n}\nhost:{}\n", req.host), "content-length;host"),
+        None => (format!("host:{}\n", req.host), "host"),
+    };
+    query.push(("X-Amz-SignedHeaders".into(), encode(signed)));
     query.sort();
     let canonical_query = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
     let path = encode_path(req.path);
-    let canonical_request =
-        format!("{}\n{path}\n{canonical_query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD", req.method, req.host);
+    let canonical_request = format!("{}\n{path}\n{canonical_query}\n{headers}\n{signed}\nUNSIGNED-PAYLOAD", req.method);
     let string_to_sign =
         format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(sha256(canonical_request.as_bytes())));
     let key = signing_key(&creds.secret_access_key, &date, region);
@@ -94,27 +101,18 @@ pub fn hex(b: impl AsRef<[u8]>) -> String {
     b.as_ref().iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// (`YYYYMMDD`, `YYYYMMDDTHHMMSSZ`) in UTC, from days-since-epoch without a date crate.
+/// (`YYYYMMDD`, `YYYYMMDDTHHMMSSZ`) in UTC.
 fn timestamps(t: SystemTime) -> (String, String) {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let date = format!("{y:04}{m:02}{d:02}");
-    let time = format!("{date}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60);
-    (date, time)
+    // Before 1970 or past jiff's range (year 9999) a clock is broken: sign as of the epoch, which
+    // S3 refuses as expired rather than as garbage.
+    let t = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    (t.strftime("%Y%m%d").to_string(), t.strftime("%Y%m%dT%H%M%SZ").to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn example_creds() -> Credentials {
         Credentials {
@@ -135,6 +133,7 @@ mod tests {
             host: "examplebucket.s3.amazonaws.com",
             path: "/test.txt",
             query: &[],
+            content_length: None,
         };
         let url = presign(&req, &example_creds(), "us-east-1", now, Duration::from_secs(86400));
         assert_eq!(
@@ -157,6 +156,7 @@ mod tests {
             host: "127.0.0.1:9000",
             path: "/bucket/ns/pod a/c+1/core.zst",
             query: &[("partNumber", "2"), ("uploadId", "a/b=c")],
+            content_length: None,
         };
         let url = presign(&req, &example_creds(), "us-east-1", now, Duration::from_secs(60));
         assert!(
@@ -170,6 +170,7 @@ mod tests {
             host: "127.0.0.1:9000",
             path: "/dumps/p/k.zst",
             query: &[("uploads", "")],
+            content_length: None,
         };
         let url = presign(&req, &creds, "eu-west-1", now, Duration::from_secs(900));
         assert!(url.contains("&X-Amz-Security-Token=tok%2Fen%3D%3D&"), "{url}");
@@ -179,9 +180,40 @@ mod tests {
         );
     }
 
+    /// An upload URL signs its length: botocore's `S3SigV4QueryAuth` over a request with a
+    /// `Content-Length` header, at the same instant, gives these signatures (whole PUT, and part 2).
+    #[test]
+    fn upload_urls_sign_their_content_length_as_botocore_does() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_833_296);
+        let put = |query: &'static [(&'static str, &'static str)], n: u64| {
+            let req = Request {
+                method: "PUT",
+                scheme: "http",
+                host: "127.0.0.1:9000",
+                path: "/dumps/ns/pod/c1/core.1.zst",
+                query,
+                content_length: Some(n),
+            };
+            presign(&req, &example_creds(), "us-east-1", now, Duration::from_secs(900))
+        };
+        let whole = put(&[], 1234);
+        assert!(whole.contains("&X-Amz-SignedHeaders=content-length%3Bhost&"), "{whole}");
+        assert!(
+            whole.ends_with("X-Amz-Signature=1aab17202e3162c6ef0572f7a524d3eb9f2c718ecb2a9e10bd37738e90967044"),
+            "{whole}"
+        );
+        let part = put(&[("partNumber", "2"), ("uploadId", "a/b=c")], 5_242_880);
+        assert!(
+            part.ends_with("X-Amz-Signature=04c81ebbdb15f47d3e609764767f2896f65c352a5d9a17c6b8b3a86dc30d7967"),
+            "{part}"
+        );
+        assert_ne!(whole, put(&[], 1235), "another length, another signature");
+    }
+
     #[test]
     fn expiry_is_clamped_to_what_s3_accepts() {
-        let req = Request { method: "PUT", scheme: "http", host: "h:9000", path: "/b/k", query: &[] };
+        let req =
+            Request { method: "PUT", scheme: "http", host: "h:9000", path: "/b/k", query: &[], content_length: None };
         let url = presign(&req, &example_creds(), "r", SystemTime::now(), Duration::from_secs(30 * 86400));
         assert!(url.contains("X-Amz-Expires=604800&"), "{url}");
         let url = presign(&req, &example_creds(), "r", SystemTime::now(), Duration::ZERO);
@@ -196,6 +228,7 @@ mod tests {
             host: "127.0.0.1:9000",
             path: "/bucket/ns/pod a/c+1/core.zst",
             query: &[("uploadId", "a/b=c"), ("partNumber", "2")],
+            content_length: None,
         };
         let url = presign(&req, &example_creds(), "us-east-1", SystemTime::now(), Duration::from_secs(60));
         assert!(url.starts_with("http://127.0.0.1:9000/bucket/ns/pod%20a/c%2B1/core.zst?X-Amz-Algorithm="), "{url}");

@@ -43,7 +43,7 @@ fn compress(dir: &Path, name: &str, data: &[u8]) -> (std::path::PathBuf, store::
     let raw = dir.join(name);
     std::fs::write(&raw, data).unwrap();
     let zst = dir.join(format!("{name}.zst"));
-    let c = store::compress_file(&raw, &zst).unwrap();
+    let c = store::compress_file(&raw, &zst, u64::MAX).unwrap();
     (zst, c)
 }
 
@@ -58,7 +58,7 @@ async fn presigned_put_then_get_round_trips_a_compressed_artifact() {
 
     let key = store.key(&["ns", "pod-a", "c1", "gcdump.nettrace.zst"]);
     assert_eq!(key, "dumpwatch/ns/pod-a/c1/gcdump.nettrace.zst");
-    let url = store.presign_put(&key, Duration::from_secs(300));
+    let url = store.presign_put(&key, c.size, Duration::from_secs(300));
     // The uploader holds no credentials: only the URL.
     let uploader = HttpClient::new();
     let etag = uploader.put_file_range(&url, &zst, 0, c.size).await.unwrap();
@@ -77,12 +77,13 @@ async fn presigned_put_then_get_round_trips_a_compressed_artifact() {
     // Delete through the one interface, by URI, twice (a finalizer may run again).
     let any = Store::S3(Box::new(store));
     let uri = format!("s3://dumps/{key}");
-    store::ArtifactDeleter::delete(&any, &uri).await.unwrap();
+    any.delete(&uri).await.unwrap();
     assert!(any.head(&uri).await.unwrap().is_none());
     any.delete(&uri).await.unwrap();
     // And a download of what is gone is a typed refusal.
     let err = uploader.get_to_file(&get, &dir.path().join("gone")).await.unwrap_err();
     assert_eq!(err.s3_code(), Some("NoSuchKey"), "{err}");
+    assert!(!err.is_transient(), "a missing object does not come back by waiting");
     assert!(!dir.path().join("gone").exists());
 }
 
@@ -131,9 +132,10 @@ async fn refusals_are_typed_errors_with_s3s_code() {
     let err = wrong.create_multipart("k", 10, Duration::from_secs(60)).await.unwrap_err();
     assert_eq!(err.s3_code(), Some("NoSuchBucket"), "{err}");
     assert!(matches!(err, Error::S3 { status: 404, .. }));
-    let url = wrong.presign_put("k", Duration::from_secs(60));
+    let url = wrong.presign_put("k", 1, Duration::from_secs(60));
     let err = uploader.put_bytes(&url, "x".into(), Duration::from_secs(30)).await.unwrap_err();
     assert_eq!(err.s3_code(), Some("NoSuchBucket"), "{err}");
+    assert!(!err.is_transient(), "{err}");
     assert_eq!(wrong.delete("k").await.unwrap_err().s3_code(), Some("NoSuchBucket"));
 
     // Aborting an upload that was never started.
@@ -158,4 +160,5 @@ async fn refusals_are_typed_errors_with_s3s_code() {
     let creds = Credentials { access_key_id: "a".into(), secret_access_key: "b".into(), session_token: None };
     let err = S3Store::new(config, creds).unwrap().head("k").await.unwrap_err();
     assert!(matches!(err, Error::Http { .. }), "{err:?}");
+    assert!(err.is_transient(), "a server that is away may come back");
 }
