@@ -4,6 +4,8 @@
 pub mod controller;
 pub mod inject;
 pub mod sidecar_api;
+/// Test support for other crates' tests (`features = ["testing"]`): not in the shipped library.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod webhook;
 

@@ -23,7 +23,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use operator::controller::AnalysisSettings;
 use operator::sidecar_api::{self, SidecarApi};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use testbed::{Runtime, Workload};
 
 const IMAGE: &str = "dumpwatch:e2e";
@@ -59,9 +58,8 @@ fn deadlocked_dump(dumpwatch: &Path, dir: &Path) -> BTreeSet<u64> {
 }
 
 fn artifact(path: &Path) -> Value {
-    let bytes = std::fs::read(path).unwrap();
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    json!({"kind": "dump", "uri": format!("file://{}", path.display()), "size": bytes.len(), "sha256": sha})
+    let (size, sha) = store::sha256_file(path).unwrap();
+    json!({"kind": "dump", "uri": format!("file://{}", path.display()), "size": size, "sha256": sha})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

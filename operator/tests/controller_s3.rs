@@ -71,7 +71,7 @@ spec:
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("core.42.zst");
     std::fs::write(&body, b"stored dump bytes").unwrap();
-    let put = ours.presign_put(KEY, Duration::from_secs(600));
+    let put = ours.presign_put(KEY, b"stored dump bytes".len() as u64, Duration::from_secs(600));
     let (ok, _) = curl(
         &["-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary"]
             .into_iter()

@@ -155,7 +155,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn manifest(id: &str, pod: &str) -> Value {
-    json!({"version": 1, "id": id, "pod": pod, "namespace": "shop", "container": "app",
+    json!({"version": 1, "id": id, "created": "2026-11-28T02:15:00Z", "pod": pod, "namespace": "shop", "container": "app",
         "process": {"pid": 42, "ns_pid": 1, "name": "Cart", "command_line": "dotnet Cart.dll", "runtime_version": "8.0.4"},
         "trigger": {"index": 0, "trigger": "gcHeapBytes", "value": 6.1e8, "threshold": 5.24288e8, "detail": ""},
         "dump_type": "heap", "files": [], "failures": [], "seconds": 2.0})
@@ -211,10 +211,10 @@ async fn tokens_policies_uploads_and_capture_reports() {
     let dir = tempfile::tempdir().unwrap();
     let heap_raw = dir.path().join("heap.nettrace");
     std::fs::write(&heap_raw, [noise(100_000, 3), vec![0u8; 3_000_000]].concat()).unwrap();
-    let heap = store::compress_file(&heap_raw, &dir.path().join("heap.nettrace.zst")).unwrap();
+    let heap = store::compress_file(&heap_raw, &dir.path().join("heap.nettrace.zst"), u64::MAX).unwrap();
     let core_raw = dir.path().join("core.42");
     std::fs::write(&core_raw, noise(12 * MIB as usize, 4)).unwrap();
-    let core = store::compress_file(&core_raw, &dir.path().join("core.42.zst")).unwrap();
+    let core = store::compress_file(&core_raw, &dir.path().join("core.42.zst"), u64::MAX).unwrap();
     let files = json!({"capture": "c1", "files": [
         {"name": "heap.nettrace.zst", "size": heap.size}, {"name": "core.42.zst", "size": core.size}]});
     let (status, plan) = w.call("POST", "/v1/sidecar/uploads", Some(&cart1), Some(files)).await;
@@ -298,7 +298,7 @@ async fn tokens_policies_uploads_and_capture_reports() {
     // A live deadlock with only stacks is final at once; its pod is the token's (cart-2), not the manifest's.
     let stacks_raw = dir.path().join("stacks.json");
     std::fs::write(&stacks_raw, b"[]").unwrap();
-    let stacks = store::compress_file(&stacks_raw, &dir.path().join("stacks.json.zst")).unwrap();
+    let stacks = store::compress_file(&stacks_raw, &dir.path().join("stacks.json.zst"), u64::MAX).unwrap();
     let files = json!({"capture": "d1", "files": [{"name": "stacks.json.zst", "size": stacks.size}]});
     let (_, plan) = w.call("POST", "/v1/sidecar/uploads", Some(&cart2), Some(files)).await;
     assert_eq!(plan["files"][0]["uri"], "s3://dumps/dw/shop/cart-2/d1/stacks.json.zst", "the key is the token's pod");
@@ -362,7 +362,7 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     // The capture answering req-1 fills it in; cart-2 cannot answer it.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("core.42"), noise(200_000, 5)).unwrap();
-    let core = store::compress_file(&dir.path().join("core.42"), &dir.path().join("core.42.zst")).unwrap();
+    let core = store::compress_file(&dir.path().join("core.42"), &dir.path().join("core.42.zst"), u64::MAX).unwrap();
     let files = json!({"capture": "r1", "files": [{"name": "core.42.zst", "size": core.size}]});
     let (_, plan) = w.call("POST", "/v1/sidecar/uploads", Some(&cart1), Some(files)).await;
     let uploader = store::HttpClient::new();

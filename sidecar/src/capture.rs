@@ -1,20 +1,20 @@
-//! Taking the evidence: core dump (DAC beside), heap snapshot (raw nettrace + histogram),
-//! all-thread stacks, into one capture directory with a manifest. The limits were checked
-//! before this runs (see `watcher`); this module only captures and describes.
+//! Taking the evidence from a live process: core dump (DAC beside), heap snapshot (raw nettrace
+//! + histogram), all-thread stacks, into a capture directory. The limits were checked before
+//! this runs (`watcher`) and [`crate::commit`] publishes what it took; this module only captures.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use api::CaptureKind;
+use api::wire::ProcessEntry;
 use diag::client::DiagnosticsClient;
 use diag::discovery::DotnetProcess;
 use diag::stacks::ThreadStack;
-use serde::Serialize;
 
 use crate::Error;
+use crate::commit::Taken;
 use crate::metrics::Proc;
-use crate::storage::{FileEntry, Storage, rfc3339};
-use crate::triggers::Firing;
+use crate::storage::write_json;
 
 /// A process we watch, however we reached it.
 #[derive(Clone)]
@@ -35,6 +35,17 @@ pub struct Target {
 impl Target {
     pub fn labels(&self) -> Proc {
         Proc { pid: self.pid.to_string(), process: self.name.clone() }
+    }
+
+    /// The process as a manifest describes it.
+    pub fn entry(&self) -> ProcessEntry {
+        ProcessEntry {
+            pid: self.pid,
+            ns_pid: self.ns_pid,
+            name: self.name.clone(),
+            command_line: self.command_line.clone(),
+            runtime_version: self.runtime_version.clone(),
+        }
     }
 
     pub fn runtime_major(&self) -> Option<u32> {
@@ -72,60 +83,15 @@ pub fn process_name(command_line: &str) -> String {
     if b.is_empty() { "unknown".into() } else { b }
 }
 
-/// Where the sidecar runs (from the Downward API in a pod; flags in standalone mode).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Identity {
-    pub pod: String,
-    pub namespace: String,
-    pub container: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessEntry {
-    pub pid: u32,
-    pub ns_pid: u32,
-    pub name: String,
-    pub command_line: String,
-    pub runtime_version: Option<String>,
-}
-
-/// `manifest.json`: everything a reader needs without opening the artifacts.
-#[derive(Debug, Clone, Serialize)]
-pub struct Manifest {
-    pub version: u32,
-    pub id: String,
-    pub created: String,
-    #[serde(flatten)]
-    pub identity: Identity,
-    pub process: ProcessEntry,
-    pub trigger: Firing,
-    pub dump_type: &'static str,
-    pub files: Vec<FileEntry>,
-    /// Capture kinds that failed, with why (the others are still worth keeping).
-    pub failures: Vec<String>,
-    /// A live finding that caused the capture (a deadlock), when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finding: Option<serde_json::Value>,
-    pub seconds: f64,
-}
-
-pub struct Request<'a> {
-    pub kinds: &'a [CaptureKind],
+/// What to take.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub kinds: Vec<CaptureKind>,
     pub dump_type: api::DumpType,
-    pub firing: &'a Firing,
+    /// A live finding behind the capture: a stacks capture names its frames.
     pub finding: Option<serde_json::Value>,
     pub min_free_bytes: u64,
     pub top_types: usize,
-}
-
-pub struct Outcome {
-    pub dir: PathBuf,
-    pub bytes: u64,
-    pub manifest: Manifest,
-    /// Top types of the heap snapshot, when one was taken (for `dotnet_heap_type_bytes`).
-    pub heap_top: Option<Vec<(String, u64)>>,
-    /// Per kind: succeeded?
-    pub results: Vec<(CaptureKind, bool)>,
 }
 
 pub fn dump_type(t: api::DumpType) -> diag::protocol::DumpType {
@@ -138,73 +104,38 @@ pub fn dump_type(t: api::DumpType) -> diag::protocol::DumpType {
     }
 }
 
-/// Capture every requested kind into one directory. Fails (leaving nothing) only when every
-/// kind failed.
-pub async fn run(storage: &Storage, who: &Identity, t: &Target, req: &Request<'_>) -> Result<Outcome, Error> {
-    let started = Instant::now();
-    let now = SystemTime::now();
-    let stamp: String = rfc3339(now).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let id = format!("{stamp}-{}-{}-{}", t.name, t.pid, req.firing.trigger);
-    let pending = storage.begin(&id)?;
-    let mut failures = Vec::new();
-    let mut results = Vec::new();
-    let mut heap_top = None;
-    let mut finding = req.finding.clone();
-    for &kind in req.kinds {
+/// Take every requested kind into `dir`. Fails only when every kind failed (the caller then
+/// leaves nothing behind).
+pub async fn take(t: &Target, dir: &Path, req: &Request) -> Result<Taken, Error> {
+    let mut taken = Taken { finding: req.finding.clone(), ..Default::default() };
+    for &kind in &req.kinds {
         let r = match kind {
-            CaptureKind::Stacks => stacks(t, &pending.dir().join("stacks.json")).await.map(|threads| {
-                if let Some(f) = &mut finding {
+            CaptureKind::Stacks => stacks(t, &dir.join("stacks.json")).await.map(|threads| {
+                if let Some(f) = &mut taken.finding {
                     name_the_frames(f, &threads);
                 }
             }),
-            CaptureKind::Gcdump => gcdump(t, pending.dir(), req.top_types).await.map(|top| heap_top = Some(top)),
-            CaptureKind::Dump => dump(t, pending.dir(), req).await,
+            CaptureKind::Gcdump => gcdump(t, dir, req.top_types).await.map(|top| taken.heap_top = Some(top)),
+            CaptureKind::Dump => dump(t, dir, req).await,
         };
         if let Err(e) = &r {
             tracing::warn!(pid = t.pid, kind = kind.name(), error = %e, "capture failed");
-            failures.push(format!("{}: {e}", kind.name()));
+            taken.failures.push(format!("{}: {e}", kind.name()));
         }
-        results.push((kind, r.is_ok()));
+        taken.results.push((kind.name(), r.is_ok()));
     }
-    if results.iter().all(|(_, ok)| !ok) {
+    if taken.results.iter().all(|(_, ok)| !ok) {
         return Err(Error::Io {
             what: format!("capturing pid {}", t.pid),
-            source: std::io::Error::other(failures.join("; ")),
+            source: std::io::Error::other(taken.failures.join("; ")),
         });
     }
-    if let Some(f) = &finding {
-        let text = serde_json::to_vec_pretty(f).expect("finding serializes");
-        std::fs::write(pending.dir().join("finding.json"), text).map_err(Error::io("writing finding.json"))?;
-    }
-    let files = pending.files_async().await?;
-    let manifest = Manifest {
-        version: 1,
-        id,
-        created: rfc3339(now),
-        identity: who.clone(),
-        process: ProcessEntry {
-            pid: t.pid,
-            ns_pid: t.ns_pid,
-            name: t.name.clone(),
-            command_line: t.command_line.clone(),
-            runtime_version: t.runtime_version.clone(),
-        },
-        trigger: req.firing.clone(),
-        dump_type: dump_type(req.dump_type).name(),
-        files,
-        failures,
-        finding,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    let bytes = manifest.files.iter().map(|f| f.bytes).sum();
-    let dir = pending.commit(&manifest)?;
-    Ok(Outcome { dir, bytes, manifest, heap_top, results })
+    Ok(taken)
 }
 
-async fn stacks(t: &Target, out: &std::path::Path) -> Result<Vec<ThreadStack>, Error> {
+async fn stacks(t: &Target, out: &Path) -> Result<Vec<ThreadStack>, Error> {
     let threads = diag::stacks::capture(&t.client, Duration::from_millis(50), Duration::from_secs(60)).await?;
-    let json = serde_json::to_vec_pretty(&threads).expect("stacks serialize");
-    std::fs::write(out, json).map_err(Error::io("writing stacks.json"))?;
+    write_json(out, &threads)?;
     Ok(threads)
 }
 
@@ -228,7 +159,7 @@ pub fn name_the_frames(finding: &mut serde_json::Value, threads: &[ThreadStack])
     }
 }
 
-async fn gcdump(t: &Target, dir: &std::path::Path, top: usize) -> Result<Vec<(String, u64)>, Error> {
+async fn gcdump(t: &Target, dir: &Path, top: usize) -> Result<Vec<(String, u64)>, Error> {
     let raw_path = dir.join("heap.nettrace");
     let raw = std::fs::File::create(&raw_path).map_err(Error::io("creating heap.nettrace"))?;
     let snap = diag::heap::capture(
@@ -252,12 +183,11 @@ async fn gcdump(t: &Target, dir: &std::path::Path, top: usize) -> Result<Vec<(St
         "total_bytes": h.total_bytes(),
         "types": h.top(usize::MAX),
     });
-    std::fs::write(dir.join("histogram.json"), serde_json::to_vec_pretty(&json).expect("serializes"))
-        .map_err(Error::io("writing histogram.json"))?;
+    write_json(&dir.join("histogram.json"), &json)?;
     Ok(h.top(top).iter().map(|t| (t.type_name.clone(), t.bytes)).collect())
 }
 
-async fn dump(t: &Target, dir: &std::path::Path, req: &Request<'_>) -> Result<(), Error> {
+async fn dump(t: &Target, dir: &Path, req: &Request) -> Result<(), Error> {
     // Without a /proc view, describe the process as the runtime sees itself: the dump path is
     // then on the shared volume, which both sides see under the same name in listen mode.
     let process = t.process.clone().unwrap_or_else(|| DotnetProcess {
@@ -289,7 +219,7 @@ async fn dump(t: &Target, dir: &std::path::Path, req: &Request<'_>) -> Result<()
 
 /// The disk guard's refusal as a user reads it: what is free, what the dump needs, and the
 /// policy setting (`limits.minFreeDisk`) that keeps the rest free.
-pub fn disk_guard(dir: &std::path::Path, needed: u64, available: u64, min_free: u64) -> String {
+pub fn disk_guard(dir: &Path, needed: u64, available: u64, min_free: u64) -> String {
     let dir = dir.parent().unwrap_or(dir); // the capture's folder in the storage root
     format!(
         "disk guard: {} free on {}, the dump needs ~{} and limits.minFreeDisk keeps {} free",

@@ -11,15 +11,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use api::TriggerKind;
+use api::wire::{Firing, ProcessEntry};
 
-use crate::capture::{Manifest, ProcessEntry};
-use crate::metrics::{CaptureLabels, TriggerLabels};
-use crate::storage::rfc3339;
-use crate::triggers::Firing;
-use crate::watcher::Shared;
+use crate::Error;
+use crate::commit::{self, Job, Taken};
+use crate::metrics::TriggerLabels;
+use crate::shared::{KnownProcess, Shared};
 
 pub const CRASH_DIR: &str = ".crash";
 const DAC_DIR: &str = ".dac";
@@ -53,25 +53,12 @@ pub fn remember_dac(storage: &Path, version: &str, dac: &Path) {
     }
 }
 
-/// Pid → (process name, runtime version) of processes we watched: a crash dump names only
-/// the pid (in the app's namespace). Kept after the process ends (that is when its dump
-/// arrives), and bounded by [`remember_process`].
-pub type Known = std::sync::Mutex<HashMap<u32, (String, Option<String>)>>;
-
-pub fn remember_process(known: &Known, ns_pid: u32, name: &str, version: Option<String>) {
-    let mut k = known.lock().expect("poisoned");
-    if k.len() >= 256 {
-        k.clear();
-    }
-    k.insert(ns_pid, (name.to_string(), version));
-}
-
 pub async fn collect_loop(shared: Arc<Shared>) {
     let dir = shared.storage.root().join(CRASH_DIR);
     let mut sizes: HashMap<PathBuf, (u64, u32)> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let wanted = shared.policy.borrow().triggers.iter().any(|t| t.kind == TriggerKind::Crash);
+        let wanted = shared.policy().triggers.iter().any(|t| t.kind == TriggerKind::Crash);
         if wanted && !dir.exists() {
             // Created only for policies with a crash trigger; the runtime does not create it.
             let _ = std::fs::create_dir_all(&dir);
@@ -103,90 +90,123 @@ pub async fn collect_loop(shared: Arc<Shared>) {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            adopt(&shared, &path);
+            adopt(&shared, &path).await;
         }
     }
 }
 
-fn adopt(shared: &Shared, core: &Path) {
+/// Turn a complete crash dump into a capture, through the one capture commit (capture lock,
+/// budget, retention, report). The dump already lies in the store, so it adds nothing to the
+/// budget until it is over it.
+async fn adopt(shared: &Shared, core: &Path) {
     let name = core.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let pid: u32 = name.trim_start_matches("core.").parse().unwrap_or(0);
-    let (process, version) =
-        shared.known.lock().expect("poisoned").get(&pid).cloned().unwrap_or(("unknown".into(), None));
-    let firing = Firing {
-        index: None,
-        trigger: "crash",
-        value: pid as f64,
-        threshold: None,
-        detail: format!("the runtime wrote {name} while crashing"),
+    let known = shared.known_process(pid).unwrap_or(KnownProcess { name: "unknown".into(), runtime_version: None });
+    tracing::warn!(pid, process = %known.name, "crash dump found");
+    let trigger = TriggerLabels { pid: pid.to_string(), process: known.name.clone(), trigger: "crash".into() };
+    shared.metrics.triggers.get_or_create(&trigger).inc();
+    let job = Job {
+        process: ProcessEntry {
+            pid,
+            ns_pid: pid,
+            name: known.name.clone(),
+            command_line: String::new(),
+            runtime_version: known.runtime_version.clone(),
+        },
+        firing: Firing {
+            index: None,
+            trigger: TriggerKind::Crash,
+            value: pid as f64,
+            threshold: None,
+            detail: format!("the runtime wrote {name} while crashing"),
+        },
+        kinds: vec!["crash"],
+        dump_type: "runtime crash dump",
+        estimate: 0,
+        snapshot: None,
     };
-    tracing::warn!(pid, process = %process, "crash dump found");
-    shared
-        .metrics
-        .triggers
-        .get_or_create(&TriggerLabels { pid: pid.to_string(), process: process.clone(), trigger: "crash".into() })
-        .inc();
-    let now = SystemTime::now();
-    let stamp: String = rfc3339(now).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let id = format!("{stamp}-{process}-{pid}-crash");
-    let result = (|| {
-        let pending = shared.storage.begin(&id)?;
-        let io = |what: &str| crate::Error::io(what.to_string());
-        std::fs::rename(core, pending.dir().join(&name)).map_err(io("moving the crash dump"))?;
-        let report = core.with_file_name(format!("{name}.crashreport.json"));
-        if report.exists() {
-            std::fs::rename(&report, pending.dir().join("crashreport.json")).map_err(io("moving the crash report"))?;
-        }
-        if let Some(v) = &version {
-            let dac = shared.storage.root().join(DAC_DIR).join(v).join("libmscordaccore.so");
-            if dac.exists() {
-                std::fs::copy(&dac, pending.dir().join("libmscordaccore.so")).map_err(io("copying the DAC"))?;
-            }
-        }
-        let files = pending.files()?;
-        let manifest = Manifest {
-            version: 1,
-            id: id.clone(),
-            created: rfc3339(now),
-            identity: shared.identity.clone(),
-            process: ProcessEntry {
-                pid,
-                ns_pid: pid,
-                name: process.clone(),
-                command_line: String::new(),
-                runtime_version: version.clone(),
-            },
-            trigger: firing,
-            dump_type: "runtime crash dump",
-            files,
-            failures: Vec::new(),
-            finding: None,
-            seconds: 0.0,
+    let dac = known.runtime_version.map(|v| shared.storage.root().join(DAC_DIR).join(v).join("libmscordaccore.so"));
+    let core_owned = core.to_path_buf();
+    let stored = commit::capture(shared, job, move |dir| async move { take(&core_owned, &dir, dac.as_deref()) }).await;
+    if stored.is_none() {
+        // Not kept (over budget, or it could not be moved): it must not be found again.
+        let _ = std::fs::remove_file(core);
+    }
+}
+
+/// Move the dump (and the runtime's crash report) into the capture, with the DAC kept for it.
+fn take(core: &Path, dir: &Path, dac: Option<&Path>) -> Result<Taken, Error> {
+    let name = core.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    std::fs::rename(core, dir.join(&name)).map_err(Error::io("moving the crash dump"))?;
+    let report = core.with_file_name(format!("{name}.crashreport.json"));
+    if report.exists() {
+        std::fs::rename(&report, dir.join("crashreport.json")).map_err(Error::io("moving the crash report"))?;
+    }
+    if let Some(dac) = dac.filter(|d| d.exists()) {
+        std::fs::copy(dac, dir.join("libmscordaccore.so")).map_err(Error::io("copying the DAC"))?;
+    }
+    Ok(Taken { results: vec![("crash", true)], ..Default::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sidecar whose policy has a crash trigger and keeps one capture.
+    fn shared(root: &Path) -> Arc<Shared> {
+        let spec = api::DumpPolicySpec {
+            triggers: vec![api::Trigger::new(TriggerKind::Crash)],
+            retention: api::Retention { max_count: 1, max_age: api::Duration(Duration::from_secs(86400)) },
+            ..Default::default()
         };
-        pending.commit(&manifest)
-    })();
-    let max = shared.policy.borrow().limits.max_bytes.value() as u64;
-    let result = match result {
-        Ok(dir) if shared.storage.used_bytes() > max => {
-            let _ = std::fs::remove_dir_all(&dir);
-            tracing::warn!(pid, "crash dump dropped: it does not fit in limits.maxBytes");
-            "over_budget"
-        }
-        Ok(dir) => {
-            tracing::info!(dir = %dir.display(), "crash dump stored");
-            if let Some(r) = &shared.reporter {
-                let manifest =
-                    std::fs::read(dir.join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                let manifest = manifest.unwrap_or_default();
-                r.submit(shared, crate::upload::Report { dir, manifest, snapshot: None, findings: None });
-            }
-            "success"
-        }
-        Err(e) => {
-            tracing::warn!(pid, error = %e, "could not store the crash dump");
-            let _ = std::fs::remove_file(core);
-            "failure"
-        }
-    };
-    shared.metrics.captures.get_or_create(&CaptureLabels { kind: "crash".into(), result: result.into() }).inc();
+        let (policy_tx, policy) = tokio::sync::watch::channel(Arc::new(spec));
+        std::mem::forget(policy_tx); // the policy never changes
+        let (demand, _) = tokio::sync::broadcast::channel(1);
+        let storage = crate::storage::Storage::open(root).unwrap();
+        Arc::new(Shared::new(crate::metrics::Metrics::new(), storage, Default::default(), policy, demand, None))
+    }
+
+    fn crash_dump(root: &Path) -> PathBuf {
+        std::fs::create_dir_all(root.join(CRASH_DIR)).unwrap();
+        let core = root.join(CRASH_DIR).join("core.77");
+        std::fs::write(&core, b"core").unwrap();
+        core
+    }
+
+    #[tokio::test]
+    async fn a_crash_capture_waits_for_the_capture_lock() {
+        let root = tempfile::tempdir().unwrap();
+        let shared = shared(root.path());
+        let core = crash_dump(root.path());
+        let held = shared.capture_lock.lock().await;
+        let adopting = tokio::spawn({
+            let (shared, core) = (shared.clone(), core.clone());
+            async move { adopt(&shared, &core).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            shared.storage.stored().is_empty(),
+            "a crash capture was committed while another capture held the lock"
+        );
+        assert!(core.exists(), "the dump waits where the runtime wrote it");
+        drop(held);
+        adopting.await.unwrap();
+        let stored = shared.storage.stored();
+        assert_eq!(stored.len(), 1);
+        assert!(stored[0].path.join("core.77").exists() && !core.exists());
+    }
+
+    #[tokio::test]
+    async fn a_crash_capture_keeps_the_retention() {
+        let root = tempfile::tempdir().unwrap();
+        let shared = shared(root.path());
+        let earlier = shared.storage.begin("earlier").unwrap();
+        std::fs::write(earlier.dir().join("stacks.json"), b"[]").unwrap();
+        earlier.commit(&serde_json::json!({})).unwrap();
+        let core = crash_dump(root.path());
+        adopt(&shared, &core).await;
+        let stored = shared.storage.stored();
+        assert_eq!(stored.len(), 1, "retention.maxCount 1 keeps one capture: {stored:?}");
+        assert!(stored[0].path.join("core.77").exists(), "the newest, the crash dump, is kept");
+    }
 }

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::capture::{Target, process_name};
-use crate::watcher::{Shared, watch};
+use crate::shared::Shared;
+use crate::watcher::watch;
 
 /// Only processes whose environment holds `KEY=VALUE` (standalone sidecars on a shared host,
 /// and tests, which must not touch other processes on the machine).

@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::watcher::Shared;
+use crate::shared::Shared;
 
 #[derive(Clone)]
 pub struct App {
@@ -43,6 +43,5 @@ async fn readyz(State(app): State<App>) -> impl IntoResponse {
 }
 
 async fn findings(State(app): State<App>) -> impl IntoResponse {
-    let list: Vec<serde_json::Value> = app.shared.findings.lock().expect("poisoned").iter().cloned().collect();
-    axum::Json(list)
+    axum::Json(app.shared.findings())
 }

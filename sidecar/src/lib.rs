@@ -1,32 +1,44 @@
 //! The dumpwatch sidecar: beside the app, watch every .NET process, publish metrics, detect
 //! deadlocks live, fire triggers and capture evidence without ever hurting the app.
 //!
-//! Layout: pure decisions in [`triggers`] and [`limits`]; the edges in [`discovery`] (who to
-//! watch), [`watcher`] (one session per process), [`capture`] + [`storage`] (artifacts),
-//! [`policy`] (file reload, on-demand requests) and [`http`]. In operator mode
-//! [`operator_client`] replaces the policy file and [`upload`] stores and reports each capture.
+//! Layout, lowest first (a module imports only those above it; `tests/module_graph.rs` checks
+//! that the imports form no cycle):
+//! - pure decisions: [`triggers`], [`limits`], [`ids`];
+//! - the store and what is shared: [`storage`] (capture directories), [`metrics`], [`policy`]
+//!   (file reload, on-demand requests), [`operator_client`] (the operator's API, `api::wire`),
+//!   [`report`] (operator mode: the queue that stores each capture on S3 or a volume and reports
+//!   it), [`shared`] (what every part shares);
+//! - capturing: [`capture`] (dump, heap snapshot, stacks of a live process), [`crash`] (the
+//!   runtime's crash dumps), both committed by [`commit`] (capture lock, budget, manifest,
+//!   report, retention);
+//! - the edges: [`watcher`] (one session per process, triggers), [`discovery`] (who to watch),
+//!   [`http`] (`/metrics`, `/findings`).
 
-pub mod artifacts;
 pub mod capture;
-pub mod claim_store;
+pub mod commit;
 pub mod crash;
 pub mod discovery;
 mod error;
 pub mod http;
+pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod operator_client;
 pub mod policy;
+pub mod report;
+pub mod shared;
 pub mod storage;
 pub mod triggers;
-pub mod upload;
 pub mod watcher;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use api::StorageTarget;
+use api::wire::Identity;
 
 pub use error::Error;
 
@@ -37,15 +49,15 @@ pub struct Config {
     /// Operator mode: the policy, on-demand requests and storage come through the operator;
     /// `policy_file` is not read.
     pub operator: Option<operator_client::OperatorConfig>,
-    /// Overrides `spec.storage.volume.path`.
-    pub storage: Option<PathBuf>,
+    /// Where captures are taken (`--storage`); overrides `spec.storage.volume.path`.
+    pub capture_dir: Option<PathBuf>,
     /// Operator mode: where the policy's claim is mounted (`DUMPWATCH_STORE`); finished captures
     /// are stored there instead of in the capture folder.
-    pub store: Option<PathBuf>,
-    /// Listen-mode socket; default `<storage>/dumpwatch.sock`.
+    pub claim_dir: Option<PathBuf>,
+    /// Listen-mode socket; default `<capture dir>/dumpwatch.sock`.
     pub listen_socket: Option<PathBuf>,
     pub http: SocketAddr,
-    pub identity: capture::Identity,
+    pub identity: Identity,
     pub scan_interval: Duration,
     /// Where `/proc` is (tests).
     pub proc_root: PathBuf,
@@ -75,30 +87,27 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
         Some((_, first)) => first.spec.clone(),
         None => policy::load(&cfg.policy_file)?,
     };
-    if policy.storage.s3.is_some() && (cfg.storage.is_none() || operator.is_none()) {
-        return Err(Error::NoS3);
-    }
-    let root = cfg
-        .storage
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&policy.storage.volume.as_ref().expect("validated: one storage").path));
+    // S3 is reached only through the operator, from a local capture folder.
+    let root = match (policy.storage.target(), &cfg.capture_dir) {
+        (StorageTarget::S3(_), _) if operator.is_none() => return Err(Error::NoS3),
+        (StorageTarget::S3(_), None) => return Err(Error::NoS3),
+        (_, Some(dir)) => dir.clone(),
+        (StorageTarget::Volume(v), None) => PathBuf::from(&v.path),
+    };
     let storage = storage::Storage::open(&root)?;
     let mode = policy.mode;
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
     let (demand_tx, _) = tokio::sync::broadcast::channel(16);
-    let (reporter, report_queue) = upload::queue();
-    let shared = Arc::new(watcher::Shared {
-        metrics: metrics::Metrics::new(),
+    let metrics = metrics::Metrics::new();
+    let (reporter, report_queue) = report::queue(metrics.uploads.clone());
+    let shared = Arc::new(shared::Shared::new(
+        metrics,
         storage,
-        identity: cfg.identity.clone(),
-        policy: policy_rx.clone(),
-        on_demand: demand_tx.clone(),
-        reporter: operator.is_some().then_some(reporter),
-        capture_lock: tokio::sync::Mutex::new(()),
-        findings: Default::default(),
-        epoch: Instant::now(),
-        known: Default::default(),
-    });
+        cfg.identity.clone(),
+        policy_rx.clone(),
+        demand_tx.clone(),
+        operator.is_some().then_some(reporter.clone()),
+    ));
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
         .map_err(Error::io(format!("binding the HTTP endpoint {}", cfg.http)))?;
@@ -116,8 +125,17 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
             let refresh = cfg.operator.as_ref().map_or(Duration::from_secs(10), |o| o.policy_refresh);
             tokio::spawn(operator_client::policy_loop(client.clone(), policy_tx, first, refresh));
             tokio::spawn(operator_client::requests_loop(client.clone(), demand_tx.clone(), Duration::from_secs(30)));
-            tokio::spawn(upload::run(shared.clone(), client, report_queue, cfg.store.clone()));
-            upload::resubmit_leftovers(&shared);
+            let ctx = report::Context {
+                policy: policy_rx.clone(),
+                identity: cfg.identity.clone(),
+                captures: root.clone(),
+                claim: cfg.claim_dir.clone(),
+                client,
+                storage_http: store::HttpClient::new(),
+                uploads: shared.metrics.uploads.clone(),
+            };
+            tokio::spawn(report::run(ctx, report_queue));
+            report::resubmit_leftovers(&shared.storage, &reporter);
         }
         None => {
             tokio::spawn(policy::reload_loop(cfg.policy_file.clone(), policy_tx, Duration::from_secs(1)));

@@ -98,17 +98,17 @@ fn main() -> anyhow::Result<()> {
             token_file: args.token_file,
             policy_refresh: std::time::Duration::from_millis(args.policy_refresh_ms.max(100)),
         }),
-        storage: args.storage,
-        store: args.store,
+        capture_dir: args.storage,
+        claim_dir: args.store,
         listen_socket: args.listen_socket,
         http: args.http,
-        identity: sidecar::capture::Identity { pod: args.pod, namespace: args.namespace, container: args.container },
+        identity: api::wire::Identity { pod: args.pod, namespace: args.namespace, container: args.container },
         scan_interval: std::time::Duration::from_millis(args.scan_interval_ms.max(50)),
         proc_root: "/proc".into(),
         select: args.select_env.unwrap_or_default(),
     };
-    rt.block_on(sidecar::run(cfg))?;
-    Ok(())
+    // The whole cause chain, without presigned signatures.
+    rt.block_on(sidecar::run(cfg)).map_err(|e| anyhow::anyhow!(store::redact::error_chain(&e)))
 }
 
 fn parse_select(s: &str) -> Result<sidecar::discovery::Select, String> {

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::DumpPolicySpec;
-use serde::{Deserialize, Serialize};
+use api::wire::{
+    self, CaptureReply, CaptureReport, CaptureRequest, CompleteRequest, ErrorReply, FailureReport, PolicyReply,
+    RequestsReply, Route, UploadReply, UploadRequest,
+};
+use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 
 use crate::Error;
@@ -31,121 +35,6 @@ pub struct OperatorClient {
     http: reqwest::Client,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyAnswer {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub resource_version: String,
-    pub spec: DumpPolicySpec,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FileSize {
-    pub name: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct UploadsRequest {
-    pub capture: String,
-    pub files: Vec<FileSize>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct UploadsAnswer {
-    pub files: Vec<UploadTarget>,
-}
-
-/// Where one file goes: a presigned PUT, or a multipart upload.
-#[derive(Debug, Clone, Deserialize)]
-pub struct UploadTarget {
-    pub name: String,
-    /// What to report: `s3://bucket/key`.
-    pub uri: String,
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub multipart: Option<Multipart>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Multipart {
-    pub upload_id: String,
-    pub part_size: u64,
-    pub parts: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CompleteRequest {
-    pub capture: String,
-    pub name: String,
-    pub upload_id: String,
-    pub etags: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ArtifactRef {
-    pub kind: api::CaptureKind,
-    pub uri: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CaptureReport {
-    pub manifest: serde_json::Value,
-    pub artifacts: Vec<ArtifactRef>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub findings: Option<serde_json::Value>,
-}
-
-/// A capture that failed (or an on-demand request the limits refused): `POST /v1/sidecar/failures`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FailureReport {
-    /// Unique per failure, one path segment (names the snapshot of a trigger's failure).
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    pub pid: u32,
-    pub process: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime_version: Option<String>,
-    pub trigger: String,
-    /// The value that fired the trigger.
-    pub value: f64,
-    /// The on-demand `DumpSnapshot` this failure answers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<String>,
-    /// Why, in words a user acts on.
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ReportAnswer {
-    #[serde(default)]
-    pub snapshot: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct SnapshotRequest {
-    pub snapshot: String,
-    #[serde(default)]
-    pub pid: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RequestsAnswer {
-    #[serde(default)]
-    requests: Vec<SnapshotRequest>,
-}
-
 impl OperatorClient {
     pub fn new(cfg: &OperatorConfig) -> Result<Self, Error> {
         let mut b = reqwest::Client::builder()
@@ -154,11 +43,11 @@ impl OperatorClient {
             .user_agent(concat!("dumpwatch-sidecar/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.ca_pem {
             let ca = reqwest::Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| Error::Operator(format!("the operator CA (--operator-ca) is not PEM: {e}")))?;
+                .map_err(|e| Error::OperatorConfig(format!("the operator CA (--operator-ca) is not PEM: {e}")))?;
             // The operator's own CA and nothing else: a public CA must not vouch for it.
             b = b.tls_built_in_root_certs(false).add_root_certificate(ca);
         }
-        let http = b.build().map_err(|e| Error::Operator(format!("building the HTTP client: {e}")))?;
+        let http = b.build().map_err(|e| Error::OperatorConfig(format!("building the HTTP client: {e}")))?;
         Ok(Self { base: cfg.url.trim_end_matches('/').to_string(), token_file: cfg.token_file.clone(), http })
     }
 
@@ -168,88 +57,88 @@ impl OperatorClient {
         Ok(t.trim().to_string())
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response, Error> {
-        let resp = req
-            .bearer_auth(self.token()?)
-            .send()
-            .await
-            .map_err(|e| Error::Operator(format!("{what}: {}", error_chain(&e))))?;
+    /// Calls `route` (with `body` as JSON, if any) within `timeout`; a refusal becomes
+    /// [`Error::OperatorRefused`] with the operator's reason.
+    async fn call(
+        &self,
+        route: Route,
+        query: &str,
+        body: Option<&impl serde::Serialize>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        let url = format!("{}{}{query}", self.base, route.path);
+        let req = match route.method {
+            wire::Method::Get => self.http.get(url),
+            wire::Method::Post => self.http.post(url),
+        };
+        let req = match body {
+            Some(b) => req.json(b),
+            None => req,
+        };
+        let resp = req.bearer_auth(self.token()?).timeout(timeout).send().await.map_err(|e| {
+            Error::OperatorUnreachable { what: what.to_string(), detail: store::redact::error_chain(&e) }
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        Err(Error::OperatorStatus {
-            what: what.to_string(),
-            status: status.as_u16(),
-            body: body.chars().take(300).collect(),
-        })
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let (reason, message) = match serde_json::from_str::<ErrorReply>(&text) {
+            Ok(e) => (Some(e.error), e.message),
+            Err(_) => (None, text.chars().take(300).collect()),
+        };
+        Err(Error::OperatorRefused { what: what.to_string(), status, reason, message })
     }
 
-    async fn json<T: for<'de> Deserialize<'de>>(resp: reqwest::Response, what: &str) -> Result<T, Error> {
-        resp.json().await.map_err(|e| Error::Operator(format!("{what}: unexpected answer: {e}")))
+    async fn json<T: DeserializeOwned>(resp: reqwest::Response, what: &str) -> Result<T, Error> {
+        resp.json()
+            .await
+            .map_err(|e| Error::OperatorAnswer { what: what.to_string(), detail: store::redact::error_chain(&e) })
     }
 
-    pub async fn policy(&self) -> Result<PolicyAnswer, Error> {
+    pub async fn policy(&self) -> Result<PolicyReply, Error> {
         let what = "fetching the policy";
-        let resp = self.call(self.http.get(format!("{}/v1/sidecar/policy", self.base)).timeout(TIMEOUT), what).await?;
-        let p: PolicyAnswer = Self::json(resp, what).await?;
-        p.spec.validate().map_err(|e| Error::Operator(format!("the operator's policy {}: {e}", p.name)))?;
+        let resp = self.call(wire::POLICY, "", None::<&()>, TIMEOUT, what).await?;
+        let p: PolicyReply = Self::json(resp, what).await?;
+        p.spec.validate().map_err(|e| Error::OperatorAnswer {
+            what: what.into(),
+            detail: format!("the operator's policy {}: {e}", p.name),
+        })?;
         Ok(p)
     }
 
-    pub async fn uploads(&self, req: &UploadsRequest) -> Result<UploadsAnswer, Error> {
+    pub async fn uploads(&self, req: &UploadRequest) -> Result<UploadReply, Error> {
         let what = "asking for upload URLs";
-        let url = format!("{}/v1/sidecar/uploads", self.base);
-        let resp = self.call(self.http.post(url).json(req).timeout(TIMEOUT), what).await?;
-        Self::json(resp, what).await
+        Self::json(self.call(wire::UPLOADS, "", Some(req), TIMEOUT, what).await?, what).await
     }
 
     pub async fn complete(&self, req: &CompleteRequest) -> Result<(), Error> {
-        let url = format!("{}/v1/sidecar/uploads/complete", self.base);
         // Completing a large multipart upload can take S3 a while.
-        self.call(self.http.post(url).json(req).timeout(TIMEOUT * 4), "completing a multipart upload").await?;
+        self.call(wire::COMPLETE, "", Some(req), TIMEOUT * 4, "completing a multipart upload").await?;
         Ok(())
     }
 
-    pub async fn report(&self, report: &CaptureReport) -> Result<ReportAnswer, Error> {
+    pub async fn report(&self, report: &CaptureReport) -> Result<CaptureReply, Error> {
         let what = "reporting a capture";
-        let url = format!("{}/v1/sidecar/captures", self.base);
-        let resp = self.call(self.http.post(url).json(report).timeout(TIMEOUT), what).await?;
-        let text = resp.text().await.unwrap_or_default();
-        Ok(serde_json::from_str(&text).unwrap_or_default())
+        Self::json(self.call(wire::CAPTURES, "", Some(report), TIMEOUT, what).await?, what).await
     }
 
-    pub async fn report_failure(&self, failure: &FailureReport) -> Result<ReportAnswer, Error> {
+    pub async fn report_failure(&self, failure: &FailureReport) -> Result<CaptureReply, Error> {
         let what = "reporting a failed capture";
-        let url = format!("{}/v1/sidecar/failures", self.base);
-        let resp = self.call(self.http.post(url).json(failure).timeout(TIMEOUT), what).await?;
-        let text = resp.text().await.unwrap_or_default();
-        Ok(serde_json::from_str(&text).unwrap_or_default())
+        Self::json(self.call(wire::FAILURES, "", Some(failure), TIMEOUT, what).await?, what).await
     }
 
     /// Long poll: the on-demand requests for this pod, or none after `wait`.
-    pub async fn requests(&self, wait: Duration) -> Result<Vec<SnapshotRequest>, Error> {
+    pub async fn requests(&self, wait: Duration) -> Result<Vec<CaptureRequest>, Error> {
         let what = "polling on-demand requests";
-        let url = format!("{}/v1/sidecar/requests?wait={}", self.base, wait.as_secs());
-        let resp = self.call(self.http.get(url).timeout(wait + TIMEOUT), what).await?;
-        Ok(Self::json::<RequestsAnswer>(resp, what).await?.requests)
+        let query = format!("?wait={}", wait.as_secs());
+        let resp = self.call(wire::REQUESTS, &query, None::<&()>, wait + TIMEOUT, what).await?;
+        Ok(Self::json::<RequestsReply>(resp, what).await?.requests)
     }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// reqwest's Display stops at "error sending request": the cause (refused, TLS) is below.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 /// Logs an operator outage once when it starts and once when it ends, not on every attempt.
 #[derive(Debug, Default)]
@@ -289,7 +178,7 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 }
 
 /// The first policy: the sidecar has nothing to enforce without one, so it waits for it.
-pub async fn first_policy(client: &OperatorClient) -> PolicyAnswer {
+pub async fn first_policy(client: &OperatorClient) -> PolicyReply {
     let mut outage = Outage::default();
     let mut attempt = 0;
     loop {
@@ -313,7 +202,7 @@ pub async fn first_policy(client: &OperatorClient) -> PolicyAnswer {
 pub async fn policy_loop(
     client: Arc<OperatorClient>,
     tx: watch::Sender<Arc<DumpPolicySpec>>,
-    mut current: PolicyAnswer,
+    mut current: PolicyReply,
     every: Duration,
 ) {
     let mut outage = Outage::default();
@@ -388,7 +277,7 @@ mod tests {
     #[test]
     fn an_outage_is_logged_once() {
         let mut o = Outage::default();
-        let e = Error::Operator("refused".into());
+        let e = Error::OperatorUnreachable { what: "x".into(), detail: "refused".into() };
         assert!(o.failed("x", &e));
         assert!(!o.failed("x", &e));
         assert!(!o.failed("x", &e));
@@ -403,23 +292,5 @@ mod tests {
         assert_eq!(backoff(0, s(1), s(30)), s(1));
         assert_eq!(backoff(3, s(1), s(30)), s(8));
         assert_eq!(backoff(40, s(1), s(30)), s(30));
-    }
-
-    #[test]
-    fn answers_parse_as_documented() {
-        let p: PolicyAnswer =
-            serde_json::from_str(r#"{"name":"p","resourceVersion":"7","spec":{"triggers":[{"type":"deadlock"}]}}"#)
-                .unwrap();
-        assert_eq!((p.name.as_str(), p.resource_version.as_str(), p.spec.triggers.len()), ("p", "7", 1));
-        let u: UploadsAnswer = serde_json::from_str(
-            r#"{"files":[{"name":"a.zst","uri":"s3://b/k/a.zst","url":"https://x"},
-                {"name":"core.1.zst","uri":"s3://b/k/core.1.zst","multipart":{"uploadId":"u","partSize":5,"parts":["p1","p2"]}}]}"#,
-        )
-        .unwrap();
-        assert_eq!(u.files[0].url.as_deref(), Some("https://x"));
-        assert_eq!(u.files[1].multipart.as_ref().unwrap().parts.len(), 2);
-        let r: RequestsAnswer =
-            serde_json::from_str(r#"{"requests":[{"snapshot":"s1","pid":null},{"snapshot":"s2","pid":7}]}"#).unwrap();
-        assert_eq!(r.requests[1], SnapshotRequest { snapshot: "s2".into(), pid: Some(7) });
     }
 }

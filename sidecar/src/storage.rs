@@ -7,12 +7,11 @@
 //! start sweeps away.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use api::wire::FileEntry;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::Error;
 use crate::limits::{Stored, retention_victims};
@@ -102,15 +101,12 @@ pub struct Pending {
 
 impl Pending {
     pub fn dir(&self) -> &Path {
-        self.dir.as_deref().expect("not committed")
+        // Only `commit`, which consumes the Pending, takes the directory out.
+        self.dir.as_deref().expect("a pending capture has its directory until committed")
     }
 
-    /// Every file written so far, with its size and SHA-256. Hashing a multi-GB dump takes
-    /// seconds: async callers use [`Pending::files_async`] so the sessions keep being read.
-    pub fn files(&self) -> Result<Vec<FileEntry>, Error> {
-        list_files(self.dir())
-    }
-
+    /// Every file written so far, with its size and SHA-256, hashed on a blocking thread (a
+    /// multi-GB dump takes seconds: the sessions keep being read meanwhile).
     pub async fn files_async(&self) -> Result<Vec<FileEntry>, Error> {
         let dir = self.dir().to_path_buf();
         tokio::task::spawn_blocking(move || list_files(&dir))
@@ -129,7 +125,7 @@ fn list_files(dir: &Path) -> Result<Vec<FileEntry>, Error> {
             if name.starts_with('.') || name == "manifest.json" || !e.path().is_file() {
                 continue;
             }
-            let (bytes, sha256) = hash_file(&e.path())?;
+            let (bytes, sha256) = store::sha256_file(&e.path()).map_err(Error::store(format!("hashing {name}")))?;
             out.push(FileEntry { name, bytes, sha256 });
         }
         Ok(out)
@@ -139,10 +135,9 @@ fn list_files(dir: &Path) -> Result<Vec<FileEntry>, Error> {
 impl Pending {
     /// Write the manifest last, then make the capture visible with one rename.
     pub fn commit<M: Serialize>(mut self, manifest: &M) -> Result<PathBuf, Error> {
-        let dir = self.dir.take().expect("not committed");
+        let dir = self.dir.take().expect("a pending capture has its directory until committed");
         let guard = Pending { dir: Some(dir.clone()), target: PathBuf::new() };
-        let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
-        fs::write(dir.join("manifest.json"), json).map_err(Error::io("writing manifest.json"))?;
+        write_json(&dir.join("manifest.json"), manifest)?;
         fs::rename(&dir, &self.target).map_err(Error::io(format!("publishing {}", self.target.display())))?;
         std::mem::forget(guard);
         Ok(self.target.clone())
@@ -157,28 +152,12 @@ impl Drop for Pending {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct FileEntry {
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-fn hash_file(p: &Path) -> Result<(u64, String), Error> {
-    let mut f = fs::File::open(p).map_err(Error::io(format!("reading {}", p.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(Error::io(format!("reading {}", p.display())))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((total, hex))
+/// Pretty JSON into `path` (a capture's small documents: manifest, finding, stacks, histogram).
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Error> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let text = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Io { what: format!("writing {name}"), source: std::io::Error::other(e) })?;
+    fs::write(path, text).map_err(Error::io(format!("writing {name}")))
 }
 
 pub fn dir_size(p: &Path) -> u64 {
@@ -192,34 +171,18 @@ pub fn dir_size(p: &Path) -> u64 {
         .sum()
 }
 
-/// `2026-11-28T02:15:00Z` (UTC), without a date crate: days-from-civil inverted.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_capture_appears_whole_or_not_at_all() {
+    #[tokio::test]
+    async fn a_capture_appears_whole_or_not_at_all() {
         let root = tempfile::tempdir().unwrap();
         let s = Storage::open(root.path()).unwrap();
         let p = s.begin("c1").unwrap();
         fs::write(p.dir().join("stacks.json"), b"[]").unwrap();
         assert!(s.stored().is_empty(), "pending captures are hidden");
-        let files = p.files().unwrap();
+        let files = p.files_async().await.unwrap();
         assert_eq!(files[0].bytes, 2);
         assert_eq!(files[0].sha256, "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945");
         let dir = p.commit(&serde_json::json!({"files": files})).unwrap();
@@ -242,12 +205,5 @@ mod tests {
         let s = Storage::open(root.path()).unwrap();
         let names: Vec<_> = fs::read_dir(s.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("kept")]);
-    }
-
-    #[test]
-    fn dates_are_utc() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_832_100);
-        assert_eq!(rfc3339(t), "2026-11-28T02:15:00Z");
     }
 }

@@ -18,17 +18,9 @@ pub struct Values {
     pub contentions_per_sec: Option<f64>,
 }
 
-/// A trigger that fired, with what was observed: every firing is logged with its value.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Firing {
-    /// Index into `policy.triggers`; `None` for an on-demand request that no `onDemand`
-    /// trigger describes (it captures `spec.capture.kinds`).
-    pub index: Option<usize>,
-    pub trigger: &'static str,
-    pub value: f64,
-    pub threshold: Option<f64>,
-    pub detail: String,
-}
+/// A trigger that fired, with what was observed: every firing is logged with its value, and
+/// the capture's manifest records it (the contract type, `api::wire::Firing`).
+pub use api::wire::Firing;
 
 /// Threshold + duration + hysteresis. Armed at start; fires once the value stayed above
 /// `above` for `for`; re-arms only when the value drops below `clearBelow` (default 90% of
@@ -181,14 +173,14 @@ impl Engine {
             .map(|(index, t)| firing(index, t, value, detail.to_string()))
             .collect();
         if out.is_empty() && kind == TriggerKind::OnDemand {
-            out.push(Firing { index: None, trigger: kind.name(), value, threshold: None, detail: detail.to_string() });
+            out.push(Firing { index: None, trigger: kind, value, threshold: None, detail: detail.to_string() });
         }
         out
     }
 }
 
 fn firing(index: usize, t: &Trigger, value: f64, detail: String) -> Firing {
-    Firing { index: Some(index), trigger: t.kind.name(), value, threshold: t.above.map(|a| a.value()), detail }
+    Firing { index: Some(index), trigger: t.kind, value, threshold: t.above.map(|a| a.value()), detail }
 }
 
 fn limits_of(t: &Trigger) -> (f64, f64) {
@@ -283,7 +275,7 @@ mod tests {
         let p = policy("triggers: [{type: exceptionRate, above: 5}, {type: threadPoolQueue, above: 10}]");
         let f = Engine::new(&p).evaluate(&p, &v, 0.0, 0);
         assert_eq!(f.len(), 1);
-        assert_eq!((f[0].trigger, f[0].value), ("exceptionRate", 6.0));
+        assert_eq!((f[0].trigger, f[0].value), (TriggerKind::ExceptionRate, 6.0));
     }
 
     #[test]
@@ -338,7 +330,7 @@ mod tests {
         let e = Engine::new(&p);
         let f = e.event(&p, TriggerKind::Deadlock, 2.0, "2 threads");
         assert_eq!(f.len(), 1);
-        assert_eq!((f[0].index, f[0].trigger), (Some(0), "deadlock"));
+        assert_eq!((f[0].index, f[0].trigger), (Some(0), TriggerKind::Deadlock));
         assert!(e.event(&p, TriggerKind::Schedule, 0.0, "").is_empty());
         let none = policy("triggers: [{type: deadlock}]");
         let f = Engine::new(&none).event(&none, TriggerKind::OnDemand, 1.0, "SIGUSR1");

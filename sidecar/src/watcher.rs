@@ -2,9 +2,9 @@
 //! plus contention events on .NET 8+ for the live wait-for graph), metrics, trigger evaluation
 //! and capture decisions. Captures run in their own task so the session keeps being read.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use analysis::wait_for::{Deadlock, DeadlockKey, WaitForConfig, WaitForGraph};
 use api::{CaptureKind, DumpPolicySpec, TriggerKind};
@@ -13,48 +13,14 @@ use diag::counters::{CounterSample, SYSTEM_RUNTIME, sample_from_event};
 use diag::protocol::{Provider, SessionConfig};
 use diag::session::TraceSession;
 use nettrace::{Event, TraceInfo};
-use tokio::sync::{broadcast, watch};
 
-use crate::capture::{self, Identity, Target};
+use crate::Error;
+use crate::capture::{self, Target};
+use crate::commit::{self, Job};
 use crate::limits::{self, Asker, History};
-use crate::metrics::{CaptureLabels, Metrics, TriggerLabels};
-use crate::storage::Storage;
+use crate::metrics::{Metrics, Proc, TriggerLabels};
+use crate::shared::{KnownProcess, Shared, lock};
 use crate::triggers::{Engine, Firing, Values};
-use crate::{Error, metrics::Proc};
-
-/// What every watcher shares.
-pub struct Shared {
-    pub metrics: Metrics,
-    pub storage: Storage,
-    pub identity: Identity,
-    pub policy: watch::Receiver<Arc<DumpPolicySpec>>,
-    /// On-demand requests (file, SIGUSR1); the string says where it came from.
-    pub on_demand: broadcast::Sender<crate::policy::OnDemand>,
-    /// Operator mode: where finished captures go to be stored and reported.
-    pub reporter: Option<crate::upload::Reporter>,
-    /// Captures run one at a time in the whole sidecar: the byte budget is then checked
-    /// against a store nobody else is writing to, and the node is never hit by two dumps.
-    pub capture_lock: tokio::sync::Mutex<()>,
-    /// Recent live findings, newest last (served at `/findings`).
-    pub findings: Mutex<VecDeque<serde_json::Value>>,
-    pub epoch: Instant,
-    /// Processes seen, for crash dumps that arrive after their process died.
-    pub known: crate::crash::Known,
-}
-
-impl Shared {
-    fn now(&self) -> f64 {
-        self.epoch.elapsed().as_secs_f64()
-    }
-
-    fn push_finding(&self, f: serde_json::Value) {
-        let mut q = self.findings.lock().expect("poisoned");
-        q.push_back(f);
-        while q.len() > 100 {
-            q.pop_front();
-        }
-    }
-}
 
 /// The one session per process. Contention needs .NET 8 (ContentionStart v2 names the owner).
 pub fn session_config(interval: f64, contention: bool) -> SessionConfig {
@@ -96,7 +62,8 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
         TraceSession::start(&target.client, &session_config(policy.counter_interval.as_secs_f64(), live)).await?;
     *started = true;
     tracing::info!(pid = target.pid, process = %target.name, runtime = ?target.runtime_version, "watching");
-    crate::crash::remember_process(&shared.known, target.ns_pid, &target.name, target.runtime_version.clone());
+    let known = KnownProcess { name: target.name.clone(), runtime_version: target.runtime_version.clone() };
+    shared.remember_process(target.ns_pid, known);
     if policy.triggers.iter().any(|t| t.kind == TriggerKind::Crash)
         && let (Some(v), Some(dac)) = (&target.runtime_version, target.process.as_ref().and_then(|p| p.dac_path()))
     {
@@ -116,10 +83,9 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     shared.metrics.publish_zeros(&policy, &labels);
     let mut engine = Engine::new(&policy);
     let new_tracker = || {
-        let graph =
-            WaitForGraph::new(WaitForConfig { confirm_window: Duration::from_millis(500), ..Default::default() })
-                .expect("valid wait-for config");
-        ContentionTracker::new(graph)
+        let config = WaitForConfig { confirm_window: Duration::from_millis(500), ..Default::default() };
+        // Only the confirm window differs from the defaults, whose caps are what `new` checks.
+        ContentionTracker::new(WaitForGraph::new(config).expect("the default caps are valid"))
     };
     let mut tracker = new_tracker();
     let mut contentions_published = 0;
@@ -282,109 +248,58 @@ fn fire(
     finding: Option<serde_json::Value>,
     snapshot: Option<String>,
 ) {
-    tracing::warn!(pid = t.pid, process = %t.name, trigger = firing.trigger, value = firing.value,
+    tracing::warn!(pid = t.pid, process = %t.name, trigger = %firing.trigger, value = firing.value,
         threshold = ?firing.threshold, detail = %firing.detail, "trigger fired");
-    let tl = TriggerLabels { pid: t.pid.to_string(), process: t.name.clone(), trigger: firing.trigger.into() };
+    let tl = TriggerLabels { pid: t.pid.to_string(), process: t.name.clone(), trigger: firing.trigger.name().into() };
     shared.metrics.triggers.get_or_create(&tl).inc();
     let kinds = firing.index.map(|i| policy.capture_kinds(i)).unwrap_or_else(|| policy.capture.kinds.clone());
+    let asker = if firing.trigger == TriggerKind::OnDemand { Asker::Person } else { Asker::Trigger };
+    let mut job = Job {
+        process: t.entry(),
+        firing,
+        kinds: kinds.iter().map(|k| k.name()).collect(),
+        dump_type: capture::dump_type(policy.capture.dump_type).name(),
+        estimate: 0,
+        snapshot,
+    };
     let admitted = {
-        let mut h = history.lock().expect("poisoned");
+        let mut h = lock(history);
         let estimate = estimate(t, policy, v, &kinds, h.last_gcdump_bytes);
         let now = shared.now();
-        let asker = if firing.trigger == TriggerKind::OnDemand.name() { Asker::Person } else { Asker::Trigger };
         limits::admit(&policy.limits, &mut h, now, shared.storage.used_bytes(), estimate, asker).map(|()| {
             h.record_start(now);
             estimate
         })
     };
-    let estimate = match admitted {
-        Ok(estimate) => estimate,
+    match admitted {
+        Ok(estimate) => job.estimate = estimate,
         Err(r) => {
-            tracing::info!(pid = t.pid, trigger = firing.trigger, reason = %r, "capture refused");
+            tracing::info!(pid = t.pid, trigger = %job.firing.trigger, reason = %r, "capture refused");
             count(&shared.metrics, &kinds, r.label());
             // A person waits on their DumpSnapshot: tell them now, not at the operator's timeout.
             // A trigger refused by the limits is the limits working, not a failure.
-            if snapshot.is_some() {
-                report_failure(shared, t, &firing, snapshot, format!("capture refused: {r}"));
+            if job.snapshot.is_some() {
+                commit::report_failure(shared, &job, format!("capture refused: {r}"));
             }
             return;
         }
-    };
-    let (shared, t, policy, history) = (shared.clone(), t.clone(), policy.clone(), history.clone());
-    tokio::task::spawn_local(async move {
-        let _one = shared.capture_lock.lock().await;
-        let started = Instant::now();
-        let result = capture_within_budget(&shared, &t, &policy, &kinds, &firing, finding, estimate).await;
-        shared.metrics.capture_seconds.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(out) => {
-                for (k, ok) in &out.results {
-                    count(&shared.metrics, &[*k], if *ok { "success" } else { "failure" });
-                }
-                if let Some(top) = &out.heap_top {
-                    shared.metrics.set_heap_types(&t.labels(), top);
-                }
-                if let Some(f) = out.manifest.files.iter().find(|f| f.name == "heap.nettrace") {
-                    history.lock().expect("poisoned").last_gcdump_bytes = f.bytes;
-                }
-                tracing::info!(pid = t.pid, dir = %out.dir.display(), bytes = out.bytes, "capture stored");
-                if let Some(r) = &shared.reporter {
-                    let manifest = serde_json::to_value(&out.manifest).expect("manifest serializes");
-                    let findings = out.manifest.finding.clone();
-                    r.submit(&shared, crate::upload::Report { dir: out.dir.clone(), manifest, snapshot, findings });
-                }
-                for gone in shared.storage.apply_retention(&policy.retention) {
-                    tracing::info!(path = %gone.display(), "retention removed an old capture");
-                }
-            }
-            Err(Error::Refused(r)) => {
-                tracing::info!(pid = t.pid, reason = %r, "capture refused");
-                count(&shared.metrics, &kinds, r.label());
-                if snapshot.is_some() {
-                    report_failure(&shared, &t, &firing, snapshot, format!("capture refused: {r}"));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(pid = t.pid, error = %e, "capture failed");
-                count(&shared.metrics, &kinds, "failure");
-                report_failure(&shared, &t, &firing, snapshot, format!("capture failed: {e}"));
-            }
-        }
-        history.lock().expect("poisoned").in_progress = false;
-    });
-}
-
-/// Capture, then make sure the store is still within `limits.maxBytes`: the estimate is an
-/// estimate, and a capture that overshoots is removed rather than kept over budget.
-async fn capture_within_budget(
-    shared: &Shared,
-    t: &Target,
-    policy: &DumpPolicySpec,
-    kinds: &[CaptureKind],
-    firing: &Firing,
-    finding: Option<serde_json::Value>,
-    estimate: u64,
-) -> Result<capture::Outcome, Error> {
-    let max = policy.limits.max_bytes.value() as u64;
-    let used = shared.storage.used_bytes();
-    if used + estimate > max {
-        return Err(limits::Refusal::Budget { used, estimate, max }.into());
     }
     let req = capture::Request {
         kinds,
         dump_type: policy.capture.dump_type,
-        firing,
         finding,
         min_free_bytes: policy.limits.min_free_disk.value() as u64,
         top_types: policy.capture.top_types as usize,
     };
-    let out = capture::run(&shared.storage, &shared.identity, t, &req).await?;
-    let after = shared.storage.used_bytes();
-    if after > max {
-        let _ = std::fs::remove_dir_all(&out.dir);
-        return Err(limits::Refusal::Budget { used, estimate: out.bytes, max }.into());
-    }
-    Ok(out)
+    let (shared, t, history) = (shared.clone(), t.clone(), history.clone());
+    tokio::task::spawn_local(async move {
+        let stored = commit::capture(&shared, job, move |dir| async move { capture::take(&t, &dir, &req).await }).await;
+        let mut h = lock(&history);
+        if let Some(f) = stored.as_ref().and_then(|c| c.manifest.files.iter().find(|f| f.name == "heap.nettrace")) {
+            h.last_gcdump_bytes = f.bytes;
+        }
+        h.in_progress = false;
+    });
 }
 
 fn estimate(t: &Target, policy: &DumpPolicySpec, v: &Values, kinds: &[CaptureKind], last_gcdump: u64) -> u64 {
@@ -402,28 +317,8 @@ fn estimate(t: &Target, policy: &DumpPolicySpec, v: &Values, kinds: &[CaptureKin
         .sum()
 }
 
-/// Operator mode: the failed capture becomes a `Failed` DumpSnapshot (the one asked for, or a
-/// new one) with `reason`, through the report queue.
-fn report_failure(shared: &Shared, t: &Target, firing: &Firing, snapshot: Option<String>, reason: String) {
-    let Some(r) = &shared.reporter else { return };
-    let stamp: String =
-        crate::storage::rfc3339(std::time::SystemTime::now()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let failure = crate::operator_client::FailureReport {
-        id: crate::upload::segment(&format!("{stamp}-{}-{}-{}-failed", t.name, t.pid, firing.trigger)),
-        container: Some(shared.identity.container.clone()).filter(|c| !c.is_empty()),
-        pid: t.pid,
-        process: t.name.clone(),
-        runtime_version: t.runtime_version.clone(),
-        trigger: firing.trigger.to_string(),
-        value: firing.value,
-        snapshot,
-        reason,
-    };
-    r.submit_failure(shared, failure);
-}
-
 fn count(m: &Metrics, kinds: &[CaptureKind], result: &str) {
     for k in kinds {
-        m.captures.get_or_create(&CaptureLabels { kind: k.name().into(), result: result.into() }).inc();
+        m.captures.get_or_create(&crate::metrics::CaptureLabels { kind: k.name().into(), result: result.into() }).inc();
     }
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use harness::{ControlPlane, Options, S3Server};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use testbed::{Isolation, Runtime, Workload};
 
 struct Sidecar {
@@ -59,8 +58,11 @@ fn serve_api(cp: &ControlPlane) -> String {
     operator::testing::serve_sidecar_api(cp.kubeconfig(), &cert, &key, Some(5 << 20))
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+/// The stored bytes checked against their SHA-256 and decompressed, by the artifact codec.
+fn unpack(stored: &[u8], sha256: &str) -> Vec<u8> {
+    let mut plain = Vec::new();
+    store::verify_and_decompress(stored, sha256, &mut plain).expect("the stored bytes have the reported SHA-256");
+    plain
 }
 
 fn snapshots(cp: &ControlPlane) -> Vec<Value> {
@@ -212,8 +214,7 @@ spec:
     let get = s3store.presign_get(uri, Duration::from_secs(600)).unwrap();
     let stored = Command::new("curl").args(["-sf", &get]).output().unwrap().stdout;
     assert_eq!(stored.len() as u64, core["size"].as_u64().unwrap());
-    assert_eq!(sha256_hex(&stored), core["sha256"].as_str().unwrap());
-    let plain = zstd::decode_all(&stored[..]).unwrap();
+    let plain = unpack(&stored, core["sha256"].as_str().unwrap());
     assert_eq!(&plain[..4], b"\x7fELF");
     assert!(artifacts.iter().any(|a| a["uri"].as_str().unwrap().contains("/libmscordaccore")), "the DAC is stored");
     wait_for("the local copy removed", Duration::from_secs(20), || {

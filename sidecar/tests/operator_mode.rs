@@ -7,7 +7,6 @@
 
 mod operator_peer;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -15,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use operator_peer::Peer;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use testbed::{Isolation, Runtime, Workload};
 
 struct Sidecar {
@@ -71,8 +69,11 @@ fn spec(storage: Value) -> Value {
     })
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+/// The stored bytes checked against their SHA-256 and decompressed, by the artifact codec.
+fn unpack(stored: &[u8], sha256: &str) -> Vec<u8> {
+    let mut plain = Vec::new();
+    store::verify_and_decompress(stored, sha256, &mut plain).expect("the stored bytes have the reported SHA-256");
+    plain
 }
 
 fn download(url: &str) -> Vec<u8> {
@@ -164,9 +165,7 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
         assert!(uri.starts_with("s3://dumps/dumps/default/test-pod/"), "{uri}");
         let stored = download(&peer.get_url(uri));
         assert_eq!(stored.len() as u64, a["size"].as_u64().unwrap(), "{uri}: size of the stored bytes");
-        assert_eq!(sha256_hex(&stored), a["sha256"].as_str().unwrap(), "{uri}: sha256 of the stored bytes");
-        let mut plain = Vec::new();
-        zstd::stream::read::Decoder::new(&stored[..]).unwrap().read_to_end(&mut plain).unwrap();
+        let plain = unpack(&stored, a["sha256"].as_str().unwrap());
         if uri.contains("/core.") {
             assert_eq!(a["kind"], "dump");
             assert_eq!(&plain[..4], b"\x7fELF", "a core dump");
@@ -239,7 +238,7 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
     let a = &report.body["artifacts"][0];
     let path = a["uri"].as_str().unwrap().strip_prefix("file://").expect("a file:// URI");
     let stored = std::fs::read(path).unwrap();
-    assert_eq!(sha256_hex(&stored), a["sha256"].as_str().unwrap());
+    unpack(&stored, a["sha256"].as_str().unwrap());
     assert_eq!(stored.len() as u64, a["size"].as_u64().unwrap());
     assert!(Path::new(path).starts_with(&store) && path.ends_with("/stacks.json.zst"), "{path}");
     assert!(!Path::new(path).with_file_name("stacks.json").exists(), "the uncompressed file is gone");
@@ -308,9 +307,9 @@ fn a_large_file_is_uploaded_in_parts() {
         policy_refresh: Duration::from_secs(10),
     };
     let client = sidecar::operator_client::OperatorClient::new(&cfg).unwrap();
-    let planned = sidecar::artifacts::plan(&capture).unwrap();
-    let http = sidecar::upload::storage_client();
-    let arts = rt.block_on(sidecar::upload::upload_files(&client, &http, "c1", &planned)).unwrap();
+    let planned = sidecar::report::plan(&capture).unwrap();
+    let http = store::HttpClient::new();
+    let arts = rt.block_on(sidecar::report::s3::upload_files(&client, &http, "c1", &planned)).unwrap();
     assert_eq!(arts.len(), 1);
     let completes = peer.recorded("POST", "/v1/sidecar/uploads/complete");
     assert_eq!(completes.len(), 1);
@@ -318,6 +317,6 @@ fn a_large_file_is_uploaded_in_parts() {
     assert!(size > 12 << 20, "incompressible: {size}");
     assert_eq!(completes[0].body["etags"].as_array().unwrap().len() as u64, size.div_ceil(5 << 20));
     let stored = download(&peer.get_url(&arts[0].uri));
-    assert_eq!((stored.len() as u64, sha256_hex(&stored)), (size, arts[0].sha256.clone()));
-    assert_eq!(zstd::decode_all(&stored[..]).unwrap(), data);
+    assert_eq!(stored.len() as u64, size);
+    assert_eq!(unpack(&stored, &arts[0].sha256), data);
 }

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sha2::Digest;
 use testbed::{Runtime, Value};
 
 const S: Duration = Duration::from_secs(1);
@@ -128,10 +127,8 @@ fn net31_metrics_match_says_no_live_deadlock_detection_and_heap_snapshot_on_dema
         m["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().into()).collect();
     assert_eq!(files, ["heap.nettrace", "histogram.json", "stacks.json"]);
     for f in m["files"].as_array().unwrap() {
-        let bytes = std::fs::read(dir.join(f["name"].as_str().unwrap())).unwrap();
-        assert_eq!(f["bytes"], bytes.len() as u64);
-        let hex: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(f["sha256"], hex);
+        let (len, sha256) = store::sha256_file(&dir.join(f["name"].as_str().unwrap())).unwrap();
+        assert_eq!((f["bytes"].as_u64(), f["sha256"].as_str()), (Some(len), Some(sha256.as_str())));
     }
     let customer_bytes = sc.wait_for("dotnet_heap_type_bytes for the leaked type", 5 * S, || {
         sc.metric("dotnet_heap_type_bytes", &[&pid, "type=\"DiagScenarios.Customer\""])

@@ -310,7 +310,8 @@ fn main() {
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli.command)) {
-        eprintln!("dumpwatch: error: {e:#}");
+        // The whole cause chain, without presigned signatures (a URL's query is a credential).
+        eprintln!("dumpwatch: error: {}", store::redact::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -9,8 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use store::redact::error_chain as chain;
 
 /// What can go wrong between an artifact URL and a dump on disk, or sending the findings.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +22,8 @@ pub enum RemoteError {
     Truncated { name: String, got: u64, expected: u64 },
     #[error("{name}: {message}")]
     Transfer { name: String, message: String },
-    #[error("{name}: not a valid zstd stream: {source}")]
-    Decompress { name: String, source: std::io::Error },
+    #[error("{name}: {source}")]
+    Stored { name: String, source: store::Error },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -53,16 +52,23 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RemoteError {
     move |source| RemoteError::Io { what, source }
 }
 
-/// One stored file: as the `DumpSnapshot` lists it (`--artifacts`), or from the flags.
-#[derive(Debug, Clone, Deserialize)]
+/// One stored file: as the `DumpSnapshot` lists it (`--artifacts`: an `api::Artifact`, whose
+/// size and checksum a person may leave out), or from the flags.
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct ArtifactSource {
     #[serde(default)]
-    pub kind: Option<String>,
+    pub kind: Option<api::CaptureKind>,
     pub uri: String,
     #[serde(default)]
     pub size: Option<u64>,
     #[serde(default)]
     pub sha256: Option<String>,
+}
+
+impl From<api::Artifact> for ArtifactSource {
+    fn from(a: api::Artifact) -> Self {
+        Self { kind: Some(a.kind), uri: a.uri, size: Some(a.size), sha256: Some(a.sha256) }
+    }
 }
 
 impl ArtifactSource {
@@ -92,16 +98,19 @@ impl ArtifactSource {
 /// From `--artifacts`: the dump (`core*`) and the DAC (`libmscordaccore*`); without a dump, the
 /// heap snapshot (`heap.nettrace*`).
 pub fn pick(artifacts: &[ArtifactSource]) -> Result<(ArtifactSource, Option<ArtifactSource>), RemoteError> {
-    let of_kind = |kind: &str, prefix: &str| {
-        artifacts.iter().find(|a| a.kind.as_deref().is_none_or(|k| k == kind) && a.name().starts_with(prefix)).cloned()
+    use api::CaptureKind;
+    let of_kind = |kind: CaptureKind, prefix: &str| {
+        artifacts.iter().find(|a| a.kind.is_none_or(|k| k == kind) && a.name().starts_with(prefix)).cloned()
     };
-    let core = of_kind("dump", "core").or_else(|| of_kind("gcdump", "heap.nettrace")).ok_or_else(|| {
-        let names: Vec<String> = artifacts.iter().map(ArtifactSource::name).collect();
-        RemoteError::Usage(format!(
-            "no core dump or heap snapshot among the artifacts ({}): nothing to analyze",
-            names.join(", ")
-        ))
-    })?;
+    let core = of_kind(CaptureKind::Dump, "core")
+        .or_else(|| of_kind(CaptureKind::Gcdump, "heap.nettrace"))
+        .ok_or_else(|| {
+            let names: Vec<String> = artifacts.iter().map(ArtifactSource::name).collect();
+            RemoteError::Usage(format!(
+                "no core dump or heap snapshot among the artifacts ({}): nothing to analyze",
+                names.join(", ")
+            ))
+        })?;
     let dac = artifacts.iter().find(|a| a.name().starts_with("libmscordaccore")).cloned();
     Ok((core, dac))
 }
@@ -166,14 +175,23 @@ async fn materialize(http: &reqwest::Client, a: &ArtifactSource, scratch: &Path)
     let out = scratch.join(&plain_name);
     let compressed = name.ends_with(".zst");
     if let Some(path) = a.local_path() {
-        if !compressed && a.sha256.is_none() {
+        if !compressed {
+            // Used where it is: only checked.
+            if let Some(expected) = &a.sha256 {
+                let (len, actual) =
+                    store::sha256_file(&path).map_err(|source| RemoteError::Stored { name: name.clone(), source })?;
+                if !expected.eq_ignore_ascii_case(&actual) {
+                    return Err(RemoteError::Checksum { name, expected: expected.clone(), actual });
+                }
+                if let Some(size) = a.size.filter(|s| *s != len) {
+                    return Err(RemoteError::Truncated { name, got: len, expected: size });
+                }
+            }
             return Ok(path);
         }
         let f = std::fs::File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-        let sink = Sink::new(&out, compressed, &name)?;
-        let mut sink = copy_all(f, sink, &name)?;
-        sink.finish(a)?;
-        return Ok(if compressed { out } else { path });
+        copy_all(f, Sink::new(&out, true, &name)?, &name)?.finish(a)?;
+        return Ok(out);
     }
     if !(a.uri.starts_with("https://") || a.uri.starts_with("http://")) {
         return Err(RemoteError::Usage(format!(
@@ -199,13 +217,13 @@ async fn materialize(http: &reqwest::Client, a: &ArtifactSource, scratch: &Path)
         let chunk = resp.chunk().await.map_err(|e| RemoteError::Transfer { name: name.clone(), message: chain(&e) })?;
         let Some(chunk) = chunk else { break };
         sink.write(&chunk)?;
-        progress.update(sink.len);
+        progress.update(sink.len());
     }
-    progress.done(sink.len);
+    progress.done(sink.len());
     if let Some(n) = expected
-        && sink.len != n
+        && sink.len() != n
     {
-        return Err(RemoteError::Truncated { name, got: sink.len, expected: n });
+        return Err(RemoteError::Truncated { name, got: sink.len(), expected: n });
     }
     sink.finish(a)?;
     Ok(out)
@@ -222,59 +240,48 @@ fn copy_all(mut from: impl Read, mut sink: Sink, name: &str) -> Result<Sink, Rem
     }
 }
 
-/// Hashes the stored bytes while writing them (decompressed when `.zst`) to `out`. Dropped
-/// before [`Sink::finish`] succeeded, it removes `out`.
+/// The stored bytes, checked and (`.zst`) decompressed into `out` by the artifact codec
+/// (`store::codec::Verifier`) as they arrive. Dropped before [`Sink::finish`] succeeded, it
+/// removes `out`.
 struct Sink {
     out: PathBuf,
     name: String,
-    hash: Sha256,
-    len: u64,
-    writer: Option<Box<dyn Write>>,
+    verifier: Option<store::codec::Verifier<std::io::BufWriter<std::fs::File>>>,
     kept: bool,
 }
 
 impl Sink {
     fn new(out: &Path, compressed: bool, name: &str) -> Result<Self, RemoteError> {
         let f = std::fs::File::create(out).map_err(io(format!("creating {}", out.display())))?;
-        let f = std::io::BufWriter::with_capacity(1 << 20, f);
-        let writer: Box<dyn Write> = if compressed {
-            Box::new(zstd::stream::write::Decoder::new(f).map_err(io("starting zstd"))?)
-        } else {
-            Box::new(f)
-        };
-        Ok(Self {
-            out: out.to_path_buf(),
-            name: name.to_string(),
-            hash: Sha256::new(),
-            len: 0,
-            writer: Some(writer),
-            kept: false,
-        })
+        let verifier = store::codec::Verifier::new(std::io::BufWriter::with_capacity(1 << 20, f), compressed)
+            .map_err(|source| RemoteError::Stored { name: name.to_string(), source })?;
+        Ok(Self { out: out.to_path_buf(), name: name.to_string(), verifier: Some(verifier), kept: false })
+    }
+
+    fn len(&self) -> u64 {
+        self.verifier.as_ref().map_or(0, |v| v.stored_len())
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), RemoteError> {
-        self.hash.update(data);
-        self.len += data.len() as u64;
-        let w = self.writer.as_mut().expect("open");
-        w.write_all(data).map_err(|source| RemoteError::Decompress { name: self.name.clone(), source })
+        let Some(v) = self.verifier.as_mut() else { return Ok(()) };
+        // The verifier keeps a decoding error for `finish`, where the checksum is known.
+        v.write_all(data).map_err(io(format!("writing {}", self.out.display())))
     }
 
     fn finish(&mut self, a: &ArtifactSource) -> Result<(), RemoteError> {
-        let actual: String = std::mem::take(&mut self.hash).finalize().iter().map(|b| format!("{b:02x}")).collect();
-        if let Some(expected) = &a.sha256
-            && !expected.eq_ignore_ascii_case(&actual)
-        {
-            return Err(RemoteError::Checksum { name: self.name.clone(), expected: expected.clone(), actual });
-        }
+        let len = self.len();
+        let Some(v) = self.verifier.take() else { return Ok(()) };
+        let (_, _, _) = v.finish(a.sha256.as_deref()).map_err(|e| match e {
+            store::Error::ChecksumMismatch { expected, actual } => {
+                RemoteError::Checksum { name: self.name.clone(), expected, actual }
+            }
+            source => RemoteError::Stored { name: self.name.clone(), source },
+        })?;
         if let Some(size) = a.size
-            && size != self.len
+            && size != len
         {
-            return Err(RemoteError::Truncated { name: self.name.clone(), got: self.len, expected: size });
+            return Err(RemoteError::Truncated { name: self.name.clone(), got: len, expected: size });
         }
-        let mut w = self.writer.take().expect("open");
-        // A zstd stream cut short only shows at the end: flush makes the decoder say so.
-        w.flush().map_err(|source| RemoteError::Decompress { name: self.name.clone(), source })?;
-        drop(w);
         self.kept = true;
         Ok(())
     }
@@ -282,7 +289,7 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.writer.take();
+        self.verifier.take();
         if !self.kept {
             let _ = std::fs::remove_file(&self.out);
         }
@@ -326,24 +333,6 @@ impl Progress {
     }
 }
 
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    // Never print a presigned signature.
-    match s.find("?X-Amz-") {
-        Some(i) => {
-            let end = s[i..].find(')').map_or(s.len(), |j| i + j);
-            format!("{}{}", &s[..i], &s[end..])
-        }
-        None => s,
-    }
-}
-
 /// Where and how to send the findings.
 pub struct ReportTo {
     pub url: String,
@@ -353,7 +342,7 @@ pub struct ReportTo {
     pub ca_pem: Option<String>,
 }
 
-/// `POST /v1/jobs/findings` with `{snapshot, findings}`.
+/// `POST /v1/jobs/findings` with `{snapshot, findings}` (`api::wire::FindingsReport`).
 pub async fn report(to: &ReportTo, findings: &serde_json::Value) -> Result<(), RemoteError> {
     let mut b = reqwest::Client::builder().use_rustls_tls().connect_timeout(Duration::from_secs(15));
     if let Some(pem) = &to.ca_pem {
@@ -363,13 +352,14 @@ pub async fn report(to: &ReportTo, findings: &serde_json::Value) -> Result<(), R
     }
     let http = b.build().map_err(|e| RemoteError::Usage(format!("HTTP client: {e}")))?;
     let token = std::fs::read_to_string(&to.token_file).map_err(io(format!("reading {}", to.token_file.display())))?;
-    let url = format!("{}/v1/jobs/findings", to.url.trim_end_matches('/'));
-    let body = serde_json::json!({ "snapshot": to.snapshot, "findings": findings });
+    let url = format!("{}{}", to.url.trim_end_matches('/'), api::wire::FINDINGS.path);
+    let body = api::wire::FindingsReport { snapshot: to.snapshot.clone(), findings: findings.clone() };
+    let body = serde_json::to_vec(&body).map_err(|e| RemoteError::Usage(format!("the findings: {e}")))?;
     let resp = http
         .post(&url)
         .bearer_auth(token.trim())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
+        .body(body)
         .timeout(Duration::from_secs(60))
         .send()
         .await
@@ -397,27 +387,22 @@ mod tests {
 
     #[test]
     fn the_dump_and_its_dac_are_picked_from_the_artifacts() {
-        let list: Vec<ArtifactSource> = serde_json::from_str(
+        let list: Vec<api::Artifact> = serde_json::from_str(
             r#"[{"kind":"stacks","uri":"https://x/c/stacks.json.zst?s=1","size":1,"sha256":"a"},
                 {"kind":"dump","uri":"https://x/c/libmscordaccore.so.zst?s=2","size":2,"sha256":"b"},
                 {"kind":"dump","uri":"https://x/c/core.9.zst?s=3","size":3,"sha256":"c"}]"#,
         )
         .unwrap();
+        let list: Vec<ArtifactSource> = list.into_iter().map(Into::into).collect();
         let (core, dac) = pick(&list).unwrap();
         assert_eq!(core.name(), "core.9.zst");
         assert_eq!(dac.unwrap().name(), "libmscordaccore.so.zst");
         let err = pick(&list[..1]).unwrap_err().to_string();
         assert!(err.contains("no core dump") && err.contains("stacks.json.zst"), "{err}");
-        let heap: Vec<ArtifactSource> = serde_json::from_str(
-            r#"[{"kind":"gcdump","uri":"file:///d/c/histogram.json.zst"},{"kind":"gcdump","uri":"file:///d/c/heap.nettrace.zst"}]"#,
-        )
-        .unwrap();
+        let heap: Vec<ArtifactSource> = ["file:///d/c/histogram.json.zst", "file:///d/c/heap.nettrace.zst"]
+            .into_iter()
+            .map(|uri| ArtifactSource { kind: Some(api::CaptureKind::Gcdump), ..ArtifactSource::new(uri, None) })
+            .collect();
         assert_eq!(pick(&heap).unwrap().0.name(), "heap.nettrace.zst", "a heap snapshot when there is no dump");
-    }
-
-    #[test]
-    fn signatures_are_not_printed() {
-        let e = std::io::Error::other("error sending request for url (https://s3/b/core.zst?X-Amz-Signature=secret)");
-        assert_eq!(chain(&e), "error sending request for url (https://s3/b/core.zst)");
     }
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use clrdump::core::{CoreDump, find_version};
 
-use crate::remote::{RemoteError, chain};
+use store::redact::error_chain as chain;
+
+use crate::remote::RemoteError;
 
 /// Microsoft's public symbol server, the default of dotnet-symbol and SOS.
 pub const MICROSOFT_SYMBOL_SERVER: &str = "https://msdl.microsoft.com/download/symbols";

@@ -13,7 +13,6 @@ use std::time::Duration;
 use harness::{ControlPlane, Options, S3Server};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use testbed::{Runtime, Workload};
 
 fn start_apiserver() -> ControlPlane {
@@ -77,7 +76,7 @@ fn the_analysis_job_reports_findings_to_the_real_operator_api() {
     for (file, name) in
         [(core.clone(), "core.42.zst"), (work.path().join("libmscordaccore.so"), "libmscordaccore.so.zst")]
     {
-        let stored = zstd::encode_all(std::fs::File::open(&file).unwrap(), 1).unwrap();
+        let (stored, c) = store::compress_and_hash(std::fs::File::open(&file).unwrap(), Vec::new()).unwrap();
         let key = format!("dw/shop/orders-1/c1/{name}");
         let tmp = work.path().join(name);
         std::fs::write(&tmp, &stored).unwrap();
@@ -89,7 +88,7 @@ fn the_analysis_job_reports_findings_to_the_real_operator_api() {
             .status()
             .unwrap();
         assert!(ok.success());
-        let sha: String = Sha256::digest(&stored).iter().map(|b| format!("{b:02x}")).collect();
+        let sha = c.sha256;
         spec_artifacts
             .push(json!({"kind": "dump", "uri": format!("s3://dumps/{key}"), "size": stored.len(), "sha256": sha}));
         let get = bucket.get_object(Some(&creds), &key).sign(hour).to_string();

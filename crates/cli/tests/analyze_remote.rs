@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use testbed::{Runtime, Workload};
 
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+/// `file` stored as the sidecar stores it (the artifact codec): the stored bytes and their SHA-256.
+fn stored(file: &std::path::Path) -> (Vec<u8>, String) {
+    let (bytes, c) = store::compress_and_hash(std::fs::File::open(file).unwrap(), Vec::new()).unwrap();
+    (bytes, c.sha256)
 }
 
 struct Run {
@@ -104,7 +105,7 @@ fn analyzes_a_compressed_dump_from_s3_and_reports_the_findings() {
     let mut artifacts = Vec::new();
     for (file, name) in [(&core, "core.42.zst"), (&dac, "libmscordaccore.so.zst")] {
         let started = std::time::Instant::now();
-        let stored = zstd::encode_all(std::fs::File::open(file).unwrap(), 1).unwrap();
+        let (stored, sha256) = stored(file);
         let plain = std::fs::metadata(file).unwrap().len();
         eprintln!(
             "{name}: {:.1} MiB -> {:.1} MiB with zstd level 1 (the sidecar's) in {:.2} s",
@@ -124,7 +125,7 @@ fn analyzes_a_compressed_dump_from_s3_and_reports_the_findings() {
             .unwrap();
         assert!(code.success(), "PUT {name}");
         let get = bucket.get_object(Some(&creds), &key).sign(hour).to_string();
-        artifacts.push(json!({"kind": "dump", "uri": get, "size": stored.len(), "sha256": sha256_hex(&stored)}));
+        artifacts.push(json!({"kind": "dump", "uri": get, "size": stored.len(), "sha256": sha256}));
         std::fs::remove_file(&tmp).unwrap();
     }
     std::fs::remove_file(&core).unwrap();
@@ -210,14 +211,15 @@ fn analyzes_a_compressed_heap_snapshot_from_the_volume() {
     drop(w);
     let capture = dir.path().join("vol/c1");
     std::fs::create_dir_all(&capture).unwrap();
-    let stored = zstd::encode_all(std::fs::File::open(&raw).unwrap(), 1).unwrap();
-    std::fs::write(capture.join("heap.nettrace.zst"), &stored).unwrap();
-    std::fs::write(capture.join("histogram.json.zst"), zstd::encode_all(&b"{}"[..], 1).unwrap()).unwrap();
+    let (heap, sha256) = stored(&raw);
+    std::fs::write(capture.join("heap.nettrace.zst"), &heap).unwrap();
+    let (histogram, _) = store::compress_and_hash(&b"{}"[..], Vec::new()).unwrap();
+    std::fs::write(capture.join("histogram.json.zst"), histogram).unwrap();
     std::fs::remove_file(&raw).unwrap();
     let list = json!([
         {"kind": "gcdump", "uri": format!("file://{}", capture.join("histogram.json.zst").display())},
         {"kind": "gcdump", "uri": format!("file://{}", capture.join("heap.nettrace.zst").display()),
-         "size": stored.len(), "sha256": sha256_hex(&stored)},
+         "size": heap.len(), "sha256": sha256},
     ]);
     let scratch = tempfile::tempdir().unwrap();
     let r = dumpwatch(&["analyze", "--artifacts", &list.to_string(), "--json"], scratch.path());

@@ -133,11 +133,11 @@ pub fn cleanup_job(
 
 /// What the finalizer does for the files on the claim.
 #[derive(Debug, Clone, PartialEq)]
-pub enum CleanupStep {
+pub enum CleanupStep<'a> {
     /// No files on a claim (S3, or the pod's emptyDir): go on with the rest of the cleanup.
     Nothing,
-    /// Create the cleanup Job.
-    Create,
+    /// Create the cleanup Job for these files on this claim.
+    Create { volume: &'a SnapshotVolume, uris: Vec<String> },
     /// The Job runs (or is being deleted): look again later; the finalizer stays.
     Wait,
     /// The Job succeeded: delete it, then remove the finalizer.
@@ -146,12 +146,12 @@ pub enum CleanupStep {
     Retry(String),
 }
 
-pub fn cleanup_step(snapshot: &DumpSnapshot, job: Option<&Job>) -> CleanupStep {
-    if files_on_claim(snapshot).is_none() {
+pub fn cleanup_step<'a>(snapshot: &'a DumpSnapshot, job: Option<&Job>) -> CleanupStep<'a> {
+    let Some((volume, uris)) = files_on_claim(snapshot) else {
         return CleanupStep::Nothing;
-    }
+    };
     match job {
-        None => CleanupStep::Create,
+        None => CleanupStep::Create { volume, uris },
         Some(j) if j.metadata.deletion_timestamp.is_some() => CleanupStep::Wait,
         Some(j) => match job_outcome(j) {
             JobOutcome::Running => CleanupStep::Wait,

@@ -75,7 +75,8 @@ fn long_names_fit_and_differ_from_the_analysis_job() {
 #[test]
 fn the_finalizer_waits_for_the_job_retries_a_failure_and_skips_emptydir_and_s3() {
     let s = on_claim();
-    assert_eq!(cleanup_step(&s, None), CleanupStep::Create);
+    let CleanupStep::Create { volume, uris } = cleanup_step(&s, None) else { panic!("no Job yet: create it") };
+    assert_eq!((volume, uris), files_on_claim(&s).unwrap(), "the Job is for the snapshot's files on its claim");
     let job = job_for(&s);
     assert_eq!(cleanup_step(&s, Some(&job)), CleanupStep::Wait);
     assert_eq!(

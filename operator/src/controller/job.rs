@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use sha2::{Digest, Sha256};
 
 /// Label on the Job and its pod: the snapshot it analyzes (the sidecar API accepts findings
 /// for a snapshot only from a pod carrying it).
@@ -89,7 +88,7 @@ pub fn suffixed_name(snapshot: &str, suffix: &str) -> String {
     if full.len() <= 63 {
         return full;
     }
-    let hash = hex8(&Sha256::digest(snapshot.as_bytes()));
+    let hash = hex8(ring::digest::digest(&ring::digest::SHA256, snapshot.as_bytes()).as_ref());
     // 63 - "dsnap-" - "-" - 8 - "-<suffix>"
     let keep = (63 - 6 - 1 - 8 - 1 - suffix.len()).min(snapshot.len());
     let cut = snapshot[..keep].trim_end_matches(['-', '.']);

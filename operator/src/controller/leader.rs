@@ -2,6 +2,12 @@
 //! one runs the controllers (both serve HTTPS). The decision is pure ([`lease_decision`]); the
 //! elector writes the Lease with its `resourceVersion`, so of two replicas racing for an expired
 //! Lease the API server lets exactly one win (the other gets 409 Conflict).
+//!
+//! A leader that cannot renew steps down at its renew deadline (two thirds of the lease), timed
+//! from the moment its last successful renewal *started* (the `renewTime` it wrote is no earlier),
+//! and a renewal that hangs is cut off there: so it has stopped leading before the Lease can
+//! expire for the other replica, and two leaders never overlap (within the clock skew any Lease
+//! assumes).
 
 use std::time::Duration;
 
@@ -65,11 +71,24 @@ pub struct LeaderElector {
     pub lease_duration: Duration,
 }
 
-impl LeaderElector {
-    fn retry_period(&self) -> Duration {
-        (self.lease_duration / 3).max(Duration::from_millis(200))
-    }
+/// When to try again, and the deadline by which a leader must have renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub retry_period: Duration,
+    pub renew_deadline: Duration,
+}
 
+impl Timing {
+    /// Renew every third of the lease; give up leading at two thirds, a third before it expires.
+    pub fn for_lease(lease_duration: Duration) -> Self {
+        Self {
+            retry_period: (lease_duration / 3).max(Duration::from_millis(200)),
+            renew_deadline: (lease_duration * 2 / 3).max(Duration::from_millis(400)),
+        }
+    }
+}
+
+impl LeaderElector {
     /// One round: read, decide, write. Returns whether this replica leads now.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, Error> {
         let now = Timestamp::now();
@@ -106,35 +125,12 @@ impl LeaderElector {
         }
     }
 
-    /// Campaigns until `shutdown` resolves, publishing leadership on `leading`. A leader that
-    /// cannot renew for a whole lease duration steps down (another replica may have taken over).
+    /// Campaigns until `shutdown` resolves, publishing leadership on `leading` (see [`campaign`]).
     /// On shutdown a leader releases the Lease, so the other replica takes over at once.
     pub async fn run(self, leading: watch::Sender<bool>, shutdown: impl Future<Output = ()>) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut last_renewed: Option<tokio::time::Instant> = None;
-        loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
-                    last_renewed = Some(tokio::time::Instant::now());
-                    leading.send_if_modified(|l| !std::mem::replace(l, true));
-                }
-                Ok(false) => {
-                    last_renewed = None;
-                    leading.send_if_modified(|l| std::mem::replace(l, false));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, lease = %self.lease_name, "leader election: lease not read or written");
-                    if last_renewed.is_some_and(|t| t.elapsed() >= self.lease_duration) {
-                        last_renewed = None;
-                        leading.send_if_modified(|l| std::mem::replace(l, false));
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.retry_period()) => {}
-                _ = &mut shutdown => break,
-            }
-        }
+        let timing = Timing::for_lease(self.lease_duration);
+        let lease = self.lease_name.clone();
+        campaign(|| self.try_acquire_or_renew(), timing, &leading, shutdown, &lease).await;
         if *leading.borrow() {
             leading.send_replace(false);
             if let Err(e) = self.release().await {
@@ -154,6 +150,62 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(1);
         self.api.replace(&self.lease_name, &PostParams::default(), &lease).await?;
         Ok(())
+    }
+}
+
+/// The election loop around `attempt` (one read-decide-write round: `Ok(true)` when this replica
+/// holds the Lease): try every `retry_period`; lead from a successful round until `renew_deadline`
+/// after the *start* of the last successful round, stepping down on time even while a round hangs
+/// (the round is then dropped). Returns when `shutdown` resolves.
+pub async fn campaign<F, Fut>(
+    mut attempt: F,
+    timing: Timing,
+    leading: &watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+    lease: &str,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, Error>>,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Start of the last round that renewed: the Lease's renewTime is no earlier.
+    let mut renewed_at: Option<tokio::time::Instant> = None;
+    loop {
+        let started = tokio::time::Instant::now();
+        let deadline = renewed_at.map(|t| t + timing.renew_deadline);
+        // A leader's round may not outlast its deadline; a follower's not its retry period.
+        let cut_off = deadline.unwrap_or(started + timing.retry_period.max(timing.renew_deadline));
+        let round = tokio::select! {
+            r = tokio::time::timeout_at(cut_off, attempt()) => r.ok(),
+            _ = &mut shutdown => return,
+        };
+        match round {
+            Some(Ok(true)) => {
+                renewed_at = Some(started);
+                leading.send_if_modified(|l| !std::mem::replace(l, true));
+            }
+            Some(Ok(false)) => {
+                renewed_at = None;
+                leading.send_if_modified(|l| std::mem::replace(l, false));
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, lease, "leader election: lease not read or written"),
+            None => tracing::warn!(lease, "leader election: the API server did not answer in time"),
+        }
+        if renewed_at.is_some_and(|t| t.elapsed() >= timing.renew_deadline) {
+            tracing::warn!(lease, "leader election: not renewed within the renew deadline; stepping down");
+            renewed_at = None;
+            leading.send_if_modified(|l| std::mem::replace(l, false));
+        }
+        let next = started + timing.retry_period;
+        let step_down = renewed_at.map(|t| t + timing.renew_deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = &mut shutdown => return,
+        }
+        if step_down.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            renewed_at = None;
+            leading.send_if_modified(|l| std::mem::replace(l, false));
+        }
     }
 }
 
@@ -204,5 +256,54 @@ mod tests {
         assert_eq!((renewed.lease_transitions, renewed.acquire_time), (Some(3), Some(MicroTime(ts(200)))));
         assert_eq!(renewed.renew_time, Some(MicroTime(ts(205))));
         assert_eq!(held_lease(None, "a", ts(1), Duration::from_secs(15)).lease_transitions, Some(0));
+    }
+
+    #[test]
+    fn the_renew_deadline_falls_a_third_before_the_lease_ends() {
+        let timing = Timing::for_lease(Duration::from_secs(15));
+        assert_eq!(timing, Timing { retry_period: Duration::from_secs(5), renew_deadline: Duration::from_secs(10) });
+    }
+
+    /// A leader whose renewals stop answering (an API server partition) steps down at its renew
+    /// deadline, timed from its last renewal's start, while its Lease still keeps the other
+    /// replica out: the two never lead at once. (Real time, a 900 ms Lease: 600 ms deadline.)
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+        let lease = Duration::from_millis(900);
+        let timing = Timing::for_lease(lease);
+        let (leading, mut seen) = watch::channel(false);
+        let rounds = std::sync::atomic::AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let attempt = || {
+            let first = rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if !first {
+                    std::future::pending::<()>().await; // every renewal hangs
+                }
+                Ok::<_, Error>(true) // acquired at once
+            }
+        };
+        let watching = async {
+            seen.wait_for(|l| *l).await.unwrap();
+            let became = start.elapsed();
+            seen.wait_for(|l| !*l).await.unwrap();
+            (became, start.elapsed())
+        };
+        let (became, stepped_down) = tokio::select! {
+            _ = campaign(attempt, timing, &leading, std::future::pending::<()>(), "test") => unreachable!(),
+            times = watching => times,
+        };
+        assert!(became < Duration::from_millis(100), "{became:?}");
+        assert!(stepped_down >= timing.renew_deadline, "{stepped_down:?}: it had renewed until then");
+        assert!(stepped_down < lease, "stepped down at {stepped_down:?}, after its Lease could expire");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_renews_keeps_leading() {
+        let (leading, seen) = watch::channel(false);
+        let timing = Timing::for_lease(Duration::from_millis(600));
+        let shutdown = tokio::time::sleep(Duration::from_secs(2));
+        campaign(|| async { Ok::<_, Error>(true) }, timing, &leading, shutdown, "test").await;
+        assert!(*seen.borrow(), "renewed every 200 ms for 2 s: still the leader");
     }
 }

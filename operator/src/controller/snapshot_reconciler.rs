@@ -178,8 +178,7 @@ async fn claim_cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Option<
     let delete_job = DeleteParams::background();
     match cleanup_step(snapshot, job.as_ref()) {
         CleanupStep::Nothing => Ok(None),
-        CleanupStep::Create => {
-            let (volume, uris) = files_on_claim(snapshot).expect("cleanup_step saw files on a claim");
+        CleanupStep::Create { volume, uris } => {
             let job = cleanup_job(snapshot, volume, &uris, &ctx.analysis);
             match jobs.create(&PostParams::default(), &job).await {
                 Ok(_) => {

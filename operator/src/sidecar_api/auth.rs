@@ -12,8 +12,7 @@ use kube::api::PostParams;
 
 use super::ApiError;
 
-pub const SIDECAR_AUDIENCE: &str = "dumpwatch.dev/sidecar";
-pub const ANALYZER_AUDIENCE: &str = "dumpwatch.dev/analyzer";
+pub use api::wire::{ANALYZER_AUDIENCE, SIDECAR_AUDIENCE};
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries kept at most; beyond, expired ones are dropped, then the cache starts afresh.
@@ -87,7 +86,7 @@ impl Authenticator {
         }
         let result = self.review(token, audience).await;
         // Outages of the API server are not cached: the next request asks again.
-        if result.as_ref().is_ok() || result.as_ref().is_err_and(|e| e.status < 500) {
+        if result.as_ref().is_ok() || result.as_ref().is_err_and(|e| e.status() < 500) {
             let mut cache = self.cache.lock().expect("poisoned");
             if cache.len() >= CACHE_MAX {
                 cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
@@ -143,12 +142,12 @@ mod tests {
     fn refusals_say_who_and_why() {
         let anon =
             TokenReviewStatus { authenticated: Some(false), error: Some("expired".into()), ..Default::default() };
-        assert_eq!(caller_from_review(&anon, SIDECAR_AUDIENCE).unwrap_err().status, 401);
+        assert_eq!(caller_from_review(&anon, SIDECAR_AUDIENCE).unwrap_err().status(), 401);
         let other = status(true, &[ANALYZER_AUDIENCE], "system:serviceaccount:a:b", Some("p"));
-        assert_eq!(caller_from_review(&other, SIDECAR_AUDIENCE).unwrap_err().status, 403);
+        assert_eq!(caller_from_review(&other, SIDECAR_AUDIENCE).unwrap_err().status(), 403);
         let unbound = status(true, &[SIDECAR_AUDIENCE], "system:serviceaccount:a:b", None);
-        assert_eq!(caller_from_review(&unbound, SIDECAR_AUDIENCE).unwrap_err().status, 403);
+        assert_eq!(caller_from_review(&unbound, SIDECAR_AUDIENCE).unwrap_err().status(), 403);
         let human = status(true, &[SIDECAR_AUDIENCE], "alice", Some("p"));
-        assert_eq!(caller_from_review(&human, SIDECAR_AUDIENCE).unwrap_err().status, 403);
+        assert_eq!(caller_from_review(&human, SIDECAR_AUDIENCE).unwrap_err().status(), 403);
     }
 }

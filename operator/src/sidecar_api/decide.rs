@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 
 use api::{Artifact, CaptureKind, DumpSnapshot, DumpSnapshotSpec, DumpSnapshotStatus, FindingsSummary, SnapshotPhase};
-use api::{DeadlockCycle, DeadlockedThread, SnapshotVolume, Storage, TriggerKind};
+use api::{DeadlockCycle, DeadlockedThread, SnapshotVolume, Storage};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 use serde::Deserialize;
 
 use super::ApiError;
-use super::wire::{CaptureReport, FailureReport, FileRequest};
 use crate::INJECTED_ANNOTATION;
+use api::wire::{CaptureReport, FailureReport, FileSize};
 
 /// More files than this in one capture is not a capture the sidecar makes.
 pub const MAX_FILES: usize = 32;
@@ -39,7 +39,7 @@ pub fn check_segment(what: &str, s: &str) -> Result<(), ApiError> {
 
 /// Refuses uploads that cannot be a capture of this policy: too many files, or more bytes than
 /// the policy's whole storage budget (`limits.maxBytes`).
-pub fn check_upload(files: &[FileRequest], max_bytes: u64) -> Result<(), ApiError> {
+pub fn check_upload(files: &[FileSize], max_bytes: u64) -> Result<(), ApiError> {
     if files.is_empty() || files.len() > MAX_FILES {
         return Err(ApiError::bad_request(format!("{} files (1 to {MAX_FILES} per capture)", files.len())));
     }
@@ -63,30 +63,6 @@ pub fn needs_analysis(artifacts: &[Artifact], analysis_enabled: bool) -> bool {
     analysis_enabled && artifacts.iter().any(|a| matches!(a.kind, CaptureKind::Dump | CaptureKind::Gcdump))
 }
 
-/// The fields of the sidecar's `manifest.json` the snapshot needs; the rest is ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Manifest {
-    id: Option<String>,
-    container: Option<String>,
-    process: Option<Process>,
-    trigger: Option<Firing>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Process {
-    pid: Option<u32>,
-    runtime_version: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Firing {
-    trigger: Option<String>,
-    value: Option<f64>,
-}
-
 /// The name of the snapshot a capture report creates: `<pod>-<capture>`, lower-cased, cut to
 /// fit the 63 characters a label value allows (the name goes into the Job's labels too).
 pub fn snapshot_name(pod: &str, capture: &str) -> String {
@@ -107,10 +83,8 @@ pub fn snapshot_name(pod: &str, capture: &str) -> String {
 
 /// The capture's id: the manifest's `id`.
 pub fn capture_id(report: &CaptureReport) -> Result<String, ApiError> {
-    let m = Manifest::deserialize(&report.manifest).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
-    let id = m.id.ok_or_else(|| ApiError::bad_request("manifest without an id"))?;
-    check_segment("manifest id", &id)?;
-    Ok(id)
+    check_segment("manifest id", &report.manifest.id)?;
+    Ok(report.manifest.id.clone())
 }
 
 /// What a capture report says about the snapshot: its spec (for `pod` in `policy`) and the status
@@ -124,27 +98,21 @@ pub fn snapshot_from_report(
     analysis_enabled: bool,
     volume: Option<SnapshotVolume>,
 ) -> Result<(DumpSnapshotSpec, DumpSnapshotStatus), ApiError> {
-    let m = Manifest::deserialize(&report.manifest).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
-    let firing = m.trigger.unwrap_or_default();
-    let trigger = match firing.trigger.as_deref() {
-        Some(name) => TriggerKind::deserialize(serde_json::Value::from(name))
-            .map_err(|_| ApiError::bad_request(format!("unknown trigger {name:?}")))?,
-        None => TriggerKind::OnDemand,
-    };
+    let m = &report.manifest;
+    let trigger = m.trigger.trigger;
     for a in &report.artifacts {
         if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(ApiError::bad_request(format!("artifact {}: sha256 must be 64 lowercase hex digits", a.uri)));
         }
     }
-    let process = m.process.unwrap_or_default();
     let spec = DumpSnapshotSpec {
         policy: Some(policy.to_string()),
         pod: pod.to_string(),
-        container: m.container,
-        pid: process.pid,
-        runtime_version: process.runtime_version,
+        container: Some(m.identity.container.clone()),
+        pid: Some(m.process.pid),
+        runtime_version: m.process.runtime_version.clone(),
         trigger,
-        observed: firing.value.filter(|_| trigger.is_threshold()).map(|v| format!("{v}")),
+        observed: trigger.is_threshold().then(|| format!("{}", m.trigger.value)),
         artifacts: report.artifacts.clone(),
         // From the policy's storage (see `snapshot_volume`): analysis and deletion find the
         // files through it even after the policy is gone.
@@ -170,8 +138,7 @@ pub fn snapshot_from_failure(
     policy: &str,
 ) -> Result<(DumpSnapshotSpec, DumpSnapshotStatus), ApiError> {
     check_segment("failure id", &report.id)?;
-    let trigger = TriggerKind::deserialize(serde_json::Value::from(report.trigger.as_str()))
-        .map_err(|_| ApiError::bad_request(format!("unknown trigger {:?}", report.trigger)))?;
+    let trigger = report.trigger;
     let reason = report.reason.trim();
     if reason.is_empty() {
         return Err(ApiError::bad_request("a failure report needs a reason"));
@@ -180,18 +147,17 @@ pub fn snapshot_from_failure(
     if message.len() < reason.len() {
         message.push('…');
     }
-    if let Some(process) = report.process.as_deref().filter(|p| !p.is_empty()) {
-        let pid = report.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-        message = format!("{process}{pid}: {message}");
+    if !report.process.is_empty() {
+        message = format!("{} (pid {}): {message}", report.process, report.pid);
     }
     let spec = DumpSnapshotSpec {
         policy: Some(policy.to_string()),
         pod: pod.to_string(),
         container: report.container.clone(),
-        pid: report.pid,
+        pid: Some(report.pid),
         runtime_version: report.runtime_version.clone(),
         trigger,
-        observed: report.value.filter(|_| trigger.is_threshold()).map(|v| format!("{v}")),
+        observed: trigger.is_threshold().then(|| format!("{}", report.value)),
         artifacts: Vec::new(),
         volume: None, // nothing stored
     };

@@ -11,12 +11,12 @@ pub mod decide;
 mod object_storage;
 mod request_watch;
 mod routes;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::DumpPolicySpec;
+use api::wire::{self, ErrorReason};
+use api::{DumpPolicySpec, StorageTarget};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -78,7 +78,7 @@ impl SidecarApi {
     }
 
     /// The storage of a policy, with its credentials; also what the controller uses to delete
-    /// artifacts ([`store::ArtifactDeleter`]) and presign GETs for the analysis Job.
+    /// artifacts ([`crate::controller::ArtifactDeleter`]) and presign GETs for the analysis Job.
     pub async fn store_for(&self, spec: &DumpPolicySpec) -> Result<store::Store, ApiError> {
         store_for_policy(&self.inner.client, &self.inner.operator_namespace, spec, self.inner.part_size).await.map(
             |s| match s {
@@ -92,13 +92,13 @@ impl SidecarApi {
 /// The routes of the sidecar and Job API, to merge into the operator's HTTPS router.
 pub fn router(state: SidecarApi) -> Router {
     Router::new()
-        .route("/v1/sidecar/policy", get(routes::policy))
-        .route("/v1/sidecar/uploads", post(routes::uploads))
-        .route("/v1/sidecar/uploads/complete", post(routes::complete))
-        .route("/v1/sidecar/captures", post(routes::captures))
-        .route("/v1/sidecar/failures", post(routes::failures))
-        .route("/v1/sidecar/requests", get(routes::requests))
-        .route("/v1/jobs/findings", post(routes::findings))
+        .route(wire::POLICY.path, get(routes::policy))
+        .route(wire::UPLOADS.path, post(routes::uploads))
+        .route(wire::COMPLETE.path, post(routes::complete))
+        .route(wire::CAPTURES.path, post(routes::captures))
+        .route(wire::FAILURES.path, post(routes::failures))
+        .route(wire::REQUESTS.path, get(routes::requests))
+        .route(wire::FINDINGS.path, post(routes::findings))
         .with_state(state)
 }
 
@@ -110,9 +110,9 @@ pub async fn store_for_policy(
     spec: &DumpPolicySpec,
     part_size: u64,
 ) -> Result<store::Store, ApiError> {
-    let Some(s3) = &spec.storage.s3 else {
-        let path = spec.storage.volume.clone().unwrap_or_default().path;
-        return Ok(store::Store::Volume(store::VolumeStore::new(path)));
+    let s3 = match spec.storage.target() {
+        StorageTarget::S3(s3) => s3,
+        StorageTarget::Volume(v) => return Ok(store::Store::Volume(store::VolumeStore::new(&v.path))),
     };
     let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), operator_namespace);
     let what = format!("Secret {operator_namespace}/{}", s3.secret_ref);
@@ -150,59 +150,66 @@ pub fn s3_config(s3: &api::S3Storage) -> store::S3Config {
     }
 }
 
-/// An error reply: `{"error": "<reason>", "message": "..."}` with its HTTP status.
+/// An error reply: `{"error": "<reason>", "message": "..."}` with the reason's HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    pub status: u16,
-    pub reason: &'static str,
+    pub reason: ErrorReason,
     pub message: String,
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.reason, self.status, self.message)
+        write!(f, "{:?} ({}): {}", self.reason, self.reason.status(), self.message)
     }
 }
 
 impl std::error::Error for ApiError {}
 
 impl ApiError {
-    fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status, reason, message: message.into() }
+    fn new(reason: ErrorReason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+    pub fn status(&self) -> u16 {
+        self.reason.status()
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
-        Self::new(400, "BadRequest", m)
+        Self::new(ErrorReason::BadRequest, m)
     }
     pub fn unauthorized(m: impl Into<String>) -> Self {
-        Self::new(401, "Unauthorized", m)
+        Self::new(ErrorReason::Unauthorized, m)
     }
     pub fn forbidden(m: impl Into<String>) -> Self {
-        Self::new(403, "Forbidden", m)
+        Self::new(ErrorReason::Forbidden, m)
     }
     pub fn not_found(m: impl Into<String>) -> Self {
-        Self::new(404, "NotFound", m)
+        Self::new(ErrorReason::NotFound, m)
     }
     pub fn conflict(m: impl Into<String>) -> Self {
-        Self::new(409, "Conflict", m)
+        Self::new(ErrorReason::Conflict, m)
     }
     pub fn too_large(m: impl Into<String>) -> Self {
-        Self::new(413, "TooLarge", m)
+        Self::new(ErrorReason::TooLarge, m)
     }
     pub fn internal(m: impl Into<String>) -> Self {
-        Self::new(500, "Internal", m)
+        Self::new(ErrorReason::Internal, m)
     }
-    pub fn bad_gateway(m: impl Into<String>) -> Self {
-        Self::new(502, "StorageFailed", m)
+    /// The storage failed: worth another try later.
+    pub fn storage_failed(m: impl Into<String>) -> Self {
+        Self::new(ErrorReason::StorageFailed, m)
+    }
+    /// The storage refused the operator itself: an administrator must act.
+    pub fn storage_refused(m: impl Into<String>) -> Self {
+        Self::new(ErrorReason::StorageRefused, m)
     }
     pub fn unavailable(m: impl Into<String>) -> Self {
-        Self::new(503, "Unavailable", m)
+        Self::new(ErrorReason::Unavailable, m)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = wire::ErrorReply { error: self.reason.to_string(), message: self.message };
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = wire::ErrorReply { error: self.reason, message: self.message };
         (status, axum::Json(body)).into_response()
     }
 }

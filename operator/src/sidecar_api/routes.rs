@@ -13,9 +13,13 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use serde_json::json;
 
+use api::wire::{
+    CaptureReply, CaptureReport, CaptureRequest, CompleteRequest, FailureReport, FindingsReport, MultipartUpload,
+    PolicyReply, RequestsReply, UploadReply, UploadRequest, UploadTarget,
+};
+
 use super::auth::{ANALYZER_AUDIENCE, Caller, SIDECAR_AUDIENCE};
 use super::decide;
-use super::wire::*;
 use super::{ApiError, MAX_WAIT, PART_EXPIRY, PUT_EXPIRY, SidecarApi};
 
 type Reply<T> = Result<Json<T>, ApiError>;
@@ -81,15 +85,20 @@ fn kube_error(e: kube::Error) -> ApiError {
     }
 }
 
-/// Storage refusals the sidecar caused (a bad upload id, missing parts) are its 400; the rest
-/// is the storage's failure.
+/// Storage refusals the sidecar caused (a bad upload id, missing parts) are its 400; a refusal
+/// of the operator's own access (`AccessDenied`, an unknown key, signature) is `StorageRefused`,
+/// which no retry fixes; the rest is the storage failing, worth another try.
 fn store_error(e: store::Error) -> ApiError {
+    let text = e.to_string();
     match &e {
-        store::Error::S3 { status, .. } if (400..500).contains(status) && *status != 403 => {
-            ApiError::bad_request(e.to_string())
+        store::Error::S3 { status: 401 | 403, .. } => ApiError::storage_refused(text),
+        store::Error::S3 { code, .. } if code == "NoSuchBucket" => ApiError::storage_refused(text),
+        store::Error::S3 { status, .. } if (400..500).contains(status) && !e.is_transient() => {
+            ApiError::bad_request(text)
         }
-        store::Error::InvalidRequest(_) | store::Error::TooLarge { .. } => ApiError::bad_request(e.to_string()),
-        _ => ApiError::bad_gateway(e.to_string()),
+        store::Error::InvalidRequest(_) | store::Error::TooLarge { .. } => ApiError::bad_request(text),
+        _ if e.is_transient() => ApiError::storage_failed(text),
+        _ => ApiError::storage_refused(text),
     }
 }
 
@@ -118,11 +127,13 @@ pub async fn uploads(
     for f in &req.files {
         let key = s3.key(&[&caller.namespace, &caller.pod, &req.capture, &f.name]);
         let (url, multipart) = if f.size > s3.part_size() {
-            (None, Some(s3.create_multipart(&key, f.size, PART_EXPIRY).await.map_err(store_error)?))
+            let up = s3.create_multipart(&key, f.size, PART_EXPIRY).await.map_err(store_error)?;
+            let up = MultipartUpload { upload_id: up.upload_id, part_size: up.part_size, parts: up.parts };
+            (None, Some(up))
         } else {
-            (Some(s3.presign_put(&key, PUT_EXPIRY)), None)
+            (Some(s3.presign_put(&key, f.size, PUT_EXPIRY)), None)
         };
-        files.push(FileUpload { name: f.name.clone(), uri: s3.uri(&key), url, multipart });
+        files.push(UploadTarget { name: f.name.clone(), uri: s3.uri(&key), url, multipart });
     }
     Ok(Json(UploadReply { files }))
 }

@@ -9,7 +9,7 @@ use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::decide::*;
-use super::wire::{CaptureReport, FailureReport, FileRequest};
+use api::wire::{CaptureReport, FailureReport, FileSize};
 
 const SHA: &str = "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945";
 
@@ -17,18 +17,17 @@ fn artifact(kind: CaptureKind, name: &str) -> Artifact {
     Artifact { kind, uri: format!("s3://dumps/p/shop/cart-1/c1/{name}"), size: 10, sha256: SHA.into() }
 }
 
-fn report(artifacts: Vec<Artifact>, findings: Option<serde_json::Value>) -> CaptureReport {
-    CaptureReport {
-        manifest: json!({
-            "version": 1, "id": "20261128T021500Z-42-gcHeapBytes", "pod": "cart-1", "namespace": "shop",
+fn manifest() -> serde_json::Value {
+    json!({
+            "version": 1, "id": "20261128T021500Z-42-gcHeapBytes", "created": "2026-11-28T02:15:00Z", "pod": "cart-1", "namespace": "shop",
             "container": "app", "process": {"pid": 42, "ns_pid": 1, "name": "Cart", "command_line": "x",
             "runtime_version": "8.0.4"}, "trigger": {"index": 0, "trigger": "gcHeapBytes", "value": 6.1e8,
             "threshold": 5e8, "detail": ""}, "dump_type": "heap", "files": [], "failures": [], "seconds": 1.5
-        }),
-        artifacts,
-        snapshot: None,
-        findings,
-    }
+    })
+}
+
+fn report(artifacts: Vec<Artifact>, findings: Option<serde_json::Value>) -> CaptureReport {
+    CaptureReport { manifest: serde_json::from_value(manifest()).unwrap(), artifacts, snapshot: None, findings }
 }
 
 fn live_deadlock() -> serde_json::Value {
@@ -77,17 +76,17 @@ fn live_findings_with_nothing_to_analyze_are_final() {
 
 #[test]
 fn bad_reports_are_400_with_the_reason() {
-    let mut r = report(vec![], None);
-    r.manifest["trigger"]["trigger"] = json!("sunspots");
-    let e = snapshot_from_report(&r, "p", "x", true, None).unwrap_err();
-    assert_eq!(e.status, 400);
-    assert!(e.message.contains("sunspots"), "{e}");
+    // An unknown trigger does not even parse (the route answers 400 with serde's words).
+    let mut m = manifest();
+    m["trigger"]["trigger"] = json!("sunspots");
+    let e = serde_json::from_value::<CaptureReport>(json!({"manifest": m})).unwrap_err();
+    assert!(e.to_string().contains("sunspots"), "{e}");
     let mut a = artifact(CaptureKind::Dump, "core");
     a.sha256 = "ABC".into();
-    assert_eq!(snapshot_from_report(&report(vec![a], None), "p", "x", true, None).unwrap_err().status, 400);
+    assert_eq!(snapshot_from_report(&report(vec![a], None), "p", "x", true, None).unwrap_err().status(), 400);
     let mut r = report(vec![], None);
-    r.manifest["id"] = json!("../../etc");
-    assert_eq!(capture_id(&r).unwrap_err().status, 400);
+    r.manifest.id = "../../etc".into();
+    assert_eq!(capture_id(&r).unwrap_err().status(), 400);
     assert_eq!(capture_id(&report(vec![], None)).unwrap(), "20261128T021500Z-42-gcHeapBytes");
 }
 
@@ -102,12 +101,12 @@ fn snapshot_names_are_valid_label_values_and_stay_unique_when_cut() {
 
 #[test]
 fn uploads_are_bounded_by_the_policy_budget() {
-    let f = |name: &str, size| FileRequest { name: name.into(), size };
+    let f = |name: &str, size| FileSize { name: name.into(), size };
     assert!(check_upload(&[f("core.1.zst", 100)], 1000).is_ok());
-    assert_eq!(check_upload(&[f("core.1.zst", 600), f("b", 600)], 1000).unwrap_err().status, 413);
-    assert_eq!(check_upload(&[f("a", u64::MAX), f("b", 2)], u64::MAX).unwrap_err().status, 413);
-    assert_eq!(check_upload(&[f("../x", 1)], 1000).unwrap_err().status, 400);
-    assert_eq!(check_upload(&[], 1000).unwrap_err().status, 400);
+    assert_eq!(check_upload(&[f("core.1.zst", 600), f("b", 600)], 1000).unwrap_err().status(), 413);
+    assert_eq!(check_upload(&[f("a", u64::MAX), f("b", 2)], u64::MAX).unwrap_err().status(), 413);
+    assert_eq!(check_upload(&[f("../x", 1)], 1000).unwrap_err().status(), 400);
+    assert_eq!(check_upload(&[], 1000).unwrap_err().status(), 400);
 }
 
 fn pod(name: &str, annotations: &[(&str, &str)], labels: &[(&str, &str)], owner_job: Option<&str>) -> Pod {
@@ -152,23 +151,23 @@ fn requests_are_unserved_snapshots_of_the_callers_pod() {
     assert!(is_request_for(&snapshot("s", "cart-1", Some(SnapshotPhase::Requested), None), "cart-1"));
     assert!(!is_request_for(&snapshot("s", "cart-1", Some(SnapshotPhase::Capturing), None), "cart-1"));
     assert!(!is_request_for(&snapshot("s", "cart-2", None, None), "cart-1"));
-    assert_eq!(check_fill_in(&snapshot("s", "cart-2", None, None), "cart-1").unwrap_err().status, 403);
+    assert_eq!(check_fill_in(&snapshot("s", "cart-2", None, None), "cart-1").unwrap_err().status(), 403);
     assert_eq!(
-        check_fill_in(&snapshot("s", "cart-1", Some(SnapshotPhase::Uploaded), None), "cart-1").unwrap_err().status,
+        check_fill_in(&snapshot("s", "cart-1", Some(SnapshotPhase::Uploaded), None), "cart-1").unwrap_err().status(),
         409
     );
     assert!(check_fill_in(&snapshot("s", "cart-1", Some(SnapshotPhase::Capturing), None), "cart-1").is_ok());
 }
 
-fn failure(trigger: &str, snapshot: Option<&str>) -> FailureReport {
+fn failure(trigger: TriggerKind, snapshot: Option<&str>) -> FailureReport {
     FailureReport {
         id: "20261128T090000Z-Cart-42-gcHeapBytes-failed".into(),
         container: Some("app".into()),
-        pid: Some(42),
-        process: Some("Cart".into()),
+        pid: 42,
+        process: "Cart".into(),
         runtime_version: Some("8.0.4".into()),
-        trigger: trigger.into(),
-        value: Some(6.1e8),
+        trigger,
+        value: 6.1e8,
         snapshot: snapshot.map(str::to_owned),
         reason: "capture failed: capturing pid 42: dump: disk guard: 3.1 GiB free on /dumpwatch, the dump needs \
                  ~300.0 MiB and limits.minFreeDisk keeps 1000.0 TiB free"
@@ -178,7 +177,7 @@ fn failure(trigger: &str, snapshot: Option<&str>) -> FailureReport {
 
 #[test]
 fn a_failed_capture_becomes_a_failed_snapshot_with_the_reason() {
-    let (spec, status) = snapshot_from_failure(&failure("gcHeapBytes", None), "cart-1", "leaks").unwrap();
+    let (spec, status) = snapshot_from_failure(&failure(TriggerKind::GcHeapBytes, None), "cart-1", "leaks").unwrap();
     assert_eq!(status.phase, SnapshotPhase::Failed);
     let message = status.message.unwrap();
     assert!(message.starts_with("Cart (pid 42): capture failed: "), "{message}");
@@ -186,25 +185,24 @@ fn a_failed_capture_becomes_a_failed_snapshot_with_the_reason() {
     assert_eq!((spec.pod.as_str(), spec.policy.as_deref(), spec.pid), ("cart-1", Some("leaks"), Some(42)));
     assert_eq!((spec.trigger, spec.observed.as_deref()), (TriggerKind::GcHeapBytes, Some("610000000")));
     assert!(spec.artifacts.is_empty());
-    let (spec, _) = snapshot_from_failure(&failure("onDemand", Some("asked")), "cart-1", "leaks").unwrap();
+    let (spec, _) = snapshot_from_failure(&failure(TriggerKind::OnDemand, Some("asked")), "cart-1", "leaks").unwrap();
     assert_eq!((spec.trigger, spec.observed), (TriggerKind::OnDemand, None), "an on-demand request has no value");
 }
 
 #[test]
 fn bad_failure_reports_are_400_and_long_reasons_are_cut() {
-    assert_eq!(snapshot_from_failure(&failure("nope", None), "cart-1", "p").unwrap_err().status, 400);
-    let no_reason = FailureReport { reason: "  ".into(), ..failure("onDemand", None) };
-    assert_eq!(snapshot_from_failure(&no_reason, "cart-1", "p").unwrap_err().status, 400);
-    let bad_id = FailureReport { id: "../x".into(), ..failure("onDemand", None) };
-    assert_eq!(snapshot_from_failure(&bad_id, "cart-1", "p").unwrap_err().status, 400);
-    let long = FailureReport { reason: "x".repeat(5000), ..failure("onDemand", None) };
+    let no_reason = FailureReport { reason: "  ".into(), ..failure(TriggerKind::OnDemand, None) };
+    assert_eq!(snapshot_from_failure(&no_reason, "cart-1", "p").unwrap_err().status(), 400);
+    let bad_id = FailureReport { id: "../x".into(), ..failure(TriggerKind::OnDemand, None) };
+    assert_eq!(snapshot_from_failure(&bad_id, "cart-1", "p").unwrap_err().status(), 400);
+    let long = FailureReport { reason: "x".repeat(5000), ..failure(TriggerKind::OnDemand, None) };
     let (_, status) = snapshot_from_failure(&long, "cart-1", "p").unwrap();
     assert!(status.message.unwrap().chars().count() < MAX_REASON + 20);
 }
 
 #[test]
 fn snapshots_made_from_reports_are_never_requests() {
-    let (spec, _) = snapshot_from_failure(&failure("gcHeapBytes", None), "cart-1", "p").unwrap();
+    let (spec, _) = snapshot_from_failure(&failure(TriggerKind::GcHeapBytes, None), "cart-1", "p").unwrap();
     // Created without a status (the status subresource is written next): still not a request.
     let created = new_snapshot("shop", "cart-1-x", "x", spec);
     assert!(!is_request_for(&created, "cart-1"));
@@ -218,11 +216,11 @@ fn findings_come_only_from_the_snapshots_job() {
         pod("dsnap-snap-1-analyze-x7", &[], &[("job-name", "dsnap-snap-1-analyze")], Some("dsnap-snap-1-analyze"));
     assert!(check_job_pod(&s, &job_pod).is_ok());
     let other_job = pod("j", &[], &[("job-name", "dsnap-snap-2-analyze")], Some("dsnap-snap-2-analyze"));
-    assert_eq!(check_job_pod(&s, &other_job).unwrap_err().status, 403);
+    assert_eq!(check_job_pod(&s, &other_job).unwrap_err().status(), 403);
     let label_only = pod("j", &[], &[("job-name", "dsnap-snap-1-analyze")], None);
-    assert_eq!(check_job_pod(&s, &label_only).unwrap_err().status, 403, "a label alone is not a Job");
+    assert_eq!(check_job_pod(&s, &label_only).unwrap_err().status(), 403, "a label alone is not a Job");
     let done = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Analyzed), Some("dsnap-snap-1-analyze"));
-    assert_eq!(check_job_pod(&done, &job_pod).unwrap_err().status, 409);
+    assert_eq!(check_job_pod(&done, &job_pod).unwrap_err().status(), 409);
     // Without status.job, the documented default name.
     let s = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Uploaded), None);
     assert!(check_job_pod(&s, &job_pod).is_ok());
@@ -232,9 +230,9 @@ fn findings_come_only_from_the_snapshots_job() {
 fn a_pod_cannot_claim_another_pods_objects() {
     let own = "s3://dumps/p/shop/cart-1/";
     assert!(check_artifact_owner("s3://dumps/p/shop/cart-1/c1/core.zst", own).is_ok());
-    assert_eq!(check_artifact_owner("s3://dumps/p/shop/cart-2/c1/core.zst", own).unwrap_err().status, 403);
+    assert_eq!(check_artifact_owner("s3://dumps/p/shop/cart-2/c1/core.zst", own).unwrap_err().status(), 403);
     assert!(check_artifact_owner("file:///dumpwatch/c1/core.zst", own).is_ok());
-    assert_eq!(check_artifact_owner("http://x/y", own).unwrap_err().status, 400);
+    assert_eq!(check_artifact_owner("http://x/y", own).unwrap_err().status(), 400);
 }
 
 #[test]
@@ -267,7 +265,7 @@ fn on_a_claim_the_snapshot_records_it_and_a_pod_owns_only_its_directory() {
         "file:///etc/passwd",
         "s3://dumps/p/shop/cart-1/c1/core.zst",
     ] {
-        assert_eq!(check_artifact_owner(theirs, &own).unwrap_err().status, 403, "{theirs}");
+        assert_eq!(check_artifact_owner(theirs, &own).unwrap_err().status(), 403, "{theirs}");
     }
 }
 

@@ -1,0 +1,113 @@
+//! What every part of the sidecar shares: metrics, the capture store, the policy, on-demand
+//! requests, the report queue, the capture lock, live findings and the processes seen. It sits
+//! below everything that uses it (watchers, captures, crash dumps, HTTP), so none of them has to
+//! import another to reach it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use api::DumpPolicySpec;
+use api::wire::Identity;
+use tokio::sync::{broadcast, watch};
+
+use crate::metrics::Metrics;
+use crate::policy::OnDemand;
+use crate::report::Reporter;
+use crate::storage::Storage;
+
+/// Live findings kept for `/findings`, newest last.
+const FINDINGS_KEPT: usize = 100;
+/// Processes remembered for crash dumps; past this the memory starts over.
+const PROCESSES_KEPT: usize = 256;
+
+pub struct Shared {
+    pub metrics: Metrics,
+    pub storage: Storage,
+    pub identity: Identity,
+    pub policy: watch::Receiver<Arc<DumpPolicySpec>>,
+    /// On-demand requests (file, SIGUSR1, operator); each says where it came from.
+    pub on_demand: broadcast::Sender<OnDemand>,
+    /// Operator mode: where finished captures go to be stored and reported.
+    pub reporter: Option<Reporter>,
+    /// Captures run one at a time in the whole sidecar: the byte budget is then checked against
+    /// a store nobody else is writing to, and the node is never hit by two dumps at once.
+    pub capture_lock: tokio::sync::Mutex<()>,
+    findings: Mutex<VecDeque<serde_json::Value>>,
+    epoch: Instant,
+    /// Processes seen, for crash dumps that arrive after their process died.
+    known: Mutex<HashMap<u32, KnownProcess>>,
+}
+
+/// A process we watched, as a crash dump (which names only the pid) needs it described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownProcess {
+    pub name: String,
+    pub runtime_version: Option<String>,
+}
+
+impl Shared {
+    pub fn new(
+        metrics: Metrics,
+        storage: Storage,
+        identity: Identity,
+        policy: watch::Receiver<Arc<DumpPolicySpec>>,
+        on_demand: broadcast::Sender<OnDemand>,
+        reporter: Option<Reporter>,
+    ) -> Self {
+        Self {
+            metrics,
+            storage,
+            identity,
+            policy,
+            on_demand,
+            reporter,
+            capture_lock: tokio::sync::Mutex::new(()),
+            findings: Mutex::default(),
+            epoch: Instant::now(),
+            known: Mutex::default(),
+        }
+    }
+
+    /// Seconds since the sidecar started (the clock of triggers and limits).
+    pub fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<DumpPolicySpec> {
+        self.policy.borrow().clone()
+    }
+
+    pub fn push_finding(&self, f: serde_json::Value) {
+        let mut q = lock(&self.findings);
+        q.push_back(f);
+        while q.len() > FINDINGS_KEPT {
+            q.pop_front();
+        }
+    }
+
+    /// The live findings, oldest first.
+    pub fn findings(&self) -> Vec<serde_json::Value> {
+        lock(&self.findings).iter().cloned().collect()
+    }
+
+    /// Remember a watched process by its pid in the app's namespace (a crash dump's name).
+    pub fn remember_process(&self, ns_pid: u32, process: KnownProcess) {
+        let mut k = lock(&self.known);
+        if k.len() >= PROCESSES_KEPT {
+            k.clear();
+        }
+        k.insert(ns_pid, process);
+    }
+
+    pub fn known_process(&self, ns_pid: u32) -> Option<KnownProcess> {
+        lock(&self.known).get(&ns_pid).cloned()
+    }
+}
+
+/// A std mutex whose holder panicked still holds consistent data here (each critical section is
+/// one insert or copy), so the poison is ignored rather than spread.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
