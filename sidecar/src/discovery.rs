@@ -140,11 +140,12 @@ pub async fn scan_loop(shared: Arc<Shared>, procfs: ProcFs, proc_root: PathBuf, 
         seen.retain(|k, _| alive.contains(k));
         let mut to_probe = Vec::new();
         for key in keys {
-            let entry = seen.get_mut(&key);
-            match entry {
+            match seen.get_mut(&key) {
                 None => to_probe.push(key),
                 Some(Seen::Skip) => {}
-                Some(Seen::Pending(first)) if first.elapsed() > GIVE_UP_AFTER => *entry.unwrap() = Seen::Skip,
+                Some(entry @ Seen::Pending(_)) if matches!(*entry, Seen::Pending(first) if first.elapsed() > GIVE_UP_AFTER) => {
+                    *entry = Seen::Skip
+                }
                 Some(Seen::Pending(_)) => to_probe.push(key),
                 Some(Seen::Failed(at)) if at.elapsed() > RETRY_AFTER => to_probe.push(key),
                 Some(Seen::Failed(_)) => {}

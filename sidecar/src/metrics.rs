@@ -151,7 +151,8 @@ impl Metrics {
 
     /// Publish the top types of a new heap snapshot, replacing the previous ones.
     pub fn set_heap_types(&self, p: &Proc, types: &[(String, u64)]) {
-        let mut published = self.published_types.lock().expect("poisoned");
+        // Each critical section is one swap of the list: a panicked holder left it consistent.
+        let mut published = self.published_types.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         published.retain(|l| {
             let mine = l.pid == p.pid && l.process == p.process;
             if mine {

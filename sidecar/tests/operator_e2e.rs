@@ -180,9 +180,11 @@ spec:
         w.pid
     ))
     .unwrap();
+    // The spec (artifacts) and the status (phase) are two writes of the API: wait for both.
     let snap = wait_for("the request filled in", Duration::from_secs(240), || {
         let s = cp.kubectl_json(&["-n", "shop", "get", "dsnap", "ask-1"]).ok()?;
-        (!s["spec"]["artifacts"].as_array()?.is_empty()).then_some(s)
+        let settled = s["status"]["phase"].as_str().is_some_and(|p| p != "Capturing" && p != "Requested");
+        (!s["spec"]["artifacts"].as_array()?.is_empty() && settled).then_some(s)
     });
     let phase = snap["status"]["phase"].as_str().unwrap();
     assert!(["Uploaded", "Analyzed"].contains(&phase), "{phase}");

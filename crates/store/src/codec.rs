@@ -108,11 +108,13 @@ impl<W: Write> Unzstd<W> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
         let mut inb = InBuffer::around(input);
         loop {
+            let consumed = inb.pos();
             let mut outb = OutBuffer::around(&mut self.buf[..]);
             let hint = self.raw.run(&mut inb, &mut outb)?;
             let (written, full) = (outb.pos(), outb.pos() == outb.capacity());
             self.out.write_all(&self.buf[..written])?;
-            if !input.is_empty() || written > 0 {
+            // A call that neither read nor wrote answers for the next frame: keep what we know.
+            if inb.pos() > consumed || written > 0 {
                 self.at_frame_end = hint == 0;
             }
             // Done when the input is used up and the decoder had no more output than room.
@@ -332,6 +334,22 @@ mod tests {
         let mut back = Vec::new();
         assert_eq!(verify_and_decompress(&stored[..], &c.sha256, &mut back).unwrap(), c.size);
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn incompressible_data_round_trips_in_any_chunking() {
+        // 12 MiB: raw blocks that exactly fill the output buffer, so a last call reads nothing.
+        let data = noise(12 << 20);
+        let (stored, c) = compress_and_hash(&data[..], Vec::new()).unwrap();
+        assert!(c.size > data.len() as u64, "noise does not shrink");
+        let mut back = Vec::new();
+        verify_and_decompress(&stored[..], &c.sha256, &mut back).unwrap();
+        assert!(back == data);
+        for chunk in [4096, 131_072, 1 << 20] {
+            let mut v = Verifier::new(Vec::new(), true).unwrap();
+            stored.chunks(chunk).for_each(|c| v.write_all(c).unwrap());
+            assert!(v.finish(Some(&c.sha256)).unwrap().0 == data, "chunks of {chunk}");
+        }
     }
 
     #[test]
