@@ -1,5 +1,5 @@
 //! Taking the evidence from a live process: core dump (DAC beside), heap snapshot (raw nettrace
-//! + histogram), all-thread stacks, into a capture directory. The limits were checked before
+//! and histogram), all-thread stacks, into a capture directory. The limits were checked before
 //! this runs (`watcher`) and [`crate::commit`] publishes what it took; this module only captures.
 
 use std::path::{Path, PathBuf};

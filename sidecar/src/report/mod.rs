@@ -49,7 +49,8 @@ pub struct Report {
 /// What the queue carries: a capture to store and report, or a capture that failed.
 #[derive(Debug, Clone)]
 pub enum Queued {
-    Capture(Report),
+    // Boxed: a manifest is several hundred bytes, and the queue holds up to QUEUE of these.
+    Capture(Box<Report>),
     Failure(FailureReport),
 }
 
@@ -86,7 +87,7 @@ impl Reporter {
     /// Never waits: a full queue drops the report (the capture stays on disk, within budget,
     /// and is reported at the next start).
     pub fn submit(&self, r: Report) {
-        self.send(Queued::Capture(r));
+        self.send(Queued::Capture(Box::new(r)));
     }
 
     /// Never waits either: a failure the queue cannot take stays in the log and the metrics (an

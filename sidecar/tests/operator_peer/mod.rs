@@ -147,8 +147,8 @@ impl Peer {
 }
 
 /// The body as the contract's type, or the 400 the operator would answer.
-fn parse<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, Response> {
-    serde_json::from_value(body.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
+fn parse<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, (StatusCode, String)> {
+    serde_json::from_value(body.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 fn key(capture: &str, name: &str) -> String {
@@ -188,16 +188,16 @@ async fn handle(State(peer): State<Arc<Peer>>, method: Method, uri: Uri, headers
     } else if route(wire::UPLOADS) {
         match parse(&body) {
             Ok(req) => axum::Json(peer.uploads(req).await).into_response(),
-            Err(bad) => bad,
+            Err(bad) => bad.into_response(),
         }
     } else if route(wire::COMPLETE) {
         match parse(&body) {
             Ok(req) => peer.complete(req).await.into_response(),
-            Err(bad) => bad,
+            Err(bad) => bad.into_response(),
         }
     } else if route(wire::CAPTURES) {
         if let Err(bad) = parse::<wire::CaptureReport>(&body) {
-            return bad;
+            return bad.into_response();
         }
         if peer.fail_reports.load(Ordering::Relaxed) > 0 {
             peer.fail_reports.fetch_sub(1, Ordering::Relaxed);
