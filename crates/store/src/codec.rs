@@ -352,6 +352,27 @@ mod tests {
         }
     }
 
+    /// Mixed data (runs and noise, as in a core dump) in odd chunkings decodes to exactly what
+    /// zstd's own one-shot decoder gives.
+    #[test]
+    fn the_verifier_decodes_what_zstd_itself_decodes() {
+        let mut data = Vec::new();
+        for i in 0..64u32 {
+            if i % 4 == 0 {
+                data.extend(noise(50_000 + i as usize * 997));
+            } else {
+                data.extend(std::iter::repeat_n(i.to_le_bytes(), 30_000 + i as usize * 131).flatten());
+            }
+        }
+        let (stored, c) = compress_and_hash(&data[..], Vec::new()).unwrap();
+        assert!(zstd::decode_all(&stored[..]).unwrap() == data);
+        for chunk in [1000, 65_537, 131_072, 400_000] {
+            let mut v = Verifier::new(Vec::new(), true).unwrap();
+            stored.chunks(chunk).for_each(|c| v.write_all(c).unwrap());
+            assert!(v.finish(Some(&c.sha256)).unwrap().0 == data, "chunks of {chunk}");
+        }
+    }
+
     #[test]
     fn a_flipped_byte_is_a_checksum_mismatch() {
         let (mut stored, c) = compress_and_hash(&sample()[..], Vec::new()).unwrap();
