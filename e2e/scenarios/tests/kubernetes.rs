@@ -423,7 +423,13 @@ fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures, dashboards: &m
     assert_eq!(phase(&snapshot), "Analyzed", "{snapshot:#}");
     figures.note(".NET 3.1: deadlock formed -> stall dump analyzed", formed.elapsed());
     assert_eq!(snapshot["spec"]["trigger"], "threadPoolQueue");
+    // On failure, the whole snapshot: its findings' warnings and the analysis Job's log say why.
     let cycle = &snapshot["status"]["findings"]["deadlockCycles"][0];
+    assert!(
+        cycle.is_object(),
+        "the stall dump's analysis found no deadlock cycle; snapshot: {snapshot:#}\nanalysis Job log:\n{}",
+        tail(&c.pod_log(ns, "analyze"), 60)
+    );
     assert_eq!(tids(&cycle["threads"], "osTid"), owners, "the analysis names the two owners: {cycle:#}");
     assert!(cycle["victims"].as_u64().unwrap() >= 1, "{cycle:#}");
     let event = harness::wait_for("a DeadlockDetected Event on the 3.1 pod", 60 * S, || {
