@@ -23,12 +23,14 @@ namespace DiagScenarios
     {
         public int ManagedId;
         public long OsTid;
+        public Thread Thread;
 
         public JObj ToJson() { return new JObj { { "managed_id", ManagedId }, { "os_tid", OsTid } }; }
 
         public static BlockedRecord Current()
         {
-            return new BlockedRecord { ManagedId = Thread.CurrentThread.ManagedThreadId, OsTid = Native.GetTid() };
+            var me = Thread.CurrentThread;
+            return new BlockedRecord { ManagedId = me.ManagedThreadId, OsTid = Native.GetTid(), Thread = me };
         }
     }
 
@@ -94,6 +96,7 @@ namespace DiagScenarios
     {
         const int SetupTimeoutMs = 10000;
         const int SettleMs = 200;
+        const int StableMs = 100;
         static bool starved;
 
         public static HttpResponse TaskWait(HttpRequest req)
@@ -128,6 +131,9 @@ namespace DiagScenarios
                     return HttpResponse.Error(500, "only some pool threads reached OrderService.Get within 10 s");
                 Thread.Sleep(10);
             }
+            var pool = new List<Thread>();
+            lock (OrderService.Blocked) foreach (var b in OrderService.Blocked) pool.Add(b.Thread);
+            if (!SteadilyBlocked(pool)) return HttpResponse.Error(500, "pool threads did not block on Task.Result within 10 s");
             for (int i = 0; i < queued; i++) ThreadPool.QueueUserWorkItem(_ => { });
             Thread.Sleep(SettleMs);
             var list = new List<object>();
@@ -140,6 +146,22 @@ namespace DiagScenarios
                 { "queued_work_items", threads + queued },
                 { "pending_work_items", ThreadPool.PendingWorkItemCount },
             });
+        }
+
+        // SemaphoreSlim, ManualResetEventSlim and Task.Wait spin before they block, and their spin
+        // sleeps (Thread.Sleep(0/1)) read as WaitSleepJoin too: on a loaded machine one look caught
+        // a thread mid-spin, before the wait whose stack the tests expect. A thread counts as
+        // blocked once it read WaitSleepJoin at every look for StableMs.
+        static bool SteadilyBlocked(IEnumerable<Thread> threads)
+        {
+            var sw = Stopwatch.StartNew();
+            foreach (var t in threads)
+                for (var steady = Stopwatch.StartNew(); steady.ElapsedMilliseconds < StableMs; Thread.Sleep(5))
+                {
+                    if ((t.ThreadState & System.Threading.ThreadState.WaitSleepJoin) == 0) steady.Restart();
+                    if (sw.ElapsedMilliseconds > SetupTimeoutMs) return false;
+                }
+            return true;
         }
 
         public static HttpResponse Block(HttpRequest req)
@@ -178,13 +200,7 @@ namespace DiagScenarios
                 ts[i].Start();
             }
             if (!started.Wait(SetupTimeoutMs)) return HttpResponse.Error(500, "threads did not start within 10 s");
-            var sw = Stopwatch.StartNew();
-            foreach (var t in ts)
-                while ((t.ThreadState & System.Threading.ThreadState.WaitSleepJoin) == 0)
-                {
-                    if (sw.ElapsedMilliseconds > SetupTimeoutMs) return HttpResponse.Error(500, "threads did not block within 10 s");
-                    Thread.Sleep(5);
-                }
+            if (!SteadilyBlocked(ts)) return HttpResponse.Error(500, "threads did not block within 10 s");
             Thread.Sleep(SettleMs);
             var list = new List<object>();
             foreach (var r in records) list.Add(r.ToJson());
