@@ -51,6 +51,12 @@ pub struct DumpPolicySpec {
     pub storage: Storage,
     pub retention: Retention,
     pub analysis: Analysis,
+    /// Periodic heap snapshots and their growth verdict: every `every`, a heap snapshot of each
+    /// process (a per-type histogram, not a dump); a type that grows across the last three
+    /// intervals while the rest of the heap stays steady becomes a `MemoryLeakSuspected`
+    /// finding. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_snapshots: Option<HeapSnapshots>,
 }
 
 /// `cooldown >= counterInterval`, in CEL. Both are policy duration strings (`500ms`, `10s`, `5m`,
@@ -94,6 +100,7 @@ impl Default for DumpPolicySpec {
             storage: Storage::default(),
             retention: Retention::default(),
             analysis: Analysis::default(),
+            heap_snapshots: None,
         }
     }
 }
@@ -125,6 +132,10 @@ pub enum Mode {
     {
         "rule": "self.type != 'schedule' || has(self.every) != has(self.cron)",
         "message": "a schedule trigger needs exactly one of `every` (e.g. every: 1h) or `cron` (e.g. cron: \"0 3 * * *\")"
+    },
+    {
+        "rule": "self.type != 'heapGrowth'",
+        "message": "heapGrowth is not a trigger to write: it names the snapshots of growth verdicts; set spec.heapSnapshots (e.g. heapSnapshots: {every: 10m, keep: 6}) to get them"
     },
     {
         "rule": "!(self.type in ['gcHeapBytes', 'gcHeapGrowth', 'workingSet', 'cpu', 'threads', 'threadPoolQueue', 'exceptionRate', 'lockContentionRate']) || has(self.above)",
@@ -191,6 +202,9 @@ pub enum TriggerKind {
     OnDemand,
     /// The runtime's own crash dump, configured by the injector into the shared volume.
     Crash,
+    /// Not written in `triggers`: what a snapshot reporting a growth verdict of the periodic
+    /// heap snapshots (`heapSnapshots`) names as its trigger.
+    HeapGrowth,
 }
 
 impl std::fmt::Display for TriggerKind {
@@ -214,6 +228,7 @@ impl TriggerKind {
             Self::Schedule => "schedule",
             Self::OnDemand => "onDemand",
             Self::Crash => "crash",
+            Self::HeapGrowth => "heapGrowth",
         }
     }
 
@@ -252,6 +267,45 @@ impl CaptureKind {
             Self::Stacks => "stacks",
         }
     }
+}
+
+/// Periodic heap snapshots (`heapSnapshots: {every: 10m, keep: 6}`). Each is the runtime's
+/// heap snapshot (what `dotnet-gcdump` takes: one induced full blocking GC that describes every
+/// live object), reduced at once to a per-type histogram and, while some type keeps rising, to
+/// the retention path of each rising type; the snapshot itself is not kept. The sidecar keeps the
+/// last `keep` summaries per process, publishes the growth of the top `topTypes` growing types
+/// (`dotnet_heap_type_growth_bytes`, `dotnet_heap_type_growth_objects`) and, when a type grew in
+/// each of the last 3 intervals while the rest of the heap stayed steady, reports a
+/// `MemoryLeakSuspected` finding with its growth rate and holder (a snapshot with trigger
+/// `heapGrowth`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": heap_snapshots_every_rule(),
+    "message": "heapSnapshots.every must be at least 1s: each heap snapshot runs a full blocking GC in the app (e.g. every: 10m)"
+}]))]
+pub struct HeapSnapshots {
+    /// How often: each snapshot pauses the app for one full GC (a few ms for a small heap, about
+    /// a second per million objects), so minutes, not seconds, in production. Default 10m.
+    pub every: Duration,
+    /// Snapshot summaries kept per process (4 to 100, default 6): the verdict needs 4 (three
+    /// intervals), the growth metrics span the oldest to the newest kept.
+    #[schemars(range(min = 4, max = 100))]
+    pub keep: u32,
+    /// How many growing types `/metrics` publishes per process (1 to 50, default 10).
+    #[schemars(range(min = 1, max = 50))]
+    pub top_types: u32,
+}
+
+impl Default for HeapSnapshots {
+    fn default() -> Self {
+        Self { every: Duration::from_secs(600), keep: 6, top_types: 10 }
+    }
+}
+
+/// `heapSnapshots.every >= 1s`, in CEL (see [`cel_seconds`]).
+fn heap_snapshots_every_rule() -> String {
+    format!("!has(self.every) || {} >= 1.0", cel_seconds("self.every"))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

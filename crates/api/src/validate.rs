@@ -107,6 +107,35 @@ impl DumpPolicySpec {
             if t.kind == TriggerKind::Deadlock && t.for_.is_some() {
                 p.push(format!("{at}: deadlock has no `for`: a cycle is confirmed by the detector itself"));
             }
+            if t.kind == TriggerKind::HeapGrowth {
+                p.push(format!(
+                    "{at}: heapGrowth is not a trigger to write: it names the snapshots of growth verdicts; \
+                     set heapSnapshots (e.g. heapSnapshots: {{every: 10m, keep: 6}}) to get them"
+                ));
+            }
+        }
+        if let Some(h) = &self.heap_snapshots {
+            if h.every.std() < std::time::Duration::from_secs(1) {
+                p.push(format!(
+                    "heapSnapshots.every must be at least 1s (got {}): each heap snapshot runs a full blocking GC \
+                     in the app (e.g. every: 10m)",
+                    h.every
+                ));
+            }
+            if !(4..=100).contains(&h.keep) {
+                p.push(format!(
+                    "heapSnapshots.keep must be between 4 and 100 (got {}): the growth verdict compares the last \
+                     4 snapshots (three intervals), e.g. keep: 6",
+                    h.keep
+                ));
+            }
+            if !(1..=50).contains(&h.top_types) {
+                p.push(format!(
+                    "heapSnapshots.topTypes must be between 1 and 50 (got {}): each type is a metric series per \
+                     process, e.g. topTypes: 10",
+                    h.top_types
+                ));
+            }
         }
         p
     }
@@ -212,6 +241,26 @@ storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
         assert!(DumpPolicySpec::from_yaml("storage: {volume: {path: /dumps/../etc, claimName: d}}").is_err());
         assert!(DumpPolicySpec::from_yaml("storage: {volume: {path: /dumps, claimName: d}}").is_ok());
         assert!(DumpPolicySpec::from_yaml("storage: {volume: {path: dumps}}").is_ok(), "standalone: relative is fine");
+    }
+
+    #[test]
+    fn heap_snapshots_have_defaults_and_limits_in_words() {
+        let p = DumpPolicySpec::from_yaml("heapSnapshots: {every: 30s}").unwrap();
+        assert_eq!(p.heap_snapshots, Some(HeapSnapshots { every: Duration::from_secs(30), keep: 6, top_types: 10 }));
+        assert_eq!(DumpPolicySpec::from_yaml("{}").unwrap().heap_snapshots, None, "off unless asked for");
+        let err =
+            DumpPolicySpec::from_yaml("heapSnapshots: {every: 100ms, keep: 3, topTypes: 0}").unwrap_err().to_string();
+        for needle in [
+            "heapSnapshots.every must be at least 1s (got 100ms): each heap snapshot runs a full blocking GC",
+            "heapSnapshots.keep must be between 4 and 100 (got 3)",
+            "heapSnapshots.topTypes must be between 1 and 50 (got 0)",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+        let err = DumpPolicySpec::from_yaml("triggers: [{type: heapGrowth}]").unwrap_err().to_string();
+        assert!(err.contains("heapGrowth is not a trigger to write") && err.contains("set heapSnapshots"), "{err}");
+        let err = DumpPolicySpec::from_yaml("heapSnapshots: {evry: 1m}").unwrap_err().to_string();
+        assert!(err.contains("evry"), "{err}");
     }
 
     #[test]

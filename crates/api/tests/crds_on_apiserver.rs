@@ -29,6 +29,7 @@ spec:
     - {type: schedule, cron: "0 3 * * *"}
   limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 4Gi}
   storage: {volume: {path: /dumps}}
+  heapSnapshots: {every: 10m, keep: 6}
 "#;
 
 const SNAPSHOT: &str = r#"
@@ -72,6 +73,7 @@ fn generated_crds_on_the_real_apiserver() {
     assert_eq!(stored["spec"]["triggers"][3]["cron"], "0 3 * * *");
     // Defaults from the schema are applied by the API server.
     assert_eq!(stored["spec"]["retention"]["maxCount"], 10);
+    assert_eq!(stored["spec"]["heapSnapshots"]["topTypes"], 10, "{}", stored["spec"]["heapSnapshots"]);
     // S3 alone is a storage kind of its own (no default volume beside it).
     let s3 = VALID
         .replace(
@@ -107,6 +109,15 @@ fn generated_crds_on_the_real_apiserver() {
         (
             VALID.replace("counterInterval: 1s", "counterInterval: \"2\"").replace("cooldown: 10m", "cooldown: 1500ms"),
             COOLDOWN_MESSAGE,
+        ),
+        (
+            VALID.replace("heapSnapshots: {every: 10m", "heapSnapshots: {every: 500ms"),
+            "heapSnapshots.every must be at least 1s: each heap snapshot runs a full blocking GC in the app",
+        ),
+        (VALID.replace("keep: 6}", "keep: 3}"), "spec.heapSnapshots.keep: Invalid value: 3"),
+        (
+            VALID.replace("{type: deadlock}", "{type: heapGrowth}"),
+            "heapGrowth is not a trigger to write: it names the snapshots of growth verdicts; set spec.heapSnapshots",
         ),
     ];
     // A bare fraction is valid YAML for the Rust rules but not for a CRD's integer-or-string:
