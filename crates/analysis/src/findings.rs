@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::hangs::{HangFinding, HangThresholds, find_hangs};
-use crate::heap::{FinalizerQueue, HeapHistogram, LeakSuspect, TypeStats, human_bytes, thousands};
+use crate::heap::{FinalizerQueue, GrowthVerdict, HeapHistogram, LeakSuspect, TypeStats, human_bytes, thousands};
 use crate::monitors::{DumpMonitor, DumpThread, MonitorAnalysis};
 use crate::wait_for::BlockedThread;
 
@@ -44,6 +44,10 @@ pub struct Findings {
     pub finalization_backlog: Option<FinalizationBacklog>,
     /// Problems that make some figures less certain.
     pub warnings: Vec<String>,
+    /// Types that grew across periodic heap snapshots (the sidecar's growth verdict, source
+    /// kind `heap_snapshots`); absent from the analysis of one snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_verdicts: Option<Vec<GrowthVerdict>>,
 }
 
 /// What was analyzed.
@@ -62,7 +66,7 @@ pub struct Source {
 }
 
 /// Counts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// Deadlock cycles.
     pub deadlocks: usize,
@@ -276,6 +280,32 @@ pub fn build(input: FindingsInput<'_>) -> Findings {
         hangs,
         finalization_backlog,
         warnings: input.warnings,
+        growth_verdicts: None,
+    }
+}
+
+/// The findings document of a growth verdict over periodic heap snapshots: each verdict is a
+/// leak suspect (pattern `growth`) and is kept whole in `growth_verdicts`; `last` is the newest
+/// snapshot's histogram. `source.kind` is `heap_snapshots`.
+pub fn from_growth(source: Source, last: &HeapHistogram, verdicts: Vec<GrowthVerdict>, top_types: usize) -> Findings {
+    let suspects: Vec<LeakSuspect> = verdicts.iter().map(|v| v.suspect(last)).collect();
+    Findings {
+        schema: FINDINGS_SCHEMA.to_string(),
+        version: FINDINGS_VERSION,
+        source,
+        summary: Summary { leak_suspects: suspects.len(), ..Summary::default() },
+        deadlocks: Vec::new(),
+        long_waits: Vec::new(),
+        heap: HeapFinding {
+            objects: last.total_objects(),
+            bytes: last.total_bytes(),
+            top_types: last.top(top_types).to_vec(),
+        },
+        leak_suspects: Some(suspects),
+        hangs: Vec::new(),
+        finalization_backlog: None,
+        warnings: Vec::new(),
+        growth_verdicts: Some(verdicts),
     }
 }
 

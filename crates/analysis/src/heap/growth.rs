@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::histogram::HeapHistogram;
-use super::leaks::{human_bytes, thousands};
+use super::graph::ObjectGraph;
+use super::histogram::{HeapHistogram, TypeGrowth};
+use super::leaks::{Confidence, LeakPattern, LeakSuspect, human_bytes, thousands};
 
 /// One heap snapshot as the verdict needs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -170,6 +171,103 @@ pub fn growth_verdicts<'s>(snapshots: &'s [HeapSummary], t: &GrowthThresholds) -
         .collect();
     out.sort_by(|a, b| b.bytes_growth.cmp(&a.bytes_growth).then_with(|| a.type_name.cmp(&b.type_name)));
     out
+}
+
+impl GrowthVerdict {
+    /// The verdict as a suspect of the findings document: pattern `growth`, high confidence (a
+    /// type rising in every interval while the rest stays steady is what a leak looks like, and
+    /// what a cache or a table never does), the holder's path split into root and types.
+    /// `retained_bytes` is the type's own bytes in the last snapshot: a histogram has no
+    /// dominators.
+    pub fn suspect(&self, last: &HeapHistogram) -> LeakSuspect {
+        let own = last.by_name(&self.type_name).map_or(0, |r| r.bytes);
+        let (root, path) = match &self.holder {
+            Some(h) => {
+                let mut steps = h.split(" → ").map(str::to_string);
+                (steps.next().unwrap_or_default(), steps.collect())
+            }
+            None => (String::new(), vec![self.type_name.clone()]),
+        };
+        LeakSuspect {
+            type_name: self.type_name.clone(),
+            instances: self.last_count,
+            shallow_bytes: own,
+            retained_bytes: own,
+            heap_share: if last.total_bytes() == 0 { 0.0 } else { own as f64 / last.total_bytes() as f64 },
+            root,
+            path,
+            path_instances: self.last_count,
+            pattern: LeakPattern::Growth,
+            confidence: Confidence::High,
+            holder: self.holder.clone().unwrap_or_default(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Whether the next snapshot should keep its object graph to name holders: only when some type
+/// rose in each of the last K-1 intervals, so that the next one may complete a run of K. A heap
+/// at steady state (a full cache, a loaded table) is summarized from its histogram alone, which
+/// costs the sidecar memory per type, not per object.
+pub fn wants_holders(snapshots: &[HeapSummary], t: &GrowthThresholds) -> bool {
+    let needed = t.intervals.max(1) - 1;
+    if needed == 0 {
+        return true;
+    }
+    if snapshots.len() < needed + 1 {
+        return false;
+    }
+    let window = &snapshots[snapshots.len() - (needed + 1)..];
+    let last = &window[needed];
+    last.histogram.types().iter().any(|row| {
+        window.windows(2).all(|w| {
+            let count = |s: &HeapSummary| s.histogram.by_name(&row.type_name).map_or(0, |r| r.count);
+            count(&w[1]) > count(&w[0])
+        })
+    })
+}
+
+/// A heap snapshot reduced to what the verdict needs: its histogram and, with its object graph,
+/// the retention path that holds most instances of each type that rose since `previous` (at most
+/// `limit` of them, the biggest rise in count first). The graph can then be dropped.
+pub fn summarize(
+    taken_at_seconds: f64,
+    histogram: HeapHistogram,
+    graph: Option<&ObjectGraph>,
+    previous: Option<&HeapSummary>,
+    limit: usize,
+) -> HeapSummary {
+    let mut holders = BTreeMap::new();
+    if let Some(graph) = graph {
+        let mut rising: Vec<TypeGrowth> = match previous {
+            Some(p) => histogram.diff(&p.histogram),
+            None => Vec::new(),
+        };
+        rising.retain(|g| g.count_delta > 0);
+        rising.sort_by(|a, b| b.count_delta.cmp(&a.count_delta).then_with(|| a.type_name.cmp(&b.type_name)));
+        if !rising.is_empty() {
+            let paths = graph.retention_paths();
+            for g in rising.iter().take(limit) {
+                if let Some(best) = paths.groups_for_type(&g.type_name, 20).into_iter().max_by_key(|p| p.instances) {
+                    holders.insert(g.type_name.clone(), best.path.to_string());
+                }
+            }
+        }
+    }
+    HeapSummary { taken_at_seconds, histogram, holders }
+}
+
+/// The types that grew most between the first and the last snapshot, by bytes (then count),
+/// at most `n`: what a dashboard of growing types draws.
+pub fn top_growing(snapshots: &[HeapSummary], n: usize) -> Vec<TypeGrowth> {
+    let (Some(first), Some(last)) = (snapshots.first(), snapshots.last()) else { return Vec::new() };
+    let mut growth: Vec<TypeGrowth> =
+        last.histogram.diff(&first.histogram).into_iter().filter(|g| g.bytes_delta > 0 || g.count_delta > 0).collect();
+    growth.sort_by(|a, b| {
+        b.bytes_delta.cmp(&a.bytes_delta).then(b.count_delta.cmp(&a.count_delta)).then(a.type_name.cmp(&b.type_name))
+    });
+    growth.truncate(n);
+    growth
 }
 
 /// How many intervals in a row, ending at the last snapshot, `name`'s count rose.

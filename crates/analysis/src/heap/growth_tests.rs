@@ -1,5 +1,6 @@
 use super::*;
 use crate::heap::TypeStats;
+use crate::heap::{Confidence, LeakPattern};
 
 /// A snapshot at `minutes` with `(type, count, bytes per instance)` rows.
 fn snap(minutes: f64, rows: &[(&str, u64, u64)], holders: &[(&str, &str)]) -> HeapSummary {
@@ -126,4 +127,108 @@ fn a_longer_run_is_reported_whole_and_needs_no_holder() {
     let names: Vec<&str> = v.iter().map(|v| v.type_name.as_str()).collect();
     assert_eq!(names, ["System.String", "App.Customer"]);
     assert_eq!((v[1].intervals, v[1].first_count, v[1].holder.as_deref()), (4, 20_000, None));
+}
+
+#[test]
+fn holders_are_wanted_only_while_some_type_keeps_rising() {
+    let t = GrowthThresholds::default();
+    let s = service(&[100_000, 120_000, 140_000]);
+    assert!(!wants_holders(&s[..1], &t), "one snapshot: nothing rose yet");
+    assert!(!wants_holders(&s[..2], &t), "one interval of growth is not yet K-1 = 2");
+    assert!(wants_holders(&s, &t), "two intervals: the next snapshot may complete a run of three");
+    let steady = service(&[0, 0, 0, 0]);
+    assert!(!wants_holders(&steady, &t), "a full cache and a loaded table never need the graph");
+}
+
+#[test]
+fn a_summary_names_the_holder_of_each_rising_type_from_the_graph() {
+    use crate::heap::{ObjectGraphBuilder, RootKind};
+    // static Open → Dict → Entry[] → Order ×n, each Order → Byte[]; one Country under a
+    // static table that does not change.
+    let graph = |orders: u64| {
+        let mut b = ObjectGraphBuilder::new();
+        for (id, name) in [(1, "Dict"), (2, "Entry[]"), (3, "App.Order"), (4, "System.Byte[]"), (5, "App.Country")] {
+            b.add_type(id, name);
+        }
+        b.add_node(0x100, 64, 1, 1);
+        b.add_edge(0x200);
+        b.add_node(0x200, 16 + 8 * orders, 2, orders);
+        b.add_edges((0..orders).map(|i| 0x1000 + i * 0x100));
+        for i in 0..orders {
+            b.add_node(0x1000 + i * 0x100, 32, 3, 1);
+            b.add_edge(0x1000 + i * 0x100 + 0x40);
+            b.add_node(0x1000 + i * 0x100 + 0x40, 536, 4, 0);
+        }
+        b.add_node(0x90_0000, 120, 5, 0);
+        b.add_root(0x100, RootKind::Static { type_name: String::new(), field_name: "Open".into() });
+        b.add_root(0x90_0000, RootKind::Static { type_name: String::new(), field_name: "ByCode".into() });
+        b.finish().unwrap()
+    };
+    let (g1, g2) = (graph(10), graph(30));
+    let first = summarize(0.0, g1.histogram(), None, None, 10);
+    assert!(first.holders.is_empty(), "no graph, no holders");
+    let second = summarize(60.0, g2.histogram(), Some(&g2), Some(&first), 10);
+    let holders: Vec<(&str, &str)> = second.holders.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        holders,
+        [
+            ("App.Order", "static Open → Dict → Entry[] → App.Order"),
+            ("System.Byte[]", "static Open → Dict → Entry[] → App.Order → System.Byte[]"),
+        ],
+        "only the types that rose; the table's Country did not"
+    );
+    assert_eq!(summarize(60.0, g2.histogram(), Some(&g2), Some(&first), 1).holders.len(), 1, "at most `limit`");
+}
+
+#[test]
+fn the_top_growing_types_span_the_first_to_the_last_snapshot() {
+    let s = service(&[100_000, 120_000, 140_000, 160_000]);
+    let top = top_growing(&s, 10);
+    let rows: Vec<(&str, i64, i64)> =
+        top.iter().map(|g| (g.type_name.as_str(), g.count_delta, g.bytes_delta)).collect();
+    // The request buffers went from 3,000 to 7,000 between these two: they grew too, by bytes
+    // the most; growth is not yet a verdict.
+    assert_eq!(
+        rows,
+        [
+            ("App.RequestBuffer", 4000, 4000 * 4096),
+            ("System.String", 60_000, 60_000 * 64),
+            ("App.Customer", 60_000, 60_000 * 32)
+        ]
+    );
+    assert_eq!(top_growing(&s, 1).len(), 1);
+    assert!(top_growing(&service(&[5, 5]), 10).iter().all(|g| g.type_name == "App.RequestBuffer"));
+    assert!(top_growing(&[], 10).is_empty());
+}
+
+#[test]
+fn a_verdict_is_a_growth_suspect_of_a_findings_document() {
+    let s = service(&[100_000, 120_000, 140_000, 160_000]);
+    let v = growth_verdicts(&s, &GrowthThresholds::default());
+    let last = &s[3].histogram;
+    let suspect = v[0].suspect(last);
+    assert_eq!((suspect.pattern, suspect.confidence), (LeakPattern::Growth, Confidence::High));
+    assert_eq!(suspect.root, "static App.Processor.Current");
+    assert_eq!(
+        suspect.path,
+        ["App.CustomerCache", "List<App.Customer>", "App.Customer[]", "App.Customer"].map(String::from)
+    );
+    assert_eq!((suspect.instances, suspect.retained_bytes), (160_000, 160_000 * 32));
+    assert_eq!(suspect.reason, v[0].reason);
+    let source = crate::findings::Source {
+        kind: "heap_snapshots".into(),
+        path: String::new(),
+        runtime_version: Some("8.0.4".into()),
+        dac: None,
+        threads: 0,
+    };
+    let doc = crate::findings::from_growth(source, last, v.clone(), 3);
+    let json = serde_json::to_value(&doc).unwrap();
+    assert_eq!(json["schema"], "dumpwatch.findings");
+    assert_eq!(json["summary"]["leak_suspects"], 1);
+    assert_eq!(json["leak_suspects"][0]["pattern"], "growth");
+    assert_eq!(json["growth_verdicts"][0]["type_name"], "App.Customer");
+    assert_eq!(json["heap"]["top_types"].as_array().unwrap().len(), 3);
+    let back: crate::findings::Findings = serde_json::from_value(json).unwrap();
+    assert_eq!(back, doc);
 }

@@ -74,6 +74,9 @@ pub enum LeakPattern {
     /// A collection (or any holder) with many instances.
     #[default]
     Collection,
+    /// A type that grew across heap snapshots while the rest stayed steady (the growth
+    /// verdict); never recognised from one snapshot.
+    Growth,
 }
 
 /// How sure a suspect is; suspects are ranked by this, then by retained bytes.
@@ -148,7 +151,9 @@ pub fn leak_suspects(
         let big_enough = match pattern {
             LeakPattern::EventHandlers => true,
             LeakPattern::Closures | LeakPattern::Timers => group.retained_bytes >= t.min_pattern_bytes,
-            LeakPattern::Collection => group.retained_bytes >= t.min_retained_bytes && share >= t.min_heap_share,
+            LeakPattern::Collection | LeakPattern::Growth => {
+                group.retained_bytes >= t.min_retained_bytes && share >= t.min_heap_share
+            }
         };
         if !big_enough {
             continue;
@@ -432,7 +437,7 @@ impl<'a> GroupView<'a> {
                 );
                 (holder, Confidence::Medium, reason)
             }
-            LeakPattern::Collection => {
+            LeakPattern::Collection | LeakPattern::Growth => {
                 let holder = match self.group.anchor {
                     Some(_) => holder_text(&holder_steps),
                     None => format!("several roots, e.g. {}", holder_text(&holder_steps)),

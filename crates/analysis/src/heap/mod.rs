@@ -15,7 +15,9 @@ mod type_name;
 pub use dominators::{RetainedSizes, TypeRetained};
 pub use finalization::{FinalizerQueue, finalizer_queue};
 pub use graph::{GraphStats, NodeIndex, ObjectGraph, ObjectGraphBuilder, Root, RootKind};
-pub use growth::{GrowthThresholds, GrowthVerdict, HeapSummary, growth_verdicts};
+pub use growth::{
+    GrowthThresholds, GrowthVerdict, HeapSummary, growth_verdicts, summarize, top_growing, wants_holders,
+};
 pub use histogram::{HeapHistogram, HeapHistogramBuilder, TypeGrowth, TypeStats};
 pub use leaks::{Confidence, LeakPattern, LeakSuspect, LeakThresholds, leak_suspects};
 pub(crate) use leaks::{human_bytes, thousands};
