@@ -239,12 +239,27 @@ pub async fn capture(
     timeout: Duration,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<HeapSnapshot, Error> {
+    capture_named(client, with_graph, &HashMap::new(), raw, timeout, progress).await
+}
+
+/// [`capture`] of a process whose earlier snapshots announced `known` type names (see
+/// [`HeapSnapshotCollector::assume_type_names`]): a later snapshot of a .NET Core 3.1 process
+/// names its types only through them.
+pub async fn capture_named(
+    client: &DiagnosticsClient,
+    with_graph: bool,
+    known: &HashMap<u64, String>,
+    raw: Option<Box<dyn std::io::Write + Send>>,
+    timeout: Duration,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<HeapSnapshot, Error> {
     flush_type_cache(client).await?;
     let mut session = TraceSession::start(client, &session_config()).await?;
     if let Some(raw) = raw {
         session.tee_to(raw);
     }
     let mut collector = HeapSnapshotCollector::new(with_graph);
+    collector.assume_type_names(known);
     let started = Instant::now();
     let mut last_report = started;
     let deadline = tokio::time::Instant::now() + timeout;
