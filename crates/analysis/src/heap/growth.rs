@@ -11,13 +11,14 @@
 //! kept, the path holding each type's instances), so the sidecar can keep a few of them
 //! without keeping graphs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::graph::ObjectGraph;
 use super::histogram::{HeapHistogram, TypeGrowth};
 use super::leaks::{Confidence, LeakPattern, LeakSuspect, human_bytes, thousands};
+use super::paths::PathGroup;
 
 /// One heap snapshot as the verdict needs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -228,8 +229,9 @@ pub fn wants_holders(snapshots: &[HeapSummary], t: &GrowthThresholds) -> bool {
 }
 
 /// A heap snapshot reduced to what the verdict needs: its histogram and, with its object graph,
-/// the retention path that holds most instances of each type that rose since `previous` (at most
-/// `limit` of them, the biggest rise in count first). The graph can then be dropped.
+/// for each type that rose since `previous` (at most `limit` of them, the biggest rise in count
+/// first), the retention path holding most of its instances, preferring paths through another
+/// rising type. The graph can then be dropped.
 pub fn summarize(
     taken_at_seconds: f64,
     histogram: HeapHistogram,
@@ -247,8 +249,18 @@ pub fn summarize(
         rising.sort_by(|a, b| b.count_delta.cmp(&a.count_delta).then_with(|| a.type_name.cmp(&b.type_name)));
         if !rising.is_empty() {
             let paths = graph.retention_paths();
+            let risers: HashSet<&str> = rising.iter().map(|g| g.type_name.as_str()).collect();
             for g in rising.iter().take(limit) {
-                if let Some(best) = paths.groups_for_type(&g.type_name, 20).into_iter().max_by_key(|p| p.instances) {
+                // Without the previous graph, the path that gained is not known: a path through
+                // another rising type is the likelier one (the buffers of leaked orders grow
+                // under the orders, not under a constant table whose rows hold buffers too).
+                let through_riser = |p: &PathGroup| {
+                    let steps = &p.path.steps;
+                    steps[..steps.len().saturating_sub(1)].iter().any(|s| risers.contains(s.type_name.as_str()))
+                };
+                let best =
+                    paths.groups_for_type(&g.type_name, 20).into_iter().max_by_key(|p| (through_riser(p), p.instances));
+                if let Some(best) = best {
                     holders.insert(g.type_name.clone(), best.path.to_string());
                 }
             }

@@ -143,11 +143,18 @@ fn holders_are_wanted_only_while_some_type_keeps_rising() {
 #[test]
 fn a_summary_names_the_holder_of_each_rising_type_from_the_graph() {
     use crate::heap::{ObjectGraphBuilder, RootKind};
-    // static Open → Dict → Entry[] → Order ×n, each Order → Byte[]; one Country under a
-    // static table that does not change.
+    // static Open → Dict → Entry[] → Order ×n, each Order → Byte[]; a static table of
+    // countries that does not change.
     let graph = |orders: u64| {
         let mut b = ObjectGraphBuilder::new();
-        for (id, name) in [(1, "Dict"), (2, "Entry[]"), (3, "App.Order"), (4, "System.Byte[]"), (5, "App.Country")] {
+        for (id, name) in [
+            (1, "Dict"),
+            (2, "Entry[]"),
+            (3, "App.Order"),
+            (4, "System.Byte[]"),
+            (5, "App.Country"),
+            (6, "App.Country[]"),
+        ] {
             b.add_type(id, name);
         }
         b.add_node(0x100, 64, 1, 1);
@@ -159,7 +166,14 @@ fn a_summary_names_the_holder_of_each_rising_type_from_the_graph() {
             b.add_edge(0x1000 + i * 0x100 + 0x40);
             b.add_node(0x1000 + i * 0x100 + 0x40, 536, 4, 0);
         }
-        b.add_node(0x90_0000, 120, 5, 0);
+        // A constant table of 50 rows, each with a buffer too: more buffers than orders.
+        b.add_node(0x90_0000, 16 + 8 * 50, 6, 50);
+        b.add_edges((0..50).map(|i| 0xa0_0000 + i * 0x100));
+        for i in 0..50 {
+            b.add_node(0xa0_0000 + i * 0x100, 120, 5, 1);
+            b.add_edge(0xa0_0000 + i * 0x100 + 0x80);
+            b.add_node(0xa0_0000 + i * 0x100 + 0x80, 536, 4, 0);
+        }
         b.add_root(0x100, RootKind::Static { type_name: String::new(), field_name: "Open".into() });
         b.add_root(0x90_0000, RootKind::Static { type_name: String::new(), field_name: "ByCode".into() });
         b.finish().unwrap()
@@ -175,7 +189,7 @@ fn a_summary_names_the_holder_of_each_rising_type_from_the_graph() {
             ("App.Order", "static Open → Dict → Entry[] → App.Order"),
             ("System.Byte[]", "static Open → Dict → Entry[] → App.Order → System.Byte[]"),
         ],
-        "only the types that rose; the table's Country did not"
+        "only the types that rose, the buffers by the path through the rising orders (the table holds more)"
     );
     assert_eq!(summarize(60.0, g2.histogram(), Some(&g2), Some(&first), 1).holders.len(), 1, "at most `limit`");
 }
