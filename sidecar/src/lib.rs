@@ -10,7 +10,8 @@
 //!   it), [`shared`] (what every part shares);
 //! - capturing: [`capture`] (dump, heap snapshot, stacks of a live process), [`crash`] (the
 //!   runtime's crash dumps), both committed by [`commit`] (capture lock, budget, manifest,
-//!   report, retention);
+//!   report, retention); [`heap_growth`] (periodic heap snapshots, growth metrics, a verdict
+//!   committed as a finding);
 //! - the edges: [`watcher`] (one session per process, triggers), [`discovery`] (who to watch),
 //!   [`http`] (`/metrics`, `/findings`).
 
@@ -19,6 +20,7 @@ pub mod commit;
 pub mod crash;
 pub mod discovery;
 mod error;
+pub mod heap_growth;
 pub mod http;
 pub mod ids;
 pub mod limits;

@@ -45,6 +45,42 @@ pub struct UploadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SnapshotLabels {
+    pub pid: String,
+    pub process: String,
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// A gauge per type of one process, whose set of types is replaced as a whole by each new heap
+/// snapshot: the registry holds at most the latest top N per process.
+#[derive(Default)]
+pub struct TypeSeries {
+    pub family: Family<TypeLabels, FGauge>,
+    published: Mutex<Vec<TypeLabels>>,
+}
+
+impl TypeSeries {
+    /// `p`'s types are now exactly `values`.
+    pub fn replace(&self, p: &Proc, values: &[(String, f64)]) {
+        // Each critical section is one swap of the list: a panicked holder left it consistent.
+        let mut published = self.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        published.retain(|l| {
+            let mine = l.pid == p.pid && l.process == p.process;
+            if mine {
+                self.family.remove(l);
+            }
+            !mine
+        });
+        for (name, value) in values {
+            let l = TypeLabels { pid: p.pid.clone(), process: p.process.clone(), r#type: name.clone() };
+            self.family.get_or_create(&l).set(*value);
+            published.push(l);
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CaptureLabels {
     pub kind: String,
     pub result: String,
@@ -60,7 +96,16 @@ pub struct Metrics {
     pub contention: Family<Proc, FCounter>,
     pub exceptions: Family<Proc, FCounter>,
     pub allocated: Family<Proc, FCounter>,
-    pub heap_types: Family<TypeLabels, FGauge>,
+    pub heap_types: TypeSeries,
+    /// Periodic heap snapshots (`heapSnapshots`): per type, what it gained between the oldest
+    /// and the newest kept snapshot, for the top growing types.
+    pub heap_growth_bytes: TypeSeries,
+    pub heap_growth_objects: TypeSeries,
+    /// The span those figures cover.
+    pub heap_growth_window: Family<Proc, FGauge>,
+    /// 1 per type with a growth verdict now.
+    pub heap_growth_suspected: TypeSeries,
+    pub heap_snapshots: Family<SnapshotLabels, Counter>,
     pub deadlocked: Family<Proc, FGauge>,
     /// ContentionStart events the live session delivered: shows that deadlock detection sees
     /// the locks, and drives what contention tracing costs the app.
@@ -73,8 +118,6 @@ pub struct Metrics {
     pub uploads: Family<UploadLabels, Counter>,
     pub capture_seconds: Histogram,
     pub watched: Gauge,
-    /// Type label sets published per process, so a new snapshot replaces the old top N.
-    published_types: Mutex<Vec<TypeLabels>>,
 }
 
 impl Default for Metrics {
@@ -95,7 +138,12 @@ impl Metrics {
             contention: Family::default(),
             exceptions: Family::default(),
             allocated: Family::default(),
-            heap_types: Family::default(),
+            heap_types: TypeSeries::default(),
+            heap_growth_bytes: TypeSeries::default(),
+            heap_growth_objects: TypeSeries::default(),
+            heap_growth_window: Family::default(),
+            heap_growth_suspected: TypeSeries::default(),
+            heap_snapshots: Family::default(),
             deadlocked: Family::default(),
             contention_events: Family::default(),
             no_live_deadlock: Family::default(),
@@ -104,7 +152,6 @@ impl Metrics {
             uploads: Family::default(),
             capture_seconds: Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
             watched: Gauge::default(),
-            published_types: Mutex::default(),
             registry: Registry::default(),
         };
         r.register("dotnet_gc_heap_size_bytes", "GC heap size", m.gc_heap.clone());
@@ -116,7 +163,32 @@ impl Metrics {
         r.register("dotnet_lock_contention", "Monitor lock contentions", m.contention.clone());
         r.register("dotnet_exceptions", "Exceptions thrown", m.exceptions.clone());
         r.register("dotnet_gc_allocated_bytes", "Bytes allocated on the GC heap", m.allocated.clone());
-        r.register("dotnet_heap_type_bytes", "Bytes per type, top N of the latest heap snapshot", m.heap_types.clone());
+        r.register(
+            "dotnet_heap_type_bytes",
+            "Bytes per type, top N of the latest heap snapshot",
+            m.heap_types.family.clone(),
+        );
+        r.register(
+            "dotnet_heap_type_growth_bytes",
+            "Bytes a type gained between the oldest and the newest kept periodic heap snapshot (top N growing types)",
+            m.heap_growth_bytes.family.clone(),
+        );
+        r.register(
+            "dotnet_heap_type_growth_objects",
+            "Instances a type gained between the oldest and the newest kept periodic heap snapshot (top N growing types)",
+            m.heap_growth_objects.family.clone(),
+        );
+        r.register(
+            "dumpwatch_heap_growth_window_seconds",
+            "Time between the oldest and the newest kept periodic heap snapshot (the span of the growth figures)",
+            m.heap_growth_window.clone(),
+        );
+        r.register(
+            "dumpwatch_heap_growth_suspected",
+            "1 for a type the growth verdict names: it grew in each of the last intervals while the rest stayed steady",
+            m.heap_growth_suspected.family.clone(),
+        );
+        r.register("dumpwatch_heap_snapshots", "Periodic heap snapshots taken, by result", m.heap_snapshots.clone());
         r.register("dumpwatch_deadlocked_threads", "Threads on a deadlock cycle", m.deadlocked.clone());
         r.register(
             "dumpwatch_contention_events",
@@ -151,20 +223,8 @@ impl Metrics {
 
     /// Publish the top types of a new heap snapshot, replacing the previous ones.
     pub fn set_heap_types(&self, p: &Proc, types: &[(String, u64)]) {
-        // Each critical section is one swap of the list: a panicked holder left it consistent.
-        let mut published = self.published_types.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        published.retain(|l| {
-            let mine = l.pid == p.pid && l.process == p.process;
-            if mine {
-                self.heap_types.remove(l);
-            }
-            !mine
-        });
-        for (name, bytes) in types {
-            let l = TypeLabels { pid: p.pid.clone(), process: p.process.clone(), r#type: name.clone() };
-            self.heap_types.get_or_create(&l).set(*bytes as f64);
-            published.push(l);
-        }
+        let values: Vec<(String, f64)> = types.iter().map(|(name, bytes)| (name.clone(), *bytes as f64)).collect();
+        self.heap_types.replace(p, &values);
     }
 
     /// Publish at 0 the counters alerts and dashboards read with `increase`/`rate`, before the
@@ -207,7 +267,12 @@ impl Metrics {
             f.remove(p);
         }
         self.contention_events.remove(p);
-        self.set_heap_types(p, &[]);
+        self.heap_growth_window.remove(p);
+        for series in
+            [&self.heap_types, &self.heap_growth_bytes, &self.heap_growth_objects, &self.heap_growth_suspected]
+        {
+            series.replace(p, &[]);
+        }
         // Trigger counters are kept: how often a process fired is history worth keeping,
         // and they are bounded by the trigger kinds.
     }

@@ -43,7 +43,10 @@ pub async fn watch(shared: Arc<Shared>, target: Target) -> bool {
     let labels = target.labels();
     shared.metrics.watched.inc();
     let mut started = false;
-    match run(&shared, &target, &mut started).await {
+    let snapshots = tokio::task::spawn_local(crate::heap_growth::run(shared.clone(), target.clone()));
+    let outcome = run(&shared, &target, &mut started).await;
+    snapshots.abort();
+    match outcome {
         Ok(()) => tracing::info!(pid = target.pid, process = %target.name, "process went away"),
         Err(e) if started => tracing::warn!(pid = target.pid, process = %target.name, error = %e, "stopped watching"),
         Err(e) => tracing::debug!(pid = target.pid, process = %target.name, error = %e, "cannot watch"),

@@ -26,6 +26,11 @@ pub async fn upload_files(
     capture: &str,
     planned: &[Planned],
 ) -> Result<Vec<Artifact>, Error> {
+    // A finding alone (a growth verdict) has nothing to store; the operator refuses a request
+    // for no URLs.
+    if planned.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut measured = Vec::new();
     for p in planned {
         let src = p.source.clone();

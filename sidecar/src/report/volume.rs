@@ -27,6 +27,10 @@ pub fn claim_capture_dir(claim: &Path, namespace: &str, pod: &str, capture: &str
 /// by an earlier attempt is measured, not written again. The originals stay: the caller removes
 /// the local capture once the report is confirmed.
 pub fn store_on_claim(dir: &Path, planned: &[Planned], min_free: u64) -> Result<Vec<Artifact>, Error> {
+    // A finding alone (a growth verdict): no folder on the claim that no snapshot would delete.
+    if planned.is_empty() {
+        return Ok(Vec::new());
+    }
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     let mut out = Vec::new();
     for p in planned {
