@@ -69,17 +69,31 @@ fn snapshots(cp: &ControlPlane) -> Vec<Value> {
     cp.kubectl_json(&["-n", "shop", "get", "dsnap"]).unwrap()["items"].as_array().cloned().unwrap_or_default()
 }
 
-#[test]
-fn the_sidecar_works_with_the_real_operator_api() {
-    let cp = start_apiserver();
-    let s3 = S3Server::start("dumps").unwrap();
-    cp.apply(&crd("dumppolicy.yaml")).unwrap();
-    cp.apply(&crd("dumpsnapshot.yaml")).unwrap();
-    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
-        cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
-    }
-    cp.apply(&format!(
-        r#"
+/// What a test runs against: the control plane with the CRDs, namespace `shop`, policy `orders`
+/// (its triggers and capture from `policy`), pod `orders-1`, S3, the operator's API, and the
+/// sidecar binary ready with the operator's policy, selecting processes by `marker` (one per
+/// test: the tests of this file run at once).
+struct Env {
+    cp: ControlPlane,
+    s3: S3Server,
+    port: u16,
+    store: PathBuf,
+    marker: String,
+    _sc: Sidecar,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn start(name: &str, policy: &str) -> Env {
+        let cp = start_apiserver();
+        let s3 = S3Server::start("dumps").unwrap();
+        cp.apply(&crd("dumppolicy.yaml")).unwrap();
+        cp.apply(&crd("dumpsnapshot.yaml")).unwrap();
+        for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
+            cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
+        }
+        cp.apply(&format!(
+            r#"
 apiVersion: v1
 kind: Namespace
 metadata: {{name: dumpwatch}}
@@ -103,8 +117,7 @@ metadata: {{name: orders, namespace: shop}}
 spec:
   selector: {{matchLabels: {{app: orders}}}}
   mode: connect
-  triggers: [{{type: deadlock, capture: [stacks]}}, {{type: onDemand}}]
-  capture: {{kinds: [dump, stacks], dumpType: heap}}
+{policy}
   limits: {{maxPerHour: 20, cooldown: 1s, maxBytes: 4Gi, minFreeDisk: 64Mi}}
   storage: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds}}}}
 ---
@@ -118,56 +131,70 @@ spec:
   serviceAccountName: app
   containers: [{{name: app, image: app:1}}]
 "#,
-        ak = S3Server::ACCESS_KEY,
-        sk = S3Server::SECRET_KEY,
-        endpoint = s3.endpoint(),
-    ))
-    .unwrap();
-    let url = serve_api(&cp);
-
-    let dir = tempfile::Builder::new().prefix("sidecar-e2e-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let token_file = dir.path().join("token");
-    // What the kubelet projects for the sidecar: a token bound to the pod, sidecar audience.
-    let token = {
-        let bound = ["--bound-object-kind", "Pod", "--bound-object-name", "orders-1", "--duration", "1h"];
-        let args = ["-n", "shop", "create", "token", "app", "--audience", "dumpwatch.dev/sidecar"];
-        cp.kubectl(&[&args[..], &bound[..]].concat()).unwrap()
-    };
-    std::fs::write(&token_file, token.trim()).unwrap();
-    let ca_pem = std::fs::read_to_string(cp.ca_cert()).unwrap();
-    let store = dir.path().join("store");
-    let marker = format!("DUMPWATCH_TEST=e2e-{}", std::process::id());
-    let port = harness::free_port();
-    let log = dir.path().join("sidecar.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_dumpwatch-sidecar"))
-        .args(["--storage", store.to_str().unwrap(), "--http", &format!("127.0.0.1:{port}")])
-        .args(["--select-env", &marker, "--scan-interval-ms", "200", "--container", "app"])
-        .env("DUMPWATCH_OPERATOR_URL", &url)
-        .env("DUMPWATCH_OPERATOR_CA", &ca_pem)
-        .env("DUMPWATCH_TOKEN_FILE", &token_file)
-        .env("DUMPWATCH_POLICY", "orders")
-        .env("POD_NAME", "orders-1")
-        .env("POD_NAMESPACE", "shop")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
+            ak = S3Server::ACCESS_KEY,
+            sk = S3Server::SECRET_KEY,
+            endpoint = s3.endpoint(),
+            policy = policy.trim_end(),
+        ))
         .unwrap();
-    let _sc = Sidecar { child, log: log.clone() };
-    wait_for("the sidecar ready with the operator's policy", Duration::from_secs(60), || {
-        testbed::http_get(port, "/readyz", Duration::from_secs(5)).ok().filter(|(s, _)| *s == 200)
-    });
-    assert!(std::fs::read_to_string(&log).unwrap().contains("policy from the operator"));
+        let url = serve_api(&cp);
 
-    let (k, v) = marker.split_once('=').unwrap();
-    let w = Workload::start_with(
-        Runtime::Net8,
-        "DiagScenarios",
-        &[],
-        &Isolation { own_namespaces: false, env: vec![(k.into(), v.into())] },
+        let dir = tempfile::Builder::new().prefix("sidecar-e2e-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let token_file = dir.path().join("token");
+        // What the kubelet projects for the sidecar: a token bound to the pod, sidecar audience.
+        let token = {
+            let bound = ["--bound-object-kind", "Pod", "--bound-object-name", "orders-1", "--duration", "1h"];
+            let args = ["-n", "shop", "create", "token", "app", "--audience", "dumpwatch.dev/sidecar"];
+            cp.kubectl(&[&args[..], &bound[..]].concat()).unwrap()
+        };
+        std::fs::write(&token_file, token.trim()).unwrap();
+        let ca_pem = std::fs::read_to_string(cp.ca_cert()).unwrap();
+        let store = dir.path().join("store");
+        let marker = format!("DUMPWATCH_TEST=e2e-{name}-{}", std::process::id());
+        let port = harness::free_port();
+        let log = dir.path().join("sidecar.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_dumpwatch-sidecar"))
+            .args(["--storage", store.to_str().unwrap(), "--http", &format!("127.0.0.1:{port}")])
+            .args(["--select-env", &marker, "--scan-interval-ms", "200", "--container", "app"])
+            .env("DUMPWATCH_OPERATOR_URL", &url)
+            .env("DUMPWATCH_OPERATOR_CA", &ca_pem)
+            .env("DUMPWATCH_TOKEN_FILE", &token_file)
+            .env("DUMPWATCH_POLICY", "orders")
+            .env("POD_NAME", "orders-1")
+            .env("POD_NAMESPACE", "shop")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("the sidecar ready with the operator's policy", Duration::from_secs(60), || {
+            testbed::http_get(port, "/readyz", Duration::from_secs(5)).ok().filter(|(s, _)| *s == 200)
+        });
+        assert!(std::fs::read_to_string(&log).unwrap().contains("policy from the operator"));
+        Env { cp, s3, port, store, marker, _sc: Sidecar { child, log }, _dir: dir }
+    }
+
+    fn workload(&self, runtime: Runtime, name: &str) -> Workload {
+        let (k, v) = self.marker.split_once('=').unwrap();
+        Workload::start_with(runtime, name, &[], &Isolation { own_namespaces: false, env: vec![(k.into(), v.into())] })
+    }
+
+    fn metrics(&self) -> String {
+        testbed::http_get(self.port, "/metrics", Duration::from_secs(5)).map(|r| r.1).unwrap_or_default()
+    }
+}
+
+#[test]
+fn the_sidecar_works_with_the_real_operator_api() {
+    let env = Env::start(
+        "contract",
+        "  triggers: [{type: deadlock, capture: [stacks]}, {type: onDemand}]\n  capture: {kinds: [dump, stacks], dumpType: heap}\n",
     );
+    let (cp, s3, port, store) = (&env.cp, &env.s3, env.port, &env.store);
+    let w = env.workload(Runtime::Net8, "DiagScenarios");
+
     wait_for("the workload watched", Duration::from_secs(60), || {
-        let m = testbed::http_get(port, "/metrics", Duration::from_secs(5)).ok()?.1;
+        let m = env.metrics();
         // Published once its session runs, right before the watcher listens for requests.
         let pid = format!("pid=\"{}\"", w.pid);
         m.lines().any(|l| l.starts_with("dumpwatch_deadlocked_threads{") && l.contains(&pid)).then_some(())
@@ -240,4 +267,55 @@ spec:
     }
     let ok = testbed::http_get(port, "/metrics", Duration::from_secs(5)).unwrap().1;
     assert!(ok.contains("dumpwatch_uploads_total{result=\"success\"} 2"), "{ok}");
+}
+
+/// Periodic heap snapshots through the operator's contract: a growth verdict is a capture report
+/// with no files and a findings document, which the real API turns into an `Analyzed` snapshot
+/// with trigger `heapGrowth` whose leak suspect carries the growth rate and the holder; the
+/// controller's Events for that snapshot (computed here from the stored object, as the snapshot
+/// reconciler does) are one `MemoryLeakSuspected` with that sentence.
+#[test]
+fn a_growth_verdict_becomes_an_analyzed_snapshot_and_a_memory_leak_event() {
+    let env = Env::start("growth", "  triggers: [{type: onDemand}]\n  heapSnapshots: {every: 2s, keep: 6}\n");
+    let w = env.workload(Runtime::Net8, "LeakPatterns");
+    let pid = format!("pid=\"{}\"", w.pid);
+    assert_eq!(w.get("/lru?ops=30000&keys=20000")["entries"], 5000);
+    let taken = |env: &Env| {
+        env.metrics()
+            .lines()
+            .find(|l| l.starts_with("dumpwatch_heap_snapshots_total{") && l.contains(&pid) && l.contains("success"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Orders opened after each snapshot, never closed; the cache busy but full.
+    let mut seen = 0.0;
+    let found = wait_for("a heapGrowth snapshot", Duration::from_secs(120), || {
+        let n = taken(&env);
+        if n > seen {
+            seen = n;
+            w.get("/orders?count=3000");
+            w.get("/lru?ops=10000&keys=20000");
+        }
+        snapshots(&env.cp)
+            .into_iter()
+            .find(|s| s["spec"]["trigger"] == "heapGrowth" && s["status"]["findings"].is_object())
+    });
+    assert_eq!(found["status"]["phase"], "Analyzed", "nothing for a Job to analyze");
+    assert!(found["spec"]["artifacts"].as_array().is_none_or(Vec::is_empty), "a finding alone: {found}");
+    assert_eq!(found["spec"]["pid"], w.pid);
+    let f = &found["status"]["findings"];
+    let suspects = f["suspects"].as_array().unwrap();
+    assert_eq!(suspects.len(), 1, "the orders only, not the cache: {f}");
+    assert_eq!(suspects[0]["typeName"], "LeakPatterns.Order", "{f}");
+    let reason = suspects[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("per hour") && reason.contains("held by ") && reason.contains("LeakPatterns.Order"),
+        "{reason}"
+    );
+
+    let snapshot: api::DumpSnapshot = serde_json::from_value(found.clone()).unwrap();
+    let events = operator::controller::outcome_events(&snapshot);
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, ["MemoryLeakSuspected"]);
+    assert!(events[0].note.starts_with(reason), "the Event says the verdict: {}", events[0].note);
 }
