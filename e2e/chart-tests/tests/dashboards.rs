@@ -17,7 +17,7 @@ use api::SnapshotPhase;
 use chart_tests::{Value, dashboards, metric_names, panel_queries, rule_exprs, substitute_variables};
 use harness::{Prometheus, wait_for};
 use operator::controller::Metrics as OperatorMetrics;
-use sidecar::metrics::{CaptureLabels, Metrics, Proc, TriggerLabels};
+use sidecar::metrics::{CaptureLabels, Metrics, Proc, SnapshotLabels, TriggerLabels};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -115,6 +115,13 @@ impl FakePod {
             m.no_live_deadlock.get_or_create(p).set(1.0);
         }
         m.set_heap_types(p, &[("Shop.Customer".into(), (1e6 * t) as u64), ("System.String".into(), 3_000_000)]);
+        // Periodic heap snapshots: the customers keep growing, the strings do not; a verdict.
+        m.heap_growth_bytes.replace(p, &[("Shop.Customer".into(), 1e6 * t), ("System.String".into(), 0.0)]);
+        m.heap_growth_objects.replace(p, &[("Shop.Customer".into(), 1e4 * t), ("System.String".into(), 0.0)]);
+        m.heap_growth_window.get_or_create(p).set(t.min(300.0));
+        m.heap_growth_suspected.replace(p, &[("Shop.Customer".into(), 1.0)]);
+        let snapshot = SnapshotLabels { pid: p.pid.clone(), process: p.process.clone(), result: "success".into() };
+        m.heap_snapshots.get_or_create(&snapshot).inc();
         let trigger = TriggerLabels { pid: p.pid.clone(), process: p.process.clone(), trigger: "gcHeapBytes".into() };
         m.triggers.get_or_create(&trigger).inc();
         for (kind, result) in [("gcdump", "success"), ("dump", "failure")] {
