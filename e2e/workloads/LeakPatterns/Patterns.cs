@@ -6,12 +6,14 @@
 //   static LeakPatterns.RetryQueue.Pending        -> List<Action> -> closure -> Order  (closures)
 //   static LeakPatterns.OrderBook.Open            -> Dictionary<int, Order> -> Order   (collection)
 //   finalizer queue -> TempFile, the finalizer thread stuck in Blocker.Finalize        (finalization)
+//   strong GC handle -> NativeSubscription; pinned GC handle -> byte[]                 (GC handles)
 //
 // and three that must not be reported as leaks: LruCache.Shared (bounded, at steady state),
 // Countries.ByCode (a lookup table loaded at start, never changed) and Churn (short-lived).
 using System;
 using System.Collections.Generic;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Threading;
 using Workloads;
 
@@ -155,6 +157,51 @@ namespace LeakPatterns
                 }
                 return HttpResponse.Ok(new JObj {
                     { "added", n }, { "total", Open.Count }, { "type", typeof(Order).FullName },
+                });
+            }
+        }
+    }
+
+    // What native interop leaves behind: a subscription handed to native code as a GCHandle
+    // (strong) and a buffer pinned for it, neither ever freed. Only the handles' IntPtrs are kept,
+    // which the GC does not follow: the handle table is all that holds the objects.
+    sealed class NativeSubscription
+    {
+        public readonly byte[] State = new byte[1024];
+        public readonly int Id;
+        public NativeSubscription(int id) { Id = id; }
+    }
+
+    static class NativeHandles
+    {
+        public const int PinnedBufferBytes = 4096;
+        static readonly List<IntPtr> Strong = new List<IntPtr>();
+        static readonly List<IntPtr> Pinned = new List<IntPtr>();
+
+        public static int StrongCount { get { lock (Strong) return Strong.Count; } }
+        public static int PinnedCount { get { lock (Strong) return Pinned.Count; } }
+
+        public static HttpResponse Handle(HttpRequest req)
+        {
+            int n = req.Int("count", 1000, 0, 1000000);
+            int pinned = req.Int("pinned", 0, 0, 1000000);
+            string err = req.Finish();
+            if (err != null) return HttpResponse.Error(400, err);
+            lock (Strong)
+            {
+                for (int i = 0; i < n; i++)
+                {
+                    var sub = new NativeSubscription(Strong.Count + 1);
+                    Strong.Add(GCHandle.ToIntPtr(GCHandle.Alloc(sub)));
+                }
+                for (int i = 0; i < pinned; i++)
+                {
+                    var buffer = new byte[PinnedBufferBytes];
+                    Pinned.Add(GCHandle.ToIntPtr(GCHandle.Alloc(buffer, GCHandleType.Pinned)));
+                }
+                return HttpResponse.Ok(new JObj {
+                    { "strong", Strong.Count }, { "pinned", Pinned.Count },
+                    { "type", typeof(NativeSubscription).FullName },
                 });
             }
         }

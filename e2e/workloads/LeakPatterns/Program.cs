@@ -26,6 +26,7 @@ namespace LeakPatterns
             server.Route("/closures", RetryQueue.Handle);
             server.Route("/orders", OrderBook.Handle);
             server.Route("/finalizers", Finalizers.Handle);
+            server.Route("/handles", NativeHandles.Handle);
             server.Route("/lru", LruCache.Handle);
             server.Route("/table", Countries.Handle);
             server.Route("/churn", Churn.Handle);
@@ -55,6 +56,10 @@ namespace LeakPatterns
                 { "finalizable_waiting", Finalizers.Waiting },
                 { "finalizable_type", typeof(TempFile).FullName },
                 { "finalizer_blocked_in", Finalizers.Blocked ? "LeakPatterns.Blocker.Finalize" : null },
+                { "strong_handles", NativeHandles.StrongCount },
+                { "strong_handle_type", typeof(NativeSubscription).FullName },
+                { "pinned_handles", NativeHandles.PinnedCount },
+                { "pinned_buffer_bytes", NativeHandles.PinnedBufferBytes },
                 { "lru_entries", LruCache.Shared.Count },
                 { "lru_capacity", LruCache.Shared.Capacity },
                 { "lru_entry_type", typeof(CacheEntry).FullName },
