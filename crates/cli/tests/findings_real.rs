@@ -43,6 +43,18 @@ fn tids(list: &Value) -> BTreeSet<u64> {
     list.as_array().unwrap().iter().map(|t| t["os_tid"].as_u64().unwrap()).collect()
 }
 
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn suspects_where<'a>(f: &'a Value, pattern: &str) -> Vec<&'a Value> {
     f["leak_suspects"].as_array().unwrap().iter().filter(|s| s["pattern"] == pattern).collect()
 }
@@ -57,6 +69,7 @@ fn make_patterns(w: &Workload) -> Value {
     w.get("/timers?count=2000");
     w.get("/closures?count=3000");
     w.get("/orders?count=20000");
+    w.get("/handles?count=2000&pinned=1500");
     w.get("/finalizers?count=5000");
     w.get("/truth")
 }
@@ -121,9 +134,36 @@ fn check_patterns(runtime: Runtime, f: &Value, truth: &Value, from_dump: bool) {
     let open = format!("static {} → ", declared("LeakPatterns.OrderBook", "Open"));
     assert!(collections[0]["holder"].as_str().unwrap().starts_with(&open), "{ctx}");
 
+    // GCHandle.Alloc never freed: named by the handle kind and what it holds (no owner: a
+    // handle is not on the heap).
+    let handles = suspects_where(f, "gc_handles");
+    let rows: Vec<(&Value, &Value, &Value, &Value)> =
+        handles.iter().map(|s| (&s["type_name"], &s["instances"], &s["root"], &s["holder"])).collect();
+    let strong = format!("{} strong GC handles", thousands(truth["strong_handles"].as_u64().unwrap()));
+    let pinned = format!("{} pinned GC handles", thousands(truth["pinned_handles"].as_u64().unwrap()));
+    assert_eq!(
+        rows,
+        [
+            (
+                &Value::from("System.Byte[]"),
+                &truth["pinned_handles"],
+                &Value::from("[pinned handle]"),
+                &Value::from(pinned)
+            ),
+            (
+                &truth["strong_handle_type"],
+                &truth["strong_handles"],
+                &Value::from("[strong handle]"),
+                &Value::from(strong)
+            ),
+        ],
+        "{ctx}"
+    );
+    assert!(handles[1]["reason"].as_str().unwrap().contains("`GCHandle.Alloc` never freed"), "{ctx}");
+
     // Surest first.
     let order: Vec<&str> = all.iter().map(|s| s["confidence"].as_str().unwrap()).collect();
-    assert_eq!(order, ["high", "high", "medium", "low"], "{ctx}");
+    assert_eq!(order, ["high", "high", "high", "high", "medium", "low"], "{ctx}");
 
     // The look-alikes stay silent: the bounded cache (5,000 entries, ~5.5 MB), the lookup table
     // (20,000 rows, ~3.5 MB), the churn (garbage). One snapshot cannot tell a cache or table

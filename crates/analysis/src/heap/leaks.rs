@@ -11,6 +11,11 @@
 //!   queue, named by what their callbacks lead to (closure and target).
 //! - **closures**: delegates whose targets are compiler-generated closure objects
 //!   (`<>c__DisplayClass…`, or Mono's `<Method>c__AnonStorey…`), named by what they capture.
+//! - **GC handles**: objects each the target of a strong or pinned GC handle and held by
+//!   nothing else (`GCHandle.Alloc` never freed; pinned buffers of async I/O never completed).
+//!   A handle is a slot in the runtime's handle table, not an object: nothing on the heap
+//!   leads from the code that allocated it, so the suspect names the handle kind and what it
+//!   holds, not an owner.
 //! - **collection**: anything else that piles up under one holder (a `List`, a
 //!   `Dictionary`, a linked list), the seed's case.
 //!
@@ -74,6 +79,8 @@ pub enum LeakPattern {
     /// A collection (or any holder) with many instances.
     #[default]
     Collection,
+    /// Objects held only by strong or pinned GC handles, one handle each.
+    GcHandles,
     /// A type that grew across heap snapshots while the rest stayed steady (the growth
     /// verdict); never recognised from one snapshot.
     Growth,
@@ -140,17 +147,20 @@ pub fn leak_suspects(
     let mut paths = None;
     let mut out: Vec<LeakSuspect> = Vec::new();
     let mut best_per_anchor: HashMap<NodeIndex, usize> = HashMap::new();
+    let handles = handle_targets(graph);
     for group in &groups {
         let type_name = graph.type_names()[group.type_index as usize].as_str();
         if type_name == TIMER_QUEUE_TIMER {
             continue; // all timers together, below
         }
-        let view = GroupView::new(graph, retained, group);
+        let view = GroupView::new(graph, retained, group, &handles);
         let pattern = view.pattern();
         let share = share(group.retained_bytes, heap_bytes);
         let big_enough = match pattern {
             LeakPattern::EventHandlers => true,
-            LeakPattern::Closures | LeakPattern::Timers => group.retained_bytes >= t.min_pattern_bytes,
+            LeakPattern::Closures | LeakPattern::Timers | LeakPattern::GcHandles => {
+                group.retained_bytes >= t.min_pattern_bytes
+            }
             LeakPattern::Collection | LeakPattern::Growth => {
                 group.retained_bytes >= t.min_retained_bytes && share >= t.min_heap_share
             }
@@ -182,7 +192,7 @@ pub fn leak_suspects(
         && timers.retained_bytes >= t.min_pattern_bytes
     {
         let paths = paths.get_or_insert_with(|| graph.retention_paths());
-        out.push(GroupView::new(graph, retained, &timers).describe(paths, LeakPattern::Timers, heap_bytes));
+        out.push(GroupView::new(graph, retained, &timers, &handles).describe(paths, LeakPattern::Timers, heap_bytes));
     }
     out.sort_by(|a, b| {
         b.confidence
@@ -191,6 +201,20 @@ pub fn leak_suspects(
             .then_with(|| a.type_name.cmp(&b.type_name))
     });
     out.truncate(t.max_suspects);
+    out
+}
+
+/// The objects a strong or pinned GC handle holds, by node: whether a pinned one does.
+fn handle_targets(graph: &ObjectGraph) -> HashMap<u32, bool> {
+    let mut out: HashMap<u32, bool> = HashMap::new();
+    for r in graph.roots() {
+        let pinned = match r.kind {
+            RootKind::StrongHandle => false,
+            RootKind::PinnedHandle => true,
+            _ => continue,
+        };
+        *out.entry(r.node.0).or_default() |= pinned;
+    }
     out
 }
 
@@ -298,13 +322,21 @@ struct GroupView<'a> {
     chain: Vec<NodeIndex>,
     /// Members whose chain has that shape.
     chain_members: u64,
+    /// For a group no single object holds: the members that are a GC handle's target, of
+    /// those the pinned ones, and what they retain.
+    handle_targets: (u64, u64, u64),
     /// Of those, how many keep the last object of the chain to themselves (it is dominated
     /// by the chain): "reachable only through".
     exclusive: u64,
 }
 
 impl<'a> GroupView<'a> {
-    fn new(graph: &'a ObjectGraph, retained: &'a RetainedSizes, group: &'a HolderGroup) -> Self {
+    fn new(
+        graph: &'a ObjectGraph,
+        retained: &'a RetainedSizes,
+        group: &'a HolderGroup,
+        handles: &HashMap<u32, bool>,
+    ) -> Self {
         let mut shapes: HashMap<Vec<u32>, (u64, u64, NodeIndex)> = HashMap::new();
         for &m in &group.members {
             let chain = unwrap_chain(graph, retained, m);
@@ -319,6 +351,16 @@ impl<'a> GroupView<'a> {
         }
         let (count, exclusive, sample) =
             shapes.into_values().max_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2))).unwrap_or((0, 0, group.members[0]));
+        let mut handle_targets = (0, 0, 0);
+        if group.anchor.is_none() {
+            for m in &group.members {
+                if let Some(pinned) = handles.get(&m.0) {
+                    handle_targets.0 += 1;
+                    handle_targets.1 += u64::from(*pinned);
+                    handle_targets.2 += retained.retained(*m).unwrap_or(0);
+                }
+            }
+        }
         GroupView {
             graph,
             retained,
@@ -326,6 +368,7 @@ impl<'a> GroupView<'a> {
             chain: unwrap_chain(graph, retained, sample),
             chain_members: count,
             exclusive,
+            handle_targets,
         }
     }
 
@@ -346,6 +389,8 @@ impl<'a> GroupView<'a> {
     fn pattern(&self) -> LeakPattern {
         if self.type_of(self.chain[0]) == TIMER_QUEUE_TIMER {
             LeakPattern::Timers
+        } else if self.handle_targets.0 * 10 >= self.group.instances * 9 && self.group.instances > 0 {
+            LeakPattern::GcHandles
         } else if self.invocation_list_owner().is_some() {
             LeakPattern::EventHandlers
         } else if self.chain.iter().any(|&n| is_closure_type(self.type_of(n))) {
@@ -381,7 +426,11 @@ impl<'a> GroupView<'a> {
             }
             s
         };
-        let n = self.chain_members;
+        // Handle targets are counted alone: the group also has what several roots share.
+        let (n, retained_bytes) = match pattern {
+            LeakPattern::GcHandles => (self.handle_targets.0, self.handle_targets.2),
+            _ => (self.chain_members, self.group.retained_bytes),
+        };
         let only = if self.exclusive * 10 >= n * 9 { "reachable only through" } else { "kept by" };
         let (holder, confidence, reason) = match pattern {
             LeakPattern::EventHandlers => {
@@ -437,6 +486,33 @@ impl<'a> GroupView<'a> {
                 );
                 (holder, Confidence::Medium, reason)
             }
+            LeakPattern::GcHandles => {
+                let (targets, pinned, _) = self.handle_targets;
+                let (kind, how) = if pinned * 2 > targets {
+                    (
+                        "pinned",
+                        "`GCHandle.Alloc(…, GCHandleType.Pinned)` never freed, or buffers of async I/O that never \
+                         completed; pinned objects also fragment the heap",
+                    )
+                } else {
+                    ("strong", "`GCHandle.Alloc` never freed")
+                };
+                let holder = format!("{} {kind} GC handles", thousands(targets));
+                let held = if self.chain.len() > 1 {
+                    format!(" (through `{}`)", g.type_name(self.chain[0]))
+                } else {
+                    String::new()
+                };
+                // No heap reference leads from the handle's owner: the handle table is not on the heap.
+                let reason = format!(
+                    "{} `{subject_type}` objects{held} retain {} and are each the target of a {kind} GC handle ({} \
+                     handles): {how}. A handle is not an object, so the dump does not say which code allocated it",
+                    thousands(n),
+                    human_bytes(retained_bytes),
+                    thousands(targets),
+                );
+                (holder, Confidence::High, reason)
+            }
             LeakPattern::Collection | LeakPattern::Growth => {
                 let holder = match self.group.anchor {
                     Some(_) => holder_text(&holder_steps),
@@ -457,8 +533,8 @@ impl<'a> GroupView<'a> {
             type_name: subject_type,
             instances: n,
             shallow_bytes: self.group.shallow_bytes,
-            retained_bytes: self.group.retained_bytes,
-            heap_share: share(self.group.retained_bytes, heap_bytes),
+            retained_bytes,
+            heap_share: share(retained_bytes, heap_bytes),
             root,
             path,
             path_instances: self.group.instances,

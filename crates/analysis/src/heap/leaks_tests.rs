@@ -280,6 +280,60 @@ fn a_dictionary_is_one_suspect_and_objects_of_several_roots_one_per_type() {
 }
 
 #[test]
+fn objects_held_by_gc_handles_are_named_by_the_handle_kind() {
+    let mut h = Heap::new();
+    // 2,000 subscriptions, each with a 1 KiB buffer, each the target of its own strong handle;
+    // 1,500 pinned 4 KiB buffers.
+    for _ in 0..2000 {
+        let buffer = h.obj("System.Byte[]", 1024, &[]);
+        let sub = h.obj("App.NativeSubscription", 40, &[buffer]);
+        h.b.add_root(sub, RootKind::StrongHandle);
+    }
+    for _ in 0..1500 {
+        let buffer = h.obj("System.Byte[]", 4096, &[]);
+        h.b.add_root(buffer, RootKind::PinnedHandle);
+    }
+    // A buffer two statics share is in the same group (no single holder) but not a handle's.
+    let stray = h.obj("System.Byte[]", 4096, &[]);
+    for field in ["Left", "Right"] {
+        let holder = h.obj("App.Holder", 16, &[stray]);
+        h.static_root(holder, "App.Pair", field);
+    }
+    // Control: 4,000 objects of two statics at once have no single holder either, and no handle.
+    let shared: Vec<u64> = (0..4000).map(|_| h.obj("App.Shared", 3000, &[])).collect();
+    for field in ["First", "Second"] {
+        let a = h.obj("System.Object[]", 8 * 4000, &shared);
+        h.static_root(a, "App.Registry", field);
+    }
+    let s = suspects(h);
+    let rows: Vec<(&str, u64, LeakPattern, &str)> =
+        s.iter().map(|x| (x.type_name.as_str(), x.instances, x.pattern, x.holder.as_str())).collect();
+    assert_eq!(
+        rows,
+        [
+            ("System.Byte[]", 1500, LeakPattern::GcHandles, "1,500 pinned GC handles"),
+            ("App.NativeSubscription", 2000, LeakPattern::GcHandles, "2,000 strong GC handles"),
+            (
+                "App.Shared",
+                4000,
+                LeakPattern::Collection,
+                "several roots, e.g. static App.Registry.First → System.Object[]"
+            ),
+        ]
+    );
+    assert_eq!(s[1].root, "[strong handle]");
+    assert_eq!(s[1].confidence, Confidence::High);
+    assert_eq!(
+        s[1].reason,
+        "2,000 `App.NativeSubscription` objects retain 2.0 MiB and are each the target of a strong GC handle (2,000 \
+         handles): `GCHandle.Alloc` never freed. A handle is not an object, so the dump does not say which code \
+         allocated it"
+    );
+    assert!(s[0].reason.contains("pinned GC handle") && s[0].reason.contains("fragment"), "{}", s[0].reason);
+    assert_eq!(s[0].retained_bytes, 1500 * 4096, "the handles' buffers, not the shared one");
+}
+
+#[test]
 fn runs_of_one_type_read_once() {
     let names = ["A", "Node", "Node", "Node", "Node", "B", "B"];
     assert_eq!(collapse_runs(names.into_iter()), ["A", "Node (×4)", "B", "B"]);
