@@ -247,7 +247,7 @@ fn the_sidecar_works_with_the_real_operator_api() {
     assert_eq!(&plain[..4], b"\x7fELF");
     assert!(artifacts.iter().any(|a| a["uri"].as_str().unwrap().contains("/libmscordaccore")), "the DAC is stored");
     wait_for("the local copy removed", Duration::from_secs(20), || {
-        let left = std::fs::read_dir(&store).unwrap().flatten().any(|e| e.path().join("manifest.json").exists());
+        let left = std::fs::read_dir(store).unwrap().flatten().any(|e| e.path().join("manifest.json").exists());
         (!left).then_some(())
     });
 
@@ -256,7 +256,7 @@ fn the_sidecar_works_with_the_real_operator_api() {
     let mut owners: Vec<u64> = dl["owners"].as_array().unwrap().iter().map(|o| o["os_tid"].as_u64().unwrap()).collect();
     owners.sort();
     let found = wait_for("a deadlock snapshot", Duration::from_secs(120), || {
-        snapshots(&cp).into_iter().find(|s| s["spec"]["trigger"] == "deadlock" && s["status"]["findings"].is_object())
+        snapshots(cp).into_iter().find(|s| s["spec"]["trigger"] == "deadlock" && s["status"]["findings"].is_object())
     });
     assert_eq!(found["status"]["phase"], "Analyzed", "stacks only: nothing for a Job to analyze");
     let f = &found["status"]["findings"];
