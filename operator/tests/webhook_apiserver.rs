@@ -136,7 +136,7 @@ async fn the_apiserver_injects_through_self_provisioned_certificates() {
     let client = kube::Client::try_from(config).unwrap();
 
     // The server starts without a certificate; the provisioner gives it one.
-    let certs = CertSource::empty();
+    let certs = CertSource::awaiting_ca_bundle();
     let (policies, reflect) = webhook::policy_cache(client.clone());
     tokio::spawn(reflect);
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -150,12 +150,6 @@ async fn the_apiserver_injects_through_self_provisioned_certificates() {
     };
     let (addr, server) = start_server(state, certs.clone(), seen.clone()).await;
 
-    // Registered by URL (the API server runs outside any cluster network), caBundle empty.
-    let url = format!("https://127.0.0.1:{}/mutate", addr.port());
-    let mwc = mutating_webhook_configuration("dumpwatch", WebhookClientConfig { url: Some(url), ..Default::default() });
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    configs.create(&PostParams::default(), &mwc).await.unwrap();
-
     let provisioner = SelfProvisioned {
         client: client.clone(),
         namespace: "dumpwatch".into(),
@@ -163,7 +157,19 @@ async fn the_apiserver_injects_through_self_provisioned_certificates() {
         webhook_config_name: "dumpwatch".into(),
         sans: certs::serving_sans("dumpwatch-operator", "dumpwatch", &["127.0.0.1".into()]),
     };
+    // Before the webhook configuration exists: a certificate is served, but the API server could
+    // not verify it, so the operator must not be ready (a pod created now would go uninjected).
+    provisioner.ensure(&certs).await.expect("certificates provisioned");
+    assert!(certs.is_loaded() && !certs.is_trusted(), "{certs:?}");
+
+    // Registered by URL (the API server runs outside any cluster network), caBundle empty.
+    let url = format!("https://127.0.0.1:{}/mutate", addr.port());
+    let mwc = mutating_webhook_configuration("dumpwatch", WebhookClientConfig { url: Some(url), ..Default::default() });
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    configs.create(&PostParams::default(), &mwc).await.unwrap();
+
     let provisioned = provisioner.ensure(&certs).await.expect("certificates provisioned");
+    assert!(certs.is_trusted(), "the caBundle holds the served CA: {certs:?}");
 
     // Ground truth: the Secret and the configuration as the API server stores them.
     let secret = Api::<Secret>::namespaced(client.clone(), "dumpwatch").get("dumpwatch-operator-tls").await.unwrap();

@@ -233,3 +233,23 @@ async fn readiness_waits_for_a_certificate_and_the_policy_cache() {
     assert_eq!((review["response"]["allowed"].as_bool(), review["response"].get("patch")), (Some(true), None));
     task.abort();
 }
+
+#[tokio::test]
+async fn readiness_waits_for_the_ca_in_the_ca_bundle_when_we_write_it() {
+    let ca = certs::generate_ca(OffsetDateTime::now_utc()).unwrap();
+    let certs = CertSource::awaiting_ca_bundle();
+    certs.set(&issue(&ca), &ca.cert).unwrap();
+    let server = start(certs.clone(), ca.clone(), vec![orders_policy()]).await;
+    let mut conn = support::https::connect(server.addr, "127.0.0.1", &ca.cert).await.unwrap();
+    let (status, body) = conn.request("GET", "/readyz", Bytes::new()).await.unwrap();
+    assert_eq!(status, 503, "served, but the API server could not verify it yet");
+    assert!(String::from_utf8_lossy(&body).contains("its CA in the caBundle: false"), "{body:?}");
+    // Another CA in the caBundle (the Secret was replaced since) is not ours either.
+    let other = certs::generate_ca(OffsetDateTime::now_utc()).unwrap();
+    certs.ca_bundle_holds(&other.cert);
+    assert_eq!(conn.request("GET", "/readyz", Bytes::new()).await.unwrap().0, 503);
+    certs.ca_bundle_holds(&ca.cert);
+    let (status, body) = conn.request("GET", "/readyz", Bytes::new()).await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    server.task.abort();
+}

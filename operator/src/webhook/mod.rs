@@ -107,16 +107,18 @@ async fn answer_review(state: &WebhookState, body: Bytes) -> Response {
     }
 }
 
-/// Ready when a certificate is loaded and the policy cache has listed once.
+/// Ready when the API server can use the webhook: a certificate is loaded, its CA is in the
+/// webhook configuration's `caBundle` (self-provisioned mode), and the policy cache has listed
+/// once. A pod created before that is admitted without its sidecar, so callers (the chart's
+/// readiness probe, `scripts/demo`) wait for this.
 async fn readyz(State(state): State<Arc<WebhookState>>) -> Response {
     let cache = state.policies.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
-    match (state.certs.is_loaded(), cache) {
-        (true, true) => "ok".into_response(),
-        (certs, cache) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("certificate loaded: {certs}, policy cache ready: {cache}"))
-                .into_response()
-        }
+    let (loaded, trusted) = (state.certs.is_loaded(), state.certs.is_trusted());
+    if loaded && trusted && cache {
+        return "ok".into_response();
     }
+    let why = format!("certificate loaded: {loaded}, its CA in the caBundle: {trusted}, policy cache ready: {cache}");
+    (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
 }
 
 /// Where the serving certificate comes from.
@@ -174,7 +176,10 @@ pub async fn start(
     options: ServeOptions,
     extra: Router,
 ) -> Result<(CertSource, impl Future<Output = Result<(), Error>>), Error> {
-    let certs = CertSource::empty();
+    let certs = match options.cert_mode {
+        CertMode::SelfProvisioned => CertSource::awaiting_ca_bundle(),
+        CertMode::Files => CertSource::empty(),
+    };
     match options.cert_mode {
         CertMode::SelfProvisioned => {
             let provisioner = provision::SelfProvisioned {

@@ -24,6 +24,9 @@ const TLS_CERT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
 /// Conflicts in a row before giving up until the next check.
 const ATTEMPTS: usize = 5;
+/// First retry while the `caBundle` cannot be written yet, and the longest.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Where the certificates live and whom they must name.
 #[derive(Clone)]
@@ -58,12 +61,30 @@ impl SelfProvisioned {
 
     /// Runs [`ensure`](Self::ensure) now and then every `every`: rotation, adopting a
     /// certificate another replica rotated, restoring a `caBundle` that a chart upgrade reset.
+    /// Until the `caBundle` holds our CA (the configuration may not exist yet, the API server may
+    /// refuse a write) it tries again after [`RETRY_FIRST`], doubling up to [`RETRY_MAX`]: the
+    /// operator is not ready meanwhile, so waiting the full period would leave it unready.
     pub async fn run(self, source: CertSource, every: Duration) {
+        let mut retry = RETRY_FIRST;
         loop {
-            if let Err(e) = self.ensure(&source).await {
-                tracing::warn!(error = %e, "webhook certificates: will retry");
+            let wait = match self.ensure(&source).await {
+                Ok(_) if source.is_trusted() => {
+                    retry = RETRY_FIRST;
+                    every
+                }
+                Ok(_) => {
+                    tracing::warn!(name = %self.webhook_config_name, retry = ?retry, "the caBundle does not hold our CA yet");
+                    retry
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry = ?retry, "webhook certificates: will retry");
+                    retry
+                }
+            };
+            if wait == retry {
+                retry = (retry * 2).min(RETRY_MAX).min(every);
             }
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -73,7 +94,9 @@ impl SelfProvisioned {
             source.set(&certs.serving, &certs.ca.cert)?;
             tracing::info!(serial = %serial_hex(&certs.serving.cert), "serving certificate loaded");
         }
-        self.ensure_ca_bundle(&certs.ca.cert).await?;
+        if self.ensure_ca_bundle(&certs.ca.cert).await? {
+            source.ca_bundle_holds(&certs.ca.cert);
+        }
         Ok(certs)
     }
 
@@ -141,26 +164,27 @@ impl SelfProvisioned {
         })
     }
 
-    async fn ensure_ca_bundle(&self, ca_pem: &str) -> Result<(), Error> {
+    /// Writes `ca_pem` into the webhook configuration's `caBundle`; `true` once it is there.
+    async fn ensure_ca_bundle(&self, ca_pem: &str) -> Result<bool, Error> {
         let configs: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
         for _ in 0..ATTEMPTS {
             let Some(config) = configs.get_opt(&self.webhook_config_name).await? else {
                 // The chart creates it; until then there is nothing to patch.
                 tracing::warn!(name = %self.webhook_config_name, "no MutatingWebhookConfiguration to write the CA into");
-                return Ok(());
+                return Ok(false);
             };
-            let Some(patch) = ca_bundle_patch(&config, ca_pem) else { return Ok(()) };
+            let Some(patch) = ca_bundle_patch(&config, ca_pem) else { return Ok(true) };
             match configs.patch(&self.webhook_config_name, &PatchParams::default(), &Patch::Json::<()>(patch)).await {
                 Ok(_) => {
                     tracing::info!(name = %self.webhook_config_name, "caBundle written");
-                    return Ok(());
+                    return Ok(true);
                 }
                 // 422 from the failed `test` op: changed meanwhile, read again.
                 Err(e) if is_conflict(&e) || is_invalid(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     fn secret(&self, certs: &StoredCerts, resource_version: Option<String>) -> Secret {

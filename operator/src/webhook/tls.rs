@@ -17,13 +17,18 @@ use crate::Error;
 #[derive(Clone)]
 pub struct CertSource {
     inner: Arc<RwLock<Loaded>>,
+    /// Self-provisioned mode: the API server trusts the served certificate only once its CA is in
+    /// the webhook configuration's `caBundle`; until then `/readyz` must not say ready, or a pod
+    /// created in between is admitted unchanged (`failurePolicy: Ignore`). `None`: someone else
+    /// keeps the `caBundle` (cert-manager's CA injector), a loaded certificate is all we can know.
+    ca_bundle: Option<Arc<RwLock<String>>>,
     /// Counts swaps, so open connections can close and clients reconnect to the new certificate.
     generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for CertSource {
     fn default() -> Self {
-        Self { inner: Arc::default(), generation: Arc::new(tokio::sync::watch::Sender::new(0)) }
+        Self { inner: Arc::default(), ca_bundle: None, generation: Arc::new(tokio::sync::watch::Sender::new(0)) }
     }
 }
 
@@ -37,7 +42,7 @@ struct Loaded {
 
 impl std::fmt::Debug for CertSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertSource").field("loaded", &self.is_loaded()).finish()
+        f.debug_struct("CertSource").field("loaded", &self.is_loaded()).field("trusted", &self.is_trusted()).finish()
     }
 }
 
@@ -45,6 +50,28 @@ impl CertSource {
     /// No certificate yet: handshakes fail (and `/readyz` says so) until [`CertSource::set`].
     pub fn empty() -> Self {
         Self::default()
+    }
+
+    /// Like [`CertSource::empty`], for a certificate whose CA we write into the `caBundle`
+    /// ourselves: [`CertSource::is_trusted`] stays false until [`CertSource::ca_bundle_holds`]
+    /// reports the served CA there.
+    pub fn awaiting_ca_bundle() -> Self {
+        Self { ca_bundle: Some(Arc::default()), ..Self::default() }
+    }
+
+    /// The webhook configuration's `caBundle` now holds `ca_pem`.
+    pub fn ca_bundle_holds(&self, ca_pem: &str) {
+        if let Some(bundle) = &self.ca_bundle {
+            *bundle.write().expect("ca bundle lock") = ca_pem.to_string();
+        }
+    }
+
+    /// Whether the API server can verify the served certificate: a certificate is loaded and,
+    /// when we keep the `caBundle`, it holds the CA of that certificate (a new CA is untrusted
+    /// again until written).
+    pub fn is_trusted(&self) -> bool {
+        let ca = self.ca_pem();
+        self.is_loaded() && self.ca_bundle.as_ref().is_none_or(|b| *b.read().expect("ca bundle lock") == ca)
     }
 
     /// Serves `serving` (chain PEM + key PEM) from the next handshake on; `ca_pem` is the CA
