@@ -45,9 +45,14 @@ fn main() -> harness::Result<()> {
     );
     println!("{policy}");
     c.cp.apply(&policy)?;
+    // The operator is Ready only once the API server trusts its certificate and its caches are
+    // synced; the policy just applied may still be on its way to the webhook's cache: a dry-run
+    // pod shows when a real one would be injected.
+    c.wait_for_injection(ns, "orders", 60 * S)?;
     let port = free_port();
     c.deploy_app(ns, "orders", APP_NET8, port, &[])?;
     let pod = c.running_pod(ns, "orders", 120 * S)?;
+    c.expect_injected(&pod)?;
     c.wait_for_app(port, 60 * S)?;
     println!(
         "pod {} runs containers {:?} (the webhook injected the sidecar)",

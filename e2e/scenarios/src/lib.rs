@@ -39,6 +39,8 @@ pub const TAG: &str = "e2e";
 /// Workload images: DiagScenarios on .NET 8 and on .NET Core 3.1.
 pub const APP_NET8: &str = "dumpwatch-e2e/diagscenarios:net8";
 pub const APP_NET31: &str = "dumpwatch-e2e/diagscenarios:net31";
+/// The container the webhook injects.
+pub const SIDECAR_CONTAINER: &str = "dumpwatch-sidecar";
 /// The S3 bucket and the Secret (in the operator's namespace) with its credentials.
 pub const BUCKET: &str = "dumps";
 pub const S3_SECRET: &str = "dumpwatch-s3";
@@ -312,6 +314,75 @@ impl Cluster {
             args = serde_json::to_string(&all)?,
         ))?;
         Ok(())
+    }
+
+    /// Waits until the webhook injects a pod labelled `app=<app>` in `namespace`, asking the
+    /// API server for a server-side dry run (nothing is created). A pod created earlier may be
+    /// admitted without its sidecar (`failurePolicy: Ignore`): the operator not ready yet, the
+    /// API server not yet holding the new `caBundle`, or the operator's policy cache not yet
+    /// holding a policy applied a moment ago. On timeout the error says which.
+    pub fn wait_for_injection(&self, namespace: &str, app: &str, timeout: Duration) -> Result<()> {
+        let probe = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": format!("{app}-probe-"), "namespace": namespace, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "app", "image": "probe"}]},
+        });
+        let mut last = String::new();
+        harness::wait_for(&format!("the webhook to inject pods of {namespace}/{app}"), timeout, || {
+            let out =
+                self.cp.kubectl_stdin(&["create", "--dry-run=server", "-o", "json", "-f", "-"], &probe.to_string())?;
+            let pod: Value = serde_json::from_str(&out)?;
+            last = format!("{:?}", containers(&pod));
+            Ok(containers(&pod).iter().any(|c| c == SIDECAR_CONTAINER).then_some(()))
+        })
+        .map_err(|e| {
+            format!(
+                "{e}: a dry-run pod got containers {last}
+{}",
+                self.injection_report(namespace)
+            )
+            .into()
+        })
+    }
+
+    /// Why pods of `namespace` may go uninjected: the operator's readiness, the policies'
+    /// conditions, the operator's log tail.
+    pub fn injection_report(&self, namespace: &str) -> String {
+        let operators = self.items(NAMESPACE, "pods").unwrap_or_default();
+        let ready: Vec<String> = operators
+            .iter()
+            .map(|p| format!("{} ready={}", p["metadata"]["name"].as_str().unwrap_or("?"), ready(p)))
+            .collect();
+        let policies: Vec<String> = self
+            .items(namespace, "dumppolicies")
+            .unwrap_or_default()
+            .iter()
+            .map(|p| format!("{}: {}", p["metadata"]["name"].as_str().unwrap_or("?"), p["status"]["conditions"]))
+            .collect();
+        let log = self.pod_log(NAMESPACE, "operator");
+        let tail = &log[log.len().saturating_sub(3000)..];
+        format!(
+            "operator pods: {ready:?}
+policies in {namespace}: {policies:#?}
+operator log (tail):
+{tail}"
+        )
+    }
+
+    /// `pod` carries the injected sidecar, or an error saying so with the likely reason.
+    pub fn expect_injected(&self, pod: &Value) -> Result<()> {
+        if containers(pod).iter().any(|c| c == SIDECAR_CONTAINER) {
+            return Ok(());
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        Err(format!(
+            "pod {ns}/{} was admitted without the sidecar (containers {:?})
+{}",
+            pod["metadata"]["name"].as_str().unwrap_or("?"),
+            containers(pod),
+            self.injection_report(ns)
+        )
+        .into())
     }
 
     /// The Running pod of Deployment `app` (label app=<app>) once every container runs.

@@ -69,6 +69,7 @@ fn deadlock_on_net8(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboa
     ))
     .unwrap();
     let port = free_port();
+    c.wait_for_injection(ns, "orders", 60 * S).unwrap();
     c.deploy_app(ns, "orders", APP_NET8, port, &[]).unwrap();
     let pod = c
         .running_pod(ns, "orders", 120 * S)
@@ -159,6 +160,7 @@ fn capture_failing(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboar
     ))
     .unwrap();
     let port = free_port();
+    c.wait_for_injection(ns, "payments", 60 * S).unwrap();
     c.deploy_app(ns, "payments", APP_NET8, port, &[]).unwrap();
     let pod = c.running_pod(ns, "payments", 120 * S).unwrap();
     let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
@@ -288,6 +290,7 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures, dashboards: 
     ))
     .unwrap();
     let port = free_port();
+    c.wait_for_injection(ns, "catalog", 60 * S).unwrap();
     c.deploy_app(ns, "catalog", APP_NET8, port, &[]).unwrap();
     let pod = c.running_pod(ns, "catalog", 120 * S).unwrap();
     let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
@@ -404,6 +407,7 @@ fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures, dashboards: &m
     ))
     .unwrap();
     let port = free_port();
+    c.wait_for_injection(ns, "legacy", 60 * S).unwrap();
     c.deploy_app(ns, "legacy", APP_NET31, port, &[]).unwrap();
     let pod = c.running_pod(ns, "legacy", 120 * S).unwrap();
     assert_eq!(containers(&pod), ["app", "dumpwatch-sidecar"]);

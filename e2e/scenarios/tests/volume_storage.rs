@@ -69,6 +69,7 @@ fn a_dump_on_a_claim_is_analyzed_and_deleted_with_its_snapshot() {
     ))
     .unwrap();
     let port = free_port();
+    c.wait_for_injection(NS, "ledger", 60 * S).unwrap();
     c.deploy_app(NS, "ledger", APP_NET8, port, &[]).unwrap();
     let pod = c.running_pod(NS, "ledger", 120 * S).unwrap_or_else(|e| panic!("{e}\n{}", logs(&c)));
     let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
