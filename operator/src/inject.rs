@@ -32,14 +32,24 @@ pub const SIDECAR_TOKEN_AUDIENCE: &str = "dumpwatch.dev/sidecar";
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// Where the token volume is mounted in the sidecar (file `token`).
 pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/dumpwatch.dev";
+/// The label every pod the operator makes carries (analysis and cleanup Jobs): such a pod is
+/// never injected, whatever the webhook's object selector says.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_OPERATOR: &str = "dumpwatch-operator";
+/// Annotation on an injected pod saying which user the sidecar runs as, and why.
+pub const SIDECAR_USER_ANNOTATION: &str = "dumpwatch.dev/sidecar-user";
 
 /// How the sidecar container is built (from the operator's configuration / the chart's values).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SidecarSettings {
     pub image: String,
     pub resources: ResourceRequirements,
-    /// UID and GID the sidecar runs as (never 0).
+    /// UID and GID the sidecar runs as when the pod spec does not say the app's (never 0).
     pub run_as_user: i64,
+    /// Inject the sidecar as a native sidecar: an init container with `restartPolicy: Always`
+    /// (Kubernetes 1.29 and later, see [`native_sidecars_supported`]). It starts before the app
+    /// (listen mode sees the runtime's first connection) and never keeps a Job's pod running.
+    pub native: bool,
     /// Where the shared volume is mounted in the sidecar and the app containers.
     pub mount_path: String,
     /// Size limit of the shared emptyDir.
@@ -64,6 +74,7 @@ impl Default for SidecarSettings {
                 ..Default::default()
             },
             run_as_user: 65532,
+            native: false,
             mount_path: "/dumpwatch".into(),
             volume_size_limit: None,
             operator_url: "https://dumpwatch-operator.dumpwatch.svc:8443".into(),
@@ -80,10 +91,106 @@ pub fn selects(policy: &DumpPolicy, pod: &Pod) -> bool {
     policy.spec.selector.match_labels.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
+/// Whether `policy` watches container `c` (no `containers` list: every one).
+pub fn watches(policy: &DumpPolicy, c: &Container) -> bool {
+    policy.spec.containers.is_empty() || policy.spec.containers.contains(&c.name)
+}
+
+/// The pod's containers `policy` watches.
+pub fn watched_containers<'a>(pod: &'a Pod, policy: &DumpPolicy) -> Vec<&'a Container> {
+    pod.spec.iter().flat_map(|s| s.containers.iter()).filter(|c| watches(policy, c)).collect()
+}
+
 /// Whether `pod` already carries the sidecar (either marker is enough).
 pub fn is_injected(pod: &Pod) -> bool {
-    pod.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.name == SIDECAR_NAME))
+    pod.spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME))
         || pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(INJECTED_ANNOTATION))
+}
+
+/// Whether the API server of this version runs native sidecars (init containers with
+/// `restartPolicy: Always`): beta and on by default from 1.29, GA in 1.33.
+pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
+    // Minors may carry a suffix ("29+" on some managed clusters).
+    let number = |s: &str| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u32>().ok();
+    matches!((number(major), number(minor)), (Some(1), Some(m)) if m >= 29) || number(major).is_some_and(|m| m > 1)
+}
+
+/// Why the sidecar must not go into `pod` at all, if it must not: a pod the operator made
+/// itself (an analysis or cleanup Job would wait for a sidecar that never ends, and would
+/// watch nothing), or a Job's pod where the sidecar can only be a regular container (it would
+/// keep the pod, and so the Job, running forever).
+pub fn refusal(pod: &Pod, sidecar: &SidecarSettings) -> Option<String> {
+    let labels = pod.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY_OPERATOR) {
+        return Some(format!("the pod is dumpwatch's own ({MANAGED_BY_LABEL}={MANAGED_BY_OPERATOR})"));
+    }
+    let owned_by_job = pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "Job");
+    if owned_by_job && !sidecar.native {
+        return Some(
+            "the pod belongs to a Job and this API server has no native sidecars (Kubernetes < 1.29): \
+             a regular sidecar container would never let the Job complete"
+                .into(),
+        );
+    }
+    None
+}
+
+/// The user the sidecar runs as, and why (for the annotation and the webhook's warning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarUser {
+    pub uid: i64,
+    pub gid: i64,
+    /// The pod spec names the watched containers' user: the sidecar runs as that user, so it can
+    /// open the runtime's owner-only diagnostic socket and read `/proc/<pid>/root` (connect
+    /// mode), and the runtime can write into the directories the sidecar makes (listen mode).
+    pub from_spec: bool,
+    /// Said to the client when the sidecar's user may not reach the app.
+    pub warning: Option<String>,
+}
+
+/// The app's user as the pod spec sets it: the first watched container's `runAsUser` (else the
+/// pod's), and its group likewise (else the user's number). Root (0) and a spec without a user
+/// fall back to `default_uid`: the sidecar never runs as root, and an image's own `USER` is
+/// unknown at admission.
+pub fn sidecar_user(pod: &Pod, watched: &[&Container], default_uid: i64) -> SidecarUser {
+    let pod_ctx = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let user_of = |c: &Container| {
+        let ctx = c.security_context.as_ref();
+        let uid = ctx.and_then(|x| x.run_as_user).or(pod_ctx.and_then(|x| x.run_as_user));
+        let gid = ctx.and_then(|x| x.run_as_group).or(pod_ctx.and_then(|x| x.run_as_group));
+        (c.name.clone(), uid, gid)
+    };
+    let users: Vec<(String, Option<i64>, Option<i64>)> = watched.iter().map(|c| user_of(c)).collect();
+    let default =
+        |warning: String| SidecarUser { uid: default_uid, gid: default_uid, from_spec: false, warning: Some(warning) };
+    let Some((name, uid, gid)) = users.first().cloned() else {
+        return default("no container to watch".into());
+    };
+    match uid {
+        None => default(format!(
+            "the pod spec does not say which user container {name} runs as: the sidecar runs as {default_uid} and \
+             cannot reach a .NET process of another user (its diagnostic socket and files are the user's own); \
+             set securityContext.runAsUser on the pod or the container"
+        )),
+        Some(0) => default(format!(
+            "container {name} runs as root: the sidecar never does (it runs as {default_uid}) and cannot reach a \
+             root process; run the app as a non-root user"
+        )),
+        Some(uid) => {
+            let differing: Vec<&str> =
+                users.iter().filter(|(_, u, _)| *u != Some(uid)).map(|(n, _, _)| n.as_str()).collect();
+            let warning = (!differing.is_empty()).then(|| {
+                format!(
+                    "the sidecar runs as user {uid} (container {name}); watched containers {} run as other users, \
+                     which it cannot reach",
+                    differing.join(", ")
+                )
+            });
+            SidecarUser { uid, gid: gid.unwrap_or(uid), from_spec: true, warning }
+        }
+    }
 }
 
 /// The pod's own volumes whose names the injection needs: adding ours next to them would make
@@ -133,6 +240,7 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
     let spec = pod.spec.as_ref()?;
     if !selects(policy, pod)
         || is_injected(pod)
+        || refusal(pod, sidecar).is_some()
         || !volume_conflicts(pod).is_empty()
         || store_path_conflict(policy, sidecar).is_some()
     {
@@ -140,17 +248,30 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
     }
     let annotations = pod.metadata.annotations.as_ref();
     let listen = policy.spec.mode == Mode::Listen;
-    let watched = |c: &Container| policy.spec.containers.is_empty() || policy.spec.containers.contains(&c.name);
+    let watched = |c: &Container| watches(policy, c);
     let policy_name = policy.metadata.name.clone().unwrap_or_default();
     let mount = VolumeMount { name: VOLUME_NAME.into(), mount_path: sidecar.mount_path.clone(), ..Default::default() };
+
+    let user = sidecar_user(pod, &watched_containers(pod, policy), sidecar.run_as_user);
+    let user_note = if user.from_spec {
+        format!("{} (the app's, from the pod spec)", user.uid)
+    } else {
+        format!("{} (default: the app's user is not known from the pod spec)", user.uid)
+    };
 
     let mut ops = Vec::new();
     let mut add = |path: String, value: Value| ops.push(json!({"op": "add", "path": path, "value": value}));
 
     // Marker first: the webhook may be called again (reinvocationPolicy) on the patched pod.
     match annotations {
-        None => add("/metadata/annotations".into(), json!({ INJECTED_ANNOTATION: policy_name })),
-        Some(_) => add(format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)), json!(policy_name)),
+        None => add(
+            "/metadata/annotations".into(),
+            json!({ INJECTED_ANNOTATION: policy_name, SIDECAR_USER_ANNOTATION: user_note }),
+        ),
+        Some(_) => {
+            add(format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)), json!(policy_name));
+            add(format!("/metadata/annotations/{}", escape(SIDECAR_USER_ANNOTATION)), json!(user_note));
+        }
     }
 
     let volume = Volume {
@@ -268,25 +389,37 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
             ..Default::default()
         }]),
         volume_mounts: Some(mounts),
+        // Pod Security "restricted" as it stands: non-root, no escalation, every capability
+        // dropped (a capability added to a non-root container is not effective anyway: the kernel
+        // clears it at exec; the same user is what reaches the app), RuntimeDefault seccomp.
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(sidecar.run_as_user),
-            run_as_group: Some(sidecar.run_as_user),
+            run_as_user: Some(user.uid),
+            run_as_group: Some(user.gid),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: (!listen).then(|| vec!["SYS_PTRACE".into()]),
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
             seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
             ..Default::default()
         }),
+        restart_policy: sidecar.native.then(|| "Always".to_string()),
         ..Default::default()
     };
-    add("/spec/containers/-".into(), to_value(&container));
+    if sidecar.native {
+        // First among the init containers: it runs before the app's and the others' init
+        // containers, so it is there when the runtime starts (listen mode's first connection).
+        match &spec.init_containers {
+            Some(_) => add("/spec/initContainers/0".into(), to_value(&container)),
+            None => add("/spec/initContainers".into(), json!([to_value(&container)])),
+        }
+    } else {
+        add("/spec/containers/-".into(), to_value(&container));
+    }
 
-    if !listen && spec.share_process_namespace != Some(true) {
+    // Both modes: connect mode needs it, and in listen mode it lets the sidecar reach runtimes
+    // that never dial the diagnostic port (.NET Core 3.1 ignores DOTNET_DiagnosticPorts).
+    if spec.share_process_namespace != Some(true) {
         add("/spec/shareProcessNamespace".into(), json!(true));
     }
     Some(serde_json::from_value(Value::Array(ops)).expect("well-formed JSON patch operations"))

@@ -86,7 +86,7 @@ fn listen_mode_adds_a_locked_down_sidecar_the_volume_and_the_diagnostic_port() {
     }
     assert_eq!(env(container(&after, "api"), "ASPNETCORE_URLS"), Some("http://+:8080"));
     assert_eq!(env(sidecar, DIAGNOSTIC_PORTS_ENV), None);
-    assert_eq!(spec.share_process_namespace, None, "listen mode does not share the PID namespace");
+    assert_eq!(spec.share_process_namespace, Some(true), "listen mode shares the PID namespace too (for 3.1)");
     assert_eq!(after.metadata.annotations.as_ref().unwrap()[INJECTED_ANNOTATION], "orders");
 }
 
@@ -99,7 +99,9 @@ fn connect_mode_shares_the_process_namespace_and_watches_only_the_listed_contain
     let sidecar = container(&after, SIDECAR_NAME);
     let caps = sidecar.security_context.as_ref().unwrap().capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    assert_eq!(caps.add.as_deref(), Some(&["SYS_PTRACE".to_string()][..]));
+    // A capability added to a non-root container is cleared at exec (and Pod Security baseline
+    // refuses SYS_PTRACE): connect mode reaches the app by running as its user instead.
+    assert_eq!(caps.add, None);
     assert_eq!(env(sidecar, "DUMPWATCH_MODE"), Some("connect"));
     for name in ["api", "worker"] {
         assert_eq!(env(container(&after, name), DIAGNOSTIC_PORTS_ENV), None, "connect mode sets no port on {name}");
@@ -273,4 +275,135 @@ fn a_claim_path_colliding_with_the_sidecars_mounts_is_refused() {
     assert_eq!(store_path_conflict(&policy(ON_CLAIM), &settings), None);
     // The default path without a claim is the emptyDir itself: nothing to mount, nothing to refuse.
     assert_eq!(store_path_conflict(&policy(LISTEN), &settings), None);
+}
+
+fn job_pod() -> Pod {
+    let mut p = orders_pod();
+    p.metadata.owner_references = Some(vec![
+        serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job", "name": "nightly", "uid": "u-1", "controller": true
+        }))
+        .unwrap(),
+    ]);
+    p
+}
+
+#[test]
+fn a_native_sidecar_is_the_first_init_container_and_always_restarts() {
+    let mut before = orders_pod();
+    before.spec.as_mut().unwrap().init_containers =
+        Some(vec![Container { name: "migrate".into(), ..Default::default() }]);
+    let settings = SidecarSettings { native: true, ..SidecarSettings::default() };
+    let after = apply(&before, &injection_patch(&before, &policy(LISTEN), &settings).unwrap());
+    let spec = after.spec.as_ref().unwrap();
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["api", "worker"], "the app's containers are untouched");
+    let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+    assert_eq!(init, [SIDECAR_NAME, "migrate"], "before the app's init containers");
+    assert_eq!(spec.init_containers.as_ref().unwrap()[0].restart_policy.as_deref(), Some("Always"));
+    assert!(is_injected(&after) && injection_patch(&after, &policy(LISTEN), &settings).is_none());
+    // Without init containers the array is created.
+    let bare = apply(&orders_pod(), &injection_patch(&orders_pod(), &policy(CONNECT), &settings).unwrap());
+    assert_eq!(bare.spec.unwrap().init_containers.unwrap()[0].name, SIDECAR_NAME);
+}
+
+#[test]
+fn native_sidecars_from_kubernetes_1_29() {
+    for (major, minor, native) in [
+        ("1", "28", false),
+        ("1", "29", true),
+        ("1", "36", true),
+        ("1", "30+", true),
+        ("1", "27+", false),
+        ("2", "0", true),
+        ("", "", false),
+    ] {
+        assert_eq!(native_sidecars_supported(major, minor), native, "{major}.{minor}");
+    }
+}
+
+#[test]
+fn the_operators_own_pods_and_job_pods_without_native_sidecars_are_never_injected() {
+    let mut analysis = orders_pod();
+    analysis.metadata.labels.as_mut().unwrap().insert(MANAGED_BY_LABEL.into(), MANAGED_BY_OPERATOR.into());
+    for native in [false, true] {
+        let settings = SidecarSettings { native, ..SidecarSettings::default() };
+        assert!(refusal(&analysis, &settings).unwrap().contains("dumpwatch's own"));
+        assert_eq!(injection_patch(&analysis, &policy(LISTEN), &settings), None);
+    }
+    let regular = SidecarSettings::default();
+    assert!(refusal(&job_pod(), &regular).unwrap().contains("never let the Job complete"));
+    assert_eq!(injection_patch(&job_pod(), &policy(LISTEN), &regular), None);
+    let native = SidecarSettings { native: true, ..SidecarSettings::default() };
+    assert_eq!(refusal(&job_pod(), &native), None, "a native sidecar lets the Job complete");
+    assert!(injection_patch(&job_pod(), &policy(LISTEN), &native).is_some());
+}
+
+fn with_users(pod_user: Option<i64>, api_user: Option<i64>, worker_user: Option<i64>) -> Pod {
+    let mut p = orders_pod();
+    let spec = p.spec.as_mut().unwrap();
+    spec.security_context =
+        pod_user.map(|u| serde_json::from_value(json!({"runAsUser": u, "runAsGroup": u + 1})).unwrap());
+    for (c, u) in spec.containers.iter_mut().zip([api_user, worker_user]) {
+        c.security_context = u.map(|u| serde_json::from_value(json!({"runAsUser": u})).unwrap());
+    }
+    p
+}
+
+#[test]
+fn the_sidecar_runs_as_the_apps_user_from_the_pod_spec() {
+    let p = policy(LISTEN);
+    let user_of = |pod: &Pod| {
+        let after = apply(pod, &injection_patch(pod, &p, &SidecarSettings::default()).unwrap());
+        let sc = container(&after, SIDECAR_NAME).security_context.clone().unwrap();
+        let note = after.metadata.annotations.unwrap()[SIDECAR_USER_ANNOTATION].clone();
+        (sc.run_as_user, sc.run_as_group, note)
+    };
+    // The container's own user wins over the pod's; the pod's group is kept.
+    let (uid, gid, note) = user_of(&with_users(Some(1000), Some(1500), Some(1500)));
+    assert_eq!((uid, gid), (Some(1500), Some(1001)));
+    assert!(note.starts_with("1500 (the app's"), "{note}");
+    // The pod's user alone; its group.
+    assert_eq!(user_of(&with_users(Some(1000), None, None)).0, Some(1000));
+    // No user in the spec, or root: the default non-root user, said in the annotation.
+    for pod in [with_users(None, None, None), with_users(Some(0), None, None)] {
+        let (uid, gid, note) = user_of(&pod);
+        assert_eq!((uid, gid), (Some(65532), Some(65532)));
+        assert!(note.contains("default"), "{note}");
+    }
+}
+
+#[test]
+fn the_user_choice_warns_when_the_sidecar_cannot_reach_an_app() {
+    let c = |p: &Pod| p.spec.as_ref().unwrap().containers.clone();
+    let unknown = with_users(None, None, None);
+    let w = sidecar_user(&unknown, &c(&unknown).iter().collect::<Vec<_>>(), 65532).warning.unwrap();
+    assert!(w.contains("does not say which user container api runs as") && w.contains("runAsUser"), "{w}");
+    let root = with_users(Some(0), None, None);
+    let w = sidecar_user(&root, &c(&root).iter().collect::<Vec<_>>(), 65532).warning.unwrap();
+    assert!(w.contains("runs as root"), "{w}");
+    let mixed = with_users(None, Some(1000), Some(2000));
+    let u = sidecar_user(&mixed, &c(&mixed).iter().collect::<Vec<_>>(), 65532);
+    assert_eq!((u.uid, u.from_spec), (1000, true));
+    assert!(u.warning.unwrap().contains("containers worker run as other users"));
+    let same = with_users(Some(1000), None, None);
+    assert_eq!(sidecar_user(&same, &c(&same).iter().collect::<Vec<_>>(), 65532).warning, None);
+}
+
+#[test]
+fn the_sidecar_meets_pod_security_restricted_in_both_modes() {
+    for yaml in [LISTEN, CONNECT] {
+        let pod = with_users(Some(1000), None, None);
+        let after = apply(&pod, &injection_patch(&pod, &policy(yaml), &SidecarSettings::default()).unwrap());
+        let sc = container(&after, SIDECAR_NAME).security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!((caps.drop.as_deref(), caps.add), (Some(&["ALL".to_string()][..]), None));
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        // No host path: restricted allows none.
+        assert!(!serde_json::to_string(&after.spec).unwrap().contains("hostPath"));
+        // Listen mode shares the PID namespace too (a 3.1 runtime never dials the port).
+        assert_eq!(after.spec.unwrap().share_process_namespace, Some(true), "{yaml}");
+    }
 }

@@ -116,9 +116,16 @@ struct Cli {
     #[arg(long, env = "DUMPWATCH_SIDECAR_IMAGE", default_value = "ghcr.io/dumpwatch/sidecar:0.1.0")]
     sidecar_image: String,
 
-    /// UID (and GID) of the injected sidecar.
+    /// UID (and GID) of the injected sidecar when the pod spec does not name the app's user
+    /// (otherwise the sidecar runs as the app's user: the only one that reaches it).
     #[arg(long, env = "DUMPWATCH_SIDECAR_RUN_AS_USER", default_value_t = 65532)]
     sidecar_run_as_user: i64,
+
+    /// Inject the sidecar as a native sidecar (an init container with restartPolicy Always, so it
+    /// starts first and never keeps a Job's pod running): `auto` when the API server is 1.29 or
+    /// later, `always`, or `never` (a regular container; Job pods are then left uninjected).
+    #[arg(long, env = "DUMPWATCH_NATIVE_SIDECAR", default_value = "auto", value_parser = ["auto", "always", "never"])]
+    native_sidecar: String,
 
     /// Where the shared volume is mounted in the sidecar and the app containers.
     #[arg(long, env = "DUMPWATCH_SIDECAR_MOUNT_PATH", default_value = "/dumpwatch")]
@@ -186,6 +193,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // Every replica: the HTTPS listener, webhook and sidecar API.
     let defaults = operator::SidecarSettings::default();
+    let native = match cli.native_sidecar.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => {
+            let version = client.apiserver_version().await.context("reading the API server's version")?;
+            operator::inject::native_sidecars_supported(&version.major, &version.minor)
+        }
+    };
+    tracing::info!(
+        native,
+        "sidecar injection: {}",
+        if native { "native sidecar (init container)" } else { "regular container" }
+    );
     let resources = match &cli.sidecar_resources {
         Some(json) => serde_json::from_str(json).context("--sidecar-resources is not a ResourceRequirements")?,
         None => defaults.resources.clone(),
@@ -203,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             image: cli.sidecar_image.clone(),
             resources,
             run_as_user: cli.sidecar_run_as_user,
+            native,
             mount_path: cli.sidecar_mount_path.clone(),
             volume_size_limit: Some(cli.sidecar_volume_size_limit.clone()).filter(|s| !s.is_empty()),
             operator_url: cli.operator_url.clone(),

@@ -183,6 +183,8 @@ fn cert_manager_issues_injects_and_rotates_the_operators_certificate() {
         format!("operator.url=https://127.0.0.1:{https}"),
         // The API server and the sidecars reach the operator at 127.0.0.1 here.
         "certificates.extraSANs={127.0.0.1}".into(),
+        // The node agent runs init containers to completion: no native sidecar there.
+        "sidecar.native=never".into(),
     ];
     let set: Vec<&str> = values.iter().map(String::as_str).collect();
     let manifest = webhook_by_url(&chart_tests::render_text(&set, &["--skip-crds"]).unwrap(), https).unwrap();

@@ -244,6 +244,9 @@ impl Cluster {
             format!("sidecar.metricsPort={}", p.sidecar_metrics),
             format!("operator.url=https://127.0.0.1:{}", p.operator_https),
             "certificates.extraSANs={127.0.0.1}".into(),
+            // The node agent runs init containers to completion one after another: a native
+            // sidecar (an init container that never ends) would keep the app from starting.
+            "sidecar.native=never".into(),
         ];
         let set: Vec<&str> = values.iter().map(String::as_str).collect();
         let manifest = webhook_by_url(&chart_tests::render_text(&set, &["--skip-crds"])?, p.operator_https)?;

@@ -9,7 +9,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
-use crate::inject::{SidecarSettings, injection_patch, is_injected, selects, store_path_conflict, volume_conflicts};
+use crate::inject::{
+    SidecarSettings, injection_patch, is_injected, refusal, selects, sidecar_user, store_path_conflict,
+    volume_conflicts, watched_containers,
+};
 
 /// What the webhook decided for one request (for the response and the log line).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -47,6 +50,10 @@ pub fn decide(req: &AdmissionRequest<Pod>, policies: &[Arc<DumpPolicy>], sidecar
     if is_injected(pod) {
         return decision;
     }
+    if let Some(why) = refusal(pod, sidecar) {
+        decision.warnings.push(format!("dumpwatch: not injected, {why} (DumpPolicy {})", name(chosen)));
+        return decision;
+    }
     let conflicts = volume_conflicts(pod);
     if !conflicts.is_empty() {
         decision.warnings.push(format!(
@@ -62,6 +69,12 @@ pub fn decide(req: &AdmissionRequest<Pod>, policies: &[Arc<DumpPolicy>], sidecar
     }
     decision.patch = injection_patch(pod, chosen, sidecar);
     decision.policy = decision.patch.as_ref().map(|_| name(chosen));
+    if decision.patch.is_some() {
+        let watched = watched_containers(pod, chosen);
+        if let Some(warning) = sidecar_user(pod, &watched, sidecar.run_as_user).warning {
+            decision.warnings.push(format!("dumpwatch: {warning}"));
+        }
+    }
     decision
 }
 
