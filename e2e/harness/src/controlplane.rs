@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::Result;
+use crate::node::config::NODE_IP;
+use crate::node::{self, RealNode};
 use crate::pki::Pki;
 use crate::proc::Proc;
 use crate::util::{curl, e2e_bin, free_port, run, wait_for};
@@ -15,8 +17,15 @@ use crate::util::{curl, e2e_bin, free_port, run, wait_for};
 pub struct Options {
     /// kube-controller-manager (Jobs, garbage collection, namespaces, service accounts). Default on.
     pub controller_manager: bool,
-    /// The test node agent that runs pods as local processes. Default on.
+    /// The test node agent that runs pods as local processes. Default on; ignored with
+    /// `real_node`.
     pub node_agent: bool,
+    /// A real node instead ([`RealNode`]: kubelet, containerd, runc, CNI bridge, kube-proxy,
+    /// kube-scheduler, CoreDNS). The API server then listens on the node's bridge address
+    /// ([`crate::node::config::NODE_IP`]) so pods reach it through the `kubernetes` Service.
+    pub real_node: bool,
+    /// OCI image tarballs the real node imports into containerd before it is Ready.
+    pub node_images: Vec<PathBuf>,
     /// Image name → local executable used as that image's entrypoint by the node agent.
     pub images: Vec<(String, PathBuf)>,
     /// Extra kube-apiserver flags (`--feature-gates=...`, ...).
@@ -34,11 +43,26 @@ serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-pu
 deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,\
 endpointslice-controller,clusterrole-aggregation-controller,validatingadmissionpolicy-status-controller";
 
+/// What a real node needs besides [`DEFAULT_CONTROLLERS`]: the node lifecycle controller removes
+/// the `not-ready` taint a kubelet registers with (nothing is scheduled before), and claims bind to
+/// volumes.
+pub const REAL_NODE_CONTROLLERS: &str = "node-lifecycle-controller,persistentvolume-binder-controller";
+
+fn controllers(opts: &Options) -> String {
+    if opts.real_node && opts.controllers != "*" {
+        format!("{},{REAL_NODE_CONTROLLERS}", opts.controllers)
+    } else {
+        opts.controllers.clone()
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
             controller_manager: true,
             node_agent: true,
+            real_node: false,
+            node_images: Vec::new(),
             images: Vec::new(),
             apiserver_args: Vec::new(),
             controllers: DEFAULT_CONTROLLERS.to_string(),
@@ -52,6 +76,9 @@ pub const NODE_NAME: &str = "dumpwatch-node";
 /// A fresh Kubernetes control plane on loopback ports, stopped and deleted on drop.
 pub struct ControlPlane {
     procs: Vec<Proc>,
+    node: Option<RealNode>,
+    /// Where the API server listens: 127.0.0.1, or the real node's bridge address.
+    address: &'static str,
     port: u16,
     kubeconfig: PathBuf,
     started_in: Duration,
@@ -84,8 +111,12 @@ impl ControlPlane {
     fn start_once(opts: Options) -> Result<ControlPlane> {
         let t0 = Instant::now();
         let dir = tempfile::Builder::new().prefix("dumpwatch-cp-").tempdir()?;
+        // The real node's bridge comes first: the API server listens on its address.
+        let prepared = if opts.real_node { Some(node::prepare(dir.path())?) } else { None };
         let mut cp = ControlPlane {
             procs: Vec::new(),
+            node: None,
+            address: if opts.real_node { NODE_IP } else { "127.0.0.1" },
             port: free_port(),
             kubeconfig: dir.path().join("kubeconfig"),
             started_in: Duration::ZERO,
@@ -99,12 +130,15 @@ impl ControlPlane {
         pki.issue(
             "apiserver",
             "/CN=kube-apiserver",
-            Some("IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"),
+            Some(&format!(
+                "IP:127.0.0.1,IP:{NODE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,\
+                 DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1"
+            )),
             true,
         )?;
         pki.issue("admin", "/O=system:masters/CN=dumpwatch-admin", None, false)?;
         pki.issue("kcm", "/CN=system:kube-controller-manager", None, false)?;
-        let server = format!("https://127.0.0.1:{port}");
+        let server = cp.server();
         write_kubeconfig(&cp.kubeconfig, &server, &pki, "admin")?;
         write_kubeconfig(&d.join("kcm.kubeconfig"), &server, &pki, "kcm")?;
         cp.phases.push(("pki", t0.elapsed()));
@@ -126,7 +160,8 @@ impl ControlPlane {
         let mut api = Command::new(e2e_bin("kube-apiserver")?);
         api.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg(format!("--secure-port={port}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--bind-address={}", cp.address))
+            .arg(format!("--advertise-address={}", cp.address))
             .arg(format!("--cert-dir={}", d.join("apiserver-certs").display()))
             .arg(format!("--tls-cert-file={}", pki.path("apiserver.crt").display()))
             .arg(format!("--tls-private-key-file={}", pki.path("apiserver.key").display()))
@@ -135,16 +170,30 @@ impl ControlPlane {
             .arg(format!("--service-account-key-file={}", pki.path("sa.pub").display()))
             .arg(format!("--service-account-signing-key-file={}", pki.path("sa.key").display()))
             .args([
-                "--authorization-mode=RBAC",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
-                // Endpoints may not hold loopback addresses; the `kubernetes` Service gets none.
-                "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=1",
+            ]);
+        if opts.real_node {
+            pki.issue("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", None, false)?;
+            api.args([
+                // The `kubernetes` Service's endpoint is the bridge address: pods reach us there.
+                "--endpoint-reconciler-type=lease",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                // Logs, exec, port-forward: the kubelet listens on 127.0.0.1, found as `localhost`.
+                "--kubelet-preferred-address-types=Hostname",
             ])
-            .args(&opts.apiserver_args);
+            .arg(format!("--kubelet-client-certificate={}", pki.path("apiserver-kubelet-client.crt").display()))
+            .arg(format!("--kubelet-client-key={}", pki.path("apiserver-kubelet-client.key").display()))
+            .arg(format!("--kubelet-certificate-authority={}", pki.path("ca.crt").display()));
+        } else {
+            // Endpoints may not hold loopback addresses; the `kubernetes` Service gets none.
+            api.args(["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]);
+        }
+        api.args(&opts.apiserver_args);
         cp.procs.push(Proc::spawn("kube-apiserver", api, &d.join("kube-apiserver.log"))?);
 
         let curl_auth = cp.curl_auth();
@@ -167,7 +216,7 @@ impl ControlPlane {
                 .arg(format!("--root-ca-file={}", pki.path("ca.crt").display()))
                 .arg(format!("--secure-port={}", free_port()))
                 .arg(format!("--cert-dir={}", d.join("kcm-certs").display()))
-                .arg(format!("--controllers={}", opts.controllers))
+                .arg(format!("--controllers={}", controllers(&opts)))
                 .args([
                     "--bind-address=127.0.0.1",
                     "--use-service-account-credentials=true",
@@ -183,7 +232,15 @@ impl ControlPlane {
             cp.phases.push(("controller-manager ready", t0.elapsed()));
         }
 
-        if opts.node_agent {
+        if let Some(prepared) = prepared {
+            let cluster = node::Cluster { pki: &pki, server: server.clone(), admin_kubeconfig: &cp.kubeconfig };
+            match RealNode::start(prepared, cluster, &opts.node_images) {
+                Ok(node) => cp.node = Some(node),
+                // The logs are what tells why: keep them (the machine is restored all the same).
+                Err(e) => return Err(format!("{e}\nlogs kept in {}/node", cp.stop_and_keep().display()).into()),
+            }
+            cp.phases.push(("real node ready", t0.elapsed()));
+        } else if opts.node_agent {
             let images: serde_json::Map<String, Value> =
                 opts.images.iter().map(|(k, v)| (k.clone(), Value::from(v.display().to_string()))).collect();
             let map = d.join("images.json");
@@ -238,9 +295,14 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>` (with a real node `https://<bridge address>:<port>`).
     pub fn server(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.address, self.port)
+    }
+
+    /// The real node, when started with [`Options::real_node`].
+    pub fn node(&self) -> Option<&RealNode> {
+        self.node.as_ref()
     }
 
     /// The PEM CA that signed the apiserver's serving certificate and every client certificate.
@@ -330,8 +392,9 @@ impl ControlPlane {
         std::fs::read_to_string(self.dir.path().join(format!("{component}.log"))).unwrap_or_default()
     }
 
-    /// Stops everything (node agent first, so it kills its containers, etcd last).
+    /// Stops everything (the node first, so it kills its containers, etcd last).
     pub fn stop(&mut self) {
+        self.node.take();
         while let Some(mut p) = self.procs.pop() {
             p.stop();
         }
@@ -361,7 +424,14 @@ pub fn kubectl_path() -> PathBuf {
     if sdk.exists() { sdk.to_path_buf() } else { PathBuf::from("kubectl") }
 }
 
-fn write_kubeconfig(path: &Path, server: &str, pki: &Pki, user: &str) -> Result<()> {
+/// Whether a pod (JSON) is Ready.
+pub(crate) fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+pub(crate) fn write_kubeconfig(path: &Path, server: &str, pki: &Pki, user: &str) -> Result<()> {
     let cfg = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",

@@ -11,6 +11,7 @@ use crate::util::{cache_dir, curl, free_port, wait_for};
 /// `application/octet-stream` and compare what you read back.
 pub struct S3Server {
     _proc: Proc,
+    host: String,
     port: u16,
     bucket: String,
     _dir: tempfile::TempDir,
@@ -22,6 +23,12 @@ impl S3Server {
     pub const SECRET_KEY: &'static str = "testing";
 
     pub fn start(bucket: &str) -> Result<S3Server> {
+        Self::start_on("127.0.0.1", bucket)
+    }
+
+    /// Listening on `host`: the real node's bridge address
+    /// ([`crate::node::config::NODE_IP`]) for pods to reach it.
+    pub fn start_on(host: &str, bucket: &str) -> Result<S3Server> {
         let moto = cache_dir().join("s3-venv/bin/moto_server");
         if !moto.exists() {
             return Err(format!("{} is missing: run scripts/setup", moto.display()).into());
@@ -29,9 +36,9 @@ impl S3Server {
         let dir = tempfile::Builder::new().prefix("dumpwatch-s3-").tempdir()?;
         let port = free_port();
         let mut cmd = Command::new(moto);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        cmd.args(["-H", host, "-p", &port.to_string()]);
         let mut proc = Proc::spawn("moto_server", cmd, &dir.path().join("moto.log"))?;
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("http://{host}:{port}");
         wait_for("moto_server", Duration::from_secs(30), || {
             proc.check_alive()?;
             Ok((curl(&[], &format!("{endpoint}/")).0 == 200).then_some(()))
@@ -40,12 +47,12 @@ impl S3Server {
         if code != 200 {
             return Err(format!("creating bucket {bucket}: {code} {body}").into());
         }
-        Ok(S3Server { _proc: proc, port, bucket: bucket.to_string(), _dir: dir })
+        Ok(S3Server { _proc: proc, host: host.to_string(), port, bucket: bucket.to_string(), _dir: dir })
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<host>:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn bucket(&self) -> &str {
