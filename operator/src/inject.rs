@@ -141,7 +141,6 @@ pub fn refusal(pod: &Pod, sidecar: &SidecarSettings) -> Option<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SidecarUser {
     pub uid: i64,
-    pub gid: i64,
     /// The pod spec names the watched containers' user: the sidecar runs as that user, so it can
     /// open the runtime's owner-only diagnostic socket and read `/proc/<pid>/root` (connect
     /// mode), and the runtime can write into the directories the sidecar makes (listen mode).
@@ -150,22 +149,40 @@ pub struct SidecarUser {
     pub warning: Option<String>,
 }
 
+/// How [`SidecarUser::annotation`] ends when the user is the default, not the app's.
+const DEFAULT_USER_NOTE: &str = "(default: the app's user is not known from the pod spec)";
+
+impl SidecarUser {
+    /// The value of [`SIDECAR_USER_ANNOTATION`]: the uid and where it came from.
+    pub fn annotation(&self) -> String {
+        if self.from_spec {
+            format!("{} (the app's, from the pod spec)", self.uid)
+        } else {
+            format!("{} {DEFAULT_USER_NOTE}", self.uid)
+        }
+    }
+}
+
+/// Whether an injected pod's sidecar runs as a default user rather than the app's (read from
+/// its [`SIDECAR_USER_ANNOTATION`]): then it cannot reach the app's runtime.
+pub fn runs_as_default_user(pod: &Pod) -> bool {
+    let note = pod.metadata.annotations.as_ref().and_then(|a| a.get(SIDECAR_USER_ANNOTATION));
+    note.is_some_and(|n| n.ends_with(DEFAULT_USER_NOTE))
+}
+
 /// The app's user as the pod spec sets it: the first watched container's `runAsUser` (else the
-/// pod's), and its group likewise (else the user's number). Root (0) and a spec without a user
-/// fall back to `default_uid`: the sidecar never runs as root, and an image's own `USER` is
-/// unknown at admission.
+/// pod's). Root (0) and a spec without a user fall back to `default_uid`: the sidecar never runs
+/// as root, and an image's own `USER` is unknown at admission. (The sidecar's group is always
+/// dumpwatch's own, shared with the analysis and cleanup Jobs: see the security context.)
 pub fn sidecar_user(pod: &Pod, watched: &[&Container], default_uid: i64) -> SidecarUser {
     let pod_ctx = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let user_of = |c: &Container| {
         let ctx = c.security_context.as_ref();
-        let uid = ctx.and_then(|x| x.run_as_user).or(pod_ctx.and_then(|x| x.run_as_user));
-        let gid = ctx.and_then(|x| x.run_as_group).or(pod_ctx.and_then(|x| x.run_as_group));
-        (c.name.clone(), uid, gid)
+        (c.name.clone(), ctx.and_then(|x| x.run_as_user).or(pod_ctx.and_then(|x| x.run_as_user)))
     };
-    let users: Vec<(String, Option<i64>, Option<i64>)> = watched.iter().map(|c| user_of(c)).collect();
-    let default =
-        |warning: String| SidecarUser { uid: default_uid, gid: default_uid, from_spec: false, warning: Some(warning) };
-    let Some((name, uid, gid)) = users.first().cloned() else {
+    let users: Vec<(String, Option<i64>)> = watched.iter().map(|c| user_of(c)).collect();
+    let default = |warning: String| SidecarUser { uid: default_uid, from_spec: false, warning: Some(warning) };
+    let Some((name, uid)) = users.first().cloned() else {
         return default("no container to watch".into());
     };
     match uid {
@@ -179,8 +196,7 @@ pub fn sidecar_user(pod: &Pod, watched: &[&Container], default_uid: i64) -> Side
              root process; run the app as a non-root user"
         )),
         Some(uid) => {
-            let differing: Vec<&str> =
-                users.iter().filter(|(_, u, _)| *u != Some(uid)).map(|(n, _, _)| n.as_str()).collect();
+            let differing: Vec<&str> = users.iter().filter(|(_, u)| *u != Some(uid)).map(|(n, _)| n.as_str()).collect();
             let warning = (!differing.is_empty()).then(|| {
                 format!(
                     "the sidecar runs as user {uid} (container {name}); watched containers {} run as other users, \
@@ -188,7 +204,7 @@ pub fn sidecar_user(pod: &Pod, watched: &[&Container], default_uid: i64) -> Side
                     differing.join(", ")
                 )
             });
-            SidecarUser { uid, gid: gid.unwrap_or(uid), from_spec: true, warning }
+            SidecarUser { uid, from_spec: true, warning }
         }
     }
 }
@@ -253,11 +269,7 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
     let mount = VolumeMount { name: VOLUME_NAME.into(), mount_path: sidecar.mount_path.clone(), ..Default::default() };
 
     let user = sidecar_user(pod, &watched_containers(pod, policy), sidecar.run_as_user);
-    let user_note = if user.from_spec {
-        format!("{} (the app's, from the pod spec)", user.uid)
-    } else {
-        format!("{} (default: the app's user is not known from the pod spec)", user.uid)
-    };
+    let user_note = user.annotation();
 
     let mut ops = Vec::new();
     let mut add = |path: String, value: Value| ops.push(json!({"op": "add", "path": path, "value": value}));
@@ -395,7 +407,9 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(user.uid),
-            run_as_group: Some(user.gid),
+            // dumpwatch's group (the default user's number, as the analysis and cleanup Jobs
+            // run), not the app's: captures on a claim are shared with those Jobs through it.
+            run_as_group: Some(sidecar.run_as_user),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             privileged: Some(false),

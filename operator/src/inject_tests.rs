@@ -359,9 +359,9 @@ fn the_sidecar_runs_as_the_apps_user_from_the_pod_spec() {
         let note = after.metadata.annotations.unwrap()[SIDECAR_USER_ANNOTATION].clone();
         (sc.run_as_user, sc.run_as_group, note)
     };
-    // The container's own user wins over the pod's; the pod's group is kept.
+    // The container's own user wins over the pod's; the group is dumpwatch's (shared with its Jobs).
     let (uid, gid, note) = user_of(&with_users(Some(1000), Some(1500), Some(1500)));
-    assert_eq!((uid, gid), (Some(1500), Some(1001)));
+    assert_eq!((uid, gid), (Some(1500), Some(65532)));
     assert!(note.starts_with("1500 (the app's"), "{note}");
     // The pod's user alone; its group.
     assert_eq!(user_of(&with_users(Some(1000), None, None)).0, Some(1000));

@@ -90,8 +90,26 @@ pub fn policy_status(
             format!("{} matched pods carry the sidecar", matched.len()),
         )
     };
+    // Injected, but the sidecar runs as the default user: the pod spec does not name the app's
+    // user, and the runtime's diagnostic socket and files are that user's own.
+    let unreachable: Vec<&Pod> =
+        matched.iter().copied().filter(|p| is_injected(p) && crate::inject::runs_as_default_user(p)).collect();
     let ready = if matched.is_empty() {
         condition("Ready", true, "NoMatchingPods", "no running pod matches the selector yet".into())
+    } else if bare.is_empty() && !unreachable.is_empty() {
+        condition(
+            "Ready",
+            false,
+            "AppUserNotInPodSpec",
+            format!(
+                "{} of {} matched pods do not say which user the app runs as ({}): their sidecar runs as its default \
+                 user and cannot reach a .NET runtime of another user. Set securityContext.runAsUser on the pod or \
+                 the app container (the image's user), then restart them.",
+                unreachable.len(),
+                matched.len(),
+                names(&unreachable)
+            ),
+        )
     } else if bare.is_empty() {
         condition("Ready", true, "Watching", format!("watching {} pods", matched.len()))
     } else {
@@ -253,6 +271,26 @@ mod tests {
         assert_eq!(cond(&s, "Ready").status, "True");
         assert_eq!(cond(&s, "Injecting").reason, "AllMatchedPodsInjected");
         assert_eq!(cond(&s, "Ready").observed_generation, Some(3));
+    }
+
+    #[test]
+    fn injected_pods_whose_sidecar_runs_as_a_default_user_are_not_ready() {
+        let with_user = |name: &str, from_spec: bool| {
+            let mut p = pod(name, "orders", 200, "Running", true);
+            let user =
+                crate::inject::SidecarUser { uid: if from_spec { 1000 } else { 65532 }, from_spec, warning: None };
+            p.metadata.annotations =
+                Some([(crate::inject::SIDECAR_USER_ANNOTATION.to_string(), user.annotation())].into());
+            p
+        };
+        let s = policy_status(&policy(), &[with_user("orders-1", true), with_user("orders-2", false)], &[], ts(1000));
+        assert_eq!((s.matched_pods, s.injected_pods), (2, 2));
+        let c = cond(&s, "Ready");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "AppUserNotInPodSpec"));
+        assert!(c.message.contains("1 of 2") && c.message.contains("orders-2") && c.message.contains("runAsUser"));
+        assert_eq!(cond(&s, "Injecting").status, "True", "they are injected");
+        let s = policy_status(&policy(), &[with_user("orders-1", true)], &[], ts(1000));
+        assert_eq!(cond(&s, "Ready").reason, "Watching");
     }
 
     #[test]
