@@ -141,6 +141,9 @@ pub fn refusal(pod: &Pod, sidecar: &SidecarSettings) -> Option<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SidecarUser {
     pub uid: i64,
+    /// The app's group (`runAsGroup`, else the user's number): the kernel lets a process read
+    /// another's `/proc/<pid>/root` only when users and groups both match.
+    pub gid: i64,
     /// The pod spec names the watched containers' user: the sidecar runs as that user, so it can
     /// open the runtime's owner-only diagnostic socket and read `/proc/<pid>/root` (connect
     /// mode), and the runtime can write into the directories the sidecar makes (listen mode).
@@ -171,18 +174,21 @@ pub fn runs_as_default_user(pod: &Pod) -> bool {
 }
 
 /// The app's user as the pod spec sets it: the first watched container's `runAsUser` (else the
-/// pod's). Root (0) and a spec without a user fall back to `default_uid`: the sidecar never runs
-/// as root, and an image's own `USER` is unknown at admission. (The sidecar's group is always
-/// dumpwatch's own, shared with the analysis and cleanup Jobs: see the security context.)
+/// pod's), and its group likewise (else the user's number, with a warning). Root (0) and a spec
+/// without a user fall back to `default_uid`: the sidecar never runs as root, and an image's own
+/// `USER` is unknown at admission.
 pub fn sidecar_user(pod: &Pod, watched: &[&Container], default_uid: i64) -> SidecarUser {
     let pod_ctx = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let user_of = |c: &Container| {
         let ctx = c.security_context.as_ref();
-        (c.name.clone(), ctx.and_then(|x| x.run_as_user).or(pod_ctx.and_then(|x| x.run_as_user)))
+        let uid = ctx.and_then(|x| x.run_as_user).or(pod_ctx.and_then(|x| x.run_as_user));
+        let gid = ctx.and_then(|x| x.run_as_group).or(pod_ctx.and_then(|x| x.run_as_group));
+        (c.name.clone(), uid, gid)
     };
-    let users: Vec<(String, Option<i64>)> = watched.iter().map(|c| user_of(c)).collect();
-    let default = |warning: String| SidecarUser { uid: default_uid, from_spec: false, warning: Some(warning) };
-    let Some((name, uid)) = users.first().cloned() else {
+    let users: Vec<(String, Option<i64>, Option<i64>)> = watched.iter().map(|c| user_of(c)).collect();
+    let default =
+        |warning: String| SidecarUser { uid: default_uid, gid: default_uid, from_spec: false, warning: Some(warning) };
+    let Some((name, uid, gid)) = users.first().cloned() else {
         return default("no container to watch".into());
     };
     match uid {
@@ -196,15 +202,23 @@ pub fn sidecar_user(pod: &Pod, watched: &[&Container], default_uid: i64) -> Side
              root process; run the app as a non-root user"
         )),
         Some(uid) => {
-            let differing: Vec<&str> = users.iter().filter(|(_, u)| *u != Some(uid)).map(|(n, _)| n.as_str()).collect();
-            let warning = (!differing.is_empty()).then(|| {
-                format!(
+            let differing: Vec<&str> =
+                users.iter().filter(|(_, u, _)| *u != Some(uid)).map(|(n, _, _)| n.as_str()).collect();
+            let warning = if !differing.is_empty() {
+                Some(format!(
                     "the sidecar runs as user {uid} (container {name}); watched containers {} run as other users, \
                      which it cannot reach",
                     differing.join(", ")
-                )
-            });
-            SidecarUser { uid, from_spec: true, warning }
+                ))
+            } else if gid.is_none() {
+                Some(format!(
+                    "the pod spec names container {name}'s user but not its group: the sidecar runs as {uid}:{uid} and \
+                     reaches the app through /proc only if that is the app's group too; set securityContext.runAsGroup"
+                ))
+            } else {
+                None
+            };
+            SidecarUser { uid, gid: gid.unwrap_or(uid), from_spec: true, warning }
         }
     }
 }
@@ -407,9 +421,7 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(user.uid),
-            // dumpwatch's group (the default user's number, as the analysis and cleanup Jobs
-            // run), not the app's: captures on a claim are shared with those Jobs through it.
-            run_as_group: Some(sidecar.run_as_user),
+            run_as_group: Some(user.gid),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             privileged: Some(false),

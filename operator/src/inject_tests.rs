@@ -359,9 +359,10 @@ fn the_sidecar_runs_as_the_apps_user_from_the_pod_spec() {
         let note = after.metadata.annotations.unwrap()[SIDECAR_USER_ANNOTATION].clone();
         (sc.run_as_user, sc.run_as_group, note)
     };
-    // The container's own user wins over the pod's; the group is dumpwatch's (shared with its Jobs).
+    // The container's own user wins over the pod's; the pod's group is kept (the kernel wants
+    // both to match before it shows another process' /proc/<pid>/root).
     let (uid, gid, note) = user_of(&with_users(Some(1000), Some(1500), Some(1500)));
-    assert_eq!((uid, gid), (Some(1500), Some(65532)));
+    assert_eq!((uid, gid), (Some(1500), Some(1001)));
     assert!(note.starts_with("1500 (the app's"), "{note}");
     // The pod's user alone; its group.
     assert_eq!(user_of(&with_users(Some(1000), None, None)).0, Some(1000));
@@ -388,6 +389,12 @@ fn the_user_choice_warns_when_the_sidecar_cannot_reach_an_app() {
     assert!(u.warning.unwrap().contains("containers worker run as other users"));
     let same = with_users(Some(1000), None, None);
     assert_eq!(sidecar_user(&same, &c(&same).iter().collect::<Vec<_>>(), 65532).warning, None);
+    // A user without a group: the user's number is a guess, said as one.
+    let mut no_group = with_users(None, Some(1000), Some(1000));
+    no_group.spec.as_mut().unwrap().security_context = None;
+    let u = sidecar_user(&no_group, &c(&no_group).iter().collect::<Vec<_>>(), 65532);
+    assert_eq!((u.uid, u.gid), (1000, 1000));
+    assert!(u.warning.unwrap().contains("runAsGroup"));
 }
 
 #[test]

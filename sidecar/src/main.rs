@@ -81,10 +81,6 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The sidecar runs as the app's user (to reach its runtime) in dumpwatch's group, which the
-    // analysis and cleanup Jobs share: what it writes (captures on a claim above all) is
-    // group-writable, so a cleanup Job of another user can delete it.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.json_logs {

@@ -277,8 +277,10 @@ mod tests {
     fn injected_pods_whose_sidecar_runs_as_a_default_user_are_not_ready() {
         let with_user = |name: &str, from_spec: bool| {
             let mut p = pod(name, "orders", 200, "Running", true);
-            let user =
-                crate::inject::SidecarUser { uid: if from_spec { 1000 } else { 65532 }, from_spec, warning: None };
+            let user = {
+                let uid = if from_spec { 1000 } else { 65532 };
+                crate::inject::SidecarUser { uid, gid: uid, from_spec, warning: None }
+            };
             p.metadata.annotations =
                 Some([(crate::inject::SIDECAR_USER_ANNOTATION.to_string(), user.annotation())].into());
             p

@@ -32,6 +32,14 @@ pub fn store_on_claim(dir: &Path, planned: &[Planned], min_free: u64) -> Result<
         return Ok(Vec::new());
     }
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    // The sidecar runs as the app's user; the cleanup Job that deletes these files later runs
+    // as dumpwatch's. Deleting needs write access to the directories only: the namespace, pod
+    // and capture directories are open to every user of the claim (which only dumpwatch's
+    // sidecars and Jobs mount); the files keep their owner's mode.
+    for d in dir.ancestors().take(3) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777));
+    }
     let mut out = Vec::new();
     for p in planned {
         let dst = dir.join(&p.name);
