@@ -6,6 +6,11 @@
 // shareProcessNamespace, the pod's shared one. It reports pod status and exit codes back
 // through the API and finalizes pod deletion. See README.md for the limits (no images, no
 // network beyond loopback, no logs/exec API).
+//
+// It stays only for tests that start many clusters at once with the workspace's binaries or
+// stand-in scripts as "images" (harness controlplane/dotnet_pod, operator controller_*, the
+// chart's cert-manager test): the real node (e2e/node) is one per machine and needs packed
+// images. The scenarios run on the real node. README.md lists why.
 package main
 
 import (

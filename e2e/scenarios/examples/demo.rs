@@ -27,11 +27,12 @@ fn events(c: &Cluster, ns: &str, reason: &str) -> Vec<Value> {
 
 fn main() -> harness::Result<()> {
     banner(
-        "1. A Kubernetes control plane, Prometheus, Alertmanager, S3; `helm template charts/dumpwatch | kubectl apply`",
+        "1. A Kubernetes cluster (control plane + a real node), Prometheus, Alertmanager, S3; the images; `helm template charts/dumpwatch | kubectl apply`",
     );
     let c = Cluster::start()?;
     println!("cluster ready and dumpwatch installed in {:.1} s", c.started.elapsed().as_secs_f64());
-    kubectl(&c, &["get", "pods", "-n", scenarios::NAMESPACE]);
+    kubectl(&c, &["get", "nodes", "-o", "wide"]);
+    kubectl(&c, &["get", "pods", "-n", scenarios::NAMESPACE, "-o", "wide"]);
 
     banner("2. kubectl apply a DumpPolicy and a .NET 8 Deployment in namespace shop (opted in)");
     let ns = "shop";

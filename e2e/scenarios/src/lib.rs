@@ -1,42 +1,51 @@
 //! The whole of dumpwatch on real components, as a user meets it: the chart's CRDs, RBAC,
-//! webhook configuration and operator Deployment applied to a real control plane; the operator
-//! and every injected sidecar and analysis Job running as pods on the node agent (the operator
-//! with exactly the chart's ServiceAccount); real .NET workloads; Prometheus with the shipped
-//! rules, Alertmanager, and an S3 server for the artifacts.
+//! webhook configuration and operator Deployment applied to a real control plane with a real
+//! node (kubelet, containerd, runc, CNI, kube-proxy, CoreDNS: `harness::node`); the operator,
+//! every injected sidecar and analysis Job running as containers of the images `scripts/images`
+//! builds (the operator with exactly the chart's ServiceAccount); real .NET workloads in images
+//! of their own, running as user 1000; Prometheus with the shipped rules, Alertmanager, and an
+//! S3 server for the artifacts.
 //!
-//! What differs from a real cluster, and why (no container runtime, no cluster network here):
-//! - "images" are local executables (the node agent's image map): the workspace's binaries and
-//!   scripts that start the C# workloads on the cached runtimes;
-//! - every pod shares the host's loopback, so ports are picked free per run and passed in as the
-//!   chart's values; pods reach the operator at `https://127.0.0.1:<port>` (its certificate names
-//!   that address too). The API server reaches the webhook at that URL as well: Endpoints may not
-//!   hold loopback addresses, so the rendered webhook configuration's `service` reference is
-//!   swapped for `url` (the only change made to the chart's objects);
+//! What differs from a production cluster, and why:
+//! - one node, and no registry: the images are imported into containerd;
+//! - the test reaches the apps through `kubectl port-forward` (their HTTP port listens on the
+//!   pod's loopback only), and the host's Prometheus, Alertmanager and S3 (moto) listen on the
+//!   node's bridge address, where pods reach them;
 //! - Debian's Prometheus has no Kubernetes service discovery: [`PodDiscovery`] does what the
-//!   chart's PodMonitor asks of the Prometheus operator (every running pod's `dumpwatch-sidecar`
-//!   container, labelled `namespace`, `pod`, `container`) from the API server's pod list and
-//!   hands the targets to Prometheus as a `file_sd` file. The operator is a fixed target.
+//!   chart's PodMonitor and ServiceMonitor ask of the Prometheus operator (every running pod's
+//!   `dumpwatch-sidecar` container, the operator's metrics port; labelled `namespace`, `pod`,
+//!   `container`) from the API server's pod list, as a `file_sd` file;
+//! - nothing here reaches a symbol server: the analysis Jobs run `dumpwatch-e2e/analyzer`, the
+//!   CLI with both runtimes installed where the apps' images have theirs, so `dumpwatch analyze`
+//!   finds the DAC of the dumped build locally.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{Alertmanager, ControlPlane, Options, Prometheus, S3Server, Value, free_port};
-use testbed::{Runtime, workload_dll};
+use harness::node::config::NODE_IP;
+use harness::{Alertmanager, ControlPlane, Options, Prometheus, S3Server, Value};
 
 // Shared with the chart's own tests (e2e/chart-tests), which run the chart the same way.
-pub use chart_tests::{containers, ready, webhook_by_url};
+pub use chart_tests::ready;
 pub use harness::{Result, workspace_bin};
 
 /// Namespace of the chart's release, as in docs/operator.md.
 pub const NAMESPACE: &str = "dumpwatch";
-/// The image names the chart is rendered with; the node agent maps them to local executables.
+/// The images `scripts/images` builds: the chart's defaults (repository and appVersion tag).
 pub const OPERATOR_IMAGE: &str = "ghcr.io/dumpwatch/operator";
 pub const SIDECAR_IMAGE: &str = "ghcr.io/dumpwatch/sidecar";
 pub const ANALYZER_IMAGE: &str = "ghcr.io/dumpwatch/dumpwatch";
-pub const TAG: &str = "e2e";
-/// Workload images: DiagScenarios on .NET 8 and on .NET Core 3.1.
+/// The analyzer the scenarios' Jobs run: the CLI with both runtimes (no symbol server here).
+pub const E2E_ANALYZER_IMAGE: &str = "dumpwatch-e2e/analyzer:e2e";
+/// The port the workloads listen on inside their pods.
+pub const APP_PORT: u16 = 8080;
+/// The user the workloads run as (their images' default; the sidecar's default is 65532).
+pub const APP_USER: i64 = 1000;
+/// Workload images (`scripts/images --test-workloads`): DiagScenarios on .NET 8 and .NET Core 3.1.
 pub const APP_NET8: &str = "dumpwatch-e2e/diagscenarios:net8";
 pub const APP_NET31: &str = "dumpwatch-e2e/diagscenarios:net31";
 /// The container the webhook injects.
@@ -45,59 +54,148 @@ pub const SIDECAR_CONTAINER: &str = "dumpwatch-sidecar";
 pub const BUCKET: &str = "dumps";
 pub const S3_SECRET: &str = "dumpwatch-s3";
 
-/// Loopback ports of this run (every pod shares the host network).
-#[derive(Debug, Clone, Copy)]
-pub struct Ports {
-    pub operator_https: u16,
-    pub operator_metrics: u16,
-    pub sidecar_metrics: u16,
-}
-
 /// One cluster with dumpwatch installed from its chart, plus monitoring and storage.
 pub struct Cluster {
     pub cp: ControlPlane,
     pub s3: S3Server,
     pub prometheus: Prometheus,
     pub alertmanager: Alertmanager,
-    pub ports: Ports,
     pub started: Instant,
+    /// `namespace/app` → how the test reaches the app (a `kubectl port-forward`).
+    forwards: Mutex<BTreeMap<String, Forward>>,
     _discovery: PodDiscovery,
     _images: tempfile::TempDir,
 }
 
-/// The `file_sd` target groups for the sidecars among `pods` (a `kubectl get pods -o json`
-/// list): what the chart's PodMonitor selects (a running pod's `dumpwatch-sidecar` container)
-/// with the labels the Prometheus operator gives its targets. Every pod shares the loopback here,
-/// so the address is the one sidecar metrics port.
-pub fn sidecar_targets(pods: &Value, port: u16) -> Value {
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for forward in self.forwards.lock().expect("forwards").values_mut() {
+            forward.stop();
+        }
+    }
+}
+
+/// How an app's pod spec speaks of its user and privileges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AppSecurity {
+    /// `runAsUser: 1000` in the pod spec (the image's user, said again), nothing else.
+    SpecUser,
+    /// What Pod Security `restricted` asks: the user, non-root, no privilege escalation, every
+    /// capability dropped, the runtime's seccomp profile.
+    Restricted,
+    /// Nothing: the image's default user (1000) is unknown at admission.
+    ImageUser,
+}
+
+impl AppSecurity {
+    /// The pod's and the app container's `securityContext`, as JSON.
+    fn contexts(self) -> (Value, Value) {
+        let user = serde_json::json!({"runAsUser": APP_USER, "runAsGroup": APP_USER, "runAsNonRoot": true});
+        match self {
+            AppSecurity::SpecUser => (user, serde_json::json!({})),
+            AppSecurity::Restricted => {
+                let mut pod = user;
+                pod["seccompProfile"] = serde_json::json!({"type": "RuntimeDefault"});
+                (pod, serde_json::json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}))
+            }
+            AppSecurity::ImageUser => (serde_json::json!({}), serde_json::json!({})),
+        }
+    }
+}
+
+/// A local port forwarded to an app's pod ([`APP_PORT`]) by `kubectl port-forward`, restarted
+/// when it exits (the API server or the kubelet may close a stream).
+struct Forward {
+    port: u16,
+    namespace: String,
+    pod: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Forward {
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts the forward when it is not running.
+    fn ensure(&mut self, cp: &ControlPlane) -> Result<()> {
+        if let Some(c) = &mut self.child
+            && c.try_wait()?.is_none()
+        {
+            return Ok(());
+        }
+        let Some(pod) = &self.pod else { return Ok(()) };
+        let log = std::fs::File::options().create(true).append(true).open(&self.log)?;
+        let child = cp
+            .kubectl_cmd()
+            .args(["port-forward", "-n", &self.namespace, &format!("pod/{pod}"), &format!("{}:{APP_PORT}", self.port)])
+            .args(["--address", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+/// Names of the pod's containers that run alongside the app: its containers, then its native
+/// sidecars (init containers with `restartPolicy: Always`, where the webhook puts ours).
+pub fn containers(pod: &Value) -> Vec<String> {
+    let names = |list: &Value, sidecars_only: bool| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| !sidecars_only || c["restartPolicy"] == "Always")
+            .filter_map(|c| c["name"].as_str().map(String::from))
+            .collect()
+    };
+    let mut all = names(&pod["spec"]["containers"], false);
+    all.extend(names(&pod["spec"]["initContainers"], true));
+    all
+}
+
+/// The `file_sd` target groups among `pods` (a `kubectl get pods -o json` list): what the
+/// chart's PodMonitor selects (a running pod's `dumpwatch-sidecar` container, at
+/// `sidecar_port`) and its ServiceMonitor (the operator's pods, at `operator_port`), with the
+/// labels the Prometheus operator gives its targets.
+pub fn scrape_targets(pods: &Value, sidecar_port: u16, operator_port: u16) -> Value {
     let groups: Vec<Value> = pods["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| p["spec"]["containers"].as_array().into_iter().flatten().any(|c| c["name"] == "dumpwatch-sidecar"))
-        .map(|p| {
-            serde_json::json!({
-                "targets": [format!("127.0.0.1:{port}")],
-                "labels": {
-                    "namespace": p["metadata"]["namespace"],
-                    "pod": p["metadata"]["name"],
-                    "container": "dumpwatch-sidecar",
-                },
-            })
+        .filter_map(|p| {
+            let ip = p["status"]["podIP"].as_str()?;
+            let operator = p["metadata"]["labels"]["dumpwatch.dev/component"] == "operator";
+            let (container, port) = if operator {
+                ("operator".to_string(), operator_port)
+            } else if containers(p).iter().any(|c| c == SIDECAR_CONTAINER) {
+                (SIDECAR_CONTAINER.to_string(), sidecar_port)
+            } else {
+                return None;
+            };
+            Some(serde_json::json!({
+                "targets": [format!("{ip}:{port}")],
+                "labels": {"namespace": p["metadata"]["namespace"], "pod": p["metadata"]["name"], "container": container},
+            }))
         })
         .collect();
     Value::Array(groups)
 }
 
-/// Keeps Prometheus' sidecar targets in step with the pods, every 500 ms, until dropped.
+/// Keeps Prometheus' targets in step with the pods, every 500 ms, until dropped.
 pub struct PodDiscovery {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PodDiscovery {
-    fn start(cp: &ControlPlane, targets_file: PathBuf, port: u16) -> Result<PodDiscovery> {
+    fn start(cp: &ControlPlane, targets_file: PathBuf, ports: (u16, u16)) -> Result<PodDiscovery> {
         harness::write_targets(&targets_file, &Value::Array(vec![]))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (kubectl, kubeconfig) = (harness::kubectl_path(), cp.kubeconfig().to_path_buf());
@@ -114,7 +212,7 @@ impl PodDiscovery {
                     let pods =
                         out.ok().filter(|o| o.status.success()).and_then(|o| serde_json::from_slice(&o.stdout).ok());
                     if let Some(pods) = pods {
-                        let groups = sidecar_targets(&pods, port);
+                        let groups = scrape_targets(&pods, ports.0, ports.1);
                         if groups != last && harness::write_targets(&targets_file, &groups).is_ok() {
                             last = groups;
                         }
@@ -134,22 +232,6 @@ impl Drop for PodDiscovery {
             let _ = t.join();
         }
     }
-}
-
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("writing an image script");
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    p
-}
-
-fn app_image(dir: &Path, runtime: Runtime) -> PathBuf {
-    let name = format!("diagscenarios-{}", runtime.version());
-    script(
-        dir,
-        &name,
-        &format!("exec '{}' '{}' \"$@\"", runtime.host().display(), workload_dll("DiagScenarios").display()),
-    )
 }
 
 /// The shipped rules with their time windows divided by 60 (minutes become seconds), so that
@@ -179,41 +261,75 @@ pub fn time_compressed_rules() -> Result<String> {
     Ok(out)
 }
 
+/// The scenarios' images, packed by `scripts/images` from the binaries these tests run
+/// ([`workspace_bin`]'s directory) into `dir`: the operator, sidecar and CLI, the workloads and
+/// the e2e analyzer. Returns the tarballs.
+pub fn build_images(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let bins = workspace_bin("dumpwatch-operator").parent().expect("bin dir").to_path_buf();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/images");
+    let out = Command::new(&script)
+        .args(["--test-workloads", "--fast", "--bin-dir"])
+        .arg(&bins)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("scripts/images failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let mut tars: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    tars.sort();
+    Ok(tars)
+}
+
+/// A port of the chart's `values.yaml` (`<section>.<key>`), so the scenarios scrape where the
+/// chart says.
+fn chart_value_port(section: &str, key: &str) -> Result<u16> {
+    let text = std::fs::read_to_string(chart_tests::chart_dir().join("values.yaml"))?;
+    let mut inside = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty() {
+            inside = line.trim_end() == format!("{section}:");
+        } else if inside && let Some(v) = line.trim().strip_prefix(&format!("{key}:")) {
+            return Ok(v.trim().parse()?);
+        }
+    }
+    Err(format!("no {section}.{key} in the chart's values.yaml").into())
+}
+
 impl Cluster {
     pub fn start() -> Result<Cluster> {
         testbed::require_setup();
         let started = Instant::now();
         let images = tempfile::tempdir()?;
-        let ports = Ports { operator_https: free_port(), operator_metrics: free_port(), sidecar_metrics: free_port() };
-        let image = |repo: &str| format!("{repo}:{TAG}");
-        let opts = || Options {
-            images: vec![
-                (image(OPERATOR_IMAGE), workspace_bin("dumpwatch-operator")),
-                (image(SIDECAR_IMAGE), workspace_bin("dumpwatch-sidecar")),
-                (image(ANALYZER_IMAGE), workspace_bin("dumpwatch")),
-                (APP_NET8.into(), app_image(images.path(), Runtime::Net8)),
-                (APP_NET31.into(), app_image(images.path(), Runtime::Net31)),
-            ],
-            ..Options::default()
-        };
-        let cp = ControlPlane::start_with(opts())?;
-        let s3 = S3Server::start(BUCKET)?;
+        let tarballs = build_images(images.path())?;
+        let cp = ControlPlane::start_with(Options { real_node: true, node_images: tarballs, ..Options::default() })?;
+        let s3 = S3Server::start_on(NODE_IP, BUCKET)?;
         let alertmanager = Alertmanager::start(
             "route: {receiver: none, group_wait: 1s, group_interval: 1s, repeat_interval: 1h}\nreceivers: [{name: none}]\n",
         )?;
-        let prometheus = Prometheus::start(
-            &[format!("127.0.0.1:{}", ports.operator_metrics)],
-            &time_compressed_rules()?,
-            Some(&alertmanager.address()),
-        )?;
-        let discovery = PodDiscovery::start(&cp, prometheus.pod_targets_file(), ports.sidecar_metrics)?;
-        let cluster =
-            Cluster { cp, s3, prometheus, alertmanager, ports, started, _discovery: discovery, _images: images };
+        let prometheus = Prometheus::start(&[], &time_compressed_rules()?, Some(&alertmanager.address()))?;
+        let ports = (chart_value_port("sidecar", "metricsPort")?, chart_value_port("service", "metricsPort")?);
+        let discovery = PodDiscovery::start(&cp, prometheus.pod_targets_file(), ports)?;
+        let cluster = Cluster {
+            cp,
+            s3,
+            prometheus,
+            alertmanager,
+            started,
+            forwards: Mutex::default(),
+            _discovery: discovery,
+            _images: images,
+        };
         cluster.install()?;
         Ok(cluster)
     }
 
-    /// The chart, rendered with this run's images and ports, applied; then wait for the operator.
+    /// The chart, rendered with the scenarios' values, applied; then wait for the operator.
     fn install(&self) -> Result<()> {
         let cp = &self.cp;
         let chart = chart_tests::chart_dir();
@@ -228,58 +344,41 @@ impl Cluster {
             ak = S3Server::ACCESS_KEY,
             sk = S3Server::SECRET_KEY
         ))?;
-        let p = self.ports;
+        let (repo, tag) = E2E_ANALYZER_IMAGE.split_once(':').expect("a tag");
         let values = [
-            format!("operator.image.repository={OPERATOR_IMAGE}"),
-            format!("operator.image.tag={TAG}"),
-            format!("sidecar.image.repository={SIDECAR_IMAGE}"),
-            format!("sidecar.image.tag={TAG}"),
-            format!("analysis.image.repository={ANALYZER_IMAGE}"),
-            format!("analysis.image.tag={TAG}"),
-            // One replica: two would both bind the same loopback port here.
+            // The images are the chart's defaults; the analysis Jobs get the runtimes too.
+            format!("analysis.image.repository={repo}"),
+            format!("analysis.image.tag={tag}"),
+            "analysis.symbolServer=".into(),
+            // One replica: enough here, and half the load on a shared machine.
             "operator.replicas=1".into(),
             "operator.logLevel=info\\,operator=debug".into(),
-            format!("service.port={}", p.operator_https),
-            format!("service.metricsPort={}", p.operator_metrics),
-            format!("sidecar.metricsPort={}", p.sidecar_metrics),
-            format!("operator.url=https://127.0.0.1:{}", p.operator_https),
-            "certificates.extraSANs={127.0.0.1}".into(),
-            // The node agent runs init containers to completion one after another: a native
-            // sidecar (an init container that never ends) would keep the app from starting.
-            "sidecar.native=never".into(),
         ];
         let set: Vec<&str> = values.iter().map(String::as_str).collect();
-        let manifest = webhook_by_url(&chart_tests::render_text(&set, &["--skip-crds"])?, p.operator_https)?;
-        cp.kubectl_stdin(&["apply", "-f", "-"], &manifest)?;
-        let deadline = Duration::from_secs(60);
+        // The webhook is reached through its Service, the operator by its Service's DNS name.
+        cp.kubectl_stdin(&["apply", "-f", "-"], &chart_tests::render_text(&set, &["--skip-crds"])?)?;
+        let deadline = Duration::from_secs(120);
+        // Ready means: serving, its CA in the caBundle, caches synced (the readiness probe).
         harness::wait_for("the operator Ready", deadline, || {
             let pods = cp.kubectl_json(&["get", "pods", "-n", NAMESPACE, "-l", "dumpwatch.dev/component=operator"])?;
             Ok(pods["items"].as_array().into_iter().flatten().find(|p| ready(p)).map(|_| ()))
         })
         .map_err(|e| format!("{e}\noperator log:\n{}", self.pod_log(NAMESPACE, "operator")))?;
-        harness::wait_for("the webhook's caBundle", deadline, || {
-            let cfg = cp.kubectl_json(&["get", "mutatingwebhookconfigurations", "-o", "json"])?;
-            let has = cfg["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["webhooks"][0]["clientConfig"]["caBundle"].as_str().is_some_and(|b| !b.is_empty()));
-            Ok(has.then_some(()))
-        })?;
         Ok(())
     }
 
-    /// The log of `container` of the (newest) pod in `namespace` that has such a container.
+    /// The log of `container` of the newest pod in `namespace` that has such a container
+    /// (through the kubelet, `kubectl logs`).
     pub fn pod_log(&self, namespace: &str, container: &str) -> String {
-        let Ok(pods) = std::fs::read_dir(self.cp.dir().join("node/pods")) else { return String::new() };
-        let mut logs: Vec<(std::time::SystemTime, PathBuf)> = pods
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{namespace}_")))
-            .map(|e| e.path().join(format!("logs/{container}.log")))
-            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-            .collect();
-        logs.sort();
-        logs.last().and_then(|(_, p)| std::fs::read_to_string(p).ok()).unwrap_or_default()
+        let mut pods = self.items(namespace, "pods").unwrap_or_default();
+        pods.retain(|p| {
+            let all = |k: &str| p["spec"][k].as_array().into_iter().flatten().any(|c| c["name"] == container);
+            all("containers") || all("initContainers")
+        });
+        pods.sort_by_key(|p| p["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string());
+        let Some(pod) = pods.last() else { return String::new() };
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        self.cp.kubectl(&["logs", "-n", namespace, name, "-c", container]).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
     /// `kubectl get <what> -n <namespace> -o json`'s items.
@@ -304,15 +403,41 @@ impl Cluster {
         )
     }
 
-    /// A Deployment of DiagScenarios listening on `port` (loopback: pods share it).
+    /// A Deployment of DiagScenarios in `image`, running as [`APP_USER`] (said in its pod spec,
+    /// as a well-behaved manifest does), listening on [`APP_PORT`] in its pod; the test reaches it
+    /// at the local `port` once [`Cluster::running_pod`] has seen it run.
     pub fn deploy_app(&self, namespace: &str, name: &str, image: &str, port: u16, args: &[&str]) -> Result<()> {
-        let mut all = vec!["--port".to_string(), port.to_string()];
+        self.deploy_app_as(namespace, name, image, port, args, AppSecurity::SpecUser)
+    }
+
+    /// [`Cluster::deploy_app`] with the pod security of `security`.
+    pub fn deploy_app_as(
+        &self,
+        namespace: &str,
+        name: &str,
+        image: &str,
+        port: u16,
+        args: &[&str],
+        security: AppSecurity,
+    ) -> Result<()> {
+        let mut all = vec!["--port".to_string(), APP_PORT.to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
+        let forward = Forward {
+            port,
+            namespace: namespace.into(),
+            pod: None,
+            child: None,
+            log: self.cp.dir().join(format!("port-forward-{namespace}-{name}.log")),
+        };
+        self.forwards.lock().expect("forwards").insert(format!("{namespace}/{name}"), forward);
+        let (pod_security, container_security) = security.contexts();
         self.cp.apply(&format!(
             r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "{name}", "namespace": "{namespace}"}},
   "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "{name}"}}}},
     "template": {{"metadata": {{"labels": {{"app": "{name}"}}}},
-      "spec": {{"containers": [{{"name": "app", "image": "{image}", "args": {args},
+      "spec": {{"securityContext": {pod_security}, "terminationGracePeriodSeconds": 2,
+        "containers": [{{"name": "app", "image": "{image}", "imagePullPolicy": "IfNotPresent", "args": {args},
+        "securityContext": {container_security},
         "env": [{{"name": "DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "value": "1"}}]}}]}}}}}}}}"#,
             args = serde_json::to_string(&all)?,
         ))?;
@@ -328,7 +453,13 @@ impl Cluster {
         let probe = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"generateName": format!("{app}-probe-"), "namespace": namespace, "labels": {"app": app}},
-            "spec": {"containers": [{"name": "app", "image": "probe"}]},
+            // Pod Security `restricted` would refuse anything less (an enforcing namespace).
+            "spec": {
+                "securityContext": {"runAsNonRoot": true, "runAsUser": APP_USER, "runAsGroup": APP_USER,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "app", "image": "probe", "securityContext":
+                    {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}],
+            },
         });
         let mut last = String::new();
         harness::wait_for(&format!("the webhook to inject pods of {namespace}/{app}"), timeout, || {
@@ -388,12 +519,20 @@ operator log (tail):
         .into())
     }
 
-    /// The Running pod of Deployment `app` (label app=<app>) once every container runs.
+    /// The Running pod of Deployment `app` (label app=<app>) once every container runs; the app's
+    /// port is then forwarded to the local port given to [`Cluster::deploy_app`].
     pub fn running_pod(&self, namespace: &str, app: &str, timeout: Duration) -> Result<Value> {
-        harness::wait_for(&format!("a running {app} pod"), timeout, || {
+        let pod = harness::wait_for(&format!("a running {app} pod"), timeout, || {
             let pods = self.cp.kubectl_json(&["get", "pods", "-n", namespace, "-l", &format!("app={app}")])?;
             Ok(pods["items"].as_array().into_iter().flatten().find(|p| ready(p)).cloned())
-        })
+        })?;
+        let mut forwards = self.forwards.lock().expect("forwards");
+        if let Some(forward) = forwards.get_mut(&format!("{namespace}/{app}")) {
+            forward.stop();
+            forward.pod = pod["metadata"]["name"].as_str().map(String::from);
+            forward.ensure(&self.cp)?;
+        }
+        Ok(pod)
     }
 
     /// SHA-256 of the object behind an `s3://bucket/key` URI, read with a presigned GET (the
@@ -425,7 +564,21 @@ operator log (tail):
     /// The workload on `port` answers /health.
     pub fn wait_for_app(&self, port: u16, timeout: Duration) -> Result<()> {
         harness::wait_for("the workload to answer", timeout, || {
+            for forward in self.forwards.lock().expect("forwards").values_mut().filter(|f| f.port == port) {
+                forward.ensure(&self.cp)?;
+            }
             Ok(testbed::http_get(port, "/health", Duration::from_secs(5)).ok().filter(|(s, _)| *s == 200).map(|_| ()))
+        })
+        .map_err(|e| {
+            let logs: Vec<String> = self
+                .forwards
+                .lock()
+                .expect("forwards")
+                .values()
+                .filter(|f| f.port == port)
+                .map(|f| std::fs::read_to_string(&f.log).unwrap_or_default())
+                .collect();
+            format!("{e}; port-forward log: {}", logs.join("\n")).into()
         })
     }
 
@@ -436,6 +589,28 @@ operator log (tail):
             let pods = self.cp.kubectl_json(&["get", "pods", "-n", namespace, "-l", &format!("app={name}")])?;
             Ok(pods["items"].as_array().is_none_or(|p| p.is_empty()).then_some(()))
         })
+    }
+
+    /// A PersistentVolumeClaim `claim` in `namespace` bound to a hostPath PersistentVolume of its
+    /// own (the node has no provisioner); returns the host directory that holds its files. The
+    /// directory is world-writable: every pod's user may store there, as on a fresh volume.
+    pub fn claim(&self, namespace: &str, claim: &str) -> Result<PathBuf> {
+        let dir = self.cp.dir().join("volumes").join(namespace).join(claim);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+        let pv = format!("{namespace}-{claim}");
+        self.cp.apply(&format!(
+            r#"{{"apiVersion": "v1", "kind": "List", "items": [
+  {{"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {{"name": "{pv}"}},
+    "spec": {{"capacity": {{"storage": "10Gi"}}, "accessModes": ["ReadWriteMany"], "persistentVolumeReclaimPolicy": "Retain",
+      "storageClassName": "", "hostPath": {{"path": "{dir}", "type": "Directory"}},
+      "claimRef": {{"namespace": "{namespace}", "name": "{claim}"}}}}}},
+  {{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {{"name": "{claim}", "namespace": "{namespace}"}},
+    "spec": {{"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": "{pv}",
+      "resources": {{"requests": {{"storage": "10Gi"}}}}}}}}]}}"#,
+            dir = dir.display()
+        ))?;
+        Ok(dir)
     }
 
     /// A PromQL query's result vector once it is non-empty.
@@ -466,24 +641,50 @@ mod tests {
     }
 
     #[test]
-    fn running_pods_with_the_sidecar_become_labelled_targets() {
-        let pod = |ns: &str, name: &str, phase: &str, containers: &[&str]| {
-            let containers: Vec<_> = containers.iter().map(|c| serde_json::json!({"name": c})).collect();
-            serde_json::json!({"metadata": {"namespace": ns, "name": name}, "spec": {"containers": containers}, "status": {"phase": phase}})
+    fn running_pods_with_the_sidecar_and_the_operator_become_labelled_targets() {
+        let pod = |ns: &str, name: &str, phase: &str, containers: &[&str], init: &[&str]| {
+            let list = |names: &[&str], always: bool| -> Vec<serde_json::Value> {
+                names
+                    .iter()
+                    .map(|c| {
+                        if always {
+                            serde_json::json!({"name": c, "restartPolicy": "Always"})
+                        } else {
+                            serde_json::json!({"name": c})
+                        }
+                    })
+                    .collect()
+            };
+            serde_json::json!({"metadata": {"namespace": ns, "name": name, "labels": {}},
+                "spec": {"containers": list(containers, false), "initContainers": list(init, true)},
+                "status": {"phase": phase, "podIP": format!("10.88.0.{}", name.len())}})
         };
-        let mut leaving = pod("shop", "old", "Running", &["app", "dumpwatch-sidecar"]);
+        let mut leaving = pod("shop", "old", "Running", &["app", "dumpwatch-sidecar"], &[]);
         leaving["metadata"]["deletionTimestamp"] = "2026-11-28T07:00:00Z".into();
+        let mut operator = pod("dumpwatch", "op", "Running", &["operator"], &[]);
+        operator["metadata"]["labels"]["dumpwatch.dev/component"] = "operator".into();
         let pods = serde_json::json!({"items": [
-            pod("shop", "orders-1", "Running", &["app", "dumpwatch-sidecar"]),
-            pod("shop", "plain", "Running", &["app"]),
-            pod("shop", "starting", "Pending", &["app", "dumpwatch-sidecar"]),
+            pod("shop", "orders-1", "Running", &["app"], &["dumpwatch-sidecar"]),
+            pod("shop", "legacy", "Running", &["app", "dumpwatch-sidecar"], &[]),
+            pod("shop", "plain", "Running", &["app"], &[]),
+            pod("shop", "starting", "Pending", &["app"], &["dumpwatch-sidecar"]),
             leaving,
+            operator,
         ]});
-        let groups = super::sidecar_targets(&pods, 9464);
+        let groups = super::scrape_targets(&pods, 9464, 9090);
         assert_eq!(
             groups,
-            serde_json::json!([{"targets": ["127.0.0.1:9464"],
-                "labels": {"namespace": "shop", "pod": "orders-1", "container": "dumpwatch-sidecar"}}])
+            serde_json::json!([
+                {"targets": ["10.88.0.8:9464"], "labels": {"namespace": "shop", "pod": "orders-1", "container": "dumpwatch-sidecar"}},
+                {"targets": ["10.88.0.6:9464"], "labels": {"namespace": "shop", "pod": "legacy", "container": "dumpwatch-sidecar"}},
+                {"targets": ["10.88.0.2:9090"], "labels": {"namespace": "dumpwatch", "pod": "op", "container": "operator"}},
+            ])
         );
+    }
+
+    #[test]
+    fn the_chart_says_where_the_metrics_are() {
+        assert_eq!(super::chart_value_port("sidecar", "metricsPort").unwrap(), 9464);
+        assert_eq!(super::chart_value_port("service", "metricsPort").unwrap(), 9090);
     }
 }

@@ -2,8 +2,8 @@
 //! `storage.volume.claimName`, an on-demand `DumpSnapshot` of a real .NET 8 pod; the dump lands
 //! compressed on the claim (its bytes match the snapshot's SHA-256), the analysis Job mounts the
 //! claim and the snapshot is `Analyzed`; `kubectl delete dsnap` runs the cleanup Job, the files
-//! leave the claim and the snapshot goes. The test node keeps a claim's files in
-//! `<node state>/pvc/<namespace>/<claim>` (e2e/nodeagent/README.md).
+//! leave the claim and the snapshot goes. The claim is bound to a hostPath PersistentVolume
+//! (`Cluster::claim`), so the test reads the files where the volume keeps them.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,10 +40,10 @@ fn logs(c: &Cluster) -> String {
     )
 }
 
-/// The host directory a `file:///dumps/...` URI names, on the test node's claim directory.
-fn on_claim(c: &Cluster, uri: &str) -> PathBuf {
+/// The host file a `file:///dumps/...` URI names, in the claim's volume at `volume`.
+fn on_claim(volume: &std::path::Path, uri: &str) -> PathBuf {
     let rel = uri.strip_prefix(&format!("file://{MOUNT}/")).unwrap_or_else(|| panic!("{uri} is not under {MOUNT}"));
-    c.cp.dir().join("node/pvc").join(NS).join(CLAIM).join(rel)
+    volume.join(rel)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -56,11 +56,7 @@ fn a_dump_on_a_claim_is_analyzed_and_deleted_with_its_snapshot() {
     let began = Instant::now();
     eprintln!("FIGURE cluster + chart installed: {:.1} s", c.started.elapsed().as_secs_f64());
     c.opted_in_namespace(NS).unwrap();
-    c.cp.apply(&format!(
-        r#"{{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {{"name": "{CLAIM}", "namespace": "{NS}"}},
-            "spec": {{"accessModes": ["ReadWriteMany"], "resources": {{"requests": {{"storage": "10Gi"}}}}}}}}"#
-    ))
-    .unwrap();
+    let volume = c.claim(NS, CLAIM).unwrap();
     c.cp.apply(&format!(
         "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: ledger, namespace: {NS}}}\n\
          spec:\n  selector: {{matchLabels: {{app: ledger}}}}\n  mode: listen\n  counterInterval: 1s\n\
@@ -75,7 +71,9 @@ fn a_dump_on_a_claim_is_analyzed_and_deleted_with_its_snapshot() {
     let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
     assert_eq!(containers(&pod), ["app", "dumpwatch-sidecar"]);
     // The claim is the sidecar's only: the app cannot read other pods' dumps.
-    for container in pod["spec"]["containers"].as_array().unwrap() {
+    let all = ["containers", "initContainers"].map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default()).concat();
+    assert!(all.iter().any(|c| c["name"] == "dumpwatch-sidecar"));
+    for container in &all {
         let mounts_claim = container["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"] == MOUNT);
         assert_eq!(mounts_claim, container["name"] == "dumpwatch-sidecar", "{container:#}");
     }
@@ -107,7 +105,7 @@ fn a_dump_on_a_claim_is_analyzed_and_deleted_with_its_snapshot() {
     for a in &artifacts {
         let uri = a["uri"].as_str().unwrap();
         assert!(uri.starts_with(&format!("file://{MOUNT}/{NS}/{pod_name}/")) && uri.ends_with(".zst"), "{uri}");
-        let file = on_claim(&c, uri);
+        let file = on_claim(&volume, uri);
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert_eq!(bytes.len() as u64, a["size"].as_u64().unwrap(), "{uri}");
         assert_eq!(sha256_hex(&bytes), a["sha256"].as_str().unwrap(), "{uri} as stored on the claim");
