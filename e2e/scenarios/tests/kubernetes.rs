@@ -308,7 +308,9 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures, dashboards: 
     let mut leaked_customers = 0u64;
     let mut fired = None;
     let mut last = Instant::now() - S;
-    while leaking.elapsed() < 120 * S {
+    // On the real node the trigger fired after 92-101 s (46.9 s on the node agent, where
+    // requests skipped the port-forward): leave room on a shared machine.
+    while leaking.elapsed() < 180 * S {
         let count = (14_000.0 * last.elapsed().as_secs_f64()).clamp(7_000.0, 56_000.0) as u64;
         last = Instant::now();
         let r = testbed::http_get(port, &format!("/leak?count={count}"), 10 * S).expect("the workload answers");
@@ -324,7 +326,7 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures, dashboards: 
     }
     let fired = fired.unwrap_or_else(|| {
         panic!(
-            "the gcHeapBytes trigger made no DumpSnapshot within 120 s ({leaked_customers} customers leaked)\nsidecar log:\n{}",
+            "the gcHeapBytes trigger made no DumpSnapshot within 180 s ({leaked_customers} customers leaked)\nsidecar log:\n{}",
             tail(&c.pod_log(ns, "dumpwatch-sidecar"), 30)
         )
     });
@@ -373,7 +375,9 @@ fn leak_on_demand_and_retention(c: &Cluster, figures: &mut Figures, dashboards: 
          spec: {{pod: {pod_name}, policy: catalog, trigger: onDemand}}\n"
     ))
     .unwrap();
-    let asked = wait_for_snapshot(c, ns, "the on-demand snapshot Analyzed", 240 * S, |s| {
+    // 61.8 s and 238.8 s in two runs on a shared machine: a heap dump of ~1.4 M objects, its
+    // upload and a debug-build analysis compete with other engineers' builds.
+    let asked = wait_for_snapshot(c, ns, "the on-demand snapshot Analyzed", 360 * S, |s| {
         s["metadata"]["name"] == "asked" && (phase(s) == "Analyzed" || phase(s) == "Failed")
     });
     assert_eq!(phase(&asked), "Analyzed", "{asked:#}");
