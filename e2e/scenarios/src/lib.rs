@@ -535,9 +535,32 @@ operator log (tail):
         Ok(pod)
     }
 
-    /// SHA-256 of the object behind an `s3://bucket/key` URI, read with a presigned GET (the
-    /// test holds the credentials; the app's pod never does).
+    /// SHA-256 of the object behind an `s3://bucket/key` URI.
     pub fn s3_object_sha256(&self, uri: &str) -> Result<String> {
+        use sha2::Digest;
+        Ok(sha2::Sha256::digest(self.s3_object(uri)?).iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Keeps what a failed analysis needs to be redone by hand, in a directory that outlives the
+    /// cluster: every artifact of `snapshot` (as stored, zstd) and the analysis Job's whole log.
+    /// Returns the directory.
+    pub fn keep_evidence(&self, snapshot: &Value, analysis_log: &str) -> Result<PathBuf> {
+        let name = snapshot["metadata"]["name"].as_str().unwrap_or("snapshot");
+        let dir = std::env::temp_dir().join(format!("dumpwatch-evidence-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("analysis.log"), analysis_log)?;
+        std::fs::write(dir.join("snapshot.json"), format!("{snapshot:#}"))?;
+        for a in snapshot["spec"]["artifacts"].as_array().into_iter().flatten() {
+            let uri = a["uri"].as_str().unwrap_or_default();
+            let file = uri.rsplit('/').next().unwrap_or("artifact");
+            std::fs::write(dir.join(file), self.s3_object(uri)?)?;
+        }
+        Ok(dir)
+    }
+
+    /// The object behind an `s3://bucket/key` URI, read with a presigned GET (the test holds the
+    /// credentials; the app's pod never does).
+    fn s3_object(&self, uri: &str) -> Result<Vec<u8>> {
         let key = uri.strip_prefix(&format!("s3://{BUCKET}/")).ok_or_else(|| format!("{uri}: not in {BUCKET}"))?;
         let config = store::S3Config {
             endpoint: self.s3.endpoint(),
@@ -557,8 +580,7 @@ operator log (tail):
         if !out.status.success() {
             return Err(format!("GET {uri}: curl exit {}", out.status).into());
         }
-        use sha2::Digest;
-        Ok(sha2::Sha256::digest(&out.stdout).iter().map(|b| format!("{b:02x}")).collect())
+        Ok(out.stdout)
     }
 
     /// The workload on `port` answers /health.

@@ -442,11 +442,18 @@ fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures, dashboards: &m
     assert_eq!(snapshot["spec"]["trigger"], "threadPoolQueue");
     // On failure, the whole snapshot: its findings' warnings and the analysis Job's log say why.
     let cycle = &snapshot["status"]["findings"]["deadlockCycles"][0];
-    assert!(
-        cycle.is_object(),
-        "the stall dump's analysis found no deadlock cycle; snapshot: {snapshot:#}\nanalysis Job log:\n{}",
-        tail(&c.pod_log(ns, "analyze"), 60)
-    );
+    if !cycle.is_object() {
+        // Seen in 2 of 5 and 1 of 2 runs, never outside Kubernetes: keep the dump to redo the
+        // analysis with `dumpwatch analyze` where the workload's files are.
+        let log = c.pod_log(ns, "analyze");
+        let kept =
+            c.keep_evidence(&snapshot, &log).map_or_else(|e| format!("(not kept: {e})"), |d| d.display().to_string());
+        panic!(
+            "the stall dump's analysis found no deadlock cycle; snapshot: {snapshot:#}\nanalysis Job log:\n{}\n\
+             dump, DAC and whole log kept in {kept}",
+            tail(&log, 60)
+        );
+    }
     assert_eq!(tids(&cycle["threads"], "osTid"), owners, "the analysis names the two owners: {cycle:#}");
     assert!(cycle["victims"].as_u64().unwrap() >= 1, "{cycle:#}");
     let event = harness::wait_for("a DeadlockDetected Event on the 3.1 pod", 60 * S, || {
