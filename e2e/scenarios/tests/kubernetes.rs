@@ -443,8 +443,8 @@ fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures, dashboards: &m
     // On failure, the whole snapshot: its findings' warnings and the analysis Job's log say why.
     let cycle = &snapshot["status"]["findings"]["deadlockCycles"][0];
     if !cycle.is_object() {
-        // Seen in 2 of 5 runs on the stand-in node and 1 of 3 on the real node, never outside Kubernetes: keep the dump to redo the
-        // analysis with `dumpwatch analyze` where the workload's files are.
+        // Seen in 2 of 5 runs on the stand-in node and 1 of 3 on the real node, never outside
+        // Kubernetes: keep the dump to redo the analysis where the workload's files are.
         let log = c.pod_log(ns, "analyze");
         let kept =
             c.keep_evidence(&snapshot, &log).map_or_else(|e| format!("(not kept: {e})"), |d| d.display().to_string());
