@@ -216,11 +216,17 @@ fn capture_failing(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboar
 
 /// Every panel query of the shipped dashboards must return data from the scenarios'
 /// Prometheus in at least one scenario (a deadlock panel has data while a deadlock lives, the
-/// .NET 3.1 panel while a 3.1 process is watched).
+/// .NET 3.1 panel while a 3.1 process is watched). The heap growth panels are the exception: they
+/// need a policy with `heapSnapshots` and an app whose heap keeps rising for several intervals,
+/// which these scenarios' apps do not do; `chart-tests`' dashboards test runs those queries on a
+/// real Prometheus fed the sidecar's growth metrics.
 struct Dashboards {
     pending: Vec<chart_tests::PanelQuery>,
     total: usize,
 }
+
+const HEAP_GROWTH_METRICS: &[&str] =
+    &["dotnet_heap_type_growth_", "dumpwatch_heap_growth_", "dumpwatch_heap_snapshots_total"];
 
 impl Dashboards {
     fn shipped() -> Self {
@@ -228,6 +234,7 @@ impl Dashboards {
             .unwrap()
             .iter()
             .flat_map(|(file, d)| chart_tests::panel_queries(file, d))
+            .filter(|q| !HEAP_GROWTH_METRICS.iter().any(|m| q.expr.contains(m)))
             .collect();
         Self { total: pending.len(), pending }
     }
