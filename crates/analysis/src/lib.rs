@@ -7,12 +7,14 @@
 //! - [`monitors`]: Monitor deadlocks in a dump, from sync blocks and stack references.
 //! - [`hangs`]: hangs that are not lock cycles (thread-pool starvation, blocked threads).
 //! - [`findings`]: the versioned findings document every report is a view of.
+//! - [`phases`]: phase marks, for callers that time the analyses.
 
 pub mod error;
 pub mod findings;
 pub mod hangs;
 pub mod heap;
 pub mod monitors;
+pub mod phases;
 pub mod wait_for;
 
 pub use error::{Error, HeapStream, Result};

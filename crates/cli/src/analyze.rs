@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use analysis::findings::{self, Findings, FindingsInput, Source};
 use analysis::hangs::{HangKind, queued_work_items};
 use analysis::heap::{
-    Confidence, HeapHistogram, LeakThresholds, ObjectGraph, TypeStats, finalizer_queue, leak_suspects,
+    Confidence, HeapHistogram, LeakThresholds, ObjectGraph, TypeStats, finalizer_queue, leak_suspects_observed,
 };
 use analysis::monitors::{DumpMonitor, DumpThread, StackLockRef, analyze_monitors};
 use anyhow::{Context, Result};
 use clrdump::model::Snapshot;
 use clrdump::names::simplify_type_name;
+use clrdump::timings::{self, PhaseClock};
 use clrdump::{Depth, ReadOptions, WorkerCommand};
 
 /// The hidden subcommand that runs the DAC worker.
@@ -33,36 +34,45 @@ pub struct AnalyzeArgs {
     pub json: bool,
     pub top: usize,
     pub histogram_only: bool,
+    /// Print the phase breakdown (`--timings`) to stderr.
+    pub timings: bool,
     pub timeout: u64,
 }
 
 /// Runs the analysis and prints it; returns the findings (for `--report-to`).
 pub fn analyze(args: AnalyzeArgs) -> Result<Findings> {
     let started = Instant::now();
+    let mut clock = PhaseClock::new();
     let mut findings = if crate::heap_file::is_heap_snapshot(&args.core) {
-        crate::heap_file::findings_for(&args.core, &args.display, args.top, args.histogram_only)?
+        crate::heap_file::findings_for(&args.core, &args.display, args.top, args.histogram_only, &mut clock)?
     } else {
-        findings_for(&args)?
+        findings_for(&args, &mut clock)?
     };
     findings.source.path = args.display.clone();
+    clock.start("report");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {
         print!("{}", report(&findings));
         eprintln!("(analyzed in {:.2} s)", started.elapsed().as_secs_f64());
     }
+    if args.timings {
+        eprint!("{}", timings::render(&clock.finish()));
+    }
     Ok(findings)
 }
 
-/// Reads the dump and builds the findings document.
-pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
+/// Reads the dump and builds the findings document, recording its phases on `clock`.
+pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findings> {
     let depth = if args.histogram_only { Depth::Histogram } else { Depth::Graph };
     let mut opts = ReadOptions::new(WorkerCommand::current_exe(WORKER_SUBCOMMAND)?, depth);
     opts.dac = args.dac.clone();
     opts.replacements = args.replacements.clone();
     opts.timeout = Duration::from_secs(args.timeout);
-    let data = clrdump::read_dump(&args.core, &opts).with_context(|| format!("analyzing {}", args.core.display()))?;
+    let data = clrdump::read_dump_timed(&args.core, &opts, clock)
+        .with_context(|| format!("analyzing {}", args.core.display()))?;
     let s = &data.snapshot;
+    clock.start("deadlocks, hangs, histogram");
 
     let threads = dump_threads(s);
     let monitors: Vec<DumpMonitor> = s
@@ -79,8 +89,9 @@ pub fn findings_for(args: &AnalyzeArgs) -> Result<Findings> {
     let monitor_analysis = analyze_monitors(&threads, &monitors);
     let histogram = histogram(s);
 
-    let heap = data.graph.as_ref().map(|g| GraphFindings::of(g, histogram.total_bytes())).unwrap_or_default();
+    let heap = data.graph.as_ref().map(|g| GraphFindings::of(g, histogram.total_bytes(), clock)).unwrap_or_default();
 
+    clock.start("findings document");
     Ok(findings::build(FindingsInput {
         source: Source {
             kind: "core_dump".into(),
@@ -112,10 +123,12 @@ pub struct GraphFindings {
 
 impl GraphFindings {
     /// Retention, then the leak suspects, the finalizer queue and the pool's queue length.
-    pub fn of(graph: &ObjectGraph, heap_bytes: u64) -> Self {
-        let retained = graph.retained_sizes();
+    pub fn of(graph: &ObjectGraph, heap_bytes: u64, clock: &mut PhaseClock) -> Self {
+        let retained = graph.retained_sizes_observed(clock);
+        let leak_suspects = leak_suspects_observed(graph, &retained, heap_bytes, &LeakThresholds::default(), clock);
+        clock.start("finalizer queue, thread-pool queue");
         GraphFindings {
-            leak_suspects: Some(leak_suspects(graph, &retained, heap_bytes, &LeakThresholds::default())),
+            leak_suspects: Some(leak_suspects),
             finalizer_queue: finalizer_queue(graph, &retained),
             queued_work_items: queued_work_items(graph),
         }

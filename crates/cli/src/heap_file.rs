@@ -12,6 +12,7 @@ use diag::heap::{HeapSnapshot, HeapSnapshotCollector};
 use nettrace::{Event, Reader, Step};
 
 use crate::analyze::GraphFindings;
+use clrdump::timings::PhaseClock;
 
 /// Whether `path` names a heap snapshot rather than a core dump.
 pub fn is_heap_snapshot(path: &Path) -> bool {
@@ -29,9 +30,18 @@ pub fn load(path: &Path, display: &str, graph: bool, known: &HashMap<u64, String
     collector.finish().with_context(|| format!("{display}: not a complete heap snapshot"))
 }
 
-pub fn findings_for(path: &Path, display: &str, top: usize, histogram_only: bool) -> Result<Findings> {
+pub fn findings_for(
+    path: &Path,
+    display: &str,
+    top: usize,
+    histogram_only: bool,
+    clock: &mut PhaseClock,
+) -> Result<Findings> {
+    clock.start("read the heap snapshot");
     let snap = load(path, display, !histogram_only, &HashMap::new())?;
-    let heap = snap.graph.as_ref().map(|g| GraphFindings::of(g, snap.histogram.total_bytes())).unwrap_or_default();
+    let heap =
+        snap.graph.as_ref().map(|g| GraphFindings::of(g, snap.histogram.total_bytes(), clock)).unwrap_or_default();
+    clock.start("findings document");
     Ok(findings::build(FindingsInput {
         source: Source {
             kind: "gcdump".into(),

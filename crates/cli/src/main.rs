@@ -190,6 +190,11 @@ enum Command {
         /// Only the histogram, threads and locks: no object graph, no leak suspects.
         #[arg(long)]
         histogram_only: bool,
+        /// Print where the time went to stderr: wall and CPU seconds per phase (the DAC worker's
+        /// threads, roots and heap walk, building the object graph, dominators, leak suspects,
+        /// the report). CPU counts every thread of the process that ran the phase.
+        #[arg(long)]
+        timings: bool,
         /// Symbol server to fetch a missing DAC from (repeatable, tried in order). Default: the
         /// comma-separated DUMPWATCH_SYMBOL_SERVER if set (empty: none), else Microsoft's
         /// (https://msdl.microsoft.com/download/symbols).
@@ -382,6 +387,7 @@ async fn run(command: Command) -> Result<()> {
             ca_file,
             top,
             histogram_only,
+            timings,
             symbol_server,
             no_symbol_server,
             dac_cache,
@@ -436,6 +442,7 @@ async fn run(command: Command) -> Result<()> {
                 json,
                 top,
                 histogram_only,
+                timings,
                 timeout,
             };
             let findings = tokio::task::spawn_blocking(move || analyze::analyze(args)).await??;

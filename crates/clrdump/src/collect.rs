@@ -6,8 +6,9 @@ use std::collections::{HashMap, HashSet};
 use crate::core::CoreDump;
 use crate::dac::Dac;
 use crate::error::{Error, Result};
-use crate::heapwalk::{HeapWalker, ObjectSink};
+use crate::heapwalk::HeapWalker;
 use crate::model::*;
+use crate::timings::PhaseClock;
 
 const TS_UNSTARTED: u32 = 0x400;
 const TS_DEAD: u32 = 0x800;
@@ -21,9 +22,10 @@ const HND_REFCOUNTED: u32 = 5;
 const HND_ASYNCPINNED: u32 = 7;
 const HND_SIZEDREF: u32 = 8;
 
-/// Extracts everything at `depth`; at [`Depth::Graph`] every object goes to `sink` as the
-/// heap walk meets it.
-pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, sink: Option<&mut dyn ObjectSink>) -> Result<Snapshot> {
+/// Extracts everything at `depth`; at [`Depth::Graph`] also the roots and the heap's layout
+/// (for the parent's own walk of the object graph, see [`crate::heapwalk`]).
+pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, clock: &mut PhaseClock) -> Result<Snapshot> {
+    clock.start("worker: threads, stacks, sync blocks");
     let mut warnings = Vec::new();
     let dac_revision = dac.revision().unwrap_or(0);
     let runtime_version = core.runtime_version()?;
@@ -123,6 +125,7 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, sink: Option<&mut dyn O
     // Handles, then statics: the static roots hold the same objects as the statics-array
     // handle, but they name the field.
     if depth == Depth::Graph {
+        clock.start("worker: roots (statics, finalizer queue, handles)");
         let (statics, failed) = crate::statics::static_roots(dac, core);
         if failed > 0 {
             warnings.push(format!("static fields of {failed} modules could not be read"));
@@ -144,9 +147,9 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, sink: Option<&mut dyn O
         }
     }
 
-    // Heap.
+    clock.start("worker: heap walk (histogram)");
     let mut walker = HeapWalker::new(dac, core, alloc_contexts)?;
-    walker.walk(sink.filter(|_| depth == Depth::Graph))?;
+    walker.walk()?;
     if walker.stats.walked_bytes == 0 {
         return Err(Error::NoHeap("no heap segment is present in the dump".into()));
     }
@@ -165,9 +168,11 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, sink: Option<&mut dyn O
         threads,
         sync_blocks,
         heap: walker.stats.clone(),
-        types: std::mem::take(&mut walker.out_types),
+        types: walker.take_types(),
+        layout: (depth == Depth::Graph).then(|| walker.layout()),
         roots,
         warnings,
+        phases: Vec::new(),
     };
     Ok(snapshot)
 }

@@ -8,7 +8,7 @@
 const MAX_SERIES: i64 = 10_000;
 
 /// The reference layout of one type.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum GcDesc {
     /// Runs of references: (offset of the first, run size relative to the object's size).
     Series(Vec<(i64, i64)>),

@@ -1,15 +1,43 @@
-//! The object graph of a dump, from the worker's object records and its snapshot: types
-//! under readable names, and GC roots as the analysis names them.
+//! The object graph of a dump: this process walks the mapped dump with the layouts the
+//! worker found ([`crate::heapwalk::walk_graph`]), names the types readably and adds the GC
+//! roots as the analysis names them.
 
 use analysis::heap::{ObjectGraph, ObjectGraphBuilder, RootKind};
 
+use crate::core::CoreDump;
 use crate::error::Result;
+use crate::heapwalk::{HeapLayout, ObjectSink, walk_graph};
 use crate::model::{RootSource, Snapshot};
 use crate::names::simplify_type_name;
+use crate::timings::PhaseClock;
 
-/// Names the types and adds the roots of `snapshot` (the records' type indexes point into
-/// its histogram), then resolves the references.
-pub(crate) fn finish(mut builder: ObjectGraphBuilder, snapshot: &Snapshot) -> Result<ObjectGraph> {
+impl ObjectSink for ObjectGraphBuilder {
+    fn object(&mut self, address: u64, size: u64, type_index: u32, references: &[u64]) -> Result<()> {
+        self.add_node(address, size, u64::from(type_index), references.len() as u64);
+        self.add_edges(references.iter().copied());
+        Ok(())
+    }
+}
+
+/// Walks the heap of `core` with the worker's `layout`, then names the types and adds the
+/// roots of `snapshot` (the type indexes point into its histogram) and resolves the
+/// references. Warns in `snapshot` if the walk met other objects than the worker's.
+pub(crate) fn build(
+    core: &CoreDump,
+    layout: &HeapLayout,
+    snapshot: &mut Snapshot,
+    clock: &mut PhaseClock,
+) -> Result<ObjectGraph> {
+    clock.start("graph: walk the heap, read references");
+    let mut builder = ObjectGraphBuilder::new();
+    let objects = walk_graph(core, layout, &mut builder)?;
+    if objects != snapshot.heap.objects {
+        snapshot.warnings.push(format!(
+            "the object graph has {objects} objects but the heap walk counted {}: retention figures may be off",
+            snapshot.heap.objects
+        ));
+    }
+    clock.start("graph: name types, add roots");
     for (i, t) in snapshot.types.iter().enumerate() {
         builder.add_type(i as u64, &simplify_type_name(&t.name));
     }
@@ -26,5 +54,5 @@ pub(crate) fn finish(mut builder: ObjectGraphBuilder, snapshot: &Snapshot) -> Re
         };
         builder.add_root(r.object, kind);
     }
-    Ok(builder.finish()?)
+    Ok(builder.finish_observed(clock)?)
 }

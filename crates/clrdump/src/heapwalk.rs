@@ -1,8 +1,14 @@
 //! The GC heap walk: segments (3.1) or regions (.NET 7+) from the DAC, objects read straight
 //! from the mapped dump, sizes from the DAC's MethodTable data, references from the GCDesc
 //! stored just below each MethodTable (both cached per type).
+//!
+//! The DAC worker walks once for the histogram and records, per type, what a walk needs
+//! ([`HeapLayout`]); for the object graph the parent walks the mapped dump a second time
+//! with that layout and no DAC ([`walk_graph`]), on its side of the process boundary.
 
 use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::core::CoreDump;
 use crate::dac::{Dac, GenerationData};
@@ -13,44 +19,195 @@ use crate::model::{HeapStats, HeapType};
 const MIN_OBJECT_SIZE: u64 = 24;
 
 /// One address range of objects.
-#[derive(Clone, Copy, Debug)]
-struct Range {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Range {
     start: u64,
     end: u64,
     /// LOH / POH / frozen: allocation contexts never live there.
     large: bool,
 }
 
-/// What we need to know about a MethodTable.
+/// What the walk needs to know about a MethodTable.
 #[derive(Clone, Copy, Debug)]
-struct TypeInfo {
+pub(crate) struct TypeInfo {
+    /// Position in the histogram.
     index: u32,
     base_size: u32,
     component_size: u32,
     is_string: bool,
+    is_free: bool,
 }
 
-/// Receives every object of a heap walk, in address order, with its non-null references:
-/// the worker streams them to its parent as they are found instead of collecting them.
-pub trait ObjectSink {
-    /// One object; `type_index` points into the walk's histogram (`HeapWalker::out_types`).
+/// One type's size rule and reference layout, as the worker found them through the DAC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TypeLayout {
+    method_table: u64,
+    base_size: u32,
+    component_size: u32,
+    is_string: bool,
+    is_free: bool,
+    references: Option<GcDesc>,
+}
+
+/// Everything a second heap walk needs, without the DAC: the object ranges, the allocation
+/// contexts to skip, and per type (in histogram order) its size rule and reference layout.
+/// The worker sends it; the parent then walks the mapped dump itself to build the object
+/// graph, instead of receiving every object and reference through a pipe (which cost more
+/// CPU, on both ends, than the walk).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeapLayout {
+    ranges: Vec<Range>,
+    alloc_contexts: Vec<(u64, u64)>,
+    types: Vec<TypeLayout>,
+}
+
+/// Receives every object of a heap walk, in address order, with its non-null references.
+pub(crate) trait ObjectSink {
+    /// One object; `type_index` points into the walk's histogram.
     fn object(&mut self, address: u64, size: u64, type_index: u32, references: &[u64]) -> Result<()>;
 }
 
-/// Walks every object; fills the histogram, and feeds a sink with the graph when given one.
-pub struct HeapWalker<'a> {
+/// How the walk finds a MethodTable's [`TypeInfo`].
+trait TypeLookup {
+    /// `None`: not a MethodTable (the walk resynchronizes).
+    fn type_info(&mut self, mt: u64) -> Option<TypeInfo>;
+}
+
+/// Counts of one walk.
+#[derive(Debug, Default)]
+struct WalkCounts {
+    walked_bytes: u64,
+    resyncs: u64,
+    free_objects: u64,
+    free_bytes: u64,
+}
+
+/// Walks every object of `ranges` in address order, calling `each(address, size, type,
+/// object bytes)` for every object that is not free space.
+fn walk_objects(
+    core: &CoreDump,
+    ranges: &[Range],
+    alloc_contexts: &[(u64, u64)],
+    types: &mut impl TypeLookup,
+    counts: &mut WalkCounts,
+    mut each: impl FnMut(u64, u64, TypeInfo, &[u8]) -> Result<()>,
+) -> Result<()> {
+    // A few types make up most objects, often interleaved (a node and its item): a small
+    // direct-mapped cache in front of the lookup saves a hash per object.
+    let mut recent: [Option<(u64, TypeInfo)>; 64] = [None; 64];
+    for range in ranges {
+        let Some(bytes) = core.slice(range.start, range.end - range.start) else {
+            counts.resyncs += 1;
+            continue;
+        };
+        counts.walked_bytes += bytes.len() as u64;
+        let mut obj = range.start;
+        while obj + 8 <= range.end {
+            if !range.large
+                && let Some(next) = skip_alloc_context(alloc_contexts, obj)
+            {
+                obj = next;
+                continue;
+            }
+            let off = (obj - range.start) as usize;
+            let mt = u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes")) & !7;
+            let slot = (mt >> 3) as usize % recent.len();
+            let info = match recent[slot] {
+                Some((cached, info)) if cached == mt => Some(info),
+                _ if mt == 0 => None,
+                _ => types.type_info(mt),
+            };
+            let Some(info) = info else {
+                // Not an object: damaged heap or an allocation gap we did not know about.
+                // Resynchronize on the next pointer-aligned word.
+                counts.resyncs += 1;
+                obj += 8;
+                continue;
+            };
+            recent[slot] = Some((mt, info));
+            let mut size = info.base_size as u64;
+            if info.component_size != 0 {
+                let count = bytes.get(off + 8..off + 12).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4")));
+                // The DAC reports String's base size minus its terminating char.
+                let count = count as u64 + info.is_string as u64;
+                size += count * info.component_size as u64;
+            }
+            let size = ((size + 7) & !7).max(MIN_OBJECT_SIZE);
+            if info.is_free {
+                counts.free_objects += 1;
+                counts.free_bytes += size;
+            } else {
+                let end = (off + size as usize).min(bytes.len());
+                each(obj, size, info, &bytes[off..end])?;
+            }
+            obj += size;
+        }
+    }
+    Ok(())
+}
+
+/// If `obj` lies in an allocation context, the first address after it.
+fn skip_alloc_context(alloc_contexts: &[(u64, u64)], obj: u64) -> Option<u64> {
+    alloc_contexts.iter().find(|&&(p, l)| p != 0 && p <= obj && obj < l).map(|&(_, l)| l + MIN_OBJECT_SIZE)
+}
+
+/// Types found through the DAC as the walk meets them.
+struct DacTypes<'a> {
     dac: &'a Dac,
     core: &'a CoreDump,
     free_mt: u64,
     string_mt: u64,
     types: HashMap<u64, Option<TypeInfo>>,
-    /// Per `TypeInfo::index`: where its objects hold references.
-    layouts: Vec<Option<GcDesc>>,
+    /// Per `TypeInfo::index`.
+    layouts: Vec<TypeLayout>,
     /// The histogram, indexed by `TypeInfo::index`.
-    pub out_types: Vec<HeapType>,
+    out_types: Vec<HeapType>,
+}
+
+impl TypeLookup for DacTypes<'_> {
+    fn type_info(&mut self, mt: u64) -> Option<TypeInfo> {
+        if let Some(t) = self.types.get(&mt) {
+            return *t;
+        }
+        let info = self.dac.method_table(mt).ok().filter(|d| d.base_size >= 12).map(|d| {
+            let index = self.out_types.len() as u32;
+            let name = if mt == self.free_mt {
+                "Free".to_string()
+            } else {
+                self.dac.method_table_name(mt).unwrap_or_else(|_| format!("<unknown type {mt:#x}>"))
+            };
+            self.out_types.push(HeapType { method_table: mt, name, count: 0, bytes: 0 });
+            let references = if d.contains_pointers != 0 { GcDesc::read(mt, |a| self.core.u64_at(a)) } else { None };
+            let info = TypeInfo {
+                index,
+                base_size: d.base_size,
+                component_size: d.component_size,
+                is_string: mt == self.string_mt,
+                is_free: mt == self.free_mt,
+            };
+            self.layouts.push(TypeLayout {
+                method_table: mt,
+                base_size: info.base_size,
+                component_size: info.component_size,
+                is_string: info.is_string,
+                is_free: info.is_free,
+                references,
+            });
+            info
+        });
+        self.types.insert(mt, info);
+        info
+    }
+}
+
+/// Walks every object through the DAC for the histogram, and keeps what a second walk needs
+/// ([`HeapWalker::layout`]).
+pub struct HeapWalker<'a> {
+    types: DacTypes<'a>,
     /// Figures.
     pub stats: HeapStats,
     alloc_contexts: Vec<(u64, u64)>,
+    ranges: Vec<Range>,
 }
 
 impl<'a> HeapWalker<'a> {
@@ -61,28 +218,32 @@ impl<'a> HeapWalker<'a> {
             alloc_contexts.push(g);
         }
         Ok(HeapWalker {
-            dac,
-            core,
-            free_mt: globals.free_mt,
-            string_mt: globals.string_mt,
-            types: HashMap::new(),
-            layouts: Vec::new(),
-            out_types: Vec::new(),
+            types: DacTypes {
+                dac,
+                core,
+                free_mt: globals.free_mt,
+                string_mt: globals.string_mt,
+                types: HashMap::new(),
+                layouts: Vec::new(),
+                out_types: Vec::new(),
+            },
             stats: HeapStats::default(),
             alloc_contexts,
+            ranges: Vec::new(),
         })
     }
 
     /// The object ranges of every heap.
     fn ranges(&mut self) -> Result<Vec<Range>> {
-        let gc = self.dac.gc_heap_data()?;
+        let dac = self.types.dac;
+        let gc = dac.gc_heap_data()?;
         self.stats.server_gc = gc.server_mode != 0;
         self.stats.structures_valid = gc.structures_valid != 0;
         let mut ranges = Vec::new();
-        for details in self.dac.heap_details(gc.server_mode != 0, gc.heap_count)? {
+        for details in dac.heap_details(gc.server_mode != 0, gc.heap_count)? {
             let heap = (gc.server_mode != 0).then_some(details.heap_addr);
             let gens: Vec<GenerationData> =
-                self.dac.generation_table(heap).unwrap_or_else(|| details.generation_table.to_vec());
+                dac.generation_table(heap).unwrap_or_else(|| details.generation_table.to_vec());
             if gens.len() < 4 {
                 return Err(Error::Heap(format!("generation table has {} entries", gens.len())));
             }
@@ -98,7 +259,7 @@ impl<'a> HeapWalker<'a> {
                 let mut seg = gen_data.start_segment;
                 let mut seen = 0;
                 while seg != 0 {
-                    let data = self.dac.segment(seg)?;
+                    let data = dac.segment(seg)?;
                     let end =
                         if seg == details.ephemeral_heap_segment { details.alloc_allocated } else { data.allocated };
                     if data.mem != 0 && end > data.mem {
@@ -118,103 +279,95 @@ impl<'a> HeapWalker<'a> {
         Ok(ranges)
     }
 
-    fn type_info(&mut self, mt: u64) -> Option<TypeInfo> {
-        if let Some(t) = self.types.get(&mt) {
-            return *t;
-        }
-        let info = self.dac.method_table(mt).ok().filter(|d| d.base_size >= 12).map(|d| {
-            let index = self.out_types.len() as u32;
-            let name = if mt == self.free_mt {
-                "Free".to_string()
-            } else {
-                self.dac.method_table_name(mt).unwrap_or_else(|_| format!("<unknown type {mt:#x}>"))
-            };
-            self.out_types.push(HeapType { method_table: mt, name, count: 0, bytes: 0 });
-            let layout = if d.contains_pointers != 0 { GcDesc::read(mt, |a| self.core.u64_at(a)) } else { None };
-            self.layouts.push(layout);
-            TypeInfo {
-                index,
-                base_size: d.base_size,
-                component_size: d.component_size,
-                is_string: mt == self.string_mt,
+    /// Walks the heap, filling the histogram ([`Self::take_types`]) and [`Self::stats`].
+    pub fn walk(&mut self) -> Result<()> {
+        let ranges = self.ranges()?;
+        let mut counts = WalkCounts::default();
+        let core = self.types.core;
+        let mut histogram: Vec<(u64, u64)> = Vec::new();
+        let (mut objects, mut bytes) = (0u64, 0u64);
+        walk_objects(core, &ranges, &self.alloc_contexts, &mut self.types, &mut counts, |_, size, info, _| {
+            let i = info.index as usize;
+            if i >= histogram.len() {
+                histogram.resize(i + 1, (0, 0));
             }
-        });
-        self.types.insert(mt, info);
-        info
-    }
-
-    /// If `obj` lies in an allocation context, the first address after it.
-    fn skip_alloc_context(&self, obj: u64) -> Option<u64> {
-        self.alloc_contexts.iter().find(|&&(p, l)| p != 0 && p <= obj && obj < l).map(|&(_, l)| l + MIN_OBJECT_SIZE)
-    }
-
-    /// Walks the heap. With a `sink`, hands it each object and its references.
-    pub fn walk(&mut self, mut sink: Option<&mut dyn ObjectSink>) -> Result<()> {
-        let mut references = Vec::new();
-        // A few types make up most objects, often interleaved (a node and its item): a small
-        // direct-mapped cache in front of the hash map saves a lookup per object.
-        let mut recent: [Option<(u64, TypeInfo)>; 64] = [None; 64];
-        for range in self.ranges()? {
-            let Some(bytes) = self.core.slice(range.start, range.end - range.start) else {
-                self.stats.resyncs += 1;
-                continue;
-            };
-            self.stats.walked_bytes += bytes.len() as u64;
-            self.stats.ranges.push([range.start, range.end]);
-            let mut obj = range.start;
-            while obj + 8 <= range.end {
-                if !range.large
-                    && let Some(next) = self.skip_alloc_context(obj)
-                {
-                    obj = next;
-                    continue;
-                }
-                let off = (obj - range.start) as usize;
-                let mt = u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes")) & !7;
-                let slot = (mt >> 3) as usize % recent.len();
-                let info = match recent[slot] {
-                    Some((cached, info)) if cached == mt => Some(info),
-                    _ if mt == 0 => None,
-                    _ => self.type_info(mt),
-                };
-                let Some(info) = info else {
-                    // Not an object: damaged heap or an allocation gap we did not know about.
-                    // Resynchronize on the next pointer-aligned word.
-                    self.stats.resyncs += 1;
-                    obj += 8;
-                    continue;
-                };
-                recent[slot] = Some((mt, info));
-                let mut size = info.base_size as u64;
-                if info.component_size != 0 {
-                    let count =
-                        bytes.get(off + 8..off + 12).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4")));
-                    // The DAC reports String's base size minus its terminating char.
-                    let count = count as u64 + info.is_string as u64;
-                    size += count * info.component_size as u64;
-                }
-                let size = ((size + 7) & !7).max(MIN_OBJECT_SIZE);
-                if mt == self.free_mt {
-                    self.stats.free_objects += 1;
-                    self.stats.free_bytes += size;
-                } else {
-                    let t = &mut self.out_types[info.index as usize];
-                    t.count += 1;
-                    t.bytes += size;
-                    self.stats.objects += 1;
-                    self.stats.bytes += size;
-                    if let Some(sink) = sink.as_deref_mut() {
-                        let end = (off + size as usize).min(bytes.len());
-                        references.clear();
-                        if let Some(layout) = &self.layouts[info.index as usize] {
-                            layout.references(&bytes[off..end], &mut references);
-                        }
-                        sink.object(obj, size, info.index, &references)?;
-                    }
-                }
-                obj += size;
-            }
+            histogram[i].0 += 1;
+            histogram[i].1 += size;
+            objects += 1;
+            bytes += size;
+            Ok(())
+        })?;
+        for (t, (count, size)) in self.types.out_types.iter_mut().zip(histogram) {
+            t.count += count;
+            t.bytes += size;
         }
+        self.stats.objects += objects;
+        self.stats.bytes += bytes;
+        self.stats.walked_bytes += counts.walked_bytes;
+        self.stats.resyncs += counts.resyncs;
+        self.stats.free_objects += counts.free_objects;
+        self.stats.free_bytes += counts.free_bytes;
+        let readable = ranges.iter().filter(|r| core.slice(r.start, r.end - r.start).is_some());
+        self.stats.ranges.extend(readable.map(|r| [r.start, r.end]));
+        self.ranges = ranges;
         Ok(())
     }
+
+    /// The per-type histogram of the walk (graph type indexes point into it).
+    pub fn take_types(&mut self) -> Vec<HeapType> {
+        std::mem::take(&mut self.types.out_types)
+    }
+
+    /// What [`walk_graph`] needs to walk the same heap again without the DAC.
+    pub fn layout(&self) -> HeapLayout {
+        HeapLayout {
+            ranges: self.ranges.clone(),
+            alloc_contexts: self.alloc_contexts.clone(),
+            types: self.types.layouts.clone(),
+        }
+    }
+}
+
+/// Types known from a [`HeapLayout`]; a MethodTable the worker did not accept is no object.
+struct KnownTypes(HashMap<u64, TypeInfo>);
+
+impl TypeLookup for KnownTypes {
+    fn type_info(&mut self, mt: u64) -> Option<TypeInfo> {
+        self.0.get(&mt).copied()
+    }
+}
+
+/// Walks the heap of `core` again with the worker's `layout` (no DAC), handing every object
+/// and its non-null references to `sink`; returns the objects walked. The walk meets the
+/// same objects as the worker's, since it reads the same bytes with the same rules.
+pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, sink: &mut impl ObjectSink) -> Result<u64> {
+    let mut types = KnownTypes(
+        layout
+            .types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let info = TypeInfo {
+                    index: i as u32,
+                    base_size: t.base_size,
+                    component_size: t.component_size,
+                    is_string: t.is_string,
+                    is_free: t.is_free,
+                };
+                (t.method_table, info)
+            })
+            .collect(),
+    );
+    let mut counts = WalkCounts::default();
+    let mut references = Vec::new();
+    let mut objects = 0u64;
+    walk_objects(core, &layout.ranges, &layout.alloc_contexts, &mut types, &mut counts, |obj, size, info, bytes| {
+        references.clear();
+        if let Some(desc) = &layout.types[info.index as usize].references {
+            desc.references(bytes, &mut references);
+        }
+        objects += 1;
+        sink.object(obj, size, info.index, &references)
+    })?;
+    Ok(objects)
 }

@@ -6,7 +6,8 @@
 //!   (hand-written COM vtables; the only `unsafe` code of the crate).
 //! - [`read_dump`]: runs the DAC in an isolated worker process ([`worker_main`]) and returns
 //!   threads, stacks, sync blocks, the heap histogram ([`model`]) and optionally the object
-//!   graph with its GC roots, streamed from the worker as it walks the heap.
+//!   graph with its GC roots, which this process builds by walking the mapped dump again with
+//!   the types' layouts the worker found.
 //!
 //! ```no_run
 //! use clrdump::{Depth, ReadOptions, WorkerCommand};
@@ -31,6 +32,7 @@ pub mod model;
 pub mod names;
 mod statics;
 mod stdio;
+pub mod timings;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 pub use analysis::heap::ObjectGraph;
 pub use error::{Error, Result};
+pub use heapwalk::HeapLayout;
 pub use model::{Depth, Snapshot};
 pub use worker::{WorkerCommand, worker_main};
 
@@ -88,13 +91,27 @@ pub struct DumpData {
 /// Validates the core here (typed errors for truncated or foreign files), picks and checks
 /// the DAC, then extracts everything in the worker process.
 pub fn read_dump(core_path: &Path, opts: &ReadOptions) -> Result<DumpData> {
+    read_dump_timed(core_path, opts, &mut timings::PhaseClock::new())
+}
+
+/// [`read_dump`], with the phases of the worker and of the graph's construction recorded on
+/// `clock`.
+pub fn read_dump_timed(core_path: &Path, opts: &ReadOptions, clock: &mut timings::PhaseClock) -> Result<DumpData> {
+    clock.start("open the dump, choose the DAC");
     let core = core::CoreDump::open(core_path)?;
     let runtime_path = core.runtime_path()?.to_string();
     let version = core.runtime_version()?;
     let dac =
         locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref(), opts.local_runtimes)?;
-    drop(core);
-    let (snapshot, builder) = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
-    let graph = builder.map(|b| graph::finish(b, &snapshot)).transpose()?;
+    clock.start("DAC worker runs");
+    let mut snapshot = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
+    clock.close();
+    clock.extend(std::mem::take(&mut snapshot.phases));
+    let graph = match (opts.depth, snapshot.layout.take()) {
+        (Depth::Graph, Some(layout)) => Some(graph::build(&core, &layout, &mut snapshot, clock)?),
+        (Depth::Graph, None) => return Err(Error::Worker("the worker sent no heap layout".into())),
+        (Depth::Histogram, _) => None,
+    };
+    clock.close();
     Ok(DumpData { snapshot, graph, dac })
 }

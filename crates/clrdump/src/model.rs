@@ -176,4 +176,10 @@ pub struct Snapshot {
     pub finalizer_thread: Option<u32>,
     /// Non-fatal problems met on the way.
     pub warnings: Vec<String>,
+    /// At [`Depth::Graph`]: what the parent needs to walk the heap again for the object graph.
+    #[serde(default)]
+    pub layout: Option<crate::heapwalk::HeapLayout>,
+    /// Where the worker spent its time (`analyze --timings`).
+    #[serde(default)]
+    pub phases: Vec<crate::timings::PhaseTime>,
 }

@@ -19,8 +19,14 @@ use std::collections::{BinaryHeap, HashMap};
 use serde::Serialize;
 
 use super::graph::{NodeIndex, ObjectGraph};
+use crate::phases::Phases;
 
 const UNDEFINED: u32 = u32::MAX;
+/// The anchor of objects that only the virtual super-root dominates: they are reachable
+/// from several roots, so no single object holds them.
+pub(crate) const SEVERAL_ROOTS: u32 = u32::MAX - 1;
+/// The anchor of objects no root reaches.
+pub(crate) const UNREACHABLE: u32 = u32::MAX;
 
 /// Retained bytes of one type, without double counting: an instance dominated by another
 /// instance of the same type counts only within that one (like Eclipse MAT's retained
@@ -45,6 +51,8 @@ pub struct RetainedSizes {
     idom: Vec<u32>,
     /// Per node, 0 for unreachable nodes.
     retained: Vec<u64>,
+    /// Per node: its anchor (see [`super::holders`]), [`SEVERAL_ROOTS`] or [`UNREACHABLE`].
+    anchor: Vec<u32>,
     super_root: u32,
 }
 
@@ -64,6 +72,12 @@ impl RetainedSizes {
     /// Objects no root reaches (garbage the GC had not yet collected, or missing roots).
     pub fn unreachable(&self) -> usize {
         self.idom.iter().filter(|&&d| d == UNDEFINED).count()
+    }
+
+    /// Per node: the nearest dominator of another type (see [`super::holders`]), a node,
+    /// [`SEVERAL_ROOTS`] or [`UNREACHABLE`].
+    pub(crate) fn anchors(&self) -> &[u32] {
+        &self.anchor
     }
 
     /// The `n` objects with the largest retained size, largest first.
@@ -165,108 +179,177 @@ impl RetainedSizes {
 impl ObjectGraph {
     /// Dominators and retained sizes of every object.
     pub fn retained_sizes(&self) -> RetainedSizes {
+        self.retained_sizes_observed(&mut ())
+    }
+
+    /// [`retained_sizes`](Self::retained_sizes), telling `phases` as each step begins.
+    ///
+    /// The depth-first search renumbers the graph in preorder once, and every later pass works
+    /// on arrays in that order: the predecessor lists are built from the renumbered references
+    /// (read in sequence, not through a lookup per reference), retained sizes add up in one
+    /// reverse sweep, and the holders' anchors (see [`super::holders`]) come out of one forward
+    /// sweep, since a dominator precedes what it dominates in preorder.
+    pub fn retained_sizes_observed(&self, phases: &mut dyn Phases) -> RetainedSizes {
         let n = self.len();
         let super_root = n as u32;
+        phases.begin("retention: depth-first numbering");
         let mut roots: Vec<u32> = self.roots().iter().map(|r| r.node.0).collect();
         roots.sort_unstable();
         roots.dedup();
-        let Preorder { number, vertex, parent } = Preorder::of(self, &roots);
-        let preds = predecessors(self, &roots, &number, &vertex);
+        let Preorder { vertex, parent, successors, root_numbers } = Preorder::of(self, &roots);
         drop(roots);
-        // Not needed again until the end, and rebuilt then from `vertex`: freeing it lowers
-        // the peak, which is what limits the heaps we can analyze in a memory-limited Job.
-        drop(number);
+        phases.begin("retention: predecessors");
+        let preds = predecessors(&successors, &root_numbers);
+        drop((successors, root_numbers));
+        phases.begin("retention: dominators (semi-NCA)");
         let idom_pre = semi_nca(parent, &preds);
         drop(preds);
 
-        // A dominator precedes what it dominates in preorder, so reverse preorder sees every
-        // object after everything it dominates.
-        let mut retained = vec![0u64; n];
-        for &v in &vertex[1..] {
-            retained[v as usize] = self.size(NodeIndex(v));
-        }
+        phases.begin("retention: retained sizes and anchors");
+        // Reverse preorder sees every object after everything it dominates.
+        let mut retained_pre: Vec<u64> =
+            vertex.iter().map(|&v| if v == UNDEFINED { 0 } else { self.size(NodeIndex(v)) }).collect();
         for i in (1..vertex.len()).rev() {
-            let d = idom_pre[i];
+            let d = idom_pre[i] as usize;
             if d != 0 {
-                let v = retained[vertex[i] as usize];
-                retained[vertex[d as usize] as usize] += v;
+                retained_pre[d] += retained_pre[i];
             }
         }
+        // Forward: an object's anchor is its dominator's when both have the same type.
+        let type_pre: Vec<u32> =
+            vertex.iter().map(|&v| if v == UNDEFINED { UNDEFINED } else { self.type_index_of(v) }).collect();
+        let mut anchor_pre = vec![SEVERAL_ROOTS; vertex.len()];
+        for i in 1..vertex.len() {
+            let d = idom_pre[i] as usize;
+            anchor_pre[i] = match d {
+                0 => SEVERAL_ROOTS,
+                d if type_pre[d] != type_pre[i] => vertex[d],
+                d => anchor_pre[d],
+            };
+        }
+        drop(type_pre);
         // Back to node numbering.
         let mut idom = vec![UNDEFINED; n];
-        for (&v, &dominator) in vertex.iter().zip(&idom_pre).skip(1) {
-            idom[v as usize] = if dominator == 0 { super_root } else { vertex[dominator as usize] };
+        let mut retained = vec![0u64; n];
+        let mut anchor = vec![UNREACHABLE; n];
+        for i in 1..vertex.len() {
+            let v = vertex[i] as usize;
+            let d = idom_pre[i];
+            idom[v] = if d == 0 { super_root } else { vertex[d as usize] };
+            retained[v] = retained_pre[i];
+            anchor[v] = anchor_pre[i];
         }
-        RetainedSizes { idom, retained, super_root }
+        RetainedSizes { idom, retained, anchor, super_root }
     }
 }
 
 /// A depth-first numbering from the virtual super-root (number 0) whose children are the
-/// roots, in node order.
+/// roots, in node order, and the graph renumbered that way.
 struct Preorder {
-    /// Per node: its preorder number, `UNDEFINED` if unreachable.
-    number: Vec<u32>,
     /// Per preorder number: the node (`vertex[0]` is a placeholder for the super-root).
     vertex: Vec<u32>,
     /// Per preorder number: the DFS-tree parent's number (0 for roots and the super-root).
     parent: Vec<u32>,
+    /// Per preorder number: the references, as preorder numbers.
+    successors: Csr,
+    /// The roots' preorder numbers.
+    root_numbers: Vec<u32>,
 }
 
 impl Preorder {
     fn of(graph: &ObjectGraph, roots: &[u32]) -> Preorder {
         let n = graph.len();
-        let mut number = vec![UNDEFINED; n];
-        let mut vertex = vec![UNDEFINED];
-        let mut parent = vec![0u32];
-        // (node, next child to look at): the explicit stack replaces recursion.
-        let mut stack: Vec<(u32, u32)> = Vec::new();
+        let mut dfs = Dfs {
+            graph,
+            number: vec![UNDEFINED; n],
+            vertex: Vec::with_capacity(n + 1),
+            parent: Vec::with_capacity(n + 1),
+            // The super-root (number 0) has no references of its own.
+            offsets: Vec::with_capacity(n + 2),
+            written: 0,
+        };
+        dfs.vertex.push(UNDEFINED);
+        dfs.parent.push(0);
+        dfs.offsets.push(0);
+        // Each object's references are written as the search reads them, into the run its
+        // number gets.
+        let mut targets = vec![0u32; graph.edge_count()];
+        // (node, its number, next child to look at): the explicit stack replaces recursion.
+        let mut stack: Vec<(u32, u32, u32)> = Vec::new();
         for &root in roots {
-            if number[root as usize] != UNDEFINED {
+            if dfs.number[root as usize] != UNDEFINED {
                 continue;
             }
-            number[root as usize] = vertex.len() as u32;
-            vertex.push(root);
-            parent.push(0);
-            stack.push((root, 0));
-            while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+            let i = dfs.visit(root, 0);
+            stack.push((root, i, 0));
+            while let Some(&mut (v, i, ref mut next)) = stack.last_mut() {
                 let children = graph.child_slice(v);
                 if let Some(&w) = children.get(*next as usize) {
+                    let slot = dfs.offsets[i as usize] + *next;
                     *next += 1;
-                    if number[w as usize] == UNDEFINED {
-                        let from = number[v as usize];
-                        number[w as usize] = vertex.len() as u32;
-                        vertex.push(w);
-                        parent.push(from);
-                        stack.push((w, 0));
+                    let mut k = dfs.number[w as usize];
+                    if k == UNDEFINED {
+                        k = dfs.visit(w, i);
+                        stack.push((w, k, 0));
                     }
+                    targets[slot as usize] = k;
                 } else {
                     stack.pop();
                 }
             }
         }
-        Preorder { number, vertex, parent }
+        let Dfs { number, vertex, parent, mut offsets, written, .. } = dfs;
+        offsets.push(written);
+        targets.truncate(written as usize);
+        let root_numbers = roots.iter().map(|&r| number[r as usize]).collect();
+        Preorder { vertex, parent, successors: Csr { offsets, targets }, root_numbers }
+    }
+}
+
+/// The state of [`Preorder::of`]'s search.
+struct Dfs<'g> {
+    graph: &'g ObjectGraph,
+    /// Per node: its preorder number, `UNDEFINED` until reached.
+    number: Vec<u32>,
+    vertex: Vec<u32>,
+    parent: Vec<u32>,
+    /// Per number: where its references start in the renumbered graph.
+    offsets: Vec<u32>,
+    /// References of the numbered objects so far.
+    written: u32,
+}
+
+impl Dfs<'_> {
+    /// Numbers `w`, reached from number `from`; returns its number.
+    fn visit(&mut self, w: u32, from: u32) -> u32 {
+        let i = self.vertex.len() as u32;
+        self.number[w as usize] = i;
+        self.vertex.push(w);
+        self.parent.push(from);
+        self.offsets.push(self.written);
+        self.written += self.graph.child_slice(w).len() as u32;
+        i
     }
 }
 
 /// Predecessor lists in preorder numbers, the super-root (0) being every root's: also of
 /// roots the search reached from another root first.
-fn predecessors(graph: &ObjectGraph, roots: &[u32], number: &[u32], vertex: &[u32]) -> Csr {
-    let mut counts = vec![0u32; vertex.len()];
-    for &r in roots {
-        counts[number[r as usize] as usize] += 1;
+fn predecessors(successors: &Csr, root_numbers: &[u32]) -> Csr {
+    let count = successors.offsets.len() - 1;
+    let mut counts = vec![0u32; count];
+    for &r in root_numbers {
+        counts[r as usize] += 1;
     }
-    for &v in &vertex[1..] {
-        for &w in graph.child_slice(v) {
-            counts[number[w as usize] as usize] += 1;
-        }
+    for &w in &successors.targets {
+        counts[w as usize] += 1;
     }
     Csr::from_counts(counts, |lists| {
-        for &r in roots {
-            lists.push(number[r as usize] as usize, 0);
+        for &r in root_numbers {
+            lists.push(r as usize, 0);
         }
-        for (i, &v) in vertex.iter().enumerate().skip(1) {
-            for &w in graph.child_slice(v) {
-                lists.push(number[w as usize] as usize, i as u32);
+        for i in 1..count {
+            for &w in successors.of(i) {
+                lists.push(w as usize, i as u32);
             }
         }
     })
@@ -318,24 +401,24 @@ impl CsrFiller<'_> {
 /// `parent` and the predecessor lists of a graph numbered in preorder.
 fn semi_nca(parent: Vec<u32>, preds: &Csr) -> Vec<u32> {
     let count = parent.len();
-    // semi[w]: w's semidominator. label[v]: the smallest semi on v's compressed forest path.
-    let mut semi: Vec<u32> = (0..count as u32).collect();
-    let mut label: Vec<u32> = semi.clone();
-    let mut ancestor = vec![UNDEFINED; count];
+    // semi[w]: w's semidominator. Per vertex, side by side (one cache line for both):
+    // [ancestor in the forest, the smallest semi on its compressed forest path].
+    let mut semi: Vec<u32> = Vec::with_capacity(count);
+    semi.resize(count, 0);
+    let mut forest: Vec<[u32; 2]> = (0..count as u32).map(|v| [UNDEFINED, v]).collect();
     let mut path: Vec<u32> = Vec::new();
     for w in (1..count).rev() {
-        let mut s = semi[w];
+        let mut s = w as u32;
         for &v in preds.of(w) {
-            if ancestor[v as usize] != UNDEFINED {
-                compress(v, &mut ancestor, &mut label, &mut path);
+            if forest[v as usize][ANCESTOR] != UNDEFINED {
+                compress(v, &mut forest, &mut path);
             }
-            s = s.min(label[v as usize]);
+            s = s.min(forest[v as usize][LABEL]);
         }
         semi[w] = s;
-        label[w] = s;
-        ancestor[w] = parent[w];
+        forest[w] = [parent[w], s];
     }
-    drop((label, ancestor, path));
+    drop((forest, path));
 
     // The immediate dominator is the nearest ancestor of the parent at or above the
     // semidominator; dominators of smaller numbers are final by the time they are read.
@@ -350,21 +433,25 @@ fn semi_nca(parent: Vec<u32>, preds: &Csr) -> Vec<u32> {
     idom
 }
 
+const ANCESTOR: usize = 0;
+const LABEL: usize = 1;
+
 /// Path compression of `v`'s forest path, iteratively: every vertex on it gets the smallest
 /// label above it and points straight at the tree's root.
-fn compress(v: u32, ancestor: &mut [u32], label: &mut [u32], path: &mut Vec<u32>) {
+fn compress(v: u32, forest: &mut [[u32; 2]], path: &mut Vec<u32>) {
     path.clear();
     let mut x = v;
-    while ancestor[ancestor[x as usize] as usize] != UNDEFINED {
+    while forest[forest[x as usize][ANCESTOR] as usize][ANCESTOR] != UNDEFINED {
         path.push(x);
-        x = ancestor[x as usize];
+        x = forest[x as usize][ANCESTOR];
     }
     // Top-down, as the recursive version would unwind.
     for &x in path.iter().rev() {
-        let a = ancestor[x as usize] as usize;
-        if label[a] < label[x as usize] {
-            label[x as usize] = label[a];
+        let above = forest[forest[x as usize][ANCESTOR] as usize];
+        let here = &mut forest[x as usize];
+        if above[LABEL] < here[LABEL] {
+            here[LABEL] = above[LABEL];
         }
-        ancestor[x as usize] = ancestor[a];
+        here[ANCESTOR] = above[ANCESTOR];
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::histogram::{HeapHistogram, HeapHistogramBuilder};
 use super::type_name::{clean_type_name, unknown_type_name};
+use crate::phases::Phases;
 use crate::{Error, HeapStream, Result};
 
 /// Position of an object in an [`ObjectGraph`] (objects are numbered by address order).
@@ -306,6 +307,12 @@ impl ObjectGraphBuilder {
     /// Pairs nodes with their edges, sorts by address, resolves references, roots and
     /// type names. Fails if the edge stream does not match the nodes' edge counts.
     pub fn finish(self) -> Result<ObjectGraph> {
+        self.finish_observed(&mut ())
+    }
+
+    /// [`finish`](Self::finish), telling `phases` as each step begins.
+    pub fn finish_observed(self, phases: &mut dyn Phases) -> Result<ObjectGraph> {
+        phases.begin("graph: check and order the objects");
         let received = self.edges.len() as u64;
         if received > self.announced_edges {
             return Err(Error::EdgesLeftOver { left_over: received - self.announced_edges });
@@ -356,30 +363,32 @@ impl ObjectGraphBuilder {
             (sorted_addresses, sorted_sizes, sorted_types, Some(order))
         };
 
-        let locator = Locator::new(&addresses);
-        let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
-        let mut edge_targets: Vec<u32> = Vec::with_capacity(edges.len());
-        for i in 0..addresses.len() {
-            let arrived = order.as_ref().map_or(i, |o| o[i] as usize);
-            edge_offsets.push(edge_targets.len() as u32);
-            let stream = &edges[first_edge[arrived] as usize..first_edge[arrived + 1] as usize];
-            // Objects mostly reference the next object (a node its item) and arrays their
-            // elements in order: check just after the last hit before searching.
-            let mut hint = i;
-            for &target in stream {
-                let found = match addresses.get(hint + 1) {
-                    Some(&next) if next == target => Some(hint + 1),
-                    _ => locator.find(&addresses, target),
-                };
-                if let Some(t) = found {
-                    edge_targets.push(t as u32);
-                    hint = t;
+        phases.begin("graph: resolve references (all cores)");
+        let (edge_offsets, edge_targets) = match order {
+            // The edges are already in node order: resolve them where they lie, in parallel.
+            None => resolve_in_place(&addresses, &first_edge, edges),
+            Some(order) => {
+                let locator = AddressIndex::new(&addresses);
+                let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
+                let mut edge_targets: Vec<u32> = Vec::with_capacity(edges.len());
+                for (i, &arrived) in order.iter().enumerate() {
+                    let arrived = arrived as usize;
+                    edge_offsets.push(edge_targets.len() as u32);
+                    let stream = &edges[first_edge[arrived] as usize..first_edge[arrived + 1] as usize];
+                    let mut hint = i;
+                    for &target in stream {
+                        if let Some(t) = locator.find_near(&addresses, hint, target) {
+                            edge_targets.push(t as u32);
+                            hint = t;
+                        }
+                    }
                 }
+                edge_offsets.push(edge_targets.len() as u32);
+                edge_targets.shrink_to_fit();
+                (edge_offsets, edge_targets)
             }
-        }
-        edge_offsets.push(edge_targets.len() as u32);
-        drop((edges, first_edge, order));
-        edge_targets.shrink_to_fit();
+        };
+        phases.begin("graph: type names and roots");
         // Includes the edges of dropped duplicate nodes.
         let dropped_edges = received - edge_targets.len() as u64;
 
@@ -423,28 +432,156 @@ impl ObjectGraphBuilder {
     }
 }
 
-/// Finds addresses among millions of sorted ones with few cache misses: a binary search over
-/// every 64th address (a table small enough to stay in cache) picks the block, then one
-/// search inside the block. A plain binary search misses the cache at nearly every step once
-/// the heap is larger than the cache, and references go everywhere.
-struct Locator {
-    /// `addresses[k * BLOCK]` for every k.
-    samples: Vec<u64>,
+/// Resolves every node's references (`edges`, in node order, each node's run of
+/// `first_edge`-many) to node positions, on all cores: each thread resolves one slice of the
+/// flat edge sequence where it lies, then one sequential pass drops what did not resolve and
+/// builds the offsets. `first_edge` is per node, plus the end.
+fn resolve_in_place(addresses: &[u64], first_edge: &[u32], edges: Vec<u64>) -> (Vec<u32>, Vec<u32>) {
+    let index = AddressIndex::new(addresses);
+    let mut resolved = vec![0u32; edges.len()];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    // Slices of whole nodes, about equal in edges.
+    let per_thread = edges.len().div_ceil(threads).max(1);
+    let mut bounds = vec![0usize];
+    let mut next_cut = per_thread;
+    for (node, &first) in first_edge.iter().enumerate().take(addresses.len()) {
+        if first as usize >= next_cut {
+            bounds.push(node);
+            next_cut = first as usize + per_thread;
+        }
+    }
+    bounds.push(addresses.len());
+    std::thread::scope(|scope| {
+        let mut rest: &mut [u32] = &mut resolved;
+        for w in bounds.windows(2) {
+            let (from, to) = (w[0], w[1]);
+            let (mine, others) = rest.split_at_mut((first_edge[to] - first_edge[from]) as usize);
+            rest = others;
+            let (edges, index) = (&edges, &index);
+            scope.spawn(move || {
+                let base = first_edge[from] as usize;
+                for node in from..to {
+                    // Objects mostly reference the next object (a node its item) and arrays
+                    // their elements in order: look just after the last hit first.
+                    let mut hint = node;
+                    for e in first_edge[node] as usize..first_edge[node + 1] as usize {
+                        mine[e - base] = match index.find_near(addresses, hint, edges[e]) {
+                            Some(t) => {
+                                hint = t;
+                                t as u32
+                            }
+                            None => UNRESOLVED,
+                        };
+                    }
+                }
+            });
+        }
+    });
+    drop(edges);
+    // Compact: a reference can only move towards the front.
+    let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
+    let mut kept = 0usize;
+    for node in 0..addresses.len() {
+        edge_offsets.push(kept as u32);
+        for e in first_edge[node] as usize..first_edge[node + 1] as usize {
+            let t = resolved[e];
+            if t != UNRESOLVED {
+                resolved[kept] = t;
+                kept += 1;
+            }
+        }
+    }
+    edge_offsets.push(kept as u32);
+    resolved.truncate(kept);
+    resolved.shrink_to_fit();
+    (edge_offsets, resolved)
 }
 
-const BLOCK: usize = 64;
+/// A reference that is not an object of the snapshot (node positions stay below it).
+const UNRESOLVED: u32 = u32::MAX;
 
-impl Locator {
+/// Finds an address among millions of sorted ones in constant time: one bit per 8-byte
+/// granule of the address space that holds objects, set where an object starts, and per
+/// 64-bit word of bits the number of objects before it, so a position is a rank plus a
+/// population count, read from one 16-byte entry (one cache line). A binary search missed
+/// the cache at nearly every step once the heap outgrew the cache, and references go
+/// everywhere. The address space is cut into 2 MiB blocks, found by a binary search over
+/// the few blocks that hold objects; where the objects are too sparse for bitmaps to pay
+/// (more than 16 blocks per 1,000 objects, a made-up heap) or not 8-byte aligned, a
+/// sampled binary search is used instead.
+enum AddressIndex {
+    Bitmap { blocks: Vec<u64>, words: Vec<RankedWord> },
+    Sampled { samples: Vec<u64> },
+}
+
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct RankedWord {
+    bits: u64,
+    rank: u32,
+}
+
+const BLOCK_SHIFT: u32 = 21;
+const WORDS_PER_BLOCK: usize = 1 << (BLOCK_SHIFT - 3 - 6);
+const SAMPLE_EVERY: usize = 64;
+
+impl AddressIndex {
     fn new(addresses: &[u64]) -> Self {
-        Locator { samples: addresses.iter().step_by(BLOCK).copied().collect() }
+        let mut blocks: Vec<u64> = Vec::new();
+        for &a in addresses {
+            if blocks.last() != Some(&(a >> BLOCK_SHIFT)) {
+                blocks.push(a >> BLOCK_SHIFT);
+            }
+        }
+        let aligned = addresses.iter().all(|&a| a & 7 == 0);
+        if !aligned || blocks.len() * 1000 > addresses.len().max(1000) * 16 {
+            return AddressIndex::Sampled { samples: addresses.iter().step_by(SAMPLE_EVERY).copied().collect() };
+        }
+        let mut words = vec![RankedWord::default(); blocks.len() * WORDS_PER_BLOCK];
+        let mut block = 0usize;
+        for &a in addresses {
+            while blocks[block] != a >> BLOCK_SHIFT {
+                block += 1;
+            }
+            let granule = ((a >> 3) as usize) & (WORDS_PER_BLOCK * 64 - 1);
+            words[block * WORDS_PER_BLOCK + granule / 64].bits |= 1 << (granule % 64);
+        }
+        let mut rank = 0u32;
+        for w in &mut words {
+            w.rank = rank;
+            rank += w.bits.count_ones();
+        }
+        AddressIndex::Bitmap { blocks, words }
     }
 
-    /// The position of `target` in `addresses` (the ones `new` sampled).
+    /// The position of `target` in `addresses` (the ones `new` indexed), trying `hint + 1`
+    /// first.
+    fn find_near(&self, addresses: &[u64], hint: usize, target: u64) -> Option<usize> {
+        if addresses.get(hint + 1) == Some(&target) {
+            return Some(hint + 1);
+        }
+        self.find(addresses, target)
+    }
+
     fn find(&self, addresses: &[u64], target: u64) -> Option<usize> {
-        let block = self.samples.partition_point(|&a| a <= target).checked_sub(1)?;
-        let start = block * BLOCK;
-        let end = (start + BLOCK).min(addresses.len());
-        addresses[start..end].binary_search(&target).ok().map(|k| start + k)
+        match self {
+            AddressIndex::Bitmap { blocks, words } => {
+                if target & 7 != 0 {
+                    return None;
+                }
+                let block = blocks.binary_search(&(target >> BLOCK_SHIFT)).ok()?;
+                let granule = ((target >> 3) as usize) & (WORDS_PER_BLOCK * 64 - 1);
+                let word = words[block * WORDS_PER_BLOCK + granule / 64];
+                let bit = 1u64 << (granule % 64);
+                (word.bits & bit != 0).then(|| word.rank as usize + (word.bits & (bit - 1)).count_ones() as usize)
+            }
+            AddressIndex::Sampled { samples } => {
+                let block = samples.partition_point(|&a| a <= target).checked_sub(1)?;
+                let start = block * SAMPLE_EVERY;
+                let end = (start + SAMPLE_EVERY).min(addresses.len());
+                addresses[start..end].binary_search(&target).ok().map(|k| start + k)
+            }
+        }
     }
 }
 
@@ -563,15 +700,34 @@ impl ObjectGraph {
 
 #[cfg(test)]
 mod tests {
-    use super::Locator;
+    use super::AddressIndex;
 
     #[test]
-    fn the_locator_finds_what_bisection_finds() {
-        for n in [0, 1, 63, 64, 65, 200, 1000] {
-            let addresses: Vec<u64> = (0..n as u64).map(|i| 0x1000 + i * 40 + (i % 4) * 8).collect();
-            let locator = Locator::new(&addresses);
-            for target in (0x0f00..0x1000 + 40 * n as u64 + 64).step_by(8) {
-                assert_eq!(locator.find(&addresses, target), addresses.binary_search(&target).ok(), "{n} {target:#x}");
+    fn the_address_index_finds_what_bisection_finds() {
+        // Dense heaps (bitmaps), objects across 2 MiB blocks, sparse or unaligned (sampled).
+        let layouts: [(&str, fn(u64) -> u64); 4] = [
+            ("dense", |i| 0x1000 + i * 40 + (i % 4) * 8),
+            ("blocks", |i| 0x7f00_0000_0000 + (i / 100) * (3 << 20) + (i % 100) * 24),
+            ("sparse", |i| 0x1000 + i * (5 << 20)),
+            ("unaligned", |i| 0x1001 + i * 44),
+        ];
+        for (name, at) in layouts {
+            for n in [0u64, 1, 63, 64, 65, 200, 1000, 5000] {
+                let addresses: Vec<u64> = (0..n).map(at).collect();
+                let index = AddressIndex::new(&addresses);
+                let mut probes: Vec<u64> = addresses.iter().flat_map(|&a| [a, a - 8, a + 8, a + 1]).collect();
+                probes.extend([0, 8, u64::MAX, u64::MAX - 7]);
+                for target in probes {
+                    let want = addresses.binary_search(&target).ok();
+                    assert_eq!(index.find(&addresses, target), want, "{name} {n} {target:#x}");
+                    for hint in [0, n as usize / 2] {
+                        assert_eq!(
+                            index.find_near(&addresses, hint, target),
+                            want,
+                            "{name} {n} {target:#x} near {hint}"
+                        );
+                    }
+                }
             }
         }
     }

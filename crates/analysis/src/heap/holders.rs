@@ -7,20 +7,18 @@
 //! chain. Grouping instances by (anchor, type) puts one type under two holders into two
 //! groups, each with what that holder keeps, which grouping by type alone cannot do.
 //!
-//! Cost: one `u32` per object for the anchors and a `u16` for the fan-out counts, two passes
-//! over the objects; what survives the call is the member lists of the groups kept (at most
-//! one `u32` per object, and only for objects in groups of at least `min_instances`).
+//! Cost: the anchors come with the retained sizes (one sweep in preorder, see
+//! [`super::dominators`]); here a `u16` per object for the fan-out counts and two passes over
+//! the objects; what survives the call is the member lists of the groups kept (at most one
+//! `u32` per object, and only for objects in groups of at least `min_instances`).
 
 use std::collections::HashMap;
 
 use super::dominators::RetainedSizes;
 use super::graph::{NodeIndex, ObjectGraph};
 
-/// The anchor of objects that only the virtual super-root dominates: they are reachable
-/// from several roots, so no single object holds them.
-pub(crate) const SEVERAL_ROOTS: u32 = u32::MAX - 1;
-const UNREACHABLE: u32 = u32::MAX;
-const UNSET: u32 = u32::MAX - 2;
+pub(crate) use super::dominators::SEVERAL_ROOTS;
+use super::dominators::UNREACHABLE;
 
 /// Instances of one type kept by one anchor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,91 +38,70 @@ pub(crate) struct HolderGroup {
     pub members: Vec<NodeIndex>,
 }
 
-/// Per object: its anchor (a node index, [`SEVERAL_ROOTS`] or unreachable).
-fn anchors(graph: &ObjectGraph, retained: &RetainedSizes) -> Vec<u32> {
-    let n = graph.len();
-    let mut anchor = vec![UNSET; n];
-    let mut chain: Vec<u32> = Vec::new();
-    for v in 0..n as u32 {
-        let mut cur = v;
-        let resolved = loop {
-            let known = anchor[cur as usize];
-            if known != UNSET {
-                break known;
-            }
-            if retained.retained(NodeIndex(cur)).is_none() {
-                anchor[cur as usize] = UNREACHABLE;
-                break UNREACHABLE;
-            }
-            match retained.immediate_dominator(NodeIndex(cur)) {
-                None => {
-                    anchor[cur as usize] = SEVERAL_ROOTS;
-                    break SEVERAL_ROOTS;
-                }
-                Some(d) if graph.type_index_of(d.0) != graph.type_index_of(cur) => {
-                    anchor[cur as usize] = d.0;
-                    break d.0;
-                }
-                // Same type as its dominator: a chain continues; its anchor is the chain head's.
-                Some(d) => {
-                    chain.push(cur);
-                    cur = d.0;
-                }
-            }
-        };
-        for c in chain.drain(..) {
-            anchor[c as usize] = resolved;
-        }
-    }
-    anchor
-}
-
 /// Every (anchor, type) group with at least `min_instances` instances, most instances first.
+/// The anchors come from the retention pass ([`RetainedSizes::anchor`]).
 pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_instances: u64) -> Vec<HolderGroup> {
-    let anchor = anchors(graph, retained);
+    let anchor = retained.anchors();
     // Which anchors hold enough objects (of any type) to hold a big group at all; a u16 that
     // saturates is enough to compare with thresholds in the thousands, at 2 bytes an object.
     let mut fan_out = vec![0u16; graph.len()];
-    let mut several_roots: HashMap<u32, u64> = HashMap::new();
+    let mut several_roots = vec![0u64; graph.type_names().len()];
     for (v, &a) in anchor.iter().enumerate() {
         match a {
             UNREACHABLE => {}
-            SEVERAL_ROOTS => *several_roots.entry(graph.type_index_of(v as u32)).or_default() += 1,
+            SEVERAL_ROOTS => several_roots[graph.type_index_of(v as u32) as usize] += 1,
             a => fan_out[a as usize] = fan_out[a as usize].saturating_add(1),
         }
     }
     let min_fan_out = u16::try_from(min_instances).unwrap_or(u16::MAX);
-    let mut groups: HashMap<(u32, u32), HolderGroup> = HashMap::new();
+    let mut groups: Vec<HolderGroup> = Vec::new();
+    let mut group_of: HashMap<(u32, u32), usize> = HashMap::new();
+    // Members of a group mostly come one after the other (the elements of an array, the
+    // nodes of a list): the last group found is tried before the map.
+    let mut last: Option<((u32, u32), usize)> = None;
     for (v, &a) in anchor.iter().enumerate() {
         let v = v as u32;
-        let t = graph.type_index_of(v);
         let candidate = match a {
             UNREACHABLE => false,
-            SEVERAL_ROOTS => several_roots.get(&t).is_some_and(|&c| c >= min_instances),
+            SEVERAL_ROOTS => several_roots[graph.type_index_of(v) as usize] >= min_instances,
             a => fan_out[a as usize] >= min_fan_out,
         };
         if !candidate {
             continue;
         }
+        let t = graph.type_index_of(v);
+        let key = (a, t);
+        let g = match last {
+            Some((k, g)) if k == key => g,
+            _ => {
+                let g = *group_of.entry(key).or_insert_with(|| {
+                    groups.push(HolderGroup {
+                        anchor: (a != SEVERAL_ROOTS).then_some(NodeIndex(a)),
+                        type_index: t,
+                        instances: 0,
+                        shallow_bytes: 0,
+                        retained_bytes: 0,
+                        members: Vec::new(),
+                    });
+                    groups.len() - 1
+                });
+                last = Some((key, g));
+                g
+            }
+        };
         let node = NodeIndex(v);
-        let group = groups.entry((a, t)).or_insert_with(|| HolderGroup {
-            anchor: (a != SEVERAL_ROOTS).then_some(NodeIndex(a)),
-            type_index: t,
-            instances: 0,
-            shallow_bytes: 0,
-            retained_bytes: 0,
-            members: Vec::new(),
-        });
+        let group = &mut groups[g];
         group.instances += 1;
         group.shallow_bytes += graph.size(node);
-        // Only a chain's head counts its retained size: it already includes the rest.
-        let chain_head = retained.immediate_dominator(node).is_none_or(|d| graph.type_index_of(d.0) != t);
+        // Only a chain's head counts its retained size: it already includes the rest. The head
+        // is the member its anchor dominates directly, or only the super-root.
+        let chain_head = retained.immediate_dominator(node).is_none_or(|d| d.0 == a);
         if chain_head {
             group.retained_bytes += retained.retained(node).unwrap_or(0);
         }
         group.members.push(node);
     }
-    let mut out: Vec<HolderGroup> = groups.into_values().filter(|g| g.instances >= min_instances).collect();
+    let mut out: Vec<HolderGroup> = groups.into_iter().filter(|g| g.instances >= min_instances).collect();
     out.sort_by(|a, b| {
         b.instances
             .cmp(&a.instances)

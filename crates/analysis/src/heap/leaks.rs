@@ -34,6 +34,7 @@ use super::dominators::RetainedSizes;
 use super::graph::{NodeIndex, ObjectGraph, RootKind};
 use super::holders::{HolderGroup, holder_groups};
 use super::paths::RetentionPaths;
+use crate::phases::Phases;
 
 /// When a group of instances is a leak suspect. See `docs/findings-schema.md`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,17 +144,30 @@ pub fn leak_suspects(
     heap_bytes: u64,
     t: &LeakThresholds,
 ) -> Vec<LeakSuspect> {
+    leak_suspects_observed(graph, retained, heap_bytes, t, &mut ())
+}
+
+/// [`leak_suspects`], telling `phases` as each step begins.
+pub fn leak_suspects_observed(
+    graph: &ObjectGraph,
+    retained: &RetainedSizes,
+    heap_bytes: u64,
+    t: &LeakThresholds,
+    phases: &mut dyn Phases,
+) -> Vec<LeakSuspect> {
+    phases.begin("suspects: holder groups");
     let groups = holder_groups(graph, retained, t.min_instances.max(1));
+    phases.begin("suspects: patterns and paths");
+    let kinds = TypeKinds::of(graph);
     let mut paths = None;
     let mut out: Vec<LeakSuspect> = Vec::new();
     let mut best_per_anchor: HashMap<NodeIndex, usize> = HashMap::new();
     let handles = handle_targets(graph);
     for group in &groups {
-        let type_name = graph.type_names()[group.type_index as usize].as_str();
-        if type_name == TIMER_QUEUE_TIMER {
+        if kinds.is(group.type_index, TIMER) {
             continue; // all timers together, below
         }
-        let view = GroupView::new(graph, retained, group, &handles);
+        let view = GroupView::new(graph, retained, &kinds, group, &handles);
         let pattern = view.pattern();
         let share = share(group.retained_bytes, heap_bytes);
         let big_enough = match pattern {
@@ -187,12 +201,17 @@ pub fn leak_suspects(
             }
         }
     }
+    phases.begin("suspects: timers");
     if let Some(timers) = timer_group(graph, retained)
         && timers.instances >= t.min_instances
         && timers.retained_bytes >= t.min_pattern_bytes
     {
         let paths = paths.get_or_insert_with(|| graph.retention_paths());
-        out.push(GroupView::new(graph, retained, &timers, &handles).describe(paths, LeakPattern::Timers, heap_bytes));
+        out.push(GroupView::new(graph, retained, &kinds, &timers, &handles).describe(
+            paths,
+            LeakPattern::Timers,
+            heap_bytes,
+        ));
     }
     out.sort_by(|a, b| {
         b.confidence
@@ -312,6 +331,71 @@ pub(crate) fn is_closure_type(name: &str) -> bool {
     name.contains("c__DisplayClass") || name.contains("c__AnonStorey")
 }
 
+/// What the patterns need to know of a type, per type index, read from its name once
+/// rather than per object.
+struct TypeKinds(Vec<u8>);
+
+const DELEGATE: u8 = 1;
+const CLOSURE: u8 = 2;
+const TIMER: u8 = 4;
+
+impl TypeKinds {
+    fn of(graph: &ObjectGraph) -> Self {
+        TypeKinds(
+            graph
+                .type_names()
+                .iter()
+                .map(|name| {
+                    let mut k = 0;
+                    if is_delegate_type(name) {
+                        k |= DELEGATE;
+                    }
+                    if is_closure_type(name) {
+                        k |= CLOSURE;
+                    }
+                    if name == TIMER_QUEUE_TIMER {
+                        k |= TIMER;
+                    }
+                    k
+                })
+                .collect(),
+        )
+    }
+
+    fn is(&self, type_index: u32, kind: u8) -> bool {
+        self.0[type_index as usize] & kind != 0
+    }
+
+    fn of_node(&self, graph: &ObjectGraph, node: NodeIndex, kind: u8) -> bool {
+        self.is(graph.type_index_of(node.0), kind)
+    }
+}
+
+/// From a group member to what it keeps, at most [`MAX_CHAIN`] objects, member first (see
+/// [`unwrap_chain`]): kept in place, since every member of a group has one.
+#[derive(Clone, Copy)]
+struct Chain {
+    nodes: [NodeIndex; MAX_CHAIN],
+    len: usize,
+}
+
+const MAX_CHAIN: usize = 5;
+
+impl Chain {
+    fn nodes(&self) -> &[NodeIndex] {
+        &self.nodes[..self.len]
+    }
+
+    /// The chain's types, as a key.
+    fn shape(&self, graph: &ObjectGraph) -> [u32; MAX_CHAIN] {
+        let mut key = [u32::MAX; MAX_CHAIN];
+        for (k, n) in key.iter_mut().zip(self.nodes()) {
+            *k = graph.type_index_of(n.0);
+        }
+        key
+    }
+}
+
 /// A holder group and what its members lead to.
 struct GroupView<'a> {
     graph: &'a ObjectGraph,
@@ -334,20 +418,37 @@ impl<'a> GroupView<'a> {
     fn new(
         graph: &'a ObjectGraph,
         retained: &'a RetainedSizes,
+        kinds: &TypeKinds,
         group: &'a HolderGroup,
         handles: &HashMap<u32, bool>,
     ) -> Self {
-        let mut shapes: HashMap<Vec<u32>, (u64, u64, NodeIndex)> = HashMap::new();
+        // Per chain shape: (members, of which exclusive, first member).
+        let mut shapes: HashMap<[u32; MAX_CHAIN], (u64, u64, NodeIndex)> = HashMap::new();
+        // Members of a group mostly share one shape: count a run of it before touching the map.
+        let mut run: Option<([u32; MAX_CHAIN], (u64, u64, NodeIndex))> = None;
         for &m in &group.members {
-            let chain = unwrap_chain(graph, retained, m);
-            let shape: Vec<u32> = chain.iter().map(|n| graph.type_index_of(n.0)).collect();
-            let last = *chain.last().expect("the chain starts with the member");
-            let exclusive = chain.len() == 1
-                || chain.windows(2).all(|w| retained.immediate_dominator(w[1]) == Some(w[0]))
+            let chain = unwrap_chain(graph, retained, kinds, m);
+            let nodes = chain.nodes();
+            let last = *nodes.last().expect("the chain starts with the member");
+            let exclusive = nodes.len() == 1
+                || nodes.windows(2).all(|w| retained.immediate_dominator(w[1]) == Some(w[0]))
                     && retained.retained(last).is_some();
-            let e = shapes.entry(shape).or_insert((0, 0, m));
-            e.0 += 1;
-            e.1 += u64::from(exclusive);
+            let shape = chain.shape(graph);
+            match &mut run {
+                Some((s, counts)) if *s == shape => {
+                    counts.0 += 1;
+                    counts.1 += u64::from(exclusive);
+                }
+                _ => {
+                    if let Some((s, counts)) = run.take() {
+                        merge_shape(&mut shapes, s, counts);
+                    }
+                    run = Some((shape, (1, u64::from(exclusive), m)));
+                }
+            }
+        }
+        if let Some((s, counts)) = run {
+            merge_shape(&mut shapes, s, counts);
         }
         let (count, exclusive, sample) =
             shapes.into_values().max_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2))).unwrap_or((0, 0, group.members[0]));
@@ -365,7 +466,7 @@ impl<'a> GroupView<'a> {
             graph,
             retained,
             group,
-            chain: unwrap_chain(graph, retained, sample),
+            chain: unwrap_chain(graph, retained, kinds, sample).nodes().to_vec(),
             chain_members: count,
             exclusive,
             handle_targets,
@@ -546,16 +647,27 @@ impl<'a> GroupView<'a> {
     }
 }
 
+/// Adds a run of members of one shape to the per-shape counts (the run's first member is the
+/// earliest only if the shape has not been seen before).
+fn merge_shape(
+    shapes: &mut HashMap<[u32; MAX_CHAIN], (u64, u64, NodeIndex)>,
+    shape: [u32; MAX_CHAIN],
+    (count, exclusive, first): (u64, u64, NodeIndex),
+) {
+    let e = shapes.entry(shape).or_insert((0, 0, first));
+    e.0 += count;
+    e.1 += exclusive;
+}
+
 /// From a group member to what it keeps: a timer to its callback, a delegate to its target,
 /// a closure to its largest capture. At most four hops; member first.
-fn unwrap_chain(graph: &ObjectGraph, retained: &RetainedSizes, member: NodeIndex) -> Vec<NodeIndex> {
-    let mut chain = vec![member];
+fn unwrap_chain(graph: &ObjectGraph, retained: &RetainedSizes, kinds: &TypeKinds, member: NodeIndex) -> Chain {
+    let mut chain = Chain { nodes: [member; MAX_CHAIN], len: 1 };
     let mut cur = member;
-    for _ in 0..4 {
-        let name = graph.type_name(cur);
-        let next = if name == TIMER_QUEUE_TIMER {
-            graph.children(cur).find(|&c| is_delegate_type(graph.type_name(c)))
-        } else if is_delegate_type(name) || is_closure_type(name) {
+    for _ in 0..MAX_CHAIN - 1 {
+        let next = if kinds.of_node(graph, cur, TIMER) {
+            graph.children(cur).find(|&c| kinds.of_node(graph, c, DELEGATE))
+        } else if kinds.of_node(graph, cur, DELEGATE | CLOSURE) {
             // Prefer what this object keeps to itself (a closure may also capture `this`).
             graph.children(cur).filter(|&c| c != cur && retained.retained(c).is_some()).max_by_key(|&c| {
                 (retained.immediate_dominator(c) == Some(cur), retained.retained(c), std::cmp::Reverse(c))
@@ -564,8 +676,9 @@ fn unwrap_chain(graph: &ObjectGraph, retained: &RetainedSizes, member: NodeIndex
             None
         };
         match next {
-            Some(c) if !chain.contains(&c) => {
-                chain.push(c);
+            Some(c) if !chain.nodes().contains(&c) => {
+                chain.nodes[chain.len] = c;
+                chain.len += 1;
                 cur = c;
             }
             _ => break,

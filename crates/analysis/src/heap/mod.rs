@@ -19,7 +19,7 @@ pub use growth::{
     GrowthThresholds, GrowthVerdict, HeapSummary, growth_verdicts, summarize, top_growing, wants_holders,
 };
 pub use histogram::{HeapHistogram, HeapHistogramBuilder, TypeGrowth, TypeStats};
-pub use leaks::{Confidence, LeakPattern, LeakSuspect, LeakThresholds, leak_suspects};
+pub use leaks::{Confidence, LeakPattern, LeakSuspect, LeakThresholds, leak_suspects, leak_suspects_observed};
 pub(crate) use leaks::{human_bytes, thousands};
 pub use paths::{PathGroup, PathStep, RetentionPath, RetentionPaths};
 pub use type_name::{clean_type_name, unknown_type_name};
