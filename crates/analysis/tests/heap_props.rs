@@ -192,6 +192,21 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn a_search_that_stops_at_its_targets_gives_their_full_search_paths(
+        h in heap(),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let g = build(&h);
+        let full = g.retention_paths();
+        let targets: Vec<_> = picks.iter().map(|p| idx(&g, p.index(h.sizes.len()))).collect();
+        let partial = g.retention_paths_to(&targets);
+        for &t in &targets {
+            prop_assert_eq!(partial.path_to(t), full.path_to(t));
+            prop_assert_eq!(partial.is_reachable(t), full.is_reachable(t));
+        }
+    }
 }
 
 proptest! {

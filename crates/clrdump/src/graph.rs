@@ -6,18 +6,10 @@ use analysis::heap::{ObjectGraph, ObjectGraphBuilder, RootKind};
 
 use crate::core::CoreDump;
 use crate::error::Result;
-use crate::heapwalk::{HeapLayout, ObjectSink, walk_graph};
+use crate::heapwalk::{HeapLayout, walk_graph};
 use crate::model::{RootSource, Snapshot};
 use crate::names::simplify_type_name;
 use crate::timings::PhaseClock;
-
-impl ObjectSink for ObjectGraphBuilder {
-    fn object(&mut self, address: u64, size: u64, type_index: u32, references: &[u64]) -> Result<()> {
-        self.add_node(address, size, u64::from(type_index), references.len() as u64);
-        self.add_edges(references.iter().copied());
-        Ok(())
-    }
-}
 
 /// Walks the heap of `core` with the worker's `layout`, then names the types and adds the
 /// roots of `snapshot` (the type indexes point into its histogram) and resolves the
@@ -30,6 +22,9 @@ pub(crate) fn build(
 ) -> Result<ObjectGraph> {
     clock.start("graph: walk the heap, read references");
     let mut builder = ObjectGraphBuilder::new();
+    // The worker's count, which no heap can exceed: objects are 24 bytes at least.
+    let expected = snapshot.heap.objects.min(snapshot.heap.walked_bytes / 24);
+    builder.reserve_nodes(usize::try_from(expected).unwrap_or(0));
     let objects = walk_graph(core, layout, &mut builder)?;
     if objects != snapshot.heap.objects {
         snapshot.warnings.push(format!(

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use analysis::heap::ObjectGraphBuilder;
+
 use crate::core::CoreDump;
 use crate::dac::{Dac, GenerationData};
 use crate::error::{Error, Result};
@@ -59,12 +61,6 @@ pub struct HeapLayout {
     ranges: Vec<Range>,
     alloc_contexts: Vec<(u64, u64)>,
     types: Vec<TypeLayout>,
-}
-
-/// Receives every object of a heap walk, in address order, with its non-null references.
-pub(crate) trait ObjectSink {
-    /// One object; `type_index` points into the walk's histogram.
-    fn object(&mut self, address: u64, size: u64, type_index: u32, references: &[u64]) -> Result<()>;
 }
 
 /// How the walk finds a MethodTable's [`TypeInfo`].
@@ -337,10 +333,10 @@ impl TypeLookup for KnownTypes {
     }
 }
 
-/// Walks the heap of `core` again with the worker's `layout` (no DAC), handing every object
-/// and its non-null references to `sink`; returns the objects walked. The walk meets the
+/// Walks the heap of `core` again with the worker's `layout` (no DAC), adding every object
+/// and its non-null references to `builder`; returns the objects walked. The walk meets the
 /// same objects as the worker's, since it reads the same bytes with the same rules.
-pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, sink: &mut impl ObjectSink) -> Result<u64> {
+pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut ObjectGraphBuilder) -> Result<u64> {
     let mut types = KnownTypes(
         layout
             .types
@@ -359,15 +355,16 @@ pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, sink: &mut impl O
             .collect(),
     );
     let mut counts = WalkCounts::default();
-    let mut references = Vec::new();
     let mut objects = 0u64;
     walk_objects(core, &layout.ranges, &layout.alloc_contexts, &mut types, &mut counts, |obj, size, info, bytes| {
-        references.clear();
-        if let Some(desc) = &layout.types[info.index as usize].references {
-            desc.references(bytes, &mut references);
-        }
+        let desc = layout.types[info.index as usize].references.as_ref();
+        builder.add_node_with(obj, size, u64::from(info.index), |edges| {
+            if let Some(desc) = desc {
+                desc.references(bytes, edges);
+            }
+        });
         objects += 1;
-        sink.object(obj, size, info.index, &references)
+        Ok(())
     })?;
     Ok(objects)
 }

@@ -215,29 +215,26 @@ impl ObjectGraph {
                 retained_pre[d] += retained_pre[i];
             }
         }
-        // Forward: an object's anchor is its dominator's when both have the same type.
-        let type_pre: Vec<u32> =
-            vertex.iter().map(|&v| if v == UNDEFINED { UNDEFINED } else { self.type_index_of(v) }).collect();
-        let mut anchor_pre = vec![SEVERAL_ROOTS; vertex.len()];
-        for i in 1..vertex.len() {
-            let d = idom_pre[i] as usize;
-            anchor_pre[i] = match d {
-                0 => SEVERAL_ROOTS,
-                d if type_pre[d] != type_pre[i] => vertex[d],
-                d => anchor_pre[d],
-            };
-        }
-        drop(type_pre);
-        // Back to node numbering.
+        // Forward, and back to node numbering on the way: an object's anchor is its
+        // dominator's when both have the same type. Per number, [type, anchor] side by side.
+        let mut type_and_anchor = vec![[UNDEFINED, SEVERAL_ROOTS]; vertex.len()];
         let mut idom = vec![UNDEFINED; n];
         let mut retained = vec![0u64; n];
         let mut anchor = vec![UNREACHABLE; n];
         for i in 1..vertex.len() {
-            let v = vertex[i] as usize;
-            let d = idom_pre[i];
-            idom[v] = if d == 0 { super_root } else { vertex[d as usize] };
+            let v = vertex[i];
+            let t = self.type_index_of(v);
+            let d = idom_pre[i] as usize;
+            let a = match d {
+                0 => SEVERAL_ROOTS,
+                d if type_and_anchor[d][0] != t => vertex[d],
+                d => type_and_anchor[d][1],
+            };
+            type_and_anchor[i] = [t, a];
+            let v = v as usize;
+            idom[v] = if d == 0 { super_root } else { vertex[d] };
             retained[v] = retained_pre[i];
-            anchor[v] = anchor_pre[i];
+            anchor[v] = a;
         }
         RetainedSizes { idom, retained, anchor, super_root }
     }
@@ -410,6 +407,12 @@ fn semi_nca(parent: Vec<u32>, preds: &Csr) -> Vec<u32> {
     for w in (1..count).rev() {
         let mut s = w as u32;
         for &v in preds.of(w) {
+            // A predecessor numbered before w is not in the forest yet (vertices join it in
+            // decreasing order): its label is itself, no need to look.
+            if (v as usize) < w {
+                s = s.min(v);
+                continue;
+            }
             if forest[v as usize][ANCESTOR] != UNDEFINED {
                 compress(v, &mut forest, &mut path);
             }

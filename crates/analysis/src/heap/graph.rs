@@ -270,6 +270,23 @@ impl ObjectGraphBuilder {
         self.announced_edges += edge_count;
     }
 
+    /// Room for `nodes` more objects, when their number is known up front (a dump's walk).
+    pub fn reserve_nodes(&mut self, nodes: usize) {
+        self.addresses.reserve(nodes);
+        self.sizes.small.reserve(nodes);
+        self.type_indexes.reserve(nodes);
+        self.edge_counts.reserve(nodes);
+    }
+
+    /// One object and its references at once: `references` appends the referenced
+    /// addresses to the vector it is given (the builder's own, so they are copied once).
+    pub fn add_node_with(&mut self, address: u64, size: u64, type_id: u64, references: impl FnOnce(&mut Vec<u64>)) {
+        let before = self.edges.len();
+        references(&mut self.edges);
+        let count = (self.edges.len() - before) as u64;
+        self.add_node(address, size, type_id, count);
+    }
+
     /// One `GCBulkEdge` value (the referenced object's address), in stream order.
     pub fn add_edge(&mut self, target_address: u64) {
         self.edges.push(target_address);
@@ -505,14 +522,25 @@ const UNRESOLVED: u32 = u32::MAX;
 /// 64-bit word of bits the number of objects before it, so a position is a rank plus a
 /// population count, read from one 16-byte entry (one cache line). A binary search missed
 /// the cache at nearly every step once the heap outgrew the cache, and references go
-/// everywhere. The address space is cut into 2 MiB blocks, found by a binary search over
-/// the few blocks that hold objects; where the objects are too sparse for bitmaps to pay
-/// (more than 16 blocks per 1,000 objects, a made-up heap) or not 8-byte aligned, a
-/// sampled binary search is used instead.
+/// everywhere. The address space is cut into 2 MiB blocks, found through a table over the
+/// span of blocks that hold objects (a binary search over them where that span is mostly
+/// empty); where the objects are too sparse for bitmaps to pay (more than 16 blocks per
+/// 1,000 objects, a made-up heap) or not 8-byte aligned, a sampled binary search is used
+/// instead.
 enum AddressIndex {
-    Bitmap { blocks: Vec<u64>, words: Vec<RankedWord> },
-    Sampled { samples: Vec<u64> },
+    Bitmap {
+        blocks: Vec<u64>,
+        /// Per block from `blocks[0]` on: its position in `blocks`, or `NO_BLOCK`; empty when
+        /// the span is too sparse for a table.
+        table: Vec<u32>,
+        words: Vec<RankedWord>,
+    },
+    Sampled {
+        samples: Vec<u64>,
+    },
 }
+
+const NO_BLOCK: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(16))]
@@ -551,13 +579,25 @@ impl AddressIndex {
             w.rank = rank;
             rank += w.bits.count_ones();
         }
-        AddressIndex::Bitmap { blocks, words }
+        let span = match (blocks.first(), blocks.last()) {
+            (Some(first), Some(last)) => (last - first + 1) as usize,
+            _ => 0,
+        };
+        let mut table = Vec::new();
+        if span <= blocks.len() * 4 + 1024 {
+            table = vec![NO_BLOCK; span];
+            for (i, b) in blocks.iter().enumerate() {
+                table[(b - blocks[0]) as usize] = i as u32;
+            }
+        }
+        AddressIndex::Bitmap { blocks, table, words }
     }
 
-    /// The position of `target` in `addresses` (the ones `new` indexed), trying `hint + 1`
-    /// first.
+    /// The position of `target` in `addresses` (the ones `new` indexed). The sampled search
+    /// tries `hint + 1` first; the bitmaps are as quick without (and reading `addresses` at
+    /// a random hint would miss the cache for the references that go anywhere).
     fn find_near(&self, addresses: &[u64], hint: usize, target: u64) -> Option<usize> {
-        if addresses.get(hint + 1) == Some(&target) {
+        if matches!(self, AddressIndex::Sampled { .. }) && addresses.get(hint + 1) == Some(&target) {
             return Some(hint + 1);
         }
         self.find(addresses, target)
@@ -565,11 +605,19 @@ impl AddressIndex {
 
     fn find(&self, addresses: &[u64], target: u64) -> Option<usize> {
         match self {
-            AddressIndex::Bitmap { blocks, words } => {
+            AddressIndex::Bitmap { blocks, table, words } => {
                 if target & 7 != 0 {
                     return None;
                 }
-                let block = blocks.binary_search(&(target >> BLOCK_SHIFT)).ok()?;
+                let block = if table.is_empty() {
+                    blocks.binary_search(&(target >> BLOCK_SHIFT)).ok()?
+                } else {
+                    let slot = (target >> BLOCK_SHIFT).checked_sub(blocks[0])?;
+                    match table.get(usize::try_from(slot).ok()?) {
+                        Some(&b) if b != NO_BLOCK => b as usize,
+                        _ => return None,
+                    }
+                };
                 let granule = ((target >> 3) as usize) & (WORDS_PER_BLOCK * 64 - 1);
                 let word = words[block * WORDS_PER_BLOCK + granule / 64];
                 let bit = 1u64 << (granule % 64);
@@ -704,10 +752,12 @@ mod tests {
 
     #[test]
     fn the_address_index_finds_what_bisection_finds() {
-        // Dense heaps (bitmaps), objects across 2 MiB blocks, sparse or unaligned (sampled).
-        let layouts: [(&str, fn(u64) -> u64); 4] = [
+        // Dense heaps (bitmaps), objects across 2 MiB blocks (found through a table, or by
+        // bisection where the blocks are far apart), sparse or unaligned (sampled).
+        let layouts: [(&str, fn(u64) -> u64); 5] = [
             ("dense", |i| 0x1000 + i * 40 + (i % 4) * 8),
             ("blocks", |i| 0x7f00_0000_0000 + (i / 100) * (3 << 20) + (i % 100) * 24),
+            ("far blocks", |i| 0x7f00_0000_0000 + (i / 100) * (200 << 21) + (i % 100) * 24),
             ("sparse", |i| 0x1000 + i * (5 << 20)),
             ("unaligned", |i| 0x1001 + i * 44),
         ];

@@ -157,12 +157,10 @@ pub fn leak_suspects_observed(
 ) -> Vec<LeakSuspect> {
     phases.begin("suspects: holder groups");
     let groups = holder_groups(graph, retained, t.min_instances.max(1));
-    phases.begin("suspects: patterns and paths");
+    phases.begin("suspects: patterns");
     let kinds = TypeKinds::of(graph);
-    let mut paths = None;
-    let mut out: Vec<LeakSuspect> = Vec::new();
-    let mut best_per_anchor: HashMap<NodeIndex, usize> = HashMap::new();
     let handles = handle_targets(graph);
+    let mut found: Vec<(GroupView<'_>, LeakPattern)> = Vec::new();
     for group in &groups {
         if kinds.is(group.type_index, TIMER) {
             continue; // all timers together, below
@@ -179,39 +177,45 @@ pub fn leak_suspects_observed(
                 group.retained_bytes >= t.min_retained_bytes && share >= t.min_heap_share
             }
         };
-        if !big_enough {
+        if big_enough {
+            found.push((view, pattern));
+        }
+    }
+    phases.begin("suspects: timers");
+    let timers = timer_group(graph, retained)
+        .filter(|timers| timers.instances >= t.min_instances && timers.retained_bytes >= t.min_pattern_bytes);
+    if let Some(timers) = &timers {
+        found.push((GroupView::new(graph, retained, &kinds, timers, &handles), LeakPattern::Timers));
+    }
+
+    phases.begin("suspects: retention paths of the holders");
+    let targets: Vec<NodeIndex> = found.iter().map(|(view, _)| view.path_target()).collect();
+    let paths = graph.retention_paths_to(&targets);
+    let mut out: Vec<LeakSuspect> = Vec::new();
+    let mut best_per_anchor: HashMap<NodeIndex, usize> = HashMap::new();
+    for (view, pattern) in &found {
+        let suspect = view.describe(&paths, *pattern, heap_bytes);
+        if *pattern == LeakPattern::Timers {
+            out.push(suspect);
             continue;
         }
-        let paths = paths.get_or_insert_with(|| graph.retention_paths());
-        let suspect = view.describe(paths, pattern, heap_bytes);
         // A dictionary's entries array holds its keys and its values: one collection suspect
         // per holder (objects of several roots have no holder in common).
-        let same_holder = group.anchor.and_then(|a| best_per_anchor.get(&a).copied());
+        let anchor = view.group.anchor;
+        let same_holder = anchor.and_then(|a| best_per_anchor.get(&a).copied());
         match same_holder {
-            Some(i) if pattern == LeakPattern::Collection && out[i].pattern == LeakPattern::Collection => {
+            Some(i) if *pattern == LeakPattern::Collection && out[i].pattern == LeakPattern::Collection => {
                 if suspect.retained_bytes > out[i].retained_bytes {
                     out[i] = suspect;
                 }
             }
             _ => {
-                if let Some(a) = group.anchor {
+                if let Some(a) = anchor {
                     best_per_anchor.insert(a, out.len());
                 }
                 out.push(suspect);
             }
         }
-    }
-    phases.begin("suspects: timers");
-    if let Some(timers) = timer_group(graph, retained)
-        && timers.instances >= t.min_instances
-        && timers.retained_bytes >= t.min_pattern_bytes
-    {
-        let paths = paths.get_or_insert_with(|| graph.retention_paths());
-        out.push(GroupView::new(graph, retained, &kinds, &timers, &handles).describe(
-            paths,
-            LeakPattern::Timers,
-            heap_bytes,
-        ));
     }
     out.sort_by(|a, b| {
         b.confidence
@@ -235,6 +239,27 @@ fn handle_targets(graph: &ObjectGraph) -> HashMap<u32, bool> {
         *out.entry(r.node.0).or_default() |= pinned;
     }
     out
+}
+
+/// Of `group`'s members, those a strong or pinned GC handle holds, of those the pinned ones,
+/// and what they retain.
+fn count_handle_targets(
+    retained: &RetainedSizes,
+    group: &HolderGroup,
+    handles: &HashMap<u32, bool>,
+) -> (u64, u64, u64) {
+    let mut counts = (0, 0, 0);
+    if handles.is_empty() {
+        return counts;
+    }
+    for m in &group.members {
+        if let Some(pinned) = handles.get(&m.0) {
+            counts.0 += 1;
+            counts.1 += u64::from(*pinned);
+            counts.2 += retained.retained(*m).unwrap_or(0);
+        }
+    }
+    counts
 }
 
 fn share(bytes: u64, heap_bytes: u64) -> f64 {
@@ -422,6 +447,22 @@ impl<'a> GroupView<'a> {
         group: &'a HolderGroup,
         handles: &HashMap<u32, bool>,
     ) -> Self {
+        let handle_targets =
+            if group.anchor.is_none() { count_handle_targets(retained, group, handles) } else { (0, 0, 0) };
+        if !kinds.is(group.type_index, TIMER | DELEGATE | CLOSURE) {
+            // Members that are no timer, delegate or closure lead nowhere: each is its own
+            // chain, all of one shape, kept to itself.
+            let members = group.members.len() as u64;
+            return GroupView {
+                graph,
+                retained,
+                group,
+                chain: vec![group.members[0]],
+                chain_members: members,
+                exclusive: members,
+                handle_targets,
+            };
+        }
         // Per chain shape: (members, of which exclusive, first member).
         let mut shapes: HashMap<[u32; MAX_CHAIN], (u64, u64, NodeIndex)> = HashMap::new();
         // Members of a group mostly share one shape: count a run of it before touching the map.
@@ -452,16 +493,6 @@ impl<'a> GroupView<'a> {
         }
         let (count, exclusive, sample) =
             shapes.into_values().max_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2))).unwrap_or((0, 0, group.members[0]));
-        let mut handle_targets = (0, 0, 0);
-        if group.anchor.is_none() {
-            for m in &group.members {
-                if let Some(pinned) = handles.get(&m.0) {
-                    handle_targets.0 += 1;
-                    handle_targets.1 += u64::from(*pinned);
-                    handle_targets.2 += retained.retained(*m).unwrap_or(0);
-                }
-            }
-        }
         GroupView {
             graph,
             retained,
@@ -499,6 +530,12 @@ impl<'a> GroupView<'a> {
         } else {
             LeakPattern::Collection
         }
+    }
+
+    /// The object whose retention path [`Self::describe`] needs: the holder, or the first
+    /// member's chain when several roots hold the group.
+    fn path_target(&self) -> NodeIndex {
+        self.group.anchor.unwrap_or(self.chain[0])
     }
 
     fn describe(&self, paths: &RetentionPaths<'_>, pattern: LeakPattern, heap_bytes: u64) -> LeakSuspect {

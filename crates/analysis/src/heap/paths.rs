@@ -5,6 +5,10 @@
 //! and a tier only reaches objects the better tiers did not: a leaked object is usually
 //! also reachable from some running method's locals, but the finding must name the static
 //! field or handle that holds it for good.
+//!
+//! Leak suspects need the paths of a handful of holders only: [`ObjectGraph::retention_paths_to`]
+//! stops the search once it has reached them, and its per-object arrays start as zero pages
+//! that only the objects searched ever touch.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -56,18 +60,23 @@ pub struct PathGroup {
     pub bytes: u64,
 }
 
-const UNREACHED: u32 = u32::MAX;
-const ROOTED: u32 = u32::MAX - 1;
+/// `parent` of an object not reached (zero, so the array starts as untouched zero pages).
+const UNREACHED: u32 = 0;
+/// `parent` of a rooted object.
+const ROOTED: u32 = u32::MAX;
+/// `parent` of a wanted object not reached yet.
+const WANTED: u32 = u32::MAX - 1;
 
 /// Shortest-path tree from the roots (tiered as described in the module docs).
 #[derive(Clone, Debug)]
 pub struct RetentionPaths<'g> {
     graph: &'g ObjectGraph,
-    /// Predecessor on the path, or `ROOTED` / `UNREACHED`.
+    /// Predecessor on the path plus one, or `ROOTED` / `UNREACHED` (/ `WANTED` while
+    /// searching).
     parent: Vec<u32>,
     /// Objects from the root, 0 for a rooted object.
     depth: Vec<u32>,
-    /// Rank of the root kind the object was reached from.
+    /// Rank of the root kind the object was reached from, plus one (0: not reached).
     tier: Vec<u8>,
     /// For rooted objects: which root (index into `graph.roots()`).
     root_of: HashMap<u32, u32>,
@@ -76,36 +85,79 @@ pub struct RetentionPaths<'g> {
 impl ObjectGraph {
     /// Searches the whole graph once; query many paths from the result.
     pub fn retention_paths(&self) -> RetentionPaths<'_> {
+        self.search_paths(&[])
+    }
+
+    /// The paths to `targets` only: the search stops once it has reached them all. Paths to
+    /// other objects may be missing from the result.
+    pub fn retention_paths_to(&self, targets: &[NodeIndex]) -> RetentionPaths<'_> {
+        if targets.is_empty() {
+            return RetentionPaths {
+                graph: self,
+                parent: Vec::new(),
+                depth: Vec::new(),
+                tier: Vec::new(),
+                root_of: HashMap::new(),
+            };
+        }
+        self.search_paths(targets)
+    }
+
+    /// The tiered breadth-first search; with `targets`, until they are all reached.
+    fn search_paths(&self, targets: &[NodeIndex]) -> RetentionPaths<'_> {
         let n = self.len();
         let mut parent = vec![UNREACHED; n];
         let mut depth = vec![0u32; n];
-        let mut tier = vec![u8::MAX; n];
+        let mut tier = vec![0u8; n];
+        let mut wanted = 0usize;
+        for t in targets {
+            if parent[t.index()] != WANTED {
+                parent[t.index()] = WANTED;
+                wanted += 1;
+            }
+        }
+        let everything = targets.is_empty();
         let mut root_of = HashMap::new();
         let mut queue: VecDeque<u32> = VecDeque::new();
         let roots = self.roots();
         let mut next_root = 0;
         // Roots are sorted by rank: seed one rank, exhaust it, then the next.
-        while next_root < roots.len() {
+        'tiers: while next_root < roots.len() {
             let rank = roots[next_root].kind.rank();
             while next_root < roots.len() && roots[next_root].kind.rank() == rank {
                 let node = roots[next_root].node.0;
-                if parent[node as usize] == UNREACHED {
+                let p = parent[node as usize];
+                if p == UNREACHED || p == WANTED {
+                    wanted -= usize::from(p == WANTED);
                     parent[node as usize] = ROOTED;
-                    tier[node as usize] = rank;
+                    tier[node as usize] = rank + 1;
                     root_of.insert(node, next_root as u32);
                     queue.push_back(node);
                 }
                 next_root += 1;
             }
             while let Some(v) = queue.pop_front() {
+                if !everything && wanted == 0 {
+                    break 'tiers;
+                }
                 for &child in self.child_slice(v) {
                     let c = child as usize;
-                    if parent[c] == UNREACHED {
-                        parent[c] = v;
+                    let p = parent[c];
+                    if p == UNREACHED || p == WANTED {
+                        wanted -= usize::from(p == WANTED);
+                        parent[c] = v + 1;
                         depth[c] = depth[v as usize] + 1;
-                        tier[c] = rank;
+                        tier[c] = rank + 1;
                         queue.push_back(child);
                     }
+                }
+            }
+        }
+        // Targets no root reaches.
+        if wanted > 0 {
+            for t in targets {
+                if parent[t.index()] == WANTED {
+                    parent[t.index()] = UNREACHED;
                 }
             }
         }
@@ -140,7 +192,7 @@ impl ObjectGraph {
 impl RetentionPaths<'_> {
     /// True if some root reaches `node`.
     pub fn is_reachable(&self, node: NodeIndex) -> bool {
-        self.parent[node.index()] != UNREACHED
+        self.parent.get(node.index()).is_some_and(|&p| p != UNREACHED)
     }
 
     /// The path from a root to `target`, or `None` if unreachable.
@@ -190,7 +242,7 @@ impl RetentionPaths<'_> {
         let mut shapes = PathShapes::new(self.graph.len());
         let mut groups: HashMap<u32, Group> = HashMap::new();
         for node in 0..self.graph.len() as u32 {
-            if !wanted[self.graph.type_index_of(node) as usize] || self.parent[node as usize] == UNREACHED {
+            if !wanted[self.graph.type_index_of(node) as usize] || !self.is_reachable(NodeIndex(node)) {
                 continue;
             }
             let shape = shapes.of(self, node, &kind_of_root);
@@ -227,7 +279,7 @@ impl RetentionPaths<'_> {
 
     /// Nodes from the rooted object to `target`.
     fn chain(&self, target: u32) -> Option<Vec<u32>> {
-        if self.parent[target as usize] == UNREACHED {
+        if !self.is_reachable(NodeIndex(target)) {
             return None;
         }
         let mut nodes = Vec::with_capacity(self.depth[target as usize] as usize + 1);
@@ -236,7 +288,7 @@ impl RetentionPaths<'_> {
             nodes.push(current);
             match self.parent[current as usize] {
                 ROOTED => break,
-                p => current = p,
+                p => current = p - 1,
             }
         }
         nodes.reverse();
@@ -246,7 +298,7 @@ impl RetentionPaths<'_> {
 
 /// Ids of path shapes (root kind + types from the root down), memoized per object.
 struct PathShapes {
-    /// Per object: its shape, or `UNREACHED` until computed.
+    /// Per object: its shape, or `NO_SHAPE` until computed.
     of_node: Vec<u32>,
     /// (parent's shape, or `ROOT_KIND | kind` for a rooted object; the object's type) → id.
     ids: HashMap<(u64, u32), u32>,
@@ -256,12 +308,15 @@ struct PathShapes {
     pending: Vec<u32>,
 }
 
+/// `of_node` of an object whose shape is not known yet.
+const NO_SHAPE: u32 = u32::MAX;
+
 /// Marks a root kind in a shape key, apart from the shape ids below 2^32.
 const ROOT_KIND: u64 = 1 << 32;
 
 impl PathShapes {
     fn new(nodes: usize) -> Self {
-        PathShapes { of_node: vec![UNREACHED; nodes], ids: HashMap::new(), top: Vec::new(), pending: Vec::new() }
+        PathShapes { of_node: vec![NO_SHAPE; nodes], ids: HashMap::new(), top: Vec::new(), pending: Vec::new() }
     }
 
     /// The shape of reachable `node`'s path.
@@ -269,18 +324,18 @@ impl PathShapes {
         self.pending.clear();
         let mut current = node;
         // Up to the first object already numbered, or the rooted object.
-        while self.of_node[current as usize] == UNREACHED {
+        while self.of_node[current as usize] == NO_SHAPE {
             self.pending.push(current);
             match paths.parent[current as usize] {
                 ROOTED => break,
-                p => current = p,
+                p => current = p - 1,
             }
         }
         while let Some(v) = self.pending.pop() {
             let (parent_key, top) = match paths.parent[v as usize] {
                 ROOTED => (ROOT_KIND | u64::from(kind_of_root[paths.root_of[&v] as usize]), v),
                 p => {
-                    let shape = self.of_node[p as usize];
+                    let shape = self.of_node[(p - 1) as usize];
                     (u64::from(shape), self.top[shape as usize])
                 }
             };
