@@ -77,6 +77,29 @@ impl CoreDump {
         self.map.get(start..start + len as usize)
     }
 
+    /// Lets go of the pages mapped for `[addr, addr + len)` of one PT_LOAD (whole pages
+    /// inside it only): a walk over the heap is done with them. They stay in the page cache,
+    /// where the kernel can reclaim them, instead of counting as this process' mapped memory
+    /// until the dump is closed, which a memory-limited analysis Job cannot afford on top of
+    /// the object graph. Reading them again is still correct (they fault back in).
+    #[allow(unsafe_code)]
+    pub fn release(&self, addr: u64, len: u64) {
+        let Some(l) = self.elf.load_for(addr) else { return };
+        let rel = addr - l.vaddr;
+        let len = len.min(l.filesz.saturating_sub(rel));
+        let start = (l.offset + rel).next_multiple_of(PAGE);
+        let end = (l.offset + rel + len) & !(PAGE - 1);
+        if end <= start || end as usize > self.map.len() {
+            return;
+        }
+        // SAFETY: the mapping is a read-only private mapping of a file nobody writes through
+        // it; MADV_DONTNEED only drops its page-table entries, and any later read of these
+        // bytes (through a slice still held, say) faults the same file contents back in.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+        };
+    }
+
     /// The bytes from `addr` to the end of its PT_LOAD.
     pub fn slice_to_end(&self, addr: u64) -> Option<&[u8]> {
         let l = self.elf.load_for(addr)?;

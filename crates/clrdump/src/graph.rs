@@ -2,6 +2,8 @@
 //! worker found ([`crate::heapwalk::walk_graph`]), names the types readably and adds the GC
 //! roots as the analysis names them.
 
+use std::path::Path;
+
 use analysis::heap::{ObjectGraph, ObjectGraphBuilder, RootKind};
 
 use crate::core::CoreDump;
@@ -11,21 +13,24 @@ use crate::model::{RootSource, Snapshot};
 use crate::names::simplify_type_name;
 use crate::timings::PhaseClock;
 
-/// Walks the heap of `core` with the worker's `layout`, then names the types and adds the
+/// Walks the heap of the dump at `core_path` with the worker's `layout`, then names the types and adds the
 /// roots of `snapshot` (the type indexes point into its histogram) and resolves the
 /// references. Warns in `snapshot` if the walk met other objects than the worker's.
 pub(crate) fn build(
-    core: &CoreDump,
+    core_path: &Path,
     layout: &HeapLayout,
     snapshot: &mut Snapshot,
     clock: &mut PhaseClock,
 ) -> Result<ObjectGraph> {
     clock.start("graph: walk the heap, read references");
+    // Mapped for the walk only: the references resolve without it.
+    let core = CoreDump::open(core_path)?;
     let mut builder = ObjectGraphBuilder::new();
     // The worker's count, which no heap can exceed: objects are 24 bytes at least.
     let expected = snapshot.heap.objects.min(snapshot.heap.walked_bytes / 24);
     builder.reserve_nodes(usize::try_from(expected).unwrap_or(0));
-    let objects = walk_graph(core, layout, &mut builder)?;
+    let objects = walk_graph(&core, layout, &mut builder)?;
+    drop(core);
     if objects != snapshot.heap.objects {
         snapshot.warnings.push(format!(
             "the object graph has {objects} objects but the heap walk counted {}: retention figures may be off",

@@ -98,7 +98,12 @@ fn walk_objects(
         };
         counts.walked_bytes += bytes.len() as u64;
         let mut obj = range.start;
+        let mut walked_to = range.start;
         while obj + 8 <= range.end {
+            if obj - walked_to >= RELEASE_EVERY {
+                core.release(walked_to, obj - walked_to);
+                walked_to = obj;
+            }
             if !range.large
                 && let Some(next) = skip_alloc_context(alloc_contexts, obj)
             {
@@ -138,9 +143,14 @@ fn walk_objects(
             }
             obj += size;
         }
+        core.release(walked_to, range.end - walked_to);
     }
     Ok(())
 }
+
+/// How much of the dump a walk reads before it lets go of what it has read (see
+/// [`CoreDump::release`]).
+const RELEASE_EVERY: u64 = 64 << 20;
 
 /// If `obj` lies in an allocation context, the first address after it.
 fn skip_alloc_context(alloc_contexts: &[(u64, u64)], obj: u64) -> Option<u64> {

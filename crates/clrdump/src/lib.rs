@@ -103,12 +103,13 @@ pub fn read_dump_timed(core_path: &Path, opts: &ReadOptions, clock: &mut timings
     let version = core.runtime_version()?;
     let dac =
         locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref(), opts.local_runtimes)?;
+    drop(core);
     clock.start("DAC worker runs");
     let mut snapshot = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
     clock.close();
     clock.extend(std::mem::take(&mut snapshot.phases));
     let graph = match (opts.depth, snapshot.layout.take()) {
-        (Depth::Graph, Some(layout)) => Some(graph::build(&core, &layout, &mut snapshot, clock)?),
+        (Depth::Graph, Some(layout)) => Some(graph::build(core_path, &layout, &mut snapshot, clock)?),
         (Depth::Graph, None) => return Err(Error::Worker("the worker sent no heap layout".into())),
         (Depth::Histogram, _) => None,
     };
