@@ -383,7 +383,7 @@ impl ObjectGraphBuilder {
         phases.begin("graph: resolve references (all cores)");
         let (edge_offsets, edge_targets) = match order {
             // The edges are already in node order: resolve them where they lie, in parallel.
-            None => resolve_in_place(&addresses, &first_edge, edges),
+            None => resolve_in_place(&addresses, first_edge, edges),
             Some(order) => {
                 let locator = AddressIndex::new(&addresses);
                 let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
@@ -453,15 +453,16 @@ impl ObjectGraphBuilder {
 /// `first_edge`-many) to node positions, on all cores: each thread resolves one slice of the
 /// flat edge sequence where it lies, then one sequential pass drops what did not resolve and
 /// builds the offsets. `first_edge` is per node, plus the end.
-fn resolve_in_place(addresses: &[u64], first_edge: &[u32], edges: Vec<u64>) -> (Vec<u32>, Vec<u32>) {
+fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: Vec<u64>) -> (Vec<u32>, Vec<u32>) {
     let index = AddressIndex::new(addresses);
+    let starts: &[u32] = &first_edge;
     let mut resolved = vec![0u32; edges.len()];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     // Slices of whole nodes, about equal in edges.
     let per_thread = edges.len().div_ceil(threads).max(1);
     let mut bounds = vec![0usize];
     let mut next_cut = per_thread;
-    for (node, &first) in first_edge.iter().enumerate().take(addresses.len()) {
+    for (node, &first) in starts.iter().enumerate().take(addresses.len()) {
         if first as usize >= next_cut {
             bounds.push(node);
             next_cut = first as usize + per_thread;
@@ -472,16 +473,16 @@ fn resolve_in_place(addresses: &[u64], first_edge: &[u32], edges: Vec<u64>) -> (
         let mut rest: &mut [u32] = &mut resolved;
         for w in bounds.windows(2) {
             let (from, to) = (w[0], w[1]);
-            let (mine, others) = rest.split_at_mut((first_edge[to] - first_edge[from]) as usize);
+            let (mine, others) = rest.split_at_mut((starts[to] - starts[from]) as usize);
             rest = others;
             let (edges, index) = (&edges, &index);
             scope.spawn(move || {
-                let base = first_edge[from] as usize;
+                let base = starts[from] as usize;
                 for node in from..to {
                     // Objects mostly reference the next object (a node its item) and arrays
                     // their elements in order: look just after the last hit first.
                     let mut hint = node;
-                    for e in first_edge[node] as usize..first_edge[node + 1] as usize {
+                    for e in starts[node] as usize..starts[node + 1] as usize {
                         mine[e - base] = match index.find_near(addresses, hint, edges[e]) {
                             Some(t) => {
                                 hint = t;
@@ -495,12 +496,14 @@ fn resolve_in_place(addresses: &[u64], first_edge: &[u32], edges: Vec<u64>) -> (
         }
     });
     drop(edges);
-    // Compact: a reference can only move towards the front.
-    let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
+    // Compact: a reference can only move towards the front, and so can a node's start (the
+    // offsets take over the arrival offsets' memory, each read before it is overwritten).
+    let mut edge_offsets = first_edge;
     let mut kept = 0usize;
     for node in 0..addresses.len() {
-        edge_offsets.push(kept as u32);
-        for e in first_edge[node] as usize..first_edge[node + 1] as usize {
+        let (start, end) = (edge_offsets[node] as usize, edge_offsets[node + 1] as usize);
+        edge_offsets[node] = kept as u32;
+        for e in start..end {
             let t = resolved[e];
             if t != UNRESOLVED {
                 resolved[kept] = t;
@@ -508,7 +511,8 @@ fn resolve_in_place(addresses: &[u64], first_edge: &[u32], edges: Vec<u64>) -> (
             }
         }
     }
-    edge_offsets.push(kept as u32);
+    edge_offsets[addresses.len()] = kept as u32;
+    edge_offsets.truncate(addresses.len() + 1);
     resolved.truncate(kept);
     resolved.shrink_to_fit();
     (edge_offsets, resolved)
