@@ -758,7 +758,8 @@ mod tests {
     fn the_address_index_finds_what_bisection_finds() {
         // Dense heaps (bitmaps), objects across 2 MiB blocks (found through a table, or by
         // bisection where the blocks are far apart), sparse or unaligned (sampled).
-        let layouts: [(&str, fn(u64) -> u64); 5] = [
+        type AddressOf = fn(u64) -> u64;
+        let layouts: [(&str, AddressOf); 5] = [
             ("dense", |i| 0x1000 + i * 40 + (i % 4) * 8),
             ("blocks", |i| 0x7f00_0000_0000 + (i / 100) * (3 << 20) + (i % 100) * 24),
             ("far blocks", |i| 0x7f00_0000_0000 + (i / 100) * (200 << 21) + (i % 100) * 24),
