@@ -1,8 +1,9 @@
 //! The mutating webhook's pure decision: which JSON patch, if any, injects the sidecar into a pod.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use api::{DumpPolicy, Mode};
+use api::{DumpPolicy, Mode, TriggerKind};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
     PersistentVolumeClaimVolumeSource, Pod, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
@@ -278,6 +279,7 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
     }
     let annotations = pod.metadata.annotations.as_ref();
     let listen = policy.spec.mode == Mode::Listen;
+    let crash = policy.spec.triggers.iter().any(|t| t.kind == TriggerKind::Crash);
     let watched = |c: &Container| watches(policy, c);
     let policy_name = policy.metadata.name.clone().unwrap_or_default();
     let mount = VolumeMount { name: VOLUME_NAME.into(), mount_path: sidecar.mount_path.clone(), ..Default::default() };
@@ -354,6 +356,20 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
                 ..Default::default()
             };
             append(&mut add, &format!("/spec/containers/{i}/env"), c.env.is_some(), to_value(&env));
+        }
+        // A crash trigger: the runtime writes its crash dump (and report) into the shared volume,
+        // where the sidecar picks it up. The app's own settings win.
+        if crash {
+            // The env list exists if the app had one or the listen-mode variable above created it.
+            let mut has_env = c.env.is_some() || listen;
+            for (name, value) in api::crash_dumps::app_environment(Path::new(&sidecar.mount_path)) {
+                if c.env.iter().flatten().any(|e| e.name == name) {
+                    continue;
+                }
+                let env = EnvVar { name, value: Some(value), ..Default::default() };
+                append(&mut add, &format!("/spec/containers/{i}/env"), has_env, to_value(&env));
+                has_env = true;
+            }
         }
     }
 

@@ -111,6 +111,44 @@ fn connect_mode_shares_the_process_namespace_and_watches_only_the_listed_contain
 }
 
 #[test]
+fn a_crash_trigger_sends_the_runtimes_crash_dumps_into_the_shared_volume() {
+    let mut before = orders_pod();
+    // The app's own choice of dump type wins; every other setting is added, in both modes.
+    before.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap().push(EnvVar {
+        name: "DOTNET_DbgMiniDumpType".into(),
+        value: Some("4".into()),
+        ..Default::default()
+    });
+    for (mode, yaml) in [
+        ("connect", "selector: {matchLabels: {app: orders}}\nmode: connect\ntriggers: [{type: crash}]"),
+        ("listen", "selector: {matchLabels: {app: orders}}\nmode: listen\ntriggers: [{type: crash}, {type: deadlock}]"),
+    ] {
+        let patch = injection_patch(&before, &policy(yaml), &SidecarSettings::default()).expect("a patch");
+        let after = apply(&before, &patch);
+        for name in ["api", "worker"] {
+            let c = container(&after, name);
+            for prefix in ["DOTNET_", "COMPlus_"] {
+                assert_eq!(env(c, &format!("{prefix}DbgEnableMiniDump")), Some("1"), "{mode} {name}");
+                assert_eq!(
+                    env(c, &format!("{prefix}DbgMiniDumpName")),
+                    Some("/dumpwatch/.crash/core.%p"),
+                    "{mode} {name}"
+                );
+            }
+            assert_eq!(env(c, "DOTNET_EnableCrashReport"), Some("1"));
+        }
+        let api = container(&after, "api");
+        assert_eq!(env(api, "DOTNET_DbgMiniDumpType"), Some("4"), "the app's own setting is kept");
+        assert_eq!(api.env.iter().flatten().filter(|e| e.name == "DOTNET_DbgMiniDumpType").count(), 1);
+        assert_eq!(env(container(&after, "worker"), "DOTNET_DbgMiniDumpType"), Some("2"));
+        assert_eq!(env(container(&after, SIDECAR_NAME), "DOTNET_DbgEnableMiniDump"), None);
+    }
+    // Without a crash trigger the app's environment is not touched for it.
+    let patch = injection_patch(&before, &policy(LISTEN), &SidecarSettings::default()).expect("a patch");
+    assert_eq!(env(container(&apply(&before, &patch), "worker"), "DOTNET_DbgEnableMiniDump"), None);
+}
+
+#[test]
 fn an_injected_pod_gets_no_second_patch() {
     for yaml in [LISTEN, CONNECT] {
         let p = policy(yaml);

@@ -21,7 +21,7 @@ use crate::commit::{self, Job, Taken};
 use crate::metrics::TriggerLabels;
 use crate::shared::{KnownProcess, Shared};
 
-pub const CRASH_DIR: &str = ".crash";
+pub use api::crash_dumps::CRASH_DIR;
 const DAC_DIR: &str = ".dac";
 
 /// Seconds a dump must stay the same size before it counts as complete.
@@ -29,12 +29,7 @@ const SETTLE: u32 = 3;
 
 /// The environment an app needs for its crash dumps to land here.
 pub fn app_environment(storage: &Path) -> Vec<(String, String)> {
-    vec![
-        ("DOTNET_DbgEnableMiniDump".into(), "1".into()),
-        ("DOTNET_DbgMiniDumpType".into(), "2".into()),
-        ("DOTNET_DbgMiniDumpName".into(), storage.join(CRASH_DIR).join("core.%p").display().to_string()),
-        ("DOTNET_EnableCrashReport".into(), "1".into()),
-    ]
+    api::crash_dumps::app_environment(storage)
 }
 
 /// Keep this runtime's DAC (once per version) for dumps written after the process died.
@@ -100,7 +95,7 @@ pub async fn collect_loop(shared: Arc<Shared>) {
 /// budget until it is over it.
 async fn adopt(shared: &Shared, core: &Path) {
     let name = core.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let pid: u32 = name.trim_start_matches("core.").parse().unwrap_or(0);
+    let pid: u32 = api::crash_dumps::pid_of_dump_name(&name).unwrap_or(0);
     let known = shared.known_process(pid).unwrap_or(KnownProcess { name: "unknown".into(), runtime_version: None });
     tracing::warn!(pid, process = %known.name, "crash dump found");
     let trigger = TriggerLabels { pid: pid.to_string(), process: known.name.clone(), trigger: "crash".into() };

@@ -307,6 +307,32 @@ fn short_lived_processes_are_picked_up_and_released() {
     });
 }
 
+/// A real unhandled exception, on both runtimes: .NET Core 3.1 reads only the `COMPlus_`
+/// spellings of the crash-dump settings and names its dump `core.0x<pid>`.
+#[test]
+fn an_unhandled_exception_becomes_a_crash_capture_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let sc = Sidecar::start(&format!("crash-{runtime:?}"), "mode: connect\ntriggers: [{type: crash}]\n");
+        let mut iso = sc.isolation(false, false);
+        iso.env.extend(sidecar::crash::app_environment(&sc.store));
+        let w = testbed::Workload::start_with(runtime, "DiagScenarios", &[], &iso);
+        let pid = format!("pid=\"{}\"", w.pid);
+        sc.wait_for("the process watched", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
+        let version = runtime.version();
+        let dac = format!(".dac/{version}/libmscordaccore.so");
+        sc.wait_for("the DAC kept", 10 * S, || sc.store.join(&dac).exists().then_some(()));
+        w.get("/crash?delay_ms=100");
+        let dir = sc.wait_for("the crash capture", 60 * S, || sc.captures().into_iter().next());
+        let m = manifest(&dir);
+        assert_eq!(m["trigger"]["trigger"], "crash", "{runtime:?}");
+        assert_eq!(m["process"]["name"], "DiagScenarios", "{runtime:?}: the pid in the dump's name was read");
+        assert_eq!(m["process"]["pid"], Value::from(w.pid), "{runtime:?}");
+        let names: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"libmscordaccore.so"), "{runtime:?}: {names:?}");
+        assert_eq!(names.contains(&"crashreport.json"), runtime == Runtime::Net8, "{runtime:?}: {names:?}");
+    }
+}
+
 #[test]
 fn a_crash_dump_written_by_the_runtime_becomes_a_capture_with_its_dac() {
     let sc = Sidecar::start("crash", "mode: connect\ntriggers: [{type: crash}]\n");

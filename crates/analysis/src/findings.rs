@@ -48,6 +48,9 @@ pub struct Findings {
     /// kind `heap_snapshots`); absent from the analysis of one snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub growth_verdicts: Option<Vec<GrowthVerdict>>,
+    /// Why the process died, for a dump the runtime wrote while crashing; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash: Option<crate::crash::CrashFinding>,
 }
 
 /// What was analyzed.
@@ -281,6 +284,7 @@ pub fn build(input: FindingsInput<'_>) -> Findings {
         finalization_backlog,
         warnings: input.warnings,
         growth_verdicts: None,
+        crash: None,
     }
 }
 
@@ -306,6 +310,7 @@ pub fn from_growth(source: Source, last: &HeapHistogram, verdicts: Vec<GrowthVer
         finalization_backlog: None,
         warnings: Vec::new(),
         growth_verdicts: Some(verdicts),
+        crash: None,
     }
 }
 

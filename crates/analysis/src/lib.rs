@@ -6,9 +6,11 @@
 //!   retained sizes from GC heap snapshots, and leak suspects.
 //! - [`monitors`]: Monitor deadlocks in a dump, from sync blocks and stack references.
 //! - [`hangs`]: hangs that are not lock cycles (thread-pool starvation, blocked threads).
+//! - [`crash`]: why a process crashed, from the runtime's crash report and the dump's threads.
 //! - [`findings`]: the versioned findings document every report is a view of.
 //! - [`phases`]: phase marks, for callers that time the analyses.
 
+pub mod crash;
 pub mod error;
 pub mod findings;
 pub mod hangs;

@@ -175,6 +175,24 @@ pub struct FindingsSummary {
     /// Why objects pile up in the finalizer queue, when they do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalization_backlog: Option<String>,
+    /// Why the process crashed, for a dump the runtime wrote while crashing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash: Option<CrashSummary>,
+}
+
+/// The unhandled exception that ended the process, in words.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CrashSummary {
+    /// The exception's type (`Namespace.Type`).
+    pub exception_type: String,
+    /// OS id of the thread that threw it.
+    pub os_tid: u64,
+    /// Its innermost managed frames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_frames: Vec<String>,
+    /// The analysis' sentence ("the process crashed: unhandled X on thread 14 in Y").
+    pub reason: String,
 }
 
 /// A hang of the findings document, in words.

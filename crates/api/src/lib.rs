@@ -10,6 +10,7 @@
 //! assert_eq!(p.triggers[0].kind, api::TriggerKind::Deadlock);
 //! ```
 
+pub mod crash_dumps;
 mod crd;
 mod cron;
 mod spec;

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use analysis::crash::{self, CrashFinding, CrashedThreadCandidate};
 use analysis::findings::{self, Findings, FindingsInput, Source};
 use analysis::hangs::{HangKind, queued_work_items};
 use analysis::heap::{
@@ -36,6 +37,10 @@ pub struct AnalyzeArgs {
     pub histogram_only: bool,
     /// Print the phase breakdown (`--timings`) to stderr.
     pub timings: bool,
+    /// The runtime wrote the dump as the process crashed: name the unhandled exception.
+    pub crashed: bool,
+    /// The runtime's crash report for the dump, if it wrote one.
+    pub crash_report: Option<PathBuf>,
     pub timeout: u64,
 }
 
@@ -92,7 +97,9 @@ pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findin
     let heap = data.graph.as_ref().map(|g| GraphFindings::of(g, histogram.total_bytes(), clock)).unwrap_or_default();
 
     clock.start("findings document");
-    Ok(findings::build(FindingsInput {
+    let mut warnings = warnings(s);
+    let crash = if args.crashed { crash_finding(s, args.crash_report.as_deref(), &mut warnings) } else { None };
+    let mut document = findings::build(FindingsInput {
         source: Source {
             kind: "core_dump".into(),
             path: args.core.display().to_string(),
@@ -109,8 +116,49 @@ pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findin
         finalizer_queue: heap.finalizer_queue,
         finalizer_tid: s.finalizer_thread.map(u64::from),
         queued_work_items: heap.queued_work_items,
-        warnings: warnings(s),
-    }))
+        warnings,
+    });
+    document.crash = crash;
+    Ok(document)
+}
+
+/// Why the process crashed: the runtime's crash report (read with bounds: the app's runtime
+/// wrote it) joined with the dump's threads. An unreadable report is a warning, and the dump's
+/// threads alone may still name the exception.
+fn crash_finding(s: &Snapshot, report: Option<&Path>, warnings: &mut Vec<String>) -> Option<CrashFinding> {
+    let reported = report.and_then(|path| {
+        let read = std::fs::File::open(path).and_then(|f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, crash::MAX_REPORT_BYTES as u64 + 1), &mut bytes)
+                .map(|_| bytes)
+        });
+        match read.map_err(|e| e.to_string()).and_then(|b| crash::read_crash_report(&b).map_err(|e| e.to_string())) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warnings.push(format!("crash report {} not used: {e}", path.display()));
+                None
+            }
+        }
+    });
+    let candidates: Vec<CrashedThreadCandidate> = s
+        .threads
+        .iter()
+        .map(|t| CrashedThreadCandidate {
+            os_tid: u64::from(t.os_id),
+            managed_id: t.managed_id,
+            stack: t.frames.iter().map(|f| f.name.clone()).collect(),
+            last_exception: t.last_exception.as_deref().map(simplify_type_name),
+        })
+        .collect();
+    let found = crash::crash_finding(reported.as_ref(), &candidates);
+    if found.is_none() {
+        warnings.push(
+            "the dump was written as the process crashed, but no single thread holds the unhandled exception \
+             (and no crash report names it): the exception is not named"
+                .into(),
+        );
+    }
+    found
 }
 
 /// What the findings take from the object graph (all `None` without one).
@@ -236,6 +284,11 @@ pub fn report(f: &Findings) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out.push('\n');
+    if let Some(c) = &f.crash {
+        let _ = writeln!(out, "CRASH: {}", c.reason);
+        stack_lines(&mut out, &c.stack, 8);
+        out.push('\n');
+    }
     if f.deadlocks.is_empty() {
         out.push_str("DEADLOCKS: none\n");
     }

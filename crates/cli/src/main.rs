@@ -212,6 +212,15 @@ enum Command {
         /// analysis that does not depend on this machine's runtimes.
         #[arg(long)]
         no_local_runtime: bool,
+        /// The dump was written by the runtime as the process crashed (a `crash` capture): name
+        /// the unhandled exception and the thread that threw it. Implied when the runtime's crash
+        /// report is found (`--crash-report`, `<dump>.crashreport.json` or `crashreport.json`
+        /// beside the dump, or `crashreport.json*` among --artifacts; .NET 6+ writes one).
+        #[arg(long)]
+        crashed: bool,
+        /// The runtime's crash report (`DOTNET_EnableCrashReport=1`) for this dump: a path or URL.
+        #[arg(long, value_name = "FILE", conflicts_with = "artifacts")]
+        crash_report: Option<String>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -392,18 +401,22 @@ async fn run(command: Command) -> Result<()> {
             no_symbol_server,
             dac_cache,
             no_local_runtime,
+            crashed,
+            crash_report,
             timeout,
             json,
         } => {
-            let (core, dac) = match &artifacts {
+            let (core, dac, crash_report) = match &artifacts {
                 Some(list) => {
                     let list: Vec<remote::ArtifactSource> =
                         serde_json::from_str(list).context("--artifacts: a JSON list of {kind, uri, size, sha256}")?;
-                    remote::pick(&list)?
+                    let (core, dac) = remote::pick(&list)?;
+                    (core, dac, remote::pick_crash_report(&list))
                 }
                 None => {
                     let core = remote::ArtifactSource::new(&core.expect("clap requires it"), sha256);
-                    (core, dac.map(|d| remote::ArtifactSource::new(&d, dac_sha256)))
+                    let crash_report = crash_report.map(|r| remote::ArtifactSource::new(&r, None));
+                    (core, dac.map(|d| remote::ArtifactSource::new(&d, dac_sha256)), crash_report)
                 }
             };
             let report_to = match report_to {
@@ -433,6 +446,10 @@ async fn run(command: Command) -> Result<()> {
             };
             let (dac, runtime_version, replacements) =
                 dump_reading(&prepared.core, prepared.dac.as_deref(), &prepared.display, &sources).await?;
+            let crash_report = match &crash_report {
+                Some(r) => Some(prepared.fetch(r).await?),
+                None => remote::crash_report_beside(&prepared.core),
+            };
             let args = analyze::AnalyzeArgs {
                 core: prepared.core.clone(),
                 display: prepared.display.clone(),
@@ -443,6 +460,8 @@ async fn run(command: Command) -> Result<()> {
                 top,
                 histogram_only,
                 timings,
+                crashed: crashed || crash_report.is_some(),
+                crash_report,
                 timeout,
             };
             let findings = tokio::task::spawn_blocking(move || analyze::analyze(args)).await??;

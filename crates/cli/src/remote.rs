@@ -115,12 +115,35 @@ pub fn pick(artifacts: &[ArtifactSource]) -> Result<(ArtifactSource, Option<Arti
     Ok((core, dac))
 }
 
+/// The runtime's crash report among the artifacts (a crash capture of .NET 6+), if any.
+pub fn pick_crash_report(artifacts: &[ArtifactSource]) -> Option<ArtifactSource> {
+    artifacts.iter().find(|a| a.name().starts_with(CRASH_REPORT)).cloned()
+}
+
+/// The name the sidecar gives the runtime's crash report in a crash capture.
+pub const CRASH_REPORT: &str = "crashreport.json";
+
 /// The dump and DAC ready on local disk; `_scratch` holds whatever had to be fetched.
 pub struct Prepared {
     pub core: PathBuf,
     pub dac: Option<PathBuf>,
     pub display: String,
     _scratch: tempfile::TempDir,
+}
+
+impl Prepared {
+    /// Fetches and checks one more artifact into the same temporary directory.
+    pub async fn fetch(&self, a: &ArtifactSource) -> Result<PathBuf, RemoteError> {
+        materialize(&client()?, a, self._scratch.path()).await
+    }
+}
+
+/// The crash report the runtime wrote with a local dump: `<dump>.crashreport.json` where the
+/// runtime left it, or `crashreport.json` in a crash capture's folder.
+pub fn crash_report_beside(core: &Path) -> Option<PathBuf> {
+    let name = core.file_name()?.to_string_lossy();
+    let candidates = [core.with_file_name(format!("{name}.{CRASH_REPORT}")), core.with_file_name(CRASH_REPORT)];
+    candidates.into_iter().find(|p| p.is_file())
 }
 
 /// Fetch, verify and decompress what is needed. A local, uncompressed dump is used in place.

@@ -138,3 +138,58 @@ fn histogram_only_skips_retention_and_a_wrong_dac_is_refused() {
     assert!(!ok);
     assert!(err.contains("not an x86-64 ELF core dump"), "{err}");
 }
+
+/// The workload dies of an unhandled exception with the crash-dump environment the webhook
+/// injects; the analysis of the runtime's own dump names the exception and the thread.
+#[test]
+fn a_crash_dump_names_the_unhandled_exception_and_its_thread_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(api::crash_dumps::CRASH_DIR)).unwrap();
+        let iso = testbed::Isolation { env: api::crash_dumps::app_environment(dir.path()), ..Default::default() };
+        let mut w = Workload::start_with(runtime, "DiagScenarios", &[], &iso);
+        let truth = w.get("/crash?delay_ms=100");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while w.is_running() {
+            assert!(std::time::Instant::now() < deadline, "{runtime:?}: the workload did not crash");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        // The runtime finished writing before it died; .NET Core 3.1 names it in hex.
+        let core = std::fs::read_dir(dir.path().join(api::crash_dumps::CRASH_DIR))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| api::crash_dumps::pid_of_dump_name(&p.file_name().unwrap().to_string_lossy()) == Some(w.pid))
+            .unwrap_or_else(|| panic!("{runtime:?}: no crash dump of pid {}", w.pid));
+        let report_beside =
+            core.with_file_name(format!("{}.crashreport.json", core.file_name().unwrap().to_string_lossy()));
+        assert_eq!(report_beside.exists(), runtime == Runtime::Net8, "{runtime:?}: crash reports exist from .NET 6");
+
+        let (ok, out, err) = dumpwatch(&["analyze", core.to_str().unwrap(), "--json", "--histogram-only", "--crashed"]);
+        assert!(ok, "{runtime:?}: {err}");
+        let f: Value = serde_json::from_str(&out).unwrap();
+        let crash = &f["crash"];
+        assert_eq!(crash["exception_type"], truth["exception_type"], "{runtime:?}: {f}");
+        assert_eq!(crash["thread"]["managed_id"], truth["thread"], "{runtime:?}: {crash}");
+        let expected_source = if runtime == Runtime::Net8 { "crash_report" } else { "dump" };
+        assert_eq!(crash["source"], expected_source, "{runtime:?}");
+        if runtime == Runtime::Net8 {
+            // The report's thread is the dump's; the stack is where it was thrown.
+            let stack: Vec<&str> = crash["stack"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+            assert!(stack.iter().any(|s| s.starts_with("DiagScenarios.CrashScenario.ThrowUnhandled")), "{stack:?}");
+        }
+
+        // Without --crashed the report beside the dump still makes it a crash (.NET 8); the text says it first.
+        let (ok, text, err) = dumpwatch(&["analyze", core.to_str().unwrap(), "--histogram-only", "--crashed"]);
+        assert!(ok, "{err}");
+        assert!(
+            text.contains("CRASH: the process crashed: unhandled DiagScenarios.WorkloadCrashException"),
+            "{runtime:?}: {text}"
+        );
+        if runtime == Runtime::Net8 {
+            let (ok, out, _) = dumpwatch(&["analyze", core.to_str().unwrap(), "--json", "--histogram-only"]);
+            assert!(ok);
+            assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["crash"]["source"], "crash_report");
+        }
+    }
+}

@@ -22,6 +22,13 @@ const HND_REFCOUNTED: u32 = 5;
 const HND_ASYNCPINNED: u32 = 7;
 const HND_SIZEDREF: u32 = 8;
 
+/// The type of the object a thread's last-thrown-object handle points at, if it points at one.
+fn last_thrown_type(dac: &Dac, core: &CoreDump, handle: u64) -> Option<String> {
+    let object = core.u64_at(handle).filter(|&o| o != 0)?;
+    let mt = core.u64_at(object).filter(|&mt| mt != 0)?;
+    dac.method_table_name(mt & !7).ok()
+}
+
 /// Extracts everything at `depth`; at [`Depth::Graph`] also the roots and the heap's layout
 /// (for the parent's own walk of the object graph, see [`crate::heapwalk`]).
 pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, clock: &mut PhaseClock) -> Result<Snapshot> {
@@ -53,6 +60,7 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, clock: &mut PhaseClock)
             alive,
             frames: Vec::new(),
             lock_refs: Vec::new(),
+            last_exception: last_thrown_type(dac, core, t.last_thrown_object_handle),
         });
         addr = t.next_thread;
     }

@@ -31,6 +31,10 @@ pub struct Thread {
     pub frames: Vec<Frame>,
     /// Stack references to objects whose monitor is held (candidates for "waits on").
     pub lock_refs: Vec<LockRef>,
+    /// Type of the exception this thread threw last (the runtime's last-thrown-object handle),
+    /// caught or not: on a crash dump, the crashing thread's is the unhandled one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exception: Option<String>,
 }
 
 /// One frame of a managed stack.

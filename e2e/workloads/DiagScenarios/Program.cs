@@ -35,6 +35,7 @@ namespace DiagScenarios
             server.Route("/contend", ContendScenario.Handle);
             server.Route("/taskwait", Hangs.TaskWait);
             server.Route("/block", Hangs.Block);
+            server.Route("/crash", CrashScenario.Handle);
             server.Route("/truth", Truth);
             server.Start(requestedPort);
             port = server.Port;

@@ -98,6 +98,40 @@ namespace DiagScenarios
         }
     }
 
+    // The exception no one catches: thrown on a thread of its own shortly after the response
+    // went out, it ends the process the way an app's bug does (the runtime writes its crash dump
+    // and, on .NET 6+, its crash report when the environment asks for them).
+    public class WorkloadCrashException : Exception
+    {
+        public WorkloadCrashException(string message) : base(message) { }
+    }
+
+    static class CrashScenario
+    {
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ThrowUnhandled()
+        {
+            throw new WorkloadCrashException("dumpwatch test crash");
+        }
+
+        public static HttpResponse Handle(HttpRequest req)
+        {
+            int delay = req.Int("delay_ms", 200, 0, 60000);
+            string err = req.Finish();
+            if (err != null) return HttpResponse.Error(400, err);
+            var t = new Thread(() => { Thread.Sleep(delay); ThrowUnhandled(); });
+            t.Name = "crasher";
+            t.IsBackground = true;
+            t.Start();
+            return HttpResponse.Ok(new JObj {
+                { "exception_type", typeof(WorkloadCrashException).FullName },
+                { "method", "ThrowUnhandled" },
+                { "thread", t.ManagedThreadId },
+                { "delay_ms", delay },
+            });
+        }
+    }
+
     static class GcScenario
     {
         public static JObj Counts()

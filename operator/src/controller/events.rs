@@ -10,6 +10,7 @@ pub const MEMORY_LEAK_SUSPECTED: &str = "MemoryLeakSuspected";
 pub const THREAD_POOL_STARVATION: &str = "ThreadPoolStarvation";
 pub const THREADS_BLOCKED: &str = "ThreadsBlocked";
 pub const FINALIZATION_BACKLOG: &str = "FinalizationBacklog";
+pub const PROCESS_CRASHED: &str = "ProcessCrashed";
 pub const CAPTURE_FAILED: &str = "CaptureFailed";
 pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
 
@@ -40,15 +41,21 @@ pub fn outcome_events(snapshot: &DumpSnapshot) -> Vec<Notice> {
 }
 
 fn finding_events(f: &FindingsSummary, snapshot: &str) -> Vec<Notice> {
-    let mut out: Vec<Notice> = f
-        .deadlock_cycles
-        .iter()
-        .map(|c| Notice {
+    // First: a crash is what happened to the pod; what the dump shows besides comes after.
+    let crashed = f.crash.iter().map(|c| {
+        let at = if c.top_frames.is_empty() { String::new() } else { format!("; at {}", c.top_frames.join(" ← ")) };
+        Notice {
             warning: true,
-            reason: DEADLOCK_DETECTED,
-            note: clip(format!("{} (DumpSnapshot {snapshot})", deadlock_sentence(c))),
-        })
-        .collect();
+            reason: PROCESS_CRASHED,
+            note: clip(format!("{}{at} (DumpSnapshot {snapshot})", c.reason)),
+        }
+    });
+    let mut out: Vec<Notice> = crashed.collect();
+    out.extend(f.deadlock_cycles.iter().map(|c| Notice {
+        warning: true,
+        reason: DEADLOCK_DETECTED,
+        note: clip(format!("{} (DumpSnapshot {snapshot})", deadlock_sentence(c))),
+    }));
     if f.deadlocks as usize > f.deadlock_cycles.len() && !f.deadlock_cycles.is_empty() {
         let more = f.deadlocks as usize - f.deadlock_cycles.len();
         if let Some(last) = out.last_mut() {
@@ -194,6 +201,26 @@ mod tests {
             "threads 14 and 15 deadlock on two System.Object locks in DeadlockFunc; 3 threads wait behind them \
              (OS threads 4105, 4106) (DumpSnapshot orders-1)"
         );
+    }
+
+    #[test]
+    fn a_crash_comes_first_with_the_exception_and_where_it_was_thrown() {
+        let mut doc = deadlock_document();
+        doc["crash"] = serde_json::json!({
+            "exception_type": "App.BoomException", "thread": {"os_tid": 13105, "managed_id": 6},
+            "stack": ["[HelperMethodFrame]", "App.Crash.Throw()", "App.Crash.Run()"], "source": "crash_report",
+            "reason": "the process crashed: unhandled App.BoomException on thread 13105 (managed 6) in App.Crash.Throw"
+        });
+        let mut s = snapshot("orders-9", "Analyzed");
+        s.status.as_mut().unwrap().findings = Some(FindingsSummary::from_document(&doc).unwrap());
+        let events = outcome_events(&s);
+        assert_eq!(events[0].reason, PROCESS_CRASHED);
+        assert_eq!(
+            events[0].note,
+            "the process crashed: unhandled App.BoomException on thread 13105 (managed 6) in App.Crash.Throw; at \
+             App.Crash.Throw() ← App.Crash.Run() (DumpSnapshot orders-9)"
+        );
+        assert_eq!(events[1].reason, DEADLOCK_DETECTED, "the rest of the findings follow");
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub fn analysis_job(
         labels.insert("dumpwatch.dev/policy".into(), p.clone());
     }
     let artifacts = serde_json::to_string(&inputs.artifacts).expect("artifacts serialize");
-    let args = [
+    let mut args = [
         "analyze",
         "--artifacts",
         &artifacts,
@@ -149,6 +149,11 @@ pub fn analysis_job(
     ]
     .map(|a| literal(a.to_string()))
     .to_vec();
+    if snapshot.spec.trigger == api::TriggerKind::Crash {
+        // The runtime wrote the dump as it died: name the exception even without its crash
+        // report (.NET Core 3.1 writes none).
+        args.push("--crashed".into());
+    }
 
     let mut env = vec![
         // Also where downloaded DACs are cached (`<TMPDIR>/dumpwatch-dac`).

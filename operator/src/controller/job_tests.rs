@@ -80,6 +80,18 @@ fn runs_dumpwatch_analyze_on_the_artifacts_and_reports_to_the_operator() {
 }
 
 #[test]
+fn a_crash_snapshot_is_analyzed_as_a_crash() {
+    let args = |trigger: api::TriggerKind| {
+        let mut s = snapshot("orders-1", "Uploaded");
+        s.spec.trigger = trigger;
+        let job = analysis_job(&s, None, &AnalysisSettings::default(), &AnalysisInputs::default());
+        pod_spec(&job).containers[0].args.clone().unwrap()
+    };
+    assert!(args(api::TriggerKind::Crash).contains(&"--crashed".to_string()));
+    assert!(!args(api::TriggerKind::Deadlock).contains(&"--crashed".to_string()));
+}
+
+#[test]
 fn dollar_signs_in_urls_survive_kubernetes_expansion() {
     let mut inputs = AnalysisInputs::default();
     let mut a = snapshot("orders-1", "Uploaded").spec.artifacts[0].clone();

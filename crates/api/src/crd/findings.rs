@@ -5,8 +5,8 @@
 use serde::Deserialize;
 
 use super::{
-    DeadlockCycle, DeadlockedThread, FindingsSummary, HangSummary, LeakSuspect, MAX_FRAMES, MAX_LISTED, MAX_REASON,
-    MAX_TEXT,
+    CrashSummary, DeadlockCycle, DeadlockedThread, FindingsSummary, HangSummary, LeakSuspect, MAX_FRAMES, MAX_LISTED,
+    MAX_REASON, MAX_TEXT,
 };
 use crate::Error;
 
@@ -27,6 +27,18 @@ struct Document {
     hangs: Vec<Hang>,
     #[serde(default)]
     finalization_backlog: Option<Backlog>,
+    #[serde(default)]
+    crash: Option<Crash>,
+}
+
+#[derive(Deserialize)]
+struct Crash {
+    exception_type: String,
+    thread: ThreadRef,
+    #[serde(default)]
+    stack: Vec<String>,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +150,16 @@ impl FindingsSummary {
             })
             .collect();
         let mut summary = one_line(doc.summary.deadlocks, doc.summary.deadlocked_threads, leak_suspects);
+        let crash = doc.crash.map(|c| CrashSummary {
+            exception_type: clip(&c.exception_type),
+            os_tid: c.thread.os_tid,
+            top_frames: managed_frames(&c.stack),
+            reason: clip_to(&c.reason, MAX_REASON),
+        });
+        if let Some(c) = &crash {
+            let crashed = format!("crashed: {}", c.exception_type);
+            summary = if summary == NOTHING { crashed } else { format!("{crashed}, {summary}") };
+        }
         if !doc.hangs.is_empty() {
             let hangs = plural(doc.hangs.len() as u32, "hang", "hangs");
             summary = if summary == NOTHING { hangs } else { format!("{summary}, {hangs}") };
@@ -152,6 +174,7 @@ impl FindingsSummary {
             suspects,
             hangs,
             finalization_backlog: doc.finalization_backlog.map(|b| clip_to(&b.reason, MAX_REASON)),
+            crash,
         })
     }
 }
@@ -312,5 +335,21 @@ mod tests {
         none["deadlocks"] = serde_json::json!([]);
         none["leak_suspects"] = serde_json::Value::Null;
         assert_eq!(FindingsSummary::from_document(&none).unwrap().summary, "nothing found");
+    }
+
+    #[test]
+    fn a_crash_leads_the_summary_and_keeps_its_thread_and_frames() {
+        let mut d = doc();
+        d["crash"] = serde_json::json!({
+            "exception_type": "App.BoomException", "thread": {"os_tid": 13105, "managed_id": 6},
+            "stack": ["[HelperMethodFrame]", "App.Crash.Throw()", "App.Crash.Run()"], "source": "crash_report",
+            "reason": "the process crashed: unhandled App.BoomException on thread 13105 (managed 6) in App.Crash.Throw"
+        });
+        let f = FindingsSummary::from_document(&d).unwrap();
+        let c = f.crash.as_ref().unwrap();
+        assert_eq!((c.exception_type.as_str(), c.os_tid), ("App.BoomException", 13105));
+        assert_eq!(c.top_frames, ["App.Crash.Throw()", "App.Crash.Run()"]);
+        assert!(f.summary.starts_with("crashed: App.BoomException, 1 deadlock"), "{}", f.summary);
+        assert_eq!(FindingsSummary::from_document(&doc()).unwrap().crash, None);
     }
 }
