@@ -4,7 +4,8 @@
 //! Layout, lowest first (a module imports only those above it; `tests/module_graph.rs` checks
 //! that the imports form no cycle):
 //! - pure decisions: [`triggers`], [`limits`], [`ids`];
-//! - the store and what is shared: [`storage`] (capture directories), [`metrics`], [`policy`]
+//! - the store and what is shared: [`storage`] (capture directories), [`state`] (the pod's
+//!   capture log, kept on the capture volume), [`metrics`], [`policy`]
 //!   (file reload, on-demand requests), [`operator_client`] (the operator's API, `api::wire`),
 //!   [`report`] (operator mode: the queue that stores each capture on S3 or a volume and reports
 //!   it), [`shared`] (what every part shares);
@@ -29,6 +30,7 @@ pub mod operator_client;
 pub mod policy;
 pub mod report;
 pub mod shared;
+pub mod state;
 pub mod storage;
 pub mod triggers;
 pub mod watcher;

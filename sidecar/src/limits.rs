@@ -30,19 +30,51 @@ impl Refusal {
     }
 }
 
-/// Captures of one process: when they started, and whether one is running.
+/// Captures of one process: whether one is running, and how big its last heap snapshot was.
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    starts: VecDeque<f64>,
     pub in_progress: bool,
     /// Size of the last heap snapshot: the best estimate of the next one.
     pub last_gcdump_bytes: u64,
 }
 
-impl History {
-    pub fn record_start(&mut self, now: f64) {
+/// When the pod's captures started (wall-clock seconds since the Unix epoch), for the hourly cap
+/// and the cooldown: kept per pod, not per process, so a runtime that restarts (or a sidecar that
+/// does: see [`crate::state`]) does not start with a fresh `maxPerHour`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CaptureLog {
+    starts: VecDeque<f64>,
+}
+
+/// Starts more than this far in the future are a clock that went back: forgotten, or they would
+/// hold the cooldown for as long as the jump.
+const CLOCK_SLACK_SECS: f64 = 60.0;
+/// More starts than any `maxPerHour` keeps (a hostile state file cannot make the log huge).
+pub const MAX_LOGGED_STARTS: usize = 10_000;
+
+impl CaptureLog {
+    pub fn record(&mut self, now: f64) {
         self.starts.push_back(now);
-        self.in_progress = true;
+        while self.starts.len() > MAX_LOGGED_STARTS {
+            self.starts.pop_front();
+        }
+    }
+
+    /// Forgets starts older than an hour, in the future, or not numbers; keeps them in order.
+    pub fn prune(&mut self, now: f64) {
+        self.starts.retain(|&t| t.is_finite() && now - t < 3600.0 && t - now <= CLOCK_SLACK_SECS);
+        self.starts.make_contiguous().sort_by(f64::total_cmp);
+        while self.starts.len() > MAX_LOGGED_STARTS {
+            self.starts.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
     }
 }
 
@@ -54,31 +86,31 @@ pub enum Asker {
     Person,
 }
 
-/// May a capture start at `now` (seconds, monotonic)? `used` is what storage holds already,
-/// `estimate` what this capture will add. The cooldown damps triggers that keep firing; a
-/// person's explicit request is not held back by it, but still counts against the hourly cap,
-/// the byte budget and the one-at-a-time rule, which protect the patient.
+/// May a capture of a process (`in_progress`: one of it is running) start at `now` (wall-clock
+/// seconds), given the pod's `log`? `used` is what storage holds already, `estimate` what this
+/// capture will add. The cooldown damps triggers that keep firing; a person's explicit request is
+/// not held back by it, but still counts against the hourly cap, the byte budget and the
+/// one-at-a-time rule, which protect the patient.
 pub fn admit(
     limits: &Limits,
-    h: &mut History,
+    in_progress: bool,
+    log: &mut CaptureLog,
     now: f64,
     used: u64,
     estimate: u64,
     asker: Asker,
 ) -> Result<(), Refusal> {
-    if h.in_progress {
+    if in_progress {
         return Err(Refusal::InProgress);
     }
-    while h.starts.front().is_some_and(|&t| now - t >= 3600.0) {
-        h.starts.pop_front();
-    }
-    if let Some(&last) = h.starts.back().filter(|_| asker == Asker::Trigger) {
+    log.prune(now);
+    if let Some(&last) = log.starts.back().filter(|_| asker == Asker::Trigger) {
         let cooldown = limits.cooldown.as_secs_f64();
         if now - last < cooldown {
             return Err(Refusal::Cooldown { remaining: cooldown - (now - last) });
         }
     }
-    if h.starts.len() >= limits.max_per_hour as usize {
+    if log.starts.len() >= limits.max_per_hour as usize {
         return Err(Refusal::HourlyLimit { max: limits.max_per_hour });
     }
     let max = limits.max_bytes.value() as u64;
@@ -121,48 +153,56 @@ mod tests {
         }
     }
 
+    /// Admits and, when admitted, records the start (what the watcher does).
+    fn start(l: &Limits, log: &mut CaptureLog, now: f64, asker: Asker) -> Result<(), Refusal> {
+        admit(l, false, log, now, 0, 10, asker).map(|()| log.record(now))
+    }
+
     #[test]
     fn a_person_is_not_held_back_by_the_cooldown_but_by_everything_else() {
         let l = Limits { cooldown: api::Duration::from_secs(60), max_per_hour: 2, ..Limits::default() };
-        let mut h = History::default();
-        assert_eq!(admit(&l, &mut h, 0.0, 0, 10, Asker::Trigger), Ok(()));
-        h.record_start(0.0);
-        assert_eq!(admit(&l, &mut h, 1.0, 0, 10, Asker::Person), Err(Refusal::InProgress));
-        h.in_progress = false;
-        assert!(matches!(admit(&l, &mut h, 5.0, 0, 10, Asker::Trigger), Err(Refusal::Cooldown { .. })));
-        assert_eq!(admit(&l, &mut h, 5.0, 0, 10, Asker::Person), Ok(()));
-        h.record_start(5.0);
-        h.in_progress = false;
-        assert_eq!(admit(&l, &mut h, 10.0, 0, 10, Asker::Person), Err(Refusal::HourlyLimit { max: 2 }));
+        let mut log = CaptureLog::default();
+        assert_eq!(start(&l, &mut log, 0.0, Asker::Trigger), Ok(()));
+        assert_eq!(admit(&l, true, &mut log, 1.0, 0, 10, Asker::Person), Err(Refusal::InProgress));
+        assert!(matches!(admit(&l, false, &mut log, 5.0, 0, 10, Asker::Trigger), Err(Refusal::Cooldown { .. })));
+        assert_eq!(start(&l, &mut log, 5.0, Asker::Person), Ok(()));
+        assert_eq!(admit(&l, false, &mut log, 10.0, 0, 10, Asker::Person), Err(Refusal::HourlyLimit { max: 2 }));
     }
 
     #[test]
     fn cooldown_then_hourly_cap_then_window_slides() {
         let l = limits();
-        let mut h = History::default();
-        assert_eq!(admit(&l, &mut h, 0.0, 0, 10, Asker::Trigger), Ok(()));
-        h.record_start(0.0);
-        assert_eq!(admit(&l, &mut h, 1.0, 0, 10, Asker::Trigger), Err(Refusal::InProgress));
-        h.in_progress = false;
+        let mut log = CaptureLog::default();
+        assert_eq!(start(&l, &mut log, 0.0, Asker::Trigger), Ok(()));
         assert!(
-            matches!(admit(&l, &mut h, 30.0, 0, 10, Asker::Trigger), Err(Refusal::Cooldown { remaining }) if remaining == 30.0)
+            matches!(admit(&l, false, &mut log, 30.0, 0, 10, Asker::Trigger), Err(Refusal::Cooldown { remaining }) if remaining == 30.0)
         );
         for t in [60.0, 120.0] {
-            assert_eq!(admit(&l, &mut h, t, 0, 10, Asker::Trigger), Ok(()));
-            h.record_start(t);
-            h.in_progress = false;
+            assert_eq!(start(&l, &mut log, t, Asker::Trigger), Ok(()));
         }
-        assert_eq!(admit(&l, &mut h, 200.0, 0, 10, Asker::Trigger), Err(Refusal::HourlyLimit { max: 3 }));
-        assert_eq!(admit(&l, &mut h, 3600.0, 0, 10, Asker::Trigger), Ok(()), "the first one left the hour");
+        assert_eq!(admit(&l, false, &mut log, 200.0, 0, 10, Asker::Trigger), Err(Refusal::HourlyLimit { max: 3 }));
+        assert_eq!(admit(&l, false, &mut log, 3600.0, 0, 10, Asker::Trigger), Ok(()), "the first one left the hour");
+    }
+
+    #[test]
+    fn a_clock_that_went_back_does_not_hold_captures_forever() {
+        let l = limits();
+        let mut log = CaptureLog::default();
+        assert_eq!(start(&l, &mut log, 10_000.0, Asker::Trigger), Ok(()));
+        // Within the slack the start still counts (cooldown) ...
+        assert!(matches!(admit(&l, false, &mut log, 9_990.0, 0, 10, Asker::Trigger), Err(Refusal::Cooldown { .. })));
+        // ... a day back it is forgotten.
+        assert_eq!(admit(&l, false, &mut log, 10_000.0 - 86_400.0, 0, 10, Asker::Trigger), Ok(()));
+        assert!(log.is_empty());
     }
 
     #[test]
     fn budget_counts_what_is_stored_plus_the_estimate() {
         let l = limits();
-        let mut h = History::default();
-        assert_eq!(admit(&l, &mut h, 0.0, 900, 100, Asker::Trigger), Ok(()));
+        let mut log = CaptureLog::default();
+        assert_eq!(admit(&l, false, &mut log, 0.0, 900, 100, Asker::Trigger), Ok(()));
         assert_eq!(
-            admit(&l, &mut h, 0.0, 900, 101, Asker::Trigger),
+            admit(&l, false, &mut log, 0.0, 900, 101, Asker::Trigger),
             Err(Refusal::Budget { used: 900, estimate: 101, max: 1000 })
         );
         assert_eq!(Refusal::Budget { used: 0, estimate: 0, max: 0 }.label(), "over_budget");

@@ -11,6 +11,7 @@ use api::DumpPolicySpec;
 use api::wire::Identity;
 use tokio::sync::{broadcast, watch};
 
+use crate::limits::CaptureLog;
 use crate::metrics::Metrics;
 use crate::policy::OnDemand;
 use crate::report::Reporter;
@@ -37,6 +38,9 @@ pub struct Shared {
     epoch: Instant,
     /// Processes seen, for crash dumps that arrive after their process died.
     known: Mutex<HashMap<u32, KnownProcess>>,
+    /// When this pod's captures started: the hourly cap and cooldown are per pod, kept on the
+    /// capture volume across restarts (see [`crate::state`]).
+    pub capture_log: Mutex<CaptureLog>,
 }
 
 /// A process we watched, as a crash dump (which names only the pid) needs it described.
@@ -55,6 +59,7 @@ impl Shared {
         on_demand: broadcast::Sender<OnDemand>,
         reporter: Option<Reporter>,
     ) -> Self {
+        let storage_root = storage.root().to_path_buf();
         Self {
             metrics,
             storage,
@@ -66,10 +71,28 @@ impl Shared {
             findings: Mutex::default(),
             epoch: Instant::now(),
             known: Mutex::default(),
+            capture_log: Mutex::new(crate::state::load(storage_root.as_path(), unix_now())),
         }
     }
 
-    /// Seconds since the sidecar started (the clock of triggers and limits).
+    /// Admits a capture of a process under the pod's limits and, if admitted, records its start
+    /// (persisted before the capture begins: a sidecar killed by it still remembers it).
+    pub fn admit_capture(
+        &self,
+        limits: &api::Limits,
+        in_progress: bool,
+        estimate: u64,
+        asker: crate::limits::Asker,
+    ) -> Result<(), crate::limits::Refusal> {
+        let now = unix_now();
+        let mut log = lock(&self.capture_log);
+        crate::limits::admit(limits, in_progress, &mut log, now, self.storage.used_bytes(), estimate, asker)?;
+        log.record(now);
+        crate::state::save(self.storage.root(), &log);
+        Ok(())
+    }
+
+    /// Seconds since the sidecar started (the clock of triggers).
     pub fn now(&self) -> f64 {
         self.epoch.elapsed().as_secs_f64()
     }
@@ -104,6 +127,12 @@ impl Shared {
     pub fn known_process(&self, ns_pid: u32) -> Option<KnownProcess> {
         lock(&self.known).get(&ns_pid).cloned()
     }
+}
+
+/// Wall-clock seconds since the Unix epoch: the clock of the capture log, which outlives this
+/// process.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A std mutex whose holder panicked still holds consistent data here (each critical section is

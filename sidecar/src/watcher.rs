@@ -17,7 +17,7 @@ use nettrace::{Event, TraceInfo};
 use crate::Error;
 use crate::capture::{self, Target};
 use crate::commit::{self, Job};
-use crate::limits::{self, Asker, History};
+use crate::limits::{Asker, History};
 use crate::metrics::{Metrics, Proc, TriggerLabels};
 use crate::shared::{KnownProcess, Shared, lock};
 use crate::triggers::{Engine, Firing, Values};
@@ -268,9 +268,8 @@ fn fire(
     let admitted = {
         let mut h = lock(history);
         let estimate = estimate(t, policy, v, &kinds, h.last_gcdump_bytes);
-        let now = shared.now();
-        limits::admit(&policy.limits, &mut h, now, shared.storage.used_bytes(), estimate, asker).map(|()| {
-            h.record_start(now);
+        shared.admit_capture(&policy.limits, h.in_progress, estimate, asker).map(|()| {
+            h.in_progress = true;
             estimate
         })
     };

@@ -355,3 +355,30 @@ fn a_crash_dump_written_by_the_runtime_becomes_a_capture_with_its_dac() {
     assert_eq!(names, [format!("core.{}", w.pid).as_str(), "crashreport.json", "libmscordaccore.so"]);
     assert_eq!(std::fs::read_dir(sc.store.join(".crash")).unwrap().count(), 0, "moved, not copied");
 }
+
+/// `maxPerHour` is the pod's, not a process's or a sidecar's: a restarted runtime and a restarted
+/// sidecar (killed, no clean-up) find the hour's captures in the capture volume's log.
+#[test]
+fn the_hourly_cap_survives_a_restarted_runtime_and_a_restarted_sidecar() {
+    let policy = "mode: connect\ncounterInterval: 1s\ntriggers: [{type: schedule, every: 1s}]\ncapture: {kinds: [stacks]}\n\
+                  limits: {cooldown: 1s, maxPerHour: 2}\nretention: {maxCount: 10, maxAge: 1h}\n";
+    let mut sc = Sidecar::start("hourly-cap", policy);
+    let captures = |sc: &Sidecar, result: &str| {
+        sc.metric("dumpwatch_captures_total", &["kind=\"stacks\"", &format!("result=\"{result}\"")]).unwrap_or(0.0)
+    };
+    let w = start(&sc, Runtime::Net8, false, false, &[]);
+    sc.wait_for("two captures, then the cap", 60 * S, || (captures(&sc, "rate_limited") > 0.0).then_some(()));
+    assert_eq!(captures(&sc, "success"), 2.0);
+    drop(w);
+
+    // A new runtime and a new sidecar on the same capture volume: still capped.
+    sc.restart();
+    let w = start(&sc, Runtime::Net8, false, false, &[]);
+    let pid = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("the new runtime watched", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
+    sc.wait_for("its schedule refused by the pod's cap", 30 * S, || {
+        (captures(&sc, "rate_limited") > 0.0).then_some(())
+    });
+    assert_eq!(captures(&sc, "success"), 0.0, "the restarted sidecar took no capture in the same hour");
+    assert_eq!(sc.captures().len(), 2, "only the first sidecar's two captures are stored");
+}

@@ -338,9 +338,11 @@ impl Default for Capture {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Limits {
-    /// Captures per process per rolling hour.
+    /// Captures per pod per rolling hour (all its processes together; kept on the capture volume,
+    /// so a restarted runtime or sidecar does not start a fresh hour).
     pub max_per_hour: u32,
-    /// Minimum time between two captures of the same process.
+    /// Minimum time between two triggered captures in the pod (a person's request is not held
+    /// back by it).
     pub cooldown: Duration,
     /// Budget for all captures kept in storage; a capture that would exceed it is refused.
     pub max_bytes: Quantity,
