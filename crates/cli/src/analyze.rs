@@ -41,13 +41,19 @@ pub struct AnalyzeArgs {
     pub crashed: bool,
     /// The runtime's crash report for the dump, if it wrote one.
     pub crash_report: Option<PathBuf>,
+    /// A drill-down view (and its arguments) to print instead of the report.
+    pub view: Option<(crate::views::View, Vec<String>)>,
     pub timeout: u64,
 }
 
 /// Runs the analysis and prints it; returns the findings (for `--report-to`).
-pub fn analyze(args: AnalyzeArgs) -> Result<Findings> {
+pub fn analyze(args: AnalyzeArgs) -> Result<Option<Findings>> {
     let started = Instant::now();
     let mut clock = PhaseClock::new();
+    if let Some((view, view_args)) = &args.view {
+        show(&args, *view, view_args, &mut clock)?;
+        return Ok(None);
+    }
     let mut findings = if crate::heap_file::is_heap_snapshot(&args.core) {
         crate::heap_file::findings_for(&args.core, &args.display, args.top, args.histogram_only, &mut clock)?
     } else {
@@ -64,7 +70,29 @@ pub fn analyze(args: AnalyzeArgs) -> Result<Findings> {
     if args.timings {
         eprint!("{}", timings::render(&clock.finish()));
     }
-    Ok(findings)
+    Ok(Some(findings))
+}
+
+/// Prints one drill-down view of the dump (`dumpwatch analyze <core> <view>`).
+fn show(args: &AnalyzeArgs, view: crate::views::View, view_args: &[String], clock: &mut PhaseClock) -> Result<()> {
+    anyhow::ensure!(
+        !crate::heap_file::is_heap_snapshot(&args.core),
+        "views read core dumps; a heap snapshot has no threads or locks (analyze it without a view)"
+    );
+    let depth = if view.needs_graph() { Depth::Graph } else { Depth::Histogram };
+    let mut opts = ReadOptions::new(WorkerCommand::current_exe(WORKER_SUBCOMMAND)?, depth);
+    opts.dac = args.dac.clone();
+    opts.replacements = args.replacements.clone();
+    opts.timeout = Duration::from_secs(args.timeout);
+    let data = clrdump::read_dump_timed(&args.core, &opts, clock)
+        .with_context(|| format!("analyzing {}", args.core.display()))?;
+    let out = crate::views::render(view, view_args, &data.snapshot, data.graph.as_ref()).map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out.json)?);
+    } else {
+        print!("{}", out.text);
+    }
+    Ok(())
 }
 
 /// Reads the dump and builds the findings document, recording its phases on `clock`.
@@ -365,6 +393,13 @@ pub fn report(f: &Findings) -> String {
                 let _ = writeln!(out, "     {}", l.reason);
             }
         }
+    }
+    if f.source.kind == "core_dump" {
+        let _ = write!(
+            out,
+            "\nNEXT: dumpwatch analyze <dump> threads | syncblk | heap-stat | heap-type <type> | obj <addr> | \
+             roots <addr> | finalizer-queue | threadpool   (--json for any)\n"
+        );
     }
     out
 }

@@ -10,6 +10,7 @@ mod heap_file;
 mod remote;
 mod render;
 mod symbols;
+mod views;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,7 @@ use clap::{Parser, Subcommand};
         dumpwatch gcdump 4242 --paths 5    # what is on the heap, and who holds it (dumpheap -stat, gcroot)\n  \
         dumpwatch dump 4242 -o core.4242   # core dump + matching DAC for later analysis\n  \
         dumpwatch analyze core.4242        # deadlocks, hangs, heap histogram and leak suspects from the dump\n  \
+        dumpwatch analyze core.4242 roots 0x7f3a1c0a2b40   # then drill down: threads, syncblk, heap-stat, heap-type, obj, roots, ...\n  \
         dumpwatch diff a.nettrace b.nettrace  # what grew between two heap snapshots, and what holds it"
 )]
 struct Cli {
@@ -158,6 +160,14 @@ enum Command {
         /// https:// URL, optionally `.zst`. Not needed with --artifacts.
         #[arg(required_unless_present = "artifacts")]
         core: Option<String>,
+        /// Drill down instead of the report (a local dump): threads (every stack, grouped),
+        /// syncblk, heap-stat [N], heap-type <type> [N], obj <addr>, roots <addr> (every root
+        /// and its chain), finalizer-queue, threadpool. With --json, as JSON.
+        #[arg(value_enum, requires = "core")]
+        view: Option<views::View>,
+        /// The view's arguments (a type name, an address, a count).
+        #[arg(requires = "view")]
+        view_args: Vec<String>,
         /// SHA-256 (hex) of the dump's stored bytes; a mismatch stops before any analysis.
         #[arg(long)]
         sha256: Option<String>,
@@ -386,6 +396,8 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Analyze {
             core,
+            view,
+            view_args,
             sha256,
             dac,
             dac_sha256,
@@ -462,11 +474,12 @@ async fn run(command: Command) -> Result<()> {
                 timings,
                 crashed: crashed || crash_report.is_some(),
                 crash_report,
+                view: view.map(|v| (v, view_args)),
                 timeout,
             };
             let findings = tokio::task::spawn_blocking(move || analyze::analyze(args)).await??;
-            if let Some(to) = &report_to {
-                remote::report(to, &serde_json::to_value(&findings)?).await?;
+            if let (Some(to), Some(findings)) = (&report_to, &findings) {
+                remote::report(to, &serde_json::to_value(findings)?).await?;
                 eprintln!("findings sent to {} for {}", to.url, to.snapshot);
             }
             Ok(())

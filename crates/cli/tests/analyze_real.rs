@@ -193,3 +193,81 @@ fn a_crash_dump_names_the_unhandled_exception_and_its_thread_on_both_runtimes() 
         }
     }
 }
+
+/// The drill-down views after the verdict (`analyze <dump> <view>`), on a dump whose truth the
+/// workload knows: a deadlock (two owners, waiters) and N leaked customers under a static.
+#[test]
+fn drill_down_views_show_the_workloads_threads_locks_objects_and_roots_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let total = w.get("/leak?count=2000")["total_customers"].as_u64().unwrap();
+        let dl = w.get("/deadlock?waiters=2");
+        let dir = tempfile::tempdir().unwrap();
+        dump_and_analyze(&w, dir.path(), &["--histogram-only"]);
+        let core = dir.path().join("core");
+        let view = |args: &[&str]| -> Value {
+            let mut all = vec!["analyze", core.to_str().unwrap()];
+            all.extend_from_slice(args);
+            all.push("--json");
+            let (ok, out, err) = dumpwatch(&all);
+            assert!(ok, "{runtime:?} {args:?}: {err}");
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {out}"))
+        };
+
+        // threads: the owners and waiters all stand in DeadlockFunc or wait for its locks.
+        let groups = view(&["threads"]);
+        let in_deadlock: BTreeSet<u64> = groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["stack"].to_string().contains("DiagScenarios.Deadlocks."))
+            .flat_map(|g| g["threads"].as_array().unwrap().iter().map(|t| t["os_tid"].as_u64().unwrap()))
+            .collect();
+        let expected: BTreeSet<u64> = truth_tids(&dl["owners"]).union(&truth_tids(&dl["waiters"])).copied().collect();
+        assert_eq!(in_deadlock, expected, "{runtime:?}: {groups:#}");
+
+        // syncblk: the two held monitors, owned by the two owners.
+        let locks = view(&["syncblk"]);
+        let owners: BTreeSet<u64> = locks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["held"] == true)
+            .map(|l| l["owner_os_tid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(owners, truth_tids(&dl["owners"]), "{runtime:?}: {locks:#}");
+
+        // heap-stat and heap-type count exactly the leaked customers.
+        let stat = view(&["heap-stat"]);
+        let row = stat.as_array().unwrap().iter().find(|t| t["type_name"] == "DiagScenarios.Customer").unwrap();
+        assert_eq!(row["count"].as_u64(), Some(total), "{runtime:?}");
+        let customers = view(&["heap-type", "DiagScenarios.Customer", "3"]);
+        assert_eq!(customers["count"].as_u64(), Some(total), "{runtime:?}");
+        assert_eq!(customers["objects"].as_array().unwrap().len(), 3);
+        let addr = format!("{:#x}", customers["objects"][0]["address"].as_u64().unwrap());
+
+        // obj: a customer, referenced by the cache's array.
+        let o = view(&["obj", &addr]);
+        assert_eq!(o["object"]["type_name"], "DiagScenarios.Customer", "{runtime:?}: {o:#}");
+        assert!(o["referenced_by"].to_string().contains("DiagScenarios.Customer[]"), "{runtime:?}: {o:#}");
+
+        // roots: the static that holds the cache, through the cache and its list.
+        let roots = view(&["roots", &addr]);
+        let by_static = roots
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["root"] == "static DiagScenarios.Processor.Current")
+            .unwrap_or_else(|| panic!("{runtime:?}: no static root: {roots:#}"));
+        let path: Vec<&str> =
+            by_static["path"].as_array().unwrap().iter().map(|s| s["type_name"].as_str().unwrap()).collect();
+        assert!(path.contains(&"DiagScenarios.CustomerCache"), "{path:?}");
+        assert_eq!(path.last(), Some(&"DiagScenarios.Customer"));
+
+        // The rest answer, and a bad address is a clear error.
+        assert!(view(&["finalizer-queue"])["objects"].is_u64());
+        assert!(view(&["threadpool"])["threads"].is_array());
+        let (ok, _, err) = dumpwatch(&["analyze", core.to_str().unwrap(), "obj", "0x8"]);
+        assert!(!ok && err.contains("is not the start of an object"), "{err}");
+    }
+}

@@ -1,9 +1,10 @@
 //! GC heap snapshots (`GCBulkNode` / `GCBulkEdge` / roots / `BulkType` events, or a
 //! dump's heap walk): per-type histograms and their growth, the object graph, retention
-//! paths to roots and retained sizes.
+//! paths to roots and retained sizes, every root of one object (`gcroot`).
 
 mod dominators;
 mod finalization;
+mod gcroot;
 mod graph;
 mod growth;
 mod histogram;
@@ -14,6 +15,7 @@ mod type_name;
 
 pub use dominators::{RetainedSizes, TypeRetained};
 pub use finalization::{FinalizerQueue, finalizer_queue};
+pub use gcroot::{RootChain, chains_from_roots, referrers};
 pub use graph::{GraphStats, NodeIndex, ObjectGraph, ObjectGraphBuilder, Root, RootKind};
 pub use growth::{
     GrowthThresholds, GrowthVerdict, HeapSummary, growth_verdicts, summarize, top_growing, wants_holders,
