@@ -300,3 +300,58 @@ async fn pool_queue_length(client: &DiagnosticsClient) -> Result<Option<u64>> {
     let _ = session.stop().await;
     Ok(value)
 }
+
+/// `dumpwatch trace`: a CPU trace of `duration`, the raw `.nettrace` and a speedscope profile
+/// beside it, and the methods that burned the CPU.
+pub async fn trace(pid: u32, duration: Duration, output: Option<PathBuf>, top: usize, json: bool) -> Result<()> {
+    let (process, client) = resolve(pid)?;
+    let base = output.unwrap_or_else(|| PathBuf::from(format!("trace-{pid}")));
+    let base = base.to_string_lossy();
+    let base = base.strip_suffix(".nettrace").unwrap_or(&base).to_string();
+    let nettrace = PathBuf::from(format!("{base}.nettrace"));
+    let speedscope = PathBuf::from(format!("{base}.speedscope.json"));
+    // Written under a temporary name and renamed when whole: no half trace is ever left.
+    let partial = PathBuf::from(format!("{base}.nettrace.partial"));
+    let raw = std::io::BufWriter::new(
+        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+    );
+    if !json {
+        eprintln!("sampling pid {pid} ({}) for {:.0} s ...", process.command_line, duration.as_secs_f64());
+    }
+    let mut trace = match diag::cpu::capture(&client, duration, Some(Box::new(raw)), Duration::from_secs(60)).await {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&partial, &nettrace).with_context(|| format!("writing {}", nettrace.display()))?;
+    let all = trace.samples.len();
+    let samples = trace.named();
+    let profile = diag::cpu::speedscope(&samples, &format!("pid {pid}: {}", process.command_line));
+    std::fs::write(&speedscope, serde_json::to_vec(&profile)?)
+        .with_context(|| format!("writing {}", speedscope.display()))?;
+    let methods = diag::cpu::top_methods(&samples, top);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "pid": pid, "samples": all, "running_samples": samples.len(), "dropped_samples": trace.dropped,
+                "nettrace": nettrace, "speedscope": speedscope, "top_methods": methods,
+            }))?
+        );
+    } else {
+        println!(
+            "{} samples, {} of them running managed code; {} and {} (open it at https://www.speedscope.app)",
+            all,
+            samples.len(),
+            nettrace.display(),
+            speedscope.display()
+        );
+        println!("\n  {:>9}  {:>6}  {:>9}  method (by inclusive samples)", "inclusive", "%", "exclusive");
+        for m in &methods {
+            println!("  {:>9}  {:>5.1}%  {:>9}  {}", m.inclusive, m.inclusive_percent, m.exclusive, m.method);
+        }
+    }
+    Ok(())
+}

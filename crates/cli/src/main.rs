@@ -31,6 +31,7 @@ use clap::{Parser, Subcommand};
         dumpwatch watch 4242               # wait for a deadlock (.NET 8+), print the cycle\n  \
         dumpwatch stacks 4242              # every thread's managed stack (clrstack -all)\n  \
         dumpwatch hangs 4242               # thread-pool starvation, threads blocked at one place\n  \
+        dumpwatch trace 4242 --duration 30s   # high CPU: which methods burn it (+ .nettrace, speedscope)\n  \
         dumpwatch gcdump 4242 --paths 5    # what is on the heap, and who holds it (dumpheap -stat, gcroot)\n  \
         dumpwatch dump 4242 -o core.4242   # core dump + matching DAC for later analysis\n  \
         dumpwatch analyze core.4242        # deadlocks, hangs, heap histogram and leak suspects from the dump\n  \
@@ -69,6 +70,28 @@ enum Command {
         #[arg(long)]
         duration: Option<f64>,
         /// JSON (one object per sample set, one per line with --watch).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a CPU trace (like `dotnet-trace collect --profile cpu-sampling`) and name the
+    /// methods that burned the CPU.
+    ///
+    /// The runtime samples every managed thread each millisecond for --duration; samples of
+    /// threads running managed code count (waiting threads do not). Writes the raw trace
+    /// (`<output>.nettrace`, for PerfView or dotnet-trace) and a speedscope profile
+    /// (`<output>.speedscope.json`, open it at https://www.speedscope.app), then prints the top
+    /// methods by inclusive samples. Costs the app the sampler's overhead while it runs.
+    Trace {
+        pid: u32,
+        /// How long to sample (e.g. 30s, 2m).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Where to write: `<output>.nettrace` and `<output>.speedscope.json` (default trace-<pid>).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// How many methods to print.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
         #[arg(long)]
         json: bool,
     },
@@ -348,6 +371,7 @@ async fn run(command: Command) -> Result<()> {
             counters(pid, interval, watch, duration, json).await
         }
         Command::Stacks { pid, json } => stacks(pid, json).await,
+        Command::Trace { pid, duration, output, top, json } => trace(pid, duration, output, top, json).await,
         Command::Gcdump { pid, output, top, timeout, paths, json } => {
             gcdump(pid, output, top, timeout, paths, json).await
         }
@@ -502,4 +526,9 @@ async fn dump_reading(
         symbols::find_dac(core, beside, sources).await.with_context(|| format!("finding the DAC for {display}"))?;
     let replacements = symbols::fetch_assemblies(core, sources).await?;
     Ok((Some(found.path), found.runtime_version, replacements))
+}
+
+/// `30s`, `2m`, `1h` (the DumpPolicy's duration syntax).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    api::Duration::parse(s).map(|d| std::time::Duration::from_secs_f64(d.as_secs_f64())).map_err(|e| e.to_string())
 }

@@ -198,3 +198,53 @@ fn dump_cli_writes_core_and_dac() {
     let (ok, _, stderr) = dumpwatch(&["dump", "999999999"]);
     assert!(!ok && stderr.contains("cannot reach pid"), "{stderr}");
 }
+
+/// A CPU-bound request: the trace names the method that burns the CPU first, on the thread the
+/// workload says, and writes a whole .nettrace and a speedscope profile of it.
+#[test]
+fn trace_names_the_hot_method_first_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let port = w.port;
+        // Burns 6 s of CPU time on one request thread, which the 3 s trace samples part of
+        // (started a second later: the request must be running, even on a loaded machine).
+        let burner = std::thread::spawn(move || testbed::http_get(port, "/cpu?ms=6000", Duration::from_secs(180)));
+        std::thread::sleep(Duration::from_secs(1));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("cpu");
+        let t =
+            dumpwatch_json(&["trace", &w.pid.to_string(), "--duration", "3s", "-o", out.to_str().unwrap(), "--json"]);
+        let (_, body) = burner.join().unwrap().expect("the /cpu request answers");
+        let truth: Value = serde_json::from_str(&body).unwrap();
+
+        let top = &t["top_methods"][0];
+        assert!(top["method"].as_str().unwrap().starts_with("DiagScenarios.CpuScenario.BurnCpu"), "{runtime:?}: {t:#}");
+        // Most of its time is in the CPU clock it reads (native: not counted), and a loaded
+        // machine gives it less than the 3 s: a floor, not a rate.
+        assert!(top["exclusive"].as_u64().unwrap() >= 30, "{runtime:?}: {t:#}");
+
+        // The speedscope file: the burner's thread has BurnCpu in its samples.
+        let profile: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("cpu.speedscope.json")).unwrap()).unwrap();
+        assert_eq!(profile["$schema"], "https://www.speedscope.app/file-format-schema.json");
+        let frames = profile["shared"]["frames"].as_array().unwrap();
+        let burn = frames.iter().position(|f| f["name"].as_str().unwrap().contains("BurnCpu")).expect("BurnCpu frame");
+        let burner_profile = profile["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == format!("thread {}", truth["os_tid"]))
+            .unwrap_or_else(|| panic!("{runtime:?}: no profile of the burning thread {}", truth["os_tid"]));
+        let samples = burner_profile["samples"].as_array().unwrap();
+        assert!(
+            samples.iter().all(|s| s.as_array().unwrap().iter().all(|i| i.as_u64().unwrap() < frames.len() as u64))
+        );
+        assert!(samples.iter().any(|s| s.as_array().unwrap().contains(&Value::from(burn))), "{runtime:?}");
+        assert_eq!(burner_profile["weights"].as_array().unwrap().len(), samples.len());
+
+        // The raw trace is whole (a nettrace stream starts with its magic) and no partial is left.
+        let raw = std::fs::read(dir.path().join("cpu.nettrace")).unwrap();
+        assert!(raw.starts_with(b"Nettrace"), "{runtime:?}");
+        assert!(!dir.path().join("cpu.nettrace.partial").exists());
+    }
+}

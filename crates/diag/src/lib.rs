@@ -5,13 +5,14 @@
 //! - [`protocol`] is the pure wire format; [`client`] sends commands over a Unix socket, either
 //!   one we connect to or one the runtime connected to us ([`reverse`], `DOTNET_DiagnosticPorts`).
 //! - [`session`] streams EventPipe sessions through the `nettrace` reader; the capture modules
-//!   ([`counters`], [`stacks`], [`heap`], [`contention`], [`dump`]) build on it.
+//!   ([`counters`], [`stacks`], [`cpu`], [`heap`], [`contention`], [`dump`]) build on it.
 //!
 //! Nothing here knows about Kubernetes.
 
 pub mod client;
 pub mod contention;
 pub mod counters;
+pub mod cpu;
 pub mod discovery;
 pub mod dump;
 pub mod heap;
