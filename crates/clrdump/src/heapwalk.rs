@@ -457,29 +457,4 @@ pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut Obj
 }
 
 #[cfg(test)]
-mod tests {
-    use super::testing::{check_heap_case, heap_case, walk_heap_case};
-
-    /// The fuzz target's builder over a few thousand pseudo-random inputs (xorshift, fixed
-    /// seed), so `cargo test` covers what `fuzz/fuzz_targets/heap_walk.rs` explores.
-    #[test]
-    fn hostile_layouts_and_dumps_never_panic_nor_exceed_the_dump() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut walked = 0;
-        for _ in 0..4000 {
-            let len = (next() % 3000) as usize;
-            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            check_heap_case(&data);
-            walked += u32::from(matches!(walk_heap_case(&heap_case(&data)), Ok(Some((w, _))) if w.objects > 0));
-        }
-        // Not a vacuous run: a good share of the inputs reach objects.
-        eprintln!("{walked} of 4000 walked");
-        assert!(walked > 400, "only {walked} of 4000 cases walked any object");
-    }
-}
+mod tests;
