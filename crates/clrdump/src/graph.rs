@@ -49,6 +49,11 @@ pub(crate) fn build(
     for (i, t) in snapshot.types.iter().enumerate() {
         builder.add_type(i as u64, &simplify_type_name(&t.name));
     }
+    for (method, delegates) in &snapshot.timer_callbacks {
+        for &d in delegates {
+            builder.add_delegate_method(d, method);
+        }
+    }
     for r in &snapshot.roots {
         let kind = match &r.kind {
             RootSource::Static { type_name, field_name } => {

@@ -23,6 +23,13 @@ pub mod testing;
 
 const MIN_OBJECT_SIZE: u64 = 24;
 
+/// The delegate type of timers' callbacks, as the DAC names it.
+const TIMER_CALLBACK: &str = "System.Threading.TimerCallback";
+/// Where a delegate keeps its code pointers (`System.Delegate._methodPtr`, `_methodPtrAux`):
+/// after the MethodTable and its two references `_target` and `_methodBase`, on 3.1 and 8.
+const DELEGATE_METHOD_PTR: usize = 24;
+const DELEGATE_METHOD_PTR_AUX: usize = 32;
+
 /// One address range of objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Range {
@@ -41,6 +48,8 @@ pub(crate) struct TypeInfo {
     component_size: u32,
     is_string: bool,
     is_free: bool,
+    /// `System.Threading.TimerCallback`: the worker notes what each one calls.
+    is_timer_callback: bool,
 }
 
 /// One type's size rule and reference layout, as the worker found them through the DAC.
@@ -250,6 +259,7 @@ impl TypeLookup for DacTypes<'_> {
                 component_size: d.component_size,
                 is_string: mt == self.string_mt,
                 is_free: mt == self.free_mt,
+                is_timer_callback: self.out_types[index as usize].name == TIMER_CALLBACK,
             };
             self.layouts.push(TypeLayout {
                 method_table: mt,
@@ -274,6 +284,8 @@ pub struct HeapWalker<'a> {
     pub stats: HeapStats,
     alloc_contexts: Vec<(u64, u64)>,
     ranges: Vec<Range>,
+    /// Every timer callback met: `(address, _methodPtr, _methodPtrAux)`.
+    timer_callbacks: Vec<(u64, u64, u64)>,
 }
 
 impl<'a> HeapWalker<'a> {
@@ -296,6 +308,7 @@ impl<'a> HeapWalker<'a> {
             stats: HeapStats::default(),
             alloc_contexts,
             ranges: Vec::new(),
+            timer_callbacks: Vec::new(),
         })
     }
 
@@ -352,7 +365,13 @@ impl<'a> HeapWalker<'a> {
         let core = self.types.core;
         let mut histogram: Vec<(u64, u64)> = Vec::new();
         let (mut objects, mut bytes) = (0u64, 0u64);
-        walk_objects(core, &ranges, &self.alloc_contexts, &mut self.types, &mut counts, |_, size, info, _| {
+        let timer_callbacks = &mut self.timer_callbacks;
+        walk_objects(core, &ranges, &self.alloc_contexts, &mut self.types, &mut counts, |obj, size, info, object| {
+            if info.is_timer_callback {
+                let word =
+                    |at: usize| object.get(at..at + 8).map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8")));
+                timer_callbacks.push((obj, word(DELEGATE_METHOD_PTR), word(DELEGATE_METHOD_PTR_AUX)));
+            }
             let i = info.index as usize;
             if i >= histogram.len() {
                 histogram.resize(i + 1, (0, 0));
@@ -382,6 +401,30 @@ impl<'a> HeapWalker<'a> {
     /// The per-type histogram of the walk (graph type indexes point into it).
     pub fn take_types(&mut self) -> Vec<HeapType> {
         std::mem::take(&mut self.types.out_types)
+    }
+
+    /// What the timer callbacks of the walk call: per method (its full name, as the DAC
+    /// names it), the delegates that call it. A closed delegate's `_methodPtr` is the
+    /// method's code or its precode; an open or static one's `_methodPtrAux` is.
+    pub fn timer_callback_methods(&self) -> Vec<(String, Vec<u64>)> {
+        let dac = self.types.dac;
+        let mut names: HashMap<u64, Option<String>> = HashMap::new();
+        let mut by_method: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for &(delegate, ptr, aux) in &self.timer_callbacks {
+            let mut name_of = |ip: u64| -> Option<String> {
+                if ip == 0 {
+                    return None;
+                }
+                names
+                    .entry(ip)
+                    .or_insert_with(|| dac.method_desc_from_ip(ip).and_then(|md| dac.method_desc_name(md).ok()))
+                    .clone()
+            };
+            if let Some(method) = name_of(aux).or_else(|| name_of(ptr)) {
+                by_method.entry(method).or_default().push(delegate);
+            }
+        }
+        by_method.into_iter().collect()
     }
 
     /// What [`walk_graph`] needs to walk the same heap again without the DAC.
@@ -434,6 +477,7 @@ pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut Obj
                     component_size: t.component_size,
                     is_string: t.is_string,
                     is_free: t.is_free,
+                    is_timer_callback: false,
                 };
                 (t.method_table, info)
             })
