@@ -178,6 +178,7 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, clock: &mut PhaseClock)
         heap: walker.stats.clone(),
         types: walker.take_types(),
         layout: (depth == Depth::Graph).then(|| walker.layout()),
+        timer_callbacks: if depth == Depth::Graph { walker.timer_callback_methods() } else { Vec::new() },
         roots,
         warnings,
         phases: Vec::new(),

@@ -15,10 +15,27 @@ use crate::error::{Error, Result};
 /// The page size of the dumped process (x86-64 Linux).
 const PAGE: u64 = 4096;
 
+/// The bytes of a core file: mapped from disk, or held in memory (tests and fuzzing, which
+/// build thousands of small cores and must not go through files).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// A mapped, parsed core dump.
 pub struct CoreDump {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     elf: ElfCore,
     /// Files named in NT_FILE, opened on first use (None: not readable here).
     files: RefCell<HashMap<String, Option<File>>>,
@@ -43,11 +60,29 @@ impl CoreDump {
         let elf = ElfCore::parse(&map)?;
         Ok(CoreDump {
             path: path.to_path_buf(),
-            map,
+            map: Bytes::Mapped(map),
             elf,
             files: RefCell::new(HashMap::new()),
             replacements: HashMap::new(),
         })
+    }
+
+    /// Parses a core file held in memory (its [`path`](Self::path) is empty).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<CoreDump> {
+        let elf = ElfCore::parse(&bytes)?;
+        Ok(CoreDump {
+            path: PathBuf::new(),
+            map: Bytes::Owned(bytes),
+            elf,
+            files: RefCell::new(HashMap::new()),
+            replacements: HashMap::new(),
+        })
+    }
+
+    /// Bytes of memory the dump holds (its PT_LOADs' file data): no walk of it can meet
+    /// more objects or references than this allows, whatever a layout claims.
+    pub fn present_bytes(&self) -> u64 {
+        self.elf.loads.iter().map(|l| l.filesz).fold(0, u64::saturating_add)
     }
 
     /// Reads `local` wherever [`read_with_files`](Self::read_with_files) would read the file
@@ -84,19 +119,20 @@ impl CoreDump {
     /// the object graph. Reading them again is still correct (they fault back in).
     #[allow(unsafe_code)]
     pub fn release(&self, addr: u64, len: u64) {
+        let Bytes::Mapped(map) = &self.map else { return };
         let Some(l) = self.elf.load_for(addr) else { return };
         let rel = addr - l.vaddr;
         let len = len.min(l.filesz.saturating_sub(rel));
         let start = (l.offset + rel).next_multiple_of(PAGE);
         let end = (l.offset + rel + len) & !(PAGE - 1);
-        if end <= start || end as usize > self.map.len() {
+        if end <= start || end as usize > map.len() {
             return;
         }
         // SAFETY: the mapping is a read-only private mapping of a file nobody writes through
         // it; MADV_DONTNEED only drops its page-table entries, and any later read of these
         // bytes (through a slice still held, say) faults the same file contents back in.
         let _ = unsafe {
-            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
         };
     }
 

@@ -260,8 +260,8 @@ fn parse_nt_file(desc: &[u8]) -> Result<Vec<FileMapping>> {
     Ok(out)
 }
 
-/// Builds small core files for tests.
-#[cfg(test)]
+/// Builds small core files for tests and fuzzing.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) mod testing {
     use super::*;
 

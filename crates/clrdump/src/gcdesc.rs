@@ -43,24 +43,48 @@ impl GcDesc {
         }
     }
 
-    /// The non-null references of one object, given its bytes (as many as the dump has).
-    pub(crate) fn references(&self, obj: &[u8], out: &mut Vec<u64>) {
+    /// The non-null references of one object, given its bytes (as many as the dump has);
+    /// `false` when the desc does not fit the object and its references were cut short.
+    ///
+    /// A desc comes from the dump and, in the parent, through the worker: nothing bounds its
+    /// runs, items or offsets. A real one visits each 8-byte slot of an object at most once
+    /// and has no more runs (or items per element) than slots it visits, so two steps per
+    /// slot, plus a few, complete every real object; the budget bounds a hostile desc's cost
+    /// (and the references it adds) by the object's size.
+    pub(crate) fn references(&self, obj: &[u8], out: &mut Vec<u64>) -> bool {
         let size = obj.len() as i64;
+        let mut budget = (obj.len() / 8).saturating_mul(2).saturating_add(16);
+        let mut step = || {
+            budget = budget.saturating_sub(1);
+            budget > 0
+        };
+        // And at most one reference per slot.
+        let room = out.len().saturating_add(obj.len() / 8);
         let mut push = |at: i64| {
-            if let Some(word) = usize::try_from(at).ok().and_then(|at| obj.get(at..at + 8))
+            if out.len() >= room {
+                return false;
+            }
+            if let Some(word) = usize::try_from(at).ok().and_then(|at| obj.get(at..at.checked_add(8)?))
                 && let Ok(bytes) = <[u8; 8]>::try_from(word)
                 && u64::from_le_bytes(bytes) != 0
             {
                 out.push(u64::from_le_bytes(bytes));
             }
+            true
         };
         match self {
             GcDesc::Series(runs) => {
                 for &(offset, relative_size) in runs {
-                    let mut at = offset;
-                    let stop = at.saturating_add(relative_size).saturating_add(size);
+                    if !step() {
+                        return false;
+                    }
+                    // Slots before the object hold nothing of it.
+                    let mut at = offset.max(0);
+                    let stop = offset.saturating_add(relative_size).saturating_add(size);
                     while at < stop && at < size {
-                        push(at);
+                        if !step() || !push(at) {
+                            return false;
+                        }
                         at += 8;
                     }
                 }
@@ -70,9 +94,14 @@ impl GcDesc {
                 while at < size - 8 {
                     let before = at;
                     for &(pointers, skip) in items {
+                        if !step() {
+                            return false;
+                        }
                         let stop = at.saturating_add(pointers.saturating_mul(8));
                         while at < stop && at < size {
-                            push(at);
+                            if !step() || !push(at) {
+                                return false;
+                            }
                             at += 8;
                         }
                         at = at.saturating_add(skip);
@@ -83,6 +112,7 @@ impl GcDesc {
                 }
             }
         }
+        true
     }
 }
 

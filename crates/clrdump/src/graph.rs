@@ -26,11 +26,19 @@ pub(crate) fn build(
     // Mapped for the walk only: the references resolve without it.
     let core = CoreDump::open(core_path)?;
     let mut builder = ObjectGraphBuilder::new();
-    // The worker's count, which no heap can exceed: objects are 24 bytes at least.
-    let expected = snapshot.heap.objects.min(snapshot.heap.walked_bytes / 24);
+    // The worker's count, which no heap can exceed: objects are 24 bytes at least. The
+    // worker's figures are not trusted: the dump's own size caps the reservation.
+    let expected = snapshot.heap.objects.min(snapshot.heap.walked_bytes / 24).min(core.present_bytes() / 24);
     builder.reserve_nodes(usize::try_from(expected).unwrap_or(0));
-    let objects = walk_graph(&core, layout, &mut builder)?;
+    let walk = walk_graph(&core, layout, &mut builder)?;
     drop(core);
+    let objects = walk.objects;
+    if walk.cut_references > 0 {
+        snapshot.warnings.push(format!(
+            "{} objects have a reference layout that does not fit them (a damaged heap or type): their references were cut short",
+            walk.cut_references
+        ));
+    }
     if objects != snapshot.heap.objects {
         snapshot.warnings.push(format!(
             "the object graph has {objects} objects but the heap walk counted {}: retention figures may be off",
@@ -40,6 +48,11 @@ pub(crate) fn build(
     clock.start("graph: name types, add roots");
     for (i, t) in snapshot.types.iter().enumerate() {
         builder.add_type(i as u64, &simplify_type_name(&t.name));
+    }
+    for (method, delegates) in &snapshot.timer_callbacks {
+        for &d in delegates {
+            builder.add_delegate_method(d, method);
+        }
     }
     for r in &snapshot.roots {
         let kind = match &r.kind {

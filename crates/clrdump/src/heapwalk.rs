@@ -18,7 +18,17 @@ use crate::error::{Error, Result};
 use crate::gcdesc::GcDesc;
 use crate::model::{HeapStats, HeapType};
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 const MIN_OBJECT_SIZE: u64 = 24;
+
+/// The delegate type of timers' callbacks, as the DAC names it.
+const TIMER_CALLBACK: &str = "System.Threading.TimerCallback";
+/// Where a delegate keeps its code pointers (`System.Delegate._methodPtr`, `_methodPtrAux`):
+/// after the MethodTable and its two references `_target` and `_methodBase`, on 3.1 and 8.
+const DELEGATE_METHOD_PTR: usize = 24;
+const DELEGATE_METHOD_PTR_AUX: usize = 32;
 
 /// One address range of objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +48,8 @@ pub(crate) struct TypeInfo {
     component_size: u32,
     is_string: bool,
     is_free: bool,
+    /// `System.Threading.TimerCallback`: the worker notes what each one calls.
+    is_timer_callback: bool,
 }
 
 /// One type's size rule and reference layout, as the worker found them through the DAC.
@@ -80,6 +92,12 @@ struct WalkCounts {
 
 /// Walks every object of `ranges` in address order, calling `each(address, size, type,
 /// object bytes)` for every object that is not free space.
+///
+/// The parent runs this on a dump and a layout it cannot trust (the worker read both from
+/// the dump): whatever they say, it must end, in time and memory bounded by the bytes the
+/// dump holds. So it works in offsets inside each range's bytes (no address arithmetic that
+/// can wrap), every step advances at least 8 bytes, and the ranges must be sorted and
+/// disjoint (else the same bytes could be walked any number of times).
 fn walk_objects(
     core: &CoreDump,
     ranges: &[Range],
@@ -88,29 +106,46 @@ fn walk_objects(
     counts: &mut WalkCounts,
     mut each: impl FnMut(u64, u64, TypeInfo, &[u8]) -> Result<()>,
 ) -> Result<()> {
+    let alloc_contexts = AllocContexts::new(alloc_contexts);
     // A few types make up most objects, often interleaved (a node and its item): a small
     // direct-mapped cache in front of the lookup saves a hash per object.
     let mut recent: [Option<(u64, TypeInfo)>; 64] = [None; 64];
+    let mut previous_end = 0u64;
     for range in ranges {
-        let Some(bytes) = core.slice(range.start, range.end - range.start) else {
+        let Some(len) = range.end.checked_sub(range.start).filter(|&len| len > 0) else {
+            return Err(Error::Heap(format!("object range {:#x}..{:#x} is empty or reversed", range.start, range.end)));
+        };
+        if range.start < previous_end {
+            return Err(Error::Heap(format!(
+                "object range {:#x}..{:#x} is out of order or overlaps the one before it",
+                range.start, range.end
+            )));
+        }
+        previous_end = range.end;
+        let Some(bytes) = core.slice(range.start, len) else {
             counts.resyncs += 1;
             continue;
         };
-        counts.walked_bytes += bytes.len() as u64;
-        let mut obj = range.start;
-        let mut walked_to = range.start;
-        while obj + 8 <= range.end {
-            if obj - walked_to >= RELEASE_EVERY {
-                core.release(walked_to, obj - walked_to);
-                walked_to = obj;
+        counts.walked_bytes = counts.walked_bytes.saturating_add(len);
+        // Offsets in `bytes`; `range.start + off` cannot wrap since `off <= len`.
+        let mut off = 0usize;
+        let mut released = 0usize;
+        while bytes.len() - off >= 8 {
+            let obj = range.start + off as u64;
+            if (off - released) as u64 >= RELEASE_EVERY {
+                core.release(range.start + released as u64, (off - released) as u64);
+                released = off;
             }
             if !range.large
-                && let Some(next) = skip_alloc_context(alloc_contexts, obj)
+                && let Some(next) = alloc_contexts.skip(obj)
             {
-                obj = next;
+                // `next > obj`: the walk moves on (or leaves the range).
+                match next.checked_sub(range.start).and_then(|n| usize::try_from(n).ok()) {
+                    Some(n) if n < bytes.len() => off = n,
+                    _ => break,
+                }
                 continue;
             }
-            let off = (obj - range.start) as usize;
             let mt = u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes")) & !7;
             let slot = (mt >> 3) as usize % recent.len();
             let info = match recent[slot] {
@@ -122,39 +157,73 @@ fn walk_objects(
                 // Not an object: damaged heap or an allocation gap we did not know about.
                 // Resynchronize on the next pointer-aligned word.
                 counts.resyncs += 1;
-                obj += 8;
+                off += 8;
                 continue;
             };
             recent[slot] = Some((mt, info));
-            let mut size = info.base_size as u64;
-            if info.component_size != 0 {
-                let count = bytes.get(off + 8..off + 12).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4")));
-                // The DAC reports String's base size minus its terminating char.
-                let count = count as u64 + info.is_string as u64;
-                size += count * info.component_size as u64;
-            }
-            let size = ((size + 7) & !7).max(MIN_OBJECT_SIZE);
+            let size = object_size(info, bytes.get(off + 8..off + 12));
             if info.is_free {
                 counts.free_objects += 1;
-                counts.free_bytes += size;
+                counts.free_bytes = counts.free_bytes.saturating_add(size);
             } else {
-                let end = (off + size as usize).min(bytes.len());
+                let end = usize::try_from(size).map_or(bytes.len(), |size| off.saturating_add(size).min(bytes.len()));
                 each(obj, size, info, &bytes[off..end])?;
             }
-            obj += size;
+            // Objects are at least 24 bytes: the walk always advances.
+            match usize::try_from(size).ok().and_then(|size| off.checked_add(size)) {
+                Some(next) if next < bytes.len() => off = next,
+                _ => break,
+            }
         }
-        core.release(walked_to, range.end - walked_to);
+        core.release(range.start + released as u64, len - released as u64);
     }
     Ok(())
+}
+
+/// An object's size in bytes: its type's base size plus, for arrays and strings, the element
+/// count (the u32 after the MethodTable, `count_bytes`) times the element size; rounded up to
+/// 8 bytes and at least [`MIN_OBJECT_SIZE`]. Saturates instead of wrapping on absurd counts.
+fn object_size(info: TypeInfo, count_bytes: Option<&[u8]>) -> u64 {
+    let mut size = u64::from(info.base_size);
+    if info.component_size != 0 {
+        let count = count_bytes.and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
+        // The DAC reports String's base size minus its terminating char.
+        let count = u64::from(count) + u64::from(info.is_string);
+        size = size.saturating_add(count.saturating_mul(u64::from(info.component_size)));
+    }
+    (size.saturating_add(7) & !7).max(MIN_OBJECT_SIZE)
 }
 
 /// How much of the dump a walk reads before it lets go of what it has read (see
 /// [`CoreDump::release`]).
 const RELEASE_EVERY: u64 = 64 << 20;
 
-/// If `obj` lies in an allocation context, the first address after it.
-fn skip_alloc_context(alloc_contexts: &[(u64, u64)], obj: u64) -> Option<u64> {
-    alloc_contexts.iter().find(|&&(p, l)| p != 0 && p <= obj && obj < l).map(|&(_, l)| l + MIN_OBJECT_SIZE)
+/// The threads' allocation contexts `[ptr, limit)`, merged and sorted: each object looks
+/// itself up, so a list scanned per object would make the walk quadratic in a layout that
+/// names many.
+struct AllocContexts(Vec<(u64, u64)>);
+
+impl AllocContexts {
+    fn new(contexts: &[(u64, u64)]) -> Self {
+        let mut sorted: Vec<(u64, u64)> = contexts.iter().copied().filter(|&(p, l)| p != 0 && p < l).collect();
+        sorted.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+        for (p, l) in sorted {
+            match merged.last_mut() {
+                Some(last) if p <= last.1 => last.1 = last.1.max(l),
+                _ => merged.push((p, l)),
+            }
+        }
+        AllocContexts(merged)
+    }
+
+    /// If `obj` lies in an allocation context, the first address after it (past the gap the
+    /// runtime leaves at its limit).
+    fn skip(&self, obj: u64) -> Option<u64> {
+        let i = self.0.partition_point(|&(p, _)| p <= obj);
+        let &(_, limit) = self.0.get(i.checked_sub(1)?)?;
+        (obj < limit).then(|| limit.saturating_add(MIN_OBJECT_SIZE))
+    }
 }
 
 /// Types found through the DAC as the walk meets them.
@@ -190,6 +259,7 @@ impl TypeLookup for DacTypes<'_> {
                 component_size: d.component_size,
                 is_string: mt == self.string_mt,
                 is_free: mt == self.free_mt,
+                is_timer_callback: self.out_types[index as usize].name == TIMER_CALLBACK,
             };
             self.layouts.push(TypeLayout {
                 method_table: mt,
@@ -214,6 +284,8 @@ pub struct HeapWalker<'a> {
     pub stats: HeapStats,
     alloc_contexts: Vec<(u64, u64)>,
     ranges: Vec<Range>,
+    /// Every timer callback met: `(address, _methodPtr, _methodPtrAux)`.
+    timer_callbacks: Vec<(u64, u64, u64)>,
 }
 
 impl<'a> HeapWalker<'a> {
@@ -236,6 +308,7 @@ impl<'a> HeapWalker<'a> {
             stats: HeapStats::default(),
             alloc_contexts,
             ranges: Vec::new(),
+            timer_callbacks: Vec::new(),
         })
     }
 
@@ -292,7 +365,13 @@ impl<'a> HeapWalker<'a> {
         let core = self.types.core;
         let mut histogram: Vec<(u64, u64)> = Vec::new();
         let (mut objects, mut bytes) = (0u64, 0u64);
-        walk_objects(core, &ranges, &self.alloc_contexts, &mut self.types, &mut counts, |_, size, info, _| {
+        let timer_callbacks = &mut self.timer_callbacks;
+        walk_objects(core, &ranges, &self.alloc_contexts, &mut self.types, &mut counts, |obj, size, info, object| {
+            if info.is_timer_callback {
+                let word =
+                    |at: usize| object.get(at..at + 8).map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8")));
+                timer_callbacks.push((obj, word(DELEGATE_METHOD_PTR), word(DELEGATE_METHOD_PTR_AUX)));
+            }
             let i = info.index as usize;
             if i >= histogram.len() {
                 histogram.resize(i + 1, (0, 0));
@@ -324,6 +403,30 @@ impl<'a> HeapWalker<'a> {
         std::mem::take(&mut self.types.out_types)
     }
 
+    /// What the timer callbacks of the walk call: per method (its full name, as the DAC
+    /// names it), the delegates that call it. A closed delegate's `_methodPtr` is the
+    /// method's code or its precode; an open or static one's `_methodPtrAux` is.
+    pub fn timer_callback_methods(&self) -> Vec<(String, Vec<u64>)> {
+        let dac = self.types.dac;
+        let mut names: HashMap<u64, Option<String>> = HashMap::new();
+        let mut by_method: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for &(delegate, ptr, aux) in &self.timer_callbacks {
+            let mut name_of = |ip: u64| -> Option<String> {
+                if ip == 0 {
+                    return None;
+                }
+                names
+                    .entry(ip)
+                    .or_insert_with(|| dac.method_desc_from_ip(ip).and_then(|md| dac.method_desc_name(md).ok()))
+                    .clone()
+            };
+            if let Some(method) = name_of(aux).or_else(|| name_of(ptr)) {
+                by_method.entry(method).or_default().push(delegate);
+            }
+        }
+        by_method.into_iter().collect()
+    }
+
     /// What [`walk_graph`] needs to walk the same heap again without the DAC.
     pub fn layout(&self) -> HeapLayout {
         HeapLayout {
@@ -343,10 +446,25 @@ impl TypeLookup for KnownTypes {
     }
 }
 
+/// What a [`walk_graph`] met.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphWalk {
+    /// Objects added to the graph.
+    pub objects: u64,
+    /// Objects whose type's reference layout does not fit them (a damaged or hostile
+    /// layout): their references were cut short.
+    pub cut_references: u64,
+}
+
 /// Walks the heap of `core` again with the worker's `layout` (no DAC), adding every object
-/// and its non-null references to `builder`; returns the objects walked. The walk meets the
-/// same objects as the worker's, since it reads the same bytes with the same rules.
-pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut ObjectGraphBuilder) -> Result<u64> {
+/// and its non-null references to `builder`. The walk meets the same objects as the
+/// worker's, since it reads the same bytes with the same rules. Neither the dump nor the
+/// layout is trusted: the objects and references added are bounded by the bytes the dump
+/// holds (at most one object per 24 bytes of a range, one reference per 8 bytes of an object).
+pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut ObjectGraphBuilder) -> Result<GraphWalk> {
+    if u32::try_from(layout.types.len()).is_err() {
+        return Err(Error::Heap(format!("the layout names {} types", layout.types.len())));
+    }
     let mut types = KnownTypes(
         layout
             .types
@@ -359,22 +477,28 @@ pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut Obj
                     component_size: t.component_size,
                     is_string: t.is_string,
                     is_free: t.is_free,
+                    is_timer_callback: false,
                 };
                 (t.method_table, info)
             })
             .collect(),
     );
     let mut counts = WalkCounts::default();
-    let mut objects = 0u64;
+    let mut walk = GraphWalk::default();
     walk_objects(core, &layout.ranges, &layout.alloc_contexts, &mut types, &mut counts, |obj, size, info, bytes| {
         let desc = layout.types[info.index as usize].references.as_ref();
         builder.add_node_with(obj, size, u64::from(info.index), |edges| {
-            if let Some(desc) = desc {
-                desc.references(bytes, edges);
+            if let Some(desc) = desc
+                && !desc.references(bytes, edges)
+            {
+                walk.cut_references += 1;
             }
         });
-        objects += 1;
+        walk.objects += 1;
         Ok(())
     })?;
-    Ok(objects)
+    Ok(walk)
 }
+
+#[cfg(test)]
+mod tests;

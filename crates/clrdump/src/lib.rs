@@ -41,6 +41,9 @@ use std::time::Duration;
 pub use analysis::heap::ObjectGraph;
 pub use error::{Error, Result};
 pub use heapwalk::HeapLayout;
+/// Heaps built from arbitrary bytes (fuzzing, seeded tests).
+#[cfg(any(test, feature = "testing"))]
+pub use heapwalk::testing;
 pub use model::{Depth, Snapshot};
 pub use worker::{WorkerCommand, worker_main};
 

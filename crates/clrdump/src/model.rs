@@ -180,6 +180,10 @@ pub struct Snapshot {
     pub finalizer_thread: Option<u32>,
     /// Non-fatal problems met on the way.
     pub warnings: Vec<String>,
+    /// At [`Depth::Graph`]: what each `System.Threading.TimerCallback` calls, per method (its
+    /// full name) the delegates' addresses.
+    #[serde(default)]
+    pub timer_callbacks: Vec<(String, Vec<u64>)>,
     /// At [`Depth::Graph`]: what the parent needs to walk the heap again for the object graph.
     #[serde(default)]
     pub layout: Option<crate::heapwalk::HeapLayout>,

@@ -143,6 +143,9 @@ pub struct ObjectGraphBuilder {
     types: TypeTable,
     roots: Vec<(u64, PendingRoot)>,
     next_event: [u32; 2],
+    /// `(delegate address, index in method_names)`.
+    delegate_methods: Vec<(u64, u32)>,
+    method_names: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -302,6 +305,15 @@ impl ObjectGraphBuilder {
         self.roots.push((address, PendingRoot::Kind(kind)));
     }
 
+    /// What the delegate at `address` calls (a method's full name), when the snapshot could
+    /// tell (a dump, through the runtime's data access); resolved at finish like roots.
+    pub fn add_delegate_method(&mut self, address: u64, method: &str) {
+        if self.method_names.last().is_none_or(|last| last != method) {
+            self.method_names.push(method.to_string());
+        }
+        self.delegate_methods.push((address, (self.method_names.len() - 1) as u32));
+    }
+
     /// A static field whose declaring type is known by id; the type is named at finish, since
     /// its `BulkType` may come later.
     pub fn add_static_root(&mut self, address: u64, declaring_type_id: u64, field_name: &str) {
@@ -345,7 +357,18 @@ impl ObjectGraphBuilder {
         if received + nodes > u64::from(u32::MAX) {
             return Err(Error::TooLarge { what: "edges", limit: u64::from(u32::MAX) - nodes });
         }
-        let ObjectGraphBuilder { addresses, sizes, type_indexes, mut edge_counts, edges, types, roots, .. } = self;
+        let ObjectGraphBuilder {
+            addresses,
+            sizes,
+            type_indexes,
+            mut edge_counts,
+            edges,
+            types,
+            roots,
+            delegate_methods,
+            method_names,
+            ..
+        } = self;
 
         // Where each node's edges start in the flat stream, in arrival order (in place of
         // the counts, plus the end).
@@ -445,7 +468,24 @@ impl ObjectGraphBuilder {
             dropped_roots,
             duplicate_nodes,
         };
-        Ok(ObjectGraph { addresses, type_index, sizes, edge_offsets, edge_targets, type_names, roots: resolved, stats })
+        let mut delegate_methods: Vec<(u32, u32)> = delegate_methods
+            .into_iter()
+            .filter_map(|(address, method)| Some((addresses.binary_search(&address).ok()? as u32, method)))
+            .collect();
+        delegate_methods.sort_unstable();
+        delegate_methods.dedup_by_key(|&mut (node, _)| node);
+        Ok(ObjectGraph {
+            addresses,
+            type_index,
+            sizes,
+            edge_offsets,
+            edge_targets,
+            type_names,
+            roots: resolved,
+            stats,
+            delegate_methods,
+            method_names,
+        })
     }
 }
 
@@ -651,6 +691,9 @@ pub struct ObjectGraph {
     /// Best root kind first (statics, handles, …, stack), then by node.
     roots: Vec<Root>,
     stats: GraphStats,
+    /// `(delegate node, index in method_names)`, by node.
+    delegate_methods: Vec<(u32, u32)>,
+    method_names: Vec<String>,
 }
 
 impl ObjectGraph {
@@ -697,6 +740,13 @@ impl ObjectGraph {
     /// Roots, best kind first.
     pub fn roots(&self) -> &[Root] {
         &self.roots
+    }
+
+    /// The method the delegate `node` calls, when the snapshot told
+    /// ([`ObjectGraphBuilder::add_delegate_method`]).
+    pub fn delegate_method(&self, node: NodeIndex) -> Option<&str> {
+        let i = self.delegate_methods.binary_search_by_key(&node.0, |&(n, _)| n).ok()?;
+        Some(&self.method_names[self.delegate_methods[i].1 as usize])
     }
 
     /// Sizes and what was dropped while building.

@@ -602,7 +602,14 @@ impl<'a> GroupView<'a> {
                     .map(|&c| format!("`{}`", g.type_name(c)))
                     .collect::<Vec<_>>()
                     .join(" → ");
-                let callback = if via.is_empty() { String::new() } else { format!(" (callback {via})") };
+                // What the sample timer's callback calls, when the snapshot could tell (a dump).
+                let calls = self.chain.iter().find_map(|&c| g.delegate_method(c));
+                let callback = match (via.is_empty(), calls) {
+                    (true, None) => String::new(),
+                    (false, None) => format!(" (callback {via})"),
+                    (true, Some(m)) => format!(" (callback calling `{m}`)"),
+                    (false, Some(m)) => format!(" (callback {via}, calling `{m}`)"),
+                };
                 let holder = format!("the runtime's timer queue ({})", holder_text(&holder_steps));
                 let reason = format!(
                     "{} `{subject_type}` objects are {only} the callbacks of {} scheduled `System.Threading.Timer`s{callback} \

@@ -192,9 +192,11 @@ fn closures_name_what_they_capture() {
 
 /// `static TimerQueue.Instances` → `TimerQueue[]` → `TimerQueue` → a doubly linked list of
 /// `TimerQueueTimer`s, each → `TimerCallback` → closure → `Session` → `Timer` → `TimerHolder` →
-/// back to its `TimerQueueTimer` (the session keeps its own timer: a cycle).
-fn timers(h: &mut Heap, n: u64) {
+/// back to its `TimerQueueTimer` (the session keeps its own timer: a cycle). Returns the
+/// callbacks.
+fn timers(h: &mut Heap, n: u64) -> Vec<u64> {
     let at: Vec<u64> = (0..n).map(|_| h.reserve(96)).collect();
+    let mut callbacks = Vec::new();
     for i in 0..n as usize {
         let holder = h.obj("System.Threading.TimerHolder", 24, &[at[i]]);
         let timer = h.obj("System.Threading.Timer", 24, &[holder]);
@@ -202,6 +204,7 @@ fn timers(h: &mut Heap, n: u64) {
         let session = h.obj("App.Session", 32, &[timer, buffer]);
         let closure = h.obj("App.Sessions+<>c__DisplayClass1_0", 24, &[session]);
         let callback = h.obj("System.Threading.TimerCallback", 64, &[closure]);
+        callbacks.push(callback);
         let mut refs = vec![callback];
         refs.extend(at.get(i + 1));
         refs.extend(i.checked_sub(1).map(|p| at[p]));
@@ -210,12 +213,13 @@ fn timers(h: &mut Heap, n: u64) {
     let queue = h.obj("System.Threading.TimerQueue", 48, &[at[0]]);
     let queues = h.obj("System.Threading.TimerQueue[]", 40, &[queue]);
     h.static_root(queues, "System.Threading.TimerQueue", "<Instances>k__BackingField");
+    callbacks
 }
 
 #[test]
 fn timers_name_their_callbacks_target_and_the_queue() {
     let mut h = Heap::new();
-    timers(&mut h, 1500);
+    let _ = timers(&mut h, 1500);
     let s = suspects(h);
     assert_eq!(s.len(), 1, "{s:#?}");
     assert_eq!(s[0].pattern, LeakPattern::Timers);
@@ -231,10 +235,30 @@ fn timers_name_their_callbacks_target_and_the_queue() {
 }
 
 #[test]
+fn timers_name_the_method_their_callback_calls_when_the_snapshot_tells() {
+    let mut h = Heap::new();
+    let callbacks = timers(&mut h, 1500);
+    // A dump tells what each delegate calls (the DAC names its method).
+    for &c in &callbacks {
+        h.b.add_delegate_method(c, "App.Sessions+<>c__DisplayClass1_0.<Start>b__0(System.Object)");
+    }
+    let s = suspects(h);
+    assert_eq!(s.len(), 1, "{s:#?}");
+    assert!(
+        s[0].reason.contains(
+            "(callback `System.Threading.TimerCallback` → `App.Sessions+<>c__DisplayClass1_0`, calling \
+             `App.Sessions+<>c__DisplayClass1_0.<Start>b__0(System.Object)`) on the runtime's timer queue"
+        ),
+        "{}",
+        s[0].reason
+    );
+}
+
+#[test]
 fn a_small_collection_and_a_few_timers_are_silent() {
     let mut h = Heap::new();
     order_list(&mut h, "App.Cache", "Recent", 5000, 100);
-    timers(&mut h, 300);
+    let _ = timers(&mut h, 300);
     // Padding: the list is well below 10 % of this heap.
     let pad: Vec<u64> = (0..100).map(|_| h.obj("System.Byte[]", 200_000, &[])).collect();
     let table = h.obj("System.Byte[][]", 32 + 800, &pad);
