@@ -92,6 +92,8 @@ pub struct Request {
     pub finding: Option<serde_json::Value>,
     pub min_free_bytes: u64,
     pub top_types: usize,
+    /// How long a `trace` samples.
+    pub trace_duration: Duration,
 }
 
 pub fn dump_type(t: api::DumpType) -> diag::protocol::DumpType {
@@ -117,6 +119,7 @@ pub async fn take(t: &Target, dir: &Path, req: &Request) -> Result<Taken, Error>
             }),
             CaptureKind::Gcdump => gcdump(t, dir, req.top_types).await.map(|top| taken.heap_top = Some(top)),
             CaptureKind::Dump => dump(t, dir, req).await,
+            CaptureKind::Trace => trace(t, dir, req.trace_duration).await,
         };
         if let Err(e) = &r {
             tracing::warn!(pid = t.pid, kind = kind.name(), error = %e, "capture failed");
@@ -157,6 +160,38 @@ pub fn name_the_frames(finding: &mut serde_json::Value, threads: &[ThreadStack])
             }
         }
     }
+}
+
+/// Methods listed in a trace's summary.
+const TRACE_TOP_METHODS: usize = 25;
+
+/// A CPU trace: `trace.nettrace` (raw), `trace.speedscope.json`, and `trace-summary.json` (the
+/// methods that burned the CPU, by inclusive samples).
+async fn trace(t: &Target, dir: &Path, duration: Duration) -> Result<(), Error> {
+    let raw_path = dir.join("trace.nettrace");
+    let raw = std::fs::File::create(&raw_path).map_err(Error::io("creating trace.nettrace"))?;
+    let captured =
+        diag::cpu::capture(&t.client, duration, Some(Box::new(std::io::BufWriter::new(raw))), Duration::from_secs(120))
+            .await;
+    let mut trace = match captured {
+        Ok(trace) => trace,
+        Err(e) => {
+            let _ = std::fs::remove_file(&raw_path);
+            return Err(e.into());
+        }
+    };
+    let all = trace.samples.len();
+    let samples = trace.named();
+    let name = format!("{} (pid {})", t.name, t.ns_pid);
+    write_json(&dir.join("trace.speedscope.json"), &diag::cpu::speedscope(&samples, &name))?;
+    let summary = serde_json::json!({
+        "duration_seconds": duration.as_secs_f64(),
+        "samples": all,
+        "running_samples": samples.len(),
+        "dropped_samples": trace.dropped,
+        "top_methods": diag::cpu::top_methods(&samples, TRACE_TOP_METHODS),
+    });
+    write_json(&dir.join("trace-summary.json"), &summary)
 }
 
 async fn gcdump(t: &Target, dir: &Path, top: usize) -> Result<Vec<(String, u64)>, Error> {

@@ -292,6 +292,7 @@ fn fire(
         finding,
         min_free_bytes: policy.limits.min_free_disk.value() as u64,
         top_types: policy.capture.top_types as usize,
+        trace_duration: Duration::from_secs_f64(policy.capture.trace_duration.as_secs_f64()),
     };
     let (shared, t, history) = (shared.clone(), t.clone(), history.clone());
     tokio::task::spawn_local(async move {
@@ -315,6 +316,8 @@ fn estimate(t: &Target, policy: &DumpPolicySpec, v: &Values, kinds: &[CaptureKin
             // the last snapshot of this process, with a margin for growth, is better still.
             CaptureKind::Gcdump => ((v.gc_heap_bytes.unwrap_or(0.0) / 2.0) as u64 + (1 << 20)).max(last_gcdump / 4 * 5),
             CaptureKind::Stacks => 1 << 20,
+            // Measured: ~100 KiB of raw trace per second for a small app; room for a busy one.
+            CaptureKind::Trace => (1 << 20) + (policy.capture.trace_duration.as_secs_f64() * 1024.0 * 1024.0) as u64,
         })
         .sum()
 }

@@ -382,3 +382,28 @@ fn the_hourly_cap_survives_a_restarted_runtime_and_a_restarted_sidecar() {
     assert_eq!(captures(&sc, "success"), 0.0, "the restarted sidecar took no capture in the same hour");
     assert_eq!(sc.captures().len(), 2, "only the first sidecar's two captures are stored");
 }
+
+/// dotnet-monitor's standard rule, high CPU → a CPU trace: the trace capture names the method
+/// that burns the CPU, with the raw trace and a speedscope profile beside it.
+#[test]
+fn high_cpu_takes_a_trace_that_names_the_hot_method() {
+    let policy = "mode: connect\ncounterInterval: 1s\n\
+                  triggers: [{type: cpu, above: 30%, for: 1s, capture: [trace]}]\ncapture: {traceDuration: 3s}\n";
+    let sc = Sidecar::start("cpu-trace", policy);
+    let w = start(&sc, Runtime::Net8, false, false, &[]);
+    let pid = format!("pid=\"{}\"", w.pid);
+    sc.wait_for("the process watched", 30 * S, || sc.metric("dotnet_cpu_usage_ratio", &[&pid]));
+    let port = w.port;
+    let burner = std::thread::spawn(move || testbed::http_get(port, "/cpu?ms=10000", 180 * S));
+    let dir = sc.wait_for("the trace capture", 90 * S, || sc.captures().into_iter().next());
+    let m = manifest(&dir);
+    assert_eq!(m["trigger"]["trigger"], "cpu");
+    let names: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for f in ["trace.nettrace", "trace.speedscope.json", "trace-summary.json"] {
+        assert!(names.contains(&f), "{f} in {names:?}");
+    }
+    let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("trace-summary.json")).unwrap()).unwrap();
+    let top = summary["top_methods"][0]["method"].as_str().unwrap_or("");
+    assert!(top.starts_with("DiagScenarios.CpuScenario.BurnCpu"), "{summary:#}");
+    let _ = burner.join();
+}

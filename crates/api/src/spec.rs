@@ -257,6 +257,9 @@ pub enum CaptureKind {
     Gcdump,
     /// Every thread's managed stack, symbolized.
     Stacks,
+    /// A CPU trace of `capture.traceDuration` (SampleProfiler): the raw `trace.nettrace`, a
+    /// speedscope profile and the methods by inclusive samples (`trace-summary.json`).
+    Trace,
 }
 
 impl CaptureKind {
@@ -265,6 +268,7 @@ impl CaptureKind {
             Self::Dump => "dump",
             Self::Gcdump => "gcdump",
             Self::Stacks => "stacks",
+            Self::Trace => "trace",
         }
     }
 }
@@ -327,11 +331,19 @@ pub struct Capture {
     pub dump_type: DumpType,
     /// How many types of the latest heap snapshot `/metrics` publishes.
     pub top_types: u32,
+    /// How long a `trace` capture samples (1s to 5m, default 10s); the app pays the sampler's
+    /// overhead meanwhile.
+    pub trace_duration: Duration,
 }
 
 impl Default for Capture {
     fn default() -> Self {
-        Self { kinds: vec![CaptureKind::Dump], dump_type: DumpType::Heap, top_types: 10 }
+        Self {
+            kinds: vec![CaptureKind::Dump],
+            dump_type: DumpType::Heap,
+            top_types: 10,
+            trace_duration: Duration::from_secs(10),
+        }
     }
 }
 

@@ -55,7 +55,13 @@ impl DumpPolicySpec {
             p.push("retention.maxCount must be at least 1".into());
         }
         if self.capture.kinds.is_empty() {
-            p.push("capture.kinds must name at least one of dump, gcdump, stacks".into());
+            p.push("capture.kinds must name at least one of dump, gcdump, stacks, trace".into());
+        }
+        let trace = self.capture.trace_duration.as_secs_f64();
+        if !(1.0..=300.0).contains(&trace) {
+            p.push(format!(
+                "capture.traceDuration must be between 1s and 5m (got {trace} s): a trace samples every thread each millisecond"
+            ));
         }
         for (i, t) in self.triggers.iter().enumerate() {
             let at = format!("triggers[{i}] ({})", t.kind.name());

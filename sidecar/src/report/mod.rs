@@ -263,6 +263,8 @@ pub fn kind_of(file: &str) -> CaptureKind {
         CaptureKind::Gcdump
     } else if file.starts_with("stacks.") {
         CaptureKind::Stacks
+    } else if file.starts_with("trace.") || file.starts_with("trace-summary.") {
+        CaptureKind::Trace
     } else {
         // core.<pid>, the DAC beside it, a crash report.
         CaptureKind::Dump
@@ -288,7 +290,16 @@ mod tests {
     #[test]
     fn files_are_planned_with_their_kind_and_stored_name() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["core.42", "libmscordaccore.so", "heap.nettrace", "histogram.json", "stacks.json", "manifest.json"] {
+        for f in [
+            "core.42",
+            "libmscordaccore.so",
+            "heap.nettrace",
+            "histogram.json",
+            "stacks.json",
+            "trace.nettrace",
+            "trace-summary.json",
+            "manifest.json",
+        ] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
         std::fs::write(dir.path().join("finding.json"), b"{}").unwrap();
@@ -303,6 +314,8 @@ mod tests {
                 ("histogram.json.zst", CaptureKind::Gcdump),
                 ("libmscordaccore.so.zst", CaptureKind::Dump),
                 ("stacks.json.zst", CaptureKind::Stacks),
+                ("trace-summary.json.zst", CaptureKind::Trace),
+                ("trace.nettrace.zst", CaptureKind::Trace),
             ]
         );
     }
