@@ -27,6 +27,8 @@ pub struct AnalyzeArgs {
     /// How the dump is named in the report (its URL without signature, or its path).
     pub display: String,
     pub dac: Option<PathBuf>,
+    /// What the person should know about the DAC's choice (findings' warnings).
+    pub dac_warnings: Vec<String>,
     /// The runtime version found while looking for the DAC, for dumps that do not hold it.
     pub runtime_version: Option<String>,
     /// Local copies of assemblies absent at their dumped paths (see `symbols::fetch_assemblies`).
@@ -36,6 +38,8 @@ pub struct AnalyzeArgs {
     pub histogram_only: bool,
     /// Print the phase breakdown (`--timings`) to stderr.
     pub timings: bool,
+    /// Confine the DAC worker (`--no-sandbox` clears it: debugging and measuring only).
+    pub sandbox: bool,
     pub timeout: u64,
 }
 
@@ -69,9 +73,16 @@ pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findin
     opts.dac = args.dac.clone();
     opts.replacements = args.replacements.clone();
     opts.timeout = Duration::from_secs(args.timeout);
+    opts.sandbox = args.sandbox;
     let data = clrdump::read_dump_timed(&args.core, &opts, clock)
         .with_context(|| format!("analyzing {}", args.core.display()))?;
     let s = &data.snapshot;
+    // In the Job's log too: what held around the DAC.
+    eprintln!("DAC worker sandbox: {}", data.confinement.summary());
+    let sandbox_warnings = data.confinement.warnings();
+    for w in &sandbox_warnings {
+        eprintln!("warning: {w}");
+    }
     clock.start("deadlocks, hangs, histogram");
 
     let threads = dump_threads(s);
@@ -109,7 +120,7 @@ pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findin
         finalizer_queue: heap.finalizer_queue,
         finalizer_tid: s.finalizer_thread.map(u64::from),
         queued_work_items: heap.queued_work_items,
-        warnings: warnings(s),
+        warnings: args.dac_warnings.iter().cloned().chain(sandbox_warnings).chain(warnings(s)).collect(),
     }))
 }
 

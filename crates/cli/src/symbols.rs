@@ -26,15 +26,15 @@ const MAX_DAC_BYTES: u64 = 128 << 20;
 /// Per server and request, connection and transfer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Where the DAC may come from besides `--dac` and the dump's folder.
+/// Where the DAC may come from besides `--dac`.
 #[derive(Clone, Debug)]
 pub struct DacSources {
     /// Symbol servers, tried in order; empty: no network.
     pub servers: Vec<String>,
     /// Downloaded DACs, by symbol-server key.
     pub cache: PathBuf,
-    /// Search the dumped process' runtime folder and installed runtimes.
-    pub local_runtimes: bool,
+    /// The DAC store, the DAC beside the dump, local runtimes ([`clrdump::locate`]).
+    pub trust: clrdump::locate::Trust,
 }
 
 impl DacSources {
@@ -62,29 +62,59 @@ impl DacSources {
     }
 }
 
-/// The DAC found, and the runtime version it was checked against.
+/// The DAC found, where from, and the runtime version it was checked against.
 pub struct FoundDac {
     pub path: PathBuf,
+    pub provenance: clrdump::locate::Provenance,
+    /// DACs that travelled with the capture and were ignored, etc.
+    pub warnings: Vec<String>,
     /// The dumped runtime's `@(#)Version`, from the dump, the runtime file, or the runtime
     /// binary fetched by its build-id; `None` when none of them told.
     pub runtime_version: Option<String>,
 }
 
-/// The DAC to analyze `core` with: the explicit one, else a local one (beside the dump, or a
-/// runtime folder when allowed), else one cached or downloaded by the runtime's build-id.
-/// The explicit one is checked against the dump later, by [`clrdump::read_dump`].
-pub async fn find_dac(core: &Path, explicit: Option<&Path>, src: &DacSources) -> Result<FoundDac, RemoteError> {
+/// The DAC to analyze `core` with: the explicit one, else one from a trusted local source
+/// ([`clrdump::locate`]: the DAC store, the capture's DAC when trusted, local runtimes), else
+/// one cached or downloaded by the runtime's build-id. `captured` is the DAC that travelled
+/// with the capture (fetched from the artifacts). The explicit one is checked against the dump
+/// later, by [`clrdump::read_dump`].
+pub async fn find_dac(
+    core: &Path,
+    explicit: Option<&Path>,
+    captured: Option<&Path>,
+    src: &DacSources,
+) -> Result<FoundDac, RemoteError> {
+    use clrdump::locate::{self, Provenance};
     if let Some(d) = explicit {
-        return Ok(FoundDac { path: d.to_path_buf(), runtime_version: None });
+        return Ok(FoundDac {
+            path: d.to_path_buf(),
+            provenance: Provenance::Explicit,
+            warnings: Vec::new(),
+            runtime_version: None,
+        });
     }
     let dump = CoreDump::open(core)?;
     let runtime_path = dump.runtime_path()?.to_string();
     let mut version = dump.runtime_version()?;
-    let local = match clrdump::locate::choose(None, core, Some(&runtime_path), version.as_deref(), src.local_runtimes) {
-        Ok(path) => return Ok(FoundDac { path, runtime_version: version }),
+    let build_id = dump.runtime_build_id().ok();
+    let dumped = locate::Dumped {
+        runtime_path: Some(&runtime_path),
+        version: version.as_deref(),
+        build_id: build_id.as_deref(),
+    };
+    let local = match locate::choose(None, captured, core, &dumped, &src.trust) {
+        Ok(c) => {
+            return Ok(FoundDac {
+                path: c.path,
+                provenance: c.provenance,
+                warnings: c.warnings,
+                runtime_version: version,
+            });
+        }
         Err(e @ (clrdump::Error::DacNotFound { .. } | clrdump::Error::DacMismatch { .. })) => e,
         Err(e) => return Err(e.into()),
     };
+    let warnings = locate::ignored_warnings(core, captured, &src.trust);
     let id = dump.runtime_build_id()?;
     drop(dump);
     let hex = clrdump::buildid::hex(&id);
@@ -110,7 +140,9 @@ pub async fn find_dac(core: &Path, explicit: Option<&Path>, src: &DacSources) ->
     }
     let check = |b: &[u8]| check_dac(b, version.as_deref());
     match cached_or_fetched(&http, src, &key, &check).await {
-        Ok(Some(path)) => Ok(FoundDac { path, runtime_version: version }),
+        Ok(Some(path)) => {
+            Ok(FoundDac { path, provenance: Provenance::SymbolServer, warnings, runtime_version: version })
+        }
         Ok(None) => Err(RemoteError::DacLocalOnly { local: local.to_string(), key }),
         Err(Outcome::Refused { url, why }) => {
             Err(RemoteError::DacRefused { url, why, runtime: version.unwrap_or_else(|| "?".into()) })

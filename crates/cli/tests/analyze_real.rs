@@ -33,7 +33,8 @@ fn dump_and_analyze(w: &Workload, dir: &Path, extra: &[&str]) -> Value {
         assert!(attempt < 3 && err.contains("ptrace"), "dump failed: {err}");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let mut args = vec!["analyze", core, "--json", "--top", "40"];
+    // The DAC `dump` wrote beside the core, from this machine's runtime: trusted on purpose.
+    let mut args = vec!["analyze", core, "--json", "--top", "40", "--trust-dac-beside-dump"];
     args.extend_from_slice(extra);
     let (ok, out, err) = dumpwatch(&args);
     assert!(ok, "analyze failed: {err}");
@@ -94,7 +95,8 @@ fn finds_the_deadlock_and_the_leak_on_both_runtimes() {
         assert_eq!(top["root"], "static DiagScenarios.Processor.Current", "{runtime:?}: the holder is named");
 
         // The text report says it in a few lines.
-        let (ok, text, err) = dumpwatch(&["analyze", dir.path().join("core").to_str().unwrap()]);
+        let (ok, text, err) =
+            dumpwatch(&["analyze", dir.path().join("core").to_str().unwrap(), "--trust-dac-beside-dump"]);
         assert!(ok, "{err}");
         assert!(text.contains("DEADLOCK 1: 2 threads wait for each other; 3 more threads"), "{text}");
         assert!(text.contains("× DiagScenarios.Customer retain"), "{text}");
