@@ -84,6 +84,11 @@ struct Cli {
     #[arg(long, env = "DUMPWATCH_ANALYSIS_TRUST_CAPTURED_DACS", default_value_t = false)]
     analysis_trust_captured_dacs: bool,
 
+    /// Analysis Jobs may take the DAC from .NET runtimes in the analyzer image (an image built
+    /// with them on purpose); otherwise they pass `--no-local-runtime`.
+    #[arg(long, env = "DUMPWATCH_ANALYSIS_LOCAL_RUNTIMES", default_value_t = false)]
+    analysis_local_runtimes: bool,
+
     /// How long finished analysis Jobs stay (for `kubectl logs`).
     #[arg(long, env = "DUMPWATCH_ANALYSIS_TTL", default_value = "1h", value_parser = parse_duration)]
     analysis_ttl: Duration,
@@ -271,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         dac_store: operator::controller::job::dac_store_volume(&cli.analysis_dac_store_volume)
             .map_err(anyhow::Error::msg)?,
         trust_captured_dacs: cli.analysis_trust_captured_dacs,
+        local_runtimes: cli.analysis_local_runtimes,
         ..AnalysisSettings::default()
     };
     // `s3://` artifacts: the policy's storage and the credentials of its Secret in our namespace

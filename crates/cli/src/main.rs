@@ -211,7 +211,7 @@ enum Command {
         dac_cache: Option<PathBuf>,
         /// Do not take the DAC from the dumped process' runtime folder or from runtimes
         /// installed here: only --dac, the DAC store, the cache and symbol servers. For analysis
-        /// that does not depend on this machine's runtimes (the analysis Job passes it).
+        /// that does not depend on this machine's runtimes (the analysis Job passes it by default).
         #[arg(long)]
         no_local_runtime: bool,
         /// An admin DAC store: <DIR>/<libcoreclr build-id>/libmscordaccore.so, listed in
@@ -384,6 +384,7 @@ async fn run(command: Command) -> Result<()> {
                 cache: symbols::DacSources::default_cache(),
                 trust: clrdump::locate::Trust { local_runtimes: true, ..Default::default() },
             };
+            symbols::DacSources::check_servers(&sources.servers)?;
             let mut inputs = Vec::new();
             for path in snapshots {
                 let display = path.display().to_string();
@@ -483,6 +484,7 @@ async fn run(command: Command) -> Result<()> {
                     local_runtimes: !no_local_runtime,
                 },
             };
+            symbols::DacSources::check_servers(&sources.servers)?;
             let reading = dump_reading(
                 &prepared.core,
                 prepared.dac.as_deref(),

@@ -53,6 +53,30 @@ impl DacSources {
         }
     }
 
+    /// Symbol servers must be HTTPS: a DAC is code the analyzer runs, and over plain HTTP
+    /// anyone on the path could swap it. Plain HTTP is accepted only to a loopback address (a
+    /// mirror or test server on this machine).
+    pub fn check_servers(servers: &[String]) -> Result<(), RemoteError> {
+        for s in servers {
+            let url = reqwest::Url::parse(s)
+                .map_err(|e| RemoteError::Usage(format!("symbol server {s:?} is not a URL: {e}")))?;
+            let host = url.host_str().unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                return Err(RemoteError::Usage(format!(
+                    "symbol server {s}: only https:// (or http:// to a loopback address) may serve a DAC, which is \
+                     code the analyzer runs"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `--dac-cache`, else `$XDG_CACHE_HOME/dumpwatch/dac`, else `<temp dir>/dumpwatch-dac`.
     pub fn default_cache() -> PathBuf {
         match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
@@ -366,6 +390,16 @@ mod tests {
         assert_eq!(s(&[], Some("http://b, http://c"), false), vec!["http://b", "http://c"]);
         assert!(s(&[], Some(""), false).is_empty(), "set but empty: no network");
         assert!(s(&["http://a"], None, true).is_empty());
+    }
+
+    #[test]
+    fn symbol_servers_are_https_or_loopback() {
+        let ok = |s: &str| DacSources::check_servers(&[s.to_string()]).is_ok();
+        assert!(ok("https://msdl.microsoft.com/download/symbols"));
+        assert!(ok("http://127.0.0.1:8080/symbols") && ok("http://localhost/x") && ok("http://[::1]:1/"));
+        assert!(!ok("http://symbols.mirror.svc:8080/symbols"));
+        assert!(!ok("ftp://127.0.0.1/"));
+        assert!(!ok("msdl.microsoft.com"));
     }
 
     #[test]

@@ -140,3 +140,46 @@ fn histogram_only_skips_retention_and_a_wrong_dac_is_refused() {
     assert!(!ok);
     assert!(err.contains("not an x86-64 ELF core dump"), "{err}");
 }
+
+/// The capture's own DAC (here: a planted file with the right version string) is not loaded
+/// unless trusted; an admin store made with `dac-store add` serves the dump with nothing else
+/// allowed; the findings and the log say which DAC was used, what was ignored and how the
+/// worker was confined.
+#[test]
+fn a_capture_dac_is_ignored_and_the_dac_store_serves_the_dump() {
+    let w = Workload::start(Runtime::Net8, "DiagScenarios", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core");
+    let core_s = core.to_str().unwrap();
+    let (ok, _, err) = dumpwatch(&["dump", &w.pid.to_string(), "-o", core_s, "--type", "heap"]);
+    assert!(ok, "{err}");
+    let beside = dir.path().join("libmscordaccore.so");
+    let mut planted = std::fs::read(&beside).unwrap();
+    planted.extend_from_slice(b"planted");
+    std::fs::write(&beside, planted).unwrap();
+
+    // Nothing trusted left: a clear refusal that names the ignored file and the ways out.
+    let only = ["--no-local-runtime", "--no-symbol-server", "--histogram-only", "--json"];
+    let (ok, _, err) = dumpwatch(&[&["analyze", core_s][..], &only].concat());
+    assert!(!ok);
+    assert!(err.contains("ignored the DAC") && err.contains(beside.to_str().unwrap()), "{err}");
+    assert!(err.contains("--trust-dac-beside-dump") && err.contains("--dac-store"), "{err}");
+
+    let store = dir.path().join("store");
+    let dac = Runtime::Net8.shared_dir().join("libmscordaccore.so");
+    let (ok, out, err) = dumpwatch(&["dac-store", "add", "--store", store.to_str().unwrap(), dac.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let entry = std::path::PathBuf::from(out.trim());
+    assert!(entry.starts_with(&store) && entry.ends_with("libmscordaccore.so"), "{out}");
+    assert!(entry.with_file_name("SHA256SUMS").is_file());
+
+    let (ok, out, err) = dumpwatch(&[&["analyze", core_s, "--dac-store", store.to_str().unwrap()][..], &only].concat());
+    assert!(ok, "{err}");
+    let f: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(f["source"]["dac"], entry.to_str().unwrap());
+    let warnings = f["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].as_str().unwrap().contains("ignored the DAC"), "{warnings:?}");
+    assert!(err.contains("(from the DAC store)"), "{err}");
+    assert!(err.contains("DAC worker sandbox:") && err.contains("landlock: enforced"), "{err}");
+}

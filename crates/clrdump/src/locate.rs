@@ -172,6 +172,12 @@ pub fn choose(
     }
     let mut looked = Vec::new();
     let mut first_mismatch: Option<PathBuf> = None;
+    let mut beside = beside_dump(dump);
+    beside.extend(captured.map(Path::to_path_buf).filter(|c| !beside.contains(c)));
+    if !trust.beside_dump {
+        // Said whichever source serves the dump: the person should know it was there.
+        warnings.extend(beside.iter().map(|dac| ignored_beside(dac)));
+    }
 
     if let Some(store) = &trust.store {
         match dumped.build_id {
@@ -194,8 +200,6 @@ pub fn choose(
         }
     }
 
-    let mut beside = beside_dump(dump);
-    beside.extend(captured.map(Path::to_path_buf).filter(|c| !beside.contains(c)));
     if trust.beside_dump {
         for dac in &beside {
             if version_ok(dac, dumped.version)? {
@@ -207,10 +211,6 @@ pub fn choose(
             first_mismatch.get_or_insert(dac.clone());
         }
         looked.push("beside the dump".into());
-    } else {
-        for dac in &beside {
-            warnings.push(ignored_beside(dac));
-        }
     }
 
     if trust.local_runtimes {
@@ -410,8 +410,11 @@ mod tests {
         let e = choose(None, None, &core, &dumped(), &trust).unwrap_err();
         assert!(matches!(e, Error::DacStore { .. }) && e.to_string().contains("dac-store add"), "{e}");
         std::fs::write(entry.join(SUMS_NAME), sums_for(&entry.join(DAC_NAME))).unwrap();
+        // A DAC beside the dump is still named as ignored when the store serves the dump.
+        fake_dac(&core.with_file_name(DAC_NAME), Some(V));
         let c = choose(None, None, &core, &dumped(), &trust).unwrap();
         assert_eq!((c.path, c.provenance), (entry.join(DAC_NAME), Provenance::Store));
+        assert!(c.warnings.len() == 1 && c.warnings[0].contains("ignored the DAC"), "{:?}", c.warnings);
         // Swapped after the sums were written: refused.
         fake_dac(&entry.join(DAC_NAME), Some("8.0.424.16910"));
         let e = choose(None, None, &core, &dumped(), &trust).unwrap_err().to_string();

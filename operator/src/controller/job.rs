@@ -55,6 +55,10 @@ pub struct AnalysisSettings {
     /// Pass `--trust-dac-beside-dump`: load the DAC stored with the capture. That file was
     /// chosen by the app pod, so this trusts the app pods (chart: `analysis.trustCapturedDacs`).
     pub trust_captured_dacs: bool,
+    /// Let the CLI take the DAC from .NET runtimes inside the analyzer image (when their
+    /// libcoreclr.so has the dumped build-id). Off: the Job passes `--no-local-runtime`, so an
+    /// image never serves a DAC nobody chose; on for images built with runtimes on purpose.
+    pub local_runtimes: bool,
 }
 
 /// Where the DAC store is mounted in analysis Jobs.
@@ -72,6 +76,7 @@ impl Default for AnalysisSettings {
             symbol_server: MICROSOFT_SYMBOL_SERVER.into(),
             dac_store: None,
             trust_captured_dacs: false,
+            local_runtimes: false,
         }
     }
 }
@@ -173,12 +178,14 @@ pub fn analysis_job(
         &name,
         "--token-file",
         &format!("{TOKEN_DIR}/token"),
-        // The Job's image has no .NET runtime; should one ever be in it, it is not a DAC source
-        // an admin chose (the store is).
-        "--no-local-runtime",
     ]
     .map(|a| literal(a.to_string()))
     .to_vec();
+    if !settings.local_runtimes {
+        // The default image has no .NET runtime; one that turns up in it is no DAC source
+        // anyone chose (the store is).
+        args.push("--no-local-runtime".into());
+    }
     if settings.dac_store.is_some() {
         args.extend(["--dac-store".to_string(), DAC_STORE_DIR.to_string()]);
     }

@@ -153,6 +153,9 @@ fn the_job_trusts_only_the_admins_dac_sources_unless_told_to_trust_the_app_pods(
     let at = a.iter().position(|x| x == "--dac-store").expect("--dac-store");
     assert_eq!(a[at + 1], DAC_STORE_DIR);
     assert!(a.contains(&"--trust-dac-beside-dump".to_string()));
+    let images = AnalysisSettings { local_runtimes: true, ..Default::default() };
+    let with_runtimes = analysis_job(&snapshot("orders-1", "Uploaded"), None, &images, &AnalysisInputs::default());
+    assert!(!args(&with_runtimes).contains(&"--no-local-runtime".to_string()), "an image with runtimes on purpose");
     let spec = pod_spec(&j);
     let mount = spec.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "dac-store").unwrap();
     assert_eq!((mount.mount_path.as_str(), mount.read_only), (DAC_STORE_DIR, Some(true)));
