@@ -116,10 +116,19 @@ pub fn beside_dump(dump: &Path) -> Vec<PathBuf> {
 }
 
 /// DACs of local runtimes: the dumped process' runtime folder, then installed runtimes.
-fn local_candidates(runtime_path: Option<&str>) -> Vec<PathBuf> {
+///
+/// The dump names the runtime folder, so a hostile dump can point it into a folder its author
+/// filled (the capture folder a person copied, with a `libcoreclr.so` of the claimed build-id
+/// and a "DAC" beside it). That folder counts only when it lies outside the dump's folder and
+/// the one above it, and the DAC and its folder are owned by root or by us and writable by
+/// nobody else.
+fn local_candidates(runtime_path: Option<&str>, dump: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(rt) = runtime_path.and_then(|p| Path::new(p).parent()) {
-        out.push(rt.join(DAC_NAME));
+        let dac = rt.join(DAC_NAME);
+        if !near_the_dump(rt, dump) && admin_owned(&dac) && admin_owned(rt) {
+            out.push(dac);
+        }
     }
     let mut roots: Vec<PathBuf> = RUNTIME_ROOTS.iter().map(PathBuf::from).collect();
     if let Some(r) = std::env::var_os("DOTNET_ROOT") {
@@ -135,6 +144,24 @@ fn local_candidates(runtime_path: Option<&str>) -> Vec<PathBuf> {
     out.retain(|p| p.is_file());
     out.dedup();
     out
+}
+
+/// `dir` is the dump's folder or the one above it, or lies under them.
+fn near_the_dump(dir: &Path, dump: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let dump_dir = canon(dump).parent().map(Path::to_path_buf);
+    let top = dump_dir.as_deref().and_then(Path::parent).or(dump_dir.as_deref());
+    let dir = canon(dir);
+    top.is_some_and(|t| t != Path::new("/") && dir.starts_with(t))
+}
+
+/// Owned by root or by us, and writable by neither group nor others.
+fn admin_owned(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    std::fs::metadata(path).is_ok_and(|m| (m.uid() == 0 || m.uid() == me) && m.mode() & 0o022 == 0)
 }
 
 /// The DAC's own `@(#)Version` agrees with the dumped one: it must have one, and equal the
@@ -214,7 +241,7 @@ pub fn choose(
     }
 
     if trust.local_runtimes {
-        for dac in local_candidates(dumped.runtime_path) {
+        for dac in local_candidates(dumped.runtime_path, dump) {
             let runtime = dac.with_file_name("libcoreclr.so");
             let local_id = crate::buildid::file_build_id(&runtime).ok();
             let same_build = match (dumped.build_id, local_id.as_deref()) {
@@ -426,6 +453,28 @@ mod tests {
         // The right sums but another version than the dump's: a mismatch, not a match.
         std::fs::write(entry.join(SUMS_NAME), sums_for(&entry.join(DAC_NAME))).unwrap();
         assert!(matches!(choose(None, None, &core, &dumped(), &trust), Err(Error::DacMismatch { .. })));
+    }
+
+    /// The dump names its runtime folder: one planted beside the capture (with a runtime of
+    /// the claimed build-id) is no local runtime.
+    #[test]
+    fn a_runtime_folder_the_dump_points_into_its_own_capture_is_not_trusted() {
+        let d = tempfile::tempdir().unwrap();
+        let core = d.path().join("captures/c1/core.1");
+        fake_dac(&core, None);
+        let rt = d.path().join("captures/rt");
+        fake_dac(&rt.join(DAC_NAME), Some(V));
+        let path = rt.join("libcoreclr.so").display().to_string();
+        let dumped = Dumped { runtime_path: Some(&path), version: Some(V), build_id: None };
+        assert!(local_candidates(dumped.runtime_path, &core).iter().all(|c| !c.starts_with(d.path())));
+        let trust = Trust { local_runtimes: true, ..Default::default() };
+        let chosen = choose(None, None, &core, &dumped, &trust);
+        assert!(chosen.is_err() || !chosen.unwrap().path.starts_with(d.path()));
+        // Elsewhere, ours and not writable by others: a local runtime.
+        let other = tempfile::tempdir().unwrap();
+        fake_dac(&other.path().join(DAC_NAME), Some(V));
+        let path = other.path().join("libcoreclr.so").display().to_string();
+        assert_eq!(local_candidates(Some(&path), &core).first(), Some(&other.path().join(DAC_NAME)));
     }
 
     #[test]
