@@ -139,6 +139,7 @@ pub async fn find_dac(
         Err(e) => return Err(e.into()),
     };
     let warnings = locate::ignored_warnings(core, captured, &src.trust);
+    private_cache(&src.cache)?;
     let id = dump.runtime_build_id()?;
     drop(dump);
     let hex = clrdump::buildid::hex(&id);
@@ -203,6 +204,7 @@ pub async fn fetch_assemblies(core: &Path, src: &DacSources) -> Result<Vec<(Stri
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
+    private_cache(&src.cache)?;
     let http = crate::remote::client()?;
     let started = Instant::now();
     let mut found = Vec::new();
@@ -222,6 +224,18 @@ pub async fn fetch_assemblies(core: &Path, src: &DacSources) -> Result<Vec<(Stri
         if missing.is_empty() { String::new() } else { format!("; not there: {}", missing.join(", ")) }
     );
     Ok(found)
+}
+
+/// The cache's files are loaded (the DAC) or read by it (assemblies): only from a directory no
+/// one else can write.
+fn private_cache(dir: &Path) -> Result<(), RemoteError> {
+    clrdump::locate::private_dir(dir).map_err(|why| {
+        RemoteError::Usage(format!(
+            "the DAC cache {} {why}: what is cached there is run by the analyzer. Pass --dac-cache (or \
+             DUMPWATCH_DAC_CACHE) with a directory only you can write",
+            dir.display()
+        ))
+    })
 }
 
 /// Like [`cached_or_fetched`], for files that are often simply not published (an app's own

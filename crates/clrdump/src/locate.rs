@@ -155,6 +155,30 @@ fn near_the_dump(dir: &Path, dump: &Path) -> bool {
     top.is_some_and(|t| t != Path::new("/") && dir.starts_with(t))
 }
 
+/// A directory whose files we may trust as our own (a cache of downloaded DACs): created with
+/// mode 0700 when missing; otherwise it must be ours and writable by neither group nor others
+/// (a default under a shared `/tmp` could have been made by another user, who would then choose
+/// the DAC).
+pub fn private_dir(dir: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot be created: {e}"))?;
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let m = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    if m.uid() != me {
+        return Err(format!("belongs to uid {}, not to you (uid {me})", m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!("is writable by others (mode {:o})", m.mode() & 0o777));
+    }
+    Ok(())
+}
+
 /// Owned by root or by us, and writable by neither group nor others.
 fn admin_owned(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -475,6 +499,17 @@ mod tests {
         fake_dac(&other.path().join(DAC_NAME), Some(V));
         let path = other.path().join("libcoreclr.so").display().to_string();
         assert_eq!(local_candidates(Some(&path), &core).first(), Some(&other.path().join(DAC_NAME)));
+    }
+
+    #[test]
+    fn only_a_private_directory_may_cache_dacs() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("a/b");
+        private_dir(&cache).unwrap();
+        assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&cache).unwrap_err().contains("writable by others"));
     }
 
     #[test]
