@@ -198,32 +198,52 @@ fn the_real_dacs_work_confined_on_both_runtimes() {
     }
 }
 
-/// Damaged dumps whose headers still pass the parent's checks: whatever the DAC does with the
-/// garbage, the worker dies or refuses and the caller gets a typed error.
+/// Damaged dumps whose headers still pass the parent's checks: the runtime's data left intact so
+/// that the DAC starts, but its GC heap overwritten with wild pointers (all ones, a repeating
+/// address, a pointer into the heap itself), in every third word or in every word. Whatever the
+/// DAC and the walks make of it, the caller gets a typed error or a result that admits the
+/// damage, never a crash or a hang of its own.
 #[test]
 fn a_corrupted_dump_kills_or_stops_the_worker_not_the_caller() {
-    let (dir, core, _) = net8_dump();
-    let bytes = std::fs::read(&core).unwrap();
+    let w = Workload::start(Runtime::Net8, "DiagScenarios", &[]);
+    w.get("/leak?count=20000");
+    let dir = tempfile::tempdir().unwrap();
+    let core = dump(&w, dir.path());
     let opts = {
         let mut o = ReadOptions::new(worker(), Depth::Graph);
         o.dac = Some(Runtime::Net8.shared_dir().join("libmscordaccore.so"));
         o.timeout = std::time::Duration::from_secs(120);
         o
     };
-    // Past the headers and notes (the first 1 MiB), overwrite memory with patterns that make
-    // pointers wild: all ones, a repeating address, zeros.
-    for (i, fill) in [[0xffu8; 8], 0x7f00_dead_beefu64.to_le_bytes(), [0u8; 8]].iter().enumerate() {
+    let clean = clrdump::read_dump(&core, &opts).expect("the clean dump reads");
+    assert_eq!(clean.snapshot.heap.resyncs, 0);
+    let elf = clrdump::core::CoreDump::open(&core).unwrap().elf().loads.clone();
+    let file_range = |[start, end]: [u64; 2]| {
+        let l = elf.iter().find(|l| l.vaddr <= start && start < l.vaddr + l.filesz)?;
+        let from = l.offset + (start - l.vaddr);
+        Some(from as usize..(from + (end.min(l.vaddr + l.filesz) - start)) as usize)
+    };
+    let heap: Vec<_> = clean.snapshot.heap.ranges.iter().filter_map(|r| file_range(*r)).collect();
+    assert!(!heap.is_empty(), "the heap's ranges are in the dump");
+    let bytes = std::fs::read(&core).unwrap();
+    let inside = clean.snapshot.heap.ranges[0][0] + 0x18;
+    let mut damaged = 0;
+    for (i, (fill, every)) in
+        [([0xffu8; 8], 3), (0x7f00_dead_beefu64.to_le_bytes(), 3), (inside.to_le_bytes(), 1)].iter().enumerate()
+    {
         let mut bad = bytes.clone();
-        let start = (1 << 20).min(bad.len());
-        for (j, chunk) in bad[start..].chunks_mut(8).enumerate() {
-            if j % 3 != 2 {
-                let n = chunk.len();
-                chunk.copy_from_slice(&fill[..n]);
+        for r in &heap {
+            for (j, chunk) in bad[r.clone()].chunks_exact_mut(8).enumerate() {
+                if j % every == every - 1 {
+                    chunk.copy_from_slice(fill);
+                }
             }
         }
         let path = dir.path().join(format!("bad{i}"));
         std::fs::write(&path, &bad).unwrap();
-        match clrdump::read_dump(&path, &opts) {
+        let got = clrdump::read_dump(&path, &opts);
+        eprintln!("pattern {i}: {:?}", got.as_ref().map(|d| (d.snapshot.heap.resyncs, d.snapshot.warnings.len())));
+        match got {
             Err(
                 Error::Worker(_)
                 | Error::WorkerTimeout(_)
@@ -231,11 +251,13 @@ fn a_corrupted_dump_kills_or_stops_the_worker_not_the_caller() {
                 | Error::Graph(_)
                 | Error::NoHeap(_)
                 | Error::DacMismatch { .. },
-            ) => {}
+            ) => damaged += 1,
             Err(other) => panic!("pattern {i}: an unexpected error kind: {other:?}"),
-            // Garbage that still reads as a (different) heap is not an attack on the caller.
+            // Read through: the walk must have noticed (resynchronized past garbage or warned).
+            Ok(d) if d.snapshot.heap.resyncs > 0 || !d.snapshot.warnings.is_empty() => damaged += 1,
             Ok(_) => {}
         }
         std::fs::remove_file(&path).unwrap();
     }
+    assert!(damaged > 0, "no pattern reached the heap walk: the test damaged nothing that is read");
 }
