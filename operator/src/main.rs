@@ -74,6 +74,21 @@ struct Cli {
     )]
     analysis_symbol_server: String,
 
+    /// The admin DAC store mounted read-only into analysis Jobs: a Kubernetes volume source as
+    /// JSON (e.g. `{"persistentVolumeClaim":{"claimName":"dac-store"}}`); empty: none.
+    #[arg(long, env = "DUMPWATCH_ANALYSIS_DAC_STORE_VOLUME", default_value = "")]
+    analysis_dac_store_volume: String,
+
+    /// Analysis Jobs load the DAC stored with the capture (`--trust-dac-beside-dump`): this
+    /// trusts the app pods, which chose that file.
+    #[arg(long, env = "DUMPWATCH_ANALYSIS_TRUST_CAPTURED_DACS", default_value_t = false)]
+    analysis_trust_captured_dacs: bool,
+
+    /// Analysis Jobs may take the DAC from .NET runtimes in the analyzer image (an image built
+    /// with them on purpose); otherwise they pass `--no-local-runtime`.
+    #[arg(long, env = "DUMPWATCH_ANALYSIS_LOCAL_RUNTIMES", default_value_t = false)]
+    analysis_local_runtimes: bool,
+
     /// How long finished analysis Jobs stay (for `kubectl logs`).
     #[arg(long, env = "DUMPWATCH_ANALYSIS_TTL", default_value = "1h", value_parser = parse_duration)]
     analysis_ttl: Duration,
@@ -258,6 +273,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         backoff_limit: cli.analysis_backoff_limit,
         ttl_after_finished_secs: cli.analysis_ttl.as_secs() as i32,
         symbol_server: cli.analysis_symbol_server.clone(),
+        dac_store: operator::controller::job::dac_store_volume(&cli.analysis_dac_store_volume)
+            .map_err(anyhow::Error::msg)?,
+        trust_captured_dacs: cli.analysis_trust_captured_dacs,
+        local_runtimes: cli.analysis_local_runtimes,
         ..AnalysisSettings::default()
     };
     // `s3://` artifacts: the policy's storage and the credentials of its Secret in our namespace

@@ -28,6 +28,8 @@ pub struct AnalyzeArgs {
     /// How the dump is named in the report (its URL without signature, or its path).
     pub display: String,
     pub dac: Option<PathBuf>,
+    /// What the person should know about the DAC's choice (findings' warnings).
+    pub dac_warnings: Vec<String>,
     /// The runtime version found while looking for the DAC, for dumps that do not hold it.
     pub runtime_version: Option<String>,
     /// Local copies of assemblies absent at their dumped paths (see `symbols::fetch_assemblies`).
@@ -43,6 +45,8 @@ pub struct AnalyzeArgs {
     pub crash_report: Option<PathBuf>,
     /// A drill-down view (and its arguments) to print instead of the report.
     pub view: Option<(crate::views::View, Vec<String>)>,
+    /// Confine the DAC worker (`--no-sandbox` clears it: debugging and measuring only).
+    pub sandbox: bool,
     pub timeout: u64,
 }
 
@@ -84,6 +88,7 @@ fn show(args: &AnalyzeArgs, view: crate::views::View, view_args: &[String], cloc
     opts.dac = args.dac.clone();
     opts.replacements = args.replacements.clone();
     opts.timeout = Duration::from_secs(args.timeout);
+    opts.sandbox = args.sandbox;
     let data = clrdump::read_dump_timed(&args.core, &opts, clock)
         .with_context(|| format!("analyzing {}", args.core.display()))?;
     let out = crate::views::render(view, view_args, &data.snapshot, data.graph.as_ref()).map_err(anyhow::Error::msg)?;
@@ -102,9 +107,16 @@ pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findin
     opts.dac = args.dac.clone();
     opts.replacements = args.replacements.clone();
     opts.timeout = Duration::from_secs(args.timeout);
+    opts.sandbox = args.sandbox;
     let data = clrdump::read_dump_timed(&args.core, &opts, clock)
         .with_context(|| format!("analyzing {}", args.core.display()))?;
     let s = &data.snapshot;
+    // In the Job's log too: what held around the DAC.
+    eprintln!("DAC worker sandbox: {}", data.confinement.summary());
+    let sandbox_warnings = data.confinement.warnings();
+    for w in &sandbox_warnings {
+        eprintln!("warning: {w}");
+    }
     clock.start("deadlocks, hangs, histogram");
 
     let threads = dump_threads(s);
@@ -144,7 +156,7 @@ pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findin
         finalizer_queue: heap.finalizer_queue,
         finalizer_tid: s.finalizer_thread.map(u64::from),
         queued_work_items: heap.queued_work_items,
-        warnings,
+        warnings: args.dac_warnings.iter().cloned().chain(sandbox_warnings).chain(warnings).collect(),
     });
     document.crash = crash;
     Ok(document)

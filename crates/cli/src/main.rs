@@ -168,12 +168,14 @@ enum Command {
     /// blocked on tasks while work waits in the queue) and 5+ threads blocked at one place.
     /// Thresholds: docs/findings-schema.md.
     ///
-    /// Uses the runtime's own DAC (libmscordaccore.so) in an isolated child process: --dac, or
-    /// the one `dump` wrote beside the core, or the dumped runtime's folder or an installed
-    /// runtime of that build, or else one downloaded from a symbol server by the dumped
-    /// libcoreclr.so's build-id (cached in --dac-cache). The DAC must be the exact build of the
-    /// dumped runtime. Leak suspects need retention (the default); --histogram-only is faster
-    /// and lighter.
+    /// Uses the runtime's own DAC (libmscordaccore.so) in a sandboxed child process, and only a
+    /// DAC from a trusted source: --dac, else the DAC store (--dac-store, by the dumped
+    /// libcoreclr.so's build-id), else the runtime installed here when its libcoreclr.so has the
+    /// dumped build-id, else one downloaded from a symbol server by that build-id (cached in
+    /// --dac-cache). A DAC that travelled with the capture (beside the dump, or among
+    /// --artifacts) is native code chosen by the dumped app: it is ignored with a warning unless
+    /// --trust-dac-beside-dump. The DAC must carry the dumped runtime's version string.
+    /// Leak suspects need retention (the default); --histogram-only is faster and lighter.
     ///
     /// Stored artifacts work too: a presigned https:// URL or a file:// path, `.zst` compressed,
     /// checked against --sha256 (the SHA-256 of the stored bytes), fetched into a temporary
@@ -241,8 +243,8 @@ enum Command {
         #[arg(long, env = "DUMPWATCH_DAC_CACHE", value_name = "DIR")]
         dac_cache: Option<PathBuf>,
         /// Do not take the DAC from the dumped process' runtime folder or from runtimes
-        /// installed here: only what travels with the dump, the cache and symbol servers. For
-        /// analysis that does not depend on this machine's runtimes.
+        /// installed here: only --dac, the DAC store, the cache and symbol servers. For analysis
+        /// that does not depend on this machine's runtimes (the analysis Job passes it by default).
         #[arg(long)]
         no_local_runtime: bool,
         /// The dump was written by the runtime as the process crashed (a `crash` capture): name
@@ -254,6 +256,19 @@ enum Command {
         /// The runtime's crash report (`DOTNET_EnableCrashReport=1`) for this dump: a path or URL.
         #[arg(long, value_name = "FILE", conflicts_with = "artifacts")]
         crash_report: Option<String>,
+        /// An admin DAC store: <DIR>/<libcoreclr build-id>/libmscordaccore.so, listed in
+        /// <DIR>/<build-id>/SHA256SUMS (lay it out with `dumpwatch dac-store add`).
+        #[arg(long, env = "DUMPWATCH_DAC_STORE", value_name = "DIR")]
+        dac_store: Option<PathBuf>,
+        /// Use a DAC that travelled with the capture (beside the dump, or among --artifacts).
+        /// It was chosen by whoever could write the capture: this trusts the app pods.
+        #[arg(long)]
+        trust_dac_beside_dump: bool,
+        /// Run the DAC worker without its sandbox (landlock, seccomp, rlimits, empty
+        /// environment). For debugging and for measuring the sandbox's cost only: the findings
+        /// then carry a warning.
+        #[arg(long)]
+        no_sandbox: bool,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -318,6 +333,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage an admin DAC store (the trusted DACs analysis may load; docs/security.md).
+    #[command(subcommand)]
+    DacStore(DacStoreCommand),
     /// Delete stored `file://` artifacts, but only those under --under.
     ///
     /// What the operator's cleanup Job runs when a DumpSnapshot stored on a PersistentVolumeClaim
@@ -337,6 +355,25 @@ enum Command {
         /// The artifacts' `file:///...` URIs.
         #[arg(required = true, value_name = "URI")]
         uris: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DacStoreCommand {
+    /// Add a runtime's DAC to a store: <STORE>/<build-id of libcoreclr.so>/libmscordaccore.so
+    /// and its SHA256SUMS, for `analyze --dac-store` and the chart's analysis.dacStore.
+    #[command(after_help = "Example (one entry per runtime build your apps use):\n  \
+        dumpwatch dac-store add --store /srv/dac-store /usr/share/dotnet/shared/Microsoft.NETCore.App/8.0.4/libmscordaccore.so")]
+    Add {
+        /// The store directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// The DAC (libmscordaccore.so) of an installed runtime you trust.
+        dac: PathBuf,
+        /// That runtime's libcoreclr.so (default: the one beside the DAC); its build-id names
+        /// the entry.
+        #[arg(long, value_name = "FILE")]
+        runtime: Option<PathBuf>,
     },
 }
 
@@ -388,13 +425,14 @@ async fn run(command: Command) -> Result<()> {
                     no_symbol_server,
                 ),
                 cache: symbols::DacSources::default_cache(),
-                local_runtimes: true,
+                trust: clrdump::locate::Trust { local_runtimes: true, ..Default::default() },
             };
+            symbols::DacSources::check_servers(&sources.servers)?;
             let mut inputs = Vec::new();
             for path in snapshots {
                 let display = path.display().to_string();
-                let (dac, _, replacements) = dump_reading(&path, None, &display, &sources).await?;
-                inputs.push(diff::DiffInput { path, dac, replacements });
+                let r = dump_reading(&path, None, None, &display, &sources).await?;
+                inputs.push(diff::DiffInput { path, dac: r.dac, replacements: r.replacements });
             }
             let args = diff::DiffArgs { inputs, top, intervals: intervals as usize, timeout };
             let d = tokio::task::spawn_blocking(move || diff::run(args)).await??;
@@ -418,6 +456,12 @@ async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::DacStore(DacStoreCommand::Add { store, dac, runtime }) => {
+            let entry = clrdump::locate::store_add(&store, &dac, runtime.as_deref())
+                .with_context(|| format!("adding {} to the DAC store {}", dac.display(), store.display()))?;
+            println!("{}", entry.join(clrdump::locate::DAC_NAME).display());
+            Ok(())
+        }
         Command::Analyze {
             core,
             view,
@@ -437,22 +481,26 @@ async fn run(command: Command) -> Result<()> {
             no_symbol_server,
             dac_cache,
             no_local_runtime,
+            dac_store,
+            trust_dac_beside_dump,
+            no_sandbox,
             crashed,
             crash_report,
             timeout,
             json,
         } => {
-            let (core, dac, crash_report) = match &artifacts {
+            // `explicit`: chosen by the person at the CLI; `captured`: stored with the capture.
+            let (core, explicit, captured, crash_report) = match &artifacts {
                 Some(list) => {
                     let list: Vec<remote::ArtifactSource> =
                         serde_json::from_str(list).context("--artifacts: a JSON list of {kind, uri, size, sha256}")?;
-                    let (core, dac) = remote::pick(&list)?;
-                    (core, dac, remote::pick_crash_report(&list))
+                    let (core, captured) = remote::pick(&list)?;
+                    (core, None, captured, remote::pick_crash_report(&list))
                 }
                 None => {
                     let core = remote::ArtifactSource::new(&core.expect("clap requires it"), sha256);
                     let crash_report = crash_report.map(|r| remote::ArtifactSource::new(&r, None));
-                    (core, dac.map(|d| remote::ArtifactSource::new(&d, dac_sha256)), crash_report)
+                    (core, dac.map(|d| remote::ArtifactSource::new(&d, dac_sha256)), None, crash_report)
                 }
             };
             let report_to = match report_to {
@@ -470,7 +518,7 @@ async fn run(command: Command) -> Result<()> {
                 None => None,
             };
             // Dropped at the end of this arm, success or not: fetched files go with it.
-            let prepared = remote::prepare(&core, dac.as_ref()).await?;
+            let prepared = remote::prepare(&core, explicit.as_ref(), captured.as_ref(), trust_dac_beside_dump).await?;
             let sources = symbols::DacSources {
                 servers: symbols::DacSources::servers_from(
                     symbol_server,
@@ -478,10 +526,21 @@ async fn run(command: Command) -> Result<()> {
                     no_symbol_server,
                 ),
                 cache: dac_cache.unwrap_or_else(symbols::DacSources::default_cache),
-                local_runtimes: !no_local_runtime,
+                trust: clrdump::locate::Trust {
+                    store: dac_store,
+                    beside_dump: trust_dac_beside_dump,
+                    local_runtimes: !no_local_runtime,
+                },
             };
-            let (dac, runtime_version, replacements) =
-                dump_reading(&prepared.core, prepared.dac.as_deref(), &prepared.display, &sources).await?;
+            symbols::DacSources::check_servers(&sources.servers)?;
+            let reading = dump_reading(
+                &prepared.core,
+                prepared.dac.as_deref(),
+                prepared.captured.as_deref(),
+                &prepared.display,
+                &sources,
+            )
+            .await?;
             let crash_report = match &crash_report {
                 Some(r) => Some(prepared.fetch(r).await?),
                 None => remote::crash_report_beside(&prepared.core),
@@ -489,9 +548,10 @@ async fn run(command: Command) -> Result<()> {
             let args = analyze::AnalyzeArgs {
                 core: prepared.core.clone(),
                 display: prepared.display.clone(),
-                dac,
-                runtime_version,
-                replacements,
+                dac: reading.dac,
+                dac_warnings: reading.dac_warnings,
+                runtime_version: reading.runtime_version,
+                replacements: reading.replacements,
                 json,
                 top,
                 histogram_only,
@@ -499,6 +559,7 @@ async fn run(command: Command) -> Result<()> {
                 crashed: crashed || crash_report.is_some(),
                 crash_report,
                 view: view.map(|v| (v, view_args)),
+                sandbox: !no_sandbox,
                 timeout,
             };
             let findings = tokio::task::spawn_blocking(move || analyze::analyze(args)).await??;
@@ -511,21 +572,41 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-/// What reading a core dump needs: its DAC (with the runtime version found on the way) and
-/// local copies of assemblies missing at their dumped paths. Nothing for a heap snapshot.
+/// What reading a core dump needs: its DAC (with the runtime version found on the way and
+/// what to warn about its choice) and local copies of assemblies missing at their dumped paths.
+#[derive(Default)]
+struct DumpReading {
+    dac: Option<PathBuf>,
+    dac_warnings: Vec<String>,
+    runtime_version: Option<String>,
+    replacements: Vec<(String, PathBuf)>,
+}
+
+/// [`DumpReading`] for `core`; nothing for a heap snapshot.
 async fn dump_reading(
     core: &std::path::Path,
-    beside: Option<&std::path::Path>,
+    explicit: Option<&std::path::Path>,
+    captured: Option<&std::path::Path>,
     display: &str,
     sources: &symbols::DacSources,
-) -> Result<(Option<PathBuf>, Option<String>, Vec<(String, PathBuf)>)> {
+) -> Result<DumpReading> {
     if heap_file::is_heap_snapshot(core) {
-        return Ok((None, None, Vec::new()));
+        return Ok(DumpReading::default());
     }
-    let found =
-        symbols::find_dac(core, beside, sources).await.with_context(|| format!("finding the DAC for {display}"))?;
+    let found = symbols::find_dac(core, explicit, captured, sources)
+        .await
+        .with_context(|| format!("finding the DAC for {display}"))?;
+    eprintln!("DAC: {} ({})", found.path.display(), found.provenance);
+    for w in &found.warnings {
+        eprintln!("warning: {w}");
+    }
     let replacements = symbols::fetch_assemblies(core, sources).await?;
-    Ok((Some(found.path), found.runtime_version, replacements))
+    Ok(DumpReading {
+        dac: Some(found.path),
+        dac_warnings: found.warnings,
+        runtime_version: found.runtime_version,
+        replacements,
+    })
 }
 
 /// `30s`, `2m`, `1h` (the DumpPolicy's duration syntax).

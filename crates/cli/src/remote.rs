@@ -126,7 +126,11 @@ pub const CRASH_REPORT: &str = "crashreport.json";
 /// The dump and DAC ready on local disk; `_scratch` holds whatever had to be fetched.
 pub struct Prepared {
     pub core: PathBuf,
+    /// The DAC given with `--dac`.
     pub dac: Option<PathBuf>,
+    /// The DAC that travelled with the capture: fetched when it is trusted, else only named
+    /// (never downloaded) so that the warning can say which file was ignored.
+    pub captured: Option<PathBuf>,
     pub display: String,
     _scratch: tempfile::TempDir,
 }
@@ -147,24 +151,30 @@ pub fn crash_report_beside(core: &Path) -> Option<PathBuf> {
 }
 
 /// Fetch, verify and decompress what is needed. A local, uncompressed dump is used in place.
-pub async fn prepare(core: &ArtifactSource, dac: Option<&ArtifactSource>) -> Result<Prepared, RemoteError> {
+/// `captured` is the capture's own DAC (from `--artifacts`); for a dump on a volume, the one
+/// stored beside it. It is fetched only when `trust_captured`.
+pub async fn prepare(
+    core: &ArtifactSource,
+    explicit: Option<&ArtifactSource>,
+    captured: Option<&ArtifactSource>,
+    trust_captured: bool,
+) -> Result<Prepared, RemoteError> {
     let scratch = tempfile::Builder::new().prefix("dumpwatch-analyze-").tempdir().map_err(io("creating a temp dir"))?;
     let http = client()?;
     let core_path = materialize(&http, core, scratch.path()).await?;
-    let dac = match dac {
+    let dac = match explicit {
         Some(d) => Some(materialize(&http, d, scratch.path()).await?),
-        None => match core.local_path() {
-            // A dump on a volume: the DAC the sidecar stored beside it.
-            Some(p) => match dac_beside(&p) {
-                Some(d) => Some(
-                    materialize(&http, &ArtifactSource::new(&d.display().to_string(), None), scratch.path()).await?,
-                ),
-                None => None,
-            },
-            None => None,
-        },
+        None => None,
     };
-    Ok(Prepared { core: core_path, dac, display: core.display(), _scratch: scratch })
+    // A dump on a volume: the DAC the sidecar stored beside it.
+    let beside =
+        core.local_path().and_then(|p| dac_beside(&p)).map(|d| ArtifactSource::new(&d.display().to_string(), None));
+    let captured = match (explicit, captured.or(beside.as_ref())) {
+        (None, Some(c)) if trust_captured => Some(materialize(&http, c, scratch.path()).await?),
+        (None, Some(c)) => Some(PathBuf::from(c.display())),
+        _ => None,
+    };
+    Ok(Prepared { core: core_path, dac, captured, display: core.display(), _scratch: scratch })
 }
 
 fn dac_beside(core: &Path) -> Option<PathBuf> {

@@ -26,15 +26,15 @@ const MAX_DAC_BYTES: u64 = 128 << 20;
 /// Per server and request, connection and transfer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Where the DAC may come from besides `--dac` and the dump's folder.
+/// Where the DAC may come from besides `--dac`.
 #[derive(Clone, Debug)]
 pub struct DacSources {
     /// Symbol servers, tried in order; empty: no network.
     pub servers: Vec<String>,
     /// Downloaded DACs, by symbol-server key.
     pub cache: PathBuf,
-    /// Search the dumped process' runtime folder and installed runtimes.
-    pub local_runtimes: bool,
+    /// The DAC store, the DAC beside the dump, local runtimes ([`clrdump::locate`]).
+    pub trust: clrdump::locate::Trust,
 }
 
 impl DacSources {
@@ -53,6 +53,30 @@ impl DacSources {
         }
     }
 
+    /// Symbol servers must be HTTPS: a DAC is code the analyzer runs, and over plain HTTP
+    /// anyone on the path could swap it. Plain HTTP is accepted only to a loopback address (a
+    /// mirror or test server on this machine).
+    pub fn check_servers(servers: &[String]) -> Result<(), RemoteError> {
+        for s in servers {
+            let url = reqwest::Url::parse(s)
+                .map_err(|e| RemoteError::Usage(format!("symbol server {s:?} is not a URL: {e}")))?;
+            let host = url.host_str().unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                return Err(RemoteError::Usage(format!(
+                    "symbol server {s}: only https:// (or http:// to a loopback address) may serve a DAC, which is \
+                     code the analyzer runs"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `--dac-cache`, else `$XDG_CACHE_HOME/dumpwatch/dac`, else `<temp dir>/dumpwatch-dac`.
     pub fn default_cache() -> PathBuf {
         match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
@@ -62,29 +86,60 @@ impl DacSources {
     }
 }
 
-/// The DAC found, and the runtime version it was checked against.
+/// The DAC found, where from, and the runtime version it was checked against.
 pub struct FoundDac {
     pub path: PathBuf,
+    pub provenance: clrdump::locate::Provenance,
+    /// DACs that travelled with the capture and were ignored, etc.
+    pub warnings: Vec<String>,
     /// The dumped runtime's `@(#)Version`, from the dump, the runtime file, or the runtime
     /// binary fetched by its build-id; `None` when none of them told.
     pub runtime_version: Option<String>,
 }
 
-/// The DAC to analyze `core` with: the explicit one, else a local one (beside the dump, or a
-/// runtime folder when allowed), else one cached or downloaded by the runtime's build-id.
-/// The explicit one is checked against the dump later, by [`clrdump::read_dump`].
-pub async fn find_dac(core: &Path, explicit: Option<&Path>, src: &DacSources) -> Result<FoundDac, RemoteError> {
+/// The DAC to analyze `core` with: the explicit one, else one from a trusted local source
+/// ([`clrdump::locate`]: the DAC store, the capture's DAC when trusted, local runtimes), else
+/// one cached or downloaded by the runtime's build-id. `captured` is the DAC that travelled
+/// with the capture (fetched from the artifacts). The explicit one is checked against the dump
+/// later, by [`clrdump::read_dump`].
+pub async fn find_dac(
+    core: &Path,
+    explicit: Option<&Path>,
+    captured: Option<&Path>,
+    src: &DacSources,
+) -> Result<FoundDac, RemoteError> {
+    use clrdump::locate::{self, Provenance};
     if let Some(d) = explicit {
-        return Ok(FoundDac { path: d.to_path_buf(), runtime_version: None });
+        return Ok(FoundDac {
+            path: d.to_path_buf(),
+            provenance: Provenance::Explicit,
+            warnings: Vec::new(),
+            runtime_version: None,
+        });
     }
     let dump = CoreDump::open(core)?;
     let runtime_path = dump.runtime_path()?.to_string();
     let mut version = dump.runtime_version()?;
-    let local = match clrdump::locate::choose(None, core, Some(&runtime_path), version.as_deref(), src.local_runtimes) {
-        Ok(path) => return Ok(FoundDac { path, runtime_version: version }),
+    let build_id = dump.runtime_build_id().ok();
+    let dumped = locate::Dumped {
+        runtime_path: Some(&runtime_path),
+        version: version.as_deref(),
+        build_id: build_id.as_deref(),
+    };
+    let local = match locate::choose(None, captured, core, &dumped, &src.trust) {
+        Ok(c) => {
+            return Ok(FoundDac {
+                path: c.path,
+                provenance: c.provenance,
+                warnings: c.warnings,
+                runtime_version: version,
+            });
+        }
         Err(e @ (clrdump::Error::DacNotFound { .. } | clrdump::Error::DacMismatch { .. })) => e,
         Err(e) => return Err(e.into()),
     };
+    let warnings = locate::ignored_warnings(core, captured, &src.trust);
+    private_cache(&src.cache)?;
     let id = dump.runtime_build_id()?;
     drop(dump);
     let hex = clrdump::buildid::hex(&id);
@@ -110,7 +165,9 @@ pub async fn find_dac(core: &Path, explicit: Option<&Path>, src: &DacSources) ->
     }
     let check = |b: &[u8]| check_dac(b, version.as_deref());
     match cached_or_fetched(&http, src, &key, &check).await {
-        Ok(Some(path)) => Ok(FoundDac { path, runtime_version: version }),
+        Ok(Some(path)) => {
+            Ok(FoundDac { path, provenance: Provenance::SymbolServer, warnings, runtime_version: version })
+        }
         Ok(None) => Err(RemoteError::DacLocalOnly { local: local.to_string(), key }),
         Err(Outcome::Refused { url, why }) => {
             Err(RemoteError::DacRefused { url, why, runtime: version.unwrap_or_else(|| "?".into()) })
@@ -147,6 +204,7 @@ pub async fn fetch_assemblies(core: &Path, src: &DacSources) -> Result<Vec<(Stri
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
+    private_cache(&src.cache)?;
     let http = crate::remote::client()?;
     let started = Instant::now();
     let mut found = Vec::new();
@@ -166,6 +224,18 @@ pub async fn fetch_assemblies(core: &Path, src: &DacSources) -> Result<Vec<(Stri
         if missing.is_empty() { String::new() } else { format!("; not there: {}", missing.join(", ")) }
     );
     Ok(found)
+}
+
+/// The cache's files are loaded (the DAC) or read by it (assemblies): only from a directory no
+/// one else can write.
+fn private_cache(dir: &Path) -> Result<(), RemoteError> {
+    clrdump::locate::private_dir(dir).map_err(|why| {
+        RemoteError::Usage(format!(
+            "the DAC cache {} {why}: what is cached there is run by the analyzer. Pass --dac-cache (or \
+             DUMPWATCH_DAC_CACHE) with a directory only you can write",
+            dir.display()
+        ))
+    })
 }
 
 /// Like [`cached_or_fetched`], for files that are often simply not published (an app's own
@@ -334,6 +404,16 @@ mod tests {
         assert_eq!(s(&[], Some("http://b, http://c"), false), vec!["http://b", "http://c"]);
         assert!(s(&[], Some(""), false).is_empty(), "set but empty: no network");
         assert!(s(&["http://a"], None, true).is_empty());
+    }
+
+    #[test]
+    fn symbol_servers_are_https_or_loopback() {
+        let ok = |s: &str| DacSources::check_servers(&[s.to_string()]).is_ok();
+        assert!(ok("https://msdl.microsoft.com/download/symbols"));
+        assert!(ok("http://127.0.0.1:8080/symbols") && ok("http://localhost/x") && ok("http://[::1]:1/"));
+        assert!(!ok("http://symbols.mirror.svc:8080/symbols"));
+        assert!(!ok("ftp://127.0.0.1/"));
+        assert!(!ok("msdl.microsoft.com"));
     }
 
     #[test]

@@ -33,7 +33,8 @@ fn dump_and_analyze(w: &Workload, dir: &Path, extra: &[&str]) -> Value {
         assert!(attempt < 3 && err.contains("ptrace"), "dump failed: {err}");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let mut args = vec!["analyze", core, "--json", "--top", "40"];
+    // The DAC `dump` wrote beside the core, from this machine's runtime: trusted on purpose.
+    let mut args = vec!["analyze", core, "--json", "--top", "40", "--trust-dac-beside-dump"];
     args.extend_from_slice(extra);
     let (ok, out, err) = dumpwatch(&args);
     assert!(ok, "analyze failed: {err}");
@@ -94,7 +95,8 @@ fn finds_the_deadlock_and_the_leak_on_both_runtimes() {
         assert_eq!(top["root"], "static DiagScenarios.Processor.Current", "{runtime:?}: the holder is named");
 
         // The text report says it in a few lines.
-        let (ok, text, err) = dumpwatch(&["analyze", dir.path().join("core").to_str().unwrap()]);
+        let (ok, text, err) =
+            dumpwatch(&["analyze", dir.path().join("core").to_str().unwrap(), "--trust-dac-beside-dump"]);
         assert!(ok, "{err}");
         assert!(text.contains("DEADLOCK 1: 2 threads wait for each other; 3 more threads"), "{text}");
         assert!(text.contains("× DiagScenarios.Customer retain"), "{text}");
@@ -270,4 +272,47 @@ fn drill_down_views_show_the_workloads_threads_locks_objects_and_roots_on_both_r
         let (ok, _, err) = dumpwatch(&["analyze", core.to_str().unwrap(), "obj", "0x8"]);
         assert!(!ok && err.contains("is not the start of an object"), "{err}");
     }
+}
+
+/// The capture's own DAC (here: a planted file with the right version string) is not loaded
+/// unless trusted; an admin store made with `dac-store add` serves the dump with nothing else
+/// allowed; the findings and the log say which DAC was used, what was ignored and how the
+/// worker was confined.
+#[test]
+fn a_capture_dac_is_ignored_and_the_dac_store_serves_the_dump() {
+    let w = Workload::start(Runtime::Net8, "DiagScenarios", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core");
+    let core_s = core.to_str().unwrap();
+    let (ok, _, err) = dumpwatch(&["dump", &w.pid.to_string(), "-o", core_s, "--type", "heap"]);
+    assert!(ok, "{err}");
+    let beside = dir.path().join("libmscordaccore.so");
+    let mut planted = std::fs::read(&beside).unwrap();
+    planted.extend_from_slice(b"planted");
+    std::fs::write(&beside, planted).unwrap();
+
+    // Nothing trusted left: a clear refusal that names the ignored file and the ways out.
+    let only = ["--no-local-runtime", "--no-symbol-server", "--histogram-only", "--json"];
+    let (ok, _, err) = dumpwatch(&[&["analyze", core_s][..], &only].concat());
+    assert!(!ok);
+    assert!(err.contains("ignored the DAC") && err.contains(beside.to_str().unwrap()), "{err}");
+    assert!(err.contains("--trust-dac-beside-dump") && err.contains("--dac-store"), "{err}");
+
+    let store = dir.path().join("store");
+    let dac = Runtime::Net8.shared_dir().join("libmscordaccore.so");
+    let (ok, out, err) = dumpwatch(&["dac-store", "add", "--store", store.to_str().unwrap(), dac.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let entry = std::path::PathBuf::from(out.trim());
+    assert!(entry.starts_with(&store) && entry.ends_with("libmscordaccore.so"), "{out}");
+    assert!(entry.with_file_name("SHA256SUMS").is_file());
+
+    let (ok, out, err) = dumpwatch(&[&["analyze", core_s, "--dac-store", store.to_str().unwrap()][..], &only].concat());
+    assert!(ok, "{err}");
+    let f: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(f["source"]["dac"], entry.to_str().unwrap());
+    let warnings = f["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].as_str().unwrap().contains("ignored the DAC"), "{warnings:?}");
+    assert!(err.contains("(from the DAC store)"), "{err}");
+    assert!(err.contains("DAC worker sandbox:") && err.contains("landlock: enforced"), "{err}");
 }

@@ -141,6 +141,9 @@ fn analyzes_a_compressed_dump_from_s3_and_reports_the_findings() {
         ["analyze", "--artifacts", &list, "--json", "--report-to", &url, "--snapshot", "app-0-c1", "--token-file"];
     let mut args = args.to_vec();
     args.push(token.to_str().unwrap());
+    // The stored DAC is this test's own copy of the runtime's: trusted on purpose (the chart's
+    // analysis.trustCapturedDacs).
+    args.push("--trust-dac-beside-dump");
     let r = dumpwatch(&args, scratch.path());
     assert!(r.ok, "analyze failed: {}", r.stderr);
     assert!(r.stderr.contains("downloaded core.42.zst"), "progress on stderr: {}", r.stderr);
@@ -190,7 +193,10 @@ fn analyzes_a_compressed_dump_from_s3_and_reports_the_findings() {
         std::fs::write(vol.join(name), bytes).unwrap();
     }
     let file_url = format!("file://{}", vol.join("core.42.zst").display());
-    let r = dumpwatch(&["analyze", &file_url, "--sha256", core_sha, "--json", "--histogram-only"], scratch.path());
+    let r = dumpwatch(
+        &["analyze", &file_url, "--sha256", core_sha, "--json", "--histogram-only", "--trust-dac-beside-dump"],
+        scratch.path(),
+    );
     assert!(r.ok, "{}", r.stderr);
     let f: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(tids(&f["deadlocks"][0]["cycle"], "thread"), truth(&dl["owners"]));

@@ -121,6 +121,24 @@ fn find_gnu_build_id(mut data: &[u8], align: usize) -> Option<&[u8]> {
     None
 }
 
+/// The build-id of an ELF shared object on disk (a `libcoreclr.so` here): its notes lie in its
+/// first segment, where file offsets are addresses.
+pub fn file_build_id(path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+    bytes_build_id(&bytes)
+}
+
+/// [`file_build_id`] of a file's bytes.
+pub fn bytes_build_id(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut read = |addr: u64, buf: &mut [u8]| {
+        let src = usize::try_from(addr).ok().and_then(|a| bytes.get(a..)).unwrap_or(&[]);
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        n
+    };
+    image_build_id(&mut read, 0)
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

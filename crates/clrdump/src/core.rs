@@ -202,7 +202,10 @@ impl CoreDump {
         let mut files = self.files.borrow_mut();
         let file = files.entry(m.path.clone()).or_insert_with(|| match self.replacements.get(&m.path) {
             Some(local) => File::open(local).ok(),
-            None => File::open(&m.path).ok(),
+            // The dump names the path: only runtime modules and assemblies are opened, never,
+            // say, the analyzer's own token that a hostile dump lists as mapped.
+            None if crate::sandbox::is_module_file(&m.path) => File::open(&m.path).ok(),
+            None => None,
         });
         let Some(file) = file else { return 0 };
         let mut got = 0;

@@ -55,6 +55,14 @@ pub enum Error {
         /// The runtime's `@(#)Version` string.
         runtime_version: String,
     },
+    /// An entry of the admin DAC store is damaged or incomplete.
+    #[error("DAC store entry {entry}: {why}")]
+    DacStore {
+        /// `<store>/<build-id>`.
+        entry: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The DAC could not be loaded or refused to initialize.
     #[error("DAC failed: {0}")]
     Dac(String),

@@ -75,6 +75,28 @@ pub struct HeapLayout {
     types: Vec<TypeLayout>,
 }
 
+impl HeapLayout {
+    /// Bounds on what a worker may send: as many type layouts as histogram types, ranges and
+    /// allocation contexts in the millions at most, ranges that do not wrap. (Addresses need no
+    /// check: the walk reads them through the dump's bounds-checked slices.)
+    pub(crate) fn check_counts(&self, types: usize) -> std::result::Result<(), String> {
+        if self.types.len() > types {
+            return Err(format!("{} type layouts for {types} types", self.types.len()));
+        }
+        if self.ranges.len() > 1 << 24 || self.alloc_contexts.len() > 1 << 24 {
+            return Err(format!(
+                "{} heap ranges, {} allocation contexts",
+                self.ranges.len(),
+                self.alloc_contexts.len()
+            ));
+        }
+        if let Some(r) = self.ranges.iter().find(|r| r.end < r.start) {
+            return Err(format!("a heap range ends ({:#x}) before it starts ({:#x})", r.end, r.start));
+        }
+        Ok(())
+    }
+}
+
 /// How the walk finds a MethodTable's [`TypeInfo`].
 trait TypeLookup {
     /// `None`: not a MethodTable (the walk resynchronizes).

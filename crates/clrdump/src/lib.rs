@@ -16,6 +16,7 @@
 //! println!("{} threads", dump.snapshot.threads.len());
 //! ```
 
+pub mod answer;
 pub mod buildid;
 mod collect;
 pub mod core;
@@ -30,6 +31,7 @@ pub mod locate;
 mod mapped;
 pub mod model;
 pub mod names;
+pub mod sandbox;
 mod statics;
 mod stdio;
 pub mod timings;
@@ -50,31 +52,38 @@ pub use worker::{WorkerCommand, worker_main};
 /// How to read a dump.
 #[derive(Clone, Debug)]
 pub struct ReadOptions {
-    /// An explicit DAC (must match the dump's runtime).
+    /// An explicit DAC (must match the dump's runtime): the caller vouches for it.
     pub dac: Option<PathBuf>,
+    /// A DAC that travelled with the capture but lies elsewhere (fetched artifacts): used only
+    /// when `trust.beside_dump`, like one beside the dump.
+    pub captured_dac: Option<PathBuf>,
     /// What to extract.
     pub depth: Depth,
     /// How to start the isolated DAC worker.
     pub worker: WorkerCommand,
     /// Kill the worker after this long.
     pub timeout: Duration,
-    /// Also look for the DAC in the dumped process' runtime folder and in installed runtimes
-    /// (see [`locate`]); off for analysis that must not depend on this machine.
-    pub local_runtimes: bool,
+    /// Which sources besides `dac` may provide the DAC ([`locate`]).
+    pub trust: locate::Trust,
+    /// Confine the DAC worker ([`sandbox`]); off only to debug or to measure its cost.
+    pub sandbox: bool,
     /// `(path in the dumped process, local file)`: copies of mapped files that are not at
     /// their dumped path here (assemblies fetched from a symbol server).
     pub replacements: Vec<(String, PathBuf)>,
 }
 
 impl ReadOptions {
-    /// Defaults: DAC found automatically (local runtimes included), 10-minute timeout.
+    /// Defaults: DAC from `dac` or a runtime installed here (never one beside the dump),
+    /// 10-minute timeout.
     pub fn new(worker: WorkerCommand, depth: Depth) -> Self {
         ReadOptions {
             dac: None,
+            captured_dac: None,
             depth,
             worker,
             timeout: Duration::from_secs(600),
-            local_runtimes: true,
+            trust: locate::Trust { local_runtimes: true, ..Default::default() },
+            sandbox: true,
             replacements: Vec::new(),
         }
     }
@@ -89,6 +98,12 @@ pub struct DumpData {
     pub graph: Option<ObjectGraph>,
     /// The DAC used.
     pub dac: PathBuf,
+    /// Where it came from.
+    pub provenance: locate::Provenance,
+    /// What the person should know about the DAC's choice (a DAC beside the dump ignored, …).
+    pub dac_warnings: Vec<String>,
+    /// How the DAC worker was confined.
+    pub confinement: sandbox::Confinement,
 }
 
 /// Validates the core here (typed errors for truncated or foreign files), picks and checks
@@ -104,11 +119,18 @@ pub fn read_dump_timed(core_path: &Path, opts: &ReadOptions, clock: &mut timings
     let core = core::CoreDump::open(core_path)?;
     let runtime_path = core.runtime_path()?.to_string();
     let version = core.runtime_version()?;
-    let dac =
-        locate::choose(opts.dac.as_deref(), core_path, Some(&runtime_path), version.as_deref(), opts.local_runtimes)?;
+    let build_id = core.runtime_build_id().ok();
+    let dumped = locate::Dumped {
+        runtime_path: Some(&runtime_path),
+        version: version.as_deref(),
+        build_id: build_id.as_deref(),
+    };
+    let chosen = locate::choose(opts.dac.as_deref(), opts.captured_dac.as_deref(), core_path, &dumped, &opts.trust)?;
     drop(core);
+    let dac = chosen.path;
     clock.start("DAC worker runs");
-    let mut snapshot = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
+    let answer = worker::run(&opts.worker, core_path, &dac, opts, opts.timeout)?;
+    let mut snapshot = answer.snapshot;
     clock.close();
     clock.extend(std::mem::take(&mut snapshot.phases));
     let graph = match (opts.depth, snapshot.layout.take()) {
@@ -117,5 +139,12 @@ pub fn read_dump_timed(core_path: &Path, opts: &ReadOptions, clock: &mut timings
         (Depth::Histogram, _) => None,
     };
     clock.close();
-    Ok(DumpData { snapshot, graph, dac })
+    Ok(DumpData {
+        snapshot,
+        graph,
+        dac,
+        provenance: chosen.provenance,
+        dac_warnings: chosen.warnings,
+        confinement: answer.confinement,
+    })
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use clrdump::locate::Provenance;
 use clrdump::{Depth, Error, ReadOptions, WorkerCommand};
 use support::{dump, worker};
 use testbed::{Runtime, Value, Workload};
@@ -25,8 +26,12 @@ fn threads_locks_and_an_exact_histogram_on_both_runtimes() {
         let dir = tempfile::tempdir().unwrap();
         let core = dump(&w, dir.path());
 
-        let d = clrdump::read_dump(&core, &ReadOptions::new(worker(), Depth::Histogram)).expect("read dump");
+        // The DAC `dump` copied beside the core, trusted on purpose: the test wrote it.
+        let mut opts = ReadOptions::new(worker(), Depth::Histogram);
+        opts.trust.beside_dump = true;
+        let d = clrdump::read_dump(&core, &opts).expect("read dump");
         assert_eq!(d.dac, dir.path().join("libmscordaccore.so"), "{runtime:?}: the DAC beside the dump");
+        assert_eq!(d.provenance, Provenance::BesideDump);
         let s = &d.snapshot;
         assert!(s.runtime_version.is_some(), "{runtime:?}");
         assert!(s.warnings.is_empty(), "{runtime:?}: {:?}", s.warnings);
@@ -105,9 +110,11 @@ fn a_dac_of_another_runtime_is_refused() {
     // The only DAC beside the dump being the wrong one is the same clear error.
     std::fs::copy(Runtime::Net31.shared_dir().join("libmscordaccore.so"), dir.path().join("libmscordaccore.so"))
         .unwrap();
-    let opts = ReadOptions::new(worker(), Depth::Histogram);
+    let mut opts = ReadOptions::new(worker(), Depth::Histogram);
+    opts.trust.beside_dump = true;
     // The runtime folder of the dumped process still has the right DAC: it is found there.
     let d = clrdump::read_dump(&core, &opts).expect("falls back to the runtime folder's DAC");
+    assert_eq!(d.provenance, Provenance::LocalRuntime);
     assert_ne!(d.dac, dir.path().join("libmscordaccore.so"));
     assert!(d.dac.to_string_lossy().contains("8.0."), "{}", d.dac.display());
 }
@@ -171,5 +178,63 @@ fn the_runtime_build_id_read_from_the_dump_is_the_one_of_the_file_on_disk() {
             key,
             format!("libmscordaccore.so/elf-buildid-coreclr-{}/libmscordaccore.so", clrdump::buildid::hex(&truth))
         );
+    }
+}
+
+/// The attack: the app pod plants its own "DAC" in the capture folder (it mounts it read-write).
+/// Without an explicit opt-in the analyzer never loads it: it takes the runtime installed here
+/// (same build-id) or, with local runtimes off, refuses with a message that says how to proceed.
+#[test]
+fn a_pod_cannot_make_the_analyzer_load_its_dac() {
+    let w = Workload::start(Runtime::Net8, "Idle", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let core = dump(&w, dir.path());
+    // The planted file carries the right version string: that alone must not make it trusted.
+    let planted = dir.path().join("libmscordaccore.so");
+    let mut bytes = std::fs::read(Runtime::Net8.shared_dir().join("libmscordaccore.so")).unwrap();
+    bytes.extend_from_slice(b"planted by the pod");
+    std::fs::write(&planted, &bytes).unwrap();
+
+    let d = clrdump::read_dump(&core, &ReadOptions::new(worker(), Depth::Histogram)).expect("local runtime's DAC");
+    assert_eq!(d.provenance, Provenance::LocalRuntime);
+    assert_ne!(d.dac, planted);
+    assert!(d.dac_warnings.iter().any(|w| w.contains("--trust-dac-beside-dump")), "{:?}", d.dac_warnings);
+
+    let mut opts = ReadOptions::new(worker(), Depth::Histogram);
+    opts.trust.local_runtimes = false;
+    match clrdump::read_dump(&core, &opts) {
+        Err(Error::DacNotFound { looked_in, .. }) => {
+            assert!(looked_in.contains("ignored the DAC") && looked_in.contains("--dac-store"), "{looked_in}")
+        }
+        other => panic!("expected DacNotFound, got {other:?}"),
+    }
+}
+
+/// The admin's store, laid out by `store_add` from the installed runtimes, serves both
+/// runtimes by build-id with nothing else trusted; a store entry whose file changed after it
+/// was listed is refused.
+#[test]
+fn the_dac_store_serves_dumps_by_build_id_on_both_runtimes() {
+    let store = tempfile::tempdir().unwrap();
+    for runtime in Runtime::ALL {
+        clrdump::locate::store_add(store.path(), &runtime.shared_dir().join("libmscordaccore.so"), None).unwrap();
+    }
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "Idle", &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let core = dump(&w, dir.path());
+        std::fs::remove_file(dir.path().join("libmscordaccore.so")).unwrap();
+        let mut opts = ReadOptions::new(worker(), Depth::Histogram);
+        opts.trust = clrdump::locate::Trust { store: Some(store.path().to_path_buf()), ..Default::default() };
+        let d = clrdump::read_dump(&core, &opts).unwrap_or_else(|e| panic!("{runtime:?}: {e}"));
+        assert_eq!(d.provenance, Provenance::Store, "{runtime:?}");
+        assert!(d.dac.starts_with(store.path()), "{}", d.dac.display());
+        assert!(!d.snapshot.threads.is_empty());
+        if runtime == Runtime::Net8 {
+            let mut bytes = std::fs::read(&d.dac).unwrap();
+            bytes.push(0);
+            std::fs::write(&d.dac, bytes).unwrap();
+            assert!(matches!(clrdump::read_dump(&core, &opts), Err(Error::DacStore { .. })));
+        }
     }
 }

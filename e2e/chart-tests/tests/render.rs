@@ -246,13 +246,39 @@ fn the_analysis_symbol_server_reaches_the_operator() {
     // Default: Microsoft's, where dotnet-dump finds DACs too.
     assert_eq!(server(&[]), Some(Value::from("https://msdl.microsoft.com/download/symbols")));
     assert_eq!(
-        server(&["analysis.symbolServer=http://symbols.mirror.svc:8080/symbols"]),
-        Some(Value::from("http://symbols.mirror.svc:8080/symbols"))
+        server(&["analysis.symbolServer=https://symbols.mirror.svc:8443/symbols"]),
+        Some(Value::from("https://symbols.mirror.svc:8443/symbols"))
     );
+    // A DAC is code the analyzer runs: never over plain HTTP.
+    let err = render(&["analysis.symbolServer=http://symbols.mirror.svc:8080/symbols"]).unwrap_err().to_string();
+    assert!(err.contains("/analysis/symbolServer"), "{err}");
     // Empty is passed on as empty: the operator then tells Jobs not to download.
     assert_eq!(server(&["analysis.symbolServer="]), Some(Value::from("")));
     let err = render(&["analysis.symbolServer=msdl.microsoft.com"]).unwrap_err().to_string();
     assert!(err.contains("/analysis/symbolServer"), "{err}");
+}
+
+#[test]
+fn the_dac_store_and_the_trust_in_captured_dacs_reach_the_operator() {
+    let env = |set: &[&str], name: &str| {
+        let objs = render(set).unwrap();
+        let deploy = find(&objs, "Deployment", OPERATOR).unwrap().clone();
+        let env = deploy["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone())
+    };
+    // Defaults: no store, captured DACs and the image's runtimes untrusted.
+    assert_eq!(env(&[], "DUMPWATCH_ANALYSIS_DAC_STORE_VOLUME"), None);
+    assert_eq!(env(&[], "DUMPWATCH_ANALYSIS_TRUST_CAPTURED_DACS"), Some(Value::from("false")));
+    assert_eq!(env(&[], "DUMPWATCH_ANALYSIS_LOCAL_RUNTIMES"), Some(Value::from("false")));
+    let store = env(&["analysis.dacStore.persistentVolumeClaim.claimName=dacs"], "DUMPWATCH_ANALYSIS_DAC_STORE_VOLUME")
+        .expect("the store's volume");
+    let volume: Value = serde_json::from_str(store.as_str().unwrap()).unwrap();
+    assert_eq!(volume["persistentVolumeClaim"]["claimName"], "dacs");
+    assert_eq!(
+        env(&["analysis.trustCapturedDacs=true"], "DUMPWATCH_ANALYSIS_TRUST_CAPTURED_DACS"),
+        Some(Value::from("true"))
+    );
+    assert!(render(&["analysis.trustCapturedDacs=yes please"]).is_err());
 }
 
 /// A webhook `objectSelector` (matchLabels + matchExpressions) against a pod's labels.

@@ -350,6 +350,9 @@ impl Cluster {
             format!("analysis.image.repository={repo}"),
             format!("analysis.image.tag={tag}"),
             "analysis.symbolServer=".into(),
+            // The e2e analyzer image carries both runtimes on purpose: its DAC source (the apps'
+            // captured DACs stay untrusted, as in production).
+            "analysis.localRuntimes=true".into(),
             // One replica: enough here, and half the load on a shared machine.
             "operator.replicas=1".into(),
             "operator.logLevel=info\\,operator=debug".into(),

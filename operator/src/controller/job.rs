@@ -49,7 +49,20 @@ pub struct AnalysisSettings {
     /// `DUMPWATCH_SYMBOL_SERVER`; empty: no download. Listen-mode dumps carry no DAC and the
     /// Job's image has no runtime, so without one such dumps cannot be analyzed.
     pub symbol_server: String,
+    /// The admin DAC store (docs/security.md, "DAC provenance"): a volume source mounted
+    /// read-only at [`DAC_STORE_DIR`] and given to the CLI as `--dac-store`. Its name is ours.
+    pub dac_store: Option<Volume>,
+    /// Pass `--trust-dac-beside-dump`: load the DAC stored with the capture. That file was
+    /// chosen by the app pod, so this trusts the app pods (chart: `analysis.trustCapturedDacs`).
+    pub trust_captured_dacs: bool,
+    /// Let the CLI take the DAC from .NET runtimes inside the analyzer image (when their
+    /// libcoreclr.so has the dumped build-id). Off: the Job passes `--no-local-runtime`, so an
+    /// image never serves a DAC nobody chose; on for images built with runtimes on purpose.
+    pub local_runtimes: bool,
 }
+
+/// Where the DAC store is mounted in analysis Jobs.
+pub const DAC_STORE_DIR: &str = "/dac-store";
 
 impl Default for AnalysisSettings {
     fn default() -> Self {
@@ -61,6 +74,9 @@ impl Default for AnalysisSettings {
             ttl_after_finished_secs: 3600,
             scratch_size: "20Gi".into(),
             symbol_server: MICROSOFT_SYMBOL_SERVER.into(),
+            dac_store: None,
+            trust_captured_dacs: false,
+            local_runtimes: false,
         }
     }
 }
@@ -112,6 +128,22 @@ pub(super) fn analyzer_pod_security() -> PodSecurityContext {
     }
 }
 
+/// The DAC store's volume source from its JSON (`DUMPWATCH_ANALYSIS_DAC_STORE_VOLUME`; empty or
+/// `{}`: none). The name is set where it is mounted.
+pub fn dac_store_volume(json: &str) -> Result<Option<Volume>, String> {
+    let json = json.trim();
+    if json.is_empty() || json == "{}" || json == "null" {
+        return Ok(None);
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("the DAC store volume is not JSON: {e}"))?;
+    let Some(obj) = value.as_object_mut() else { return Err("the DAC store volume must be a JSON object".into()) };
+    obj.insert("name".into(), "dac-store".into());
+    let volume: Volume =
+        serde_json::from_value(value).map_err(|e| format!("the DAC store volume is not a volume source: {e}"))?;
+    Ok(Some(volume))
+}
+
 /// Kubernetes expands `$(VAR)` in args; `$$` is a literal `$` (URLs may carry `$`).
 fn literal(arg: String) -> String {
     arg.replace('$', "$$")
@@ -153,6 +185,17 @@ pub fn analysis_job(
         // The runtime wrote the dump as it died: name the exception even without its crash
         // report (.NET Core 3.1 writes none).
         args.push("--crashed".into());
+    }
+    if !settings.local_runtimes {
+        // The default image has no .NET runtime; one that turns up in it is no DAC source
+        // anyone chose (the store is).
+        args.push("--no-local-runtime".into());
+    }
+    if settings.dac_store.is_some() {
+        args.extend(["--dac-store".to_string(), DAC_STORE_DIR.to_string()]);
+    }
+    if settings.trust_captured_dacs {
+        args.push("--trust-dac-beside-dump".into());
     }
 
     let mut env = vec![
@@ -220,6 +263,16 @@ pub fn analysis_job(
             }),
             ..Default::default()
         });
+    }
+
+    if let Some(store) = &settings.dac_store {
+        mounts.push(VolumeMount {
+            name: "dac-store".into(),
+            mount_path: DAC_STORE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume { name: "dac-store".into(), ..store.clone() });
     }
 
     let container = Container {

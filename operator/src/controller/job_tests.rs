@@ -148,6 +148,34 @@ fn the_cli_gets_the_symbol_servers_and_empty_means_none() {
 }
 
 #[test]
+fn the_job_trusts_only_the_admins_dac_sources_unless_told_to_trust_the_app_pods() {
+    let args = |job: &Job| pod_spec(job).containers[0].args.clone().unwrap();
+    let plain = job();
+    assert!(args(&plain).contains(&"--no-local-runtime".to_string()), "the image's leftovers are no DAC source");
+    assert!(!args(&plain).contains(&"--trust-dac-beside-dump".to_string()), "captured DACs are not trusted");
+    assert!(!args(&plain).contains(&"--dac-store".to_string()));
+
+    let store = dac_store_volume(r#"{"persistentVolumeClaim":{"claimName":"dacs","readOnly":true}}"#).unwrap();
+    assert_eq!(dac_store_volume("").unwrap(), None);
+    assert_eq!(dac_store_volume("{}").unwrap(), None);
+    assert!(dac_store_volume("[1]").is_err());
+    let settings = AnalysisSettings { dac_store: store, trust_captured_dacs: true, ..Default::default() };
+    let j = analysis_job(&snapshot("orders-1", "Uploaded"), None, &settings, &AnalysisInputs::default());
+    let a = args(&j);
+    let at = a.iter().position(|x| x == "--dac-store").expect("--dac-store");
+    assert_eq!(a[at + 1], DAC_STORE_DIR);
+    assert!(a.contains(&"--trust-dac-beside-dump".to_string()));
+    let images = AnalysisSettings { local_runtimes: true, ..Default::default() };
+    let with_runtimes = analysis_job(&snapshot("orders-1", "Uploaded"), None, &images, &AnalysisInputs::default());
+    assert!(!args(&with_runtimes).contains(&"--no-local-runtime".to_string()), "an image with runtimes on purpose");
+    let spec = pod_spec(&j);
+    let mount = spec.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "dac-store").unwrap();
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), (DAC_STORE_DIR, Some(true)));
+    let vol = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "dac-store").unwrap();
+    assert_eq!(vol.persistent_volume_claim.as_ref().unwrap().claim_name, "dacs");
+}
+
+#[test]
 fn a_job_trusts_the_ca_served_when_it_is_created_not_the_one_read_at_start() {
     use crate::webhook::{CertSource, certs};
     let now = time::OffsetDateTime::now_utc();
