@@ -84,13 +84,7 @@ fn show(args: &AnalyzeArgs, view: crate::views::View, view_args: &[String], cloc
         "views read core dumps; a heap snapshot has no threads or locks (analyze it without a view)"
     );
     let depth = if view.needs_graph() { Depth::Graph } else { Depth::Histogram };
-    let mut opts = ReadOptions::new(WorkerCommand::current_exe(WORKER_SUBCOMMAND)?, depth);
-    opts.dac = args.dac.clone();
-    opts.replacements = args.replacements.clone();
-    opts.timeout = Duration::from_secs(args.timeout);
-    opts.sandbox = args.sandbox;
-    let data = clrdump::read_dump_timed(&args.core, &opts, clock)
-        .with_context(|| format!("analyzing {}", args.core.display()))?;
+    let data = read(args, depth, clock)?;
     let out = crate::views::render(view, view_args, &data.snapshot, data.graph.as_ref()).map_err(anyhow::Error::msg)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out.json)?);
@@ -100,16 +94,20 @@ fn show(args: &AnalyzeArgs, view: crate::views::View, view_args: &[String], cloc
     Ok(())
 }
 
-/// Reads the dump and builds the findings document, recording its phases on `clock`.
-pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findings> {
-    let depth = if args.histogram_only { Depth::Histogram } else { Depth::Graph };
+/// Reads the dump through the DAC worker at `depth`.
+fn read(args: &AnalyzeArgs, depth: Depth, clock: &mut PhaseClock) -> Result<clrdump::DumpData> {
     let mut opts = ReadOptions::new(WorkerCommand::current_exe(WORKER_SUBCOMMAND)?, depth);
     opts.dac = args.dac.clone();
     opts.replacements = args.replacements.clone();
     opts.timeout = Duration::from_secs(args.timeout);
     opts.sandbox = args.sandbox;
-    let data = clrdump::read_dump_timed(&args.core, &opts, clock)
-        .with_context(|| format!("analyzing {}", args.core.display()))?;
+    clrdump::read_dump_timed(&args.core, &opts, clock).with_context(|| format!("analyzing {}", args.core.display()))
+}
+
+/// Reads the dump and builds the findings document, recording its phases on `clock`.
+pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findings> {
+    let depth = if args.histogram_only { Depth::Histogram } else { Depth::Graph };
+    let data = read(args, depth, clock)?;
     let s = &data.snapshot;
     // In the Job's log too: what held around the DAC.
     eprintln!("DAC worker sandbox: {}", data.confinement.summary());

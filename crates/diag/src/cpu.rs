@@ -178,16 +178,7 @@ pub async fn capture(
     }
     let mut trace = CpuTrace::default();
     let mut sink = |info: &TraceInfo, ev: &Event<'_>| trace.on_event(info, ev);
-    let sampling = async {
-        loop {
-            if !session.pump(&mut sink).await? {
-                return Ok::<_, Error>(());
-            }
-        }
-    };
-    if let Ok(Err(e)) = tokio::time::timeout(duration, sampling).await {
-        return Err(e);
-    }
+    session.pump_for(&mut sink, duration).await?;
     session.finish(&mut sink, timeout).await?;
     Ok(trace)
 }

@@ -119,6 +119,16 @@ impl TraceSession {
         }
     }
 
+    /// Reads events for `duration` or until the stream ends, whichever comes first: a sampler
+    /// session is read while it runs so the runtime's buffers never fill.
+    pub async fn pump_for(&mut self, sink: &mut EventSink<'_>, duration: Duration) -> Result<(), Error> {
+        let pumping = async {
+            while self.pump(sink).await? {}
+            Ok::<_, Error>(())
+        };
+        tokio::time::timeout(duration, pumping).await.unwrap_or(Ok(()))
+    }
+
     /// Ask the runtime to end the session (once); the stream then ends by itself.
     pub async fn stop(&mut self) -> Result<(), Error> {
         if self.stop_sent || self.ended {

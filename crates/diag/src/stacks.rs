@@ -92,17 +92,7 @@ async fn capture_with_methods(
     let mut session = TraceSession::start(client, &session_config()).await?;
     let mut collector = StackCollector::default();
     let mut sink = |info: &TraceInfo, ev: &Event<'_>| collector.on_event(info, ev);
-    let sampling = async {
-        loop {
-            if !session.pump(&mut sink).await? {
-                return Ok::<_, Error>(());
-            }
-        }
-    };
-    // Keep reading while the sampler runs so the runtime's buffers never fill.
-    if let Ok(Err(e)) = tokio::time::timeout(sample_for, sampling).await {
-        return Err(e);
-    }
+    session.pump_for(&mut sink, sample_for).await?;
     session.finish(&mut sink, timeout).await?;
     Ok(collector.finish())
 }
