@@ -60,6 +60,9 @@ pub struct MonitorAnalysis {
     pub long_waits: Vec<LongWait<Vec<String>>>,
     /// Threads blocked entering a monitor whose lock could not be identified.
     pub unattributed_waiters: Vec<u64>,
+    /// Threads taken as waiting although their stack shows no `Monitor.Enter` frame (see
+    /// [`analyze_monitors`]): the finding rests on the runtime's waiter counts for them.
+    pub inferred_waiters: Vec<u64>,
 }
 
 /// How many innermost frames may separate the stack top from `Monitor.Enter` (runtime
@@ -85,10 +88,14 @@ pub fn analyze_monitors(threads: &[DumpThread], monitors: &[DumpMonitor]) -> Mon
     };
     let mut graph: WaitForGraph<Vec<String>> = WaitForGraph::new(config).expect("caps are consistent");
     let mut unattributed = Vec::new();
+    // Threads whose stack does not show Monitor.Enter but references exactly one lock another
+    // thread holds: a dump of .NET Core 3.1 sometimes lacks the blocked threads' runtime frame
+    // (every waiter's stack then ends in the method that called `lock`). They count as waiters
+    // only where the runtime's own waiter count for that lock covers them all.
+    let mut tentative: Vec<(&DumpThread, &DumpMonitor)> = Vec::new();
+    let mut attributed: HashMap<u64, u32> = HashMap::new();
     for t in threads {
-        if !is_entering_monitor(&t.stack) {
-            continue;
-        }
+        let entering = is_entering_monitor(&t.stack);
         // Candidates: locked objects referenced from this stack and owned by someone else.
         let candidates = |runtime_only: bool| -> Vec<&DumpMonitor> {
             let mut v: Vec<&DumpMonitor> = t
@@ -102,6 +109,12 @@ pub fn analyze_monitors(threads: &[DumpThread], monitors: &[DumpMonitor]) -> Mon
             v.dedup_by_key(|m| m.lock_id);
             v
         };
+        if !entering {
+            if let [only] = candidates(false)[..] {
+                tentative.push((t, only));
+            }
+            continue;
+        }
         let preferred = candidates(true);
         let chosen = if preferred.len() == 1 {
             Some(preferred[0])
@@ -113,20 +126,38 @@ pub fn analyze_monitors(threads: &[DumpThread], monitors: &[DumpMonitor]) -> Mon
             unattributed.push(t.os_tid);
             continue;
         };
-        graph.on_start(ContentionStart {
-            waiter: t.os_tid,
-            lock_id: m.lock_id,
-            object: m.object,
-            owner: m.owner_tid.unwrap_or(0),
-            stack: t.stack.clone(),
-            timestamp: Timestamp::from_nanos(0),
-        });
+        *attributed.entry(m.lock_id).or_default() += 1;
+        graph.on_start(start(t, m));
+    }
+    let mut per_lock: HashMap<u64, u32> = HashMap::new();
+    for (_, m) in &tentative {
+        *per_lock.entry(m.lock_id).or_default() += 1;
+    }
+    let mut inferred = Vec::new();
+    for (t, m) in tentative {
+        let seen = attributed.get(&m.lock_id).copied().unwrap_or(0) + per_lock[&m.lock_id];
+        if seen <= m.waiters {
+            inferred.push(t.os_tid);
+            graph.on_start(start(t, m));
+        }
     }
     let now = Timestamp::from_nanos(0);
     MonitorAnalysis {
         deadlocks: graph.deadlocks(now),
         long_waits: graph.long_waits(now, Duration::ZERO),
         unattributed_waiters: unattributed,
+        inferred_waiters: inferred,
+    }
+}
+
+fn start(t: &DumpThread, m: &DumpMonitor) -> ContentionStart<Vec<String>> {
+    ContentionStart {
+        waiter: t.os_tid,
+        lock_id: m.lock_id,
+        object: m.object,
+        owner: m.owner_tid.unwrap_or(0),
+        stack: t.stack.clone(),
+        timestamp: Timestamp::from_nanos(0),
     }
 }
 
@@ -184,6 +215,39 @@ mod tests {
         assert!(a.deadlocks.is_empty());
         assert_eq!(a.long_waits.len(), 1);
         assert_eq!(a.long_waits[0].owner_tid, Some(1));
+    }
+
+    /// Seen in a real .NET Core 3.1 stall dump: no thread's stack shows Monitor.Enter; each
+    /// owner references both locks, the queued threads the one they wait for, and the sync
+    /// blocks' waiter counts (9 and 1) cover exactly those threads.
+    #[test]
+    fn waiters_without_their_enter_frame_are_inferred_where_the_runtime_counts_them() {
+        let at = |m: &str| vec![format!("DiagScenarios.Deadlocks.{m}(System.Object)")];
+        let mut threads = vec![
+            thread(12, &[(0x10, false), (0x20, false)], at("DeadlockFunc")),
+            thread(13, &[(0x20, false), (0x10, false)], at("DeadlockFunc")),
+        ];
+        threads.extend((20..27).map(|t| thread(t, &[(0x10, false)], at("RequestFunc"))));
+        threads.push(thread(14, &[(0x10, false)], at("WaiterFunc")));
+        let monitors = vec![monitor(11, 0x10, 12, 9), monitor(12, 0x20, 13, 1)];
+        let a = analyze_monitors(&threads, &monitors);
+        assert_eq!(a.deadlocks.len(), 1, "{a:?}");
+        let mut members: Vec<u64> = a.deadlocks[0].cycle.iter().map(|e| e.waiter_tid).collect();
+        members.sort_unstable();
+        assert_eq!(members, [12, 13]);
+        assert_eq!(a.deadlocks[0].victims.len(), 8);
+        assert_eq!(a.inferred_waiters.len(), 10);
+
+        // Without waiters counted by the runtime nobody is inferred: a running thread that merely
+        // references an object someone else locked is not waiting for it.
+        let quiet = vec![monitor(11, 0x10, 12, 0), monitor(12, 0x20, 13, 0)];
+        let a = analyze_monitors(&threads, &quiet);
+        assert!(a.deadlocks.is_empty() && a.inferred_waiters.is_empty(), "{a:?}");
+        // More candidates than the runtime counts: none of that lock's are taken.
+        let short = vec![monitor(11, 0x10, 12, 3), monitor(12, 0x20, 13, 1)];
+        let a = analyze_monitors(&threads, &short);
+        assert!(a.deadlocks.is_empty(), "{a:?}");
+        assert_eq!(a.inferred_waiters, [12]);
     }
 
     #[test]

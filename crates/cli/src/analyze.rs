@@ -136,6 +136,13 @@ pub fn findings_for(args: &AnalyzeArgs, clock: &mut PhaseClock) -> Result<Findin
 
     clock.start("findings document");
     let mut warnings = warnings(s);
+    if !monitor_analysis.inferred_waiters.is_empty() {
+        warnings.push(format!(
+            "{} threads were taken as waiting for a lock from their stack references and the runtime's waiter counts: \
+             the dump does not show their Monitor.Enter frame",
+            monitor_analysis.inferred_waiters.len()
+        ));
+    }
     let crash = if args.crashed { crash_finding(s, args.crash_report.as_deref(), &mut warnings) } else { None };
     let mut document = findings::build(FindingsInput {
         source: Source {
