@@ -97,8 +97,7 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
     let s3 = harness::S3Server::start("dumps").unwrap();
     // The core dump (tens of MB compressed) goes multipart in 5 MiB parts (S3's minimum).
     let peer = Peer::new(&s3.endpoint(), s3.bucket(), 1 << 20, 5 << 20);
-    let s3_storage = json!({"s3": {"endpoint": s3.endpoint(), "region": "us-east-1", "bucket": "dumps",
-        "prefix": "dumps", "secretRef": "s3-credentials"}});
+    let s3_storage = json!({"s3": {"storeRef": "dumps"}});
     peer.set_policy("1", spec(s3_storage));
     let url = peer.serve();
 

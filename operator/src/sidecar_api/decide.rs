@@ -117,6 +117,7 @@ pub fn snapshot_from_report(
         // From the policy's storage (see `snapshot_volume`): analysis and deletion find the
         // files through it even after the policy is gone.
         volume,
+        store: None,
     };
     let findings = match &report.findings {
         Some(doc) => Some(live_findings(doc)?),
@@ -160,6 +161,7 @@ pub fn snapshot_from_failure(
         observed: trigger.is_threshold().then(|| format!("{}", report.value)),
         artifacts: Vec::new(),
         volume: None, // nothing stored
+        store: None,
     };
     Ok((spec, DumpSnapshotStatus { phase: SnapshotPhase::Failed, message: Some(message), ..Default::default() }))
 }

@@ -268,11 +268,3 @@ fn on_a_claim_the_snapshot_records_it_and_a_pod_owns_only_its_directory() {
         assert_eq!(check_artifact_owner(theirs, &own).unwrap_err().status(), 403, "{theirs}");
     }
 }
-
-#[test]
-fn aws_endpoints_get_virtual_hosts_others_path_style() {
-    let s3 = |endpoint: &str| api::S3Storage { endpoint: endpoint.into(), ..Default::default() };
-    assert!(!super::s3_config(&s3("https://s3.eu-west-1.amazonaws.com")).path_style);
-    assert!(super::s3_config(&s3("http://minio.storage:9000")).path_style);
-    assert!(super::s3_config(&s3("http://127.0.0.1:9000")).path_style);
-}
