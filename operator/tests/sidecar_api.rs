@@ -45,6 +45,10 @@ fn pod_yaml(name: &str, annotations: &str, extra_meta: &str) -> String {
 /// policy, an RBAC-less ServiceAccount, pods cart-1, cart-2 injected and plain-1 not), moto,
 /// and the API served on loopback with 5 MiB parts.
 async fn world() -> World {
+    world_with(sidecar_api::limit::Rate::default()).await
+}
+
+async fn world_with(rate: sidecar_api::limit::Rate) -> World {
     let cp = start_apiserver();
     let s3 = S3Server::start("dumps").unwrap();
     cp.apply(&crd("dumppolicy.yaml")).unwrap();
@@ -99,7 +103,7 @@ spec:
     let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     let client = kube::Client::try_from(config).unwrap();
-    let state = SidecarApi::new(client.clone(), "dumpwatch").with_part_size(5 * MIB);
+    let state = SidecarApi::new(client.clone(), "dumpwatch").with_part_size(5 * MIB).with_rate(rate);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, sidecar_api::router(state)).await.unwrap() });
@@ -426,19 +430,29 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     let (_, body) = w.call("GET", "/v1/sidecar/requests?wait=1", Some(&cart1), None).await;
     assert_eq!(body["requests"], json!([]), "{body}");
 
-    // The controller's part, by hand: a Job for req-1, its pod, the snapshot Analyzing.
-    w.cp.apply(
-        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: dsnap-req-1-analyze, namespace: shop}\nspec:\n  template:\n    \
-         spec: {restartPolicy: Never, serviceAccountName: app, containers: [{name: analyze, image: dumpwatch:1}]}\n",
-    )
+    // The controller's part, by hand: a Job for req-1 (owned by it, as the operator makes it),
+    // its pod (owned by the Job, as the Job controller makes it), the snapshot Analyzing.
+    let snap_uid = w.cp.kubectl(&["-n", "shop", "get", "dsnap", "req-1", "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    w.cp.apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: dsnap-req-1-analyze\n  namespace: shop\n  \
+         ownerReferences: [{{apiVersion: dumpwatch.dev/v1alpha1, kind: DumpSnapshot, name: req-1, uid: {snap_uid}, \
+         controller: true}}]\nspec:\n  template:\n    \
+         spec: {{restartPolicy: Never, serviceAccountName: app, containers: [{{name: analyze, image: dumpwatch:1}}]}}\n",
+    ))
     .unwrap();
     let job_uid =
         w.cp.kubectl(&["-n", "shop", "get", "job", "dsnap-req-1-analyze", "-o", "jsonpath={.metadata.uid}"]).unwrap();
     let owner = format!(
         "  labels: {{job-name: dsnap-req-1-analyze}}\n  ownerReferences: [{{apiVersion: batch/v1, kind: Job, \
-         name: dsnap-req-1-analyze, uid: {job_uid}}}]\n"
+         name: dsnap-req-1-analyze, uid: {job_uid}, controller: true}}]\n"
     );
     w.cp.apply(&pod_yaml("dsnap-req-1-analyze-x7k2p", "{}", &owner)).unwrap();
+    // An app pod dressed as the Job's: its labels, and the Job as a (non-controller) owner.
+    let dressed = format!(
+        "  labels: {{job-name: dsnap-req-1-analyze, batch.kubernetes.io/job-name: dsnap-req-1-analyze}}\n  \
+         ownerReferences: [{{apiVersion: batch/v1, kind: Job, name: dsnap-req-1-analyze, uid: {job_uid}}}]\n"
+    );
+    w.cp.apply(&pod_yaml("dressed-up", "{}", &dressed)).unwrap();
     let analyzing = r#"{"status": {"phase": "Analyzing", "job": "dsnap-req-1-analyze"}}"#;
     w.cp.kubectl(&["-n", "shop", "patch", "dsnap", "req-1", "--subresource=status", "--type=merge", "-p", analyzing])
         .unwrap();
@@ -460,6 +474,10 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     let (status, body) =
         w.call("POST", "/v1/jobs/findings", Some(&w.token("cart-1", ANALYZER)), Some(findings.clone())).await;
     assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        w.call("POST", "/v1/jobs/findings", Some(&w.token("dressed-up", ANALYZER)), Some(findings.clone())).await;
+    assert_eq!(status, 403, "labels and a name are not the Job's pod: {body}");
+    assert!(body["message"].as_str().unwrap().contains("not a pod of the analysis Job"), "{body}");
     let job_pod = w.token("dsnap-req-1-analyze-x7k2p", ANALYZER);
     let (status, body) = w.call("POST", "/v1/jobs/findings", Some(&job_pod), Some(findings.clone())).await;
     assert_eq!(status, 204, "{body}");
@@ -573,4 +591,23 @@ async fn tenant_cannot_use_a_store_not_allowed_for_its_namespace() {
     let (status, plan) = w.call("POST", "/v1/sidecar/uploads", Some(&cart1), Some(files)).await;
     assert_eq!(status, 200, "{plan}");
     assert_eq!(plan["files"][0]["uri"], "s3://dumps/b/shop/cart-1/c1/core.1.zst");
+}
+
+/// One pod cannot flood the operator: past its burst it gets 429 (another pod is still served),
+/// and a body over the API's limit is refused with 413 before anything is parsed.
+#[tokio::test]
+async fn a_pod_flooding_the_api_is_rate_limited_and_oversized_bodies_refused() {
+    let w = world_with(sidecar_api::limit::Rate { per_second: 0.5, burst: 3.0 }).await;
+    let (cart1, cart2) = (w.token("cart-1", SIDECAR), w.token("cart-2", SIDECAR));
+    for i in 0..3 {
+        assert_eq!(w.call("GET", "/v1/sidecar/policy", Some(&cart1), None).await.0, 200, "call {i}");
+    }
+    let (status, body) = w.call("GET", "/v1/sidecar/policy", Some(&cart1), None).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("TooManyRequests")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("try again in"), "{body}");
+    assert_eq!(w.call("GET", "/v1/sidecar/policy", Some(&cart2), None).await.0, 200, "cart-2 has its own budget");
+
+    let huge = json!({"capture": "c1", "files": [{"name": "x".repeat(sidecar_api::MAX_BODY), "size": 1}]});
+    let (status, body) = w.call("POST", "/v1/sidecar/uploads", Some(&cart2), Some(huge)).await;
+    assert_eq!((status, body["error"].as_str()), (413, Some("TooLarge")), "{body}");
 }

@@ -42,8 +42,13 @@ fn tenant_with_edit_rights_cannot_write_artifacts_stores_or_secrets() {
     let s3 = S3Server::start("dumps").unwrap();
     let cp = ControlPlane::start_with(Options { node_agent: false, ..Options::default() }).unwrap();
     for c in ["dumppolicy", "dumpsnapshot", "dumpstore"] {
-        cp.kubectl(&["apply", "--server-side", "-f", &chart_dir().join(format!("crds/{c}.yaml")).display().to_string()])
-            .unwrap();
+        cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &chart_dir().join(format!("crds/{c}.yaml")).display().to_string(),
+        ])
+        .unwrap();
     }
     cp.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]).unwrap();
     cp.kubectl(&["create", "namespace", NAMESPACE]).unwrap();
@@ -122,8 +127,19 @@ fn tenant_with_edit_rights_cannot_write_artifacts_stores_or_secrets() {
         .to_string();
     assert!(err.contains(message), "{err}");
     // She may still change what is hers to change, and the operator may write the artifacts.
-    cp.kubectl(&["patch", "dsnap", "request", "-n", "shop", "--as", "alice", "--type=merge", "-p", r#"{"spec":{"pid":7}}"#])
-        .unwrap();
+    cp.kubectl(&[
+        "patch",
+        "dsnap",
+        "request",
+        "-n",
+        "shop",
+        "--as",
+        "alice",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"pid":7}}"#,
+    ])
+    .unwrap();
     let operator = format!("system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}");
     let own = patch.replace("dw/other/db-0", "dw/shop/orders-1");
     cp.kubectl(&["patch", "dsnap", "request", "-n", "shop", "--as", &operator, "--type=merge", "-p", &own])

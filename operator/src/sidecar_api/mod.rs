@@ -8,6 +8,7 @@
 
 mod auth;
 pub mod decide;
+pub mod limit;
 mod object_storage;
 mod request_watch;
 mod routes;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use api::wire::{self, ErrorReason};
 use api::{DumpPolicySpec, StorageTarget};
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +36,11 @@ pub const SESSION_TOKEN: &str = "sessionToken";
 /// Presigned PUTs of whole files are short-lived; a part URL must outlive a slow multi-GB upload.
 pub const PUT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 pub const PART_EXPIRY: Duration = Duration::from_secs(60 * 60);
+/// Largest request body of the routes, but findings: reports and upload plans are small (a
+/// capture's live findings at most a few hundred kB).
+pub const MAX_BODY: usize = 4 << 20;
+/// Largest findings report of an analysis Job (the whole findings document).
+pub const MAX_FINDINGS_BODY: usize = 32 << 20;
 /// Longest long poll of `/v1/sidecar/requests`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -52,6 +59,7 @@ struct Inner {
     poll_interval: Duration,
     /// Started by the first long poll.
     request_watch: tokio::sync::OnceCell<request_watch::RequestWatch>,
+    limiter: limit::Limiter,
 }
 
 impl SidecarApi {
@@ -66,8 +74,16 @@ impl SidecarApi {
                 part_size: store::DEFAULT_PART_SIZE,
                 poll_interval: Duration::from_secs(1),
                 request_watch: tokio::sync::OnceCell::new(),
+                limiter: limit::Limiter::new(limit::Rate::default()),
             }),
         }
+    }
+
+    /// Requests per pod: `rate` instead of [`limit::Rate::default`].
+    pub fn with_rate(self, rate: limit::Rate) -> Self {
+        let mut inner = Arc::into_inner(self.inner).expect("configure before sharing");
+        inner.limiter = limit::Limiter::new(rate);
+        Self { inner: Arc::new(inner) }
     }
 
     /// Files above `bytes` are uploaded in parts of `bytes` (default 64 MiB; tests use less).
@@ -113,7 +129,8 @@ pub fn router(state: SidecarApi) -> Router {
         .route(wire::CAPTURES.path, post(routes::captures))
         .route(wire::FAILURES.path, post(routes::failures))
         .route(wire::REQUESTS.path, get(routes::requests))
-        .route(wire::FINDINGS.path, post(routes::findings))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route(wire::FINDINGS.path, post(routes::findings).layer(DefaultBodyLimit::max(MAX_FINDINGS_BODY)))
         .with_state(state)
 }
 
@@ -156,6 +173,9 @@ impl ApiError {
     }
     pub fn too_large(m: impl Into<String>) -> Self {
         Self::new(ErrorReason::TooLarge, m)
+    }
+    pub fn too_many_requests(m: impl Into<String>) -> Self {
+        Self::new(ErrorReason::TooManyRequests, m)
     }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(ErrorReason::Internal, m)

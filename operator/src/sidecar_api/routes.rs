@@ -8,6 +8,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -28,7 +29,17 @@ type Reply<T> = Result<Json<T>, ApiError>;
 impl SidecarApi {
     async fn caller(&self, headers: &HeaderMap, audience: &'static str) -> Result<Caller, ApiError> {
         let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        self.inner.auth.authenticate(authorization, audience).await
+        let caller = self.inner.auth.authenticate(authorization, audience).await?;
+        if let Err(wait) = self.inner.limiter.take(&caller.namespace, &caller.pod, Instant::now()) {
+            tracing::debug!(namespace = %caller.namespace, pod = %caller.pod, "rate limited");
+            return Err(ApiError::too_many_requests(format!(
+                "pod {}/{} sent more requests than the operator allows per pod: try again in {} ms",
+                caller.namespace,
+                caller.pod,
+                wait.as_millis().max(1)
+            )));
+        }
+        Ok(caller)
     }
 
     fn snapshots(&self, namespace: &str) -> kube::Api<DumpSnapshot> {
@@ -74,7 +85,12 @@ impl SidecarApi {
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t).map_err(|e| ApiError::bad_request(e.body_text()))
+    b.map(|Json(t)| t).map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large(format!("the request body is too large: {}", e.body_text()))
+        }
+        _ => ApiError::bad_request(e.body_text()),
+    })
 }
 
 fn kube_error(e: kube::Error) -> ApiError {
@@ -388,7 +404,9 @@ pub async fn findings(
             ApiError::not_found(format!("DumpSnapshot {}/{} does not exist", caller.namespace, report.snapshot))
         })?;
     let pod = api.pod(&caller).await?;
-    decide::check_job_pod(&snapshot, &pod)?;
+    let jobs: kube::Api<Job> = kube::Api::namespaced(api.inner.client.clone(), &caller.namespace);
+    let job = jobs.get_opt(&decide::job_name_of(&snapshot)).await.map_err(kube_error)?;
+    decide::check_job_pod(&snapshot, job.as_ref(), &pod, caller.pod_uid.as_deref())?;
     let summary = FindingsSummary::from_document(&report.findings).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let status = json!({ "status": { "phase": SnapshotPhase::Analyzed, "findings": summary } });
     api.snapshots(&caller.namespace)
