@@ -128,6 +128,10 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
         sc
     };
     let mut sc = spawn(&stderr);
+    // The app's stacks are not served to whoever reaches the pod: /findings is off in operator mode.
+    let (status, body) = testbed::http_get(port, "/findings", Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("DUMPWATCH_FINDINGS_TOKEN_FILE"), "{body}");
 
     let (k, v) = marker.split_once('=').unwrap();
     let iso = Isolation { own_namespaces: false, env: vec![(k.into(), v.into())] };
