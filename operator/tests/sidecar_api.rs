@@ -44,8 +44,9 @@ fn pod_yaml(name: &str, annotations: &str, extra_meta: &str) -> String {
 /// A bare apiserver with the CRDs, namespaces `dumpwatch` (operator, S3 Secret) and `shop` (a
 /// policy, an RBAC-less ServiceAccount, pods cart-1, cart-2 injected and plain-1 not), moto,
 /// and the API served on loopback with 5 MiB parts.
+/// The functional tests call far faster than a sidecar (latency loops): a generous rate.
 async fn world() -> World {
-    world_with(sidecar_api::limit::Rate::default()).await
+    world_with(sidecar_api::limit::Rate { per_second: 100.0, burst: 100.0 }).await
 }
 
 async fn world_with(rate: sidecar_api::limit::Rate) -> World {

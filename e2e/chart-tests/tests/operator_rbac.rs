@@ -103,8 +103,8 @@ fn the_operator_runs_with_the_charts_environment_and_rbac_only() {
         // a store not allowed for `shop` leaves the policy not Ready, saying so.
         cp.apply(
             "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpStore\nmetadata: {name: team-a}\n\
-             spec: {s3: {endpoint: 'https://s3.example', bucket: dumps, secretRef: s3},\n\
-             allowedNamespaces: {matchLabels: {team: a}}}\n---\n\
+             spec:\n  s3: {endpoint: 'https://s3.example', bucket: dumps, secretRef: s3}\n  \
+             allowedNamespaces: {matchLabels: {team: a}}\n---\n\
              apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: stored, namespace: shop}\n\
              spec: {selector: {matchLabels: {app: stored}}, storage: {s3: {storeRef: team-a}}}\n",
         )
