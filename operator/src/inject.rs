@@ -392,9 +392,11 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
             ..Default::default()
         },
         EnvVar { name: "DUMPWATCH_OPERATOR_CA".into(), value: Some(sidecar.operator_ca.clone()), ..Default::default() },
+        // The pod's IP only (what the kubelet's probes and Prometheus reach), not every address.
+        EnvVar { name: "DUMPWATCH_POD_IP".into(), value_from: Some(field("status.podIP")), ..Default::default() },
         EnvVar {
             name: "DUMPWATCH_HTTP".into(),
-            value: Some(format!("0.0.0.0:{}", sidecar.metrics_port)),
+            value: Some(format!("$(DUMPWATCH_POD_IP):{}", sidecar.metrics_port)),
             ..Default::default()
         },
         EnvVar {

@@ -41,11 +41,16 @@ metadata: {{name: s3-creds, namespace: dumpwatch}}
 stringData: {{accessKeyId: {ak}, secretAccessKey: {sk}}}
 ---
 apiVersion: dumpwatch.dev/v1alpha1
+kind: DumpStore
+metadata: {{name: dumps}}
+spec: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds, insecure: true}}}}
+---
+apiVersion: dumpwatch.dev/v1alpha1
 kind: DumpPolicy
 metadata: {{name: orders, namespace: default}}
 spec:
   selector: {{matchLabels: {{app: orders}}}}
-  storage: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds}}}}
+  storage: {{s3: {{storeRef: dumps}}}}
 "#,
         ak = S3Server::ACCESS_KEY,
         sk = S3Server::SECRET_KEY,

@@ -44,12 +44,18 @@ fn pod_yaml(name: &str, annotations: &str, extra_meta: &str) -> String {
 /// A bare apiserver with the CRDs, namespaces `dumpwatch` (operator, S3 Secret) and `shop` (a
 /// policy, an RBAC-less ServiceAccount, pods cart-1, cart-2 injected and plain-1 not), moto,
 /// and the API served on loopback with 5 MiB parts.
+/// The functional tests call far faster than a sidecar (latency loops): a generous rate.
 async fn world() -> World {
+    world_with(sidecar_api::limit::Rate { per_second: 100.0, burst: 100.0 }).await
+}
+
+async fn world_with(rate: sidecar_api::limit::Rate) -> World {
     let cp = start_apiserver();
     let s3 = S3Server::start("dumps").unwrap();
     cp.apply(&crd("dumppolicy.yaml")).unwrap();
     cp.apply(&crd("dumpsnapshot.yaml")).unwrap();
-    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
+    cp.apply(&crd("dumpstore.yaml")).unwrap();
+    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev", "dumpstores.dumpwatch.dev"] {
         cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
     }
     let endpoint = s3.endpoint();
@@ -73,13 +79,18 @@ kind: ServiceAccount
 metadata: {{name: app, namespace: shop}}
 ---
 apiVersion: dumpwatch.dev/v1alpha1
+kind: DumpStore
+metadata: {{name: dumps}}
+spec: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds, insecure: true}}}}
+---
+apiVersion: dumpwatch.dev/v1alpha1
 kind: DumpPolicy
 metadata: {{name: leaks, namespace: shop}}
 spec:
   selector: {{matchLabels: {{app: cart}}}}
   triggers: [{{type: gcHeapBytes, above: 500Mi}}]
   limits: {{maxBytes: 1Gi}}
-  storage: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds}}}}
+  storage: {{s3: {{storeRef: dumps}}}}
 "#,
         ak = S3Server::ACCESS_KEY,
         sk = S3Server::SECRET_KEY,
@@ -93,7 +104,7 @@ spec:
     let kubeconfig = kube::config::Kubeconfig::read_from(cp.kubeconfig()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     let client = kube::Client::try_from(config).unwrap();
-    let state = SidecarApi::new(client.clone(), "dumpwatch").with_part_size(5 * MIB);
+    let state = SidecarApi::new(client.clone(), "dumpwatch").with_part_size(5 * MIB).with_rate(rate);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, sidecar_api::router(state)).await.unwrap() });
@@ -199,7 +210,7 @@ async fn tokens_policies_uploads_and_capture_reports() {
         cached[10], cached[19]
     );
     assert_eq!(body["name"], "leaks");
-    assert_eq!(body["spec"]["storage"]["s3"]["bucket"], "dumps");
+    assert_eq!(body["spec"]["storage"]["s3"]["storeRef"], "dumps");
     assert!(!body["resourceVersion"].as_str().unwrap().is_empty());
 
     // Absurd sizes are refused before anything is signed.
@@ -266,6 +277,7 @@ async fn tokens_policies_uploads_and_capture_reports() {
     assert_eq!(snap["spec"]["artifacts"][1]["size"], core.size);
     assert_eq!(snap["spec"]["artifacts"][1]["sha256"], core.sha256.as_str());
     assert_eq!(snap["status"]["phase"], "Uploaded");
+    assert_eq!(snap["spec"]["store"], "dumps", "the store is recorded with the artifacts");
     // A retried report is the same snapshot.
     let (status, again) = w.call("POST", "/v1/sidecar/captures", Some(&cart1), Some(report)).await;
     assert_eq!((status, again["snapshot"].as_str()), (200, Some(name.as_str())));
@@ -283,17 +295,20 @@ async fn tokens_policies_uploads_and_capture_reports() {
     use operator::controller::{ArtifactDeleter, ArtifactUrls};
     let objects = sidecar_api::ObjectStorage::new(w.client.clone(), "dumpwatch");
     let policy: api::DumpPolicy = kube::Api::namespaced(w.client.clone(), "shop").get("leaks").await.unwrap();
-    let url = objects.fetchable(Some(&policy), heap_uri).await.unwrap();
+    let snapshot: api::DumpSnapshot = kube::Api::namespaced(w.client.clone(), "shop").get(&name).await.unwrap();
+    let url = objects.fetchable(&snapshot, Some(&policy), heap_uri).await.unwrap();
     assert!(url.starts_with(&format!("{}/dumps/dw/shop/cart-1/c1/heap.nettrace.zst?", w.s3.endpoint())), "{url}");
     let fetched = dir.path().join("fetched.zst");
     uploader.get_to_file(&url, &fetched).await.unwrap();
     assert_eq!(store::sha256_file(&fetched).unwrap(), (heap.size, heap.sha256.clone()));
-    objects.delete(Some(&policy), heap_uri).await.unwrap();
+    objects.delete(&snapshot, Some(&policy), heap_uri).await.unwrap();
     assert!(s3.head("dw/shop/cart-1/c1/heap.nettrace.zst").await.unwrap().is_none());
-    objects.delete(None, core_uri).await.expect("found through the policy that holds the bucket");
+    let mut unrecorded = snapshot.clone();
+    unrecorded.spec.store = None;
+    objects.delete(&unrecorded, None, core_uri).await.expect("found through the store that holds the key");
     assert!(s3.head("dw/shop/cart-1/c1/core.42.zst").await.unwrap().is_none());
-    let err = objects.delete(None, "s3://elsewhere/x").await.unwrap_err();
-    assert!(err.to_string().contains("no DumpPolicy"), "{err}");
+    let err = objects.delete(&unrecorded, None, "s3://elsewhere/x").await.unwrap_err();
+    assert!(err.to_string().contains("no DumpStore holds"), "{err}");
 
     // A live deadlock with only stacks is final at once; its pod is the token's (cart-2), not the manifest's.
     let stacks_raw = dir.path().join("stacks.json");
@@ -416,19 +431,29 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     let (_, body) = w.call("GET", "/v1/sidecar/requests?wait=1", Some(&cart1), None).await;
     assert_eq!(body["requests"], json!([]), "{body}");
 
-    // The controller's part, by hand: a Job for req-1, its pod, the snapshot Analyzing.
-    w.cp.apply(
-        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: dsnap-req-1-analyze, namespace: shop}\nspec:\n  template:\n    \
-         spec: {restartPolicy: Never, serviceAccountName: app, containers: [{name: analyze, image: dumpwatch:1}]}\n",
-    )
+    // The controller's part, by hand: a Job for req-1 (owned by it, as the operator makes it),
+    // its pod (owned by the Job, as the Job controller makes it), the snapshot Analyzing.
+    let snap_uid = w.cp.kubectl(&["-n", "shop", "get", "dsnap", "req-1", "-o", "jsonpath={.metadata.uid}"]).unwrap();
+    w.cp.apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: dsnap-req-1-analyze\n  namespace: shop\n  \
+         ownerReferences: [{{apiVersion: dumpwatch.dev/v1alpha1, kind: DumpSnapshot, name: req-1, uid: {snap_uid}, \
+         controller: true}}]\nspec:\n  template:\n    \
+         spec: {{restartPolicy: Never, serviceAccountName: app, containers: [{{name: analyze, image: dumpwatch:1}}]}}\n",
+    ))
     .unwrap();
     let job_uid =
         w.cp.kubectl(&["-n", "shop", "get", "job", "dsnap-req-1-analyze", "-o", "jsonpath={.metadata.uid}"]).unwrap();
     let owner = format!(
         "  labels: {{job-name: dsnap-req-1-analyze}}\n  ownerReferences: [{{apiVersion: batch/v1, kind: Job, \
-         name: dsnap-req-1-analyze, uid: {job_uid}}}]\n"
+         name: dsnap-req-1-analyze, uid: {job_uid}, controller: true}}]\n"
     );
     w.cp.apply(&pod_yaml("dsnap-req-1-analyze-x7k2p", "{}", &owner)).unwrap();
+    // An app pod dressed as the Job's: its labels, and the Job as a (non-controller) owner.
+    let dressed = format!(
+        "  labels: {{job-name: dsnap-req-1-analyze, batch.kubernetes.io/job-name: dsnap-req-1-analyze}}\n  \
+         ownerReferences: [{{apiVersion: batch/v1, kind: Job, name: dsnap-req-1-analyze, uid: {job_uid}}}]\n"
+    );
+    w.cp.apply(&pod_yaml("dressed-up", "{}", &dressed)).unwrap();
     let analyzing = r#"{"status": {"phase": "Analyzing", "job": "dsnap-req-1-analyze"}}"#;
     w.cp.kubectl(&["-n", "shop", "patch", "dsnap", "req-1", "--subresource=status", "--type=merge", "-p", analyzing])
         .unwrap();
@@ -450,6 +475,10 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     let (status, body) =
         w.call("POST", "/v1/jobs/findings", Some(&w.token("cart-1", ANALYZER)), Some(findings.clone())).await;
     assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        w.call("POST", "/v1/jobs/findings", Some(&w.token("dressed-up", ANALYZER)), Some(findings.clone())).await;
+    assert_eq!(status, 403, "labels and a name are not the Job's pod: {body}");
+    assert!(body["message"].as_str().unwrap().contains("not a pod of the analysis Job"), "{body}");
     let job_pod = w.token("dsnap-req-1-analyze-x7k2p", ANALYZER);
     let (status, body) = w.call("POST", "/v1/jobs/findings", Some(&job_pod), Some(findings.clone())).await;
     assert_eq!(status, 204, "{body}");
@@ -481,4 +510,105 @@ async fn on_demand_requests_are_handed_out_once_and_jobs_report_findings() {
     let snap = w.snapshot(body["snapshot"].as_str().unwrap());
     assert_eq!(snap["spec"]["artifacts"][0]["uri"], "file:///dumpwatch/v1/core.42.zst");
     assert_eq!((&snap["spec"]["policy"], &snap["status"]["phase"]), (&json!("local"), &json!("Uploaded")));
+}
+
+/// Tenant isolation in storage: a snapshot in `shop` that lists another tenant's key (written
+/// there by anyone who can edit snapshots) gets that key neither deleted nor presigned for its
+/// analysis Job; the key stays.
+#[tokio::test]
+async fn tenant_a_snapshot_listing_tenant_b_key_cannot_delete_or_read_it() {
+    use operator::controller::{ArtifactDeleter, ArtifactUrls};
+    let w = world().await;
+    // Tenant B's object, under B's namespace in the same store.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core.zst");
+    std::fs::write(&path, noise(10_000, 9)).unwrap();
+    let s3 = w.s3_store();
+    let theirs_key = "dw/other/db-0/c1/core.zst";
+    let put = s3.presign_put(theirs_key, 10_000, Duration::from_secs(60));
+    store::HttpClient::new().put_file_range(&put, &path, 0, 10_000).await.unwrap();
+
+    let objects = sidecar_api::ObjectStorage::new(w.client.clone(), "dumpwatch");
+    let sha = "ab".repeat(32);
+    for (i, uri) in
+        [format!("s3://dumps/{theirs_key}"), "s3://dumps/dw/shop/cart-1/../../other/db-0/c1/core.zst".to_string()]
+            .iter()
+            .enumerate()
+    {
+        let name = format!("stolen-{i}");
+        w.cp.apply(&format!(
+            "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpSnapshot\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{pod: cart-1, policy: leaks, store: dumps, trigger: onDemand,\n  \
+             artifacts: [{{kind: dump, uri: '{uri}', size: 10000, sha256: '{sha}'}}]}}\n"
+        ))
+        .unwrap();
+        let snapshot: api::DumpSnapshot = kube::Api::namespaced(w.client.clone(), "shop").get(&name).await.unwrap();
+        let err = objects.delete(&snapshot, None, uri).await.expect_err("another tenant's key is not deleted");
+        assert!(err.to_string().contains("is not under this snapshot's own s3://dumps/dw/shop/cart-1/"), "{err}");
+        let err = objects.fetchable(&snapshot, None, uri).await.expect_err("nor presigned for a Job");
+        assert!(err.to_string().contains("not under this snapshot's own"), "{err}");
+        // Without a recorded store, no store "holds" it for this snapshot either.
+        let mut unrecorded = snapshot.clone();
+        unrecorded.spec.store = None;
+        assert!(objects.delete(&unrecorded, None, uri).await.is_err());
+    }
+    assert_eq!(s3.head(theirs_key).await.unwrap().map(|o| o.size), Some(10_000), "tenant B's key is still there");
+}
+
+/// A store whose `allowedNamespaces` does not select the policy's namespace serves none of its
+/// pods (with a message saying how to proceed) until the namespace carries the label.
+#[tokio::test]
+async fn tenant_cannot_use_a_store_not_allowed_for_its_namespace() {
+    let w = world().await;
+    w.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpStore\nmetadata: {{name: team-b}}\n\
+         spec:\n  s3: {{endpoint: '{}', region: us-east-1, bucket: dumps, prefix: b, secretRef: s3-creds, insecure: true}}\n  \
+         allowedNamespaces: {{matchLabels: {{team: b}}}}\n",
+        w.s3.endpoint()
+    ))
+    .unwrap();
+    w.cp.kubectl(&[
+        "-n",
+        "shop",
+        "patch",
+        "dpol",
+        "leaks",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"storage":{"s3":{"storeRef":"team-b"}}}}"#,
+    ])
+    .unwrap();
+    let cart1 = w.token("cart-1", SIDECAR);
+    let files = json!({"capture": "c1", "files": [{"name": "core.1.zst", "size": 1000}]});
+    let (status, body) = w.call("POST", "/v1/sidecar/uploads", Some(&cart1), Some(files.clone())).await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("DumpStore team-b does not allow namespace shop") && message.contains("ask a cluster admin")
+    );
+
+    // The admin labels the namespace: the same request is served, under the store's prefix.
+    w.cp.kubectl(&["label", "namespace", "shop", "team=b"]).unwrap();
+    let (status, plan) = w.call("POST", "/v1/sidecar/uploads", Some(&cart1), Some(files)).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["files"][0]["uri"], "s3://dumps/b/shop/cart-1/c1/core.1.zst");
+}
+
+/// One pod cannot flood the operator: past its burst it gets 429 (another pod is still served),
+/// and a body over the API's limit is refused with 413 before anything is parsed.
+#[tokio::test]
+async fn a_pod_flooding_the_api_is_rate_limited_and_oversized_bodies_refused() {
+    let w = world_with(sidecar_api::limit::Rate { per_second: 0.5, burst: 3.0 }).await;
+    let (cart1, cart2) = (w.token("cart-1", SIDECAR), w.token("cart-2", SIDECAR));
+    for i in 0..3 {
+        assert_eq!(w.call("GET", "/v1/sidecar/policy", Some(&cart1), None).await.0, 200, "call {i}");
+    }
+    let (status, body) = w.call("GET", "/v1/sidecar/policy", Some(&cart1), None).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("TooManyRequests")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("try again in"), "{body}");
+    assert_eq!(w.call("GET", "/v1/sidecar/policy", Some(&cart2), None).await.0, 200, "cart-2 has its own budget");
+
+    let huge = json!({"capture": "c1", "files": [{"name": "x".repeat(sidecar_api::MAX_BODY), "size": 1}]});
+    let (status, body) = w.call("POST", "/v1/sidecar/uploads", Some(&cart2), Some(huge)).await;
+    assert_eq!((status, body["error"].as_str()), (413, Some("TooLarge")), "{body}");
 }

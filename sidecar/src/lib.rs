@@ -61,6 +61,8 @@ pub struct Config {
     /// Listen-mode socket; default `<capture dir>/dumpwatch.sock`.
     pub listen_socket: Option<PathBuf>,
     pub http: SocketAddr,
+    /// A file whose contents `/findings` requires as a bearer token ([`http::FindingsAccess`]).
+    pub findings_token_file: Option<PathBuf>,
     pub identity: Identity,
     pub scan_interval: Duration,
     /// Where `/proc` is (tests).
@@ -118,7 +120,8 @@ async fn run_local(cfg: Config) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(Error::io("reading the HTTP address"))?;
     tracing::info!(%addr, storage = %root.display(), ?mode, "sidecar started");
     let ready = Arc::new(AtomicBool::new(false));
-    let app = http::App { shared: shared.clone(), ready: ready.clone() };
+    let findings = http::FindingsAccess::decide(cfg.operator.is_some(), cfg.findings_token_file.clone());
+    let app = http::App { shared: shared.clone(), ready: ready.clone(), findings };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, http::router(app)).await {
             tracing::error!(error = %e, "HTTP server stopped");

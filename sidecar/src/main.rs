@@ -56,9 +56,14 @@ struct Args {
     /// Listen-mode socket the apps' DOTNET_DiagnosticPorts points to [default: <storage>/dumpwatch.sock].
     #[arg(long, env = "DUMPWATCH_LISTEN_SOCKET")]
     listen_socket: Option<PathBuf>,
-    /// Address of /metrics, /healthz, /readyz and /findings.
-    #[arg(long, env = "DUMPWATCH_HTTP", default_value = "0.0.0.0:9464")]
+    /// Address of /metrics, /healthz, /readyz and /findings (host:port; an IPv6 host with or
+    /// without brackets). The operator's webhook sets the pod's IP.
+    #[arg(long, env = "DUMPWATCH_HTTP", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
     http: SocketAddr,
+    /// /findings (thread stacks, type names) answers only `Authorization: Bearer <this file's
+    /// contents>`. Without it: open when standalone, off in operator mode.
+    #[arg(long, env = "DUMPWATCH_FINDINGS_TOKEN_FILE")]
+    findings_token_file: Option<PathBuf>,
     /// Pod name for manifests (Downward API).
     #[arg(long, env = "POD_NAME", default_value = "")]
     pod: String,
@@ -102,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         claim_dir: args.store,
         listen_socket: args.listen_socket,
         http: args.http,
+        findings_token_file: args.findings_token_file,
         identity: api::wire::Identity { pod: args.pod, namespace: args.namespace, container: args.container },
         scan_interval: std::time::Duration::from_millis(args.scan_interval_ms.max(50)),
         proc_root: "/proc".into(),
@@ -109,6 +115,17 @@ fn main() -> anyhow::Result<()> {
     };
     // The whole cause chain, without presigned signatures.
     rt.block_on(sidecar::run(cfg)).map_err(|e| anyhow::anyhow!(store::redact::error_chain(&e)))
+}
+
+/// `host:port`, where host may be a bare IPv6 address (as `$(POD_IP):9464` expands on a v6 pod).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: write host:port"))?;
+    let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let port: u16 = port.parse().map_err(|e| format!("{s:?}: port: {e}"))?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 fn parse_select(s: &str) -> Result<sidecar::discovery::Select, String> {

@@ -89,7 +89,8 @@ impl Env {
         let s3 = S3Server::start("dumps").unwrap();
         cp.apply(&crd("dumppolicy.yaml")).unwrap();
         cp.apply(&crd("dumpsnapshot.yaml")).unwrap();
-        for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
+        cp.apply(&crd("dumpstore.yaml")).unwrap();
+        for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev", "dumpstores.dumpwatch.dev"] {
             cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
         }
         cp.apply(&format!(
@@ -112,6 +113,11 @@ kind: ServiceAccount
 metadata: {{name: app, namespace: shop}}
 ---
 apiVersion: dumpwatch.dev/v1alpha1
+kind: DumpStore
+metadata: {{name: dumps}}
+spec: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds, insecure: true}}}}
+---
+apiVersion: dumpwatch.dev/v1alpha1
 kind: DumpPolicy
 metadata: {{name: orders, namespace: shop}}
 spec:
@@ -119,7 +125,7 @@ spec:
   mode: connect
 {policy}
   limits: {{maxPerHour: 20, cooldown: 1s, maxBytes: 4Gi, minFreeDisk: 64Mi}}
-  storage: {{s3: {{endpoint: "{endpoint}", region: us-east-1, bucket: dumps, prefix: dw, secretRef: s3-creds}}}}
+  storage: {{s3: {{storeRef: dumps}}}}
 ---
 apiVersion: v1
 kind: Pod

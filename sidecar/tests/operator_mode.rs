@@ -97,8 +97,7 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
     let s3 = harness::S3Server::start("dumps").unwrap();
     // The core dump (tens of MB compressed) goes multipart in 5 MiB parts (S3's minimum).
     let peer = Peer::new(&s3.endpoint(), s3.bucket(), 1 << 20, 5 << 20);
-    let s3_storage = json!({"s3": {"endpoint": s3.endpoint(), "region": "us-east-1", "bucket": "dumps",
-        "prefix": "dumps", "secretRef": "s3-credentials"}});
+    let s3_storage = json!({"s3": {"storeRef": "dumps"}});
     peer.set_policy("1", spec(s3_storage));
     let url = peer.serve();
 
@@ -129,6 +128,10 @@ fn captures_go_to_s3_or_the_volume_and_are_reported_to_the_operator() {
         sc
     };
     let mut sc = spawn(&stderr);
+    // The app's stacks are not served to whoever reaches the pod: /findings is off in operator mode.
+    let (status, body) = testbed::http_get(port, "/findings", Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("DUMPWATCH_FINDINGS_TOKEN_FILE"), "{body}");
 
     let (k, v) = marker.split_once('=').unwrap();
     let iso = Isolation { own_namespaces: false, env: vec![(k.into(), v.into())] };

@@ -46,8 +46,7 @@ fn manifest(id: &str) -> Manifest {
 /// A capture `c1` with one small file, queued for S3 storage through `peer`; the queue's
 /// `dumpwatch_uploads_total` after `wait`.
 async fn report_one(peer: &Arc<Peer>, wait: Duration) -> (Metrics, tempfile::TempDir) {
-    let storage =
-        json!({"s3": {"endpoint": "http://127.0.0.1:9", "region": "us-east-1", "bucket": "dumps", "secretRef": "s"}});
+    let storage = json!({"s3": {"storeRef": "dumps"}});
     peer.set_policy("1", json!({"storage": storage}));
     let url = peer.serve();
     let dir = tempfile::tempdir().unwrap();

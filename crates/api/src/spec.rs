@@ -379,7 +379,7 @@ impl Default for Limits {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "has(self.volume) != has(self.s3)",
-    "message": "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3 (endpoint, region, bucket, secretRef)"
+    "message": "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3 (a DumpStore: s3: {storeRef: <name>})"
 }]))]
 pub struct Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,16 +439,63 @@ impl Default for VolumeStorage {
     }
 }
 
+/// Object storage: a `DumpStore` (cluster scoped, an administrator's) named by `storeRef`. A policy
+/// cannot name an endpoint or a Secret itself: those would let any tenant borrow the credentials
+/// in the operator's namespace or send the operator's requests anywhere.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.endpoint) && !has(self.region) && !has(self.bucket) && !has(self.prefix) && !has(self.secretRef)",
+        "message": S3_MOVED
+    },
+    {
+        "rule": "has(self.storeRef) && self.storeRef != ''",
+        "message": "storage.s3.storeRef is required: the name of a DumpStore (kubectl get dumpstores), e.g. s3: {storeRef: team-dumps}"
+    }
+]))]
 pub struct S3Storage {
-    pub endpoint: String,
-    pub region: String,
-    pub bucket: String,
-    /// Key prefix.
-    pub prefix: String,
-    /// Secret in the operator's namespace holding the credentials (the app pod never sees it).
-    pub secret_ref: String,
+    /// Name of the `DumpStore` to store in (`kubectl get dumpstores`); the store must allow this
+    /// policy's namespace.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"), length(max = 253))]
+    pub store_ref: String,
+    /// No longer accepted: the DumpStore names the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// No longer accepted: the DumpStore names the region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// No longer accepted: the DumpStore names the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// No longer accepted: the DumpStore names the key prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// No longer accepted: the DumpStore names the credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+}
+
+/// What the API server and the operator say to a policy that still names its own S3 settings.
+pub const S3_MOVED: &str = "storage.s3 can no longer name an endpoint, region, bucket, prefix or secretRef: \
+     a cluster admin creates a DumpStore with them (kubectl get dumpstores lists the stores), \
+     and the policy names it: storage: {s3: {storeRef: <store name>}}";
+
+impl S3Storage {
+    /// Storage in the `DumpStore` named `store`.
+    pub fn store(store: impl Into<String>) -> Self {
+        Self { store_ref: store.into(), ..Default::default() }
+    }
+
+    /// Whether it still names its own endpoint, bucket or Secret (refused).
+    pub fn names_own_settings(&self) -> bool {
+        self.endpoint.is_some()
+            || self.region.is_some()
+            || self.bucket.is_some()
+            || self.prefix.is_some()
+            || self.secret_ref.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -40,14 +40,19 @@ impl DumpPolicySpec {
             }
             (Some(_), None) => {}
             (None, Some(s3)) => {
-                for (name, v) in [("bucket", &s3.bucket), ("secretRef", &s3.secret_ref)] {
-                    if v.is_empty() {
-                        p.push(format!("storage.s3.{name} is required"));
-                    }
+                if s3.names_own_settings() {
+                    p.push(crate::S3_MOVED.into());
+                }
+                if s3.store_ref.is_empty() {
+                    p.push(
+                        "storage.s3.storeRef is required: the name of a DumpStore (kubectl get dumpstores), \
+                         e.g. s3: {storeRef: team-dumps}"
+                            .into(),
+                    );
                 }
             }
             _ => p.push(
-                "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3 (endpoint, region, bucket, secretRef)"
+                "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3 (a DumpStore: s3: {storeRef: <name>})"
                     .into(),
             ),
         }
@@ -215,7 +220,7 @@ triggers:
   - {type: deadlock, above: 3}
   - {type: schedule, cron: "0 25 * * *"}
 limits: {cooldown: 5s}
-storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
+storage: {volume: {path: /d}, s3: {storeRef: s}}
 "#;
         let err = DumpPolicySpec::from_yaml(bad).unwrap_err().to_string();
         for needle in [
@@ -234,10 +239,23 @@ storage: {volume: {path: /d}, s3: {bucket: b, secretRef: s}}
     fn storage_is_volume_by_default_or_exactly_what_is_written() {
         let p = DumpPolicySpec::from_yaml("triggers: [{type: deadlock}]").unwrap();
         assert_eq!(p.storage, Storage::default());
-        let p = DumpPolicySpec::from_yaml("storage: {s3: {bucket: b, secretRef: s}}").unwrap();
-        assert_eq!((p.storage.volume, p.storage.s3.unwrap().bucket.as_str()), (None, "b"));
+        let p = DumpPolicySpec::from_yaml("storage: {s3: {storeRef: team}}").unwrap();
+        assert_eq!((p.storage.volume, p.storage.s3.unwrap().store_ref.as_str()), (None, "team"));
         let err = DumpPolicySpec::from_yaml("storage: {}").unwrap_err().to_string();
         assert!(err.contains("storage needs exactly one of volume"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_naming_its_own_endpoint_or_secret_is_told_to_use_a_store() {
+        let err =
+            DumpPolicySpec::from_yaml("storage: {s3: {endpoint: \"http://10.0.0.1\", bucket: b, secretRef: admin}}")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("can no longer name an endpoint") && err.contains("storeRef: <store name>"), "{err}");
+        assert!(err.contains("storage.s3.storeRef is required"), "{err}");
+        let err =
+            DumpPolicySpec::from_yaml("storage: {s3: {storeRef: team, secretRef: admin}}").unwrap_err().to_string();
+        assert!(err.contains("kubectl get dumpstores"), "{err}");
     }
 
     #[test]

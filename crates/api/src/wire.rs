@@ -289,8 +289,11 @@ pub enum ErrorReason {
     NotFound,
     /// 409: volume storage on an upload route, or a snapshot not in the expected phase.
     Conflict,
-    /// 413: a file over 5 TiB, or a capture over the policy's `limits.maxBytes`.
+    /// 413: a file over 5 TiB, a capture over the policy's `limits.maxBytes`, or a request body
+    /// over the API's limit.
     TooLarge,
+    /// 429: this pod sent more requests than the API's per-pod rate allows: try again later.
+    TooManyRequests,
     /// 500: the operator's own configuration (a missing storage Secret, ...).
     Internal,
     /// 502: the storage failed (unreachable, busy): trying again later may succeed.
@@ -311,6 +314,7 @@ impl ErrorReason {
             Self::NotFound => 404,
             Self::Conflict => 409,
             Self::TooLarge => 413,
+            Self::TooManyRequests => 429,
             Self::Internal => 500,
             Self::StorageFailed | Self::StorageRefused => 502,
             Self::Unavailable => 503,
@@ -321,7 +325,12 @@ impl ErrorReason {
     /// cached, so 401/403 are worth another try; a refusal of the request itself is not.
     pub fn is_transient(self) -> bool {
         match self {
-            Self::Unauthorized | Self::Forbidden | Self::Internal | Self::StorageFailed | Self::Unavailable => true,
+            Self::Unauthorized
+            | Self::Forbidden
+            | Self::TooManyRequests
+            | Self::Internal
+            | Self::StorageFailed
+            | Self::Unavailable => true,
             Self::BadRequest | Self::NotFound | Self::Conflict | Self::TooLarge | Self::StorageRefused => false,
         }
     }
@@ -489,6 +498,7 @@ pub fn document() -> String {
         ErrorReason::NotFound,
         ErrorReason::Conflict,
         ErrorReason::TooLarge,
+        ErrorReason::TooManyRequests,
         ErrorReason::Internal,
         ErrorReason::StorageFailed,
         ErrorReason::StorageRefused,

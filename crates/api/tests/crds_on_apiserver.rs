@@ -61,7 +61,8 @@ fn generated_crds_on_the_real_apiserver() {
     let cp = start_apiserver();
     cp.apply(&crd("dumppolicy.yaml")).expect("DumpPolicy CRD applies");
     cp.apply(&crd("dumpsnapshot.yaml")).expect("DumpSnapshot CRD applies");
-    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
+    cp.apply(&crd("dumpstore.yaml")).expect("DumpStore CRD applies");
+    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev", "dumpstores.dumpwatch.dev"] {
         cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=30s"])
             .expect("CRD established");
     }
@@ -76,24 +77,37 @@ fn generated_crds_on_the_real_apiserver() {
     assert_eq!(stored["spec"]["heapSnapshots"]["topTypes"], 10, "{}", stored["spec"]["heapSnapshots"]);
     // S3 alone is a storage kind of its own (no default volume beside it).
     let s3 = VALID
-        .replace(
-            "storage: {volume: {path: /dumps}}",
-            "storage: {s3: {region: us-east-1, bucket: dumps, secretRef: s3}}",
-        )
+        .replace("storage: {volume: {path: /dumps}}", "storage: {s3: {storeRef: team-dumps}}")
         .replace("name: orders,", "name: orders-s3,");
     api::DumpPolicySpec::from_yaml(&s3).expect("s3 alone is valid for the Rust rules");
     cp.apply(&s3).expect("s3 alone is accepted");
     let stored = cp.kubectl_json(&["get", "dpol", "orders-s3", "-n", "default"]).unwrap();
-    assert_eq!(stored["spec"]["storage"]["s3"]["bucket"], "dumps");
+    assert_eq!(stored["spec"]["storage"]["s3"]["storeRef"], "team-dumps");
     assert!(stored["spec"]["storage"].get("volume").is_none(), "{}", stored["spec"]["storage"]);
 
     let invalid = [
         (
+            VALID.replace("storage: {volume: {path: /dumps}}", "storage: {volume: {path: /dumps}, s3: {storeRef: s}}"),
+            "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3",
+        ),
+        // A tenant cannot borrow the operator's Secrets or point it at an address of its own.
+        (
             VALID.replace(
                 "storage: {volume: {path: /dumps}}",
-                "storage: {volume: {path: /dumps}, s3: {bucket: b, secretRef: s}}",
+                "storage: {s3: {endpoint: 'http://169.254.169.254', bucket: b, secretRef: admin-creds}}",
             ),
-            "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3",
+            "storage.s3 can no longer name an endpoint, region, bucket, prefix or secretRef: a cluster admin creates a DumpStore",
+        ),
+        (
+            VALID.replace(
+                "storage: {volume: {path: /dumps}}",
+                "storage: {s3: {storeRef: team, secretRef: admin-creds}}",
+            ),
+            "storage: {s3: {storeRef: <store name>}}",
+        ),
+        (
+            VALID.replace("storage: {volume: {path: /dumps}}", "storage: {s3: {}}"),
+            "storage.s3.storeRef is required: the name of a DumpStore",
         ),
         (VALID.replace("storage: {volume: {path: /dumps}}", "storage: {}"), "storage needs exactly one of volume"),
         (
@@ -132,6 +146,25 @@ fn generated_crds_on_the_real_apiserver() {
         // The Rust rules refuse it too, so the standalone sidecar and the cluster agree.
         assert!(api::DumpPolicySpec::from_yaml(&manifest).is_err(), "case {i}: the Rust rules accept it");
     }
+
+    // Stores: https only unless insecure, a Secret name, cluster scoped.
+    let store = |name: &str, s3: &str| {
+        format!("apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpStore\nmetadata: {{name: {name}}}\nspec: {{s3: {s3}}}\n")
+    };
+    cp.apply(&store(
+        "aws",
+        "{endpoint: 'https://s3.eu-west-1.amazonaws.com', region: eu-west-1, bucket: dumps, secretRef: s3}",
+    ))
+    .expect("an https store is accepted");
+    cp.apply(&store("minio", "{endpoint: 'http://minio.storage:9000', bucket: dumps, secretRef: s3, insecure: true}"))
+        .expect("plain http is accepted when marked insecure");
+    let err = cp
+        .apply(&store("plain", "{endpoint: 'http://minio.storage:9000', bucket: dumps, secretRef: s3}"))
+        .expect_err("plain http is refused")
+        .to_string();
+    assert!(err.contains("s3.endpoint must be https://") && err.contains("set insecure: true"), "{err}");
+    let stored = cp.kubectl_json(&["get", "dumpstore", "aws"]).unwrap();
+    assert!(stored["metadata"].get("namespace").is_none(), "cluster scoped: {stored}");
 
     // The CEL rule reads every duration form the Rust parser reads (days, bare seconds,
     // fractions): these pairs are at or above the counter interval and must pass.

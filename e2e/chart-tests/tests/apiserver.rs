@@ -46,7 +46,7 @@ fn chart_on_the_real_apiserver() {
     let cp = start();
     for f in third_party_crds()
         .into_iter()
-        .chain([chart_dir().join("crds/dumppolicy.yaml"), chart_dir().join("crds/dumpsnapshot.yaml")])
+        .chain(["dumppolicy", "dumpsnapshot", "dumpstore"].map(|c| chart_dir().join(format!("crds/{c}.yaml"))))
     {
         // Server-side: cert-manager's issuer CRDs exceed the client-side last-applied annotation.
         cp.kubectl(&["apply", "--server-side", "-f", &f.display().to_string()]).unwrap();

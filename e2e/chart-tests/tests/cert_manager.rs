@@ -164,7 +164,7 @@ fn cert_manager_issues_injects_and_rotates_the_operators_certificate() {
     };
     let cp = ControlPlane::start_with(opts()).unwrap();
     let mut cm = CertManager::start(&cp).unwrap();
-    for crd in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml"] {
+    for crd in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml", "crds/dumpstore.yaml"] {
         cp.kubectl(&["apply", "-f", &chart_dir().join(crd).display().to_string()]).unwrap();
     }
     cp.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]).unwrap();

@@ -28,7 +28,7 @@ fn the_operator_runs_with_the_charts_environment_and_rbac_only() {
     let bin = workspace_bin("dumpwatch-operator");
     let opts = || Options { controller_manager: false, node_agent: false, ..Options::default() };
     let cp = ControlPlane::start_with(opts()).unwrap();
-    for f in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml"] {
+    for f in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml", "crds/dumpstore.yaml"] {
         cp.kubectl(&["apply", "--server-side", "-f", &chart_dir().join(f).display().to_string()]).unwrap();
     }
     cp.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]).unwrap();
@@ -96,6 +96,28 @@ fn the_operator_runs_with_the_charts_environment_and_rbac_only() {
         wait_for("policy status written", Duration::from_secs(60), || {
             let p = cp.kubectl_json(&["get", "dumppolicy", "orders", "-n", "shop"])?;
             Ok(p["status"]["observedGeneration"].as_i64().map(|_| ()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+
+        // ... and reads a DumpStore and the labels of the policy's namespace (allowedNamespaces):
+        // a store not allowed for `shop` leaves the policy not Ready, saying so.
+        cp.apply(
+            "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpStore\nmetadata: {name: team-a}\n\
+             spec:\n  s3: {endpoint: 'https://s3.example', bucket: dumps, secretRef: s3}\n  \
+             allowedNamespaces: {matchLabels: {team: a}}\n---\n\
+             apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: stored, namespace: shop}\n\
+             spec: {selector: {matchLabels: {app: stored}}, storage: {s3: {storeRef: team-a}}}\n",
+        )
+        .unwrap();
+        wait_for("the store's refusal in the policy status", Duration::from_secs(60), || {
+            let p = cp.kubectl_json(&["get", "dumppolicy", "stored", "-n", "shop"])?;
+            let ready = p["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready");
+            Ok(ready
+                .filter(|c| {
+                    c["status"] == "False"
+                        && c["message"].as_str().unwrap_or("").contains("does not allow namespace shop")
+                })
+                .map(|_| ()))
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", log()));
 

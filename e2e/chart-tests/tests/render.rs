@@ -299,3 +299,50 @@ fn object_selector_matches(selector: &Value, labels: &Value) -> bool {
     });
     labels_ok && exprs_ok
 }
+
+#[test]
+fn tenant_roles_artifact_guard_s3_secret_and_stores() {
+    let objs = render(&[
+        "storage.s3.createSecret=true",
+        "storage.s3.accessKeyId=AKID",
+        "storage.s3.secretAccessKey=SECRET",
+        "storage.stores[0].name=team",
+        "storage.stores[0].endpoint=https://s3.example",
+        "storage.stores[0].bucket=dumps",
+        "storage.stores[0].allowedNamespaces.matchLabels.team=a",
+    ])
+    .unwrap();
+    // The Secret has the keys the operator reads, not AWS_* names.
+    let secret = find(&objs, "Secret", "dumpwatch-s3").unwrap();
+    let data = &secret["stringData"];
+    assert_eq!(data[operator::sidecar_api::ACCESS_KEY_ID], "AKID", "{secret}");
+    assert_eq!(data[operator::sidecar_api::SECRET_ACCESS_KEY], "SECRET", "{secret}");
+    assert!(data.get(operator::sidecar_api::SESSION_TOKEN).is_none(), "{secret}");
+    let store = find(&objs, "DumpStore", "team").unwrap();
+    assert_eq!(store["spec"]["s3"]["secretRef"], "dumpwatch-s3", "{store}");
+    assert_eq!(store["spec"]["allowedNamespaces"]["matchLabels"]["team"], "a", "{store}");
+    assert!(store["metadata"].get("namespace").is_none(), "cluster scoped: {store}");
+    // Aggregated into Kubernetes' roles; edit never reaches status, stores or secrets.
+    let view = find(&objs, "ClusterRole", "dumpwatch-view").unwrap();
+    let edit = find(&objs, "ClusterRole", "dumpwatch-edit").unwrap();
+    for (role, to) in [(view, ["view", "edit", "admin"].as_slice()), (edit, ["edit", "admin"].as_slice())] {
+        for r in to {
+            assert_eq!(role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{r}")], "true");
+        }
+    }
+    assert!(view["metadata"]["labels"].get("rbac.authorization.k8s.io/aggregate-to-view").is_some());
+    let text = edit["rules"].to_string();
+    for never in ["status", "dumpstores", "secrets"] {
+        assert!(!text.contains(never), "{never} in {text}");
+    }
+    let vap = find(&objs, "ValidatingAdmissionPolicy", "dumpwatch-snapshot-artifacts").unwrap();
+    let who = vap["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(who.contains("system:serviceaccount:dumpwatch:dumpwatch-operator"), "{who}");
+    find(&objs, "ValidatingAdmissionPolicyBinding", "dumpwatch-snapshot-artifacts").unwrap();
+
+    let off = render(&["rbac.aggregateToDefaultRoles=false", "rbac.guardSnapshotArtifacts=false"]).unwrap();
+    let k = kinds(&off);
+    assert!(!k.iter().any(|x| x == "ValidatingAdmissionPolicy"), "{k:?}");
+    assert!(find(&off, "ClusterRole", "dumpwatch-edit").is_err());
+    assert!(find(&off, "DumpStore", "team").is_err());
+}

@@ -26,7 +26,7 @@ pub use certmanager::{CERT_MANAGER_VERSION, CertManager};
 pub use controlplane::{ControlPlane, DEFAULT_CONTROLLERS, NODE_NAME, Options, kubectl_path};
 pub use monitoring::{Alertmanager, Prometheus, promtool, write_targets};
 pub use node::RealNode;
-pub use s3::S3Server;
+pub use s3::{S3Server, S3sServer};
 pub use serde_json::Value;
 pub use util::{cache_dir, free_port, wait_for, workspace_bin};
 

@@ -59,3 +59,57 @@ impl S3Server {
         &self.bucket
     }
 }
+
+/// `s3s-fs` (crates.io, the `s3s` project's file-system S3 server) on a loopback port with one
+/// bucket: unlike moto it checks SigV4 signatures, presigned ones included, so what a presigned
+/// URL signs (the `Content-Length` of a PUT) is enforced by the server itself. Path-style, region
+/// `us-east-1`, credentials [`S3sServer::ACCESS_KEY`]/[`S3sServer::SECRET_KEY`]. The binary is
+/// `<cache>/bin/s3s-fs` (`cargo install s3s-fs --features binary --root <cache>`), or
+/// `$DUMPWATCH_S3S_FS`.
+pub struct S3sServer {
+    _proc: Proc,
+    port: u16,
+    bucket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl S3sServer {
+    pub const REGION: &'static str = "us-east-1";
+    pub const ACCESS_KEY: &'static str = "dumpwatch-test";
+    pub const SECRET_KEY: &'static str = "dumpwatch-test-secret";
+
+    pub fn start(bucket: &str) -> Result<S3sServer> {
+        let bin = std::env::var_os("DUMPWATCH_S3S_FS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| cache_dir().join("bin/s3s-fs"));
+        if !bin.exists() {
+            return Err(format!("{} is missing: run scripts/setup (it installs s3s-fs)", bin.display()).into());
+        }
+        let dir = tempfile::Builder::new().prefix("dumpwatch-s3s-").tempdir()?;
+        // A bucket of s3s-fs is a directory of its root.
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join(bucket))?;
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(&root);
+        let mut proc = Proc::spawn("s3s-fs", cmd, &dir.path().join("s3s-fs.log"))?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // Anonymous requests are refused (403): any HTTP answer means it listens.
+        wait_for("s3s-fs", Duration::from_secs(30), || {
+            proc.check_alive()?;
+            Ok((curl(&[], &format!("{endpoint}/")).0 != 0).then_some(()))
+        })?;
+        Ok(S3sServer { _proc: proc, port, bucket: bucket.to_string(), _dir: dir })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}

@@ -53,6 +53,8 @@ pub const SIDECAR_CONTAINER: &str = "dumpwatch-sidecar";
 /// The S3 bucket and the Secret (in the operator's namespace) with its credentials.
 pub const BUCKET: &str = "dumps";
 pub const S3_SECRET: &str = "dumpwatch-s3";
+/// The DumpStore (cluster scoped) over [`BUCKET`] with [`S3_SECRET`].
+pub const S3_STORE: &str = "scenarios";
 
 /// One cluster with dumpwatch installed from its chart, plus monitoring and storage.
 pub struct Cluster {
@@ -333,7 +335,7 @@ impl Cluster {
     fn install(&self) -> Result<()> {
         let cp = &self.cp;
         let chart = chart_tests::chart_dir();
-        for crd in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml"] {
+        for crd in ["crds/dumppolicy.yaml", "crds/dumpsnapshot.yaml", "crds/dumpstore.yaml"] {
             cp.kubectl(&["apply", "-f", &chart.join(crd).display().to_string()])?;
         }
         cp.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
@@ -343,6 +345,14 @@ impl Cluster {
                 "stringData": {{"accessKeyId": "{ak}", "secretAccessKey": "{sk}"}}}}"#,
             ak = S3Server::ACCESS_KEY,
             sk = S3Server::SECRET_KEY
+        ))?;
+        // The admin's store that the scenarios' policies name (moto speaks plain http).
+        cp.apply(&format!(
+            r#"{{"apiVersion": "dumpwatch.dev/v1alpha1", "kind": "DumpStore", "metadata": {{"name": "{S3_STORE}"}},
+                "spec": {{"s3": {{"endpoint": "{endpoint}", "region": "{region}", "bucket": "{BUCKET}",
+                "secretRef": "{S3_SECRET}", "insecure": true}}}}}}"#,
+            endpoint = self.s3.endpoint(),
+            region = S3Server::REGION,
         ))?;
         let (repo, tag) = E2E_ANALYZER_IMAGE.split_once(':').expect("a tag");
         let values = [
@@ -397,13 +407,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// An S3 storage stanza of a DumpPolicy for this run's bucket.
+    /// An S3 storage stanza of a DumpPolicy for this run's bucket (the DumpStore [`S3_STORE`]).
     pub fn s3_storage(&self) -> String {
-        format!(
-            "storage: {{s3: {{endpoint: '{}', region: {}, bucket: {BUCKET}, secretRef: {S3_SECRET}}}}}",
-            self.s3.endpoint(),
-            S3Server::REGION
-        )
+        format!("storage: {{s3: {{storeRef: {S3_STORE}}}}}")
     }
 
     /// A Deployment of DiagScenarios in `image`, running as [`APP_USER`] (said in its pod spec,

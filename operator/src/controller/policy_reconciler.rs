@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
-use super::policy_status::{explain_storage_conflict, policy_status};
+use super::policy_status::{explain_invalid, explain_storage_conflict, policy_status};
 use super::retention::expired;
 use crate::Error;
 
@@ -50,8 +50,12 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let now = Timestamp::now();
 
+    let problems = crate::sidecar_api::stores::policy_problems(&ctx.client, &ns, &policy.spec)
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
     let status =
         explain_storage_conflict(policy_status(policy, &pods, &snapshots, now), policy, &ctx.sidecar_mount_path);
+    let status = explain_invalid(status, policy, &problems, now);
     if policy.status.as_ref() != Some(&status) {
         Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns)
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))

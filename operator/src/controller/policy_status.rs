@@ -154,6 +154,27 @@ pub fn explain_storage_conflict(
     status
 }
 
+/// A policy that breaks a rule, or names a store it may not use, is not Ready, whatever its pods:
+/// its sidecars would only retry, so the condition says what to change (`problems` in words).
+pub fn explain_invalid(
+    mut status: DumpPolicyStatus,
+    policy: &DumpPolicy,
+    problems: &[String],
+    now: Timestamp,
+) -> DumpPolicyStatus {
+    if problems.is_empty() {
+        return status;
+    }
+    let old = policy.status.clone().unwrap_or_default();
+    let mut ready =
+        condition("Ready", false, "InvalidPolicy", format!("the policy is invalid: {}", problems.join("; ")));
+    ready.observed_generation = policy.metadata.generation;
+    let ready = keep_transition_time(ready, &old.conditions, now);
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.insert(0, ready);
+    status
+}
+
 fn names(pods: &[&Pod]) -> String {
     let mut out: Vec<String> = pods.iter().take(NAMES_IN_MESSAGE).map(|p| p.name_any()).collect();
     if pods.len() > NAMES_IN_MESSAGE {
@@ -236,6 +257,7 @@ mod tests {
                 observed: None,
                 artifacts: vec![],
                 volume: None,
+                store: None,
             },
         );
         if with_artifacts {
@@ -347,6 +369,20 @@ mod tests {
         let bare = [pod("orders-1", "orders", 200, "Running", false)];
         let changed = policy_status(&p, &bare, &[], ts(3000));
         assert_eq!(cond(&changed, "Ready").last_transition_time, Time(ts(3000)));
+    }
+
+    #[test]
+    fn an_invalid_policy_is_not_ready_and_says_why() {
+        let p = policy();
+        let s = policy_status(&p, &[pod("a", "orders", 2000, "Running", true)], &[], ts(3000));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        let why = ["DumpStore team-b does not allow namespace shop".to_string()];
+        let s = explain_invalid(s, &p, &why, ts(3000));
+        let ready = cond(&s, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidPolicy"));
+        assert!(ready.message.contains("does not allow namespace shop"), "{}", ready.message);
+        assert_eq!(s.conditions.iter().filter(|c| c.type_ == "Ready").count(), 1);
+        assert_eq!(explain_invalid(s.clone(), &p, &[], ts(4000)), s, "a valid policy keeps its status");
     }
 
     #[test]

@@ -71,8 +71,11 @@ async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> 
         Step::StartAnalysis => {
             let mut artifacts = Vec::new();
             for a in &snapshot.spec.artifacts {
-                let uri =
-                    ctx.urls.fetchable(policy.as_ref(), &a.uri).await.map_err(|e| Error::Storage(e.to_string()))?;
+                let uri = ctx
+                    .urls
+                    .fetchable(snapshot, policy.as_ref(), &a.uri)
+                    .await
+                    .map_err(|e| Error::Storage(e.to_string()))?;
                 artifacts.push(api::Artifact { uri, ..a.clone() });
             }
             let inputs = AnalysisInputs { artifacts, volume: snapshot.spec.volume.clone() };
@@ -232,7 +235,7 @@ async fn cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error
         _ => None,
     };
     for uri in &objects {
-        ctx.deleter.delete(policy.as_ref(), uri).await.map_err(|e| Error::Storage(e.to_string()))?;
+        ctx.deleter.delete(snapshot, policy.as_ref(), uri).await.map_err(|e| Error::Storage(e.to_string()))?;
     }
     tracing::info!(snapshot = %snapshot.name_any(), objects = objects.len(), "artifacts deleted");
     Ok(Action::await_change())

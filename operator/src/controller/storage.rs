@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use api::DumpPolicy;
+use api::{DumpPolicy, DumpSnapshot};
 use futures::future::BoxFuture;
 
 /// Finalizer on every snapshot: removed once its artifacts are deleted from storage.
@@ -13,18 +13,25 @@ pub const ARTIFACTS_FINALIZER: &str = "dumpwatch.dev/artifacts";
 /// What a storage backend reports; its own error type, boxed.
 pub type StorageError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Deletes one stored artifact by its URI (`s3://bucket/key`). Deleting what is
-/// already gone succeeds. `policy` (when it still exists) names the storage and its credentials
-/// (`spec.storage`). The storage crate implements it for S3.
+/// Deletes one stored artifact of `snapshot` by its URI (`s3://bucket/key`). Deleting what is
+/// already gone succeeds. The snapshot's `spec.store` (or its `policy`'s, when it still exists)
+/// names the store and its credentials; a URI outside the snapshot's own
+/// `<store prefix>/<namespace>/<pod>/` is refused, never followed.
 pub trait ArtifactDeleter: Send + Sync {
-    fn delete<'a>(&'a self, policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
+    fn delete<'a>(
+        &'a self,
+        snapshot: &'a DumpSnapshot,
+        policy: Option<&'a DumpPolicy>,
+        uri: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 }
 
 /// Turns a stored artifact's URI into one the analysis Job can fetch without credentials
-/// (a presigned `GET` URL for `s3://`).
+/// (a presigned `GET` URL for `s3://`), under the same rule as [`ArtifactDeleter`].
 pub trait ArtifactUrls: Send + Sync {
     fn fetchable<'a>(
         &'a self,
+        snapshot: &'a DumpSnapshot,
         policy: Option<&'a DumpPolicy>,
         uri: &'a str,
     ) -> BoxFuture<'a, Result<String, StorageError>>;
@@ -37,7 +44,12 @@ pub struct Deleters {
 }
 
 impl ArtifactDeleter for Deleters {
-    fn delete<'a>(&'a self, policy: Option<&'a DumpPolicy>, uri: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+    fn delete<'a>(
+        &'a self,
+        snapshot: &'a DumpSnapshot,
+        policy: Option<&'a DumpPolicy>,
+        uri: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             if uri.starts_with("file://") {
                 return Err(
@@ -45,7 +57,7 @@ impl ArtifactDeleter for Deleters {
                 );
             }
             match &self.object {
-                Some(o) => o.delete(policy, uri).await,
+                Some(o) => o.delete(snapshot, policy, uri).await,
                 None => Err(format!("cannot delete {uri}: no object storage is configured in the operator").into()),
             }
         })
@@ -58,6 +70,7 @@ pub struct NoObjectStorage;
 impl ArtifactUrls for NoObjectStorage {
     fn fetchable<'a>(
         &'a self,
+        _snapshot: &'a DumpSnapshot,
         _policy: Option<&'a DumpPolicy>,
         uri: &'a str,
     ) -> BoxFuture<'a, Result<String, StorageError>> {
@@ -79,8 +92,9 @@ mod tests {
     #[tokio::test]
     async fn deleters_route_objects_and_refuse_files() {
         let none = Deleters { object: None };
-        assert!(none.delete(None, "s3://b/k").await.unwrap_err().to_string().contains("no object storage"));
-        let file = none.delete(None, "file:///dumps/shop/p/c1/core.zst").await.unwrap_err().to_string();
+        let s = crate::controller::testing::snapshot("s", "Analyzed");
+        assert!(none.delete(&s, None, "s3://b/k").await.unwrap_err().to_string().contains("no object storage"));
+        let file = none.delete(&s, None, "file:///dumps/shop/p/c1/core.zst").await.unwrap_err().to_string();
         assert!(file.contains("cleanup Job"), "{file}");
     }
 }

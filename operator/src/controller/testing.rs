@@ -40,6 +40,7 @@ pub fn snapshot(name: &str, phase: &str) -> DumpSnapshot {
                 sha256: "ab".repeat(32),
             }],
             volume: Some(api::SnapshotVolume { claim_name: "dumps".into(), path: "/dumps".into() }),
+            store: None,
         },
     );
     s.metadata.namespace = Some("shop".into());

@@ -14,6 +14,8 @@ use super::ApiError;
 
 pub use api::wire::{ANALYZER_AUDIENCE, SIDECAR_AUDIENCE};
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The UID of the pod a bound token belongs to: a pod of the same name created later is another pod.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries kept at most; beyond, expired ones are dropped, then the cache starts afresh.
 const CACHE_MAX: usize = 10_000;
@@ -23,6 +25,9 @@ const CACHE_MAX: usize = 10_000;
 pub struct Caller {
     pub namespace: String,
     pub pod: String,
+    /// The bound pod's UID, as the API server vouches for it (`None` only from API servers that
+    /// do not say it, before Kubernetes 1.30 or so).
+    pub pod_uid: Option<String>,
     pub service_account: String,
 }
 
@@ -53,7 +58,14 @@ pub fn caller_from_review(status: &TokenReviewStatus, audience: &str) -> Result<
         .and_then(|v| v.first())
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::forbidden("the token is not bound to a pod (use a projected token)"))?;
-    Ok(Caller { namespace: namespace.into(), pod: pod.clone(), service_account: service_account.into() })
+    let pod_uid = user
+        .extra
+        .as_ref()
+        .and_then(|e| e.get(POD_UID_EXTRA))
+        .and_then(|v| v.first())
+        .filter(|u| !u.is_empty())
+        .cloned();
+    Ok(Caller { namespace: namespace.into(), pod: pod.clone(), pod_uid, service_account: service_account.into() })
 }
 
 /// (SHA-256 of the token, audience) → (when reviewed, what the review said).
@@ -122,7 +134,12 @@ mod tests {
     use super::*;
 
     fn status(authenticated: bool, audiences: &[&str], user: &str, pod: Option<&str>) -> TokenReviewStatus {
-        let extra = pod.map(|p| BTreeMap::from([(POD_NAME_EXTRA.to_string(), vec![p.to_string()])]));
+        let extra = pod.map(|p| {
+            BTreeMap::from([
+                (POD_NAME_EXTRA.to_string(), vec![p.to_string()]),
+                (POD_UID_EXTRA.to_string(), vec![format!("uid-of-{p}")]),
+            ])
+        });
         TokenReviewStatus {
             authenticated: Some(authenticated),
             audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
@@ -135,7 +152,11 @@ mod tests {
     fn the_pod_comes_from_the_review() {
         let s = status(true, &[SIDECAR_AUDIENCE], "system:serviceaccount:shop:app", Some("cart-1"));
         let c = caller_from_review(&s, SIDECAR_AUDIENCE).unwrap();
-        assert_eq!(c, Caller { namespace: "shop".into(), pod: "cart-1".into(), service_account: "app".into() });
+        let uid = Some("uid-of-cart-1".to_string());
+        assert_eq!(
+            c,
+            Caller { namespace: "shop".into(), pod: "cart-1".into(), pod_uid: uid, service_account: "app".into() }
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use api::{Artifact, CaptureKind, DumpSnapshot, DumpSnapshotSpec, DumpSnapshotStatus, FindingsSummary, SnapshotPhase};
 use api::{DeadlockCycle, DeadlockedThread, SnapshotVolume, Storage};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use serde::Deserialize;
 
@@ -117,6 +119,7 @@ pub fn snapshot_from_report(
         // From the policy's storage (see `snapshot_volume`): analysis and deletion find the
         // files through it even after the policy is gone.
         volume,
+        store: None,
     };
     let findings = match &report.findings {
         Some(doc) => Some(live_findings(doc)?),
@@ -160,6 +163,7 @@ pub fn snapshot_from_failure(
         observed: trigger.is_threshold().then(|| format!("{}", report.value)),
         artifacts: Vec::new(),
         volume: None, // nothing stored
+        store: None,
     };
     Ok((spec, DumpSnapshotStatus { phase: SnapshotPhase::Failed, message: Some(message), ..Default::default() }))
 }
@@ -290,28 +294,49 @@ pub fn default_job_name(snapshot: &str) -> String {
     format!("dsnap-{snapshot}-analyze")
 }
 
-/// Whether `pod` is a pod of `snapshot`'s analysis Job: its `job-name` label and its owner are
-/// that Job. Findings from anyone else are refused.
-pub fn check_job_pod(snapshot: &DumpSnapshot, pod: &Pod) -> Result<(), ApiError> {
+/// Whether the caller is a pod of the analysis Job the operator created for `snapshot`, by UIDs
+/// only (labels and names can be written by whoever creates a pod): the token's pod (`pod_uid`,
+/// from the TokenReview) is `pod`, whose controller is `job`, whose controller is `snapshot`.
+/// Findings from anyone else are refused.
+pub fn check_job_pod(
+    snapshot: &DumpSnapshot,
+    job: Option<&Job>,
+    pod: &Pod,
+    pod_uid: Option<&str>,
+) -> Result<(), ApiError> {
     let snap = name_of(snapshot);
-    let job = snapshot.status.as_ref().and_then(|s| s.job.clone()).unwrap_or_else(|| default_job_name(snap));
-    let labels = pod.metadata.labels.as_ref();
-    let label = labels.and_then(|l| l.get("batch.kubernetes.io/job-name").or_else(|| l.get("job-name")));
-    let owned = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "Job" && o.api_version == "batch/v1" && o.name == job);
-    if label.map(String::as_str) != Some(job.as_str()) || !owned {
-        let pod_name = pod.metadata.name.as_deref().unwrap_or("?");
-        return Err(ApiError::forbidden(format!("pod {pod_name} is not a pod of {snap}'s analysis Job {job}")));
+    let job_name = snapshot.status.as_ref().and_then(|s| s.job.clone()).unwrap_or_else(|| default_job_name(snap));
+    let pod_name = pod.metadata.name.as_deref().unwrap_or("?");
+    let refuse =
+        |why: String| Err(ApiError::forbidden(format!("pod {pod_name} may not report findings for {snap}: {why}")));
+    let Some(token_uid) = pod_uid else {
+        return refuse("the API server did not say which pod UID the token is bound to".into());
+    };
+    if pod.metadata.uid.as_deref() != Some(token_uid) {
+        return refuse(format!("the token is bound to pod UID {token_uid}, not to this pod"));
+    }
+    let Some(job) = job else { return refuse(format!("its analysis Job {job_name} does not exist")) };
+    let controller = |refs: &Option<Vec<OwnerReference>>, kind: &str| {
+        refs.iter().flatten().find(|o| o.controller == Some(true) && o.kind == kind).map(|o| o.uid.clone())
+    };
+    if snapshot.metadata.uid.is_none()
+        || controller(&job.metadata.owner_references, "DumpSnapshot") != snapshot.metadata.uid
+    {
+        return refuse(format!("Job {job_name} was not created by the operator for this snapshot"));
+    }
+    if job.metadata.uid.is_none() || controller(&pod.metadata.owner_references, "Job") != job.metadata.uid {
+        return refuse(format!("it is not a pod of the analysis Job {job_name}"));
     }
     let phase = snapshot.status.as_ref().map(|s| s.phase).unwrap_or_default();
     if !matches!(phase, SnapshotPhase::Uploaded | SnapshotPhase::Analyzing) {
         return Err(ApiError::conflict(format!("snapshot {snap} is {phase:?}, not being analyzed")));
     }
     Ok(())
+}
+
+/// The name of the Job whose pods may report findings for `snapshot`.
+pub fn job_name_of(snapshot: &DumpSnapshot) -> String {
+    snapshot.status.as_ref().and_then(|s| s.job.clone()).unwrap_or_else(|| default_job_name(name_of(snapshot)))
 }
 
 /// Where a snapshot's `file://` artifacts live when the policy stores on a claim

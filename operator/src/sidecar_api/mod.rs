@@ -2,15 +2,17 @@
 //! authentication, policy fetch, upload URLs, capture reports, on-demand requests, findings from
 //! Jobs. [`router`] is merged into the operator's one HTTPS listener.
 //!
-//! S3 credentials: the Secret named by the policy's `spec.storage.s3.secretRef`, in the
-//! operator's namespace, keys `accessKeyId` and `secretAccessKey` (and `sessionToken` for
+//! S3 credentials: the Secret named by the `DumpStore` the policy names (`spec.storage.s3.storeRef`),
+//! in the operator's namespace, keys `accessKeyId` and `secretAccessKey` (and `sessionToken` for
 //! temporary credentials). They never leave the operator: sidecars get presigned URLs.
 
 mod auth;
 pub mod decide;
+pub mod limit;
 mod object_storage;
 mod request_watch;
 mod routes;
+pub mod stores;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +20,10 @@ use std::time::Duration;
 use api::wire::{self, ErrorReason};
 use api::{DumpPolicySpec, StorageTarget};
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use k8s_openapi::api::core::v1::Secret;
 
 pub use auth::{ANALYZER_AUDIENCE, CACHE_TTL, Caller, POD_NAME_EXTRA, SIDECAR_AUDIENCE, caller_from_review};
 pub use object_storage::{JOB_URL_EXPIRY, ObjectStorage};
@@ -34,6 +36,11 @@ pub const SESSION_TOKEN: &str = "sessionToken";
 /// Presigned PUTs of whole files are short-lived; a part URL must outlive a slow multi-GB upload.
 pub const PUT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 pub const PART_EXPIRY: Duration = Duration::from_secs(60 * 60);
+/// Largest request body of the routes, but findings: reports and upload plans are small (a
+/// capture's live findings at most a few hundred kB).
+pub const MAX_BODY: usize = 4 << 20;
+/// Largest findings report of an analysis Job (the whole findings document).
+pub const MAX_FINDINGS_BODY: usize = 32 << 20;
 /// Longest long poll of `/v1/sidecar/requests`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -52,6 +59,7 @@ struct Inner {
     poll_interval: Duration,
     /// Started by the first long poll.
     request_watch: tokio::sync::OnceCell<request_watch::RequestWatch>,
+    limiter: limit::Limiter,
 }
 
 impl SidecarApi {
@@ -66,8 +74,16 @@ impl SidecarApi {
                 part_size: store::DEFAULT_PART_SIZE,
                 poll_interval: Duration::from_secs(1),
                 request_watch: tokio::sync::OnceCell::new(),
+                limiter: limit::Limiter::new(limit::Rate::default()),
             }),
         }
+    }
+
+    /// Requests per pod: `rate` instead of [`limit::Rate::default`].
+    pub fn with_rate(self, rate: limit::Rate) -> Self {
+        let mut inner = Arc::into_inner(self.inner).expect("configure before sharing");
+        inner.limiter = limit::Limiter::new(rate);
+        Self { inner: Arc::new(inner) }
     }
 
     /// Files above `bytes` are uploaded in parts of `bytes` (default 64 MiB; tests use less).
@@ -77,15 +93,30 @@ impl SidecarApi {
         Self { inner: Arc::new(inner) }
     }
 
-    /// The storage of a policy, with its credentials; also what the controller uses to delete
-    /// artifacts ([`crate::controller::ArtifactDeleter`]) and presign GETs for the analysis Job.
-    pub async fn store_for(&self, spec: &DumpPolicySpec) -> Result<store::Store, ApiError> {
-        store_for_policy(&self.inner.client, &self.inner.operator_namespace, spec, self.inner.part_size).await.map(
-            |s| match s {
-                store::Store::S3(s3) => store::Store::S3(Box::new(s3.with_http(self.inner.http.clone()))),
-                v => v,
-            },
-        )
+    /// The storage of a policy in `namespace`, with its store's credentials (the store must allow
+    /// the namespace).
+    pub async fn store_for(&self, namespace: &str, spec: &DumpPolicySpec) -> Result<store::Store, ApiError> {
+        match spec.storage.target() {
+            StorageTarget::Volume(v) => Ok(store::Store::Volume(store::VolumeStore::new(&v.path))),
+            StorageTarget::S3(s3) => {
+                Ok(store::Store::S3(Box::new(self.store_named(&s3.store_ref, namespace, true).await?)))
+            }
+        }
+    }
+
+    /// The `DumpStore` `name` with its credentials, checked for `namespace` when `check_namespace`;
+    /// also what the controller deletes artifacts ([`crate::controller::ArtifactDeleter`]) and
+    /// presigns GETs for the analysis Job with.
+    pub async fn store_named(
+        &self,
+        name: &str,
+        namespace: &str,
+        check_namespace: bool,
+    ) -> Result<store::S3Store, ApiError> {
+        let store = stores::resolve(&self.inner.client, name, namespace, check_namespace).await?;
+        let s3 =
+            stores::s3_store(&self.inner.client, &self.inner.operator_namespace, &store, self.inner.part_size).await?;
+        Ok(s3.with_http(self.inner.http.clone()))
     }
 }
 
@@ -98,56 +129,9 @@ pub fn router(state: SidecarApi) -> Router {
         .route(wire::CAPTURES.path, post(routes::captures))
         .route(wire::FAILURES.path, post(routes::failures))
         .route(wire::REQUESTS.path, get(routes::requests))
-        .route(wire::FINDINGS.path, post(routes::findings))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route(wire::FINDINGS.path, post(routes::findings).layer(DefaultBodyLimit::max(MAX_FINDINGS_BODY)))
         .with_state(state)
-}
-
-/// The storage a policy names: a volume directory, or S3 with the credentials of the Secret
-/// `spec.storage.s3.secretRef` in `operator_namespace`.
-pub async fn store_for_policy(
-    client: &kube::Client,
-    operator_namespace: &str,
-    spec: &DumpPolicySpec,
-    part_size: u64,
-) -> Result<store::Store, ApiError> {
-    let s3 = match spec.storage.target() {
-        StorageTarget::S3(s3) => s3,
-        StorageTarget::Volume(v) => return Ok(store::Store::Volume(store::VolumeStore::new(&v.path))),
-    };
-    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), operator_namespace);
-    let what = format!("Secret {operator_namespace}/{}", s3.secret_ref);
-    let secret = secrets
-        .get_opt(&s3.secret_ref)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("reading {what}: {e}")))?
-        .ok_or_else(|| ApiError::internal(format!("the storage credentials {what} do not exist")))?;
-    let data = secret.data.unwrap_or_default();
-    let field =
-        |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).trim().to_string()).filter(|v| !v.is_empty());
-    let missing = |k: &str| ApiError::internal(format!("{what} has no {k}"));
-    let credentials = store::Credentials {
-        access_key_id: field(ACCESS_KEY_ID).ok_or_else(|| missing(ACCESS_KEY_ID))?,
-        secret_access_key: field(SECRET_ACCESS_KEY).ok_or_else(|| missing(SECRET_ACCESS_KEY))?,
-        session_token: field(SESSION_TOKEN),
-    };
-    let config = s3_config(s3);
-    let store = store::S3Store::new(config, credentials)
-        .map_err(|e| ApiError::internal(format!("the policy's S3 storage: {e}")))?
-        .with_part_size(part_size);
-    Ok(store::Store::S3(Box::new(store)))
-}
-
-/// The policy's S3 settings as a store configuration. AWS endpoints get virtual-host addressing,
-/// every other server (MinIO, Ceph, moto, ...) path-style, which they all support.
-pub fn s3_config(s3: &api::S3Storage) -> store::S3Config {
-    let host = s3.endpoint.split("://").nth(1).unwrap_or(&s3.endpoint).split(['/', ':']).next().unwrap_or_default();
-    store::S3Config {
-        endpoint: s3.endpoint.clone(),
-        region: s3.region.clone(),
-        bucket: s3.bucket.clone(),
-        prefix: s3.prefix.clone(),
-        path_style: !host.ends_with(".amazonaws.com"),
-    }
 }
 
 /// An error reply: `{"error": "<reason>", "message": "..."}` with the reason's HTTP status.
@@ -189,6 +173,9 @@ impl ApiError {
     }
     pub fn too_large(m: impl Into<String>) -> Self {
         Self::new(ErrorReason::TooLarge, m)
+    }
+    pub fn too_many_requests(m: impl Into<String>) -> Self {
+        Self::new(ErrorReason::TooManyRequests, m)
     }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(ErrorReason::Internal, m)

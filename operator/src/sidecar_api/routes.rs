@@ -8,7 +8,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use serde_json::json;
@@ -27,7 +29,17 @@ type Reply<T> = Result<Json<T>, ApiError>;
 impl SidecarApi {
     async fn caller(&self, headers: &HeaderMap, audience: &'static str) -> Result<Caller, ApiError> {
         let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        self.inner.auth.authenticate(authorization, audience).await
+        let caller = self.inner.auth.authenticate(authorization, audience).await?;
+        if let Err(wait) = self.inner.limiter.take(&caller.namespace, &caller.pod, Instant::now()) {
+            tracing::debug!(namespace = %caller.namespace, pod = %caller.pod, "rate limited");
+            return Err(ApiError::too_many_requests(format!(
+                "pod {}/{} sent more requests than the operator allows per pod: try again in {} ms",
+                caller.namespace,
+                caller.pod,
+                wait.as_millis().max(1)
+            )));
+        }
+        Ok(caller)
     }
 
     fn snapshots(&self, namespace: &str) -> kube::Api<DumpSnapshot> {
@@ -57,7 +69,7 @@ impl SidecarApi {
     }
 
     async fn s3_store(&self, policy: &DumpPolicy) -> Result<store::S3Store, ApiError> {
-        match self.store_for(&policy.spec).await? {
+        match self.store_for(&policy.namespace().unwrap_or_default(), &policy.spec).await? {
             store::Store::S3(s3) => Ok(*s3),
             store::Store::Volume(_) => Err(ApiError::conflict(
                 "the policy stores on a volume: write the artifacts there and report file:// URIs",
@@ -73,7 +85,12 @@ impl SidecarApi {
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t).map_err(|e| ApiError::bad_request(e.body_text()))
+    b.map(|Json(t)| t).map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large(format!("the request body is too large: {}", e.body_text()))
+        }
+        _ => ApiError::bad_request(e.body_text()),
+    })
 }
 
 fn kube_error(e: kube::Error) -> ApiError {
@@ -170,8 +187,11 @@ pub async fn captures(
     let policy = api.policy(&caller).await?;
     let policy_name = policy.metadata.name.clone().unwrap_or_default();
     let volume = decide::snapshot_volume(&policy.spec.storage);
-    let (spec, status) =
+    let (mut spec, status) =
         decide::snapshot_from_report(&report, &caller.pod, &policy_name, policy.spec.analysis.enabled, volume)?;
+    // The store is recorded with the artifacts: deletion and analysis use it (and only keys
+    // under this pod's prefix in it) even once the policy is gone or names another store.
+    spec.store = policy.spec.storage.s3.as_ref().map(|s3| s3.store_ref.clone());
     // On a claim, every file is this pod's (the cleanup Job deletes under the pod's directory).
     if let Some(v) = &spec.volume {
         let own = decide::claim_prefix(v, &caller.namespace, &caller.pod);
@@ -182,9 +202,9 @@ pub async fn captures(
 
     // The operator vouches for what it records: every s3:// artifact is this pod's, exists, and
     // has the reported size.
-    let storage = api.store_for(&policy.spec).await?;
+    let storage = api.store_for(&caller.namespace, &policy.spec).await?;
     if let store::Store::S3(s3) = &storage {
-        let own = format!("{}/", s3.uri(&s3.key(&[&caller.namespace, &caller.pod])));
+        let own = super::stores::own_prefix(s3, &caller.namespace, &caller.pod);
         for a in &spec.artifacts {
             decide::check_artifact_owner(&a.uri, &own)?;
             let found = storage.head(&a.uri).await.map_err(store_error)?;
@@ -205,6 +225,7 @@ pub async fn captures(
             let patch = json!({ "spec": {
                 "policy": spec.policy, "container": spec.container, "pid": spec.pid,
                 "runtimeVersion": spec.runtime_version, "artifacts": spec.artifacts, "volume": spec.volume,
+                "store": spec.store,
             }});
             fill_in_request(&snapshots, &caller.namespace, &caller.pod, requested, patch).await?
         }
@@ -383,7 +404,9 @@ pub async fn findings(
             ApiError::not_found(format!("DumpSnapshot {}/{} does not exist", caller.namespace, report.snapshot))
         })?;
     let pod = api.pod(&caller).await?;
-    decide::check_job_pod(&snapshot, &pod)?;
+    let jobs: kube::Api<Job> = kube::Api::namespaced(api.inner.client.clone(), &caller.namespace);
+    let job = jobs.get_opt(&decide::job_name_of(&snapshot)).await.map_err(kube_error)?;
+    decide::check_job_pod(&snapshot, job.as_ref(), &pod, caller.pod_uid.as_deref())?;
     let summary = FindingsSummary::from_document(&report.findings).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let status = json!({ "status": { "phase": SnapshotPhase::Analyzed, "findings": summary } });
     api.snapshots(&caller.namespace)

@@ -209,21 +209,55 @@ fn snapshots_made_from_reports_are_never_requests() {
     assert!(is_same_failure(&created, "cart-1") && !is_same_failure(&created, "cart-2"));
 }
 
+/// A Job owned by the snapshot (as the operator creates it) and a pod owned by the Job.
+fn owned(kind: &str, name: &str, uid: &str) -> Option<Vec<OwnerReference>> {
+    Some(vec![OwnerReference {
+        api_version: if kind == "Job" { "batch/v1" } else { "dumpwatch.dev/v1alpha1" }.into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid: uid.into(),
+        controller: Some(true),
+        ..Default::default()
+    }])
+}
+
 #[test]
-fn findings_come_only_from_the_snapshots_job() {
-    let s = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Analyzing), Some("dsnap-snap-1-analyze"));
-    let job_pod =
-        pod("dsnap-snap-1-analyze-x7", &[], &[("job-name", "dsnap-snap-1-analyze")], Some("dsnap-snap-1-analyze"));
-    assert!(check_job_pod(&s, &job_pod).is_ok());
-    let other_job = pod("j", &[], &[("job-name", "dsnap-snap-2-analyze")], Some("dsnap-snap-2-analyze"));
-    assert_eq!(check_job_pod(&s, &other_job).unwrap_err().status(), 403);
-    let label_only = pod("j", &[], &[("job-name", "dsnap-snap-1-analyze")], None);
-    assert_eq!(check_job_pod(&s, &label_only).unwrap_err().status(), 403, "a label alone is not a Job");
-    let done = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Analyzed), Some("dsnap-snap-1-analyze"));
-    assert_eq!(check_job_pod(&done, &job_pod).unwrap_err().status(), 409);
-    // Without status.job, the documented default name.
-    let s = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Uploaded), None);
-    assert!(check_job_pod(&s, &job_pod).is_ok());
+fn a_pod_cannot_post_findings_for_a_snapshot_it_does_not_own() {
+    use k8s_openapi::api::batch::v1::Job;
+    let mut s = snapshot("snap-1", "cart-1", Some(SnapshotPhase::Analyzing), Some("dsnap-snap-1-analyze"));
+    s.metadata.uid = Some("snap-uid".into());
+    let mut job = Job::default();
+    job.metadata.name = Some("dsnap-snap-1-analyze".into());
+    job.metadata.uid = Some("job-uid".into());
+    job.metadata.owner_references = owned("DumpSnapshot", "snap-1", "snap-uid");
+    let mut job_pod = pod("dsnap-snap-1-analyze-x7", &[], &[("job-name", "dsnap-snap-1-analyze")], None);
+    job_pod.metadata.uid = Some("pod-uid".into());
+    job_pod.metadata.owner_references = owned("Job", "dsnap-snap-1-analyze", "job-uid");
+    assert!(check_job_pod(&s, Some(&job), &job_pod, Some("pod-uid")).is_ok());
+
+    // An app pod with the Job's labels and a name-only owner reference: not the Job's.
+    let mut faker = pod(
+        "cart-1",
+        &[],
+        &[("job-name", "dsnap-snap-1-analyze"), ("batch.kubernetes.io/job-name", "dsnap-snap-1-analyze")],
+        Some("dsnap-snap-1-analyze"),
+    );
+    faker.metadata.uid = Some("cart-uid".into());
+    assert_eq!(check_job_pod(&s, Some(&job), &faker, Some("cart-uid")).unwrap_err().status(), 403);
+    // The token of another pod, presented for the Job's pod name.
+    let err = check_job_pod(&s, Some(&job), &job_pod, Some("cart-uid")).unwrap_err();
+    assert!(err.status() == 403 && err.message.contains("bound to pod UID cart-uid"), "{err}");
+    assert_eq!(check_job_pod(&s, Some(&job), &job_pod, None).unwrap_err().status(), 403, "no UID, no findings");
+    // A Job of the same name not created for this snapshot, or none at all.
+    let mut stranger = job.clone();
+    stranger.metadata.owner_references = owned("DumpSnapshot", "snap-1", "another-snap-uid");
+    assert_eq!(check_job_pod(&s, Some(&stranger), &job_pod, Some("pod-uid")).unwrap_err().status(), 403);
+    assert_eq!(check_job_pod(&s, None, &job_pod, Some("pod-uid")).unwrap_err().status(), 403);
+    // The right pod, too late.
+    let mut done = s.clone();
+    done.status.as_mut().unwrap().phase = SnapshotPhase::Analyzed;
+    assert_eq!(check_job_pod(&done, Some(&job), &job_pod, Some("pod-uid")).unwrap_err().status(), 409);
+    assert_eq!(job_name_of(&snapshot("snap-2", "c", None, None)), "dsnap-snap-2-analyze");
 }
 
 #[test]
@@ -267,12 +301,4 @@ fn on_a_claim_the_snapshot_records_it_and_a_pod_owns_only_its_directory() {
     ] {
         assert_eq!(check_artifact_owner(theirs, &own).unwrap_err().status(), 403, "{theirs}");
     }
-}
-
-#[test]
-fn aws_endpoints_get_virtual_hosts_others_path_style() {
-    let s3 = |endpoint: &str| api::S3Storage { endpoint: endpoint.into(), ..Default::default() };
-    assert!(!super::s3_config(&s3("https://s3.eu-west-1.amazonaws.com")).path_style);
-    assert!(super::s3_config(&s3("http://minio.storage:9000")).path_style);
-    assert!(super::s3_config(&s3("http://127.0.0.1:9000")).path_style);
 }

@@ -27,7 +27,7 @@ pub async fn client(cp: &ControlPlane) -> Client {
 /// Applies crds/*.yaml (as committed) and waits until both are served.
 pub fn install_crds(cp: &ControlPlane) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for name in ["dumppolicy.yaml", "dumpsnapshot.yaml"] {
+    for name in ["dumppolicy.yaml", "dumpsnapshot.yaml", "dumpstore.yaml"] {
         cp.apply(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
     }
     cp.kubectl(&[
@@ -36,6 +36,7 @@ pub fn install_crds(cp: &ControlPlane) {
         "--timeout=60s",
         "crd/dumppolicies.dumpwatch.dev",
         "crd/dumpsnapshots.dumpwatch.dev",
+        "crd/dumpstores.dumpwatch.dev",
     ])
     .unwrap();
 }
