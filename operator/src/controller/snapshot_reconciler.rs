@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use api::{DumpPolicy, DumpSnapshot, SnapshotPhase};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -133,9 +134,16 @@ async fn publish(snapshot: &DumpSnapshot, policy: Option<&DumpPolicy>, ctx: &Con
         return Ok(());
     }
     let mut targets = Vec::new();
-    if let Some(pod) = ctx.stores().await?.pod_ref(&ns, &snapshot.spec.pod) {
-        targets.push(pod);
-    }
+    // Cached unless it stopped running without the injected label (injected by an older
+    // operator): then asked for, once per published snapshot.
+    let pod = match ctx.stores().await?.pod_ref(&ns, &snapshot.spec.pod) {
+        Some(cached) => Some(cached),
+        None => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&snapshot.spec.pod)
+            .await?
+            .map(|p| p.object_ref(&())),
+    };
+    targets.extend(pod);
     if let Some(p) = policy {
         targets.push(p.object_ref(&()));
     }
