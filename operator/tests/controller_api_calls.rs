@@ -53,16 +53,21 @@ async fn settle(counts: &Counts, quiet: Duration) -> BTreeMap<String, u64> {
     }
 }
 
+/// A pod as the webhook leaves it (label, annotation, sidecar), or as it comes without it.
 fn pod(ns: &str, name: &str, injected: bool) -> Pod {
-    let mut labels = json!({"app": "orders"});
-    if injected {
-        labels[operator::INJECTED_LABEL] = json!("true");
-    }
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
+    let mut pod = json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": "orders"}},
         "spec": {"containers": [{"name": "app", "image": "none"}]},
-    }))
-    .unwrap()
+    });
+    if injected {
+        pod["metadata"]["labels"][operator::INJECTED_LABEL] = json!("true");
+        pod["metadata"]["annotations"] = json!({operator::INJECTED_ANNOTATION: "orders"});
+        pod["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": operator::SIDECAR_NAME, "image": "none"}));
+    }
+    serde_json::from_value(pod).unwrap()
 }
 
 /// Creates the pod and marks it running, as a kubelet would (there is no node here).
@@ -95,7 +100,7 @@ async fn a_pod_event_in_a_namespace_without_policies_costs_no_api_call() {
         run_controllers(counting_client(&cp, counts.clone()).await, AnalysisSettings::default());
 
     let policies: Api<DumpPolicy> = Api::namespaced(client.clone(), "shop");
-    eventually("the policy has a status", Duration::from_secs(60), || async {
+    eventually("the policy has a status", Duration::from_secs(120), || async {
         let p = policies.get("orders").await.map_err(|e| e.to_string())?;
         p.status.map(|_| ()).ok_or_else(|| "no status yet".to_string())
     })

@@ -111,11 +111,10 @@ impl Context {
         }
     }
 
-    /// The caches of the running controllers, once each has its first full list.
+    /// The caches of the running controllers ([`run`] starts them once each has its first
+    /// full list).
     pub async fn stores(&self) -> Result<Stores, Error> {
-        let stores = self.stores.read().expect("stores lock").clone().ok_or(Error::Cache)?;
-        stores.ready().await?;
-        Ok(stores)
+        self.stores.read().expect("stores lock").clone().ok_or(Error::Cache)
     }
 
     fn last_status_write(&self, policy: &str) -> Option<std::time::Instant> {
@@ -179,14 +178,27 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
         }
     };
 
-    let (policies, policy_writer) = reflector::store_shared::<DumpPolicy>(stores::SHARED_BUFFER);
-    let (snapshots, snapshot_writer) = reflector::store_shared::<DumpSnapshot>(stores::SHARED_BUFFER);
+    // Plain stores, each fed by one watch whose events this function fans out to the controllers
+    // (kube's shared-store subscription drops deletions and can stall a subscriber when an
+    // object is gone from the store before it is read).
+    let (policies, policy_writer) = reflector::store::<DumpPolicy>();
+    let (snapshots, snapshot_writer) = reflector::store::<DumpSnapshot>();
     let (injected_pods, injected_writer) = reflector::store::<Pod>();
     let (other_pods, other_writer) = reflector::store();
     let caches = Stores { policies: policies.clone(), snapshots: snapshots.clone(), injected_pods, other_pods };
     *ctx.stores.write().expect("stores lock") = Some(caches.clone());
-    let policy_events = policy_writer.subscribe().expect("shared store");
-    let snapshot_events = snapshot_writer.subscribe().expect("shared store");
+    type Objects<K> = futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>;
+    let (policy_tx, policy_events) = futures::channel::mpsc::unbounded();
+    let (snapshot_tx, snapshot_events) = futures::channel::mpsc::unbounded();
+    fn applied<K: Clone>(event: &watcher::Result<watcher::Event<K>>, to: &Objects<K>) {
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let _ = to.unbounded_send(Ok(o.clone()));
+            }
+            Err(err) => tracing::warn!(%err, kind = std::any::type_name::<K>(), "watch failed (retried with backoff)"),
+            _ => {}
+        }
+    }
 
     // Pod and snapshot events, as the policies they concern.
     let (touch, touched) = futures::channel::mpsc::unbounded::<ObjectRef<DumpPolicy>>();
@@ -199,17 +211,21 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
     let policy_feed = watcher(Api::<DumpPolicy>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(|p| stores::slim(&mut p.metadata))
-        .reflect_shared(policy_writer)
+        .reflect(policy_writer)
         .take_until(stopped())
-        .for_each(|_| async {});
+        .for_each(move |e| {
+            applied(&e, &policy_tx);
+            async {}
+        });
     let snapshot_feed = {
         let touch = touch.clone();
         watcher(Api::<DumpSnapshot>::all(client.clone()), watcher::Config::default())
             .default_backoff()
             .modify(|s| stores::slim(&mut s.metadata))
-            .reflect_shared(snapshot_writer)
+            .reflect(snapshot_writer)
             .take_until(stopped())
             .for_each(move |e| {
+                applied(&e, &snapshot_tx);
                 if let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) = &e {
                     touch_policies(stores::policy_of(s).into_iter().collect(), &touch);
                 }
@@ -245,7 +261,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
     };
     drop(touch);
 
-    let policy_controller = Controller::for_shared_stream(policy_events, policies)
+    let policy_controller = Controller::for_stream(policy_events, policies)
         .reconcile_on(touched)
         .graceful_shutdown_on(stopped())
         .run(policy_reconciler::reconcile, error_policy::<DumpPolicy>(policy_reconciler::CONTROLLER), ctx.clone())
@@ -264,7 +280,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
 
     let snapshot_store = snapshots.clone();
     let phase_ctx = ctx.clone();
-    let snapshot_controller = Controller::for_shared_stream(snapshot_events, snapshots)
+    let snapshot_controller = Controller::for_stream(snapshot_events, snapshots)
         .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(job::SNAPSHOT_LABEL))
         .graceful_shutdown_on(stopped())
         .run(snapshot_reconciler::reconcile, error_policy::<DumpSnapshot>(snapshot_reconciler::CONTROLLER), ctx.clone())
@@ -292,15 +308,14 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
         stop.await;
         let _ = stop_tx.send(true);
     };
-    tokio::join!(
-        policy_feed,
-        snapshot_feed,
-        injected_feed,
-        other_feed,
-        policy_controller,
-        snapshot_controller,
-        watch_stop
-    );
+    // The controllers start once every cache has had its full list (a status computed before
+    // would count pods that are only not loaded yet as gone); events meanwhile wait in the channels.
+    let controllers = async {
+        if caches.ready().await.is_ok() {
+            tokio::join!(policy_controller, snapshot_controller);
+        }
+    };
+    tokio::join!(policy_feed, snapshot_feed, injected_feed, other_feed, controllers, watch_stop);
     *ctx.stores.write().expect("stores lock") = None;
 }
 

@@ -23,9 +23,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::policy_status;
 use crate::INJECTED_LABEL;
 
-/// How many events a shared reflector buffers for each subscribing controller before it waits.
-pub const SHARED_BUFFER: usize = 1024;
-
 /// Readers of the operator's caches (cheap to clone).
 #[derive(Clone)]
 pub struct Stores {
