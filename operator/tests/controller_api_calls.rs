@@ -113,7 +113,10 @@ async fn a_pod_event_in_a_namespace_without_policies_costs_no_api_call() {
         create_running(&client, pod("plain", &format!("orders-{i}"), i % 2 == 0)).await;
     }
     eventually("the caches hold the pods", Duration::from_secs(30), || async {
-        let n = ctx.stores().await.map_err(|e| e.to_string())?.pods_in("plain").len();
+        let stores = ctx.stores().await.map_err(|e| e.to_string())?;
+        let mut probe = api::DumpPolicy::new("probe", Default::default());
+        probe.metadata.namespace = Some("plain".into());
+        let n = stores.pods_selected_by(&probe).len();
         if n == 10 { Ok(()) } else { Err(format!("{n} cached")) }
     })
     .await;

@@ -41,7 +41,7 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let stores = ctx.stores().await?;
-    let pods = stores.pods_in(&ns);
+    let pods = stores.pods_selected_by(policy);
     let snapshots = stores.snapshots_of(&ns, &name);
     let now = Timestamp::now();
     let resync = RESYNC.min(policy.spec.retention.max_age.std()).max(Duration::from_secs(10));

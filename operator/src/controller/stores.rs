@@ -60,16 +60,25 @@ impl Stores {
         Ok(())
     }
 
-    /// The pods of `ns` as [`policy_status`](super::policy_status()) reads them; those known
-    /// only by their metadata are running (the watch's field selector) and have no spec.
-    pub fn pods_in(&self, ns: &str) -> Vec<Pod> {
-        let in_ns = |meta: &kube::api::ObjectMeta| meta.namespace.as_deref() == Some(ns);
-        let mut pods: Vec<Pod> =
-            self.injected_pods.state().iter().filter(|p| in_ns(&p.metadata)).map(|p| (**p).clone()).collect();
-        pods.extend(self.other_pods.state().iter().filter(|p| in_ns(&p.metadata)).map(|p| Pod {
-            metadata: p.metadata.clone(),
-            spec: None,
-            status: Some(PodStatus { phase: Some("Running".into()), ..Default::default() }),
+    /// The pods `policy` selects, as [`policy_status`](super::policy_status()) reads them; those
+    /// known only by their metadata are running (the watch's field selector) and have no spec.
+    /// Only the selected ones are copied: every policy of a namespace copying all its pods, in
+    /// concurrent reconciles, made the peak memory grow with pods × policies.
+    pub fn pods_selected_by(&self, policy: &DumpPolicy) -> Vec<Pod> {
+        let mut pods: Vec<Pod> = self
+            .injected_pods
+            .state()
+            .iter()
+            .filter(|p| policy_status::selects(policy, p))
+            .map(|p| (**p).clone())
+            .collect();
+        pods.extend(self.other_pods.state().iter().filter_map(|p| {
+            let pod = Pod {
+                metadata: p.metadata.clone(),
+                spec: None,
+                status: Some(PodStatus { phase: Some("Running".into()), ..Default::default() }),
+            };
+            policy_status::selects(policy, &pod).then_some(pod)
         }));
         pods
     }
