@@ -83,7 +83,14 @@ async fn a_real_dump_is_analyzed_by_its_job_and_the_deadlock_becomes_an_event() 
     let url = format!("http://{}", listener.local_addr().unwrap());
     let api_server = sidecar_api::router(SidecarApi::new(client.clone(), "dumpwatch"));
     tokio::spawn(async move { axum::serve(listener, api_server).await.unwrap() });
-    let settings = AnalysisSettings { image: IMAGE.into(), operator_url: url, ..AnalysisSettings::default() };
+    // The Job runs the CLI on this machine, whose .NET runtimes are the dumped ones: it may take
+    // the DAC from them (chart: analysis.localRuntimes), never from the capture.
+    let settings = AnalysisSettings {
+        image: IMAGE.into(),
+        operator_url: url,
+        local_runtimes: true,
+        ..AnalysisSettings::default()
+    };
     let (stop_controllers, ctx, controllers) = run_controllers(client.clone(), settings);
 
     cp.apply(
