@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 pub const SIDECAR_NAME: &str = "dumpwatch-sidecar";
 /// Annotation set on an injected pod, valued with the policy's name.
 pub const INJECTED_ANNOTATION: &str = "dumpwatch.dev/injected";
+/// Label set on an injected pod (value `true`): the operator's pod watch selects on it, so it
+/// caches only the pods it injected (labels, unlike annotations, can be selected server-side).
+/// Pods injected by an operator older than this label carry only the annotation.
+pub const INJECTED_LABEL: &str = "dumpwatch.dev/injected";
 /// The shared emptyDir (diagnostic socket, captures in progress).
 pub const VOLUME_NAME: &str = "dumpwatch";
 /// The environment variable that makes a .NET 5+ runtime connect to the sidecar.
@@ -278,6 +282,7 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
         return None;
     }
     let annotations = pod.metadata.annotations.as_ref();
+    let labels = pod.metadata.labels.as_ref();
     let listen = policy.spec.mode == Mode::Listen;
     let crash = policy.spec.triggers.iter().any(|t| t.kind == TriggerKind::Crash);
     let watched = |c: &Container| watches(policy, c);
@@ -300,6 +305,10 @@ pub fn injection_patch(pod: &Pod, policy: &DumpPolicy, sidecar: &SidecarSettings
             add(format!("/metadata/annotations/{}", escape(INJECTED_ANNOTATION)), json!(policy_name));
             add(format!("/metadata/annotations/{}", escape(SIDECAR_USER_ANNOTATION)), json!(user_note));
         }
+    }
+    match labels {
+        None => add("/metadata/labels".into(), json!({ INJECTED_LABEL: "true" })),
+        Some(_) => add(format!("/metadata/labels/{}", escape(INJECTED_LABEL)), json!("true")),
     }
 
     let volume = Volume {

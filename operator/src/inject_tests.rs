@@ -182,6 +182,9 @@ fn existing_annotations_and_a_bare_pod_both_patch_cleanly() {
     let after = apply(&annotated, &injection_patch(&annotated, &policy(LISTEN), &SidecarSettings::default()).unwrap());
     let a = after.metadata.annotations.unwrap();
     assert_eq!((a["team"].as_str(), a[INJECTED_ANNOTATION].as_str()), ("shop", "orders"));
+    // The label the operator's pod watch selects on, beside the pod's own labels.
+    let l = after.metadata.labels.unwrap();
+    assert_eq!((l["app"].as_str(), l[INJECTED_LABEL].as_str()), ("orders", "true"));
 
     // A pod with no volumes, env or mounts at all: the arrays are created.
     let bare =

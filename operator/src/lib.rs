@@ -11,9 +11,9 @@ pub mod webhook;
 
 pub use controller::metrics;
 pub use inject::{
-    DIAGNOSTIC_PORTS_ENV, INJECTED_ANNOTATION, SIDECAR_NAME, SIDECAR_TOKEN_AUDIENCE, STORE_ENV, STORE_VOLUME_NAME,
-    SidecarSettings, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME, VOLUME_NAME, injection_patch, is_injected, selects,
-    store_claim, store_path_conflict, volume_conflicts,
+    DIAGNOSTIC_PORTS_ENV, INJECTED_ANNOTATION, INJECTED_LABEL, SIDECAR_NAME, SIDECAR_TOKEN_AUDIENCE, STORE_ENV,
+    STORE_VOLUME_NAME, SidecarSettings, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME, VOLUME_NAME, injection_patch, is_injected,
+    selects, store_claim, store_path_conflict, volume_conflicts,
 };
 
 /// Everything that can go wrong in the operator.
@@ -37,6 +37,9 @@ pub enum Error {
     Io { what: String, source: std::io::Error },
     #[error("secret {namespace}/{name}: {reason}")]
     CertSecret { namespace: String, name: String, reason: String },
+    /// The controllers' caches stopped (the controllers are shutting down).
+    #[error("the controllers' caches stopped")]
+    Cache,
 }
 
 impl Error {
@@ -49,6 +52,7 @@ impl Error {
             Self::Invalid(_) => "invalid",
             Self::CertGen(_) | Self::BadCertificate { .. } | Self::Tls(_) | Self::CertSecret { .. } => "certificate",
             Self::Io { .. } => "io",
+            Self::Cache => "cache",
         }
     }
 

@@ -75,6 +75,11 @@ fn generated_crds_on_the_real_apiserver() {
     // Defaults from the schema are applied by the API server.
     assert_eq!(stored["spec"]["retention"]["maxCount"], 10);
     assert_eq!(stored["spec"]["heapSnapshots"]["topTypes"], 10, "{}", stored["spec"]["heapSnapshots"]);
+    // What the API server returns (with its defaults filled in) is what the operator's caches
+    // deserialize: a field the Rust types refuse would hide every policy from the webhook.
+    let typed: api::DumpPolicy = serde_json::from_value(stored.clone())
+        .unwrap_or_else(|e| panic!("the stored policy does not deserialize: {e}\n{stored:#}"));
+    assert_eq!(typed.spec.retention.max_count, 10);
     // S3 alone is a storage kind of its own (no default volume beside it).
     let s3 = VALID
         .replace("storage: {volume: {path: /dumps}}", "storage: {s3: {storeRef: team-dumps}}")

@@ -504,11 +504,16 @@ impl Cluster {
             .collect();
         let log = self.pod_log(NAMESPACE, "operator");
         let tail = &log[log.len().saturating_sub(3000)..];
+        // The probes' admissions fill the tail: what went wrong is among the warnings before.
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20).collect();
         format!(
             "operator pods: {ready:?}
 policies in {namespace}: {policies:#?}
+operator warnings and errors (first 20):
+{}
 operator log (tail):
-{tail}"
+{tail}",
+            warnings.join("\n")
         )
     }
 

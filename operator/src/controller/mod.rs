@@ -16,6 +16,7 @@ pub mod policy_status;
 pub mod retention;
 pub mod snapshot_reconciler;
 pub mod storage;
+pub mod stores;
 #[cfg(test)]
 mod testing;
 
@@ -29,10 +30,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 
 pub use events::outcome_events;
 pub use job::{AnalysisInputs, AnalysisSettings, analysis_job, job_name};
@@ -42,6 +44,7 @@ pub use metrics::Metrics;
 pub use policy_status::policy_status;
 pub use retention::expired;
 pub use storage::{ARTIFACTS_FINALIZER, ArtifactDeleter, ArtifactUrls, Deleters, NoObjectStorage};
+pub use stores::Stores;
 
 use crate::Error;
 
@@ -59,6 +62,10 @@ pub struct Context {
     /// Where the webhook mounts the sidecar's capture dir (a policy's claim path must not collide).
     pub sidecar_mount_path: String,
     backoffs: Backoffs,
+    /// The caches of the controllers running now (set by [`run`] while it runs).
+    stores: std::sync::RwLock<Option<Stores>>,
+    /// When each policy's status was last written ([`policy_reconciler::STATUS_INTERVAL`]).
+    status_writes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Exponential backoff per object after failed reconciles: 1 s, 2 s, 4 s, ... up to 5 min;
@@ -99,7 +106,26 @@ impl Context {
             certs: None,
             sidecar_mount_path: crate::inject::SidecarSettings::default().mount_path,
             backoffs: Backoffs::default(),
+            stores: Default::default(),
+            status_writes: Default::default(),
         }
+    }
+
+    /// The caches of the running controllers ([`run`] starts them once each has its first
+    /// full list).
+    pub async fn stores(&self) -> Result<Stores, Error> {
+        self.stores.read().expect("stores lock").clone().ok_or(Error::Cache)
+    }
+
+    fn last_status_write(&self, policy: &str) -> Option<std::time::Instant> {
+        self.status_writes.lock().expect("status lock").get(policy).copied()
+    }
+
+    fn status_written(&self, policy: String) {
+        let mut writes = self.status_writes.lock().expect("status lock");
+        // Entries older than the interval say nothing any more: the map stays as small as a burst.
+        writes.retain(|_, t| t.elapsed() < policy_reconciler::STATUS_INTERVAL);
+        writes.insert(policy, std::time::Instant::now());
     }
 
     /// The settings for a Job created now: the CA the operator serves under at this moment.
@@ -138,6 +164,10 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
 }
 
 /// Runs both controllers (all namespaces) until `stop` resolves. Call only on the leader.
+///
+/// One reflector per kind feeds both controllers ([`stores`]): the policy controller is
+/// triggered by its policies, and by pod and snapshot events mapped to the policies they concern
+/// (`reconcile_on`); the snapshot controller by its snapshots and their Jobs.
 pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -148,22 +178,91 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
         }
     };
 
-    let policies: Api<DumpPolicy> = Api::all(client.clone());
-    let policy_controller = Controller::new(policies, watcher::Config::default());
-    let policy_store = policy_controller.store();
-    let policy_controller = policy_controller
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |pod: Pod| {
-            policy_store
-                .state()
-                .into_iter()
-                .filter(|p| policy_status::selects(p, &pod))
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
+    // Plain stores, each fed by one watch whose events this function fans out to the controllers
+    // (kube's shared-store subscription drops deletions and can stall a subscriber when an
+    // object is gone from the store before it is read).
+    let (policies, policy_writer) = reflector::store::<DumpPolicy>();
+    let (snapshots, snapshot_writer) = reflector::store::<DumpSnapshot>();
+    let (injected_pods, injected_writer) = reflector::store::<Pod>();
+    let (other_pods, other_writer) = reflector::store();
+    let caches = Stores { policies: policies.clone(), snapshots: snapshots.clone(), injected_pods, other_pods };
+    *ctx.stores.write().expect("stores lock") = Some(caches.clone());
+    type Objects<K> = futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>;
+    let (policy_tx, policy_events) = futures::channel::mpsc::unbounded();
+    let (snapshot_tx, snapshot_events) = futures::channel::mpsc::unbounded();
+    fn applied<K: Clone>(event: &watcher::Result<watcher::Event<K>>, to: &Objects<K>) {
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let _ = to.unbounded_send(Ok(o.clone()));
+            }
+            Err(err) => tracing::warn!(%err, kind = std::any::type_name::<K>(), "watch failed (retried with backoff)"),
+            _ => {}
+        }
+    }
+
+    // Pod and snapshot events, as the policies they concern.
+    let (touch, touched) = futures::channel::mpsc::unbounded::<ObjectRef<DumpPolicy>>();
+    let touch_policies = |refs: Vec<ObjectRef<DumpPolicy>>, touch: &futures::channel::mpsc::UnboundedSender<_>| {
+        for r in refs {
+            let _ = touch.unbounded_send(r);
+        }
+    };
+
+    let policy_feed = watcher(Api::<DumpPolicy>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|p| stores::slim(&mut p.metadata))
+        .reflect(policy_writer)
+        .take_until(stopped())
+        .for_each(move |e| {
+            applied(&e, &policy_tx);
+            async {}
+        });
+    let snapshot_feed = {
+        let touch = touch.clone();
+        watcher(Api::<DumpSnapshot>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(|s| stores::slim(&mut s.metadata))
+            .reflect(snapshot_writer)
+            .take_until(stopped())
+            .for_each(move |e| {
+                applied(&e, &snapshot_tx);
+                if let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) = &e {
+                    touch_policies(stores::policy_of(s).into_iter().collect(), &touch);
+                }
+                async {}
+            })
+    };
+    let injected_feed = {
+        let (touch, caches) = (touch.clone(), caches.clone());
+        let config = watcher::Config::default().labels(&stores::injected_selector());
+        let pods = watcher(Api::<Pod>::all(client.clone()), config)
+            .default_backoff()
+            .modify(|p| stores::slim(&mut p.metadata));
+        reflector::reflector(injected_writer, pods).take_until(stopped()).for_each(move |e| {
+            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) = &e {
+                touch_policies(caches.policies_selecting(&p.metadata), &touch);
+            }
+            async {}
         })
-        .watches(Api::<DumpSnapshot>::all(client.clone()), watcher::Config::default(), |s: DumpSnapshot| {
-            let ns = s.metadata.namespace.clone().unwrap_or_default();
-            s.spec.policy.map(|p| ObjectRef::<DumpPolicy>::new(&p).within(&ns))
+    };
+    let other_feed = {
+        let (touch, caches) = (touch.clone(), caches.clone());
+        let config = watcher::Config::default().labels(&stores::other_selector()).fields(stores::RUNNING);
+        // Metadata-only requests (the API server sends PartialObjectMetadata).
+        let pods = watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), config)
+            .default_backoff()
+            .modify(|p| stores::slim(&mut p.metadata));
+        reflector::reflector(other_writer, pods).take_until(stopped()).for_each(move |e| {
+            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) = &e {
+                touch_policies(caches.policies_selecting(&p.metadata), &touch);
+            }
+            async {}
         })
+    };
+    drop(touch);
+
+    let policy_controller = Controller::for_stream(policy_events, policies)
+        .reconcile_on(touched)
         .graceful_shutdown_on(stopped())
         .run(policy_reconciler::reconcile, error_policy::<DumpPolicy>(policy_reconciler::CONTROLLER), ctx.clone())
         .for_each(|r| {
@@ -179,11 +278,9 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
             }
         });
 
-    let snapshots: Api<DumpSnapshot> = Api::all(client.clone());
-    let snapshot_controller = Controller::new(snapshots, watcher::Config::default());
-    let snapshot_store = snapshot_controller.store();
+    let snapshot_store = snapshots.clone();
     let phase_ctx = ctx.clone();
-    let snapshot_controller = snapshot_controller
+    let snapshot_controller = Controller::for_stream(snapshot_events, snapshots)
         .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(job::SNAPSHOT_LABEL))
         .graceful_shutdown_on(stopped())
         .run(snapshot_reconciler::reconcile, error_policy::<DumpSnapshot>(snapshot_reconciler::CONTROLLER), ctx.clone())
@@ -211,7 +308,15 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
         stop.await;
         let _ = stop_tx.send(true);
     };
-    tokio::join!(policy_controller, snapshot_controller, watch_stop);
+    // The controllers start once every cache has had its full list (a status computed before
+    // would count pods that are only not loaded yet as gone); events meanwhile wait in the channels.
+    let controllers = async {
+        if caches.ready().await.is_ok() {
+            tokio::join!(policy_controller, snapshot_controller);
+        }
+    };
+    tokio::join!(policy_feed, snapshot_feed, injected_feed, other_feed, controllers, watch_stop);
+    *ctx.stores.write().expect("stores lock") = None;
 }
 
 /// Campaigns with `elector` and runs the controllers whenever this replica leads, until

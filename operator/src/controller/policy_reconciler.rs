@@ -1,13 +1,14 @@
 //! The `DumpPolicy` reconciler: status from the pods and snapshots of its namespace, and
-//! retention (expired snapshots are deleted; their finalizer deletes the artifacts).
+//! retention (expired snapshots are deleted; their finalizer deletes the artifacts). Pods,
+//! snapshots and the policy come from the controllers' caches ([`super::stores`]): a reconcile
+//! lists nothing from the API server, it only writes (the status, deletions).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{DumpPolicy, DumpSnapshot};
-use k8s_openapi::api::core::v1::Pod;
+use api::{DumpPolicy, DumpPolicyStatus, DumpSnapshot};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -23,6 +24,9 @@ pub const CONTROLLER: &str = "dumppolicy";
 /// watch events; age-based retention needs a clock).
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+/// At most one status write per policy this often (see [`status_write`]).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
 pub async fn reconcile(policy: Arc<DumpPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = apply(&policy, &ctx).await;
@@ -36,19 +40,11 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
     }
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
-    let selector: Vec<String> = policy.spec.selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&selector.join(",")))
-        .await?
-        .items;
-    let snapshots: Vec<DumpSnapshot> = Api::<DumpSnapshot>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|s| s.spec.policy.as_deref() == Some(name.as_str()))
-        .collect();
+    let stores = ctx.stores().await?;
+    let pods = stores.pods_selected_by(policy);
+    let snapshots = stores.snapshots_of(&ns, &name);
     let now = Timestamp::now();
+    let resync = RESYNC.min(policy.spec.retention.max_age.std()).max(Duration::from_secs(10));
 
     let problems = crate::sidecar_api::stores::policy_problems(&ctx.client, &ns, &policy.spec)
         .await
@@ -56,10 +52,17 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
     let status =
         explain_storage_conflict(policy_status(policy, &pods, &snapshots, now), policy, &ctx.sidecar_mount_path);
     let status = explain_invalid(status, policy, &problems, now);
-    if policy.status.as_ref() != Some(&status) {
-        Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-            .await?;
+    let key = format!("{ns}/{name}");
+    let mut next = Action::requeue(resync);
+    match status_write(policy.status.as_ref(), &status, ctx.last_status_write(&key), std::time::Instant::now()) {
+        StatusWrite::Skip => {}
+        StatusWrite::Later(wait) => next = Action::requeue(wait),
+        StatusWrite::Now => {
+            ctx.status_written(key);
+            Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns)
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+                .await?;
+        }
     }
 
     let snapshots_api = Api::<DumpSnapshot>::namespaced(ctx.client.clone(), &ns);
@@ -71,5 +74,56 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Action::requeue(RESYNC.min(policy.spec.retention.max_age.std()).max(Duration::from_secs(10))))
+    Ok(next)
+}
+
+/// Whether a policy's status is written now.
+#[derive(Debug, PartialEq)]
+pub enum StatusWrite {
+    /// It is what the policy already shows.
+    Skip,
+    Now,
+    /// It was written less than [`STATUS_INTERVAL`] ago: reconcile again after this long.
+    Later(Duration),
+}
+
+/// Status writes are skipped when nothing changed and debounced: during a burst of pod events a
+/// policy's status is written at most once per [`STATUS_INTERVAL`] (the last state of the burst
+/// is written at the end of the interval it falls in).
+pub fn status_write(
+    current: Option<&DumpPolicyStatus>,
+    wanted: &DumpPolicyStatus,
+    last_write: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> StatusWrite {
+    if current == Some(wanted) {
+        return StatusWrite::Skip;
+    }
+    match last_write.map(|t| now.saturating_duration_since(t)) {
+        Some(since) if since < STATUS_INTERVAL => StatusWrite::Later(STATUS_INTERVAL - since),
+        _ => StatusWrite::Now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn unchanged_status_is_not_written_and_changes_are_written_once_per_interval() {
+        let old = DumpPolicyStatus { matched_pods: 1, ..Default::default() };
+        let new = DumpPolicyStatus { matched_pods: 2, ..Default::default() };
+        let t0 = Instant::now();
+        assert_eq!(status_write(Some(&old), &old, None, t0), StatusWrite::Skip);
+        assert_eq!(status_write(Some(&old), &old, Some(t0), t0), StatusWrite::Skip, "even inside the interval");
+        assert_eq!(status_write(Some(&old), &new, None, t0), StatusWrite::Now);
+        assert_eq!(status_write(None, &new, None, t0), StatusWrite::Now);
+        let soon = t0 + Duration::from_millis(500);
+        assert_eq!(
+            status_write(Some(&old), &new, Some(t0), soon),
+            StatusWrite::Later(STATUS_INTERVAL - Duration::from_millis(500))
+        );
+        assert_eq!(status_write(Some(&old), &new, Some(t0), t0 + STATUS_INTERVAL), StatusWrite::Now);
+    }
 }

@@ -1,4 +1,5 @@
-//! The `DumpSnapshot` reconciler: reads the snapshot's Job and policy, asks
+//! The `DumpSnapshot` reconciler: reads the snapshot's Job (from the API server) and policy (from
+//! the controllers' cache), asks
 //! [`next_step`](super::lifecycle::next_step), and carries the step out. Deletion goes through
 //! the finalizer, which deletes the stored artifacts first.
 
@@ -54,10 +55,8 @@ pub async fn reconcile(snapshot: Arc<DumpSnapshot>, ctx: Arc<Context>) -> Result
 async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> {
     let ns = snapshot.namespace().unwrap_or_default();
     let name = snapshot.name_any();
-    let policy = match &snapshot.spec.policy {
-        Some(p) => Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns).get_opt(p).await?,
-        None => None,
-    };
+    let stores = ctx.stores().await?;
+    let policy = snapshot.spec.policy.as_ref().and_then(|p| stores.policy(&ns, p)).map(|p| (*p).clone());
     let status = snapshot.status.clone().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job_name = status.job.clone().unwrap_or_else(|| job_name(&name));
@@ -137,11 +136,17 @@ async fn publish(snapshot: &DumpSnapshot, policy: Option<&DumpPolicy>, ctx: &Con
     if notices.is_empty() {
         return Ok(());
     }
-    let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns).get_opt(&snapshot.spec.pod).await?;
     let mut targets = Vec::new();
-    if let Some(p) = &pod {
-        targets.push(p.object_ref(&()));
-    }
+    // Cached unless it stopped running without the injected label (injected by an older
+    // operator): then asked for, once per published snapshot.
+    let pod = match ctx.stores().await?.pod_ref(&ns, &snapshot.spec.pod) {
+        Some(cached) => Some(cached),
+        None => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&snapshot.spec.pod)
+            .await?
+            .map(|p| p.object_ref(&())),
+    };
+    targets.extend(pod);
     if let Some(p) = policy {
         targets.push(p.object_ref(&()));
     }
@@ -228,9 +233,7 @@ async fn cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error
         snapshot.spec.artifacts.iter().map(|a| a.uri.as_str()).filter(|u| !u.starts_with("file://")).collect();
     let policy = match &snapshot.spec.policy {
         Some(p) if !objects.is_empty() => {
-            Api::<DumpPolicy>::namespaced(ctx.client.clone(), &snapshot.namespace().unwrap_or_default())
-                .get_opt(p)
-                .await?
+            ctx.stores().await?.policy(&snapshot.namespace().unwrap_or_default(), p).map(|p| (*p).clone())
         }
         _ => None,
     };
