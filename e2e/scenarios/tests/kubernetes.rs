@@ -150,10 +150,10 @@ fn deadlock_on_net8(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboa
 /// the shipped DumpwatchCaptureFailing alert firing on the pod's first failure.
 fn capture_failing(c: &Cluster, figures: &mut Figures, dashboards: &mut Dashboards) {
     let began = Instant::now();
-    let ns = "checkout";
+    let ns = "payments";
     c.opted_in_namespace(ns).unwrap();
     c.cp.apply(&format!(
-        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: checkout, namespace: {ns}}}\n\
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: payments, namespace: {ns}}}\n\
          spec:\n  selector: {{matchLabels: {{app: payments}}}}\n  mode: listen\n  counterInterval: 1s\n\
          \x20 triggers: [{{type: onDemand}}]\n  capture: {{kinds: [dump], dumpType: mini}}\n\
          \x20 limits: {{minFreeDisk: 1000Ti, maxBytes: 100Gi}}\n  {}\n",
