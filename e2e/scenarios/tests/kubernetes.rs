@@ -35,6 +35,7 @@ fn from_kubectl_apply_to_a_firing_alert() {
     capture_failing(&cluster, &mut figures, &mut dashboards);
     leak_on_demand_and_retention(&cluster, &mut figures, &mut dashboards);
     deadlock_on_net31_by_stall(&cluster, &mut figures, &mut dashboards);
+    crash_on_net8(&cluster, &mut figures);
     webhook_down(&cluster, &mut figures);
     dashboards.all_answered();
     every_shipped_alert_fired(&cluster);
@@ -470,6 +471,58 @@ fn deadlock_on_net31_by_stall(c: &Cluster, figures: &mut Figures, dashboards: &m
     eprintln!("Event: {}", event["message"]);
     dashboards.check(c, ".NET 3.1 deadlock");
     c.delete_app(ns, "legacy").unwrap();
+}
+
+/// A policy with a crash trigger: the webhook sets the runtime's crash-dump environment, the app
+/// dies of an unhandled exception, the sidecar uploads the runtime's own dump and crash report,
+/// and the analysis names the exception and the thread in a ProcessCrashed Event on the pod.
+fn crash_on_net8(c: &Cluster, figures: &mut Figures) {
+    let ns = "checkout";
+    c.opted_in_namespace(ns).unwrap();
+    c.cp.apply(&format!(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {{name: checkout, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: checkout}}}}\n  mode: listen\n  counterInterval: 1s\n\
+         \x20 triggers: [{{type: crash}}]\n  {}\n",
+        c.s3_storage()
+    ))
+    .unwrap();
+    let port = free_port();
+    c.wait_for_injection(ns, "checkout", 60 * S).unwrap();
+    c.deploy_app(ns, "checkout", APP_NET8, port, &[]).unwrap();
+    let pod = c.running_pod(ns, "checkout", 120 * S).unwrap();
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let app = pod["spec"]["containers"].as_array().unwrap().iter().find(|k| k["name"] == "app").cloned().unwrap();
+    let env = app["env"].to_string();
+    assert!(env.contains("COMPlus_DbgEnableMiniDump") && env.contains("DOTNET_EnableCrashReport"), "{env}");
+    c.wait_for_app(port, 60 * S).unwrap();
+    // Watched (so the sidecar holds the runtime's DAC for the dump written as it dies).
+    c.wait_for_series(&format!("dotnet_gc_heap_size_bytes{{namespace=\"{ns}\"}}"), 60 * S)
+        .unwrap_or_else(|e| panic!("{e}\nsidecar log:\n{}", tail(&c.pod_log(ns, "dumpwatch-sidecar"), 40)));
+
+    let truth = testbed::http_get(port, "/crash?delay_ms=200", 30 * S).expect("the workload answers");
+    let crashed = Instant::now();
+    let truth: Value = serde_json::from_str(&truth.1).unwrap();
+    let snapshot = wait_for_snapshot(c, ns, "the crash dump analyzed", 240 * S, |s| {
+        s["spec"]["trigger"] == "crash" && (phase(s) == "Analyzed" || phase(s) == "Failed")
+    });
+    assert_eq!(phase(&snapshot), "Analyzed", "{snapshot:#}\nanalysis log:\n{}", tail(&c.pod_log(ns, "analyze"), 40));
+    figures.note(".NET 8: unhandled exception -> crash dump analyzed", crashed.elapsed());
+    let crash = &snapshot["status"]["findings"]["crash"];
+    assert_eq!(crash["exceptionType"], truth["exception_type"], "{snapshot:#}");
+    assert!(snapshot["status"]["findings"]["summary"].as_str().unwrap_or("").starts_with("crashed: "), "{snapshot:#}");
+    let event = harness::wait_for("a ProcessCrashed Event on the pod", 60 * S, || {
+        Ok(c.items(ns, "events")?
+            .into_iter()
+            .find(|e| e["reason"] == "ProcessCrashed" && e["involvedObject"]["name"] == pod_name.as_str()))
+    })
+    .unwrap();
+    figures.note(".NET 8: unhandled exception -> ProcessCrashed Event", crashed.elapsed());
+    let message = event["message"].as_str().unwrap_or("");
+    eprintln!("Event: {message}");
+    assert!(message.contains("unhandled DiagScenarios.WorkloadCrashException"), "{event}");
+    assert!(message.contains(&format!("(managed {})", truth["thread"])), "{event}");
+    assert!(message.contains("ThrowUnhandled"), "the frame that threw: {event}");
+    c.delete_app(ns, "checkout").unwrap();
 }
 
 /// With the operator (and so its webhook) down, pods are still created, without the sidecar,
