@@ -266,7 +266,13 @@ fn killing_the_sidecar_mid_dump_leaves_no_partial_file_and_the_app_running() {
     // The restarted sidecar sweeps the interrupted capture away (createdump may still be
     // finishing into the removed folder; nothing of it is reachable).
     sc.wait_for("the leftovers swept", 30 * S, || {
-        let left: Vec<_> = std::fs::read_dir(&sc.store).unwrap().flatten().filter(|e| hidden(&e.path())).collect();
+        // The pod's capture log (`.state`) is kept on purpose; what an interrupted capture leaves
+        // is hidden otherwise.
+        let left: Vec<_> = std::fs::read_dir(&sc.store)
+            .unwrap()
+            .flatten()
+            .filter(|e| hidden(&e.path()) && e.file_name() != ".state")
+            .collect();
         left.is_empty().then_some(())
     });
     std::thread::sleep(3 * S);

@@ -115,7 +115,39 @@ apiVersion: dumpwatch.dev/v1alpha1
 kind: DumpSnapshot
 metadata: {{name: orders-1-c1, namespace: shop}}
 spec: {{pod: orders-1, trigger: onDemand, artifacts: {artifacts}}}
----
+"#,
+        artifacts = serde_json::to_string(&spec_artifacts).unwrap(),
+    ))
+    .unwrap();
+    // Findings are taken by UIDs: the Job must be the snapshot's (its controller), the pod the
+    // Job's. The Job stays suspended (no pods of its own); its pod is made here, as the Job
+    // controller would.
+    let uid = |kind: &str, name: &str| {
+        let v = cp.kubectl_json(&["-n", "shop", "get", kind, name]).unwrap();
+        v["metadata"]["uid"].as_str().unwrap().to_string()
+    };
+    let snapshot_uid = uid("dsnap", "orders-1-c1");
+    cp.apply(&format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {job}
+  namespace: shop
+  ownerReferences:
+  - {{apiVersion: dumpwatch.dev/v1alpha1, kind: DumpSnapshot, name: orders-1-c1, uid: {snapshot_uid}, controller: true}}
+spec:
+  suspend: true
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: analyze, image: dumpwatch:1}}]
+"#
+    ))
+    .unwrap();
+    let job_uid = uid("job", &job);
+    cp.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata:
@@ -123,7 +155,7 @@ metadata:
   namespace: shop
   labels: {{job-name: {job}, batch.kubernetes.io/job-name: {job}}}
   ownerReferences:
-  - {{apiVersion: batch/v1, kind: Job, name: {job}, uid: 6d1c9f3e-2f8a-4c8e-9a51-0c1f3b2d7e10, controller: true}}
+  - {{apiVersion: batch/v1, kind: Job, name: {job}, uid: {job_uid}, controller: true}}
 spec:
   serviceAccountName: analyzer
   containers: [{{name: analyze, image: dumpwatch:1}}]
@@ -134,8 +166,7 @@ metadata: {{name: intruder, namespace: shop}}
 spec:
   serviceAccountName: analyzer
   containers: [{{name: analyze, image: dumpwatch:1}}]
-"#,
-        artifacts = serde_json::to_string(&spec_artifacts).unwrap(),
+"#
     ))
     .unwrap();
     let status = json!({"status": {"phase": "Uploaded"}}).to_string();
