@@ -262,7 +262,15 @@ spec:
     eventually("the oldest snapshot is gone", WAIT, || async {
         match snapshots.get_opt("orders-a-1").await.map_err(|e| e.to_string())? {
             None => Ok(()),
-            Some(s) => Err(format!("still there: {:?}", s.metadata.deletion_timestamp)),
+            Some(s) => {
+                let all = snapshots.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+                let phases: Vec<String> = all
+                    .items
+                    .iter()
+                    .map(|s| format!("{:?}={:?}", s.metadata.name, s.status.as_ref().map(|st| st.phase)))
+                    .collect();
+                Err(format!("still there: {:?}; snapshots: {phases:?}", s.metadata.deletion_timestamp))
+            }
         }
     })
     .await;
