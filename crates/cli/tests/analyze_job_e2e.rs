@@ -145,7 +145,7 @@ spec:
 "#
     ))
     .unwrap();
-    let job_uid = uid("job", &job);
+    let job_uid = uid("job", job);
     cp.apply(&format!(
         r#"
 apiVersion: v1
