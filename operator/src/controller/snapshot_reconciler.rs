@@ -91,17 +91,15 @@ async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> 
                 SnapshotPhase::Analyzing => status.analysis_started.clone().unwrap_or(Time(now)),
                 _ => Time(now),
             };
-            patch_status(
-                ctx,
-                snapshot,
-                json!({
-                    "phase": "Analyzing",
-                    "job": job.name_any(),
-                    "analysisStarted": started,
-                    "message": format!("analysis Job {} runs dumpwatch analyze", job.name_any()),
-                }),
-            )
-            .await?;
+            let analyzing = json!({
+                "phase": "Analyzing",
+                "job": job.name_any(),
+                "analysisStarted": started,
+                "message": format!("analysis Job {} runs dumpwatch analyze", job.name_any()),
+            });
+            if !patch_status_unless_changed(ctx, snapshot, analyzing).await? {
+                return Ok(Action::requeue(STALE_RETRY));
+            }
             let deadline = policy.map(|p| p.spec.analysis.deadline.std()).unwrap_or(Duration::from_secs(900));
             Ok(Action::requeue(deadline + GRACE))
         }
@@ -114,7 +112,9 @@ async fn apply(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error> 
         }
         Step::Fail(message) => {
             tracing::info!(snapshot = %name, namespace = %ns, %message, "snapshot failed");
-            patch_status(ctx, snapshot, json!({"phase": "Failed", "message": message})).await?;
+            if !patch_status_unless_changed(ctx, snapshot, json!({"phase": "Failed", "message": message})).await? {
+                return Ok(Action::requeue(STALE_RETRY));
+            }
             Ok(Action::await_change())
         }
         Step::Publish => {
@@ -242,6 +242,31 @@ async fn cleanup(snapshot: &DumpSnapshot, ctx: &Context) -> Result<Action, Error
     }
     tracing::info!(snapshot = %snapshot.name_any(), objects = objects.len(), "artifacts deleted");
     Ok(Action::await_change())
+}
+
+/// How soon a reconcile whose snapshot changed under it looks again (the change's own event
+/// usually comes first).
+const STALE_RETRY: Duration = Duration::from_secs(1);
+
+/// A phase change, written only if the snapshot is still the one the decision was made from (its
+/// resourceVersion as a precondition): the cache may lag a write by someone else, such as the
+/// findings that made it `Analyzed`, and an older decision must not move it back. `false` when
+/// the snapshot had changed (409 Conflict).
+async fn patch_status_unless_changed(
+    ctx: &Context,
+    snapshot: &DumpSnapshot,
+    status: serde_json::Value,
+) -> Result<bool, Error> {
+    let api: Api<DumpSnapshot> = Api::namespaced(ctx.client.clone(), &snapshot.namespace().unwrap_or_default());
+    let patch = json!({ "metadata": { "resourceVersion": snapshot.resource_version() }, "status": status });
+    match api.patch_status(&snapshot.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            tracing::debug!(snapshot = %snapshot.name_any(), "snapshot changed since it was read: decided again");
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn patch_status(ctx: &Context, snapshot: &DumpSnapshot, status: serde_json::Value) -> Result<(), Error> {
