@@ -28,9 +28,7 @@ const DAC_DIR: &str = ".dac";
 const SETTLE: u32 = 3;
 
 /// The environment an app needs for its crash dumps to land here.
-pub fn app_environment(storage: &Path) -> Vec<(String, String)> {
-    api::crash_dumps::app_environment(storage)
-}
+pub use api::crash_dumps::app_environment;
 
 /// Keep this runtime's DAC (once per version) for dumps written after the process died.
 pub fn remember_dac(storage: &Path, version: &str, dac: &Path) {

@@ -164,7 +164,9 @@ fn blocked_at(stack: &[String]) -> Option<(&'static str, bool, usize)> {
     })
 }
 
-fn is_pool_thread(stack: &[String]) -> bool {
+/// Whether a stack (innermost first) belongs to a thread-pool thread: it runs the pool's
+/// dispatch loop.
+pub fn is_pool_thread(stack: &[String]) -> bool {
     stack.iter().any(|f| {
         let key = method_key(f);
         POOL_FRAMES.iter().any(|p| key.starts_with(p))
