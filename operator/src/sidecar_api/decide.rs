@@ -114,7 +114,7 @@ pub fn snapshot_from_report(
         pid: Some(m.process.pid),
         runtime_version: m.process.runtime_version.clone(),
         trigger,
-        observed: trigger.is_threshold().then(|| format!("{}", m.trigger.value)),
+        observed: trigger.compares_a_value().then(|| format!("{}", m.trigger.value)),
         artifacts: report.artifacts.clone(),
         // From the policy's storage (see `snapshot_volume`): analysis and deletion find the
         // files through it even after the policy is gone.
@@ -160,7 +160,7 @@ pub fn snapshot_from_failure(
         pid: Some(report.pid),
         runtime_version: report.runtime_version.clone(),
         trigger,
-        observed: trigger.is_threshold().then(|| format!("{}", report.value)),
+        observed: trigger.compares_a_value().then(|| format!("{}", report.value)),
         artifacts: Vec::new(),
         volume: None, // nothing stored
         store: None,
