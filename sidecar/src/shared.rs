@@ -41,6 +41,8 @@ pub struct Shared {
     /// When this pod's captures started: the hourly cap and cooldown are per pod, kept on the
     /// capture volume across restarts (see [`crate::state`]).
     pub capture_log: Mutex<CaptureLog>,
+    /// Runtimes whose `startup` triggers fired.
+    pub startups: crate::metric_triggers::Startups,
 }
 
 /// A process we watched, as a crash dump (which names only the pid) needs it described.
@@ -72,6 +74,7 @@ impl Shared {
             epoch: Instant::now(),
             known: Mutex::default(),
             capture_log: Mutex::new(crate::state::load(storage_root.as_path(), unix_now())),
+            startups: Default::default(),
         }
     }
 
