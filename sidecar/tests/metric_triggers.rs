@@ -35,7 +35,7 @@ triggers:
 /// logged, also one the limits then refuse to capture).
 fn fired(sc: &Sidecar, pid: u32) -> BTreeMap<u64, u32> {
     let mut n = BTreeMap::new();
-    for f in sc.logged("trigger fired").into_iter().filter(|f| f["pid"] == Value::from(pid)) {
+    for f in sc.logged("trigger fired").into_iter().filter(|f| f["pid"] == pid) {
         let index = f["index"].as_str().and_then(|s| s.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok());
         *n.entry(index.expect("a policy trigger's firing names its index")).or_insert(0) += 1;
     }
@@ -119,5 +119,5 @@ fn net31_event_counter_triggers_fire_and_meter_triggers_say_they_cannot() {
     let want: BTreeMap<u64, u32> = [(0, 1), (2, 1), (6, 1)].into_iter().collect();
     assert_eq!(n, want, "trigger index → firings; meter triggers (3, 4, 9) cannot fire on 3.1");
     let said = sc.logged("meter triggers need .NET 6 or later (System.Diagnostics.Metrics does not exist before); they never fire for this process");
-    assert!(said.iter().any(|f| f["pid"] == Value::from(pid)), "the sidecar says why meter triggers are silent");
+    assert!(said.iter().any(|f| f["pid"] == pid), "the sidecar says why meter triggers are silent");
 }
