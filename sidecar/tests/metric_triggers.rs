@@ -82,6 +82,10 @@ fn net8_event_counter_and_meter_triggers_fire_exactly_where_the_values_say() {
     let first = logged.iter().find(|f| f["index"] == "Some(0)").unwrap();
     assert_eq!((first["value"].as_f64(), first["threshold"].as_str()), (Some(42.0), Some("Some(40.0)")), "{first}");
     assert_eq!(first["detail"], "DiagScenarios.Queue/queue-length above 40 for 2s");
+    let gauge = logged.iter().find(|f| f["index"] == "Some(9)").unwrap();
+    assert_eq!(gauge["value"].as_f64(), Some(42.0), "the Meter's gauge: {gauge}");
+    let drained = logged.iter().find(|f| f["index"] == "Some(3)").unwrap();
+    assert_eq!(drained["value"].as_f64(), Some(0.0), "{drained}");
     let p95 = logged.iter().find(|f| f["index"] == "Some(4)").unwrap();
     let v = p95["value"].as_f64().unwrap();
     // The runtime's histogram quantiles are approximate (exponential buckets).
@@ -100,6 +104,15 @@ fn net8_event_counter_and_meter_triggers_fire_exactly_where_the_values_say() {
         "{}",
         sc.metrics()
     );
+
+    // A reload that watches one more instrument restarts the session with it; the runtime is the
+    // same, so its startup trigger does not fire again.
+    let more = format!(
+        "{POLICY}  - {{type: metric, metric: {{meter: DiagScenarios.App, instrument: queue-length}}, below: 1}}\n"
+    );
+    std::fs::write(&sc.policy, more).unwrap();
+    wait_fired(&sc, pid, 10, 30 * S);
+    assert_eq!(fired(&sc, pid).get(&6), Some(&1), "startup fired once for this runtime");
 }
 
 #[test]
