@@ -141,6 +141,13 @@ pub(crate) fn problems(t: &Trigger, at: &str, p: &mut Vec<String>) {
             if empty {
                 p.push(format!("{at}: metric names must not be empty"));
             }
+            // The runtime takes meters and instruments as one `meter\instrument,...` filter string.
+            let unsayable = |s: &String| s.contains([';', ',', '=', '"', '\\', '\r', '\n']);
+            if [&m.meter, &m.instrument].into_iter().flatten().any(unsayable) {
+                p.push(format!(
+                    "{at}: a meter or instrument name with ; , = \" \\ or a line break cannot be requested from the runtime"
+                ));
+            }
         }
         (Some(_), _) => p.push(format!("{at}: `metric` only applies to metric triggers (type: metric)")),
         (None, _) => {}
@@ -236,7 +243,8 @@ mod tests {
              - {type: deadlock, metric: {meter: M, instrument: i}, below: 3}\n\
              - {type: startup, for: 1s}\n\
              - {type: crash, processes: [x]}\n\
-             - {type: metric, metric: {meter: M, instrument: i}}\n",
+             - {type: metric, metric: {meter: M, instrument: i}}\n\
+             - {type: metric, metric: {meter: M, instrument: \"a,b\"}, above: 1}\n",
         )
         .unwrap_err()
         .to_string();
@@ -251,6 +259,7 @@ mod tests {
             "triggers[5] (startup): startup has no `for`",
             "triggers[6] (crash): a crash trigger has no `processes`",
             "triggers[7] (metric): `above` or `below` (the threshold) is required",
+            "triggers[8] (metric): a meter or instrument name with ; , = \" \\ or a line break cannot be requested",
         ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
