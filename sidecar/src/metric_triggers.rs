@@ -3,9 +3,6 @@
 //! needs; the decision part is pure (values and monotonic `now` in, firings out), sharing the
 //! threshold / `for` / hysteresis state machine of the built-in metrics ([`Bound`], [`Threshold`]).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-
 use api::{DumpPolicySpec, MetricRef, TriggerKind};
 use diag::counters::CounterSample;
 use diag::meters::{InstrumentSpec, MeterSample, MeterValue};
@@ -166,27 +163,6 @@ pub fn startup_firings(policy: &DumpPolicySpec, applies: impl Fn(usize) -> bool)
         .filter(|&(i, t)| t.kind == TriggerKind::Startup && applies(i))
         .map(|(i, t)| firing(i, t, 0.0, "runtime started".into()))
         .collect()
-}
-
-/// Runtimes whose `startup` triggers already fired, by the runtime's instance cookie: a watcher
-/// that restarts on the same runtime (a dropped session, a policy reload) does not fire again,
-/// a restarted runtime (a new cookie, even with the same pid) does.
-#[derive(Debug, Default)]
-pub struct Startups(Mutex<HashSet<[u8; 16]>>);
-
-/// Cookies remembered; past this the memory starts over (a pod does not restart its runtime
-/// thousands of times, and a repeat firing is held by the limits anyway).
-const STARTUPS_KEPT: usize = 1024;
-
-impl Startups {
-    /// `true` the first time `cookie` is seen.
-    pub fn first_time(&self, cookie: [u8; 16]) -> bool {
-        let mut seen = crate::shared::lock(&self.0);
-        if seen.len() >= STARTUPS_KEPT {
-            seen.clear();
-        }
-        seen.insert(cookie)
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::shared::Startups;
 use crate::triggers::{Engine, Values};
 
 fn policy(yaml: &str) -> DumpPolicySpec {
