@@ -7,7 +7,7 @@ use crate::cursor::Cursor;
 
 /// ExceptionThrown_V1 (id 80, level Error): what was thrown, as `Exception.GetType().FullName`
 /// and `Exception.Message`. The same layout on .NET Core 3.1 and .NET 8.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExceptionThrown<'a> {
     /// e.g. `System.InvalidOperationException`.
     pub exception_type: Utf16Str<'a>,
