@@ -347,7 +347,10 @@ storage: {volume: {path: /d}, s3: {storeRef: s}}
         )
         .unwrap();
         let t = &p.triggers[0];
-        assert_eq!((t.exception_type.as_deref(), t.count, t.window), (Some("System.*Timeout*"), Some(5), Some(Duration::from_secs(30))));
+        assert_eq!(
+            (t.exception_type.as_deref(), t.count, t.window),
+            (Some("System.*Timeout*"), Some(5), Some(Duration::from_secs(30)))
+        );
         assert_eq!(p.capture.exceptions_last, 20);
         assert!(p.watches_exceptions() && p.captures_exceptions());
         let p = DumpPolicySpec::from_yaml("triggers: [{type: exception}]").unwrap();

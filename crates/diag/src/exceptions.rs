@@ -103,23 +103,26 @@ impl ExceptionLog {
     /// Keeps the exception in `event`, if any, and returns it.
     pub fn on_event(&mut self, info: &TraceInfo, event: &Event<'_>) -> Option<&Thrown> {
         match Thrown::from_event(info, event)? {
-            Ok(t) => {
-                self.total += 1;
-                if self.capacity == 0 {
-                    return None;
-                }
-                if self.recent.len() == self.capacity {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back(t);
-                self.recent.back()
-            }
+            Ok(t) => self.push(t),
             Err(e) => {
                 self.malformed += 1;
                 tracing::debug!(error = %e, "malformed ExceptionThrown event");
                 None
             }
         }
+    }
+
+    /// Counts `t` and keeps it (dropping the oldest beyond the capacity); returns it if kept.
+    pub fn push(&mut self, t: Thrown) -> Option<&Thrown> {
+        self.total += 1;
+        if self.capacity == 0 {
+            return None;
+        }
+        if self.recent.len() == self.capacity {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(t);
+        self.recent.back()
     }
 
     /// Keep at most `capacity` from now on (the oldest go first).
