@@ -171,28 +171,79 @@ pub fn name(thrown: &[Thrown], methods: &MethodMap) -> Vec<NamedException> {
         .collect()
 }
 
-/// Watches `client`'s exceptions for `duration` and names them: the last `keep`, oldest first,
-/// and how many were thrown in all.
+/// What [`capture`] saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Watched {
+    /// Every exception thrown while it watched.
+    pub thrown: u64,
+    /// Those whose type matched the pattern.
+    pub matching: u64,
+    /// The last `keep` matching ones, oldest first, frames named.
+    pub exceptions: Vec<NamedException>,
+}
+
+/// Watches `client`'s exceptions for `duration` and names the last `keep` whose type matches
+/// `pattern` (see [`type_matches`]).
 pub async fn capture(
     client: &DiagnosticsClient,
     duration: Duration,
+    pattern: &str,
     keep: usize,
     timeout: Duration,
-) -> Result<(Vec<NamedException>, u64), Error> {
+) -> Result<Watched, Error> {
     let mut session = TraceSession::start(client, &session_config()).await?;
     let mut log = ExceptionLog::new(keep);
+    let mut thrown = 0;
     let mut methods = MethodMap::new();
-    let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
-        if log.on_event(info, ev).is_none()
-            && let Ok(RuntimeEvent::MethodLoad(m)) = decode_runtime(ev, info.pointer_size)
-        {
-            methods.add_event(&m);
+    let mut sink = |info: &TraceInfo, ev: &Event<'_>| match Thrown::from_event(info, ev) {
+        Some(Ok(t)) => {
+            thrown += 1;
+            if type_matches(pattern, &t.exception_type) {
+                log.push(t);
+            }
+        }
+        Some(Err(_)) => log.malformed += 1,
+        None => {
+            if let Ok(RuntimeEvent::MethodLoad(m)) = decode_runtime(ev, info.pointer_size) {
+                methods.add_event(&m);
+            }
         }
     };
     session.pump_for(&mut sink, duration).await?;
     session.finish(&mut sink, timeout).await?;
     methods.seal();
-    Ok((name(&log.last(keep), &methods), log.total))
+    Ok(Watched { thrown, matching: log.total, exceptions: name(&log.last(keep), &methods) })
+}
+
+/// Whether the type name `name` matches `pattern`: `*` is any run of characters (none too),
+/// `?` exactly one; everything else is itself (case matters, as in type names).
+pub fn type_matches(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was and how much of `name` it has swallowed so far: on a mismatch, let
+    // it swallow one more character (linear backtracking, no recursion).
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Unix nanoseconds of a trace timestamp: the sync point's UTC time (a SYSTEMTIME) plus the
@@ -257,6 +308,32 @@ mod tests {
         assert_eq!(log.last(1)[0].message, "m2");
         log.set_capacity(1);
         assert_eq!(log.last(10).len(), 1);
+    }
+
+    #[test]
+    fn globs_match_whole_type_names() {
+        for (p, n) in [
+            ("*", "System.Exception"),
+            ("*", ""),
+            ("System.*Timeout*", "System.TimeoutException"),
+            ("System.*Timeout*", "System.Net.Http.HttpRequestTimeoutException"),
+            ("System.?ut", "System.Out"),
+            ("*Exception", "App.BoomException"),
+            ("a*b*c", "aXXbYYbc"),
+            ("App.E", "App.E"),
+        ] {
+            assert!(type_matches(p, n), "{p} ~ {n}");
+        }
+        for (p, n) in [
+            ("System.*Timeout*", "System.InvalidOperationException"),
+            ("System.*Timeout*", "App.TimeoutException"),
+            ("App.E", "App.Ex"),
+            ("App.E", "app.e"),
+            ("?", ""),
+            ("a*b*c", "aXXbYYbd"),
+        ] {
+            assert!(!type_matches(p, n), "{p} !~ {n}");
+        }
     }
 
     #[test]

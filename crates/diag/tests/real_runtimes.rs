@@ -236,9 +236,11 @@ fn exceptions_are_seen_with_type_message_and_the_throwing_method_on_both_runtime
             (get("/exceptions?count=3&type=timeout"), get("/exceptions?count=2"))
         });
         let captured =
-            rt().block_on(diag::exceptions::capture(&c, Duration::from_secs(4), 100, Duration::from_secs(60)));
+            rt().block_on(diag::exceptions::capture(&c, Duration::from_secs(4), "*", 100, Duration::from_secs(60)));
         let (timeouts, invalid) = thrower.join().unwrap();
-        let (seen, total) = captured.unwrap();
+        let watched = captured.unwrap();
+        let (seen, total) = (watched.exceptions, watched.thrown);
+        assert_eq!(watched.matching, watched.thrown, "`*` matches every type");
         assert_eq!(timeouts["method"], "ThrowTimeout");
         let first_chance = invalid["first_chance_total"].as_u64().unwrap();
         assert_eq!(total, first_chance, "{runtime:?}: every first-chance exception, nothing else: {seen:#?}");
