@@ -74,14 +74,34 @@ impl Thrown {
         Thrown {
             trace_ns: ticks_to_ns(info, event.timestamp),
             unix_ns: unix_ns(info, event.timestamp),
-            exception_type: e.exception_type.to_string_lossy(),
-            message: e.message.to_string_lossy(),
+            exception_type: clip(e.exception_type.chars(), MAX_TYPE_CHARS),
+            message: clip(e.message.chars(), MAX_MESSAGE_CHARS),
             hresult: e.hresult,
             flags: e.flags,
             thread: event.thread_id,
-            stack: event.stack.to_vec(),
+            stack: event.stack[..event.stack.len().min(MAX_FRAMES)].to_vec(),
         }
     }
+}
+
+/// What one kept exception may hold at most: the app writes the message, and a log of the
+/// last thousands must stay small whatever it writes (a few KiB an exception).
+pub const MAX_MESSAGE_CHARS: usize = 2048;
+pub const MAX_TYPE_CHARS: usize = 512;
+/// Frames kept per stack, leaf first (the throw site and its callers are what matter).
+pub const MAX_FRAMES: usize = 128;
+
+/// The first `max` characters, and `…` when there were more.
+fn clip(chars: impl Iterator<Item = char>, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in chars.enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The last `capacity` exceptions of a stream, and how many it had in all.
@@ -298,14 +318,22 @@ mod tests {
             ev.timestamp = 1000 + i;
             assert_eq!(log.on_event(&info(), &ev).map(|t| t.message.clone()), Some(format!("m{i}")));
         }
+        let long = "x".repeat(MAX_MESSAGE_CHARS + 10);
+        let payload = exception_thrown_v1(8, "App.E", &long, 0, 0, 0);
+        let stack = vec![0x1000; MAX_FRAMES + 5];
+        let mut ev = event(&md, &payload);
+        ev.stack = &stack;
+        let kept = log.on_event(&info(), &ev).unwrap();
+        assert_eq!((kept.message.chars().count(), kept.message.ends_with('…')), (MAX_MESSAGE_CHARS + 1, true));
+        assert_eq!(kept.stack.len(), MAX_FRAMES, "bounded whatever the app throws");
         let cut = exception_thrown_v1(8, "App.E", "x", 0, 0, 0);
         assert!(log.on_event(&info(), &event(&md, &cut[..5])).is_none());
         let other = native_metadata(2, events::RUNTIME_PROVIDER, events::ids::CONTENTION_START, 1);
         assert!(log.on_event(&info(), &event(&other, &[0, 0, 0])).is_none());
-        assert_eq!((log.total, log.malformed), (3, 1));
-        let kept: Vec<String> = log.last(10).into_iter().map(|t| t.message).collect();
-        assert_eq!(kept, ["m1", "m2"]);
-        assert_eq!(log.last(1)[0].message, "m2");
+        assert_eq!((log.total, log.malformed), (4, 1));
+        let kept: Vec<String> = log.last(10).into_iter().map(|t| t.message.chars().take(2).collect()).collect();
+        assert_eq!(kept, ["m2", "xx"]);
+        assert_eq!(log.last(1)[0].message.len(), MAX_MESSAGE_CHARS + '…'.len_utf8());
         log.set_capacity(1);
         assert_eq!(log.last(10).len(), 1);
     }
