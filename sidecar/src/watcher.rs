@@ -10,6 +10,7 @@ use analysis::wait_for::{Deadlock, DeadlockKey, WaitForConfig, WaitForGraph};
 use api::{CaptureKind, DumpPolicySpec, TriggerKind};
 use diag::contention::ContentionTracker;
 use diag::counters::{CounterSample, SYSTEM_RUNTIME, sample_from_event};
+use diag::exceptions::{ExceptionLog, Thrown};
 use diag::protocol::{Provider, SessionConfig};
 use diag::session::TraceSession;
 use nettrace::{Event, TraceInfo};
@@ -33,6 +34,16 @@ pub fn session_config(interval: f64, contention: bool) -> SessionConfig {
             nettrace::events::keywords::CONTENTION,
             4,
         ));
+    }
+    cfg
+}
+
+/// The session for `policy`: [`session_config`], plus the exception events when the policy has
+/// an exception trigger or capture.
+fn config_for(policy: &DumpPolicySpec, contention: bool) -> SessionConfig {
+    let mut cfg = session_config(policy.counter_interval.as_secs_f64(), contention);
+    if policy.watches_exceptions() {
+        crate::exceptions::add_to_session(&mut cfg);
     }
     cfg
 }
@@ -61,8 +72,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     let mut policy = policy_rx.borrow_and_update().clone();
     let live = target.runtime_major().is_some_and(|m| m >= 8);
     let labels = target.labels();
-    let mut session =
-        TraceSession::start(&target.client, &session_config(policy.counter_interval.as_secs_f64(), live)).await?;
+    let mut session = TraceSession::start(&target.client, &config_for(&policy, live)).await?;
     *started = true;
     tracing::info!(pid = target.pid, process = %target.name, runtime = ?target.runtime_version, "watching");
     let known = KnownProcess { name: target.name.clone(), runtime_version: target.runtime_version.clone() };
@@ -97,6 +107,8 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     let history = Arc::new(Mutex::new(History::default()));
     let mut on_demand = shared.on_demand.subscribe();
     let mut samples: Vec<CounterSample> = Vec::new();
+    let mut exceptions = crate::exceptions::Exceptions::new(&policy);
+    let mut thrown: Vec<Thrown> = Vec::new();
     loop {
         // (firing, live finding, the DumpSnapshot an on-demand capture answers)
         let mut firings: Vec<(Firing, Option<serde_json::Value>, Option<String>)> = Vec::new();
@@ -104,6 +116,11 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
                 if let Some(s) = sample_from_event(info, ev) {
                     samples.push(s);
+                } else if let Some(t) = Thrown::from_event(info, ev) {
+                    match t {
+                        Ok(t) => thrown.push(t),
+                        Err(e) => tracing::debug!(pid = target.pid, error = %e, "malformed ExceptionThrown event"),
+                    }
                 } else if live {
                     tracker.on_event(info, ev);
                 }
@@ -114,15 +131,16 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                 changed = policy_rx.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let new = policy_rx.borrow_and_update().clone();
-                    if new.counter_interval != policy.counter_interval {
-                        // The interval is a session argument: restart the session.
+                    if new.counter_interval != policy.counter_interval || new.watches_exceptions() != policy.watches_exceptions() {
+                        // The interval and the providers are session arguments: restart the session.
                         let _ = session.stop().await;
-                        session = TraceSession::start(&target.client, &session_config(new.counter_interval.as_secs_f64(), live)).await?;
+                        session = TraceSession::start(&target.client, &config_for(&new, live)).await?;
                         tracker = new_tracker();
                         contentions_published = 0;
                         reported.clear();
                     }
                     engine = Engine::new(&new);
+                    exceptions.set_policy(&new);
                     shared.metrics.publish_zeros(&new, &labels);
                     policy = new;
                 }
@@ -139,6 +157,9 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             let unix =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             firings.extend(engine.evaluate(&policy, &values, shared.now(), unix).into_iter().map(|f| (f, None, None)));
+        }
+        for t in thrown.drain(..) {
+            firings.extend(exceptions.on_thrown(&policy, t).into_iter().map(|f| (f, None, None)));
         }
         if live {
             let seen = tracker.contentions;
@@ -161,7 +182,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             }
         }
         for (f, finding, snapshot) in firings {
-            fire(shared, target, &policy, &values, &history, f, finding, snapshot);
+            fire(shared, target, &policy, &values, &history, &exceptions.log, f, finding, snapshot);
         }
     }
 }
@@ -247,6 +268,7 @@ fn fire(
     policy: &Arc<DumpPolicySpec>,
     v: &Values,
     history: &Arc<Mutex<History>>,
+    recent: &ExceptionLog,
     firing: Firing,
     finding: Option<serde_json::Value>,
     snapshot: Option<String>,
@@ -286,13 +308,16 @@ fn fire(
             return;
         }
     }
+    let exceptions = if kinds.contains(&CaptureKind::Exceptions) { recent.last(usize::MAX) } else { Vec::new() };
     let req = capture::Request {
         kinds,
+        exceptions,
         dump_type: policy.capture.dump_type,
         finding,
         min_free_bytes: policy.limits.min_free_disk.value() as u64,
         top_types: policy.capture.top_types as usize,
         trace_duration: Duration::from_secs_f64(policy.capture.trace_duration.as_secs_f64()),
+        exceptions_seen: recent.total,
     };
     let (shared, t, history) = (shared.clone(), t.clone(), history.clone());
     tokio::task::spawn_local(async move {
@@ -318,6 +343,8 @@ fn estimate(t: &Target, policy: &DumpPolicySpec, v: &Values, kinds: &[CaptureKin
             CaptureKind::Stacks => 1 << 20,
             // Measured: ~100 KiB of raw trace per second for a small app; room for a busy one.
             CaptureKind::Trace => (1 << 20) + (policy.capture.trace_duration.as_secs_f64() * 1024.0 * 1024.0) as u64,
+            // A named stack of 30 frames and a message: about 4 KiB an exception.
+            CaptureKind::Exceptions => (64 << 10) + u64::from(policy.capture.exceptions_last) * (4 << 10),
         })
         .sum()
 }

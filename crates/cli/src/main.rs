@@ -6,6 +6,7 @@ mod analyze;
 mod commands;
 mod delete_artifacts;
 mod diff;
+mod exceptions;
 mod heap_file;
 mod remote;
 mod render;
@@ -92,6 +93,28 @@ enum Command {
         /// How many methods to print.
         #[arg(long, default_value_t = 15)]
         top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Watch the exceptions a process throws and print the last ones with their stacks.
+    ///
+    /// Reads the runtime's own exception events (ExceptionThrown: .NET Core 3.1 and later) for
+    /// --duration. First chance: an exception the app catches counts too. A rundown at the end
+    /// names the frames. Costs the app one event and one stack walk per exception meanwhile.
+    Exceptions {
+        pid: u32,
+        /// How long to watch (e.g. 30s, 2m).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Only types matching this: `*` any run of characters, `?` one (e.g. 'System.*Timeout*').
+        #[arg(long = "type", default_value = "*")]
+        type_pattern: String,
+        /// How many of the latest matching exceptions to print.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// Frames printed per stack (--json prints all).
+        #[arg(long, default_value_t = 8)]
+        frames: usize,
         #[arg(long)]
         json: bool,
     },
@@ -409,6 +432,9 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Stacks { pid, json } => stacks(pid, json).await,
         Command::Trace { pid, duration, output, top, json } => trace(pid, duration, output, top, json).await,
+        Command::Exceptions { pid, duration, type_pattern, last, frames, json } => {
+            exceptions::exceptions(pid, duration, &type_pattern, last, frames, json).await
+        }
         Command::Gcdump { pid, output, top, timeout, paths, json } => {
             gcdump(pid, output, top, timeout, paths, json).await
         }
