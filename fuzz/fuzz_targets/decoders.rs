@@ -7,7 +7,7 @@ use nettrace::events::{RUNDOWN_PROVIDER, RUNTIME_PROVIDER, RuntimeEvent, SAMPLE_
 use nettrace::testing::{event, native_metadata};
 use nettrace::{FieldMetadata, TypeCode};
 
-const IDS: &[u32] = &[0, 1, 2, 15, 16, 17, 18, 19, 38, 81, 90, 91, 139, 140, 143, 144, 149, 150, 152, 153, 154];
+const IDS: &[u32] = &[0, 1, 2, 15, 16, 17, 18, 19, 38, 80, 81, 90, 91, 139, 140, 143, 144, 149, 150, 152, 153, 154];
 
 fuzz_target!(|input: &[u8]| {
     if input.len() < 3 {
@@ -48,6 +48,7 @@ fuzz_target!(|input: &[u8]| {
             RuntimeEvent::BulkRootStaticVar(it) => it.count(),
             RuntimeEvent::MethodLoad(m) => m.full_name().len(),
             RuntimeEvent::ModuleLoad { il_path, .. } => il_path.to_string_lossy().len(),
+            RuntimeEvent::ExceptionThrown(e) => e.exception_type.to_string_lossy().len() + e.message.len_utf16(),
             _ => 0,
         };
         std::hint::black_box(n);

@@ -94,6 +94,10 @@ pub struct Request {
     pub top_types: usize,
     /// How long a `trace` samples.
     pub trace_duration: Duration,
+    /// What an `exceptions` capture holds: the latest exceptions before the firing, oldest first.
+    pub exceptions: Vec<diag::exceptions::Thrown>,
+    /// Exceptions seen since the sidecar began watching the process.
+    pub exceptions_seen: u64,
 }
 
 pub fn dump_type(t: api::DumpType) -> diag::protocol::DumpType {
@@ -120,6 +124,9 @@ pub async fn take(t: &Target, dir: &Path, req: &Request) -> Result<Taken, Error>
             CaptureKind::Gcdump => gcdump(t, dir, req.top_types).await.map(|top| taken.heap_top = Some(top)),
             CaptureKind::Dump => dump(t, dir, req).await,
             CaptureKind::Trace => trace(t, dir, req.trace_duration).await,
+            CaptureKind::Exceptions => {
+                crate::exceptions::capture(t, &dir.join("exceptions.json"), &req.exceptions, req.exceptions_seen).await
+            }
         };
         if let Err(e) = &r {
             tracing::warn!(pid = t.pid, kind = kind.name(), error = %e, "capture failed");

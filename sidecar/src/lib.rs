@@ -21,6 +21,7 @@ pub mod commit;
 pub mod crash;
 pub mod discovery;
 mod error;
+pub mod exceptions;
 pub mod heap_growth;
 pub mod http;
 pub mod ids;

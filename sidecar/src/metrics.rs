@@ -208,7 +208,9 @@ impl Metrics {
         // Failures are published at 0 from the start: `increase()` only sees a rise from a sample
         // it has, so a series born at 1 on the first failure would never fire
         // DumpwatchCaptureFailing for a pod's first failure.
-        for kind in [CaptureKind::Dump, CaptureKind::Gcdump, CaptureKind::Stacks, CaptureKind::Trace] {
+        for kind in
+            [CaptureKind::Dump, CaptureKind::Gcdump, CaptureKind::Stacks, CaptureKind::Trace, CaptureKind::Exceptions]
+        {
             let _ = m.captures.get_or_create(&CaptureLabels { kind: kind.name().into(), result: "failure".into() });
         }
         Self { registry: r, ..m }

@@ -10,6 +10,7 @@ use analysis::wait_for::{Deadlock, DeadlockKey, WaitForConfig, WaitForGraph};
 use api::{CaptureKind, DumpPolicySpec, TriggerKind};
 use diag::contention::ContentionTracker;
 use diag::counters::{CounterSample, SYSTEM_RUNTIME, sample_from_event};
+use diag::exceptions::{ExceptionLog, Thrown};
 use diag::protocol::{Provider, SessionConfig};
 use diag::session::TraceSession;
 use nettrace::{Event, TraceInfo};
@@ -23,11 +24,9 @@ use crate::metrics::{Metrics, Proc, TriggerLabels};
 use crate::shared::{KnownProcess, Shared, lock};
 use crate::triggers::{Engine, Firing, Values};
 
-/// The one session per process. Contention needs .NET 8 (ContentionStart v2 names the owner);
-/// `extra` are the metric triggers' providers ([`Sources::providers`]).
-pub fn session_config(interval: f64, contention: bool, extra: Vec<Provider>) -> SessionConfig {
+/// The one session per process. Contention needs .NET 8 (ContentionStart v2 names the owner).
+pub fn session_config(interval: f64, contention: bool) -> SessionConfig {
     let mut cfg = diag::counters::session_config(&[SYSTEM_RUNTIME], interval);
-    cfg.providers.extend(extra);
     if contention {
         // Stacks stay on: the waiters' stacks are the evidence, and turning stack walks off
         // needs CollectTracing3, which .NET 8.0 answers with 'unknown command'.
@@ -36,6 +35,18 @@ pub fn session_config(interval: f64, contention: bool, extra: Vec<Provider>) -> 
             nettrace::events::keywords::CONTENTION,
             4,
         ));
+    }
+    cfg
+}
+
+/// The session for `policy`: [`session_config`] with the metric triggers' `extra` providers
+/// ([`Sources::providers`]), plus the exception events when the policy has an exception trigger
+/// or capture.
+fn config_for(policy: &DumpPolicySpec, contention: bool, extra: Vec<Provider>) -> SessionConfig {
+    let mut cfg = session_config(policy.counter_interval.as_secs_f64(), contention);
+    cfg.providers.extend(extra);
+    if policy.watches_exceptions() {
+        crate::exceptions::add_to_session(&mut cfg);
     }
     cfg
 }
@@ -75,7 +86,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
         if let Some(why) = unavailable {
             tracing::warn!(pid = target.pid, runtime = ?target.runtime_version, "{why}");
         }
-        session_config(interval, live, extra)
+        config_for(policy, live, extra)
     };
     let mut session = TraceSession::start(&target.client, &config(&policy, &sources)).await?;
     *started = true;
@@ -117,6 +128,8 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     // (firing, live finding, the DumpSnapshot an on-demand capture answers)
     let mut firings: Vec<(Firing, Option<serde_json::Value>, Option<String>)> =
         startup(shared, target, &policy, &engine).await.into_iter().map(|f| (f, None, None)).collect();
+    let mut exceptions = crate::exceptions::Exceptions::new(&policy);
+    let mut thrown: Vec<Thrown> = Vec::new();
     loop {
         {
             let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
@@ -139,6 +152,11 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                         Ok(_) => {}
                         Err(e) => meter_problem = Some(e.to_string()),
                     }
+                } else if let Some(t) = Thrown::from_event(info, ev) {
+                    match t {
+                        Ok(t) => thrown.push(t),
+                        Err(e) => tracing::debug!(pid = target.pid, error = %e, "malformed ExceptionThrown event"),
+                    }
                 } else if live {
                     tracker.on_event(info, ev);
                 }
@@ -151,8 +169,11 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                     let new = policy_rx.borrow_and_update().clone();
                     engine = Engine::for_process(&new, process);
                     let new_sources = Sources::of(&new, |i| engine.applies(i));
-                    if new.counter_interval != policy.counter_interval || new_sources != sources {
-                        // The interval and the metric sources are session arguments: restart it.
+                    let restart = new.counter_interval != policy.counter_interval
+                        || new.watches_exceptions() != policy.watches_exceptions()
+                        || new_sources != sources;
+                    if restart {
+                        // The interval and the providers are session arguments: restart the session.
                         let _ = session.stop().await;
                         session = TraceSession::start(&target.client, &config(&new, &new_sources)).await?;
                         sources = new_sources;
@@ -161,6 +182,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                         reported.clear();
                     }
                     metric_engine = MetricEngine::new(&new, |i| engine.applies(i), &meter_session);
+                    exceptions.set_policy(&new);
                     shared.metrics.publish_zeros(&new, &labels);
                     policy = new;
                 }
@@ -186,6 +208,10 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
         if let Some(what) = meter_problem.take() {
             tracing::warn!(pid = target.pid, process = %target.name, problem = %what, "metrics session");
         }
+        for t in thrown.drain(..) {
+            let f = exceptions.on_thrown(&policy, t).into_iter().filter(|f| f.index.is_none_or(|i| engine.applies(i)));
+            firings.extend(f.map(|f| (f, None, None)));
+        }
         if live {
             let seen = tracker.contentions;
             shared.metrics.contention_events.get_or_create(&labels).inc_by(seen - contentions_published);
@@ -207,7 +233,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             }
         }
         for (f, finding, snapshot) in firings.drain(..) {
-            fire(shared, target, &policy, &values, &history, f, finding, snapshot);
+            fire(shared, target, &policy, &values, &history, &exceptions.log, f, finding, snapshot);
         }
     }
 }
@@ -311,6 +337,7 @@ fn fire(
     policy: &Arc<DumpPolicySpec>,
     v: &Values,
     history: &Arc<Mutex<History>>,
+    recent: &ExceptionLog,
     firing: Firing,
     finding: Option<serde_json::Value>,
     snapshot: Option<String>,
@@ -350,13 +377,16 @@ fn fire(
             return;
         }
     }
+    let exceptions = if kinds.contains(&CaptureKind::Exceptions) { recent.last(usize::MAX) } else { Vec::new() };
     let req = capture::Request {
         kinds,
+        exceptions,
         dump_type: policy.capture.dump_type,
         finding,
         min_free_bytes: policy.limits.min_free_disk.value() as u64,
         top_types: policy.capture.top_types as usize,
         trace_duration: Duration::from_secs_f64(policy.capture.trace_duration.as_secs_f64()),
+        exceptions_seen: recent.total,
     };
     let (shared, t, history) = (shared.clone(), t.clone(), history.clone());
     tokio::task::spawn_local(async move {
@@ -382,6 +412,8 @@ fn estimate(t: &Target, policy: &DumpPolicySpec, v: &Values, kinds: &[CaptureKin
             CaptureKind::Stacks => 1 << 20,
             // Measured: ~100 KiB of raw trace per second for a small app; room for a busy one.
             CaptureKind::Trace => (1 << 20) + (policy.capture.trace_duration.as_secs_f64() * 1024.0 * 1024.0) as u64,
+            // A named stack of 30 frames and a message: about 4 KiB an exception.
+            CaptureKind::Exceptions => (64 << 10) + u64::from(policy.capture.exceptions_last) * (4 << 10),
         })
         .sum()
 }

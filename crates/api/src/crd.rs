@@ -78,7 +78,8 @@ pub struct DumpSnapshotSpec {
     pub runtime_version: Option<String>,
     /// Why the capture was taken.
     pub trigger: TriggerKind,
-    /// The value that fired the trigger, in the trigger's unit (e.g. 612Mi, 93%).
+    /// The value that fired the trigger, in the trigger's unit (e.g. 612Mi, 93%); for an
+    /// `exception` trigger, the count, the type filter and the last exception.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed: Option<String>,
     /// What was captured; empty on a request that has not been served yet.

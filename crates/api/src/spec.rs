@@ -150,6 +150,10 @@ pub enum Mode {
     {
         "rule": "(!has(self.clearBelow) || has(self.above)) && (!has(self.clearAbove) || has(self.below))",
         "message": "clearBelow re-arms an `above` trigger, clearAbove a `below` trigger (e.g. below: 5, clearAbove: 10)"
+    },
+    {
+        "rule": "self.type == 'exception' || (!has(self.exceptionType) && !has(self.count) && !has(self.window))",
+        "message": EXCEPTION_FIELDS_ONLY
     }
 ]))]
 pub struct Trigger {
@@ -193,7 +197,26 @@ pub struct Trigger {
     /// What to capture when this trigger fires; default `spec.capture`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<Vec<CaptureKind>>,
+    /// `exception` triggers: which exceptions count, by `Exception.GetType().FullName`; `*`
+    /// stands for any run of characters, `?` for one (`System.*Timeout*`,
+    /// `System.Net.Http.HttpRequestException`). Default `*`: every exception.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub exception_type: Option<String>,
+    /// `exception` triggers: how many matching exceptions within `window` fire it (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub count: Option<u32>,
+    /// `exception` triggers: the sliding window `count` is reached within (1s to 1d, default 1m;
+    /// the range is checked by the sidecar and the policy's status, not by the API server: a
+    /// duration rule per trigger exceeds its CEL cost budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
 }
+
+/// What the API server and the sidecar say to exception fields on another trigger.
+pub const EXCEPTION_FIELDS_ONLY: &str = "exceptionType, count and window only apply to an exception trigger, \
+     e.g. {type: exception, exceptionType: \"System.*Timeout*\", count: 5, window: 1m}";
 
 impl Trigger {
     pub fn new(kind: TriggerKind) -> Self {
@@ -210,6 +233,9 @@ impl Trigger {
             cron: None,
             file: None,
             capture: None,
+            exception_type: None,
+            count: None,
+            window: None,
         }
     }
 }
@@ -248,6 +274,10 @@ pub enum TriggerKind {
     /// Not written in `triggers`: what a snapshot reporting a growth verdict of the periodic
     /// heap snapshots (`heapSnapshots`) names as its trigger.
     HeapGrowth,
+    /// `count` thrown exceptions whose type matches `exceptionType` within `window`, from the
+    /// runtime's own exception events (first chance: caught ones count too; .NET Core 3.1 and
+    /// .NET 8 alike).
+    Exception,
 }
 
 impl std::fmt::Display for TriggerKind {
@@ -274,6 +304,7 @@ impl TriggerKind {
             Self::OnDemand => "onDemand",
             Self::Crash => "crash",
             Self::HeapGrowth => "heapGrowth",
+            Self::Exception => "exception",
         }
     }
 
@@ -310,6 +341,10 @@ pub enum CaptureKind {
     /// A CPU trace of `capture.traceDuration` (SampleProfiler): the raw `trace.nettrace`, a
     /// speedscope profile and the methods by inclusive samples (`trace-summary.json`).
     Trace,
+    /// The last `capture.exceptionsLast` exceptions the process threw before the capture, each
+    /// with its time, type, message, HRESULT, thread and named stack (`exceptions.json`). Kept
+    /// from the moment the sidecar started watching the process.
+    Exceptions,
 }
 
 impl CaptureKind {
@@ -319,6 +354,7 @@ impl CaptureKind {
             Self::Gcdump => "gcdump",
             Self::Stacks => "stacks",
             Self::Trace => "trace",
+            Self::Exceptions => "exceptions",
         }
     }
 }
@@ -384,6 +420,10 @@ pub struct Capture {
     /// How long a `trace` capture samples (1s to 5m, default 10s); the app pays the sampler's
     /// overhead meanwhile.
     pub trace_duration: Duration,
+    /// How many of the latest exceptions an `exceptions` capture holds (1 to 10000, default 100);
+    /// the sidecar keeps that many per process while a policy names `exceptions`.
+    #[schemars(range(min = 1, max = 10000))]
+    pub exceptions_last: u32,
 }
 
 impl Default for Capture {
@@ -393,6 +433,7 @@ impl Default for Capture {
             dump_type: DumpType::Heap,
             top_types: 10,
             trace_duration: Duration::from_secs(10),
+            exceptions_last: 100,
         }
     }
 }

@@ -60,7 +60,14 @@ impl DumpPolicySpec {
             p.push("retention.maxCount must be at least 1".into());
         }
         if self.capture.kinds.is_empty() {
-            p.push("capture.kinds must name at least one of dump, gcdump, stacks, trace".into());
+            p.push("capture.kinds must name at least one of dump, gcdump, stacks, trace, exceptions".into());
+        }
+        if !(1..=10_000).contains(&self.capture.exceptions_last) {
+            p.push(format!(
+                "capture.exceptionsLast must be between 1 and 10000 (got {}): the sidecar keeps that many \
+                 exceptions per process, e.g. exceptionsLast: 100",
+                self.capture.exceptions_last
+            ));
         }
         let trace = self.capture.trace_duration.as_secs_f64();
         if !(1.0..=300.0).contains(&trace) {
@@ -122,6 +129,7 @@ impl DumpPolicySpec {
             } else if t.every.is_some() || t.cron.is_some() {
                 p.push(format!("{at}: `every`/`cron` only apply to schedule triggers"));
             }
+            p.extend(exception_problems(t, &at));
             if t.capture.as_ref().is_some_and(Vec::is_empty) {
                 p.push(format!("{at}: capture must list at least one kind, or be left out"));
             }
@@ -161,10 +169,54 @@ impl DumpPolicySpec {
         p
     }
 
+    /// Whether any trigger (or the default capture) asks for an `exceptions` capture: then the
+    /// sidecar keeps each process' latest exceptions.
+    pub fn captures_exceptions(&self) -> bool {
+        (0..self.triggers.len()).any(|i| self.capture_kinds(i).contains(&CaptureKind::Exceptions))
+            || self.capture.kinds.contains(&CaptureKind::Exceptions)
+    }
+
+    /// Whether the sidecar needs the runtime's exception events: an exception trigger or an
+    /// exceptions capture.
+    pub fn watches_exceptions(&self) -> bool {
+        self.captures_exceptions() || self.triggers.iter().any(|t| t.kind == TriggerKind::Exception)
+    }
+
     /// What the trigger at `index` captures.
     pub fn capture_kinds(&self, index: usize) -> Vec<CaptureKind> {
         self.triggers.get(index).and_then(|t| t.capture.clone()).unwrap_or_else(|| self.capture.kinds.clone())
     }
+}
+
+/// An exception trigger's own fields, or their absence on any other trigger.
+fn exception_problems(t: &crate::Trigger, at: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    if t.kind != TriggerKind::Exception {
+        if t.exception_type.is_some() || t.count.is_some() || t.window.is_some() {
+            p.push(format!("{at}: {}", crate::EXCEPTION_FIELDS_ONLY));
+        }
+        return p;
+    }
+    if t.for_.is_some() {
+        p.push(format!("{at}: an exception trigger has no `for`: write count and window (e.g. count: 5, window: 1m)"));
+    }
+    if let Some(pattern) = &t.exception_type
+        && (pattern.is_empty() || pattern.len() > 512 || pattern.chars().any(char::is_whitespace))
+    {
+        p.push(format!(
+            "{at}: exceptionType {pattern:?} must be a type name without spaces, 1 to 512 characters, `*` for any \
+             run of characters (e.g. exceptionType: \"System.*Timeout*\")"
+        ));
+    }
+    if t.count.is_some_and(|c| c == 0 || c > 1_000_000) {
+        p.push(format!("{at}: count must be between 1 and 1000000 (got {})", t.count.unwrap_or(0)));
+    }
+    if let Some(w) = t.window
+        && !(1.0..=86_400.0).contains(&w.as_secs_f64())
+    {
+        p.push(format!("{at}: window must be between 1s and 1d (got {w}), e.g. window: 1m"));
+    }
+    p
 }
 
 #[cfg(test)]
@@ -295,6 +347,41 @@ storage: {volume: {path: /d}, s3: {storeRef: s}}
         assert!(err.contains("heapGrowth is not a trigger to write") && err.contains("set heapSnapshots"), "{err}");
         let err = DumpPolicySpec::from_yaml("heapSnapshots: {evry: 1m}").unwrap_err().to_string();
         assert!(err.contains("evry"), "{err}");
+    }
+
+    #[test]
+    fn exception_triggers_have_defaults_and_their_fields_only_on_them() {
+        let p = DumpPolicySpec::from_yaml(
+            "triggers: [{type: exception, exceptionType: \"System.*Timeout*\", count: 5, window: 30s, capture: [exceptions]}]\n\
+             capture: {exceptionsLast: 20}",
+        )
+        .unwrap();
+        let t = &p.triggers[0];
+        assert_eq!(
+            (t.exception_type.as_deref(), t.count, t.window),
+            (Some("System.*Timeout*"), Some(5), Some(Duration::from_secs(30)))
+        );
+        assert_eq!(p.capture.exceptions_last, 20);
+        assert!(p.watches_exceptions() && p.captures_exceptions());
+        let p = DumpPolicySpec::from_yaml("triggers: [{type: exception}]").unwrap();
+        assert!(p.watches_exceptions() && !p.captures_exceptions(), "a trigger alone still needs the events");
+        assert!(!DumpPolicySpec::from_yaml("{}").unwrap().watches_exceptions());
+        let err = DumpPolicySpec::from_yaml(
+            "triggers: [{type: exception, count: 0, window: 500ms, for: 1m, exceptionType: \"a b\"}, {type: deadlock, count: 3}]\n\
+             capture: {exceptionsLast: 0}",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "triggers[0] (exception): count must be between 1 and 1000000 (got 0)",
+            "triggers[0] (exception): window must be between 1s and 1d (got 500ms)",
+            "triggers[0] (exception): an exception trigger has no `for`",
+            "exceptionType \"a b\" must be a type name without spaces",
+            "triggers[1] (deadlock): exceptionType, count and window only apply to an exception trigger",
+            "capture.exceptionsLast must be between 1 and 10000 (got 0)",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
     }
 
     #[test]

@@ -27,10 +27,12 @@ spec:
     - {type: cpu, above: 80%, for: 1m, clearBelow: "0.5"}
     - {type: deadlock}
     - {type: schedule, cron: "0 3 * * *"}
+    - {type: exception, exceptionType: "System.*Timeout*", count: 5, window: 1m, capture: [exceptions, stacks]}
     - {type: metric, metric: {provider: Orders.Queue, counter: queue-length}, above: 40, for: 5s}
     - {type: metric, metric: {meter: Orders, instrument: request-duration, percentile: 95}, above: 250, processes: ["Orders.*"]}
     - {type: metric, metric: {meter: Orders, instrument: queue-length}, below: 1, clearAbove: 5}
     - {type: startup, capture: [stacks], processes: ["*--role=worker*"]}
+  capture: {kinds: [dump], exceptionsLast: 50}
   limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 4Gi}
   storage: {volume: {path: /dumps}}
   heapSnapshots: {every: 10m, keep: 6}
@@ -159,6 +161,12 @@ fn generated_crds_on_the_real_apiserver() {
             "heapSnapshots.every must be at least 1s: each heap snapshot runs a full blocking GC in the app",
         ),
         (VALID.replace("keep: 6}", "keep: 3}"), "spec.heapSnapshots.keep: Invalid value: 3"),
+        (
+            VALID.replace("{type: deadlock}", "{type: deadlock, count: 2}"),
+            "exceptionType, count and window only apply to an exception trigger",
+        ),
+        (VALID.replace("count: 5,", "count: 0,"), "spec.triggers[4].count: Invalid value: 0"),
+        (VALID.replace("exceptionsLast: 50", "exceptionsLast: 0"), "spec.capture.exceptionsLast: Invalid value: 0"),
         (
             VALID.replace("{type: deadlock}", "{type: heapGrowth}"),
             "heapGrowth is not a trigger to write: it names the snapshots of growth verdicts; set spec.heapSnapshots",

@@ -12,7 +12,7 @@ use nettrace::{Event, TraceInfo};
 
 use crate::render;
 
-fn resolve(pid: u32) -> Result<(DotnetProcess, DiagnosticsClient)> {
+pub(crate) fn resolve(pid: u32) -> Result<(DotnetProcess, DiagnosticsClient)> {
     let process =
         ProcFs::default().process(pid).with_context(|| format!("cannot reach pid {pid} (try `dumpwatch ps`)"))?;
     let client = DiagnosticsClient::new(Endpoint::Socket(process.socket.clone()));

@@ -248,3 +248,38 @@ fn trace_names_the_hot_method_first_on_both_runtimes() {
         assert!(!dir.path().join("cpu.nettrace.partial").exists());
     }
 }
+
+/// `exceptions --type` lists only the matching exceptions, with the throwing method on top, and
+/// counts the others: 3 TimeoutExceptions among 5 exceptions, on both runtimes.
+#[test]
+fn exceptions_lists_the_matching_ones_with_their_throwing_method_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let port = w.port;
+        let thrower = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            for path in ["/exceptions?count=2", "/exceptions?count=3&type=timeout"] {
+                let (status, body) = testbed::http_get(port, path, Duration::from_secs(30)).unwrap();
+                assert_eq!(status, 200, "{body}");
+            }
+        });
+        let pid = w.pid.to_string();
+        let out = dumpwatch_json(&["exceptions", &pid, "--duration", "5s", "--type", "System.*Timeout*", "--json"]);
+        thrower.join().unwrap();
+        let watched = &out["watched"];
+        assert_eq!(
+            (watched["thrown"].as_u64(), watched["matching"].as_u64()),
+            (Some(5), Some(3)),
+            "{runtime:?}: {out:#}"
+        );
+        let listed = watched["exceptions"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{runtime:?}: {out:#}");
+        for (i, e) in listed.iter().enumerate() {
+            assert_eq!(e["type"], "System.TimeoutException", "{out:#}");
+            assert_eq!(e["message"], format!("dumpwatch test timeout #{i}"), "{out:#}");
+            assert_eq!(e["stack"][0], "DiagScenarios.ExceptionScenario.ThrowTimeout(int32)", "{runtime:?}: {out:#}");
+        }
+        let (ok, help, _) = dumpwatch(&["exceptions", "--help"]);
+        assert!(ok && help.contains("First chance") && help.contains("System.*Timeout*"), "{help}");
+    }
+}

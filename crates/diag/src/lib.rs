@@ -5,7 +5,7 @@
 //! - [`protocol`] is the pure wire format; [`client`] sends commands over a Unix socket, either
 //!   one we connect to or one the runtime connected to us ([`reverse`], `DOTNET_DiagnosticPorts`).
 //! - [`session`] streams EventPipe sessions through the `nettrace` reader; the capture modules
-//!   ([`counters`], [`stacks`], [`cpu`], [`heap`], [`contention`], [`dump`]) build on it.
+//!   ([`counters`], [`stacks`], [`cpu`], [`heap`], [`contention`], [`exceptions`], [`dump`]) build on it.
 //!
 //! Nothing here knows about Kubernetes.
 
@@ -15,6 +15,7 @@ pub mod counters;
 pub mod cpu;
 pub mod discovery;
 pub mod dump;
+pub mod exceptions;
 pub mod heap;
 pub mod meters;
 pub mod protocol;

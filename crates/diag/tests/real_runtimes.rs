@@ -217,3 +217,45 @@ fn every_dump_type_is_written_on_both_runtimes() {
         assert!(size(DumpType::WithHeap) <= size(DumpType::Full), "{runtime:?}: {sizes:?}");
     }
 }
+
+/// ExceptionThrown exists on both runtimes: every exception the workload threw while the session
+/// ran is there, with its type, message and the throwing method on top of its named stack.
+#[test]
+fn exceptions_are_seen_with_type_message_and_the_throwing_method_on_both_runtimes() {
+    for runtime in Runtime::ALL {
+        let w = Workload::start(runtime, "DiagScenarios", &[]);
+        let (_, c) = client_for(&w);
+        let port = w.port;
+        let thrower = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            let get = |path: &str| {
+                let (status, body) = testbed::http_get(port, path, Duration::from_secs(30)).unwrap();
+                assert_eq!(status, 200, "{path}: {body}");
+                serde_json::from_str::<serde_json::Value>(&body).unwrap()
+            };
+            (get("/exceptions?count=3&type=timeout"), get("/exceptions?count=2"))
+        });
+        let captured =
+            rt().block_on(diag::exceptions::capture(&c, Duration::from_secs(4), "*", 100, Duration::from_secs(60)));
+        let (timeouts, invalid) = thrower.join().unwrap();
+        let watched = captured.unwrap();
+        let (seen, total) = (watched.exceptions, watched.thrown);
+        assert_eq!(watched.matching, watched.thrown, "`*` matches every type");
+        assert_eq!(timeouts["method"], "ThrowTimeout");
+        let first_chance = invalid["first_chance_total"].as_u64().unwrap();
+        assert_eq!(total, first_chance, "{runtime:?}: every first-chance exception, nothing else: {seen:#?}");
+        assert_eq!(seen.len(), 5, "{runtime:?}: {seen:#?}");
+        for (i, e) in seen.iter().enumerate() {
+            let (ty, message, method) = if i < 3 {
+                ("System.TimeoutException", format!("dumpwatch test timeout #{i}"), "ThrowTimeout")
+            } else {
+                ("System.InvalidOperationException", format!("dumpwatch test exception #{}", i - 3), "ThrowOne")
+            };
+            assert_eq!((e.exception_type.as_str(), e.message.as_str()), (ty, message.as_str()), "{runtime:?}");
+            let top = e.stack.first().map(String::as_str).unwrap_or("");
+            assert_eq!(top, format!("DiagScenarios.ExceptionScenario.{method}(int32)"), "{runtime:?}: {e:#?}");
+            assert!(e.stack.iter().any(|f| f.starts_with("DiagScenarios.ExceptionScenario.Handle(")), "{e:#?}");
+            assert!(!e.rethrown && e.unix_ns.is_some());
+        }
+    }
+}

@@ -300,3 +300,37 @@ fn utf16_view_handles_non_ascii_and_invalid_units() {
     let lone = nettrace::events::Utf16Str::from_bytes(&[0x00, 0xD8, 0x41, 0x00, 0x7]);
     assert_eq!(lone.to_string_lossy(), "\u{FFFD}A");
 }
+
+#[test]
+fn exception_thrown_v1_on_both_pointer_sizes_and_every_truncation_is_an_error() {
+    for ptr in [8u32, 4] {
+        let payload =
+            p::exception_thrown_v1(ptr, "System.TimeoutException", "took too long", 0x7f00_1234, 0x8013_1505, 0x10);
+        let md = rt(80, 1);
+        match decode(md, &payload, ptr).unwrap() {
+            RuntimeEvent::ExceptionThrown(e) => {
+                assert_eq!(e.exception_type.to_string_lossy(), "System.TimeoutException");
+                assert_eq!(e.message.to_string_lossy(), "took too long");
+                assert_eq!((e.throw_ip, e.hresult, e.flags), (0x7f00_1234, 0x8013_1505, 0x10));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The ClrInstanceID (last 2 bytes) is not read; every shorter cut misses a field.
+        for cut in 0..payload.len() - 2 {
+            assert!(
+                matches!(decode(md, &payload[..cut], ptr), Err(Error::Malformed { .. })),
+                "cut at {cut} of {}",
+                payload.len()
+            );
+        }
+    }
+    // An empty message is a message (Exception.Message is never null, but may be "").
+    let payload = p::exception_thrown_v1(8, "App.E", "", 0, 0, 0);
+    assert!(
+        matches!(decode(rt(80, 1), &payload, 8).unwrap(), RuntimeEvent::ExceptionThrown(e) if e.message.is_empty())
+    );
+    // Version 0 has no payload: an error, not an exception without a type.
+    assert!(decode(rt(80, 0), &[], 8).is_err());
+    // An unterminated string is malformed, not read past.
+    assert!(decode(rt(80, 1), &[b'A', 0, b'B'], 8).is_err());
+}

@@ -74,26 +74,38 @@ namespace DiagScenarios
             throw new InvalidOperationException("dumpwatch test exception #" + i);
         }
 
+        // A second type, message and method, so that a type filter has something to tell apart.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ThrowTimeout(int i)
+        {
+            throw new TimeoutException("dumpwatch test timeout #" + i);
+        }
+
         public static HttpResponse Handle(HttpRequest req)
         {
             int count = req.Int("count", 1, 0, 1000000);
+            string kind = req.Str("type") ?? "invalid";
             string err = req.Finish();
             if (err != null) return HttpResponse.Error(400, err);
+            bool timeout = kind == "timeout";
+            if (!timeout && kind != "invalid") return HttpResponse.Error(400, "type must be invalid or timeout");
             int caught = 0;
             for (int i = 0; i < count; i++)
             {
                 // Counted before the throw so /truth never lags what a tracer may already have seen.
                 Interlocked.Increment(ref total);
-                try { ThrowOne(i); }
+                try { if (timeout) ThrowTimeout(i); else ThrowOne(i); }
                 catch (InvalidOperationException) { caught++; }
+                catch (TimeoutException) { caught++; }
             }
             return HttpResponse.Ok(new JObj {
                 { "thrown", count },
                 { "caught", caught },
                 { "total_thrown", Total },
                 { "first_chance_total", FirstChance },
-                { "type", typeof(InvalidOperationException).FullName },
-                { "method", "ThrowOne" },
+                { "type", timeout ? typeof(TimeoutException).FullName : typeof(InvalidOperationException).FullName },
+                { "method", timeout ? "ThrowTimeout" : "ThrowOne" },
+                { "message_prefix", timeout ? "dumpwatch test timeout #" : "dumpwatch test exception #" },
             });
         }
     }

@@ -11,6 +11,7 @@ pub const THREAD_POOL_STARVATION: &str = "ThreadPoolStarvation";
 pub const THREADS_BLOCKED: &str = "ThreadsBlocked";
 pub const FINALIZATION_BACKLOG: &str = "FinalizationBacklog";
 pub const PROCESS_CRASHED: &str = "ProcessCrashed";
+pub const EXCEPTIONS_THROWN: &str = "ExceptionsThrown";
 pub const CAPTURE_FAILED: &str = "CaptureFailed";
 pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
 
@@ -35,9 +36,25 @@ pub fn outcome_events(snapshot: &DumpSnapshot) -> Vec<Notice> {
             let why = status.message.unwrap_or_else(|| "no reason recorded".into());
             vec![Notice { warning: true, reason, note: clip(format!("{why} (DumpSnapshot {name})")) }]
         }
-        SnapshotPhase::Analyzed => status.findings.map(|f| finding_events(&f, &name)).unwrap_or_default(),
+        SnapshotPhase::Analyzed => {
+            let mut out: Vec<Notice> = exception_event(snapshot, &name).into_iter().collect();
+            out.extend(status.findings.map(|f| finding_events(&f, &name)).unwrap_or_default());
+            out
+        }
         _ => Vec::new(),
     }
+}
+
+/// An exception trigger's snapshot says what was thrown (the sidecar's words, kept in
+/// `observed`): nothing analyzes it afterwards, so this is the one Event it gets.
+fn exception_event(snapshot: &DumpSnapshot, name: &str) -> Option<Notice> {
+    if snapshot.spec.trigger != api::TriggerKind::Exception {
+        return None;
+    }
+    let what = snapshot.spec.observed.as_deref().unwrap_or("an exception trigger fired");
+    let listed = snapshot.spec.artifacts.iter().any(|a| a.kind == api::CaptureKind::Exceptions);
+    let more = if listed { "; exceptions.json lists the last ones with their stacks" } else { "" };
+    Some(Notice { warning: true, reason: EXCEPTIONS_THROWN, note: clip(format!("{what}{more} (DumpSnapshot {name})")) })
 }
 
 fn finding_events(f: &FindingsSummary, snapshot: &str) -> Vec<Notice> {
@@ -188,6 +205,29 @@ mod tests {
         let mut s = snapshot("orders-1", "Analyzed");
         s.status.as_mut().unwrap().findings = Some(FindingsSummary::from_document(&deadlock_document()).unwrap());
         s
+    }
+
+    #[test]
+    fn an_exception_trigger_says_what_was_thrown() {
+        let mut s = snapshot("orders-2", "Analyzed");
+        s.spec.trigger = api::TriggerKind::Exception;
+        s.spec.observed = Some(
+            "3 exceptions matching \"System.*Timeout*\" within 60s, the last \"System.TimeoutException\" \
+             (\"took too long\") on thread 4105"
+                .into(),
+        );
+        s.spec.artifacts[0].kind = api::CaptureKind::Exceptions;
+        let events = outcome_events(&s);
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0].reason, events[0].warning), (EXCEPTIONS_THROWN, true));
+        assert_eq!(
+            events[0].note,
+            "3 exceptions matching \"System.*Timeout*\" within 60s, the last \"System.TimeoutException\" \
+             (\"took too long\") on thread 4105; exceptions.json lists the last ones with their stacks \
+             (DumpSnapshot orders-2)"
+        );
+        s.spec.trigger = api::TriggerKind::Deadlock;
+        assert!(outcome_events(&s).is_empty(), "other triggers: only their findings speak");
     }
 
     #[test]

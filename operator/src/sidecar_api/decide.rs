@@ -114,7 +114,7 @@ pub fn snapshot_from_report(
         pid: Some(m.process.pid),
         runtime_version: m.process.runtime_version.clone(),
         trigger,
-        observed: trigger.compares_a_value().then(|| format!("{}", m.trigger.value)),
+        observed: observed(&m.trigger),
         artifacts: report.artifacts.clone(),
         // From the policy's storage (see `snapshot_volume`): analysis and deletion find the
         // files through it even after the policy is gone.
@@ -129,6 +129,24 @@ pub fn snapshot_from_report(
     let phase = if analyze { SnapshotPhase::Uploaded } else { SnapshotPhase::Analyzed };
     Ok((spec, DumpSnapshotStatus { phase, findings, ..Default::default() }))
 }
+
+/// What a snapshot says fired it: a threshold trigger's value; an exception trigger's words
+/// (the count, the filter, the last exception: what its Event tells), cut to [`MAX_OBSERVED`].
+fn observed(firing: &api::wire::Firing) -> Option<String> {
+    if firing.trigger.compares_a_value() {
+        return Some(format!("{}", firing.value));
+    }
+    (firing.trigger == api::TriggerKind::Exception && !firing.detail.is_empty()).then(|| {
+        let mut words: String = firing.detail.chars().take(MAX_OBSERVED).collect();
+        if words.len() < firing.detail.len() {
+            words.push('…');
+        }
+        words
+    })
+}
+
+/// The longest `observed` kept: an exception trigger's words carry an app's message.
+pub const MAX_OBSERVED: usize = 400;
 
 /// The longest failure reason kept in `status.message` (the Event's note allows 1 kB).
 pub const MAX_REASON: usize = 900;

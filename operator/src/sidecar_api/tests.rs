@@ -58,6 +58,19 @@ fn a_dump_to_analyze_is_uploaded() {
 }
 
 #[test]
+fn an_exception_capture_is_final_and_says_what_was_thrown() {
+    let mut r = report(vec![artifact(CaptureKind::Exceptions, "exceptions.json.zst")], None);
+    r.manifest.trigger.trigger = TriggerKind::Exception;
+    r.manifest.trigger.detail =
+        format!("3 exceptions matching \"*\" within 60s, the last \"App.E\" ({:?})", "x".repeat(1000));
+    let (spec, status) = snapshot_from_report(&r, "cart-1", "errors", true, None).unwrap();
+    assert_eq!(status.phase, SnapshotPhase::Analyzed, "nothing to analyze");
+    let observed = spec.observed.unwrap();
+    assert!(observed.starts_with("3 exceptions matching \"*\" within 60s, the last \"App.E\""), "{observed}");
+    assert_eq!(observed.chars().count(), MAX_OBSERVED + 1, "cut, with an ellipsis: {observed}");
+}
+
+#[test]
 fn live_findings_with_nothing_to_analyze_are_final() {
     let r = report(vec![artifact(CaptureKind::Stacks, "stacks.json.zst")], Some(live_deadlock()));
     let (_, status) = snapshot_from_report(&r, "cart-1", "locks", true, None).unwrap();

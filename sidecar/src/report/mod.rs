@@ -265,6 +265,8 @@ pub fn kind_of(file: &str) -> CaptureKind {
         CaptureKind::Stacks
     } else if file.starts_with("trace.") || file.starts_with("trace-summary.") {
         CaptureKind::Trace
+    } else if file.starts_with("exceptions.") {
+        CaptureKind::Exceptions
     } else {
         // core.<pid>, the DAC beside it, a crash report.
         CaptureKind::Dump
@@ -298,6 +300,7 @@ mod tests {
             "stacks.json",
             "trace.nettrace",
             "trace-summary.json",
+            "exceptions.json",
             "manifest.json",
         ] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
@@ -310,6 +313,7 @@ mod tests {
             got,
             vec![
                 ("core.42.zst", CaptureKind::Dump),
+                ("exceptions.json.zst", CaptureKind::Exceptions),
                 ("heap.nettrace.zst", CaptureKind::Gcdump),
                 ("histogram.json.zst", CaptureKind::Gcdump),
                 ("libmscordaccore.so.zst", CaptureKind::Dump),

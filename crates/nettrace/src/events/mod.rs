@@ -6,10 +6,12 @@
 //! call [`Utf16Str::to_string_lossy`] or use `Display` when an owned `String` is needed.
 
 mod contention;
+mod exception;
 mod gc;
 mod loader;
 mod text;
 
+pub use exception::ExceptionThrown;
 pub use gc::{
     BulkEdge, BulkEdgeIter, BulkNode, BulkNodeIter, BulkRootCwt, BulkRootCwtIter, BulkRootEdge, BulkRootEdgeIter,
     BulkRootStaticVar, BulkRootStaticVarIter, BulkType, BulkTypeIter, U64List,
@@ -30,6 +32,7 @@ pub mod keywords {
     pub const JIT: u64 = 0x10;
     pub const NGEN: u64 = 0x20;
     pub const CONTENTION: u64 = 0x4000;
+    pub const EXCEPTION: u64 = 0x8000;
     pub const TYPE: u64 = 0x80000;
     pub const GC_HEAP_DUMP: u64 = 0x100000;
     pub const GC_HEAP_COLLECT: u64 = 0x800000;
@@ -50,6 +53,7 @@ pub mod ids {
     pub const GC_BULK_NODE: u32 = 18;
     pub const GC_BULK_EDGE: u32 = 19;
     pub const GC_BULK_ROOT_STATIC_VAR: u32 = 38;
+    pub const EXCEPTION_THROWN: u32 = 80;
     pub const CONTENTION_START: u32 = 81;
     pub const CONTENTION_LOCK_CREATED: u32 = 90;
     pub const CONTENTION_STOP: u32 = 91;
@@ -88,6 +92,9 @@ pub enum RuntimeEvent<'a> {
         flags: u8,
         duration_ns: Option<f64>,
     },
+    /// Id 80, version 1 (.NET Core 3.1 and .NET 8 alike): a managed exception was thrown (first
+    /// chance). The throwing thread is `Event::thread_id` and its stack is `Event::stack`.
+    ExceptionThrown(ExceptionThrown<'a>),
     /// Id 90 (.NET 8+).
     ContentionLockCreated {
         lock_id: u64,
@@ -148,6 +155,7 @@ pub fn decode_runtime<'a>(event: &Event<'a>, pointer_size: u32) -> Result<Runtim
             ids::GC_BULK_NODE => gc::BulkNodeIter::new(p, ptr).map(RuntimeEvent::BulkNode),
             ids::GC_BULK_EDGE => gc::BulkEdgeIter::new(p, ptr).map(RuntimeEvent::BulkEdge),
             ids::GC_BULK_ROOT_STATIC_VAR => gc::BulkRootStaticVarIter::new(p).map(RuntimeEvent::BulkRootStaticVar),
+            ids::EXCEPTION_THROWN => exception::thrown(p, md.version, ptr),
             ids::CONTENTION_START => contention::start(p, md.version, ptr),
             ids::CONTENTION_STOP => contention::stop(p, md.version),
             ids::CONTENTION_LOCK_CREATED => contention::lock_created(p, ptr),

@@ -168,6 +168,18 @@ pub fn contention_start_v2(pointer_size: u32, flags: u8, lock_id: u64, object_id
     Payload::new().u8(flags).u16(CLR).ptr(pointer_size, lock_id).ptr(pointer_size, object_id).u64(owner).build()
 }
 
+/// ExceptionThrown_V1.
+pub fn exception_thrown_v1(
+    pointer_size: u32,
+    exception_type: &str,
+    message: &str,
+    ip: u64,
+    hresult: u32,
+    flags: u16,
+) -> Vec<u8> {
+    Payload::new().utf16z(exception_type).utf16z(message).ptr(pointer_size, ip).u32(hresult).u16(flags).u16(CLR).build()
+}
+
 /// ContentionStart_V1.
 pub fn contention_start_v1(flags: u8) -> Vec<u8> {
     Payload::new().u8(flags).u16(CLR).build()

@@ -1,0 +1,244 @@
+//! Exceptions: the `exception` trigger (`count` thrown exceptions whose type matches
+//! `exceptionType` within `window`) and the `exceptions` capture (the last
+//! `capture.exceptionsLast` with named stacks). Both read the runtime's ExceptionThrown events,
+//! which the watcher's one session per process carries while the policy asks for either
+//! ([`add_to_session`]); the decisions here are pure, with event times passed in.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Duration;
+
+use api::{DumpPolicySpec, TriggerKind};
+use diag::exceptions::{ExceptionLog, Thrown, type_matches};
+use diag::protocol::SessionConfig;
+
+use crate::Error;
+use crate::capture::Target;
+use crate::storage::write_json;
+use crate::triggers::Firing;
+
+/// An exception trigger's window when the policy names none.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Adds the runtime's exception events to the watcher's session: into the runtime provider's
+/// entry when there is one (contention on .NET 8: one entry per provider, its level serves both),
+/// else as an entry of its own at level Error, where nothing but ExceptionThrown is written.
+pub fn add_to_session(cfg: &mut SessionConfig) {
+    let wanted = diag::exceptions::provider();
+    match cfg.providers.iter_mut().find(|p| p.name == wanted.name) {
+        Some(p) => {
+            p.keywords |= wanted.keywords;
+            p.level = p.level.max(wanted.level);
+        }
+        None => cfg.providers.push(wanted),
+    }
+}
+
+/// A sliding window of event times (seconds on one monotonic clock).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Window {
+    times: VecDeque<f64>,
+}
+
+impl Window {
+    /// Records one matching exception thrown at `now`; true when `count` of them fall within
+    /// the last `window` seconds. Firing empties the window: the next firing takes `count` new
+    /// exceptions, so a steady stream fires once per `count`, and the limits (cooldown, hourly
+    /// cap) decide how many of those become captures.
+    pub fn record(&mut self, now: f64, count: u32, window: f64) -> bool {
+        self.times.push_back(now);
+        while self.times.front().is_some_and(|&t| now - t > window) {
+            self.times.pop_front();
+        }
+        // Older ones than the last `count` can never matter again.
+        while self.times.len() > count.max(1) as usize {
+            self.times.pop_front();
+        }
+        if self.times.len() >= count.max(1) as usize {
+            self.times.clear();
+            return true;
+        }
+        false
+    }
+}
+
+/// One process' exceptions: the latest ones (what a capture holds) and a window per exception
+/// trigger of the policy.
+#[derive(Debug, Clone)]
+pub struct Exceptions {
+    pub log: ExceptionLog,
+    windows: Vec<Option<Window>>,
+}
+
+impl Exceptions {
+    pub fn new(policy: &DumpPolicySpec) -> Self {
+        let keep = if policy.captures_exceptions() { policy.capture.exceptions_last as usize } else { 0 };
+        Self { log: ExceptionLog::new(keep), windows: windows(policy) }
+    }
+
+    /// A changed policy: new windows (counts start over), the log kept at the new size.
+    pub fn set_policy(&mut self, policy: &DumpPolicySpec) {
+        let keep = if policy.captures_exceptions() { policy.capture.exceptions_last as usize } else { 0 };
+        self.log.set_capacity(keep);
+        self.windows = windows(policy);
+    }
+
+    /// Keeps `thrown` and returns the exception triggers it fires.
+    pub fn on_thrown(&mut self, policy: &DumpPolicySpec, thrown: Thrown) -> Vec<Firing> {
+        let now = thrown.trace_ns as f64 / 1e9;
+        let mut out = Vec::new();
+        for (index, (t, window)) in policy.triggers.iter().zip(self.windows.iter_mut()).enumerate() {
+            let Some(window) = window else { continue };
+            if !type_matches(t.exception_type.as_deref().unwrap_or("*"), &thrown.exception_type) {
+                continue;
+            }
+            let count = t.count.unwrap_or(1);
+            let span = t.window.map_or(DEFAULT_WINDOW.as_secs_f64(), |w| w.as_secs_f64());
+            if window.record(now, count, span) {
+                let what = if count == 1 { "exception".to_string() } else { format!("{count} exceptions") };
+                out.push(Firing {
+                    index: Some(index),
+                    trigger: TriggerKind::Exception,
+                    value: f64::from(count),
+                    threshold: Some(f64::from(count)),
+                    detail: format!(
+                        "{what} matching {:?} within {span}s, the last {} ({:?}) on thread {}",
+                        t.exception_type.as_deref().unwrap_or("*"),
+                        thrown.exception_type,
+                        thrown.message,
+                        thrown.thread
+                    ),
+                });
+            }
+        }
+        self.log.push(thrown);
+        out
+    }
+}
+
+fn windows(policy: &DumpPolicySpec) -> Vec<Option<Window>> {
+    policy.triggers.iter().map(|t| (t.kind == TriggerKind::Exception).then(Window::default)).collect()
+}
+
+/// The `exceptions` capture: `exceptions.json`, the exceptions kept before the firing with
+/// their frames named by a rundown of the process (every method jitted so far). If the rundown
+/// fails, the frames stay instruction pointers and the file says why.
+pub async fn capture(t: &Target, path: &Path, thrown: &[Thrown], seen: u64) -> Result<(), Error> {
+    let named = match diag::stacks::method_map(&t.client, Duration::from_secs(60)).await {
+        Ok(methods) => Ok(diag::exceptions::name(thrown, &methods)),
+        Err(e) => Err(e.to_string()),
+    };
+    let exceptions: Vec<serde_json::Value> = match &named {
+        Ok(named) => named
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "time": rfc3339(e.unix_ns), "type": e.exception_type, "message": e.message,
+                    "hresult": e.hresult, "rethrown": e.rethrown, "thread": e.thread, "stack": e.stack,
+                })
+            })
+            .collect(),
+        Err(_) => thrown
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "time": rfc3339(e.unix_ns), "type": e.exception_type, "message": e.message,
+                    "hresult": format!("{:#010x}", e.hresult), "thread": e.thread,
+                    "stack": e.stack.iter().map(|ip| format!("{ip:#x}")).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    };
+    let doc = serde_json::json!({
+        "pid": t.pid,
+        "process": t.name,
+        "runtime_version": t.runtime_version,
+        "exceptions_seen": seen,
+        "exceptions": exceptions,
+        "frames_unnamed_because": named.err(),
+    });
+    write_json(path, &doc)
+}
+
+fn rfc3339(unix_ns: Option<i64>) -> Option<String> {
+    jiff::Timestamp::from_nanosecond(i128::from(unix_ns?)).ok().map(|t| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thrown(at_s: f64, ty: &str) -> Thrown {
+        Thrown {
+            trace_ns: (at_s * 1e9) as i64,
+            unix_ns: None,
+            exception_type: ty.into(),
+            message: "m".into(),
+            hresult: 0,
+            flags: 0,
+            thread: 9,
+            stack: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_window_fires_at_count_within_it_and_starts_over() {
+        let mut w = Window::default();
+        assert!(!w.record(0.0, 3, 10.0));
+        assert!(!w.record(1.0, 3, 10.0));
+        assert!(w.record(2.0, 3, 10.0), "third within 10 s");
+        assert!(!w.record(3.0, 3, 10.0), "counting starts over after a firing");
+        assert!(!w.record(4.0, 3, 10.0));
+        assert!(!w.record(20.0, 3, 10.0), "the two before fell out of the window");
+        assert!(!w.record(21.0, 3, 10.0));
+        assert!(w.record(22.0, 3, 10.0));
+        assert!(w.record(100.0, 1, 10.0), "count 1: every one fires");
+    }
+
+    #[test]
+    fn only_matching_exceptions_count_towards_their_trigger() {
+        let p = DumpPolicySpec::from_yaml(
+            "triggers: [{type: exception, exceptionType: \"System.*Timeout*\", count: 3, window: 10s},\n\
+             {type: exception, exceptionType: \"App.*\"}, {type: deadlock}]\ncapture: {kinds: [exceptions], exceptionsLast: 4}",
+        )
+        .unwrap();
+        let mut e = Exceptions::new(&p);
+        let mut fired = Vec::new();
+        for (i, ty) in ["System.InvalidOperationException", "System.TimeoutException", "System.TimeoutException"]
+            .iter()
+            .chain(["System.InvalidOperationException"; 5].iter())
+            .enumerate()
+        {
+            fired.extend(e.on_thrown(&p, thrown(i as f64 * 0.1, ty)));
+        }
+        assert!(fired.is_empty(), "two timeouts and six others: not yet 3 timeouts");
+        let f = e.on_thrown(&p, thrown(1.0, "System.TimeoutException"));
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].index, f[0].trigger, f[0].value), (Some(0), TriggerKind::Exception, 3.0));
+        assert!(f[0].detail.contains("3 exceptions matching \"System.*Timeout*\" within 10s"), "{}", f[0].detail);
+        let f = e.on_thrown(&p, thrown(1.1, "App.Boom"));
+        assert_eq!(f.iter().map(|f| f.index).collect::<Vec<_>>(), [Some(1)], "count 1 by default");
+        assert_eq!(e.log.total, 10);
+        assert_eq!(e.log.last(100).len(), 4, "exceptionsLast");
+        // Without an exceptions capture, nothing is kept, only counted.
+        let p = DumpPolicySpec::from_yaml("triggers: [{type: exception}]").unwrap();
+        let mut e = Exceptions::new(&p);
+        assert_eq!(e.on_thrown(&p, thrown(0.0, "X")).len(), 1);
+        assert!(e.log.last(10).is_empty());
+    }
+
+    #[test]
+    fn the_session_gets_the_exception_keyword_once() {
+        let mut with_contention = crate::watcher::session_config(1.0, true);
+        add_to_session(&mut with_contention);
+        let runtime: Vec<_> =
+            with_contention.providers.iter().filter(|p| p.name == nettrace::events::RUNTIME_PROVIDER).collect();
+        assert_eq!(runtime.len(), 1);
+        assert_eq!(runtime[0].keywords, nettrace::events::CONTENTION | nettrace::events::EXCEPTION);
+        assert_eq!(runtime[0].level, 4);
+        let mut counters_only = crate::watcher::session_config(1.0, false);
+        add_to_session(&mut counters_only);
+        let added = counters_only.providers.last().unwrap();
+        assert_eq!((added.keywords, added.level), (nettrace::events::EXCEPTION, 2));
+    }
+}
