@@ -70,4 +70,63 @@ fuzz_target!(|input: &[u8]| {
         },
     ];
     let _ = nettrace::payload::decode_fields(&fields, payload);
+    meters(input[1], input[2], payload);
 });
+
+/// The `System.Diagnostics.Metrics` events as every runtime version lays them out (6.0: version
+/// 0, 8.0: 1, 9.0: 2), plus a layout with fields missing or of the wrong type: decoding the
+/// app's bytes must end in a value or an error, never a panic.
+fn meters(which: u8, version: u8, payload: &[u8]) {
+    use diag::meters::{METRICS_PROVIDER, decode, parse_quantiles};
+    use nettrace::EventMetadata;
+    const EVENTS: &[(&str, &[&str])] = &[
+        ("CounterRateValuePublished", &["rate", "value"]),
+        ("UpDownCounterRateValuePublished", &["rate", "value"]),
+        ("GaugeValuePublished", &["lastValue"]),
+        ("HistogramValuePublished", &["quantiles", "count", "sum"]),
+        ("Error", &[]),
+        ("MultipleSessionsNotSupportedError", &[]),
+    ];
+    let (name, extra) = EVENTS[usize::from(which) % EVENTS.len()];
+    let version = u32::from(version % 3);
+    let mut fields: Vec<FieldMetadata> = ["sessionId", "meterName", "meterVersion", "instrumentName", "unit", "tags"]
+        .iter()
+        .map(|n| FieldMetadata::scalar(n, TypeCode::String))
+        .collect();
+    for (i, n) in extra.iter().enumerate() {
+        // Version 0 lacks the later fields; count is an int, sum a double, the rest strings.
+        if version == 0 && i > 0 {
+            break;
+        }
+        let t = match *n {
+            "count" => TypeCode::Int32,
+            "sum" => TypeCode::Double,
+            _ => TypeCode::String,
+        };
+        fields.push(FieldMetadata::scalar(n, t));
+    }
+    if version == 2 {
+        fields.push(FieldMetadata::scalar("instrumentId", TypeCode::Int32));
+    }
+    if which & 0x80 != 0 {
+        // A field missing or retyped: the layout no runtime writes.
+        let at = usize::from(which) % fields.len();
+        fields[at].type_code = TypeCode::Int64;
+        fields.truncate(usize::from((which >> 4) & 0x7).max(1));
+    }
+    let md = EventMetadata {
+        metadata_id: 1,
+        provider: METRICS_PROVIDER.into(),
+        event_id: 4,
+        event_name: name.into(),
+        keywords: 2,
+        version,
+        level: 4,
+        opcode: None,
+        fields,
+    };
+    std::hint::black_box(decode(&event(&md, payload)).ok());
+    if let Ok(text) = std::str::from_utf8(payload) {
+        std::hint::black_box(parse_quantiles(text).ok());
+    }
+}

@@ -26,6 +26,7 @@ pub mod heap_growth;
 pub mod http;
 pub mod ids;
 pub mod limits;
+pub mod metric_triggers;
 pub mod metrics;
 pub mod operator_client;
 pub mod policy;

@@ -22,6 +22,15 @@ use clap::Parser;
 ///   limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 5Gi}
 ///   storage: {volume: {path: /dumpwatch}}
 ///
+/// The app's own metrics, a trigger at start and a process filter (globs on the process name or
+/// the whole command line; sidecar/README.md, "Metric triggers"):
+///
+///   triggers:
+///     - {type: metric, metric: {provider: MyApp.Queue, counter: queue-length}, above: 40, for: 30s}
+///     - {type: metric, metric: {meter: MyApp, instrument: request-duration, percentile: 95}, above: 500}
+///     - {type: metric, metric: {meter: MyApp, instrument: requests}, below: 1, for: 1m}
+///     - {type: startup, capture: [stacks], processes: ["MyApp.Worker"]}
+///
 /// The policy file is reloaded when it changes. `kill -USR1 <sidecar>` (or creating an
 /// onDemand trigger's `file`) requests a capture of every watched process now, within the
 /// limits. Captures appear as complete directories

@@ -1,9 +1,10 @@
 //! What every part of the sidecar shares: metrics, the capture store, the policy, on-demand
-//! requests, the report queue, the capture lock, live findings and the processes seen. It sits
+//! requests, the report queue, the capture lock, live findings, the processes seen and the
+//! runtimes whose startup triggers fired. It sits
 //! below everything that uses it (watchers, captures, crash dumps, HTTP), so none of them has to
 //! import another to reach it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -41,6 +42,8 @@ pub struct Shared {
     /// When this pod's captures started: the hourly cap and cooldown are per pod, kept on the
     /// capture volume across restarts (see [`crate::state`]).
     pub capture_log: Mutex<CaptureLog>,
+    /// Runtimes whose `startup` triggers fired.
+    pub startups: Startups,
 }
 
 /// A process we watched, as a crash dump (which names only the pid) needs it described.
@@ -72,6 +75,7 @@ impl Shared {
             epoch: Instant::now(),
             known: Mutex::default(),
             capture_log: Mutex::new(crate::state::load(storage_root.as_path(), unix_now())),
+            startups: Default::default(),
         }
     }
 
@@ -126,6 +130,27 @@ impl Shared {
 
     pub fn known_process(&self, ns_pid: u32) -> Option<KnownProcess> {
         lock(&self.known).get(&ns_pid).cloned()
+    }
+}
+
+/// Runtimes whose `startup` triggers already fired, by the runtime's instance cookie: a watcher
+/// that restarts on the same runtime (a dropped session, a policy reload) does not fire again,
+/// a restarted runtime (a new cookie, even with the same pid) does.
+#[derive(Debug, Default)]
+pub struct Startups(Mutex<HashSet<[u8; 16]>>);
+
+/// Cookies remembered; past this the memory starts over (a pod does not restart its runtime
+/// thousands of times, and a repeat firing is held by the limits anyway).
+const STARTUPS_KEPT: usize = 1024;
+
+impl Startups {
+    /// `true` the first time `cookie` is seen.
+    pub fn first_time(&self, cookie: [u8; 16]) -> bool {
+        let mut seen = lock(&self.0);
+        if seen.len() >= STARTUPS_KEPT {
+            seen.clear();
+        }
+        seen.insert(cookie)
     }
 }
 

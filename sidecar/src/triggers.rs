@@ -96,10 +96,24 @@ enum State {
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
     states: Vec<State>,
+    /// Per trigger: whether its `processes` filter admits this process.
+    applies: Vec<bool>,
 }
 
 impl Engine {
+    /// Every trigger applies (no process to filter on).
     pub fn new(policy: &DumpPolicySpec) -> Self {
+        Self::for_process(policy, None)
+    }
+
+    /// Triggers whose `processes` filter does not admit `process` (name, command line) never
+    /// fire for it.
+    pub fn for_process(policy: &DumpPolicySpec, process: Option<(&str, &str)>) -> Self {
+        let applies = policy
+            .triggers
+            .iter()
+            .map(|t| process.is_none_or(|(name, cmd)| api::processes_match(&t.processes, name, cmd)))
+            .collect();
         let states = policy
             .triggers
             .iter()
@@ -113,7 +127,12 @@ impl Engine {
                 _ => State::None,
             })
             .collect();
-        Self { states }
+        Self { states, applies }
+    }
+
+    /// Whether trigger `index` may fire for this engine's process.
+    pub fn applies(&self, index: usize) -> bool {
+        self.applies.get(index).copied().unwrap_or(false)
     }
 
     /// Evaluate metric and schedule triggers against the latest values. `now` is monotonic
@@ -121,21 +140,24 @@ impl Engine {
     pub fn evaluate(&mut self, policy: &DumpPolicySpec, v: &Values, now: f64, unix_now: u64) -> Vec<Firing> {
         let mut out = Vec::new();
         for (index, (t, state)) in policy.triggers.iter().zip(self.states.iter_mut()).enumerate() {
+            if !self.applies.get(index).copied().unwrap_or(false) {
+                continue;
+            }
             match state {
                 State::Threshold(th) => {
                     let Some(value) = metric(t.kind, v) else { continue };
-                    let (above, clear) = limits_of(t);
+                    let Some(bound) = Bound::of(t) else { continue };
                     let hold = t.for_.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-                    if th.step(above, clear, hold, value, now) {
-                        out.push(firing(index, t, value, format!("{} above {} for {hold}s", t.kind.name(), above)));
+                    if bound.step(th, hold, value, now) {
+                        out.push(firing(index, t, value, format!("{} {bound} for {hold}s", t.kind.name())));
                     }
                 }
                 State::Growth(g, th) => {
                     let Some(heap) = v.gc_heap_bytes else { continue };
                     let window = t.for_.map(|d| d.as_secs_f64()).unwrap_or(60.0);
                     let Some(rate) = g.push(now, heap, window) else { continue };
-                    let (above, clear) = limits_of(t);
-                    if th.step(above, clear, 0.0, rate, now) {
+                    let Some(bound) = Bound::of(t) else { continue };
+                    if bound.step(th, 0.0, rate, now) {
                         out.push(firing(index, t, rate, format!("gc heap grew {rate:.0} B/min over {window}s")));
                     }
                 }
@@ -169,7 +191,7 @@ impl Engine {
             .triggers
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.kind == kind)
+            .filter(|&(index, t)| t.kind == kind && self.applies(index))
             .map(|(index, t)| firing(index, t, value, detail.to_string()))
             .collect();
         if out.is_empty() && kind == TriggerKind::OnDemand {
@@ -179,14 +201,52 @@ impl Engine {
     }
 }
 
-fn firing(index: usize, t: &Trigger, value: f64, detail: String) -> Firing {
-    Firing { index: Some(index), trigger: t.kind, value, threshold: t.above.map(|a| a.value()), detail }
+pub(crate) fn firing(index: usize, t: &Trigger, value: f64, detail: String) -> Firing {
+    Firing { index: Some(index), trigger: t.kind, value, threshold: t.above.or(t.below).map(|a| a.value()), detail }
 }
 
-fn limits_of(t: &Trigger) -> (f64, f64) {
-    let above = t.above.map(|a| a.value()).unwrap_or(f64::INFINITY);
-    let clear = t.clear_below.map(|c| c.value()).unwrap_or(above * 0.9);
-    (above, clear)
+/// An `above` or `below` threshold with its re-arm level, as one `above` comparison: a `below`
+/// trigger compares the negated value, so one state machine ([`Threshold`]) serves both sides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// 1 for `above`, -1 for `below`.
+    sign: f64,
+    threshold: f64,
+    clear: f64,
+}
+
+impl Bound {
+    /// `None` for a trigger with neither `above` nor `below` (a validated policy has one).
+    pub fn of(t: &Trigger) -> Option<Self> {
+        match (t.above, t.below) {
+            (Some(a), _) => {
+                let a = a.value();
+                Some(Self { sign: 1.0, threshold: a, clear: t.clear_below.map_or(a * 0.9, |c| c.value()) })
+            }
+            (None, Some(b)) => {
+                let b = b.value();
+                Some(Self { sign: -1.0, threshold: b, clear: t.clear_above.map_or(b * 1.1, |c| c.value()) })
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Whether `value` is on the firing side (the worst of several values is the largest for
+    /// `above`, the smallest for `below`).
+    pub fn worse(&self, a: f64, b: f64) -> f64 {
+        if self.sign > 0.0 { a.max(b) } else { a.min(b) }
+    }
+
+    pub fn step(&self, th: &mut Threshold, hold: f64, value: f64, now: f64) -> bool {
+        th.step(self.sign * self.threshold, self.sign * self.clear, hold, self.sign * value, now)
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = if self.sign > 0.0 { "above" } else { "below" };
+        write!(f, "{side} {}", self.threshold)
+    }
 }
 
 /// The value a threshold trigger compares.

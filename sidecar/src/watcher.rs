@@ -19,6 +19,7 @@ use crate::Error;
 use crate::capture::{self, Target};
 use crate::commit::{self, Job};
 use crate::limits::{Asker, History};
+use crate::metric_triggers::{MetricEngine, Observation, Sources};
 use crate::metrics::{Metrics, Proc, TriggerLabels};
 use crate::shared::{KnownProcess, Shared, lock};
 use crate::triggers::{Engine, Firing, Values};
@@ -38,10 +39,12 @@ pub fn session_config(interval: f64, contention: bool) -> SessionConfig {
     cfg
 }
 
-/// The session for `policy`: [`session_config`], plus the exception events when the policy has
-/// an exception trigger or capture.
-fn config_for(policy: &DumpPolicySpec, contention: bool) -> SessionConfig {
+/// The session for `policy`: [`session_config`] with the metric triggers' `extra` providers
+/// ([`Sources::providers`]), plus the exception events when the policy has an exception trigger
+/// or capture.
+fn config_for(policy: &DumpPolicySpec, contention: bool, extra: Vec<Provider>) -> SessionConfig {
     let mut cfg = session_config(policy.counter_interval.as_secs_f64(), contention);
+    cfg.providers.extend(extra);
     if policy.watches_exceptions() {
         crate::exceptions::add_to_session(&mut cfg);
     }
@@ -72,7 +75,20 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     let mut policy = policy_rx.borrow_and_update().clone();
     let live = target.runtime_major().is_some_and(|m| m >= 8);
     let labels = target.labels();
-    let mut session = TraceSession::start(&target.client, &config_for(&policy, live)).await?;
+    let process = Some((target.name.as_str(), target.command_line.as_str()));
+    let mut engine = Engine::for_process(&policy, process);
+    // Our own id for the app's metrics session: its events name it, another tool's do not.
+    let meter_session = format!("dumpwatch-{}-{}", target.pid, (crate::shared::unix_now() * 1000.0) as u64);
+    let mut sources = Sources::of(&policy, |i| engine.applies(i));
+    let config = |policy: &DumpPolicySpec, sources: &Sources| {
+        let interval = policy.counter_interval.as_secs_f64();
+        let (extra, unavailable) = sources.providers(interval, &meter_session, target.runtime_major());
+        if let Some(why) = unavailable {
+            tracing::warn!(pid = target.pid, runtime = ?target.runtime_version, "{why}");
+        }
+        config_for(policy, live, extra)
+    };
+    let mut session = TraceSession::start(&target.client, &config(&policy, &sources)).await?;
     *started = true;
     tracing::info!(pid = target.pid, process = %target.name, runtime = ?target.runtime_version, "watching");
     let known = KnownProcess { name: target.name.clone(), runtime_version: target.runtime_version.clone() };
@@ -94,7 +110,9 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
         shared.metrics.deadlocked.get_or_create(&labels).set(0.0);
     }
     shared.metrics.publish_zeros(&policy, &labels);
-    let mut engine = Engine::new(&policy);
+    let mut metric_engine = MetricEngine::new(&policy, |i| engine.applies(i), &meter_session);
+    let mut observations: Vec<Observation> = Vec::new();
+    let mut meter_problem: Option<String> = None;
     let new_tracker = || {
         let config = WaitForConfig { confirm_window: Duration::from_millis(500), ..Default::default() };
         // Only the confirm window differs from the defaults, whose caps are what `new` checks.
@@ -107,15 +125,33 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     let history = Arc::new(Mutex::new(History::default()));
     let mut on_demand = shared.on_demand.subscribe();
     let mut samples: Vec<CounterSample> = Vec::new();
+    // (firing, live finding, the DumpSnapshot an on-demand capture answers)
+    let mut firings: Vec<(Firing, Option<serde_json::Value>, Option<String>)> =
+        startup(shared, target, &policy, &engine).await.into_iter().map(|f| (f, None, None)).collect();
     let mut exceptions = crate::exceptions::Exceptions::new(&policy);
     let mut thrown: Vec<Thrown> = Vec::new();
     loop {
-        // (firing, live finding, the DumpSnapshot an on-demand capture answers)
-        let mut firings: Vec<(Firing, Option<serde_json::Value>, Option<String>)> = Vec::new();
         {
             let mut sink = |info: &TraceInfo, ev: &Event<'_>| {
                 if let Some(s) = sample_from_event(info, ev) {
-                    samples.push(s);
+                    // Only System.Runtime's counters are the built-in metrics: an app's own
+                    // EventSource may well name a counter `cpu-usage` too.
+                    if s.provider == SYSTEM_RUNTIME {
+                        samples.push(s);
+                    } else {
+                        observations.push(Observation::Counter(s));
+                    }
+                } else if ev.metadata.provider == diag::meters::METRICS_PROVIDER {
+                    match diag::meters::decode(ev) {
+                        Ok(Some(diag::meters::MeterEvent::Sample(m))) => observations.push(Observation::Meter(m)),
+                        Ok(Some(diag::meters::MeterEvent::Problem { session_id, what }))
+                            if session_id.is_empty() || session_id == meter_session =>
+                        {
+                            meter_problem = Some(what)
+                        }
+                        Ok(_) => {}
+                        Err(e) => meter_problem = Some(e.to_string()),
+                    }
                 } else if let Some(t) = Thrown::from_event(info, ev) {
                     match t {
                         Ok(t) => thrown.push(t),
@@ -131,15 +167,21 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                 changed = policy_rx.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let new = policy_rx.borrow_and_update().clone();
-                    if new.counter_interval != policy.counter_interval || new.watches_exceptions() != policy.watches_exceptions() {
+                    engine = Engine::for_process(&new, process);
+                    let new_sources = Sources::of(&new, |i| engine.applies(i));
+                    let restart = new.counter_interval != policy.counter_interval
+                        || new.watches_exceptions() != policy.watches_exceptions()
+                        || new_sources != sources;
+                    if restart {
                         // The interval and the providers are session arguments: restart the session.
                         let _ = session.stop().await;
-                        session = TraceSession::start(&target.client, &config_for(&new, live)).await?;
+                        session = TraceSession::start(&target.client, &config(&new, &new_sources)).await?;
+                        sources = new_sources;
                         tracker = new_tracker();
                         contentions_published = 0;
                         reported.clear();
                     }
-                    engine = Engine::new(&new);
+                    metric_engine = MetricEngine::new(&new, |i| engine.applies(i), &meter_session);
                     exceptions.set_policy(&new);
                     shared.metrics.publish_zeros(&new, &labels);
                     policy = new;
@@ -158,8 +200,17 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             firings.extend(engine.evaluate(&policy, &values, shared.now(), unix).into_iter().map(|f| (f, None, None)));
         }
+        if !observations.is_empty() {
+            let f = metric_engine.observe(&policy, &observations, shared.now());
+            firings.extend(f.into_iter().map(|f| (f, None, None)));
+            observations.clear();
+        }
+        if let Some(what) = meter_problem.take() {
+            tracing::warn!(pid = target.pid, process = %target.name, problem = %what, "metrics session");
+        }
         for t in thrown.drain(..) {
-            firings.extend(exceptions.on_thrown(&policy, t).into_iter().map(|f| (f, None, None)));
+            let f = exceptions.on_thrown(&policy, t).into_iter().filter(|f| f.index.is_none_or(|i| engine.applies(i)));
+            firings.extend(f.map(|f| (f, None, None)));
         }
         if live {
             let seen = tracker.contentions;
@@ -181,8 +232,26 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                 }
             }
         }
-        for (f, finding, snapshot) in firings {
+        for (f, finding, snapshot) in firings.drain(..) {
             fire(shared, target, &policy, &values, &history, &exceptions.log, f, finding, snapshot);
+        }
+    }
+}
+
+/// The `startup` triggers for this process, unless they already fired for this runtime (a
+/// watcher restarted on the same runtime). The runtime's instance cookie tells runtimes apart;
+/// without an answer they fire (a capture too many is held by the limits, a missed start is lost).
+async fn startup(shared: &Shared, target: &Target, policy: &DumpPolicySpec, engine: &Engine) -> Vec<Firing> {
+    let firings = crate::metric_triggers::startup_firings(policy, |i| engine.applies(i));
+    if firings.is_empty() {
+        return firings;
+    }
+    match target.client.process_info().await {
+        Ok(info) if !shared.startups.first_time(info.runtime_cookie) => Vec::new(),
+        Ok(_) => firings,
+        Err(e) => {
+            tracing::debug!(pid = target.pid, error = %e, "no runtime cookie: startup triggers fire without one");
+            firings
         }
     }
 }
@@ -273,7 +342,7 @@ fn fire(
     finding: Option<serde_json::Value>,
     snapshot: Option<String>,
 ) {
-    tracing::warn!(pid = t.pid, process = %t.name, trigger = %firing.trigger, value = firing.value,
+    tracing::warn!(pid = t.pid, process = %t.name, trigger = %firing.trigger, index = ?firing.index, value = firing.value,
         threshold = ?firing.threshold, detail = %firing.detail, "trigger fired");
     let tl = TriggerLabels { pid: t.pid.to_string(), process: t.name.clone(), trigger: firing.trigger.name().into() };
     shared.metrics.triggers.get_or_create(&tl).inc();

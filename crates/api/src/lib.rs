@@ -13,6 +13,7 @@
 pub mod crash_dumps;
 mod crd;
 mod cron;
+mod metric_trigger;
 mod spec;
 mod units;
 mod validate;
@@ -20,6 +21,7 @@ pub mod wire;
 
 pub use crd::*;
 pub use cron::Cron;
+pub use metric_trigger::{MetricRef, MetricSource, processes_match};
 pub use spec::*;
 pub use units::{Duration, Quantity};
 

@@ -42,7 +42,8 @@ pub struct DumpPolicySpec {
     pub mode: Mode,
     /// How often the runtime publishes its counters; triggers cannot react faster.
     pub counter_interval: Duration,
-    /// When to capture.
+    /// When to capture (at most 64: bounds the API server's cost of the per-trigger rules).
+    #[schemars(length(max = 64))]
     pub triggers: Vec<Trigger>,
     /// What a capture contains (a trigger may override it).
     pub capture: Capture,
@@ -123,9 +124,10 @@ pub enum Mode {
     Connect,
 }
 
-/// One reason to capture. Metric triggers fire when the value stays `above` the threshold for
-/// `for`, and re-arm only once it drops below `clearBelow` (hysteresis, so a value hovering at
-/// the threshold does not fire again and again).
+/// One reason to capture. Metric triggers fire when the value stays `above` (or `below`) the
+/// threshold for `for`, and re-arm only once it drops below `clearBelow` (rises above
+/// `clearAbove`): hysteresis, so a value hovering at the threshold does not fire again and again.
+/// `processes` limits any trigger to some of the pod's processes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -138,8 +140,16 @@ pub enum Mode {
         "message": "heapGrowth is not a trigger to write: it names the snapshots of growth verdicts; set spec.heapSnapshots (e.g. heapSnapshots: {every: 10m, keep: 6}) to get them"
     },
     {
-        "rule": "!(self.type in ['gcHeapBytes', 'gcHeapGrowth', 'workingSet', 'cpu', 'threads', 'threadPoolQueue', 'exceptionRate', 'lockContentionRate']) || has(self.above)",
-        "message": "a metric trigger needs `above` (the threshold), e.g. above: 500Mi"
+        "rule": "!(self.type in ['gcHeapBytes', 'gcHeapGrowth', 'workingSet', 'cpu', 'threads', 'threadPoolQueue', 'exceptionRate', 'lockContentionRate', 'metric']) || has(self.above) != has(self.below)",
+        "message": "a metric trigger needs exactly one of `above` or `below` (the threshold), e.g. above: 500Mi"
+    },
+    {
+        "rule": "(self.type == 'metric') == has(self.metric)",
+        "message": "a `metric` trigger names its metric, and only it: metric: {provider: MyApp.Queue, counter: queue-length} (an EventCounter) or metric: {meter: MyApp, instrument: request-duration, percentile: 95}"
+    },
+    {
+        "rule": "(!has(self.clearBelow) || has(self.above)) && (!has(self.clearAbove) || has(self.below))",
+        "message": "clearBelow re-arms an `above` trigger, clearAbove a `below` trigger (e.g. below: 5, clearAbove: 10)"
     },
     {
         "rule": "self.type == 'exception' || (!has(self.exceptionType) && !has(self.count) && !has(self.window))",
@@ -158,6 +168,22 @@ pub struct Trigger {
     /// Re-arm threshold; default 90% of `above`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear_below: Option<Quantity>,
+    /// Threshold the other way: fire when the value stays below it for `for` (e.g. a queue that
+    /// drains to nothing, requests per second that drop). Exactly one of `above` and `below`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<Quantity>,
+    /// Re-arm threshold of a `below` trigger; default 110% of `below`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_above: Option<Quantity>,
+    /// `metric` triggers: the app's own EventCounter or `System.Diagnostics.Metrics` instrument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<crate::MetricSource>,
+    /// Only these processes (any trigger): globs (`*`, `?`) matched against the whole process
+    /// name (the entry assembly, e.g. `Orders.Api`) or the whole command line
+    /// (`*--role=worker*`), case-sensitive. Empty: every .NET process of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub processes: Vec<String>,
     /// `schedule` triggers: capture every this long...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<Duration>,
@@ -199,6 +225,10 @@ impl Trigger {
             above: None,
             for_: None,
             clear_below: None,
+            below: None,
+            clear_above: None,
+            metric: None,
+            processes: Vec::new(),
             every: None,
             cron: None,
             file: None,
@@ -229,6 +259,10 @@ pub enum TriggerKind {
     ExceptionRate,
     /// Monitor lock contentions per second.
     LockContentionRate,
+    /// The app's own EventCounter or `System.Diagnostics.Metrics` instrument, named by `metric`.
+    Metric,
+    /// Once per process, when the sidecar first sees its runtime (e.g. stacks or a trace at start).
+    Startup,
     /// A wait-for cycle among threads (live on .NET 8+).
     Deadlock,
     /// Every `every`, or at the `cron` times.
@@ -263,6 +297,8 @@ impl TriggerKind {
             Self::ThreadPoolQueue => "threadPoolQueue",
             Self::ExceptionRate => "exceptionRate",
             Self::LockContentionRate => "lockContentionRate",
+            Self::Metric => "metric",
+            Self::Startup => "startup",
             Self::Deadlock => "deadlock",
             Self::Schedule => "schedule",
             Self::OnDemand => "onDemand",
@@ -285,6 +321,11 @@ impl TriggerKind {
                 | Self::ExceptionRate
                 | Self::LockContentionRate
         )
+    }
+
+    /// Triggers that compare a value with `above` or `below`: the built-in metrics and `metric`.
+    pub fn compares_a_value(self) -> bool {
+        self.is_threshold() || self == Self::Metric
     }
 }
 

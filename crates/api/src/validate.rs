@@ -75,12 +75,21 @@ impl DumpPolicySpec {
                 "capture.traceDuration must be between 1s and 5m (got {trace} s): a trace samples every thread each millisecond"
             ));
         }
+        if self.triggers.len() > 64 {
+            p.push(format!(
+                "triggers: at most 64 (got {}); one trigger can capture several kinds",
+                self.triggers.len()
+            ));
+        }
         for (i, t) in self.triggers.iter().enumerate() {
             let at = format!("triggers[{i}] ({})", t.kind.name());
-            if t.kind.is_threshold() {
+            crate::metric_trigger::problems(t, &at, &mut p);
+            if t.kind.compares_a_value() {
                 match t.above {
-                    None => p.push(format!("{at}: `above` (the threshold) is required")),
-                    Some(a) if a.value() <= 0.0 => p.push(format!("{at}: `above` must be positive")),
+                    // A metric trigger's unit is the app's: zero or less can be a real threshold.
+                    Some(a) if a.value() <= 0.0 && t.kind != TriggerKind::Metric => {
+                        p.push(format!("{at}: `above` must be positive"))
+                    }
                     Some(a) => {
                         if let Some(c) = t.clear_below
                             && c.value() > a.value()
@@ -88,6 +97,7 @@ impl DumpPolicySpec {
                             p.push(format!("{at}: clearBelow ({c}) must not exceed above ({a})"));
                         }
                     }
+                    None => {}
                 }
                 if t.kind == TriggerKind::Cpu && t.above.is_some_and(|a| a.value() > 1.0) {
                     p.push(format!("{at}: cpu is a ratio of the machine: write 80% or \"0.8\" (quoted in a DumpPolicy object), not 80"));
@@ -277,7 +287,7 @@ storage: {volume: {path: /d}, s3: {storeRef: s}}
         let err = DumpPolicySpec::from_yaml(bad).unwrap_err().to_string();
         for needle in [
             "limits.cooldown must be ≥ the counter interval (5s < 30s)",
-            "triggers[0] (gcHeapBytes): `above` (the threshold) is required",
+            "triggers[0] (gcHeapBytes): `above` or `below` (the threshold) is required",
             "write 80% or \"0.8\"",
             "only apply to metric triggers",
             "exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3",

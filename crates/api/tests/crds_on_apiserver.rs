@@ -28,6 +28,10 @@ spec:
     - {type: deadlock}
     - {type: schedule, cron: "0 3 * * *"}
     - {type: exception, exceptionType: "System.*Timeout*", count: 5, window: 1m, capture: [exceptions, stacks]}
+    - {type: metric, metric: {provider: Orders.Queue, counter: queue-length}, above: 40, for: 5s}
+    - {type: metric, metric: {meter: Orders, instrument: request-duration, percentile: 95}, above: 250, processes: ["Orders.*"]}
+    - {type: metric, metric: {meter: Orders, instrument: queue-length}, below: 1, clearAbove: 5}
+    - {type: startup, capture: [stacks], processes: ["*--role=worker*"]}
   capture: {kinds: [dump], exceptionsLast: 50}
   limits: {maxPerHour: 2, cooldown: 10m, maxBytes: 4Gi}
   storage: {volume: {path: /dumps}}
@@ -121,7 +125,28 @@ fn generated_crds_on_the_real_apiserver() {
             VALID.replace("{type: schedule, cron: \"0 3 * * *\"}", "{type: schedule}"),
             "a schedule trigger needs exactly one of `every` (e.g. every: 1h) or `cron`",
         ),
-        (VALID.replace("above: 500Mi, ", ""), "a metric trigger needs `above` (the threshold), e.g. above: 500Mi"),
+        (
+            VALID.replace("above: 500Mi, ", ""),
+            "a metric trigger needs exactly one of `above` or `below` (the threshold), e.g. above: 500Mi",
+        ),
+        (VALID.replace("below: 1, ", "above: 9, below: 1, "), "needs exactly one of `above` or `below`"),
+        (
+            VALID.replace("metric: {provider: Orders.Queue, counter: queue-length}, ", ""),
+            "a `metric` trigger names its metric",
+        ),
+        (
+            VALID.replace("{type: deadlock}", "{type: deadlock, metric: {meter: M, instrument: i}}"),
+            "a `metric` trigger names its metric",
+        ),
+        (
+            VALID.replace("counter: queue-length}", "counter: queue-length, meter: Orders}"),
+            "metric needs either provider + counter (an EventCounter",
+        ),
+        (VALID.replace("percentile: 95", "percentile: 90"), "metric.percentile must be 50, 95 or 99"),
+        (
+            VALID.replace("below: 1, clearAbove: 5", "above: 1, clearAbove: 5"),
+            "clearBelow re-arms an `above` trigger, clearAbove a `below` trigger",
+        ),
         (VALID.replace("cooldown: 10m", "cooldown: 500ms"), COOLDOWN_MESSAGE),
         (
             VALID.replace("counterInterval: 1s", "counterInterval: 1h").replace("cooldown: 10m", "cooldown: 59m"),

@@ -18,7 +18,7 @@ pub fn session_config(providers: &[&str], interval_sec: f64) -> SessionConfig {
     cfg
 }
 
-fn trim_float(v: f64) -> String {
+pub(crate) fn trim_float(v: f64) -> String {
     let s = format!("{v}");
     s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
 }

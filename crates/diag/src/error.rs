@@ -36,6 +36,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A `System.Diagnostics.Metrics` event whose payload is not what its name and version promise.
+    #[error("malformed {event} event of System.Diagnostics.Metrics: {reason}")]
+    MeterPayload { event: String, reason: String },
+
     #[error(transparent)]
     Trace(#[from] nettrace::Error),
 

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod dump;
 pub mod exceptions;
 pub mod heap;
+pub mod meters;
 pub mod protocol;
 pub mod reverse;
 pub mod session;

@@ -9,7 +9,7 @@ namespace DiagScenarios
 {
     static class Program
     {
-        const string Usage = "usage: DiagScenarios.dll [--port N (default 0 = ephemeral)] [--leak-count N]";
+        const string Usage = "usage: DiagScenarios.dll [--port N (default 0 = ephemeral)] [--leak-count N] [--app-metrics 1]";
 
         static int port;
 
@@ -18,12 +18,13 @@ namespace DiagScenarios
             Native.Check();
             // First, so that first_chance_exceptions covers the whole life of the process.
             ExceptionScenario.Install();
-            var args = Args.Parse(argv, Usage, "--port", "--leak-count");
+            var args = Args.Parse(argv, Usage, "--port", "--leak-count", "--app-metrics");
             int requestedPort = args.Get("--port", 0);
             if (requestedPort > 65535) Args.Fail(Usage, "--port must be <= 65535");
             int leak = args.Get("--leak-count", 0);
             if (leak > CustomerCache.MaxCustomers) Args.Fail(Usage, "--leak-count too large");
             if (leak > 0) Processor.Current.Cache.Add(leak);
+            if (args.Get("--app-metrics", 0) == 1) AppMetrics.Install();
 
             var server = new HttpServer("diag");
             server.RouteHealthAndExit();
@@ -36,6 +37,7 @@ namespace DiagScenarios
             server.Route("/taskwait", Hangs.TaskWait);
             server.Route("/block", Hangs.Block);
             server.Route("/crash", CrashScenario.Handle);
+            server.Route("/app-metrics", AppMetrics.Handle);
             server.Route("/truth", Truth);
             server.Start(requestedPort);
             port = server.Port;

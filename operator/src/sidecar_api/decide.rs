@@ -133,7 +133,7 @@ pub fn snapshot_from_report(
 /// What a snapshot says fired it: a threshold trigger's value; an exception trigger's words
 /// (the count, the filter, the last exception: what its Event tells), cut to [`MAX_OBSERVED`].
 fn observed(firing: &api::wire::Firing) -> Option<String> {
-    if firing.trigger.is_threshold() {
+    if firing.trigger.compares_a_value() {
         return Some(format!("{}", firing.value));
     }
     (firing.trigger == api::TriggerKind::Exception && !firing.detail.is_empty()).then(|| {
@@ -178,7 +178,7 @@ pub fn snapshot_from_failure(
         pid: Some(report.pid),
         runtime_version: report.runtime_version.clone(),
         trigger,
-        observed: trigger.is_threshold().then(|| format!("{}", report.value)),
+        observed: trigger.compares_a_value().then(|| format!("{}", report.value)),
         artifacts: Vec::new(),
         volume: None, // nothing stored
         store: None,

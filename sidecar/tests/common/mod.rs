@@ -15,6 +15,8 @@ pub struct Sidecar {
     pub store: PathBuf,
     pub policy: PathBuf,
     pub marker: String,
+    /// The sidecar's log (`--json-logs`), one JSON object per line.
+    pub log: PathBuf,
     scan_ms: u64,
     _dir: tempfile::TempDir,
 }
@@ -42,8 +44,17 @@ impl Sidecar {
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, policy).unwrap();
         let marker = format!("DUMPWATCH_TEST={name}-{}", std::process::id());
-        let mut s =
-            Sidecar { child: spawn_placeholder(), port: 0, store, policy: policy_path, marker, scan_ms, _dir: dir };
+        let log = dir.path().join("sidecar.log");
+        let mut s = Sidecar {
+            child: spawn_placeholder(),
+            port: 0,
+            store,
+            policy: policy_path,
+            marker,
+            log,
+            scan_ms,
+            _dir: dir,
+        };
         s.child = s.spawn();
         s
     }
@@ -54,9 +65,10 @@ impl Sidecar {
             .args(["--policy", self.policy.to_str().unwrap(), "--storage", self.store.to_str().unwrap()])
             .args(["--http", &format!("127.0.0.1:{}", self.port), "--select-env", &self.marker])
             .args(["--pod", "test-pod", "--container", "app", "--scan-interval-ms", &self.scan_ms.to_string()])
+            .arg("--json-logs")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -103,6 +115,17 @@ impl Sidecar {
     /// Value of `name{...}` whose labels contain every `labels` fragment.
     pub fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
         metric_in(&self.metrics(), name, labels)
+    }
+
+    /// The log lines so far whose message is `message` (their `fields` objects).
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .map(|v| v["fields"].clone())
+            .collect()
     }
 
     pub fn findings(&self) -> Vec<Value> {
