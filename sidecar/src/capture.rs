@@ -1,5 +1,6 @@
 //! Taking the evidence from a live process: core dump (DAC beside), heap snapshot (raw nettrace
-//! and histogram), all-thread stacks, into a capture directory. The limits were checked before
+//! and histogram), all-thread stacks, a CPU trace, the exceptions kept before the firing, into a
+//! capture directory. The limits were checked before
 //! this runs (`watcher`) and [`crate::commit`] publishes what it took; this module only captures.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use api::CaptureKind;
 use api::wire::ProcessEntry;
 use diag::client::DiagnosticsClient;
 use diag::discovery::DotnetProcess;
+use diag::exceptions::Thrown;
 use diag::stacks::ThreadStack;
 
 use crate::Error;
@@ -95,7 +97,7 @@ pub struct Request {
     /// How long a `trace` samples.
     pub trace_duration: Duration,
     /// What an `exceptions` capture holds: the latest exceptions before the firing, oldest first.
-    pub exceptions: Vec<diag::exceptions::Thrown>,
+    pub exceptions: Vec<Thrown>,
     /// Exceptions seen since the sidecar began watching the process.
     pub exceptions_seen: u64,
 }
@@ -125,7 +127,7 @@ pub async fn take(t: &Target, dir: &Path, req: &Request) -> Result<Taken, Error>
             CaptureKind::Dump => dump(t, dir, req).await,
             CaptureKind::Trace => trace(t, dir, req.trace_duration).await,
             CaptureKind::Exceptions => {
-                crate::exceptions::capture(t, &dir.join("exceptions.json"), &req.exceptions, req.exceptions_seen).await
+                exceptions_json(t, &dir.join("exceptions.json"), &req.exceptions, req.exceptions_seen).await
             }
         };
         if let Err(e) = &r {
@@ -282,6 +284,50 @@ pub fn human_bytes(n: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// The `exceptions` capture: `exceptions.json`, the exceptions kept before the firing with
+/// their frames named by a rundown of the process (every method jitted so far). If the rundown
+/// fails, the frames stay instruction pointers and the file says why.
+pub async fn exceptions_json(t: &Target, path: &Path, thrown: &[Thrown], seen: u64) -> Result<(), Error> {
+    let named = match diag::stacks::method_map(&t.client, Duration::from_secs(60)).await {
+        Ok(methods) => Ok(diag::exceptions::name(thrown, &methods)),
+        Err(e) => Err(e.to_string()),
+    };
+    let exceptions: Vec<serde_json::Value> = match &named {
+        Ok(named) => named
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "time": rfc3339(e.unix_ns), "type": e.exception_type, "message": e.message,
+                    "hresult": e.hresult, "rethrown": e.rethrown, "thread": e.thread, "stack": e.stack,
+                })
+            })
+            .collect(),
+        Err(_) => thrown
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "time": rfc3339(e.unix_ns), "type": e.exception_type, "message": e.message,
+                    "hresult": format!("{:#010x}", e.hresult), "thread": e.thread,
+                    "stack": e.stack.iter().map(|ip| format!("{ip:#x}")).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    };
+    let doc = serde_json::json!({
+        "pid": t.pid,
+        "process": t.name,
+        "runtime_version": t.runtime_version,
+        "exceptions_seen": seen,
+        "exceptions": exceptions,
+        "frames_unnamed_because": named.err(),
+    });
+    write_json(path, &doc)
+}
+
+fn rfc3339(unix_ns: Option<i64>) -> Option<String> {
+    jiff::Timestamp::from_nanosecond(i128::from(unix_ns?)).ok().map(|t| t.to_string())
 }
 
 #[cfg(test)]

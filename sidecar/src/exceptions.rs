@@ -5,16 +5,12 @@
 //! ([`add_to_session`]); the decisions here are pure, with event times passed in.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::Duration;
 
 use api::{DumpPolicySpec, TriggerKind};
 use diag::exceptions::{ExceptionLog, Thrown, type_matches};
 use diag::protocol::SessionConfig;
 
-use crate::Error;
-use crate::capture::Target;
-use crate::storage::write_json;
 use crate::triggers::Firing;
 
 /// An exception trigger's window when the policy names none.
@@ -120,50 +116,6 @@ fn windows(policy: &DumpPolicySpec) -> Vec<Option<Window>> {
     policy.triggers.iter().map(|t| (t.kind == TriggerKind::Exception).then(Window::default)).collect()
 }
 
-/// The `exceptions` capture: `exceptions.json`, the exceptions kept before the firing with
-/// their frames named by a rundown of the process (every method jitted so far). If the rundown
-/// fails, the frames stay instruction pointers and the file says why.
-pub async fn capture(t: &Target, path: &Path, thrown: &[Thrown], seen: u64) -> Result<(), Error> {
-    let named = match diag::stacks::method_map(&t.client, Duration::from_secs(60)).await {
-        Ok(methods) => Ok(diag::exceptions::name(thrown, &methods)),
-        Err(e) => Err(e.to_string()),
-    };
-    let exceptions: Vec<serde_json::Value> = match &named {
-        Ok(named) => named
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "time": rfc3339(e.unix_ns), "type": e.exception_type, "message": e.message,
-                    "hresult": e.hresult, "rethrown": e.rethrown, "thread": e.thread, "stack": e.stack,
-                })
-            })
-            .collect(),
-        Err(_) => thrown
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "time": rfc3339(e.unix_ns), "type": e.exception_type, "message": e.message,
-                    "hresult": format!("{:#010x}", e.hresult), "thread": e.thread,
-                    "stack": e.stack.iter().map(|ip| format!("{ip:#x}")).collect::<Vec<_>>(),
-                })
-            })
-            .collect(),
-    };
-    let doc = serde_json::json!({
-        "pid": t.pid,
-        "process": t.name,
-        "runtime_version": t.runtime_version,
-        "exceptions_seen": seen,
-        "exceptions": exceptions,
-        "frames_unnamed_because": named.err(),
-    });
-    write_json(path, &doc)
-}
-
-fn rfc3339(unix_ns: Option<i64>) -> Option<String> {
-    jiff::Timestamp::from_nanosecond(i128::from(unix_ns?)).ok().map(|t| t.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,20 +177,5 @@ mod tests {
         let mut e = Exceptions::new(&p);
         assert_eq!(e.on_thrown(&p, thrown(0.0, "X")).len(), 1);
         assert!(e.log.last(10).is_empty());
-    }
-
-    #[test]
-    fn the_session_gets_the_exception_keyword_once() {
-        let mut with_contention = crate::watcher::session_config(1.0, true);
-        add_to_session(&mut with_contention);
-        let runtime: Vec<_> =
-            with_contention.providers.iter().filter(|p| p.name == nettrace::events::RUNTIME_PROVIDER).collect();
-        assert_eq!(runtime.len(), 1);
-        assert_eq!(runtime[0].keywords, nettrace::events::CONTENTION | nettrace::events::EXCEPTION);
-        assert_eq!(runtime[0].level, 4);
-        let mut counters_only = crate::watcher::session_config(1.0, false);
-        add_to_session(&mut counters_only);
-        let added = counters_only.providers.last().unwrap();
-        assert_eq!((added.keywords, added.level), (nettrace::events::EXCEPTION, 2));
     }
 }

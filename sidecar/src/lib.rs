@@ -3,7 +3,9 @@
 //!
 //! Layout, lowest first (a module imports only those above it; `tests/module_graph.rs` checks
 //! that the imports form no cycle):
-//! - pure decisions: [`triggers`], [`limits`], [`ids`];
+//! - pure decisions: [`triggers`], [`metric_triggers`] (EventCounter and Meter values against
+//!   thresholds), [`exceptions`] (thrown exceptions against exception triggers, the last N kept),
+//!   [`limits`], [`ids`];
 //! - the store and what is shared: [`storage`] (capture directories), [`state`] (the pod's
 //!   capture log, kept on the capture volume), [`metrics`], [`policy`]
 //!   (file reload, on-demand requests), [`operator_client`] (the operator's API, `api::wire`),

@@ -423,3 +423,23 @@ fn count(m: &Metrics, kinds: &[CaptureKind], result: &str) {
         m.captures.get_or_create(&crate::metrics::CaptureLabels { kind: k.name().into(), result: result.into() }).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_gets_the_exception_keyword_once() {
+        let mut with_contention = session_config(1.0, true);
+        crate::exceptions::add_to_session(&mut with_contention);
+        let runtime: Vec<_> =
+            with_contention.providers.iter().filter(|p| p.name == nettrace::events::RUNTIME_PROVIDER).collect();
+        assert_eq!(runtime.len(), 1);
+        assert_eq!(runtime[0].keywords, nettrace::events::CONTENTION | nettrace::events::EXCEPTION);
+        assert_eq!(runtime[0].level, 4);
+        let mut counters_only = session_config(1.0, false);
+        crate::exceptions::add_to_session(&mut counters_only);
+        let added = counters_only.providers.last().unwrap();
+        assert_eq!((added.keywords, added.level), (nettrace::events::EXCEPTION, 2));
+    }
+}
