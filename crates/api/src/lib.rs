@@ -15,6 +15,7 @@ mod crd;
 mod cron;
 mod metric_trigger;
 mod spec;
+mod trigger;
 mod units;
 mod validate;
 pub mod wire;
@@ -23,6 +24,7 @@ pub use crd::*;
 pub use cron::Cron;
 pub use metric_trigger::{MetricRef, MetricSource, processes_match};
 pub use spec::*;
+pub use trigger::{EXCEPTION_FIELDS_ONLY, Trigger, TriggerKind};
 pub use units::{Duration, Quantity};
 
 /// Everything that can be wrong with a policy.
