@@ -28,13 +28,13 @@ use api::{DumpPolicy, DumpSnapshot, DumpStore};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Client, ResourceExt};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 
 pub use events::outcome_events;
 pub use job::{AnalysisInputs, AnalysisSettings, analysis_job, job_name};
@@ -64,8 +64,9 @@ pub struct Context {
     backoffs: Backoffs,
     /// The caches of the controllers running now (set by [`run`] while it runs).
     stores: std::sync::RwLock<Option<Stores>>,
-    /// When each policy's status was last written ([`policy_reconciler::STATUS_INTERVAL`]).
-    status_writes: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each policy's status was last written, and what (by the policy's UID; see
+    /// [`policy_reconciler::known_status`]).
+    status_writes: Mutex<HashMap<String, policy_reconciler::Written>>,
 }
 
 /// Exponential backoff per object after failed reconciles: 1 s, 2 s, 4 s, ... up to 5 min;
@@ -117,15 +118,20 @@ impl Context {
         self.stores.read().expect("stores lock").clone().ok_or(Error::Cache)
     }
 
-    fn last_status_write(&self, policy: &str) -> Option<std::time::Instant> {
-        self.status_writes.lock().expect("status lock").get(policy).copied()
+    fn last_status_write(&self, policy: &str) -> Option<policy_reconciler::Written> {
+        self.status_writes.lock().expect("status lock").get(policy).cloned()
     }
 
-    fn status_written(&self, policy: String) {
+    fn status_written(&self, policy: String, status: api::DumpPolicyStatus) {
         let mut writes = self.status_writes.lock().expect("status lock");
-        // Entries older than the interval say nothing any more: the map stays as small as a burst.
-        writes.retain(|_, t| t.elapsed() < policy_reconciler::STATUS_INTERVAL);
-        writes.insert(policy, std::time::Instant::now());
+        // Older entries say nothing any more (the cache shows them): the map stays small.
+        writes.retain(|_, w| w.at.elapsed() < policy_reconciler::WRITTEN_MEMORY);
+        writes.insert(policy, policy_reconciler::Written { at: std::time::Instant::now(), status });
+    }
+
+    /// A write that failed: the API server does not have it.
+    fn status_not_written(&self, policy: &str) {
+        self.status_writes.lock().expect("status lock").remove(policy);
     }
 
     /// The settings for a Job created now: the CA the operator serves under at this moment.
