@@ -64,9 +64,8 @@ pub struct Context {
     backoffs: Backoffs,
     /// The caches of the controllers running now (set by [`run`] while it runs).
     stores: std::sync::RwLock<Option<Stores>>,
-    /// When each policy's status was last written, and what (by the policy's UID; see
-    /// [`policy_reconciler::known_status`]).
-    status_writes: Mutex<HashMap<String, policy_reconciler::Written>>,
+    /// When each policy's status was last written ([`policy_reconciler::STATUS_INTERVAL`]).
+    status_writes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Exponential backoff per object after failed reconciles: 1 s, 2 s, 4 s, ... up to 5 min;
@@ -118,20 +117,15 @@ impl Context {
         self.stores.read().expect("stores lock").clone().ok_or(Error::Cache)
     }
 
-    fn last_status_write(&self, policy: &str) -> Option<policy_reconciler::Written> {
-        self.status_writes.lock().expect("status lock").get(policy).cloned()
+    fn last_status_write(&self, policy: &str) -> Option<std::time::Instant> {
+        self.status_writes.lock().expect("status lock").get(policy).copied()
     }
 
-    fn status_written(&self, policy: String, status: api::DumpPolicyStatus) {
+    fn status_written(&self, policy: String) {
         let mut writes = self.status_writes.lock().expect("status lock");
-        // Older entries say nothing any more (the cache shows them): the map stays small.
-        writes.retain(|_, w| w.at.elapsed() < policy_reconciler::WRITTEN_MEMORY);
-        writes.insert(policy, policy_reconciler::Written { at: std::time::Instant::now(), status });
-    }
-
-    /// A write that failed: the API server does not have it.
-    fn status_not_written(&self, policy: &str) {
-        self.status_writes.lock().expect("status lock").remove(policy);
+        // Entries older than the interval say nothing any more: the map stays as small as a burst.
+        writes.retain(|_, t| t.elapsed() < policy_reconciler::STATUS_INTERVAL);
+        writes.insert(policy, std::time::Instant::now());
     }
 
     /// The settings for a Job created now: the CA the operator serves under at this moment.

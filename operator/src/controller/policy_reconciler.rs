@@ -28,17 +28,6 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// At most one status write per policy this often (see [`status_write`]).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long the status a policy was last given is trusted over the cache's ([`known_status`]):
-/// far longer than the watch can lag behind a write.
-pub const WRITTEN_MEMORY: Duration = Duration::from_secs(60);
-
-/// A status this operator wrote, and when.
-#[derive(Clone, Debug)]
-pub struct Written {
-    pub at: std::time::Instant,
-    pub status: DumpPolicyStatus,
-}
-
 pub async fn reconcile(policy: Arc<DumpPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = apply(&policy, &ctx).await;
@@ -60,29 +49,23 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
         .await
         .map_err(|e| Error::Storage(e.to_string()))?;
     let snapshots = stores.snapshots_of(&ns, &name);
-    let key = policy.uid().unwrap_or_else(|| format!("{ns}/{name}"));
-    let written = ctx.last_status_write(&key);
-    let mut seen = policy.clone();
-    seen.status = known_status(policy.status.as_ref(), written.as_ref(), std::time::Instant::now()).cloned();
     // The pods are the cache's own, read here and dropped before the next await: a reconcile
     // waiting on its status write holds none of them.
     let status = {
         let pods = stores.pods_selected_by(policy);
-        let status = policy_status(&seen, &pods, &snapshots, now);
-        explain_invalid(explain_storage_conflict(status, &seen, &ctx.sidecar_mount_path), &seen, &problems, now)
+        let status = policy_status(policy, &pods, &snapshots, now);
+        explain_invalid(explain_storage_conflict(status, policy, &ctx.sidecar_mount_path), policy, &problems, now)
     };
+    let key = format!("{ns}/{name}");
     let mut next = Action::requeue(resync);
-    match status_write(seen.status.as_ref(), &status, written.map(|w| w.at), std::time::Instant::now()) {
+    match status_write(policy.status.as_ref(), &status, ctx.last_status_write(&key), std::time::Instant::now()) {
         StatusWrite::Skip => {}
         StatusWrite::Later(wait) => next = Action::requeue(wait),
         StatusWrite::Now => {
-            ctx.status_written(key.clone(), status.clone());
-            let patch = Patch::Merge(json!({ "status": status }));
-            let api = Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns);
-            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &patch).await {
-                ctx.status_not_written(&key);
-                return Err(e.into());
-            }
+            ctx.status_written(key);
+            Api::<DumpPolicy>::namespaced(ctx.client.clone(), &ns)
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+                .await?;
         }
     }
 
@@ -96,22 +79,6 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(next)
-}
-
-/// The status the API server holds for a policy: the one this operator last wrote when it did
-/// so lately, else the cache's. Under load the watch brings a write back seconds later; judged
-/// by the cache alone, every reconcile meanwhile saw an old status, wrote the same one again and
-/// moved its conditions' transition times (at 5,000 pods: ~5 writes per policy per wave for ~2.5
-/// pod changes, the writes themselves slowing the API server).
-pub fn known_status<'a>(
-    cached: Option<&'a DumpPolicyStatus>,
-    written: Option<&'a Written>,
-    now: std::time::Instant,
-) -> Option<&'a DumpPolicyStatus> {
-    match written {
-        Some(w) if now.saturating_duration_since(w.at) < WRITTEN_MEMORY => Some(&w.status),
-        _ => cached,
-    }
 }
 
 /// Whether a policy's status is written now.
@@ -162,19 +129,5 @@ mod tests {
             StatusWrite::Later(STATUS_INTERVAL - Duration::from_millis(500))
         );
         assert_eq!(status_write(Some(&old), &new, Some(t0), t0 + STATUS_INTERVAL), StatusWrite::Now);
-    }
-
-    #[test]
-    fn the_status_last_written_counts_until_the_cache_has_surely_caught_up() {
-        let cached = DumpPolicyStatus { matched_pods: 1, ..Default::default() };
-        let t0 = Instant::now();
-        let written = Written { at: t0, status: DumpPolicyStatus { matched_pods: 2, ..Default::default() } };
-        assert_eq!(known_status(Some(&cached), None, t0), Some(&cached));
-        assert_eq!(known_status(Some(&cached), Some(&written), t0 + Duration::from_secs(5)), Some(&written.status));
-        assert_eq!(known_status(None, Some(&written), t0), Some(&written.status), "written before the cache had any");
-        assert_eq!(known_status(Some(&cached), Some(&written), t0 + WRITTEN_MEMORY), Some(&cached));
-        // What was written is not written again while the cache still shows the old status.
-        let again = status_write(known_status(Some(&cached), Some(&written), t0), &written.status, Some(t0), t0);
-        assert_eq!(again, StatusWrite::Skip);
     }
 }
