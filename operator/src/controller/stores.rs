@@ -12,7 +12,7 @@
 //! What no reconcile reads is dropped before an object is cached ([`slim`], [`slim_pod`]):
 //! `managedFields`, annotations other than dumpwatch's, and of an injected pod everything but its
 //! containers' names and its phase. Whole pods (the webhook's sidecar with its env, volumes,
-//! probes) were most of the operator's memory at 5,000 pods.
+//! probes) were half of the operator's heap at 5,000 pods (heaptrack: 110 of 224 MiB).
 
 use std::sync::Arc;
 
@@ -152,7 +152,7 @@ pub fn slim_pod_meta(meta: &mut kube::api::ObjectMeta) {
 /// What the policy status reads of an injected pod: its metadata ([`slim_pod_meta`]), its
 /// containers' names (the sidecar's name says it is injected) and its phase. The rest of the spec
 /// (the sidecar's env, mounts and probes, the volumes the webhook adds) and of the status made
-/// the cached pods most of the operator's memory.
+/// the cached pods half of the operator's heap at 5,000 pods (~22 KB a pod).
 pub fn slim_pod(pod: &mut Pod) {
     slim_pod_meta(&mut pod.metadata);
     if let Some(spec) = &mut pod.spec {
