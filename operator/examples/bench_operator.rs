@@ -30,6 +30,7 @@ use api::{DumpPolicy, DumpSnapshot};
 use harness::{ControlPlane, Options};
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, WebhookClientConfig};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -250,6 +251,8 @@ struct Figures {
     peak_rss_mib: f64,
     cpu_s: f64,
     status_right: Vec<(String, Option<Duration>)>,
+    /// When each wave's last request returned (wall clock, to place the audit log's entries).
+    wave_ends: Vec<Timestamp>,
     create_p50: Duration,
     create_p99: Duration,
     webhook_p99: Option<(f64, u64)>,
@@ -418,6 +421,7 @@ async fn run_one(
         for &i in &live {
             *want.entry(placement((args.namespaces, args.policies), i)).or_default() += 1;
         }
+        fig.wave_ends.push(Timestamp::now());
         let t = status_right(client, &want, Duration::from_secs(120)).await;
         eprintln!("[{label}] {what}: status right after {t:?}");
         fig.status_right.push((what, t));
@@ -479,6 +483,41 @@ fn audited(log: &Path, label: &str) -> BTreeMap<String, u64> {
     out
 }
 
+/// The operator's policy status writes after a wave's end, from the audit log: how many, when
+/// the last one reached the API server and how long the API server took for the slowest one.
+/// Says whether a slow "status right" was the operator deciding late or the API server.
+fn status_writes_after(log: &Path, label: &str, from: Timestamp, until: Timestamp) -> String {
+    let user = format!("system:serviceaccount:{SYSTEM_NS}:{}", sa(label));
+    let ts = |v: &Value| v.as_str().and_then(|s| s.parse::<Timestamp>().ok());
+    let (mut n, mut last, mut slowest) = (0, None::<f64>, 0f64);
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let Ok(e) = serde_json::from_str::<Value>(line) else { continue };
+        let r = &e["objectRef"];
+        if e["user"]["username"] != user.as_str()
+            || e["stage"] != "ResponseComplete"
+            || e["verb"] != "patch"
+            || r["resource"] != "dumppolicies"
+            || r["subresource"] != "status"
+        {
+            continue;
+        }
+        let (Some(received), Some(done)) = (ts(&e["requestReceivedTimestamp"]), ts(&e["stageTimestamp"])) else {
+            continue;
+        };
+        if received < from || received > until {
+            continue;
+        }
+        n += 1;
+        let at = received.duration_since(from).as_secs_f64();
+        last = Some(last.map_or(at, |l: f64| l.max(at)));
+        slowest = slowest.max(done.duration_since(received).as_secs_f64());
+    }
+    match last {
+        Some(at) => format!("{n} status writes, last received +{at:.1} s, slowest {:.0} ms", slowest * 1e3),
+        None => "no status write".into(),
+    }
+}
+
 fn main() {
     let args = args();
     let labels: Vec<String> = args.bins.iter().map(|(l, _)| l.clone()).collect();
@@ -498,7 +537,7 @@ fn main() {
     })
     .expect("control plane starts");
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for name in ["dumppolicy.yaml", "dumpsnapshot.yaml"] {
+    for name in ["dumppolicy.yaml", "dumpsnapshot.yaml", "dumpstore.yaml"] {
         cp.apply(&std::fs::read_to_string(crds.join(name)).unwrap()).unwrap();
     }
     cp.kubectl(&[
@@ -507,6 +546,7 @@ fn main() {
         "--timeout=60s",
         "crd/dumppolicies.dumpwatch.dev",
         "crd/dumpsnapshots.dumpwatch.dev",
+        "crd/dumpstores.dumpwatch.dev",
     ])
     .unwrap();
     cp.apply(&setup_manifest(&args, &labels)).unwrap();
@@ -586,6 +626,15 @@ fn main() {
     rows.push(row("pods created / injected", &|_, f| format!("{} / {}", f.created, f.injected)));
     for (name, cells) in &rows {
         println!("| {name} | {} |", cells.join(" | "));
+    }
+    println!("\nstatus writes after each wave's end (audit log):");
+    for (l, (_, f)) in labels.iter().zip(&results) {
+        for (i, end) in f.wave_ends.iter().enumerate() {
+            let (what, right) = &f.status_right[i + 1];
+            let until = *end + right.unwrap_or(Duration::from_secs(120));
+            let right = right.map_or("never".into(), |t| format!("{:.1} s", t.as_secs_f64()));
+            println!("  {l} {what}: right after {right}; {}", status_writes_after(&audit_log, l, *end, until));
+        }
     }
     println!("\nrequests by resource:");
     for (l, r) in labels.iter().zip(&requests) {

@@ -1,6 +1,7 @@
 //! What the controllers ask of the API server, counted on the kube client's own request stack
 //! against a real kube-apiserver: once the caches are full, pod events in a namespace without
-//! policies cost no request at all, and a pod event a policy selects costs one status write.
+//! policies cost no request at all, and a pod event a policy selects costs one status write; a
+//! policy's DumpStore comes from the cache, not a GET per reconcile.
 
 mod controller_support;
 
@@ -138,6 +139,55 @@ async fn a_pod_event_in_a_namespace_without_policies_costs_no_api_call() {
         written,
         BTreeMap::from([("PATCH /apis/dumpwatch.dev/v1alpha1/namespaces/shop/dumppolicies/orders/status".into(), 1)]),
     );
+
+    stop_controllers.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), controllers).await.expect("controllers stop").unwrap();
+    stop(cp).await;
+}
+
+/// A policy naming a DumpStore reads the store from the controllers' cache: invalid while the
+/// store does not exist, valid once an admin creates it (the store's own event reconciles the
+/// policy, without waiting for a resync), and no reconcile GETs the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reads_its_dump_store_from_the_cache() {
+    let cp = start(Options { controller_manager: false, node_agent: false, ..Options::default() }).await;
+    install_crds(&cp);
+    cp.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+         apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: orders, namespace: shop}\n\
+         spec: {selector: {matchLabels: {app: orders}}, triggers: [{type: deadlock}], storage: {s3: {storeRef: team}}}\n",
+    )
+    .unwrap();
+    let client = client(&cp).await;
+    let counts = Counts::default();
+    let (stop_controllers, _ctx, controllers) =
+        run_controllers(counting_client(&cp, counts.clone()).await, AnalysisSettings::default());
+
+    let policies: Api<DumpPolicy> = Api::namespaced(client.clone(), "shop");
+    let ready = |want: &'static str| {
+        let policies = policies.clone();
+        async move {
+            let p = policies.get("orders").await.map_err(|e| e.to_string())?;
+            let c = p.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
+            match c {
+                Some(c) if c.reason == want => Ok(c.message),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    let message =
+        eventually("Ready=False: the store does not exist", Duration::from_secs(120), || ready("InvalidPolicy")).await;
+    assert!(message.contains("DumpStore team does not exist"), "{message}");
+
+    cp.apply(
+        "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpStore\nmetadata: {name: team}\n\
+         spec:\n  s3: {endpoint: 'https://s3.example.invalid', region: us-east-1, bucket: dumps, prefix: t, secretRef: s3-creds}\n",
+    )
+    .unwrap();
+    // Well within the policy's resync (5 min): the store's event brought it.
+    eventually("Ready once the store exists", Duration::from_secs(20), || ready("NoMatchingPods")).await;
+    let gets: Vec<String> = calls(&counts).into_keys().filter(|k| k.contains("/dumpstores/")).collect();
+    assert_eq!(gets, Vec::<String>::new(), "DumpStores read by name");
 
     stop_controllers.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(20), controllers).await.expect("controllers stop").unwrap();

@@ -24,17 +24,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::{DumpPolicy, DumpSnapshot};
+use api::{DumpPolicy, DumpSnapshot, DumpStore};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 
 pub use events::outcome_events;
 pub use job::{AnalysisInputs, AnalysisSettings, analysis_job, job_name};
@@ -185,7 +185,9 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
     let (snapshots, snapshot_writer) = reflector::store::<DumpSnapshot>();
     let (injected_pods, injected_writer) = reflector::store::<Pod>();
     let (other_pods, other_writer) = reflector::store();
-    let caches = Stores { policies: policies.clone(), snapshots: snapshots.clone(), injected_pods, other_pods };
+    let (dump_stores, dump_store_writer) = reflector::store::<DumpStore>();
+    let caches =
+        Stores { policies: policies.clone(), snapshots: snapshots.clone(), injected_pods, other_pods, dump_stores };
     *ctx.stores.write().expect("stores lock") = Some(caches.clone());
     type Objects<K> = futures::channel::mpsc::UnboundedSender<Result<K, watcher::Error>>;
     let (policy_tx, policy_events) = futures::channel::mpsc::unbounded();
@@ -195,8 +197,13 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                 let _ = to.unbounded_send(Ok(o.clone()));
             }
-            Err(err) => tracing::warn!(%err, kind = std::any::type_name::<K>(), "watch failed (retried with backoff)"),
+            Err(_) => logged(event),
             _ => {}
+        }
+    }
+    fn logged<K>(event: &watcher::Result<watcher::Event<K>>) {
+        if let Err(err) = event {
+            tracing::warn!(%err, kind = std::any::type_name::<K>(), "watch failed (retried with backoff)");
         }
     }
 
@@ -235,10 +242,9 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
     let injected_feed = {
         let (touch, caches) = (touch.clone(), caches.clone());
         let config = watcher::Config::default().labels(&stores::injected_selector());
-        let pods = watcher(Api::<Pod>::all(client.clone()), config)
-            .default_backoff()
-            .modify(|p| stores::slim(&mut p.metadata));
+        let pods = watcher(Api::<Pod>::all(client.clone()), config).default_backoff().modify(stores::slim_pod);
         reflector::reflector(injected_writer, pods).take_until(stopped()).for_each(move |e| {
+            logged(&e);
             if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) = &e {
                 touch_policies(caches.policies_selecting(&p.metadata), &touch);
             }
@@ -251,13 +257,30 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
         // Metadata-only requests (the API server sends PartialObjectMetadata).
         let pods = watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), config)
             .default_backoff()
-            .modify(|p| stores::slim(&mut p.metadata));
+            .modify(|p| stores::slim_pod_meta(&mut p.metadata));
         reflector::reflector(other_writer, pods).take_until(stopped()).for_each(move |e| {
+            logged(&e);
             if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) = &e {
                 touch_policies(caches.policies_selecting(&p.metadata), &touch);
             }
             async {}
         })
+    };
+    // A store's change can change the Ready condition of the policies naming it.
+    let store_feed = {
+        let (touch, caches) = (touch.clone(), caches.clone());
+        watcher(Api::<DumpStore>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(|s| stores::slim(&mut s.metadata))
+            .reflect(dump_store_writer)
+            .take_until(stopped())
+            .for_each(move |e| {
+                logged(&e);
+                if let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s)) = &e {
+                    touch_policies(caches.policies_naming(&s.name_any()), &touch);
+                }
+                async {}
+            })
     };
     drop(touch);
 
@@ -315,7 +338,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
             tokio::join!(policy_controller, snapshot_controller);
         }
     };
-    tokio::join!(policy_feed, snapshot_feed, injected_feed, other_feed, controllers, watch_stop);
+    tokio::join!(policy_feed, snapshot_feed, injected_feed, other_feed, store_feed, controllers, watch_stop);
     *ctx.stores.write().expect("stores lock") = None;
 }
 

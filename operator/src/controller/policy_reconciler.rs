@@ -17,6 +17,7 @@ use super::Context;
 use super::policy_status::{explain_invalid, explain_storage_conflict, policy_status};
 use super::retention::expired;
 use crate::Error;
+use crate::sidecar_api::stores::policy_problems;
 
 pub const CONTROLLER: &str = "dumppolicy";
 
@@ -41,17 +42,20 @@ async fn apply(policy: &DumpPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let stores = ctx.stores().await?;
-    let pods = stores.pods_selected_by(policy);
-    let snapshots = stores.snapshots_of(&ns, &name);
     let now = Timestamp::now();
     let resync = RESYNC.min(policy.spec.retention.max_age.std()).max(Duration::from_secs(10));
 
-    let problems = crate::sidecar_api::stores::policy_problems(&ctx.client, &ns, &policy.spec)
+    let problems = policy_problems(&ctx.client, &ns, &policy.spec, |store| stores.dump_store(store))
         .await
         .map_err(|e| Error::Storage(e.to_string()))?;
-    let status =
-        explain_storage_conflict(policy_status(policy, &pods, &snapshots, now), policy, &ctx.sidecar_mount_path);
-    let status = explain_invalid(status, policy, &problems, now);
+    let snapshots = stores.snapshots_of(&ns, &name);
+    // The pods are the cache's own, read here and dropped before the next await: a reconcile
+    // waiting on its status write holds none of them.
+    let status = {
+        let pods = stores.pods_selected_by(policy);
+        let status = policy_status(policy, &pods, &snapshots, now);
+        explain_invalid(explain_storage_conflict(status, policy, &ctx.sidecar_mount_path), policy, &problems, now)
+    };
     let key = format!("{ns}/{name}");
     let mut next = Action::requeue(resync);
     match status_write(policy.status.as_ref(), &status, ctx.last_status_write(&key), std::time::Instant::now()) {

@@ -3,11 +3,14 @@
 //! is *not* being called (down, unreachable, namespace not opted in): that shows here, as
 //! matched pods without the sidecar that were created after the policy.
 
+use std::borrow::Borrow;
+
 use api::{DumpPolicy, DumpPolicyStatus, DumpSnapshot};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use kube::api::ObjectMeta;
 
 use crate::{INJECTED_ANNOTATION, SIDECAR_NAME};
 
@@ -17,9 +20,15 @@ const NAMES_IN_MESSAGE: usize = 3;
 /// The policy's selector matches the pod (same namespace; an empty selector matches every pod,
 /// as the webhook's `injection_patch` does).
 pub fn selects(policy: &DumpPolicy, pod: &Pod) -> bool {
-    let labels = pod.labels();
-    pod.namespace() == policy.namespace()
-        && policy.spec.selector.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    selects_meta(policy, &pod.metadata)
+}
+
+/// [`selects`] from the pod's metadata alone (what the metadata-only cache holds), copying
+/// nothing: every pod event and every reconcile asks it of many pods.
+pub fn selects_meta(policy: &DumpPolicy, pod: &ObjectMeta) -> bool {
+    let labels = pod.labels.as_ref();
+    pod.namespace == policy.metadata.namespace
+        && policy.spec.selector.match_labels.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
 /// The pod carries the sidecar (the webhook's annotation or the container itself).
@@ -34,13 +43,13 @@ fn is_running(pod: &Pod) -> bool {
 
 /// The status the policy should have. `pods` may hold any pods (they are filtered by namespace
 /// and selector); `snapshots` those whose `spec.policy` names this policy (others are ignored).
-pub fn policy_status(
+pub fn policy_status<P: Borrow<Pod>>(
     policy: &DumpPolicy,
-    pods: &[Pod],
+    pods: &[P],
     snapshots: &[DumpSnapshot],
     now: Timestamp,
 ) -> DumpPolicyStatus {
-    let matched: Vec<&Pod> = pods.iter().filter(|p| is_running(p) && selects(policy, p)).collect();
+    let matched: Vec<&Pod> = pods.iter().map(|p| p.borrow()).filter(|p| is_running(p) && selects(policy, p)).collect();
     let bare: Vec<&Pod> = matched.iter().copied().filter(|p| !is_injected(p)).collect();
     let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let policy_created = policy.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -209,7 +218,6 @@ pub fn keep_transition_time(mut c: Condition, old: &[Condition], now: Timestamp)
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
-    use kube::api::ObjectMeta;
 
     fn ts(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()

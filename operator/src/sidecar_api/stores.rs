@@ -77,9 +77,7 @@ pub async fn resolve(
     let store = stores.get_opt(name).await.map_err(unavailable(format!("DumpStore {name}")))?;
     let labels = match &store {
         Some(s) if check_namespace && s.spec.allowed_namespaces.is_some() => {
-            let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
-            let ns = namespaces.get_opt(namespace).await.map_err(unavailable(format!("namespace {namespace}")))?;
-            Some(ns.and_then(|n| n.metadata.labels).unwrap_or_default())
+            Some(namespace_labels(client, namespace).await?)
         }
         _ => None,
     };
@@ -101,22 +99,36 @@ fn without_selector(s: &DumpStore) -> DumpStore {
     s
 }
 
-/// What is wrong with a policy in `namespace`, in words: its own rules, and the store it names.
-/// Empty when it is valid. Only an unreachable API server is an error.
+/// The labels of `namespace` (a store's `allowedNamespaces` selects by them).
+async fn namespace_labels(client: &kube::Client, namespace: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let ns = namespaces
+        .get_opt(namespace)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reading namespace {namespace}: {e}")))?;
+    Ok(ns.and_then(|n| n.metadata.labels).unwrap_or_default())
+}
+
+/// What is wrong with a policy in `namespace`, in words: its own rules, and the store it names
+/// as `cached` gives it (the controllers' `DumpStore` cache: a policy reconcile does not GET its
+/// store). The namespace's labels are read only for a store that limits namespaces. Empty when
+/// it is valid; only an unreachable API server is an error.
 pub async fn policy_problems(
     client: &kube::Client,
     namespace: &str,
     spec: &DumpPolicySpec,
+    cached: impl Fn(&str) -> Option<std::sync::Arc<DumpStore>>,
 ) -> Result<Vec<String>, StoreError> {
     let mut problems = spec.problems();
     if let StorageTarget::S3(s3) = spec.storage.target()
         && !s3.store_ref.is_empty()
     {
-        match resolve(client, &s3.store_ref, namespace, true).await {
-            Ok(_) => {}
-            Err(StoreError::Refused(why)) => problems.push(why),
-            Err(e) => return Err(e),
-        }
+        let store = cached(&s3.store_ref);
+        let labels = match store.as_deref() {
+            Some(s) if s.spec.allowed_namespaces.is_some() => Some(namespace_labels(client, namespace).await?),
+            _ => None,
+        };
+        problems.extend(store_refusal(&s3.store_ref, store.as_deref(), namespace, labels.as_ref()));
     }
     Ok(problems)
 }
