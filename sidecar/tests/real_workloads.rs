@@ -411,5 +411,7 @@ fn high_cpu_takes_a_trace_that_names_the_hot_method() {
     let summary: Value = serde_json::from_slice(&std::fs::read(dir.join("trace-summary.json")).unwrap()).unwrap();
     let top = summary["top_methods"][0]["method"].as_str().unwrap_or("");
     assert!(top.starts_with("DiagScenarios.CpuScenario.BurnCpu"), "{summary:#}");
+    testbed::validate_speedscope(&dir.join("trace.speedscope.json"))
+        .unwrap_or_else(|e| panic!("speedscope schema: {e}"));
     let _ = burner.join();
 }

@@ -227,6 +227,15 @@ fn trace_names_the_hot_method_first_on_both_runtimes() {
         let profile: Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("cpu.speedscope.json")).unwrap()).unwrap();
         assert_eq!(profile["$schema"], "https://www.speedscope.app/file-format-schema.json");
+        // What speedscope.app reads: the file passes its published schema, and a profile whose
+        // samples are not frame indices does not (the check can fail).
+        let speedscope_file = dir.path().join("cpu.speedscope.json");
+        testbed::validate_speedscope(&speedscope_file).unwrap_or_else(|e| panic!("{runtime:?}: {e}"));
+        let mut broken = profile.clone();
+        broken["profiles"][0]["samples"] = serde_json::json!([["BurnCpu"]]);
+        let broken_file = dir.path().join("broken.speedscope.json");
+        std::fs::write(&broken_file, broken.to_string()).unwrap();
+        assert!(testbed::validate_speedscope(&broken_file).is_err(), "{runtime:?}: the schema check cannot fail");
         let frames = profile["shared"]["frames"].as_array().unwrap();
         let burn = frames.iter().position(|f| f["name"].as_str().unwrap().contains("BurnCpu")).expect("BurnCpu frame");
         let burner_profile = profile["profiles"]

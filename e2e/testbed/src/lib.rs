@@ -64,6 +64,33 @@ pub fn require_setup() {
     assert!(workload_dll("DiagScenarios").exists(), "workloads missing: run scripts/setup first");
 }
 
+/// Checks a speedscope profile against speedscope's published file-format schema (the one its
+/// npm package ships, installed by `scripts/setup` with a JSON Schema validator): `Err` says
+/// what the schema refuses. Panics when the schema is not installed: a test must not silently pass.
+pub fn validate_speedscope(profile: &Path) -> Result<(), String> {
+    let dir = cache_dir().join("speedscope-1.25.0");
+    let schema = dir.join("file-format-schema.json");
+    assert!(dir.join(".complete").exists(), "{} missing: run scripts/setup first", schema.display());
+    // The schema's root refers to its definition of a whole file (FileFormat.File).
+    let check = "import json, sys, jsonschema\n\
+        schema = json.load(open(sys.argv[1]))\n\
+        doc = json.load(open(sys.argv[2]))\n\
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: str(list(e.path)))\n\
+        print('\\n'.join(f\"{list(e.path)}: {e.message}\" for e in errors[:10]))\n\
+        sys.exit(1 if errors else 0)\n";
+    let out = std::process::Command::new(dir.join("venv/bin/python"))
+        .args(["-c", check])
+        .arg(&schema)
+        .arg(profile)
+        .output()
+        .map_err(|e| format!("running the validator: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
 pub fn workload_dll(name: &str) -> PathBuf {
     cache_dir().join("workloads").join(name).join(format!("{name}.dll"))
 }
