@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use api::{DumpPolicySpec, TriggerKind};
-use diag::exceptions::{ExceptionLog, Thrown, type_matches};
+use diag::exceptions::{ExceptionLog, Thrown};
 use diag::protocol::SessionConfig;
 
 use crate::triggers::Firing;
@@ -85,7 +85,7 @@ impl Exceptions {
         let mut out = Vec::new();
         for (index, (t, window)) in policy.triggers.iter().zip(self.windows.iter_mut()).enumerate() {
             let Some(window) = window else { continue };
-            if !type_matches(t.exception_type.as_deref().unwrap_or("*"), &thrown.exception_type) {
+            if !diag::glob::matches(t.exception_type.as_deref().unwrap_or("*"), &thrown.exception_type) {
                 continue;
             }
             let count = t.count.unwrap_or(1);

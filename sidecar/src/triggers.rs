@@ -100,6 +100,12 @@ pub struct Engine {
     applies: Vec<bool>,
 }
 
+/// Whether `processes` (globs, [`diag::glob::matches`], against the whole process name or the
+/// whole command line) admits a process. An empty filter admits every process.
+pub fn processes_match(filter: &[String], name: &str, command_line: &str) -> bool {
+    filter.is_empty() || filter.iter().any(|g| diag::glob::matches(g, name) || diag::glob::matches(g, command_line))
+}
+
 impl Engine {
     /// Every trigger applies (no process to filter on).
     pub fn new(policy: &DumpPolicySpec) -> Self {
@@ -112,7 +118,7 @@ impl Engine {
         let applies = policy
             .triggers
             .iter()
-            .map(|t| process.is_none_or(|(name, cmd)| api::processes_match(&t.processes, name, cmd)))
+            .map(|t| process.is_none_or(|(name, cmd)| processes_match(&t.processes, name, cmd)))
             .collect();
         let states = policy
             .triggers
@@ -269,6 +275,20 @@ mod tests {
 
     fn policy(yaml: &str) -> DumpPolicySpec {
         DumpPolicySpec::from_yaml(yaml).unwrap()
+    }
+
+    #[test]
+    fn process_filters_match_the_name_or_the_whole_command_line() {
+        let f = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cmd = "/usr/bin/dotnet /app/Orders.Api.dll --role=worker";
+        assert!(processes_match(&[], "Orders.Api", cmd));
+        assert!(processes_match(&f(&["Orders.Api"]), "Orders.Api", cmd));
+        assert!(processes_match(&f(&["Orders.*"]), "Orders.Api", cmd));
+        assert!(processes_match(&f(&["*--role=worker*"]), "Orders.Api", cmd));
+        assert!(processes_match(&f(&["Billing", "Orders.Ap?"]), "Orders.Api", cmd));
+        assert!(!processes_match(&f(&["Orders"]), "Orders.Api", cmd), "whole name, not a substring");
+        assert!(!processes_match(&f(&["*--role=web*"]), "Orders.Api", cmd));
+        assert!(!processes_match(&f(&["orders.api"]), "Orders.Api", cmd), "case-sensitive");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod wire;
 
 pub use crd::*;
 pub use cron::Cron;
-pub use metric_trigger::{MetricRef, MetricSource, processes_match};
+pub use metric_trigger::{MetricRef, MetricSource};
 pub use spec::*;
 pub use trigger::{EXCEPTION_FIELDS_ONLY, Trigger, TriggerKind};
 pub use units::{Duration, Quantity};

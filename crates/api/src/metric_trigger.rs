@@ -79,44 +79,6 @@ impl std::fmt::Display for MetricRef<'_> {
     }
 }
 
-/// Whether `processes` (globs: `*` any run of characters, `?` one character, matched against the
-/// whole process name or the whole command line, case-sensitive) admits a process. An empty
-/// filter admits every process.
-pub fn processes_match(filter: &[String], name: &str, command_line: &str) -> bool {
-    filter.is_empty()
-        || filter
-            .iter()
-            .any(|g| glob_match(g.as_bytes(), name.as_bytes()) || glob_match(g.as_bytes(), command_line.as_bytes()))
-}
-
-/// Iterative glob match with one backtrack point: linear in practice, never recursive, so a
-/// hostile pattern or command line cannot blow the stack.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
-}
-
 /// The rules of `metric`, `below`/`clearAbove`, `startup` and `processes`, for
 /// [`crate::DumpPolicySpec::problems`].
 pub(crate) fn problems(t: &Trigger, at: &str, p: &mut Vec<String>) {
@@ -192,25 +154,6 @@ pub(crate) fn problems(t: &Trigger, at: &str, p: &mut Vec<String>) {
 mod tests {
     use super::*;
     use crate::DumpPolicySpec;
-
-    #[test]
-    fn globs_match_the_name_or_the_whole_command_line() {
-        let f = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let cmd = "/usr/bin/dotnet /app/Orders.Api.dll --role=worker";
-        assert!(processes_match(&[], "Orders.Api", cmd));
-        assert!(processes_match(&f(&["Orders.Api"]), "Orders.Api", cmd));
-        assert!(processes_match(&f(&["Orders.*"]), "Orders.Api", cmd));
-        assert!(processes_match(&f(&["*--role=worker*"]), "Orders.Api", cmd));
-        assert!(processes_match(&f(&["Billing", "Orders.Ap?"]), "Orders.Api", cmd));
-        assert!(!processes_match(&f(&["Orders"]), "Orders.Api", cmd), "whole name, not a substring");
-        assert!(!processes_match(&f(&["*--role=web*"]), "Orders.Api", cmd));
-        assert!(!processes_match(&f(&["orders.api"]), "Orders.Api", cmd), "case-sensitive");
-        assert!(glob_match(b"*", b""));
-        assert!(glob_match(b"a*b*c", b"aXXbYYbc"));
-        assert!(!glob_match(b"a*b*c", b"aXXbYYb"));
-        let long = "a".repeat(10_000);
-        assert!(!glob_match(b"*a*a*a*a*a*b", long.as_bytes()), "a hostile pattern ends");
-    }
 
     #[test]
     fn metric_triggers_parse_in_both_forms() {

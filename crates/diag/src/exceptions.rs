@@ -203,7 +203,7 @@ pub struct Watched {
 }
 
 /// Watches `client`'s exceptions for `duration` and names the last `keep` whose type matches
-/// `pattern` (see [`type_matches`]).
+/// `pattern` (see [`crate::glob::matches`]).
 pub async fn capture(
     client: &DiagnosticsClient,
     duration: Duration,
@@ -218,7 +218,7 @@ pub async fn capture(
     let mut sink = |info: &TraceInfo, ev: &Event<'_>| match Thrown::from_event(info, ev) {
         Some(Ok(t)) => {
             thrown += 1;
-            if type_matches(pattern, &t.exception_type) {
+            if crate::glob::matches(pattern, &t.exception_type) {
                 log.push(t);
             }
         }
@@ -233,37 +233,6 @@ pub async fn capture(
     session.finish(&mut sink, timeout).await?;
     methods.seal();
     Ok(Watched { thrown, matching: log.total, exceptions: name(&log.last(keep), &methods) })
-}
-
-/// Whether the type name `name` matches `pattern`: `*` is any run of characters (none too),
-/// `?` exactly one; everything else is itself (case matters, as in type names).
-pub fn type_matches(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
-    // Where the last `*` was and how much of `name` it has swallowed so far: on a mismatch, let
-    // it swallow one more character (linear backtracking, no recursion).
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ni));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == n[ni] => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    pi = sp + 1;
-                    ni = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Unix nanoseconds of a trace timestamp: the sync point's UTC time (a SYSTEMTIME) plus the
@@ -350,7 +319,7 @@ mod tests {
             ("a*b*c", "aXXbYYbc"),
             ("App.E", "App.E"),
         ] {
-            assert!(type_matches(p, n), "{p} ~ {n}");
+            assert!(crate::glob::matches(p, n), "{p} ~ {n}");
         }
         for (p, n) in [
             ("System.*Timeout*", "System.InvalidOperationException"),
@@ -360,7 +329,7 @@ mod tests {
             ("?", ""),
             ("a*b*c", "aXXbYYbd"),
         ] {
-            assert!(!type_matches(p, n), "{p} !~ {n}");
+            assert!(!crate::glob::matches(p, n), "{p} !~ {n}");
         }
     }
 

@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod discovery;
 pub mod dump;
 pub mod exceptions;
+pub mod glob;
 pub mod heap;
 pub mod meters;
 pub mod protocol;
