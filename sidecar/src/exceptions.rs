@@ -59,7 +59,7 @@ impl Window {
 }
 
 /// One process' exceptions: the latest ones (what a capture holds) and a window per exception
-/// trigger of the policy.
+/// trigger of the policy that applies to this process (its `processes` filter, `applies`).
 #[derive(Debug, Clone)]
 pub struct Exceptions {
     pub log: ExceptionLog,
@@ -67,16 +67,16 @@ pub struct Exceptions {
 }
 
 impl Exceptions {
-    pub fn new(policy: &DumpPolicySpec) -> Self {
+    pub fn new(policy: &DumpPolicySpec, applies: impl Fn(usize) -> bool) -> Self {
         let keep = if policy.captures_exceptions() { policy.capture.exceptions_last as usize } else { 0 };
-        Self { log: ExceptionLog::new(keep), windows: windows(policy) }
+        Self { log: ExceptionLog::new(keep), windows: windows(policy, applies) }
     }
 
     /// A changed policy: new windows (counts start over), the log kept at the new size.
-    pub fn set_policy(&mut self, policy: &DumpPolicySpec) {
+    pub fn set_policy(&mut self, policy: &DumpPolicySpec, applies: impl Fn(usize) -> bool) {
         let keep = if policy.captures_exceptions() { policy.capture.exceptions_last as usize } else { 0 };
         self.log.set_capacity(keep);
-        self.windows = windows(policy);
+        self.windows = windows(policy, applies);
     }
 
     /// Keeps `thrown` and returns the exception triggers it fires.
@@ -112,8 +112,9 @@ impl Exceptions {
     }
 }
 
-fn windows(policy: &DumpPolicySpec) -> Vec<Option<Window>> {
-    policy.triggers.iter().map(|t| (t.kind == TriggerKind::Exception).then(Window::default)).collect()
+fn windows(policy: &DumpPolicySpec, applies: impl Fn(usize) -> bool) -> Vec<Option<Window>> {
+    let windows = policy.triggers.iter().enumerate();
+    windows.map(|(i, t)| (t.kind == TriggerKind::Exception && applies(i)).then(Window::default)).collect()
 }
 
 #[cfg(test)]
@@ -154,7 +155,7 @@ mod tests {
              {type: exception, exceptionType: \"App.*\"}, {type: deadlock}]\ncapture: {kinds: [exceptions], exceptionsLast: 4}",
         )
         .unwrap();
-        let mut e = Exceptions::new(&p);
+        let mut e = Exceptions::new(&p, |_| true);
         let mut fired = Vec::new();
         for (i, ty) in ["System.InvalidOperationException", "System.TimeoutException", "System.TimeoutException"]
             .iter()
@@ -172,9 +173,14 @@ mod tests {
         assert_eq!(f.iter().map(|f| f.index).collect::<Vec<_>>(), [Some(1)], "count 1 by default");
         assert_eq!(e.log.total, 10);
         assert_eq!(e.log.last(100).len(), 4, "exceptionsLast");
+        // A trigger whose `processes` filter leaves this process out keeps no window, never fires.
+        let p = DumpPolicySpec::from_yaml("triggers: [{type: exception}, {type: exception}]").unwrap();
+        let mut e = Exceptions::new(&p, |i| i == 1);
+        let f = e.on_thrown(&p, thrown(0.0, "X"));
+        assert_eq!(f.iter().map(|f| f.index).collect::<Vec<_>>(), [Some(1)]);
         // Without an exceptions capture, nothing is kept, only counted.
         let p = DumpPolicySpec::from_yaml("triggers: [{type: exception}]").unwrap();
-        let mut e = Exceptions::new(&p);
+        let mut e = Exceptions::new(&p, |_| true);
         assert_eq!(e.on_thrown(&p, thrown(0.0, "X")).len(), 1);
         assert!(e.log.last(10).is_empty());
     }

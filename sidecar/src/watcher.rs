@@ -128,7 +128,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
     // (firing, live finding, the DumpSnapshot an on-demand capture answers)
     let mut firings: Vec<(Firing, Option<serde_json::Value>, Option<String>)> =
         startup(shared, target, &policy, &engine).await.into_iter().map(|f| (f, None, None)).collect();
-    let mut exceptions = crate::exceptions::Exceptions::new(&policy);
+    let mut exceptions = crate::exceptions::Exceptions::new(&policy, |i| engine.applies(i));
     let mut thrown: Vec<Thrown> = Vec::new();
     loop {
         {
@@ -182,7 +182,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
                         reported.clear();
                     }
                     metric_engine = MetricEngine::new(&new, |i| engine.applies(i), &meter_session);
-                    exceptions.set_policy(&new);
+                    exceptions.set_policy(&new, |i| engine.applies(i));
                     shared.metrics.publish_zeros(&new, &labels);
                     policy = new;
                 }
@@ -209,8 +209,7 @@ async fn run(shared: &Arc<Shared>, target: &Target, started: &mut bool) -> Resul
             tracing::warn!(pid = target.pid, process = %target.name, problem = %what, "metrics session");
         }
         for t in thrown.drain(..) {
-            let f = exceptions.on_thrown(&policy, t).into_iter().filter(|f| f.index.is_none_or(|i| engine.applies(i)));
-            firings.extend(f.map(|f| (f, None, None)));
+            firings.extend(exceptions.on_thrown(&policy, t).into_iter().map(|f| (f, None, None)));
         }
         if live {
             let seen = tracker.contentions;
