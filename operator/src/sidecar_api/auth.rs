@@ -51,20 +51,12 @@ pub fn caller_from_review(status: &TokenReviewStatus, audience: &str) -> Result<
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
         .ok_or_else(|| ApiError::forbidden(format!("{username} is not a ServiceAccount")))?;
-    let pod = user
-        .extra
-        .as_ref()
-        .and_then(|e| e.get(POD_NAME_EXTRA))
-        .and_then(|v| v.first())
-        .filter(|p| !p.is_empty())
+    // What a projected token binds it to, each as the review's first non-empty value.
+    let extra =
+        |key: &str| user.extra.as_ref().and_then(|e| e.get(key)).and_then(|v| v.first()).filter(|v| !v.is_empty());
+    let pod = extra(POD_NAME_EXTRA)
         .ok_or_else(|| ApiError::forbidden("the token is not bound to a pod (use a projected token)"))?;
-    let pod_uid = user
-        .extra
-        .as_ref()
-        .and_then(|e| e.get(POD_UID_EXTRA))
-        .and_then(|v| v.first())
-        .filter(|u| !u.is_empty())
-        .cloned();
+    let pod_uid = extra(POD_UID_EXTRA).cloned();
     Ok(Caller { namespace: namespace.into(), pod: pod.clone(), pod_uid, service_account: service_account.into() })
 }
 
