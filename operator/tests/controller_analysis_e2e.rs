@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use api::{DumpSnapshot, SnapshotPhase};
-use controller_support::{client, eventually, install_crds, run_controllers, start, stop};
+use controller_support::{client, eventually, run_controllers, start, stop};
 use harness::Options;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -75,7 +75,7 @@ async fn a_real_dump_is_analyzed_by_its_job_and_the_deadlock_becomes_an_event() 
     let artifacts = json!([artifact(&capture.join("core.42")), artifact(&dac)]);
 
     let cp = start(Options { images: vec![(IMAGE.into(), dumpwatch)], ..Options::default() }).await;
-    install_crds(&cp);
+    cp.install_dumpwatch_crds().unwrap();
     let client = client(&cp).await;
 
     // The operator's sidecar/Job API (plain HTTP here; TLS is the server's business).

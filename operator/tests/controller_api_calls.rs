@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::DumpPolicy;
-use controller_support::{client, eventually, install_crds, run_controllers, start, stop};
+use controller_support::{client, eventually, run_controllers, start, stop};
 use harness::Options;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -85,7 +85,7 @@ async fn create_running(client: &kube::Client, pod: Pod) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_event_in_a_namespace_without_policies_costs_no_api_call() {
     let cp = start(Options { controller_manager: false, node_agent: false, ..Options::default() }).await;
-    install_crds(&cp);
+    cp.install_dumpwatch_crds().unwrap();
     cp.apply(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
          apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n---\n\
@@ -151,7 +151,7 @@ async fn a_pod_event_in_a_namespace_without_policies_costs_no_api_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_reads_its_dump_store_from_the_cache() {
     let cp = start(Options { controller_manager: false, node_agent: false, ..Options::default() }).await;
-    install_crds(&cp);
+    cp.install_dumpwatch_crds().unwrap();
     cp.apply(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
          apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: orders, namespace: shop}\n\

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use api::DumpPolicy;
-use controller_support::{client, eventually, install_crds, start, stop};
+use controller_support::{client, eventually, start, stop};
 use harness::{ControlPlane, Options};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -81,7 +81,7 @@ fn policy(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_operator_replicas_elect_one_leader_and_hand_over() {
     let cp = start(Options { controller_manager: false, node_agent: false, ..Options::default() }).await;
-    install_crds(&cp);
+    cp.install_dumpwatch_crds().unwrap();
     let client = client(&cp).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let policies: Api<DumpPolicy> = Api::namespaced(client.clone(), "default");

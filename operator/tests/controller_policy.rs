@@ -7,7 +7,7 @@ mod controller_support;
 use std::time::Duration;
 
 use api::DumpPolicy;
-use controller_support::{client, eventually, install_crds, run_controllers, start, stop};
+use controller_support::{client, eventually, run_controllers, start, stop};
 use harness::Options;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
@@ -38,7 +38,7 @@ fn condition(p: &DumpPolicy, type_: &str) -> Option<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_status_counts_real_pods_and_reports_a_webhook_that_does_not_inject() {
     let cp = start(Options::default()).await;
-    install_crds(&cp);
+    cp.install_dumpwatch_crds().unwrap();
     let client = client(&cp).await;
     let (stop_controllers, _ctx, controllers) = run_controllers(client.clone(), AnalysisSettings::default());
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::DumpSnapshot;
-use controller_support::{client, eventually, install_crds, start, stop};
+use controller_support::{client, eventually, start, stop};
 use harness::{Options, S3Server};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -28,7 +28,7 @@ fn curl(args: &[&str]) -> (bool, Vec<u8>) {
 async fn presigned_gets_for_jobs_and_the_finalizer_deletes_the_object() {
     let s3 = tokio::task::spawn_blocking(|| S3Server::start("dumps")).await.unwrap().expect("moto starts");
     let cp = start(Options { controller_manager: false, node_agent: false, ..Options::default() }).await;
-    install_crds(&cp);
+    cp.install_dumpwatch_crds().unwrap();
     cp.apply(&format!(
         r#"
 apiVersion: v1

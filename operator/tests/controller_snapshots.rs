@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use api::{DumpPolicy, DumpSnapshot, FindingsSummary};
-use controller_support::{client, eventually, install_crds, run_controllers, start, stop};
+use controller_support::{client, eventually, run_controllers, start, stop};
 use harness::Options;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -119,7 +119,7 @@ async fn snapshot_lifecycle_jobs_events_and_retention() {
     let dir = tempfile::Builder::new().prefix("dumpwatch-controller-").tempdir().unwrap();
     let script = analyzer_script(dir.path());
     let cp = start(Options { images: vec![(IMAGE.into(), script)], ..Options::default() }).await;
-    install_crds(&cp);
+    cp.install_dumpwatch_crds().unwrap();
     let client = client(&cp).await;
     let settings = AnalysisSettings {
         image: IMAGE.into(),

@@ -2,7 +2,6 @@
 //! and a real S3 server (moto). The operator's client is the admin kubeconfig; the app's
 //! ServiceAccount has no RBAC at all: its token only proves which pod is calling.
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,10 +29,6 @@ fn start_apiserver() -> ControlPlane {
         .expect("control plane starts")
 }
 
-fn crd(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds").join(name)).unwrap()
-}
-
 fn pod_yaml(name: &str, annotations: &str, extra_meta: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\n  annotations: {annotations}\n{extra_meta}\
@@ -52,12 +47,7 @@ async fn world() -> World {
 async fn world_with(rate: sidecar_api::limit::Rate) -> World {
     let cp = start_apiserver();
     let s3 = S3Server::start("dumps").unwrap();
-    cp.apply(&crd("dumppolicy.yaml")).unwrap();
-    cp.apply(&crd("dumpsnapshot.yaml")).unwrap();
-    cp.apply(&crd("dumpstore.yaml")).unwrap();
-    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev", "dumpstores.dumpwatch.dev"] {
-        cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
-    }
+    cp.install_dumpwatch_crds().unwrap();
     let endpoint = s3.endpoint();
     let manifest = format!(
         r#"

@@ -4,7 +4,7 @@
 //! real S3 (moto), watching a real .NET 8 workload: a `kubectl`-created DumpSnapshot request is
 //! captured, uploaded and filled in; a deadlock becomes a snapshot with its live findings.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,10 +47,6 @@ fn start_apiserver() -> ControlPlane {
         .expect("control plane starts")
 }
 
-fn crd(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds").join(name)).unwrap()
-}
-
 /// The operator's API on `https://127.0.0.1:<port>`, with a serving certificate of the
 /// control plane's CA; 5 MiB parts (S3's minimum), so that multipart uploads are exercised.
 fn serve_api(cp: &ControlPlane) -> String {
@@ -87,12 +83,7 @@ impl Env {
     fn start(name: &str, policy: &str) -> Env {
         let cp = start_apiserver();
         let s3 = S3Server::start("dumps").unwrap();
-        cp.apply(&crd("dumppolicy.yaml")).unwrap();
-        cp.apply(&crd("dumpsnapshot.yaml")).unwrap();
-        cp.apply(&crd("dumpstore.yaml")).unwrap();
-        for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev", "dumpstores.dumpwatch.dev"] {
-            cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
-        }
+        cp.install_dumpwatch_crds().unwrap();
         cp.apply(&format!(
             r#"
 apiVersion: v1

@@ -2,16 +2,15 @@
 //! DumpPolicy and a DumpSnapshot are stored, and invalid policies are refused by the API server's
 //! CEL rules with a message that says what to fix.
 
-use std::path::Path;
-
 use harness::{ControlPlane, Options};
 
-fn crd(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds").join(name);
-    let committed = std::fs::read_to_string(&path).unwrap();
-    let generated = api::crd_yaml().into_iter().find(|(n, _)| *n == name).unwrap().1;
-    assert_eq!(committed, generated, "{name} is stale: run `cargo run -p api --bin crdgen`");
-    committed
+/// The committed CRDs (what the harness installs) are what `crdgen` generates.
+fn assert_crds_fresh() {
+    for name in harness::DUMPWATCH_CRDS {
+        let committed = std::fs::read_to_string(harness::crds_dir().join(name)).unwrap();
+        let generated = api::crd_yaml().into_iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(committed, generated, "{name} is stale: run `cargo run -p api --bin crdgen`");
+    }
 }
 
 const VALID: &str = r#"
@@ -65,13 +64,8 @@ fn start_apiserver() -> ControlPlane {
 #[test]
 fn generated_crds_on_the_real_apiserver() {
     let cp = start_apiserver();
-    cp.apply(&crd("dumppolicy.yaml")).expect("DumpPolicy CRD applies");
-    cp.apply(&crd("dumpsnapshot.yaml")).expect("DumpSnapshot CRD applies");
-    cp.apply(&crd("dumpstore.yaml")).expect("DumpStore CRD applies");
-    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev", "dumpstores.dumpwatch.dev"] {
-        cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=30s"])
-            .expect("CRD established");
-    }
+    assert_crds_fresh();
+    cp.install_dumpwatch_crds().expect("the CRDs apply and become Established");
 
     // The same YAML the standalone sidecar reads is valid for the Rust rules and the API server.
     api::DumpPolicySpec::from_yaml(VALID).expect("valid for the Rust rules");

@@ -6,7 +6,6 @@
 //! that is not the snapshot's Job is refused (HTTP 403) and the CLI says so.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -60,13 +59,7 @@ fn the_analysis_job_reports_findings_to_the_real_operator_api() {
 
     let cp = start_apiserver();
     let s3 = S3Server::start("dumps").unwrap();
-    for f in ["dumppolicy.yaml", "dumpsnapshot.yaml"] {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds").join(f)).unwrap();
-        cp.apply(&text).unwrap();
-    }
-    for name in ["dumppolicies.dumpwatch.dev", "dumpsnapshots.dumpwatch.dev"] {
-        cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]).unwrap();
-    }
+    cp.install_dumpwatch_crds().unwrap();
 
     // Stored as the sidecar stores it: zstd, checksum of the stored bytes.
     let bucket = Bucket::new(s3.endpoint().parse().unwrap(), UrlStyle::Path, "dumps", "us-east-1").unwrap();

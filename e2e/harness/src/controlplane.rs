@@ -370,6 +370,22 @@ impl ControlPlane {
         self.kubectl_stdin(&["apply", "-f", "-"], manifest)
     }
 
+    /// Applies dumpwatch's CRDs as committed in `crds/` (what `crdgen` writes) and waits until
+    /// the API server serves them all.
+    pub fn install_dumpwatch_crds(&self) -> Result<()> {
+        let files: Vec<String> =
+            crate::util::DUMPWATCH_CRDS.iter().map(|f| crate::util::crds_dir().join(f).display().to_string()).collect();
+        let mut apply = vec!["apply"];
+        let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        for f in &files {
+            apply.extend(["-f", f]);
+            wait.extend(["-f", f]);
+        }
+        self.kubectl(&apply)?;
+        self.kubectl(&wait)?;
+        Ok(())
+    }
+
     /// Runs kubectl with `input` on stdin.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<String> {
         let mut child = self

@@ -28,7 +28,7 @@ pub use monitoring::{Alertmanager, Prometheus, promtool, write_targets};
 pub use node::RealNode;
 pub use s3::{S3Server, S3sServer};
 pub use serde_json::Value;
-pub use util::{cache_dir, free_port, wait_for, workspace_bin};
+pub use util::{DUMPWATCH_CRDS, cache_dir, crds_dir, free_port, wait_for, workspace_bin};
 
 /// Everything these helpers return as an error.
 pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;

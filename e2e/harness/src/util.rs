@@ -12,6 +12,14 @@ pub fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache")
 }
 
+/// `<repo>/crds`: the CRDs `crdgen` generates, as committed.
+pub fn crds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds")
+}
+
+/// The files of [`crds_dir`], one per kind.
+pub const DUMPWATCH_CRDS: [&str; 3] = ["dumppolicy.yaml", "dumpsnapshot.yaml", "dumpstore.yaml"];
+
 /// `<cache>/e2e/bin`: links to the binaries `e2e/controlplane/build`, `e2e/nodeagent/build` and
 /// `e2e/certmanager/build` made.
 pub(crate) fn e2e_bin(name: &str) -> Result<PathBuf> {

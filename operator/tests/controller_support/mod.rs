@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,23 +21,6 @@ pub async fn client(cp: &ControlPlane) -> Client {
     let kubeconfig = Kubeconfig::read_from(cp.kubeconfig()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
     Client::try_from(config).unwrap()
-}
-
-/// Applies crds/*.yaml (as committed) and waits until both are served.
-pub fn install_crds(cp: &ControlPlane) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for name in ["dumppolicy.yaml", "dumpsnapshot.yaml", "dumpstore.yaml"] {
-        cp.apply(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
-    }
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/dumppolicies.dumpwatch.dev",
-        "crd/dumpsnapshots.dumpwatch.dev",
-        "crd/dumpstores.dumpwatch.dev",
-    ])
-    .unwrap();
 }
 
 /// Runs the controllers in this process until the returned sender is dropped or sent `true`.
