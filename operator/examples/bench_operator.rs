@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,11 +165,12 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", SYSTEM_NS)
             .env("POD_NAME", "bench")
-            .env("DUMPWATCH_LOG", "warn")
+            // `BENCH_OPERATOR_LOG=info` (or debug) to see why an operator misbehaves.
+            .env("DUMPWATCH_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--no-leader-election"])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}"), "--extra-san", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::OpenOptions::new().append(true).open(log).unwrap())
             .spawn()
             .unwrap();
         Operator { child, metrics_port }
@@ -212,6 +213,16 @@ impl Operator {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A bench that fails half way must not leave its operator running.
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -341,7 +352,11 @@ async fn run_one(
         }) {
             break;
         }
-        assert!(ready.elapsed() < Duration::from_secs(120), "the webhook of {label} never injected");
+        if ready.elapsed() > Duration::from_secs(120) {
+            let log = std::fs::read_to_string(dir.join(format!("operator-{label}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("the webhook of {label} never injected in 120 s; its log ends:\n{}", tail.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for k in 0..args.snapshots {
@@ -536,19 +551,7 @@ fn main() {
         ..Options::default()
     })
     .expect("control plane starts");
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for name in ["dumppolicy.yaml", "dumpsnapshot.yaml", "dumpstore.yaml"] {
-        cp.apply(&std::fs::read_to_string(crds.join(name)).unwrap()).unwrap();
-    }
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/dumppolicies.dumpwatch.dev",
-        "crd/dumpsnapshots.dumpwatch.dev",
-        "crd/dumpstores.dumpwatch.dev",
-    ])
-    .unwrap();
+    cp.install_dumpwatch_crds().unwrap();
     cp.apply(&setup_manifest(&args, &labels)).unwrap();
     let webhook_port = harness::free_port();
 
