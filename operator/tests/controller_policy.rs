@@ -92,3 +92,58 @@ async fn policy_status_counts_real_pods_and_reports_a_webhook_that_does_not_inje
     tokio::time::timeout(Duration::from_secs(20), controllers).await.expect("controllers stop").unwrap();
     stop(cp).await;
 }
+
+/// An operator rolled back behind its CRDs: the API server defaults fields this version does not
+/// know into every policy. The policy must still be read (typed GET, the controllers' cache) and
+/// get its status; an operator that refused unknown fields read no policy at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_with_fields_of_a_newer_crd_are_read_and_get_their_status() {
+    let cp = start(Options { controller_manager: false, node_agent: false, ..Options::default() }).await;
+    cp.install_dumpwatch_crds().unwrap();
+    // "A newer version" of the CRD: a new defaulted section and a new defaulted capture field.
+    let spec = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties";
+    let patch = serde_json::json!([
+        {"op": "add", "path": format!("{spec}/futureSection"),
+         "value": {"type": "object", "default": {}, "properties": {"mode": {"type": "string", "default": "fast"}}}},
+        {"op": "add", "path": format!("{spec}/capture/properties/futureLimit"),
+         "value": {"type": "integer", "default": 7}},
+    ]);
+    cp.kubectl(&["patch", "crd", "dumppolicies.dumpwatch.dev", "--type=json", "-p", &patch.to_string()]).unwrap();
+    let client = client(&cp).await;
+    let policies: Api<DumpPolicy> = Api::namespaced(client.clone(), NS);
+    // The API server takes the new schema a moment later: recreate until the default shows.
+    eventually("the policy carries the newer CRD's defaults", Duration::from_secs(30), || async {
+        let _ = cp.kubectl(&["delete", "dumppolicy", "future", "-n", NS, "--ignore-not-found"]);
+        cp.apply(
+            "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: future, namespace: default}\n\
+             spec: {selector: {matchLabels: {app: orders}}, triggers: [{type: deadlock}], capture: {kinds: [dump]}}\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let raw = cp.kubectl_json(&["get", "dumppolicy", "future", "-n", NS]).map_err(|e| e.to_string())?;
+        let spec = &raw["spec"];
+        if spec["futureSection"]["mode"] == "fast" && spec["capture"]["futureLimit"] == 7 {
+            Ok(())
+        } else {
+            Err(format!("not defaulted yet: {spec}"))
+        }
+    })
+    .await;
+
+    let typed = policies.get("future").await.expect("a typed read of a newer policy");
+    assert_eq!(typed.spec.triggers.len(), 1);
+    let (stop_controllers, _ctx, controllers) = run_controllers(client.clone(), AnalysisSettings::default());
+    let policy = eventually("the controllers write its status", Duration::from_secs(60), || async {
+        let p = policies.get("future").await.map_err(|e| e.to_string())?;
+        if p.status.as_ref().is_some_and(|s| s.observed_generation == p.metadata.generation) {
+            Ok(p)
+        } else {
+            Err(format!("{:?}", p.status))
+        }
+    })
+    .await;
+    assert_eq!(policy.status.unwrap().matched_pods, 0);
+
+    stop_controllers.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), controllers).await.expect("controllers stop").unwrap();
+    stop(cp).await;
+}

@@ -60,7 +60,7 @@ pub struct DumpPolicyStatus {
     printcolumn(name = "Findings", type_ = "string", json_path = ".status.findings.summary"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DumpSnapshotSpec {
     /// The `DumpPolicy` (same namespace) under which the capture was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,7 +98,7 @@ pub struct DumpSnapshotSpec {
 
 /// A PersistentVolumeClaim (same namespace) and the path its artifacts' URIs are under.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SnapshotVolume {
     pub claim_name: String,
     pub path: String,
@@ -106,7 +106,7 @@ pub struct SnapshotVolume {
 
 /// One stored file of a capture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub kind: CaptureKind,
     /// Where it is stored: `s3://bucket/key` or `file:///path` on the volume.

@@ -40,6 +40,34 @@ pub enum Error {
     Findings(String),
 }
 
+/// The paths of the fields in a hand-written policy that the spec does not have (the types
+/// ignore them, see [`spec`]); in a whole object, only those under `spec`.
+fn unknown_fields(text: &str, wrapped: bool) -> Result<Vec<String>, Error> {
+    let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| Error::Yaml(e.to_string()))?;
+    let mut unknown = Vec::new();
+    // `triggers.0.fro` is written `triggers[0].fro`, as the validation messages name fields.
+    let mut note = |path: serde_ignored::Path| {
+        let text = path.to_string();
+        let mut out = String::new();
+        for part in text.split('.') {
+            match part.parse::<usize>() {
+                Ok(i) => out.push_str(&format!("[{i}]")),
+                Err(_) if out.is_empty() => out.push_str(part),
+                Err(_) => out.push_str(&format!(".{part}")),
+            }
+        }
+        unknown.push(out);
+    };
+    let found = if wrapped {
+        let spec = value.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+        serde_ignored::deserialize(spec, &mut note).map(|_: DumpPolicySpec| ())
+    } else {
+        serde_ignored::deserialize(value, &mut note).map(|_: DumpPolicySpec| ())
+    };
+    found.map_err(|e| Error::Yaml(e.to_string()))?;
+    Ok(unknown)
+}
+
 impl DumpPolicySpec {
     /// Parse and validate a policy from YAML. Accepts either a bare spec or a whole
     /// `DumpPolicy` object (`apiVersion`/`kind`/`metadata`/`spec`), so the same file works with
@@ -58,6 +86,14 @@ impl DumpPolicySpec {
             serde_saphyr::from_str::<DumpPolicySpec>(text)
         }
         .map_err(|e| Error::Yaml(e.to_string()))?;
+        let unknown = unknown_fields(text, looks_wrapped)?;
+        if !unknown.is_empty() {
+            return Err(Error::Yaml(format!(
+                "unknown field{} {} (a typo? `kubectl explain dumppolicy.spec` lists the fields)",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
         spec.validate()?;
         Ok(spec)
     }

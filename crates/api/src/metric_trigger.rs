@@ -14,7 +14,7 @@ use crate::{Trigger, TriggerKind};
 /// `UpDownCounter<T>` is its current value. When an instrument has several tag combinations, the
 /// highest (for `above`) or lowest (for `below`) of them in each interval is compared.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "(has(self.provider) && has(self.counter) && !has(self.meter) && !has(self.instrument) && !has(self.percentile)) || (has(self.meter) && has(self.instrument) && !has(self.provider) && !has(self.counter))",

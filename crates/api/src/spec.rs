@@ -1,5 +1,8 @@
-//! The `DumpPolicy` spec. Field names are camelCase (Kubernetes convention); unknown fields are
-//! refused so that a typo (`cooldwon`) is an error, not a silently ignored limit.
+//! The `DumpPolicy` spec. Field names are camelCase (Kubernetes convention). A policy written by
+//! hand ([`DumpPolicySpec::from_yaml`]) refuses unknown fields, so that a typo (`cooldwon`) is an
+//! error, not a silently ignored limit; the types themselves ignore them, so that an operator or
+//! sidecar reads objects of a newer version (whose CRDs add defaulted fields) during an upgrade or
+//! a rollback.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +31,7 @@ use crate::units::{Duration, Quantity};
     printcolumn(name = "Last Capture", type_ = "date", json_path = ".status.lastCapture"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 // validate.rs says the same in Rust, for the standalone sidecar.
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": cooldown_rule(),
@@ -108,7 +111,7 @@ impl Default for DumpPolicySpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Selector {
     pub match_labels: BTreeMap<String, String>,
 }
@@ -165,7 +168,7 @@ impl CaptureKind {
 /// `MemoryLeakSuspected` finding with its growth rate and holder (a snapshot with trigger
 /// `heapGrowth`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": heap_snapshots_every_rule(),
     "message": "heapSnapshots.every must be at least 1s: each heap snapshot runs a full blocking GC in the app (e.g. every: 10m)"
@@ -206,7 +209,7 @@ pub enum DumpType {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Capture {
     /// Capture kinds taken when a trigger fires without its own list.
     pub kinds: Vec<CaptureKind>,
@@ -235,7 +238,7 @@ impl Default for Capture {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Limits {
     /// Captures per pod per rolling hour (all its processes together; kept on the capture volume,
     /// so a restarted runtime or sidecar does not start a fresh hour).
@@ -263,7 +266,7 @@ impl Default for Limits {
 /// Exactly one of `volume` or `s3`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 // No container-level `default`: it would fill `volume` in when only `s3` is written.
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "has(self.volume) != has(self.s3)",
     "message": "storage needs exactly one of volume (e.g. volume: {path: /dumpwatch}) or s3 (a DumpStore: s3: {storeRef: <name>})"
@@ -303,7 +306,7 @@ impl Storage {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct VolumeStorage {
     /// Directory where finished captures are kept, as the sidecar sees it.
     pub path: String,
@@ -330,7 +333,7 @@ impl Default for VolumeStorage {
 /// cannot name an endpoint or a Secret itself: those would let any tenant borrow the credentials
 /// in the operator's namespace or send the operator's requests anywhere.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "!has(self.endpoint) && !has(self.region) && !has(self.bucket) && !has(self.prefix) && !has(self.secretRef)",
@@ -386,7 +389,7 @@ impl S3Storage {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Retention {
     /// Captures kept (newest first).
     pub max_count: u32,
@@ -401,7 +404,7 @@ impl Default for Retention {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Analysis {
     pub enabled: bool,
     /// Deadline of the analysis Job.

@@ -11,7 +11,7 @@ use crate::units::{Duration, Quantity};
 /// `clearAbove`): hysteresis, so a value hovering at the threshold does not fire again and again.
 /// `processes` limits any trigger to some of the pod's processes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "self.type != 'schedule' || has(self.every) != has(self.cron)",

@@ -393,6 +393,24 @@ storage: {volume: {path: /d}, s3: {storeRef: s}}
     }
 
     #[test]
+    fn hand_written_policies_refuse_unknown_fields_and_api_objects_of_a_newer_version_are_read() {
+        let err =
+            DumpPolicySpec::from_yaml("triggers: [{type: gcHeapBytes, above: 500, fro: 1m}]\ncapture: {kind: [dump]}")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("`triggers[0].fro`") && err.contains("`capture.kind`"), "{err}");
+        let whole = "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: p}\nspec:\n  limits: {maxPerHuor: 2}\n";
+        let err = DumpPolicySpec::from_yaml(whole).unwrap_err().to_string();
+        assert!(err.contains("`limits.maxPerHuor`") && !err.contains("metadata"), "{err}");
+        let whole = "apiVersion: dumpwatch.dev/v1alpha1\nkind: DumpPolicy\nmetadata: {name: p}\nspec:\n  triggers: [{type: gcHeapBytes, above: 500Mi}]\n";
+        DumpPolicySpec::from_yaml(whole).expect("a whole object with a valid spec");
+        // What a newer API server sends (a field this version does not know, defaulted by its CRD).
+        let newer = r#"{"capture": {"kinds": ["dump"], "someFutureLimit": 7}, "triggers": [{"type": "deadlock", "future": true}]}"#;
+        let spec: DumpPolicySpec = serde_json::from_str(newer).expect("a newer object is read");
+        assert_eq!(spec.triggers[0].kind, TriggerKind::Deadlock);
+    }
+
+    #[test]
     fn schema_names_the_fields() {
         let s = DumpPolicySpec::json_schema().to_string();
         for f in ["counterInterval", "maxPerHour", "clearBelow", "gcHeapBytes", "dumpType"] {

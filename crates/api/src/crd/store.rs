@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Bucket", type_ = "string", json_path = ".spec.s3.bucket"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DumpStoreSpec {
     pub s3: StoreS3,
     /// Namespaces whose policies may use this store, by their labels (e.g.
@@ -36,7 +36,7 @@ pub struct DumpStoreSpec {
 /// An S3 bucket (AWS, MinIO, Ceph, ...). Captures are stored under
 /// `<prefix>/<namespace>/<pod>/<capture>/<file>`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "self.endpoint.startsWith('https://') || (has(self.insecure) && self.insecure)",
     "message": "s3.endpoint must be https:// (credentials and presigned URLs travel to it); for a server without TLS inside the cluster, set insecure: true"
