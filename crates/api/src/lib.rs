@@ -40,32 +40,32 @@ pub enum Error {
     Findings(String),
 }
 
-/// The paths of the fields in a hand-written policy that the spec does not have (the types
-/// ignore them, see [`spec`]); in a whole object, only those under `spec`.
-fn unknown_fields(text: &str, wrapped: bool) -> Result<Vec<String>, Error> {
-    let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| Error::Yaml(e.to_string()))?;
-    let mut unknown = Vec::new();
-    // `triggers.0.fro` is written `triggers[0].fro`, as the validation messages name fields.
-    let mut note = |path: serde_ignored::Path| {
-        let text = path.to_string();
-        let mut out = String::new();
-        for part in text.split('.') {
-            match part.parse::<usize>() {
-                Ok(i) => out.push_str(&format!("[{i}]")),
-                Err(_) if out.is_empty() => out.push_str(part),
-                Err(_) => out.push_str(&format!(".{part}")),
-            }
+/// A hand-written spec and the paths of the fields in it that the spec does not have (the types
+/// ignore them, see [`spec`]), found while the one parse of the text decodes it.
+struct SpecAndUnknown {
+    spec: DumpPolicySpec,
+    unknown: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for SpecAndUnknown {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut unknown = Vec::new();
+        let spec = serde_ignored::deserialize(d, |path| unknown.push(field_path(&path.to_string())))?;
+        Ok(Self { spec, unknown })
+    }
+}
+
+/// `triggers.0.fro` as the validation messages name fields: `triggers[0].fro`.
+fn field_path(dotted: &str) -> String {
+    let mut out = String::new();
+    for part in dotted.split('.') {
+        match part.parse::<usize>() {
+            Ok(i) => out.push_str(&format!("[{i}]")),
+            Err(_) if out.is_empty() => out.push_str(part),
+            Err(_) => out.push_str(&format!(".{part}")),
         }
-        unknown.push(out);
-    };
-    let found = if wrapped {
-        let spec = value.get("spec").cloned().unwrap_or(serde_json::Value::Null);
-        serde_ignored::deserialize(spec, &mut note).map(|_: DumpPolicySpec| ())
-    } else {
-        serde_ignored::deserialize(value, &mut note).map(|_: DumpPolicySpec| ())
-    };
-    found.map_err(|e| Error::Yaml(e.to_string()))?;
-    Ok(unknown)
+    }
+    out
 }
 
 impl DumpPolicySpec {
@@ -73,20 +73,20 @@ impl DumpPolicySpec {
     /// `DumpPolicy` object (`apiVersion`/`kind`/`metadata`/`spec`), so the same file works with
     /// `kubectl apply` and with the standalone sidecar.
     pub fn from_yaml(text: &str) -> Result<Self, Error> {
+        // The object's own fields (apiVersion, kind, metadata, status) are not the spec's business.
         #[derive(serde::Deserialize)]
         struct Wrapped {
-            spec: DumpPolicySpec,
+            spec: SpecAndUnknown,
         }
         // serde-saphyr rather than serde_yaml: serde_yaml is archived and flagged unmaintained
         // (RUSTSEC-2024-0320), and kube-rs itself moved to serde-saphyr.
         let looks_wrapped = text.lines().any(|l| l.starts_with("spec:"));
-        let spec = if looks_wrapped {
+        let SpecAndUnknown { spec, unknown } = if looks_wrapped {
             serde_saphyr::from_str::<Wrapped>(text).map(|w| w.spec)
         } else {
-            serde_saphyr::from_str::<DumpPolicySpec>(text)
+            serde_saphyr::from_str::<SpecAndUnknown>(text)
         }
         .map_err(|e| Error::Yaml(e.to_string()))?;
-        let unknown = unknown_fields(text, looks_wrapped)?;
         if !unknown.is_empty() {
             return Err(Error::Yaml(format!(
                 "unknown field{} {} (a typo? `kubectl explain dumppolicy.spec` lists the fields)",
