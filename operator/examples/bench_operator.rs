@@ -354,8 +354,9 @@ async fn run_one(
         }
         if ready.elapsed() > Duration::from_secs(120) {
             let log = std::fs::read_to_string(dir.join(format!("operator-{label}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-            panic!("the webhook of {label} never injected in 120 s; its log ends:\n{}", tail.join("\n"));
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            panic!("the webhook of {label} never injected in 120 s; its log ends:\n{tail}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
