@@ -48,4 +48,30 @@ mod tests {
         let long = "a".repeat(10_000);
         assert!(!matches("*a*a*a*a*a*b", &long), "a hostile pattern ends");
     }
+
+    #[test]
+    fn globs_match_whole_exception_type_names() {
+        for (p, n) in [
+            ("*", "System.Exception"),
+            ("*", ""),
+            ("System.*Timeout*", "System.TimeoutException"),
+            ("System.*Timeout*", "System.Net.Http.HttpRequestTimeoutException"),
+            ("System.?ut", "System.Out"),
+            ("*Exception", "App.BoomException"),
+            ("a*b*c", "aXXbYYbc"),
+            ("App.E", "App.E"),
+        ] {
+            assert!(matches(p, n), "{p} ~ {n}");
+        }
+        for (p, n) in [
+            ("System.*Timeout*", "System.InvalidOperationException"),
+            ("System.*Timeout*", "App.TimeoutException"),
+            ("App.E", "App.Ex"),
+            ("App.E", "app.e"),
+            ("?", ""),
+            ("a*b*c", "aXXbYYbd"),
+        ] {
+            assert!(!matches(p, n), "{p} !~ {n}");
+        }
+    }
 }
