@@ -68,14 +68,12 @@ pub struct Exceptions {
 
 impl Exceptions {
     pub fn new(policy: &DumpPolicySpec, applies: impl Fn(usize) -> bool) -> Self {
-        let keep = if policy.captures_exceptions() { policy.capture.exceptions_last as usize } else { 0 };
-        Self { log: ExceptionLog::new(keep), windows: windows(policy, applies) }
+        Self { log: ExceptionLog::new(kept(policy)), windows: windows(policy, applies) }
     }
 
     /// A changed policy: new windows (counts start over), the log kept at the new size.
     pub fn set_policy(&mut self, policy: &DumpPolicySpec, applies: impl Fn(usize) -> bool) {
-        let keep = if policy.captures_exceptions() { policy.capture.exceptions_last as usize } else { 0 };
-        self.log.set_capacity(keep);
+        self.log.set_capacity(kept(policy));
         self.windows = windows(policy, applies);
     }
 
@@ -110,6 +108,11 @@ impl Exceptions {
         self.log.push(thrown);
         out
     }
+}
+
+/// How many exceptions a capture of `policy` holds: none unless it captures exceptions.
+fn kept(policy: &DumpPolicySpec) -> usize {
+    if policy.captures_exceptions() { policy.capture.exceptions_last as usize } else { 0 }
 }
 
 fn windows(policy: &DumpPolicySpec, applies: impl Fn(usize) -> bool) -> Vec<Option<Window>> {
