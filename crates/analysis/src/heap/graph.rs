@@ -786,6 +786,11 @@ impl ObjectGraph {
         &self.edge_targets[self.edge_offsets[i] as usize..self.edge_offsets[i + 1] as usize]
     }
 
+    /// Every reference, object by object.
+    pub(crate) fn all_edge_targets(&self) -> &[u32] {
+        &self.edge_targets
+    }
+
     pub(crate) fn type_index_of(&self, node: u32) -> u32 {
         self.type_index[node as usize]
     }
