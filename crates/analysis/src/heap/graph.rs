@@ -519,17 +519,9 @@ fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: Vec<u64>) ->
             scope.spawn(move || {
                 let base = starts[from] as usize;
                 for node in from..to {
-                    // Objects mostly reference the next object (a node its item) and arrays
-                    // their elements in order: look just after the last hit first.
-                    let mut hint = node;
+                    let mut near = NearHits::new(node);
                     for e in starts[node] as usize..starts[node + 1] as usize {
-                        mine[e - base] = match index.find_near(addresses, hint, edges[e]) {
-                            Some(t) => {
-                                hint = t;
-                                t as u32
-                            }
-                            None => UNRESOLVED,
-                        };
+                        mine[e - base] = near.find(index, addresses, edges[e]).map_or(UNRESOLVED, |t| t as u32);
                     }
                 }
             });
@@ -556,6 +548,37 @@ fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: Vec<u64>) ->
     resolved.truncate(kept);
     resolved.shrink_to_fit();
     (edge_offsets, resolved)
+}
+
+/// Where one object's references are looked up first: objects mostly reference an object
+/// right after them (a node its item, a pair its value) and arrays their elements in address
+/// order, often every other object (each element followed by what it holds). So the one or
+/// two objects after the last hit are compared first, while hits keep coming that way; the
+/// comparison reads addresses next to ones just read, whereas a guess after a reference that
+/// went anywhere would miss the cache, so a far hit switches it off until the index finds a
+/// near one again.
+struct NearHits {
+    last: usize,
+    streak: bool,
+}
+
+impl NearHits {
+    /// For the references of `node`, whose neighbours the walk in node order has in cache.
+    fn new(node: usize) -> Self {
+        NearHits { last: node, streak: true }
+    }
+
+    fn find(&mut self, index: &AddressIndex, addresses: &[u64], target: u64) -> Option<usize> {
+        let near = |k: usize| addresses.get(k) == Some(&target);
+        let found = match self.streak {
+            true if near(self.last + 1) => Some(self.last + 1),
+            true if near(self.last + 2) => Some(self.last + 2),
+            _ => index.find_near(addresses, self.last, target),
+        }?;
+        self.streak = found > self.last && found - self.last <= 2;
+        self.last = found;
+        Some(found)
+    }
 }
 
 /// A reference that is not an object of the snapshot (node positions stay below it).
@@ -807,7 +830,7 @@ impl ObjectGraph {
 
 #[cfg(test)]
 mod tests {
-    use super::AddressIndex;
+    use super::{AddressIndex, NearHits};
 
     #[test]
     fn the_address_index_finds_what_bisection_finds() {
@@ -837,6 +860,37 @@ mod tests {
                             "{name} {n} {target:#x} near {hint}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Runs of references to the next object, to every other one, backwards, far away, to
+    /// addresses that are no object and past the end: the near guesses never change an answer.
+    #[test]
+    fn near_hits_find_what_the_index_finds() {
+        for (name, at) in [("dense", (|i| 0x1000 + i * 24) as fn(u64) -> u64), ("unaligned", |i| 0x1001 + i * 44)] {
+            let n = 3000u64;
+            let addresses: Vec<u64> = (0..n).map(at).collect();
+            let index = AddressIndex::new(&addresses);
+            let mut x = 7u64;
+            for node in [0usize, 1, 1500, n as usize - 3, n as usize - 1] {
+                let mut near = NearHits::new(node);
+                let mut k = node as u64;
+                for step in 0..400u64 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    k = match (step / 40) % 5 {
+                        0 => k + 1,
+                        1 => k + 2,
+                        2 => k.saturating_sub(1),
+                        3 => x % (n + 5),
+                        _ => k + 3,
+                    };
+                    let target = if x % 11 == 0 { at(k) + 8 } else { at(k) };
+                    let want = addresses.binary_search(&target).ok();
+                    assert_eq!(near.find(&index, &addresses, target), want, "{name} node {node} step {step}");
                 }
             }
         }
