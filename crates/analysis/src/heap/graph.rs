@@ -888,7 +888,7 @@ mod tests {
                         3 => x % (n + 5),
                         _ => k + 3,
                     };
-                    let target = if x % 11 == 0 { at(k) + 8 } else { at(k) };
+                    let target = if x.is_multiple_of(11) { at(k) + 8 } else { at(k) };
                     let want = addresses.binary_search(&target).ok();
                     assert_eq!(near.find(&index, &addresses, target), want, "{name} node {node} step {step}");
                 }
