@@ -518,8 +518,9 @@ fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: Vec<u64>) ->
             let (edges, index) = (&edges, &index);
             scope.spawn(move || {
                 let base = starts[from] as usize;
+                let mut near = NearHits::new();
                 for node in from..to {
-                    let mut near = NearHits::new(node);
+                    near.start(node);
                     for e in starts[node] as usize..starts[node + 1] as usize {
                         mine[e - base] = near.find(index, addresses, edges[e]).map_or(UNRESOLVED, |t| t as u32);
                     }
@@ -550,33 +551,62 @@ fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: Vec<u64>) ->
     (edge_offsets, resolved)
 }
 
-/// Where one object's references are looked up first: objects mostly reference an object
-/// right after them (a node its item, a pair its value) and arrays their elements in address
-/// order, often every other object (each element followed by what it holds). So the one or
-/// two objects after the last hit are compared first, while hits keep coming that way; the
-/// comparison reads addresses next to ones just read, whereas a guess after a reference that
-/// went anywhere would miss the cache, so a far hit switches it off until the index finds a
-/// near one again.
+/// Where an object's references are looked up before the address index, in the order tried:
+/// - the one or two objects after the last hit, while hits keep coming that way: arrays hold
+///   their elements in address order, often every other object (each element followed by what
+///   it holds);
+/// - the two objects on either side of the object itself: a node its item, a pair its value,
+///   a list node its neighbours;
+/// - the last object the index found: an owner that many objects point back at (a list node's
+///   list, a child's parent).
+///
+/// Each guess compares an address next to ones just read; a guess next to a reference that
+/// went anywhere would miss the cache, so a far hit switches the first kind off until the
+/// index finds a near one again.
 struct NearHits {
+    node: usize,
     last: usize,
     streak: bool,
+    /// (address, position) of the last object the index found.
+    repeat: Option<(u64, usize)>,
 }
 
 impl NearHits {
-    /// For the references of `node`, whose neighbours the walk in node order has in cache.
-    fn new(node: usize) -> Self {
-        NearHits { last: node, streak: true }
+    fn new() -> Self {
+        NearHits { node: 0, last: 0, streak: false, repeat: None }
+    }
+
+    /// Next come the references of `node`, whose neighbours the walk in node order has in cache.
+    fn start(&mut self, node: usize) {
+        self.node = node;
+        self.last = node;
+        self.streak = true;
     }
 
     fn find(&mut self, index: &AddressIndex, addresses: &[u64], target: u64) -> Option<usize> {
-        let near = |k: usize| addresses.get(k) == Some(&target);
-        let found = match self.streak {
-            true if near(self.last + 1) => Some(self.last + 1),
-            true if near(self.last + 2) => Some(self.last + 2),
-            _ => index.find_near(addresses, self.last, target),
-        }?;
+        let is_at = |k: usize| addresses.get(k) == Some(&target);
+        let node = self.node;
+        let guess = if self.streak && is_at(self.last + 1) {
+            Some(self.last + 1)
+        } else if self.streak && is_at(self.last + 2) {
+            Some(self.last + 2)
+        } else {
+            [node + 1, node + 2, node.wrapping_sub(1), node.wrapping_sub(2)].into_iter().find(|&k| is_at(k))
+        };
+        if let Some(k) = guess {
+            self.streak = true;
+            self.last = k;
+            return Some(k);
+        }
+        if let Some((address, k)) = self.repeat
+            && address == target
+        {
+            return Some(k);
+        }
+        let found = index.find_near(addresses, self.last, target)?;
         self.streak = found > self.last && found - self.last <= 2;
         self.last = found;
+        self.repeat = Some((target, found));
         Some(found)
     }
 }
@@ -865,8 +895,9 @@ mod tests {
         }
     }
 
-    /// Runs of references to the next object, to every other one, backwards, far away, to
-    /// addresses that are no object and past the end: the near guesses never change an answer.
+    /// Runs of references to the next object, to every other one, backwards, far away, around
+    /// the object, back to one owner, to addresses that are no object and past the end: the
+    /// guesses never change an answer.
     #[test]
     fn near_hits_find_what_the_index_finds() {
         for (name, at) in [("dense", (|i| 0x1000 + i * 24) as fn(u64) -> u64), ("unaligned", |i| 0x1001 + i * 44)] {
@@ -874,18 +905,23 @@ mod tests {
             let addresses: Vec<u64> = (0..n).map(at).collect();
             let index = AddressIndex::new(&addresses);
             let mut x = 7u64;
-            for node in [0usize, 1, 1500, n as usize - 3, n as usize - 1] {
-                let mut near = NearHits::new(node);
+            let mut near = NearHits::new();
+            for node in [0usize, 1, 1500, 1501, n as usize - 3, n as usize - 1] {
+                near.start(node);
                 let mut k = node as u64;
                 for step in 0..400u64 {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    k = match (step / 40) % 5 {
+                    k = match (step / 40) % 7 {
                         0 => k + 1,
                         1 => k + 2,
                         2 => k.saturating_sub(1),
                         3 => x % (n + 5),
+                        // Around the object, and an owner every reference goes back to.
+                        4 => (node as u64 + x % 5).saturating_sub(2),
+                        5 if step % 2 == 0 => 17,
+                        5 => x % n,
                         _ => k + 3,
                     };
                     let target = if x.is_multiple_of(11) { at(k) + 8 } else { at(k) };
