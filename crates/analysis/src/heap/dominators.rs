@@ -219,8 +219,13 @@ impl ObjectGraph {
         // and forward preorder every dominator before what it dominates.
         drop((semi, spare_c));
         let mut retained = vec![0u64; n];
-        // Every object its own size, a left-out leaf's added to its owner's at once.
-        for (w, &k) in number.iter().enumerate() {
+        // Every object its own size, a left-out leaf's added to its owner's at once. A leaf the
+        // search never reached (its one referrer is unreachable) is unreachable.
+        for (w, k) in number.iter_mut().enumerate() {
+            if *k == SINGLE_REFERRER_LEAF {
+                *k = UNDEFINED;
+            }
+            let k = *k;
             if k == UNDEFINED {
                 continue;
             }
@@ -272,7 +277,7 @@ const ELIDED: u32 = 1 << 31;
 
 /// The owner's preorder number, if `entry` (of [`Preorder::number`]) is a left-out leaf's.
 fn elided_owner(entry: u32) -> Option<u32> {
-    (entry != UNDEFINED && entry & ELIDED != 0).then_some(entry & !ELIDED)
+    (entry & ELIDED != 0 && entry < SINGLE_REFERRER_LEAF).then_some(entry & !ELIDED)
 }
 
 /// A depth-first numbering from the virtual super-root (number 0) whose children are the
@@ -285,7 +290,7 @@ struct Preorder {
     /// The references between numbered objects and from the super-root to the roots.
     edges: NumberedEdges,
     /// Per node: its preorder number, `ELIDED | owner's number` for a left-out leaf,
-    /// `UNDEFINED` if unreachable.
+    /// `UNDEFINED` or [`SINGLE_REFERRER_LEAF`] if unreachable.
     number: Vec<u32>,
 }
 
@@ -298,8 +303,8 @@ struct NumberedEdges {
 impl Preorder {
     fn of(graph: &ObjectGraph, roots: &[u32]) -> Preorder {
         let n = graph.len();
-        let referrers = single_referrer_leaves(graph, roots);
-        let mut number = vec![UNDEFINED; n];
+        let mut number = initial_numbers(graph, roots);
+        let targets = graph.all_edge_targets();
         let mut vertex = Vec::with_capacity(n + 1);
         let mut parent = Vec::with_capacity(n + 1);
         // The super-root (number 0).
@@ -309,38 +314,40 @@ impl Preorder {
             to: Vec::with_capacity(graph.edge_count() + roots.len()),
             from: Vec::with_capacity(graph.edge_count() + roots.len()),
         };
-        let mut visit = |w: u32, from: u32, number: &mut [u32]| {
+        // (next reference to look at, end of the references, the object's number): the explicit
+        // stack replaces recursion.
+        let mut stack: Vec<(u32, u32, u32)> = Vec::new();
+        let mut visit = |w: u32, from: u32, number: &mut [u32], stack: &mut Vec<(u32, u32, u32)>| {
             let i = vertex.len() as u32;
             number[w as usize] = i;
             vertex.push(w);
             parent.push(from);
+            let span = graph.edge_span(w);
+            stack.push((span.start as u32, span.end as u32, i));
             i
         };
-        // (node, its number, next child to look at): the explicit stack replaces recursion.
-        let mut stack: Vec<(u32, u32, u32)> = Vec::new();
         for &root in roots {
             let mut i = number[root as usize];
             if i == UNDEFINED {
-                i = visit(root, 0, &mut number);
-                stack.push((root, i, 0));
+                i = visit(root, 0, &mut number, &mut stack);
             }
             edges.to.push(i);
             edges.from.push(0);
-            while let Some(&mut (v, i, ref mut next)) = stack.last_mut() {
-                let Some(&w) = graph.child_slice(v).get(*next as usize) else {
+            while let Some(&mut (ref mut next, end, i)) = stack.last_mut() {
+                if *next == end {
                     stack.pop();
                     continue;
-                };
+                }
+                let w = targets[*next as usize];
                 *next += 1;
-                if referrers.is_single_leaf(w) {
-                    number[w as usize] = ELIDED | i;
-                    continue;
-                }
-                let mut k = number[w as usize];
-                if k == UNDEFINED {
-                    k = visit(w, i, &mut number);
-                    stack.push((w, k, 0));
-                }
+                let k = match number[w as usize] {
+                    SINGLE_REFERRER_LEAF => {
+                        number[w as usize] = ELIDED | i;
+                        continue;
+                    }
+                    UNDEFINED => visit(w, i, &mut number, &mut stack),
+                    k => k,
+                };
                 edges.to.push(k);
                 edges.from.push(i);
             }
@@ -349,16 +356,17 @@ impl Preorder {
     }
 }
 
-/// Which objects have no references and exactly one reference to them (roots count as
-/// references): their only referrer dominates them.
-struct SingleReferrerLeaves(Vec<u8>);
+/// In [`Preorder::number`] before the search: an object with no references that exactly one
+/// reference reaches (roots count as references). Its only referrer dominates it.
+const SINGLE_REFERRER_LEAF: u32 = u32::MAX - 1;
 
-fn single_referrer_leaves(graph: &ObjectGraph, roots: &[u32]) -> SingleReferrerLeaves {
+/// [`Preorder::number`] before the search: `UNDEFINED`, or [`SINGLE_REFERRER_LEAF`].
+fn initial_numbers(graph: &ObjectGraph, roots: &[u32]) -> Vec<u32> {
     let n = graph.len();
-    // Preorder numbers and the mark must fit 32 bits together; a heap of 2^31 objects keeps
-    // every object in the search.
-    if n as u64 >= u64::from(ELIDED) - 1 {
-        return SingleReferrerLeaves(Vec::new());
+    // Preorder numbers and the mark must fit 31 bits beside the sentinels; a heap of 2^31
+    // objects keeps every object in the search.
+    if n as u64 >= u64::from(ELIDED) - 4 {
+        return vec![UNDEFINED; n];
     }
     let mut referrers = vec![0u8; n];
     for &w in graph.all_edge_targets() {
@@ -367,18 +375,12 @@ fn single_referrer_leaves(graph: &ObjectGraph, roots: &[u32]) -> SingleReferrerL
     for &r in roots {
         referrers[r as usize] = 2;
     }
-    for (w, r) in referrers.iter_mut().enumerate() {
-        if *r == 1 && !graph.child_slice(w as u32).is_empty() {
-            *r = 2;
-        }
-    }
-    SingleReferrerLeaves(referrers)
-}
-
-impl SingleReferrerLeaves {
-    fn is_single_leaf(&self, w: u32) -> bool {
-        self.0.get(w as usize) == Some(&1)
-    }
+    (0..n)
+        .map(|w| {
+            let single_leaf = referrers[w] == 1 && graph.edge_span(w as u32).is_empty();
+            if single_leaf { SINGLE_REFERRER_LEAF } else { UNDEFINED }
+        })
+        .collect()
 }
 
 /// Predecessor lists by preorder number (`count` numbers), the super-root (0) being every

@@ -835,8 +835,13 @@ impl ObjectGraph {
     }
 
     pub(crate) fn child_slice(&self, node: u32) -> &[u32] {
+        &self.edge_targets[self.edge_span(node)]
+    }
+
+    /// Where `node`'s references lie in [`Self::all_edge_targets`].
+    pub(crate) fn edge_span(&self, node: u32) -> std::ops::Range<usize> {
         let i = node as usize;
-        &self.edge_targets[self.edge_offsets[i] as usize..self.edge_offsets[i + 1] as usize]
+        self.edge_offsets[i] as usize..self.edge_offsets[i + 1] as usize
     }
 
     /// Every reference, object by object.
