@@ -204,7 +204,8 @@ impl ObjectGraph {
         let mut roots: Vec<u32> = self.roots().iter().map(|r| r.node.0).collect();
         roots.sort_unstable();
         roots.dedup();
-        let Preorder { vertex, parent, edges, mut number } = Preorder::of(self, &roots);
+        let Preorder { vertex, parent, edges, mut number, elided } = Preorder::of(self, &roots);
+        let elided_owner = |entry: u32| if elided { elided_owner(entry) } else { None };
         drop(roots);
         // Each array below takes over the memory of one the previous step no longer needs:
         // fresh memory costs a page fault and the zeroing of every page (a fifth of the CPU
@@ -296,6 +297,9 @@ struct Preorder {
     /// Per node: its preorder number, `ELIDED | owner's number` for a left-out leaf,
     /// `UNDEFINED` or [`SINGLE_REFERRER_LEAF`] if unreachable.
     number: Vec<u32>,
+    /// Whether leaves were left out; if not, `number` holds no marks (and numbers may use
+    /// all 32 bits).
+    elided: bool,
 }
 
 /// References as preorder numbers, in the order the search met them.
@@ -307,7 +311,7 @@ struct NumberedEdges {
 impl Preorder {
     fn of(graph: &ObjectGraph, roots: &[u32]) -> Preorder {
         let n = graph.len();
-        let mut number = initial_numbers(graph, roots);
+        let (mut number, elided) = initial_numbers(graph, roots);
         let targets = graph.all_edge_targets();
         let mut vertex = Vec::with_capacity(n + 1);
         let mut parent = Vec::with_capacity(n + 1);
@@ -356,7 +360,7 @@ impl Preorder {
                 edges.from.push(i);
             }
         }
-        Preorder { vertex, parent, edges, number }
+        Preorder { vertex, parent, edges, number, elided }
     }
 }
 
@@ -367,19 +371,20 @@ const SINGLE_REFERRER_LEAF: u32 = u32::MAX - 1;
 /// Below one object in this many being a leaf, none is left out of the search.
 const FEW_LEAVES: usize = 16;
 
-/// [`Preorder::number`] before the search: `UNDEFINED`, or [`SINGLE_REFERRER_LEAF`].
-fn initial_numbers(graph: &ObjectGraph, roots: &[u32]) -> Vec<u32> {
+/// [`Preorder::number`] before the search: `UNDEFINED`, or [`SINGLE_REFERRER_LEAF`]; and
+/// whether any object may be left out.
+fn initial_numbers(graph: &ObjectGraph, roots: &[u32]) -> (Vec<u32>, bool) {
     let n = graph.len();
     // Preorder numbers and the mark must fit 31 bits beside the sentinels; a heap of 2^31
     // objects keeps every object in the search.
     if n as u64 >= u64::from(ELIDED) - 4 {
-        return vec![UNDEFINED; n];
+        return (vec![UNDEFINED; n], false);
     }
     // Counting referrers costs a random access per reference: not worth it where there are
     // few leaves to leave out (a graph of nodes referencing each other).
     let leaves = (0..n as u32).filter(|&w| graph.edge_span(w).is_empty()).count();
     if leaves < n / FEW_LEAVES {
-        return vec![UNDEFINED; n];
+        return (vec![UNDEFINED; n], false);
     }
     let mut referrers = vec![0u8; n];
     for &w in graph.all_edge_targets() {
@@ -388,12 +393,13 @@ fn initial_numbers(graph: &ObjectGraph, roots: &[u32]) -> Vec<u32> {
     for &r in roots {
         referrers[r as usize] = 2;
     }
-    (0..n)
+    let number = (0..n)
         .map(|w| {
             let single_leaf = referrers[w] == 1 && graph.edge_span(w as u32).is_empty();
             if single_leaf { SINGLE_REFERRER_LEAF } else { UNDEFINED }
         })
-        .collect()
+        .collect();
+    (number, true)
 }
 
 /// Predecessor lists by preorder number (`count` numbers), the super-root (0) being every
