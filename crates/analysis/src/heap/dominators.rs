@@ -207,22 +207,21 @@ impl ObjectGraph {
         let Preorder { vertex, parent, edges, mut number, elided } = Preorder::of(self, &roots);
         let elided_owner = |entry: u32| if elided { elided_owner(entry) } else { None };
         drop(roots);
-        // Each array below takes over the memory of one the previous step no longer needs:
-        // fresh memory costs a page fault and the zeroing of every page (a fifth of the CPU
-        // time on big heaps), reused memory one sequential fill.
+        // The arrays after the predecessor lists take over the memory of ones the step before
+        // no longer needs: fresh memory costs a page fault and the zeroing of every page (a
+        // fifth of the CPU time on big heaps), reused memory one sequential fill.
         phases.begin("retention: predecessors");
-        let preds = predecessors(&edges, vertex.len(), Vec::new());
+        let preds = predecessors(&edges, vertex.len());
         let NumberedEdges { to: spare_a, from: spare_b } = edges;
         phases.begin("retention: dominators (semi-NCA)");
         let (idom_pre, semi, forest) = semi_nca(parent, &preds, spare_a, spare_b);
-        let Csr { offsets: spare_c, .. } = preds;
 
         phases.begin("retention: retained sizes and anchors");
         // The peak of the analysis is around here, so only what is kept is allocated, in node
         // order, with no arrays in preorder besides: a dominator precedes what it dominates
         // in preorder, so reverse preorder sees every object after everything it dominates,
         // and forward preorder every dominator before what it dominates.
-        drop((semi, spare_c));
+        drop((semi, preds));
         let mut retained = vec![0u64; n];
         // Every object its own size, a left-out leaf's added to its owner's at once. A leaf the
         // search never reached (its one referrer is unreachable) is unreachable.
@@ -403,9 +402,9 @@ fn initial_numbers(graph: &ObjectGraph, roots: &[u32]) -> (Vec<u32>, bool) {
 }
 
 /// Predecessor lists by preorder number (`count` numbers), the super-root (0) being every
-/// root's. `spare` is memory to reuse.
-fn predecessors(edges: &NumberedEdges, count: usize, spare: Vec<u32>) -> Csr {
-    let mut counts = refill(spare, count, 0);
+/// root's.
+fn predecessors(edges: &NumberedEdges, count: usize) -> Csr {
+    let mut counts = vec![0u32; count];
     for &w in &edges.to {
         counts[w as usize] += 1;
     }

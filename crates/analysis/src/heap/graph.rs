@@ -603,7 +603,7 @@ impl NearHits {
         {
             return Some(k);
         }
-        let found = index.find_near(addresses, self.last, target)?;
+        let found = index.find(addresses, target)?;
         self.streak = found > self.last && found - self.last <= 2;
         self.last = found;
         self.repeat = Some((target, found));
