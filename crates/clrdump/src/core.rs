@@ -103,37 +103,18 @@ impl CoreDump {
 
     /// Bytes `[addr, addr + len)` if they all lie in one PT_LOAD present in the file.
     pub fn slice(&self, addr: u64, len: u64) -> Option<&[u8]> {
-        let l = self.elf.load_for(addr)?;
-        let rel = addr - l.vaddr;
-        if len > l.filesz - rel {
-            return None;
-        }
-        let start = (l.offset + rel) as usize;
-        self.map.get(start..start + len as usize)
+        self.memory().slice(addr, len)
     }
 
-    /// Lets go of the pages mapped for `[addr, addr + len)` of one PT_LOAD (whole pages
-    /// inside it only): a walk over the heap is done with them. They stay in the page cache,
-    /// where the kernel can reclaim them, instead of counting as this process' mapped memory
-    /// until the dump is closed, which a memory-limited analysis Job cannot afford on top of
-    /// the object graph. Reading them again is still correct (they fault back in).
-    #[allow(unsafe_code)]
+    /// See [`DumpMemory::release`].
     pub fn release(&self, addr: u64, len: u64) {
-        let Bytes::Mapped(map) = &self.map else { return };
-        let Some(l) = self.elf.load_for(addr) else { return };
-        let rel = addr - l.vaddr;
-        let len = len.min(l.filesz.saturating_sub(rel));
-        let start = (l.offset + rel).next_multiple_of(PAGE);
-        let end = (l.offset + rel + len) & !(PAGE - 1);
-        if end <= start || end as usize > map.len() {
-            return;
-        }
-        // SAFETY: the mapping is a read-only private mapping of a file nobody writes through
-        // it; MADV_DONTNEED only drops its page-table entries, and any later read of these
-        // bytes (through a slice still held, say) faults the same file contents back in.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
-        };
+        self.memory().release(addr, len)
+    }
+
+    /// The dump's own memory, without the files it maps: what a heap walk reads, shareable
+    /// between threads (the files are opened lazily, by one thread).
+    pub fn memory(&self) -> DumpMemory<'_> {
+        DumpMemory { map: &self.map, elf: &self.elf }
     }
 
     /// The bytes from `addr` to the end of its PT_LOAD.
@@ -335,6 +316,50 @@ pub fn find_version(bytes: &[u8]) -> Option<String> {
 pub fn file_version(path: &Path) -> Result<Option<String>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(find_version(&bytes))
+}
+
+/// The memory a core dump holds (its PT_LOADs' file data), readable from any thread.
+#[derive(Clone, Copy)]
+pub struct DumpMemory<'a> {
+    map: &'a Bytes,
+    elf: &'a ElfCore,
+}
+
+impl<'a> DumpMemory<'a> {
+    /// Bytes `[addr, addr + len)` if they all lie in one PT_LOAD present in the file.
+    pub fn slice(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
+        let l = self.elf.load_for(addr)?;
+        let rel = addr - l.vaddr;
+        if len > l.filesz - rel {
+            return None;
+        }
+        let start = (l.offset + rel) as usize;
+        self.map.get(start..start + len as usize)
+    }
+
+    /// Lets go of the pages mapped for `[addr, addr + len)` of one PT_LOAD (whole pages
+    /// inside it only): a walk over the heap is done with them. They stay in the page cache,
+    /// where the kernel can reclaim them, instead of counting as this process' mapped memory
+    /// until the dump is closed, which a memory-limited analysis Job cannot afford on top of
+    /// the object graph. Reading them again is still correct (they fault back in).
+    #[allow(unsafe_code)]
+    pub fn release(&self, addr: u64, len: u64) {
+        let Bytes::Mapped(map) = self.map else { return };
+        let Some(l) = self.elf.load_for(addr) else { return };
+        let rel = addr - l.vaddr;
+        let len = len.min(l.filesz.saturating_sub(rel));
+        let start = (l.offset + rel).next_multiple_of(PAGE);
+        let end = (l.offset + rel + len) & !(PAGE - 1);
+        if end <= start || end as usize > map.len() {
+            return;
+        }
+        // SAFETY: the mapping is a read-only private mapping of a file nobody writes through
+        // it; MADV_DONTNEED only drops its page-table entries, and any later read of these
+        // bytes (through a slice still held, say) faults the same file contents back in.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+        };
+    }
 }
 
 #[cfg(test)]

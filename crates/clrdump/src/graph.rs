@@ -15,22 +15,20 @@ use crate::timings::PhaseClock;
 
 /// Walks the heap of the dump at `core_path` with the worker's `layout`, then names the types and adds the
 /// roots of `snapshot` (the type indexes point into its histogram) and resolves the
-/// references. Warns in `snapshot` if the walk met other objects than the worker's.
+/// references; returns the graph and the number of parts walked at once. Warns in `snapshot`
+/// if the walk met other objects than the worker's.
 pub(crate) fn build(
     core_path: &Path,
     layout: &HeapLayout,
     snapshot: &mut Snapshot,
     clock: &mut PhaseClock,
-) -> Result<ObjectGraph> {
+) -> Result<(ObjectGraph, u32)> {
     clock.start("graph: walk the heap, read references");
     // Mapped for the walk only: the references resolve without it.
     let core = CoreDump::open(core_path)?;
     let mut builder = ObjectGraphBuilder::new();
-    // The worker's count, which no heap can exceed: objects are 24 bytes at least. The
-    // worker's figures are not trusted: the dump's own size caps the reservation.
-    let expected = snapshot.heap.objects.min(snapshot.heap.walked_bytes / 24).min(core.present_bytes() / 24);
-    builder.reserve_nodes(usize::try_from(expected).unwrap_or(0));
     let walk = walk_graph(&core, layout, &mut builder)?;
+    clock.rename(format!("graph: walk the heap ({} at once), read references", walk.parts));
     drop(core);
     let objects = walk.objects;
     if walk.cut_references > 0 {
@@ -67,5 +65,5 @@ pub(crate) fn build(
         };
         builder.add_root(r.object, kind);
     }
-    Ok(builder.finish_observed(clock)?)
+    Ok((builder.finish_observed(clock)?, walk.parts))
 }

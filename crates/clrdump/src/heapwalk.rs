@@ -12,12 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use analysis::heap::ObjectGraphBuilder;
 
-use crate::core::CoreDump;
+use crate::core::{CoreDump, DumpMemory};
 use crate::dac::{Dac, GenerationData};
 use crate::error::{Error, Result};
 use crate::gcdesc::GcDesc;
 use crate::model::{HeapStats, HeapType};
 
+mod parts;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -73,6 +74,26 @@ pub struct HeapLayout {
     ranges: Vec<Range>,
     alloc_contexts: Vec<(u64, u64)>,
     types: Vec<TypeLayout>,
+    /// Objects the worker's walk met.
+    #[serde(default)]
+    objects: u64,
+    /// Objects of the worker's walk about [`checkpoint_every`] bytes apart, where walks of
+    /// parts of the heap can start ([`parts`]).
+    #[serde(default)]
+    checkpoints: Vec<Checkpoint>,
+}
+
+/// An object a walk met, and how many objects it met before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    address: u64,
+    objects_before: u64,
+}
+
+/// How far apart the worker notes [`Checkpoint`]s on a heap of `bytes`: about 500 of them, so
+/// that parts can be cut about equal for any number of threads, but none closer than 64 KiB.
+fn checkpoint_every(bytes: u64) -> u64 {
+    (bytes / 512).max(64 << 10)
 }
 
 impl HeapLayout {
@@ -83,11 +104,12 @@ impl HeapLayout {
         if self.types.len() > types {
             return Err(format!("{} type layouts for {types} types", self.types.len()));
         }
-        if self.ranges.len() > 1 << 24 || self.alloc_contexts.len() > 1 << 24 {
+        if self.ranges.len() > 1 << 24 || self.alloc_contexts.len() > 1 << 24 || self.checkpoints.len() > 1 << 24 {
             return Err(format!(
-                "{} heap ranges, {} allocation contexts",
+                "{} heap ranges, {} allocation contexts, {} checkpoints",
                 self.ranges.len(),
-                self.alloc_contexts.len()
+                self.alloc_contexts.len(),
+                self.checkpoints.len()
             ));
         }
         if let Some(r) = self.ranges.iter().find(|r| r.end < r.start) {
@@ -112,8 +134,25 @@ struct WalkCounts {
     free_bytes: u64,
 }
 
-/// Walks every object of `ranges` in address order, calling `each(address, size, type,
-/// object bytes)` for every object that is not free space.
+/// Where a walk starts and stops: from the object at `from` (the first range's start for 0)
+/// up to the object at `to`, which it does not visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    from: u64,
+    to: u64,
+}
+
+impl Span {
+    /// The whole heap.
+    pub(crate) const ALL: Span = Span { from: 0, to: u64::MAX };
+}
+
+/// Walks every object of `ranges` in `span` in address order, calling `each(address, size,
+/// type, object bytes)` for every object that is not free space. Returns whether the walk
+/// started and stopped where `span` says: on an object's first byte at `span.from` (or a
+/// range's start) and on one exactly at `span.to` (or at the end, for [`Span::ALL`]). A span
+/// cut between two objects of a previous walk of the same ranges always does; a span from
+/// elsewhere may not.
 ///
 /// The parent runs this on a dump and a layout it cannot trust (the worker read both from
 /// the dump): whatever they say, it must end, in time and memory bounded by the bytes the
@@ -121,18 +160,20 @@ struct WalkCounts {
 /// can wrap), every step advances at least 8 bytes, and the ranges must be sorted and
 /// disjoint (else the same bytes could be walked any number of times).
 fn walk_objects(
-    core: &CoreDump,
+    memory: DumpMemory<'_>,
     ranges: &[Range],
     alloc_contexts: &[(u64, u64)],
     types: &mut impl TypeLookup,
     counts: &mut WalkCounts,
+    span: Span,
     mut each: impl FnMut(u64, u64, TypeInfo, &[u8]) -> Result<()>,
-) -> Result<()> {
+) -> Result<bool> {
     let alloc_contexts = AllocContexts::new(alloc_contexts);
     // A few types make up most objects, often interleaved (a node and its item): a small
     // direct-mapped cache in front of the lookup saves a hash per object.
     let mut recent: [Option<(u64, TypeInfo)>; 64] = [None; 64];
     let mut previous_end = 0u64;
+    let mut started = false;
     for range in ranges {
         let Some(len) = range.end.checked_sub(range.start).filter(|&len| len > 0) else {
             return Err(Error::Heap(format!("object range {:#x}..{:#x} is empty or reversed", range.start, range.end)));
@@ -144,18 +185,37 @@ fn walk_objects(
             )));
         }
         previous_end = range.end;
-        let Some(bytes) = core.slice(range.start, len) else {
+        if range.end <= span.from {
+            continue;
+        }
+        // Where in this range the span starts: a `from` between ranges is no object.
+        let mut off = 0usize;
+        if !started {
+            started = true;
+            if span.from > range.start {
+                off = (span.from - range.start) as usize;
+            } else if span.from != 0 && span.from != range.start {
+                return Ok(false);
+            }
+        }
+        if range.start >= span.to {
+            return Ok(range.start == span.to);
+        }
+        let Some(bytes) = memory.slice(range.start, len) else {
             counts.resyncs += 1;
             continue;
         };
         counts.walked_bytes = counts.walked_bytes.saturating_add(len);
         // Offsets in `bytes`; `range.start + off` cannot wrap since `off <= len`.
-        let mut off = 0usize;
-        let mut released = 0usize;
+        let mut released = off;
         while bytes.len() - off >= 8 {
             let obj = range.start + off as u64;
+            if obj >= span.to {
+                memory.release(range.start + released as u64, (off - released) as u64);
+                return Ok(obj == span.to);
+            }
             if (off - released) as u64 >= RELEASE_EVERY {
-                core.release(range.start + released as u64, (off - released) as u64);
+                memory.release(range.start + released as u64, (off - released) as u64);
                 released = off;
             }
             if !range.large
@@ -197,9 +257,9 @@ fn walk_objects(
                 _ => break,
             }
         }
-        core.release(range.start + released as u64, len - released as u64);
+        memory.release(range.start + released as u64, len - released as u64);
     }
-    Ok(())
+    Ok(started && span.to == u64::MAX)
 }
 
 /// An object's size in bytes: its type's base size plus, for arrays and strings, the element
@@ -308,6 +368,7 @@ pub struct HeapWalker<'a> {
     ranges: Vec<Range>,
     /// Every timer callback met: `(address, _methodPtr, _methodPtrAux)`.
     timer_callbacks: Vec<(u64, u64, u64)>,
+    checkpoints: Vec<Checkpoint>,
 }
 
 impl<'a> HeapWalker<'a> {
@@ -331,6 +392,7 @@ impl<'a> HeapWalker<'a> {
             alloc_contexts,
             ranges: Vec::new(),
             timer_callbacks: Vec::new(),
+            checkpoints: Vec::new(),
         })
     }
 
@@ -388,22 +450,39 @@ impl<'a> HeapWalker<'a> {
         let mut histogram: Vec<(u64, u64)> = Vec::new();
         let (mut objects, mut bytes) = (0u64, 0u64);
         let timer_callbacks = &mut self.timer_callbacks;
-        walk_objects(core, &ranges, &self.alloc_contexts, &mut self.types, &mut counts, |obj, size, info, object| {
-            if info.is_timer_callback {
-                let word =
-                    |at: usize| object.get(at..at + 8).map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8")));
-                timer_callbacks.push((obj, word(DELEGATE_METHOD_PTR), word(DELEGATE_METHOD_PTR_AUX)));
-            }
-            let i = info.index as usize;
-            if i >= histogram.len() {
-                histogram.resize(i + 1, (0, 0));
-            }
-            histogram[i].0 += 1;
-            histogram[i].1 += size;
-            objects += 1;
-            bytes += size;
-            Ok(())
-        })?;
+        let checkpoints = &mut self.checkpoints;
+        let mut next_checkpoint = 0u64;
+        let every = checkpoint_every(parts::range_bytes(&ranges));
+        let memory = core.memory();
+        let types = &mut self.types;
+        walk_objects(
+            memory,
+            &ranges,
+            &self.alloc_contexts,
+            types,
+            &mut counts,
+            Span::ALL,
+            |obj, size, info, object| {
+                if obj >= next_checkpoint {
+                    checkpoints.push(Checkpoint { address: obj, objects_before: objects });
+                    next_checkpoint = obj.saturating_add(every);
+                }
+                if info.is_timer_callback {
+                    let word =
+                        |at: usize| object.get(at..at + 8).map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8")));
+                    timer_callbacks.push((obj, word(DELEGATE_METHOD_PTR), word(DELEGATE_METHOD_PTR_AUX)));
+                }
+                let i = info.index as usize;
+                if i >= histogram.len() {
+                    histogram.resize(i + 1, (0, 0));
+                }
+                histogram[i].0 += 1;
+                histogram[i].1 += size;
+                objects += 1;
+                bytes += size;
+                Ok(())
+            },
+        )?;
         for (t, (count, size)) in self.types.out_types.iter_mut().zip(histogram) {
             t.count += count;
             t.bytes += size;
@@ -455,6 +534,8 @@ impl<'a> HeapWalker<'a> {
             ranges: self.ranges.clone(),
             alloc_contexts: self.alloc_contexts.clone(),
             types: self.types.layouts.clone(),
+            objects: self.stats.objects,
+            checkpoints: self.checkpoints.clone(),
         }
     }
 }
@@ -462,7 +543,31 @@ impl<'a> HeapWalker<'a> {
 /// Types known from a [`HeapLayout`]; a MethodTable the worker did not accept is no object.
 struct KnownTypes(HashMap<u64, TypeInfo>);
 
-impl TypeLookup for KnownTypes {
+impl KnownTypes {
+    fn of(layout: &HeapLayout) -> Self {
+        KnownTypes(
+            layout
+                .types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let info = TypeInfo {
+                        index: i as u32,
+                        base_size: t.base_size,
+                        component_size: t.component_size,
+                        is_string: t.is_string,
+                        is_free: t.is_free,
+                        is_timer_callback: false,
+                    };
+                    (t.method_table, info)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Shared by the threads of a walk in parts: the map is only read.
+impl TypeLookup for &KnownTypes {
     fn type_info(&mut self, mt: u64) -> Option<TypeInfo> {
         self.0.get(&mt).copied()
     }
@@ -476,38 +581,45 @@ pub struct GraphWalk {
     /// Objects whose type's reference layout does not fit them (a damaged or hostile
     /// layout): their references were cut short.
     pub cut_references: u64,
+    /// Parts walked at once (1: in one piece).
+    pub parts: u32,
 }
 
 /// Walks the heap of `core` again with the worker's `layout` (no DAC), adding every object
-/// and its non-null references to `builder`. The walk meets the same objects as the
-/// worker's, since it reads the same bytes with the same rules. Neither the dump nor the
-/// layout is trusted: the objects and references added are bounded by the bytes the dump
-/// holds (at most one object per 24 bytes of a range, one reference per 8 bytes of an object).
+/// and its non-null references to `builder` (an empty one). The walk meets the same objects
+/// as the worker's, since it reads the same bytes with the same rules; on several cores it
+/// walks parts of the heap at once, cut at the worker's checkpoints ([`parts`]). Neither the
+/// dump nor the layout is trusted: the objects and references added are bounded by the bytes
+/// the dump holds (at most one object per 24 bytes of a range, one reference per 8 bytes of
+/// an object), and parts that do not match the checkpoints are walked again in one piece.
 pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut ObjectGraphBuilder) -> Result<GraphWalk> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    walk_graph_on(core, layout, builder, threads)
+}
+
+/// [`walk_graph`] on at most `threads` threads.
+fn walk_graph_on(
+    core: &CoreDump,
+    layout: &HeapLayout,
+    builder: &mut ObjectGraphBuilder,
+    threads: usize,
+) -> Result<GraphWalk> {
     if u32::try_from(layout.types.len()).is_err() {
         return Err(Error::Heap(format!("the layout names {} types", layout.types.len())));
     }
-    let mut types = KnownTypes(
-        layout
-            .types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let info = TypeInfo {
-                    index: i as u32,
-                    base_size: t.base_size,
-                    component_size: t.component_size,
-                    is_string: t.is_string,
-                    is_free: t.is_free,
-                    is_timer_callback: false,
-                };
-                (t.method_table, info)
-            })
-            .collect(),
-    );
+    let types = KnownTypes::of(layout);
+    if let Some(plan) = parts::plan(layout, core.present_bytes(), threads)
+        && let Some(walk) = parts::walk(core.memory(), layout, &types, &plan, builder)?
+    {
+        return Ok(walk);
+    }
+    // The worker's count, which no heap can exceed: objects are 24 bytes at least. The
+    // worker's figures are not trusted: the dump's own size caps the reservation.
+    let expected = layout.objects.min(parts::range_bytes(&layout.ranges) / 24).min(core.present_bytes() / 24);
+    builder.reserve_nodes(usize::try_from(expected).unwrap_or(0));
     let mut counts = WalkCounts::default();
-    let mut walk = GraphWalk::default();
-    walk_objects(core, &layout.ranges, &layout.alloc_contexts, &mut types, &mut counts, |obj, size, info, bytes| {
+    let mut walk = GraphWalk { parts: 1, ..Default::default() };
+    let each = |obj, size, info: TypeInfo, bytes: &[u8]| {
         let desc = layout.types[info.index as usize].references.as_ref();
         builder.add_node_with(obj, size, u64::from(info.index), |edges| {
             if let Some(desc) = desc
@@ -518,7 +630,8 @@ pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut Obj
         });
         walk.objects += 1;
         Ok(())
-    })?;
+    };
+    walk_objects(core.memory(), &layout.ranges, &layout.alloc_contexts, &mut &types, &mut counts, Span::ALL, each)?;
     Ok(walk)
 }
 

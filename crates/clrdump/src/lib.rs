@@ -96,6 +96,8 @@ pub struct DumpData {
     pub snapshot: Snapshot,
     /// The object graph, at [`Depth::Graph`].
     pub graph: Option<ObjectGraph>,
+    /// In how many parts at once the heap was walked for the graph (0: no graph).
+    pub graph_parts: u32,
     /// The DAC used.
     pub dac: PathBuf,
     /// Where it came from.
@@ -133,15 +135,19 @@ pub fn read_dump_timed(core_path: &Path, opts: &ReadOptions, clock: &mut timings
     let mut snapshot = answer.snapshot;
     clock.close();
     clock.extend(std::mem::take(&mut snapshot.phases));
-    let graph = match (opts.depth, snapshot.layout.take()) {
-        (Depth::Graph, Some(layout)) => Some(graph::build(core_path, &layout, &mut snapshot, clock)?),
+    let (graph, graph_parts) = match (opts.depth, snapshot.layout.take()) {
+        (Depth::Graph, Some(layout)) => {
+            let (graph, parts) = graph::build(core_path, &layout, &mut snapshot, clock)?;
+            (Some(graph), parts)
+        }
         (Depth::Graph, None) => return Err(Error::Worker("the worker sent no heap layout".into())),
-        (Depth::Histogram, _) => None,
+        (Depth::Histogram, _) => (None, 0),
     };
     clock.close();
     Ok(DumpData {
         snapshot,
         graph,
+        graph_parts,
         dac,
         provenance: chosen.provenance,
         dac_warnings: chosen.warnings,

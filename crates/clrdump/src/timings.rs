@@ -37,6 +37,13 @@ impl PhaseClock {
         self.open = Some((name.into(), Instant::now(), process_cpu_us()));
     }
 
+    /// Names the open phase anew (with what was learned while it ran).
+    pub fn rename(&mut self, name: impl Into<String>) {
+        if let Some((open, _, _)) = &mut self.open {
+            *open = name.into();
+        }
+    }
+
     /// Closes the open phase.
     pub fn close(&mut self) {
         if let Some((name, wall, cpu)) = self.open.take() {

@@ -2,7 +2,8 @@
 //! measured by `scripts/bench`), from real dumps of .NET Core 3.1 and .NET 8: the per-type
 //! counts equal what the workload built, the object its static field holds is the heap's top
 //! retainer, and what it retains equals the brute-force definition on the real graph (the
-//! bytes that no root reaches any more once that object is removed).
+//! bytes that no root reaches any more once that object is removed). The graphs are walked
+//! in parts on several threads, as on a real analysis.
 
 use std::collections::VecDeque;
 
@@ -62,6 +63,11 @@ fn check_shape(w: &Workload, shape: &str) {
     let data = clrdump::read_dump(&core, &ReadOptions::new(worker(), Depth::Graph)).unwrap();
     let graph = data.graph.expect("graph requested");
     let ctx = format!("{shape} on {runtime:?}");
+    // On more than one core the graph's walk is cut at the worker's checkpoints: everything
+    // below then checks the graph the parts built, against what the workload built.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert!(data.graph_parts >= 2, "{ctx}: the heap was walked in {} part(s)", data.graph_parts);
+    }
 
     let field = truth["holder_field"].as_str().unwrap();
     let holder = graph

@@ -15,6 +15,9 @@ use super::type_name::{clean_type_name, unknown_type_name};
 use crate::phases::Phases;
 use crate::{Error, HeapStream, Result};
 
+mod slots;
+pub use slots::NodeSlots;
+
 /// Position of an object in an [`ObjectGraph`] (objects are numbered by address order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

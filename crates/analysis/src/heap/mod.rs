@@ -16,7 +16,7 @@ mod type_name;
 pub use dominators::{RetainedSizes, TypeRetained};
 pub use finalization::{FinalizerQueue, finalizer_queue};
 pub use gcroot::{RootChain, chains_from_roots, referrers};
-pub use graph::{GraphStats, NodeIndex, ObjectGraph, ObjectGraphBuilder, Root, RootKind};
+pub use graph::{GraphStats, NodeIndex, NodeSlots, ObjectGraph, ObjectGraphBuilder, Root, RootKind};
 pub use growth::{
     GrowthThresholds, GrowthVerdict, HeapSummary, growth_verdicts, summarize, top_growing, wants_holders,
 };

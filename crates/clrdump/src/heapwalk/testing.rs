@@ -4,10 +4,10 @@
 //! allocation contexts, sizes and reference layouts are sometimes sane and sometimes absurd, as
 //! a damaged dump or a subverted worker could send them.
 
-use analysis::heap::{ObjectGraph, ObjectGraphBuilder};
+use analysis::heap::{NodeIndex, ObjectGraph, ObjectGraphBuilder};
 
 pub use super::GraphWalk;
-use super::{HeapLayout, Range, TypeLayout, walk_graph};
+use super::{Checkpoint, HeapLayout, Range, TypeLayout, walk_graph_on};
 use crate::core::CoreDump;
 use crate::elf::testing::core_file;
 use crate::error::Result;
@@ -18,8 +18,23 @@ use crate::gcdesc::GcDesc;
 pub struct HeapCase {
     /// The core file's bytes.
     pub core: Vec<u8>,
-    /// What the worker would have sent.
+    /// What the worker would have sent, without checkpoints.
     pub layout: HeapLayout,
+    /// The checkpoints a second walk gets, in parts.
+    pub cut: Cut,
+}
+
+/// Which checkpoints the walk in parts gets ([`check_heap_case`]).
+#[derive(Clone, Debug)]
+pub enum Cut {
+    /// None: only the walk in one piece.
+    None,
+    /// Every `stride`-th object of the walk in one piece, as the worker notes them; `skew`
+    /// then spoils one: 0 leaves them true, 1 moves one's address by 8 bytes, 2 its count by
+    /// one, 3 the total count by one.
+    Every { stride: usize, threads: usize, skew: u8, which: usize },
+    /// Anything, with this total.
+    Any { checkpoints: Vec<(u64, u64)>, objects: u64, threads: usize },
 }
 
 /// The fuzz input, read front to back; zeros once it runs out, so every input builds a case.
@@ -144,7 +159,23 @@ pub fn heap_case(data: &[u8]) -> HeapCase {
         })
         .collect();
 
-    HeapCase { core: core_file(&loads, &[], false), layout: HeapLayout { ranges, alloc_contexts, types } }
+    let threads = 2 + usize::from(input.below(3));
+    let cut = match input.below(4) {
+        0 => Cut::None,
+        1 => Cut::Any {
+            checkpoints: (0..input.below(6)).map(|_| (address(&mut input), u64::from(input.below(64)))).collect(),
+            objects: u64::from(input.byte()),
+            threads,
+        },
+        _ => Cut::Every {
+            stride: 1 + usize::from(input.below(3)),
+            threads,
+            skew: if input.below(2) == 0 { 0 } else { input.below(4) },
+            which: usize::from(input.byte()),
+        },
+    };
+    let layout = HeapLayout { ranges, alloc_contexts, types, ..Default::default() };
+    HeapCase { core: core_file(&loads, &[], false), layout, cut }
 }
 
 /// The `i`-th type of a case: its MethodTable is an address no load holds (the parent's walk
@@ -203,26 +234,86 @@ fn type_layout(input: &mut Input, i: usize) -> TypeLayout {
     }
 }
 
-/// Walks `case` as the parent walks a dump and builds the object graph. `Ok(None)`: the core
-/// file is not one (the fuzz target for the core reader covers those).
+/// Walks `case` as the parent walks a dump, in one piece, and builds the object graph.
+/// `Ok(None)`: the core file is not one (the fuzz target for the core reader covers those).
 pub fn walk_heap_case(case: &HeapCase) -> Result<Option<(GraphWalk, ObjectGraph)>> {
+    walk_with(case, &case.layout, 1)
+}
+
+fn walk_with(case: &HeapCase, layout: &HeapLayout, threads: usize) -> Result<Option<(GraphWalk, ObjectGraph)>> {
     let Ok(core) = CoreDump::from_bytes(case.core.clone()) else { return Ok(None) };
     let mut builder = ObjectGraphBuilder::new();
-    let walk = walk_graph(&core, &case.layout, &mut builder)?;
+    let walk = walk_graph_on(&core, layout, &mut builder, threads)?;
     Ok(Some((walk, builder.finish()?)))
+}
+
+/// The layout of `case` with the checkpoints its [`Cut`] names, taken from `whole` (its
+/// walk in one piece) where they are true ones; and whether they are.
+fn cut_layout(case: &HeapCase, whole: &ObjectGraph) -> Option<(HeapLayout, usize, bool)> {
+    let mut layout = case.layout.clone();
+    match case.cut {
+        Cut::None => None,
+        Cut::Any { ref checkpoints, objects, threads } => {
+            layout.checkpoints =
+                checkpoints.iter().map(|&(address, objects_before)| Checkpoint { address, objects_before }).collect();
+            layout.objects = objects;
+            Some((layout, threads, false))
+        }
+        Cut::Every { stride, threads, skew, which } => {
+            layout.objects = whole.len() as u64;
+            layout.checkpoints = (0..whole.len())
+                .step_by(stride)
+                .map(|i| Checkpoint { address: whole.address(NodeIndex(i as u32)), objects_before: i as u64 })
+                .collect();
+            let count = layout.checkpoints.len();
+            match (skew, layout.checkpoints.get_mut(which % count.max(1))) {
+                (1, Some(c)) => c.address = c.address.wrapping_add(8),
+                (2, Some(c)) => c.objects_before = c.objects_before.wrapping_add(1),
+                (3, _) => layout.objects += 1,
+                _ => {}
+            }
+            Some((layout, threads, skew == 0))
+        }
+    }
 }
 
 /// Builds and walks the case `data` describes and checks what any walk must hold: it ends
 /// (the fuzzer's timeout), never panics, and adds no more objects and references than the
 /// dump's bytes allow (one object per 24 bytes of a range, one reference per 8 bytes of an
-/// object), every object once.
-pub fn check_heap_case(data: &[u8]) {
-    let case = heap_case(data);
-    let Ok(Some((walk, graph))) = walk_heap_case(&case) else { return };
+/// object), every object once. Then walks it again in parts with the checkpoints of its
+/// [`Cut`]: true or spoiled ones must build the very graph the walk in one piece built (spoiled
+/// ones by walking again in one piece), any others at least hold the same bounds. Returns how
+/// many parts that walk had (0: none was made).
+pub fn check_heap_case(data: &[u8]) -> u32 {
+    check_case(&heap_case(data))
+}
+
+/// [`check_heap_case`] of a case built otherwise.
+pub fn check_case(case: &HeapCase) -> u32 {
+    let Ok(Some((walk, graph))) = walk_heap_case(case) else { return 0 };
     let present = CoreDump::from_bytes(case.core.clone()).expect("parsed once already").present_bytes();
     let ranges = case.layout.ranges.len() as u64;
-    assert!(walk.objects <= present / 24 + ranges, "{} objects from {present} bytes", walk.objects);
-    assert_eq!(graph.len() as u64, walk.objects, "every object once, in address order");
-    assert_eq!(graph.stats().duplicate_nodes, 0);
-    assert!(graph.edge_count() as u64 <= present / 8, "{} references from {present} bytes", graph.edge_count());
+    let bounded = |walk: &GraphWalk, graph: &ObjectGraph| {
+        assert!(walk.objects <= present / 24 + ranges, "{} objects from {present} bytes", walk.objects);
+        assert_eq!(graph.len() as u64, walk.objects, "every object once, in address order");
+        assert_eq!(graph.stats().duplicate_nodes, 0);
+        assert!(graph.edge_count() as u64 <= present / 8, "{} references from {present} bytes", graph.edge_count());
+    };
+    bounded(&walk, &graph);
+    let Some((layout, threads, _)) = cut_layout(case, &graph) else { return 0 };
+    let in_parts = walk_with(case, &layout, threads);
+    let Ok(Some((parts_walk, parts_graph))) = in_parts else { panic!("the walk in one piece worked: {in_parts:?}") };
+    bounded(&parts_walk, &parts_graph);
+    if !matches!(case.cut, Cut::Any { .. }) {
+        assert_eq!(parts_walk.objects, walk.objects);
+        assert_eq!(parts_walk.cut_references, walk.cut_references);
+        let nodes = |g: &ObjectGraph| -> Vec<(u64, u64, String, Vec<u32>)> {
+            (0..g.len() as u32)
+                .map(NodeIndex)
+                .map(|n| (g.address(n), g.size(n), g.type_name(n).to_string(), g.children(n).map(|c| c.0).collect()))
+                .collect()
+        };
+        assert_eq!(nodes(&parts_graph), nodes(&graph), "{:?} in {} parts", case.cut, parts_walk.parts);
+    }
+    parts_walk.parts
 }

@@ -3,8 +3,8 @@
 
 use analysis::heap::ObjectGraph;
 
-use super::testing::{GraphWalk, HeapCase, check_heap_case, heap_case, walk_heap_case};
-use super::{HeapLayout, Range, TypeLayout};
+use super::testing::{Cut, GraphWalk, HeapCase, check_case, check_heap_case, heap_case, walk_heap_case};
+use super::{Checkpoint, HeapLayout, Range, TypeLayout};
 use crate::core::CoreDump;
 use crate::elf::testing::core_file;
 use crate::error::{Error, Result};
@@ -21,15 +21,17 @@ fn hostile_layouts_and_dumps_never_panic_nor_exceed_the_dump() {
         state ^= state << 17;
         state
     };
-    let mut walked = 0;
+    let (mut walked, mut in_parts) = (0, 0);
     for _ in 0..4000 {
         let len = (next() % 3000) as usize;
         let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-        check_heap_case(&data);
+        in_parts += u32::from(check_heap_case(&data) >= 2);
         walked += u32::from(matches!(walk_heap_case(&heap_case(&data)), Ok(Some((w, _))) if w.objects > 0));
     }
-    // Not a vacuous run: a good share of the inputs reach objects.
+    // Not a vacuous run: a good share of the inputs reach objects, and of those many are
+    // walked in parts too (and so compared with the walk in one piece).
     assert!(walked > 400, "only {walked} of 4000 cases walked any object");
+    assert!(in_parts > 40, "only {in_parts} of 4000 cases walked in parts");
 }
 
 const MT: u64 = 0x5000_0000;
@@ -60,7 +62,9 @@ fn walk(
             ranges: ranges.into_iter().map(|(start, end)| Range { start, end, large: false }).collect(),
             alloc_contexts,
             types: vec![t],
+            ..Default::default()
         },
+        cut: Cut::None,
     };
     Ok(walk_heap_case(&case)?.expect("a core"))
 }
@@ -182,4 +186,147 @@ fn inputs_that_crashed_the_unchecked_walk_stay_fixed() {
     for data in [crashes[0], crashes[3]] {
         assert!(matches!(walk_heap_case(&heap_case(data)), Err(Error::Heap(_))));
     }
+}
+
+/// A heap of every kind of thing a walk meets (objects with and without references, arrays,
+/// free space, words that are no object, an allocation context, three ranges) walked in parts
+/// cut at every checkpoint stride the worker could have used, on 2 to 5 threads: the graph is
+/// the one the walk in one piece builds.
+#[test]
+fn walks_in_parts_build_what_one_walk_builds() {
+    const NODE: u64 = MT;
+    const ARRAY: u64 = MT + 0x40;
+    const FREE: u64 = MT + 0x80;
+    let base = 0x7f00_0000_0000u64;
+    let mut heap: Vec<u64> = Vec::new();
+    let mut objects: Vec<u64> = Vec::new();
+    let mut x = 0x9e37_79b9u64;
+    let mut ranges = Vec::new();
+    let mut range_start = base;
+    for i in 0..3000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = base + 8 * heap.len() as u64;
+        // Mostly an object met before (or this one), else any word.
+        let earlier = |k: u64| match objects.len() as u64 {
+            0 => at,
+            n if !(x >> (20 + k)).is_multiple_of(8) => objects[((x >> (8 + k)) % n) as usize],
+            _ => base + 8 * ((x >> (8 + k)) % (at - base + 8)),
+        };
+        match x % 10 {
+            // A node: MethodTable, a reference, a number.
+            0..=5 => heap.extend([NODE, earlier(0), i]),
+            // An array of 0-3 references.
+            6 | 7 => {
+                let n = (x >> 4) % 4;
+                heap.extend([ARRAY, n]);
+                heap.extend((0..n).map(earlier));
+                heap.push(0);
+            }
+            // Free space of 3-5 words.
+            8 => {
+                let n = 3 + (x >> 4) % 3;
+                heap.extend([FREE, (n - 3) * 8, 0]);
+                heap.extend(std::iter::repeat_n(0, (n - 3) as usize));
+            }
+            // A word that is no object (the walk resynchronizes).
+            _ => heap.push(0x1234_5678),
+        }
+        if x % 10 < 8 {
+            objects.push(at);
+        }
+        if i == 1000 || i == 2000 {
+            let end = base + 8 * heap.len() as u64;
+            ranges.push(Range { start: range_start, end, large: false });
+            heap.extend([0; 64]);
+            range_start = base + 8 * heap.len() as u64;
+        }
+    }
+    ranges.push(Range { start: range_start, end: base + 8 * heap.len() as u64, large: false });
+    let node = |base_size| TypeLayout {
+        method_table: NODE,
+        base_size,
+        component_size: 0,
+        is_string: false,
+        is_free: false,
+        references: Some(GcDesc::Series(vec![(8, 8 - i64::from(base_size))])),
+    };
+    let array = TypeLayout {
+        method_table: ARRAY,
+        base_size: 24,
+        component_size: 8,
+        is_string: false,
+        is_free: false,
+        references: Some(GcDesc::Repeating { start: 16, items: vec![(1, 0)] }),
+    };
+    let free = TypeLayout { method_table: FREE, is_free: true, component_size: 1, ..array.clone() };
+    // An allocation context inside the second range.
+    let context = ranges[1].start + 800;
+    let case = HeapCase {
+        core: core_file(&[(base, words(&heap), heap.len() * 8)], &[], false),
+        layout: HeapLayout {
+            ranges,
+            alloc_contexts: vec![(context, context + 400)],
+            types: vec![node(24), array, free],
+            ..Default::default()
+        },
+        cut: Cut::None,
+    };
+    let (whole_walk, whole) = walk_heap_case(&case).unwrap().unwrap();
+    assert!(whole.len() > 2000 && whole.edge_count() > 2000, "{} objects", whole.len());
+    for stride in [1, 2, 7, 100, 999, 5000] {
+        for threads in 2..=5 {
+            let parts = check_cut(&case, Cut::Every { stride, threads, skew: 0, which: 0 });
+            let expected = if stride >= whole.len() { 1 } else { threads.min(whole.len().div_ceil(stride)) };
+            assert_eq!(parts as usize, expected, "stride {stride}, {threads} threads");
+            // One spoiled checkpoint: the same graph, walked again in one piece.
+            for skew in 1..=3 {
+                for which in [0, 1, 5] {
+                    let parts = check_cut(&case, Cut::Every { stride, threads, skew, which });
+                    assert!(parts >= 1, "stride {stride}, {threads} threads, skew {skew}");
+                }
+            }
+        }
+    }
+    assert_eq!(whole_walk.parts, 1);
+}
+
+fn check_cut(case: &HeapCase, cut: Cut) -> u32 {
+    check_case(&HeapCase { cut, ..case.clone() })
+}
+
+/// A checkpoint inside an object, on a word that looks like a MethodTable, with the count of
+/// objects before it right: the part before it ends past it, the part from it meets an object
+/// that is none and, by chance, as many objects as there are. Only where the first part ended
+/// tells: the heap is walked again in one piece.
+#[test]
+fn a_part_that_ends_past_its_checkpoint_is_walked_again() {
+    let base = 0x7f00_0000_0000u64;
+    // A holds a word equal to the MethodTable; the fake object there ends on B's second
+    // word, zeros resynchronize the walk on C.
+    let heap = [MT, MT, 1, MT, 0, 0, MT, 0, 2];
+    let node = ty(24, 0, Some(GcDesc::Series(vec![(8, -16)])));
+    let mut layout = HeapLayout {
+        ranges: vec![Range { start: base, end: base + 8 * heap.len() as u64, large: false }],
+        types: vec![node],
+        objects: 3,
+        checkpoints: vec![
+            Checkpoint { address: base, objects_before: 0 },
+            Checkpoint { address: base + 8, objects_before: 1 },
+        ],
+        ..Default::default()
+    };
+    let core = CoreDump::from_bytes(core_file(&[(base, words(&heap), heap.len() * 8)], &[], false)).unwrap();
+    let walk = |layout: &HeapLayout| {
+        let mut builder = analysis::heap::ObjectGraphBuilder::new();
+        let walk = super::walk_graph_on(&core, layout, &mut builder, 2).unwrap();
+        let graph = builder.finish().unwrap();
+        (walk.parts, (0..graph.len() as u32).map(|n| graph.address(analysis::heap::NodeIndex(n))).collect::<Vec<_>>())
+    };
+    let true_objects = vec![base, base + 24, base + 48];
+    assert_eq!(walk(&layout), (1, true_objects.clone()));
+    // The true checkpoint of B: two parts.
+    layout.checkpoints[1].address = base + 24;
+    assert_eq!(walk(&layout), (2, true_objects));
 }
