@@ -2,64 +2,88 @@
 //! answers in constant time, guesses that spare it for references to nearby objects, and
 //! the resolution of a whole walk's references on all cores.
 
+/// Threads for the passes over every object: all cores, up to 8.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}
+
 /// Resolves every node's references (`edges`, in node order, each node's run of
-/// `first_edge`-many) to node positions, on all cores: each thread resolves one slice of the
-/// flat edge sequence where it lies, then one sequential pass drops what did not resolve and
-/// builds the offsets. `first_edge` is per node, plus the end.
+/// `first_edge`-many) to node positions, on all cores: each thread resolves the references
+/// of one run of nodes where they lie, dropping those that are no object as it goes and
+/// noting its nodes' offsets; then each run's references move up behind the run before it.
+/// `first_edge` is per node, plus the end; its memory becomes the offsets.
 pub(super) fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: Vec<u64>) -> (Vec<u32>, Vec<u32>) {
+    let nodes = addresses.len();
     let index = AddressIndex::new(addresses);
-    let starts: &[u32] = &first_edge;
     let mut resolved = vec![0u32; edges.len()];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    // Slices of whole nodes, about equal in edges.
+    let threads = threads();
+    // Runs of whole nodes, about equal in references.
     let per_thread = edges.len().div_ceil(threads).max(1);
     let mut bounds = vec![0usize];
     let mut next_cut = per_thread;
-    for (node, &first) in starts.iter().enumerate().take(addresses.len()) {
+    for (node, &first) in first_edge.iter().enumerate().take(nodes) {
         if first as usize >= next_cut {
             bounds.push(node);
             next_cut = first as usize + per_thread;
         }
     }
-    bounds.push(addresses.len());
-    std::thread::scope(|scope| {
-        let mut rest: &mut [u32] = &mut resolved;
-        for w in bounds.windows(2) {
+    bounds.push(nodes);
+    // Where each run's references start in `edges` (and the end).
+    let run_starts: Vec<usize> = bounds.iter().map(|&b| first_edge[b] as usize).collect();
+    let mut edge_offsets = first_edge;
+    let kept: Vec<usize> = std::thread::scope(|scope| {
+        let mut rest_resolved: &mut [u32] = &mut resolved;
+        let mut rest_offsets: &mut [u32] = &mut edge_offsets[..nodes];
+        let mut runs = Vec::with_capacity(bounds.len() - 1);
+        for (k, w) in bounds.windows(2).enumerate() {
             let (from, to) = (w[0], w[1]);
-            let (mine, others) = rest.split_at_mut((starts[to] - starts[from]) as usize);
-            rest = others;
-            let (edges, index) = (&edges, &index);
-            scope.spawn(move || {
-                let base = starts[from] as usize;
+            let (mine, others) = std::mem::take(&mut rest_resolved).split_at_mut(run_starts[k + 1] - run_starts[k]);
+            let (offsets, other_offsets) = std::mem::take(&mut rest_offsets).split_at_mut(to - from);
+            (rest_resolved, rest_offsets) = (others, other_offsets);
+            let (edges, index, end) = (&edges, &index, run_starts[k + 1]);
+            runs.push(scope.spawn(move || {
+                let mut kept = 0usize;
                 let mut near = NearHits::new();
                 for node in from..to {
+                    // A node's start is read before it is overwritten; the next node's is not
+                    // overwritten yet.
+                    let start = offsets[node - from] as usize;
+                    let stop = if node + 1 < to { offsets[node + 1 - from] as usize } else { end };
+                    offsets[node - from] = kept as u32;
                     near.start(node);
-                    for e in starts[node] as usize..starts[node + 1] as usize {
-                        mine[e - base] = near.find(index, addresses, edges[e]).map_or(UNRESOLVED, |t| t as u32);
+                    for &target in &edges[start..stop] {
+                        // `kept` never passes the reference being read: the run compacts in place.
+                        if let Some(t) = near.find(index, addresses, target) {
+                            mine[kept] = t as u32;
+                            kept += 1;
+                        }
                     }
                 }
-            });
+                kept
+            }));
+        }
+        runs.into_iter().map(|run| run.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut total = 0usize;
+    std::thread::scope(|scope| {
+        // Freeing the addresses read (unmapping them) overlaps the moves.
+        scope.spawn(move || drop(edges));
+        for (k, w) in bounds.windows(2).enumerate() {
+            if total != run_starts[k] {
+                resolved.copy_within(run_starts[k]..run_starts[k] + kept[k], total);
+            }
+            // The run noted its offsets from its own start.
+            if total != 0 {
+                for offset in &mut edge_offsets[w[0]..w[1]] {
+                    *offset += total as u32;
+                }
+            }
+            total += kept[k];
         }
     });
-    drop(edges);
-    // Compact: a reference can only move towards the front, and so can a node's start (the
-    // offsets take over the arrival offsets' memory, each read before it is overwritten).
-    let mut edge_offsets = first_edge;
-    let mut kept = 0usize;
-    for node in 0..addresses.len() {
-        let (start, end) = (edge_offsets[node] as usize, edge_offsets[node + 1] as usize);
-        edge_offsets[node] = kept as u32;
-        for e in start..end {
-            let t = resolved[e];
-            if t != UNRESOLVED {
-                resolved[kept] = t;
-                kept += 1;
-            }
-        }
-    }
-    edge_offsets[addresses.len()] = kept as u32;
-    edge_offsets.truncate(addresses.len() + 1);
-    resolved.truncate(kept);
+    edge_offsets[nodes] = total as u32;
+    edge_offsets.truncate(nodes + 1);
+    resolved.truncate(total);
     resolved.shrink_to_fit();
     (edge_offsets, resolved)
 }
@@ -124,9 +148,6 @@ impl NearHits {
     }
 }
 
-/// A reference that is not an object of the snapshot (node positions stay below it).
-const UNRESOLVED: u32 = u32::MAX;
-
 /// Finds an address among millions of sorted ones in constant time: one bit per 8-byte
 /// granule of the address space that holds objects, set where an object starts, and per
 /// 64-bit word of bits the number of objects before it, so a position is a rank plus a
@@ -164,31 +185,77 @@ const WORDS_PER_BLOCK: usize = 1 << (BLOCK_SHIFT - 3 - 6);
 const SAMPLE_EVERY: usize = 64;
 
 impl AddressIndex {
+    /// Indexes `addresses`, which are sorted, on all cores once there are many.
     pub(super) fn new(addresses: &[u64]) -> Self {
+        let threads = if addresses.len() < 1 << 16 { 1 } else { threads() };
+        // Per chunk of addresses: its blocks, and whether every address is 8-byte aligned.
+        let chunks: Vec<(Vec<u64>, bool)> = std::thread::scope(|scope| {
+            let chunk = addresses.len().div_ceil(threads).max(1);
+            let scans: Vec<_> = addresses
+                .chunks(chunk)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut blocks: Vec<u64> = Vec::new();
+                        let mut aligned = true;
+                        for &a in chunk {
+                            aligned &= a & 7 == 0;
+                            if blocks.last() != Some(&(a >> BLOCK_SHIFT)) {
+                                blocks.push(a >> BLOCK_SHIFT);
+                            }
+                        }
+                        (blocks, aligned)
+                    })
+                })
+                .collect();
+            scans.into_iter().map(|scan| scan.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        let aligned = chunks.iter().all(|(_, aligned)| *aligned);
         let mut blocks: Vec<u64> = Vec::new();
-        for &a in addresses {
-            if blocks.last() != Some(&(a >> BLOCK_SHIFT)) {
-                blocks.push(a >> BLOCK_SHIFT);
+        for block in chunks.into_iter().flat_map(|(blocks, _)| blocks) {
+            if blocks.last() != Some(&block) {
+                blocks.push(block);
             }
         }
-        let aligned = addresses.iter().all(|&a| a & 7 == 0);
         if !aligned || blocks.len() * 1000 > addresses.len().max(1000) * 16 {
             return AddressIndex::Sampled { samples: addresses.iter().step_by(SAMPLE_EVERY).copied().collect() };
         }
         let mut words = vec![RankedWord::default(); blocks.len() * WORDS_PER_BLOCK];
-        let mut block = 0usize;
-        for &a in addresses {
-            while blocks[block] != a >> BLOCK_SHIFT {
-                block += 1;
+        // Runs of whole blocks, about equal in objects, one thread each: a word's rank is the
+        // number of objects before it, the run's first object's position plus the run's own count.
+        let mut runs: Vec<(usize, usize)> = vec![(0, 0)];
+        for k in 1..threads {
+            let block = addresses[addresses.len() * k / threads] >> BLOCK_SHIFT;
+            let at = addresses.partition_point(|&a| a >> BLOCK_SHIFT < block);
+            if runs.last().is_some_and(|&(last, _)| at > last) {
+                runs.push((at, blocks.partition_point(|&b| b < block)));
             }
-            let granule = ((a >> 3) as usize) & (WORDS_PER_BLOCK * 64 - 1);
-            words[block * WORDS_PER_BLOCK + granule / 64].bits |= 1 << (granule % 64);
         }
-        let mut rank = 0u32;
-        for w in &mut words {
-            w.rank = rank;
-            rank += w.bits.count_ones();
-        }
+        runs.push((addresses.len(), blocks.len()));
+        std::thread::scope(|scope| {
+            let mut rest: &mut [RankedWord] = &mut words;
+            for w in runs.windows(2) {
+                let ((from, first_block), (to, end_block)) = (w[0], w[1]);
+                let (mine, others) =
+                    std::mem::take(&mut rest).split_at_mut((end_block - first_block) * WORDS_PER_BLOCK);
+                rest = others;
+                let (addresses, blocks) = (&addresses[from..to], &blocks[first_block..end_block]);
+                scope.spawn(move || {
+                    let mut block = 0usize;
+                    for &a in addresses {
+                        while blocks[block] != a >> BLOCK_SHIFT {
+                            block += 1;
+                        }
+                        let granule = ((a >> 3) as usize) & (WORDS_PER_BLOCK * 64 - 1);
+                        mine[block * WORDS_PER_BLOCK + granule / 64].bits |= 1 << (granule % 64);
+                    }
+                    let mut rank = from as u32;
+                    for w in mine.iter_mut() {
+                        w.rank = rank;
+                        rank += w.bits.count_ones();
+                    }
+                });
+            }
+        });
         let span = match (blocks.first(), blocks.last()) {
             (Some(first), Some(last)) => (last - first + 1) as usize,
             _ => 0,
@@ -245,7 +312,46 @@ impl AddressIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::{AddressIndex, NearHits};
+    use super::{AddressIndex, NearHits, resolve_in_place};
+
+    /// 200,000 objects whose references go to the next objects, anywhere, and to addresses
+    /// that are no object (dropped), in runs that end anywhere: the parallel resolution keeps
+    /// exactly the references a bisection finds, in order, with each node's offsets.
+    #[test]
+    fn references_resolve_as_bisection_resolves_them() {
+        let n = 200_000u64;
+        let addresses: Vec<u64> = (0..n).map(|i| 0x7f00_0000_0000 + i * 32 + (i % 3) * 8).collect();
+        let mut x = 0x2545_f491u64;
+        let mut first_edge = Vec::new();
+        let mut edges = Vec::new();
+        for i in 0..n {
+            first_edge.push(edges.len() as u32);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for k in 0..x % 5 {
+                edges.push(match (x >> (8 + k)) % 4 {
+                    0 => addresses[((i + 1) % n) as usize],
+                    1 => addresses[((x >> 20) % n) as usize],
+                    2 => addresses[((x >> 20) % n) as usize] + 8,
+                    _ => x >> 16,
+                });
+            }
+        }
+        first_edge.push(edges.len() as u32);
+        let mut want_offsets = vec![0u32];
+        let mut want_targets = Vec::new();
+        for i in 0..n as usize {
+            for &e in &edges[first_edge[i] as usize..first_edge[i + 1] as usize] {
+                want_targets.extend(addresses.binary_search(&e).ok().map(|t| t as u32));
+            }
+            want_offsets.push(want_targets.len() as u32);
+        }
+        assert!(want_targets.len() > 100_000 && want_targets.len() < edges.len() - 50_000);
+        let (offsets, targets) = resolve_in_place(&addresses, first_edge, edges);
+        assert_eq!(offsets, want_offsets);
+        assert_eq!(targets, want_targets);
+    }
 
     #[test]
     fn the_address_index_finds_what_bisection_finds() {
@@ -260,10 +366,13 @@ mod tests {
             ("unaligned", |i| 0x1001 + i * 44),
         ];
         for (name, at) in layouts {
-            for n in [0u64, 1, 63, 64, 65, 200, 1000, 5000] {
+            // From 65,536 objects on, the index is built on all cores.
+            for n in [0u64, 1, 63, 64, 65, 200, 1000, 5000, 150_000] {
                 let addresses: Vec<u64> = (0..n).map(at).collect();
                 let index = AddressIndex::new(&addresses);
-                let mut probes: Vec<u64> = addresses.iter().flat_map(|&a| [a, a - 8, a + 8, a + 1]).collect();
+                let step = if n > 10_000 { 97 } else { 1 };
+                let mut probes: Vec<u64> =
+                    addresses.iter().step_by(step).flat_map(|&a| [a, a - 8, a + 8, a + 1]).collect();
                 probes.extend([0, 8, u64::MAX, u64::MAX - 7]);
                 for target in probes {
                     let want = addresses.binary_search(&target).ok();
