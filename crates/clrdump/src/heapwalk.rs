@@ -277,8 +277,8 @@ fn object_size(info: TypeInfo, count_bytes: Option<&[u8]>) -> u64 {
 }
 
 /// How much of the dump a walk reads before it lets go of what it has read (see
-/// [`CoreDump::release`]).
-const RELEASE_EVERY: u64 = 64 << 20;
+/// [`CoreDump::release`]): each thread of a walk in parts holds this much at most.
+const RELEASE_EVERY: u64 = 16 << 20;
 
 /// The threads' allocation contexts `[ptr, limit)`, merged and sorted: each object looks
 /// itself up, so a list scanned per object would make the walk quadratic in a layout that

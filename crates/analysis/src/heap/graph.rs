@@ -18,7 +18,7 @@ use crate::{Error, HeapStream, Result};
 mod resolve;
 mod slots;
 
-use resolve::{AddressIndex, resolve_in_place};
+use resolve::{AddressIndex, Walked, resolve_in_place};
 pub use slots::NodeSlots;
 
 /// Position of an object in an [`ObjectGraph`] (objects are numbered by address order).
@@ -146,6 +146,9 @@ pub struct ObjectGraphBuilder {
     edge_counts: Vec<u32>,
     announced_edges: u64,
     edges: Vec<u64>,
+    /// A walk in parts' references instead of `edges`: per part, its first node and its
+    /// references (see [`NodeSlots`]).
+    edge_runs: Vec<(usize, Vec<u64>)>,
     types: TypeTable,
     roots: Vec<(u64, PendingRoot)>,
     next_event: [u32; 2],
@@ -348,7 +351,7 @@ impl ObjectGraphBuilder {
     /// [`finish`](Self::finish), telling `phases` as each step begins.
     pub fn finish_observed(self, phases: &mut dyn Phases) -> Result<ObjectGraph> {
         phases.begin("graph: check and order the objects");
-        let received = self.edges.len() as u64;
+        let received = (self.edges.len() + self.edge_runs.iter().map(|(_, run)| run.len()).sum::<usize>()) as u64;
         if received > self.announced_edges {
             return Err(Error::EdgesLeftOver { left_over: received - self.announced_edges });
         }
@@ -369,6 +372,7 @@ impl ObjectGraphBuilder {
             type_indexes,
             mut edge_counts,
             edges,
+            edge_runs,
             types,
             roots,
             delegate_methods,
@@ -410,10 +414,12 @@ impl ObjectGraphBuilder {
         };
 
         phases.begin("graph: resolve references (all cores)");
+        let walked = if edge_runs.is_empty() { Walked::Whole(edges) } else { Walked::Runs(edge_runs) };
         let (edge_offsets, edge_targets) = match order {
             // The edges are already in node order: resolve them where they lie, in parallel.
-            None => resolve_in_place(&addresses, first_edge, edges),
+            None => resolve_in_place(&addresses, first_edge, walked),
             Some(order) => {
+                let edges = walked.into_whole();
                 let locator = AddressIndex::new(&addresses);
                 let mut edge_offsets: Vec<u32> = Vec::with_capacity(addresses.len() + 1);
                 let mut edge_targets: Vec<u32> = Vec::with_capacity(edges.len());

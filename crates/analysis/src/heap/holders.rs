@@ -9,8 +9,9 @@
 //!
 //! Cost: the anchors come with the retained sizes (one sweep in preorder, see
 //! [`super::dominators`]); here a `u16` per object for the fan-out counts and two passes over
-//! the objects; what survives the call is the member lists of the groups kept (at most one
-//! `u32` per object, and only for objects in groups of at least `min_instances`).
+//! the objects, the second on all cores; what survives the call is the member lists of the
+//! groups kept (at most one `u32` per object, and only for objects in groups of at least
+//! `min_instances`).
 
 use std::collections::HashMap;
 
@@ -54,19 +55,71 @@ pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_i
         }
     }
     let min_fan_out = u16::try_from(min_instances).unwrap_or(u16::MAX);
+    let candidate = |v: u32, a: u32| match a {
+        UNREACHABLE => false,
+        SEVERAL_ROOTS => several_roots[graph.type_index_of(v) as usize] >= min_instances,
+        a => fan_out[a as usize] >= min_fan_out,
+    };
+    // Runs of objects grouped on all cores, then the groups of the same key joined in run
+    // order (so that members stay in address order).
+    let n = anchor.len();
+    let threads = if n < 1 << 16 { 1 } else { super::threads() };
+    let per_run = n.div_ceil(threads).max(1);
+    let runs: Vec<Vec<HolderGroup>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..n)
+            .step_by(per_run)
+            .map(|from| {
+                let candidate = &candidate;
+                scope.spawn(move || group_run(graph, retained, from..(from + per_run).min(n), candidate))
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    drop(fan_out);
+    let mut groups: Vec<HolderGroup> = Vec::new();
+    let mut group_of: HashMap<(Option<NodeIndex>, u32), usize> = HashMap::new();
+    for group in runs.into_iter().flatten() {
+        match group_of.entry((group.anchor, group.type_index)) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                let joined = &mut groups[*at.get()];
+                joined.instances += group.instances;
+                joined.shallow_bytes += group.shallow_bytes;
+                joined.retained_bytes += group.retained_bytes;
+                joined.members.extend_from_slice(&group.members);
+            }
+            std::collections::hash_map::Entry::Vacant(at) => {
+                at.insert(groups.len());
+                groups.push(group);
+            }
+        }
+    }
+    let mut out: Vec<HolderGroup> = groups.into_iter().filter(|g| g.instances >= min_instances).collect();
+    out.sort_by(|a, b| {
+        b.instances
+            .cmp(&a.instances)
+            .then(b.retained_bytes.cmp(&a.retained_bytes))
+            .then(a.members[0].cmp(&b.members[0]))
+    });
+    out
+}
+
+/// The (anchor, type) groups of the objects `run` whose anchor `candidate` accepts, members in
+/// address order.
+fn group_run(
+    graph: &ObjectGraph,
+    retained: &RetainedSizes,
+    run: std::ops::Range<usize>,
+    candidate: &(impl Fn(u32, u32) -> bool + Sync),
+) -> Vec<HolderGroup> {
+    let anchor = retained.anchors();
     let mut groups: Vec<HolderGroup> = Vec::new();
     let mut group_of: HashMap<(u32, u32), usize> = HashMap::new();
     // Members of a group mostly come one after the other (the elements of an array, the
     // nodes of a list): the last group found is tried before the map.
     let mut last: Option<((u32, u32), usize)> = None;
-    for (v, &a) in anchor.iter().enumerate() {
-        let v = v as u32;
-        let candidate = match a {
-            UNREACHABLE => false,
-            SEVERAL_ROOTS => several_roots[graph.type_index_of(v) as usize] >= min_instances,
-            a => fan_out[a as usize] >= min_fan_out,
-        };
-        if !candidate {
+    for v in run {
+        let (v, a) = (v as u32, anchor[v]);
+        if !candidate(v, a) {
             continue;
         }
         let t = graph.type_index_of(v);
@@ -101,14 +154,7 @@ pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_i
         }
         group.members.push(node);
     }
-    let mut out: Vec<HolderGroup> = groups.into_iter().filter(|g| g.instances >= min_instances).collect();
-    out.sort_by(|a, b| {
-        b.instances
-            .cmp(&a.instances)
-            .then(b.retained_bytes.cmp(&a.retained_bytes))
-            .then(a.members[0].cmp(&b.members[0]))
-    });
-    out
+    groups
 }
 
 #[cfg(test)]
@@ -184,6 +230,31 @@ mod tests {
             ]
         );
         assert_ne!(groups[0].anchor, groups[2].anchor);
+    }
+
+    /// Past 65,536 objects the grouping runs on all cores, in runs that cut the second
+    /// holder's items in two: each group is still whole, its members in address order.
+    #[test]
+    fn groups_cut_between_threads_are_joined() {
+        let g = two_holders_and_a_chain(40_000, 30_000, 20_000);
+        let r = g.retained_sizes();
+        let groups = holder_groups(&g, &r, 1000);
+        let summary: Vec<(&str, u64, u64, u64)> = groups
+            .iter()
+            .map(|h| (g.type_names()[h.type_index as usize].as_str(), h.instances, h.shallow_bytes, h.retained_bytes))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("App.Item", 40_000, 40_000 * 32, 40_000 * 32),
+                ("App.Item", 30_000, 30_000 * 32, 30_000 * 32),
+                ("App.Node", 20_000, 20_000 * 48, 20_000 * 48),
+            ]
+        );
+        for h in &groups {
+            assert_eq!(h.members.len() as u64, h.instances);
+            assert!(h.members.windows(2).all(|w| w[0] < w[1]), "members in address order");
+        }
     }
 
     #[test]

@@ -25,3 +25,8 @@ pub use leaks::{Confidence, LeakPattern, LeakSuspect, LeakThresholds, leak_suspe
 pub(crate) use leaks::{human_bytes, thousands};
 pub use paths::{PathGroup, PathStep, RetentionPath, RetentionPaths};
 pub use type_name::{clean_type_name, unknown_type_name};
+
+/// Threads for the passes over every object that run on all cores (up to 8).
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}

@@ -2,45 +2,114 @@
 //! answers in constant time, guesses that spare it for references to nearby objects, and
 //! the resolution of a whole walk's references on all cores.
 
-/// Threads for the passes over every object: all cores, up to 8.
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+use crate::heap::threads;
+
+/// A walk's references, in node order: in one vector, or (a walk in parts) one per run of
+/// nodes, each with its first node.
+pub(in crate::heap) enum Walked {
+    Whole(Vec<u64>),
+    Runs(Vec<(usize, Vec<u64>)>),
 }
 
-/// Resolves every node's references (`edges`, in node order, each node's run of
-/// `first_edge`-many) to node positions, on all cores: each thread resolves the references
-/// of one run of nodes where they lie, dropping those that are no object as it goes and
-/// noting its nodes' offsets; then each run's references move up behind the run before it.
-/// `first_edge` is per node, plus the end; its memory becomes the offsets.
-pub(super) fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: Vec<u64>) -> (Vec<u32>, Vec<u32>) {
-    let nodes = addresses.len();
-    let index = AddressIndex::new(addresses);
-    let mut resolved = vec![0u32; edges.len()];
-    let threads = threads();
-    // Runs of whole nodes, about equal in references.
-    let per_thread = edges.len().div_ceil(threads).max(1);
-    let mut bounds = vec![0usize];
-    let mut next_cut = per_thread;
-    for (node, &first) in first_edge.iter().enumerate().take(nodes) {
-        if first as usize >= next_cut {
-            bounds.push(node);
-            next_cut = first as usize + per_thread;
+impl Walked {
+    /// In one vector.
+    pub(in crate::heap) fn into_whole(self) -> Vec<u64> {
+        match self {
+            Walked::Whole(edges) => edges,
+            Walked::Runs(runs) => {
+                let mut runs = runs.into_iter().map(|(_, run)| run);
+                let mut whole = runs.next().unwrap_or_default();
+                for run in runs {
+                    whole.extend_from_slice(&run);
+                }
+                whole
+            }
         }
     }
+}
+
+/// One thread's references: a slice of the whole walk's, or a run's own (freed once resolved).
+enum RunEdges<'a> {
+    Borrowed(&'a [u64]),
+    Owned(Vec<u64>),
+}
+
+impl std::ops::Deref for RunEdges<'_> {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        match self {
+            RunEdges::Borrowed(edges) => edges,
+            RunEdges::Owned(edges) => edges,
+        }
+    }
+}
+
+/// Resolves every node's references (`walked`, in node order, each node's run of
+/// `first_edge`-many) to node positions, on all cores: each thread resolves the references
+/// of one run of nodes where they lie (a walk in parts' runs as they came), dropping those
+/// that are no object as it goes and noting its nodes' offsets; then each run's references
+/// move up behind the run before it. `first_edge` is per node, plus the end; its memory
+/// becomes the offsets.
+pub(in crate::heap) fn resolve_in_place(
+    addresses: &[u64],
+    first_edge: Vec<u32>,
+    walked: Walked,
+) -> (Vec<u32>, Vec<u32>) {
+    let nodes = addresses.len();
+    let index = AddressIndex::new(addresses);
+    // A walk in parts whose runs are not whole nodes' references (never, from
+    // `fill_parts`) is resolved as one.
+    let runs_fit = |runs: &[(usize, Vec<u64>)]| {
+        runs.first().is_some_and(|(first, _)| *first == 0)
+            && runs.iter().enumerate().all(|(k, (first, run))| {
+                let next = runs.get(k + 1).map_or(nodes, |(next, _)| *next);
+                *first <= next && next <= nodes && (first_edge[next] - first_edge[*first]) as usize == run.len()
+            })
+    };
+    let walked = match walked {
+        Walked::Runs(runs) if !runs_fit(&runs) => Walked::Whole(Walked::Runs(runs).into_whole()),
+        walked => walked,
+    };
+    let total_edges = *first_edge.last().unwrap_or(&0) as usize;
+    let mut resolved = vec![0u32; total_edges];
+    // Runs of whole nodes, about equal in references, or the walk's own.
+    let mut bounds = vec![0usize];
+    let (whole, mut owned): (Vec<u64>, Vec<Vec<u64>>) = match walked {
+        Walked::Whole(edges) => {
+            let per_thread = edges.len().div_ceil(threads()).max(1);
+            let mut next_cut = per_thread;
+            for (node, &first) in first_edge.iter().enumerate().take(nodes) {
+                if first as usize >= next_cut {
+                    bounds.push(node);
+                    next_cut = first as usize + per_thread;
+                }
+            }
+            (edges, Vec::new())
+        }
+        Walked::Runs(runs) => {
+            bounds.extend(runs.iter().skip(1).map(|(first, _)| *first));
+            (Vec::new(), runs.into_iter().map(|(_, run)| run).collect())
+        }
+    };
     bounds.push(nodes);
-    // Where each run's references start in `edges` (and the end).
+    // Where each run's references start (and the end).
     let run_starts: Vec<usize> = bounds.iter().map(|&b| first_edge[b] as usize).collect();
+    let mut run_edges: Vec<RunEdges<'_>> = if owned.is_empty() {
+        run_starts.windows(2).map(|w| RunEdges::Borrowed(&whole[w[0]..w[1]])).collect()
+    } else {
+        owned.drain(..).map(RunEdges::Owned).collect()
+    };
     let mut edge_offsets = first_edge;
     let kept: Vec<usize> = std::thread::scope(|scope| {
         let mut rest_resolved: &mut [u32] = &mut resolved;
         let mut rest_offsets: &mut [u32] = &mut edge_offsets[..nodes];
         let mut runs = Vec::with_capacity(bounds.len() - 1);
-        for (k, w) in bounds.windows(2).enumerate() {
+        for ((k, w), edges) in bounds.windows(2).enumerate().zip(run_edges.drain(..)) {
             let (from, to) = (w[0], w[1]);
             let (mine, others) = std::mem::take(&mut rest_resolved).split_at_mut(run_starts[k + 1] - run_starts[k]);
             let (offsets, other_offsets) = std::mem::take(&mut rest_offsets).split_at_mut(to - from);
             (rest_resolved, rest_offsets) = (others, other_offsets);
-            let (edges, index, end) = (&edges, &index, run_starts[k + 1]);
+            let (index, base, end) = (&index, run_starts[k], run_starts[k + 1]);
             runs.push(scope.spawn(move || {
                 let mut kept = 0usize;
                 let mut near = NearHits::new();
@@ -51,7 +120,7 @@ pub(super) fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: V
                     let stop = if node + 1 < to { offsets[node + 1 - from] as usize } else { end };
                     offsets[node - from] = kept as u32;
                     near.start(node);
-                    for &target in &edges[start..stop] {
+                    for &target in &edges[start - base..stop - base] {
                         // `kept` never passes the reference being read: the run compacts in place.
                         if let Some(t) = near.find(index, addresses, target) {
                             mine[kept] = t as u32;
@@ -67,7 +136,7 @@ pub(super) fn resolve_in_place(addresses: &[u64], first_edge: Vec<u32>, edges: V
     let mut total = 0usize;
     std::thread::scope(|scope| {
         // Freeing the addresses read (unmapping them) overlaps the moves.
-        scope.spawn(move || drop(edges));
+        scope.spawn(move || drop(whole));
         for (k, w) in bounds.windows(2).enumerate() {
             if total != run_starts[k] {
                 resolved.copy_within(run_starts[k]..run_starts[k] + kept[k], total);
@@ -312,7 +381,7 @@ impl AddressIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::{AddressIndex, NearHits, resolve_in_place};
+    use super::{AddressIndex, NearHits, Walked, resolve_in_place};
 
     /// 200,000 objects whose references go to the next objects, anywhere, and to addresses
     /// that are no object (dropped), in runs that end anywhere: the parallel resolution keeps
@@ -348,9 +417,34 @@ mod tests {
             want_offsets.push(want_targets.len() as u32);
         }
         assert!(want_targets.len() > 100_000 && want_targets.len() < edges.len() - 50_000);
-        let (offsets, targets) = resolve_in_place(&addresses, first_edge, edges);
-        assert_eq!(offsets, want_offsets);
-        assert_eq!(targets, want_targets);
+        // As one vector, as the runs of a walk in parts, and as runs whose references do not
+        // fit their nodes (resolved as one vector).
+        let runs = |cuts: &[usize]| -> Walked {
+            let mut bounds = cuts.to_vec();
+            bounds.push(n as usize);
+            Walked::Runs(
+                bounds
+                    .windows(2)
+                    .map(|w| (w[0], edges[first_edge[w[0]] as usize..first_edge[w[1]] as usize].to_vec()))
+                    .collect(),
+            )
+        };
+        // The last reference of the first run moved to the second.
+        let mut misfit = runs(&[0, 100_000]);
+        if let Walked::Runs(r) = &mut misfit {
+            let moved = r[0].1.pop().unwrap();
+            r[1].1.insert(0, moved);
+        }
+        for (name, walked) in [
+            ("whole", Walked::Whole(edges.clone())),
+            ("runs", runs(&[0, 70_000, 70_000, 150_000])),
+            ("one run", runs(&[0])),
+            ("misfit", misfit),
+        ] {
+            let (offsets, targets) = resolve_in_place(&addresses, first_edge.clone(), walked);
+            assert_eq!(offsets, want_offsets, "{name}");
+            assert_eq!(targets, want_targets, "{name}");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! A dump's heap walk knows, from the walk that made its histogram, how many objects come
 //! before each part: the parts' slices can then be set aside up front, and no part's objects
-//! are copied again to join them. Each part keeps its references in a vector of its own;
-//! those are joined in part order (a third of the bytes of the nodes on a typical heap).
+//! are copied again to join them. Each part keeps its references in a vector of its own,
+//! which the resolution of references reads where it lies (one thread per part).
 
 use super::{ObjectGraphBuilder, Sizes};
 
@@ -81,7 +81,10 @@ impl ObjectGraphBuilder {
         starts: &[usize],
         fill: impl Fn(usize, &mut NodeSlots<'_>) -> std::result::Result<(), E> + Sync,
     ) -> std::result::Result<bool, E> {
-        let empty = self.addresses.is_empty() && self.edges.is_empty() && self.types.ids.is_empty();
+        let empty = self.addresses.is_empty()
+            && self.edges.is_empty()
+            && self.edge_runs.is_empty()
+            && self.types.ids.is_empty();
         let ascending = starts.first() == Some(&0) && starts.windows(2).all(|w| w[0] <= w[1]);
         let Some(&nodes) = starts.last().filter(|_| empty && ascending) else { return Ok(false) };
         // Zeroed memory straight from the kernel: the parts' writes are the first touch.
@@ -131,18 +134,14 @@ impl ObjectGraphBuilder {
         });
         let mut complete = true;
         let mut large = Vec::new();
-        let mut edges: Vec<u64> = Vec::new();
+        let mut edge_runs: Vec<(usize, Vec<u64>)> = Vec::new();
         let mut announced = 0u64;
         for (slots, result) in results {
             result?;
             complete &= slots.complete();
             large.extend_from_slice(&slots.large);
             announced += slots.edge_counts.iter().map(|&c| u64::from(c)).sum::<u64>();
-            if edges.is_empty() {
-                edges = slots.edges;
-            } else {
-                edges.extend_from_slice(&slots.edges);
-            }
+            edge_runs.push((slots.first, slots.edges));
         }
         if !complete {
             return Ok(false);
@@ -155,7 +154,7 @@ impl ObjectGraphBuilder {
         self.type_indexes = type_indexes;
         self.edge_counts = edge_counts;
         self.announced_edges = announced;
-        self.edges = edges;
+        self.edge_runs = edge_runs;
         Ok(true)
     }
 }
@@ -252,7 +251,7 @@ mod tests {
         for (which, fill) in fills.iter().enumerate() {
             let mut b = ObjectGraphBuilder::new();
             assert!(!b.fill_parts(3, &[0, 10, 20], fill).unwrap(), "case {which}");
-            assert!(b.addresses.is_empty() && b.edges.is_empty() && b.types.ids.is_empty(), "case {which}");
+            assert!(b.addresses.is_empty() && b.edge_runs.is_empty() && b.types.ids.is_empty(), "case {which}");
         }
         // A part's error is the caller's.
         let mut b = ObjectGraphBuilder::new();
