@@ -21,6 +21,8 @@ use args::{Cli, Command, DacStoreCommand};
 use clap::Parser;
 
 fn main() {
+    // Analyses allocate and free arrays of hundreds of MiB on several threads.
+    clrdump::memory::unmap_large_blocks_when_freed();
     // The isolated DAC worker of `analyze`: this binary re-run by itself, outside clap.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == analyze::WORKER_SUBCOMMAND) {

@@ -29,6 +29,7 @@ mod graph;
 mod heapwalk;
 pub mod locate;
 mod mapped;
+pub mod memory;
 pub mod model;
 pub mod names;
 pub mod sandbox;
