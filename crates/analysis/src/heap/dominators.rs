@@ -586,6 +586,54 @@ mod tests {
         b.finish().unwrap()
     }
 
+    /// 130,001 objects: a rooted array of pairs, each pair holding an item (every tenth pair
+    /// also the next pair's item, which the search then keeps), and unreachable pairs with
+    /// items. Retained sizes, dominators and anchors as the shape says.
+    #[test]
+    fn large_heaps_are_summed_as_their_shape_says() {
+        let (pairs, lost) = (60_000u64, 5_000u64);
+        let array = 0x1000u64;
+        let pair = |i: u64| 0x100_0000 + 64 * i;
+        let item = |i: u64| pair(i) + 32;
+        let mut b = ObjectGraphBuilder::new();
+        for (t, name) in ["Array", "Pair", "Item"].iter().enumerate() {
+            b.add_type(t as u64, name);
+        }
+        b.add_node(array, 16 + 8 * pairs, 0, pairs);
+        b.add_edges((0..pairs).map(pair));
+        for i in 0..pairs + lost {
+            let shared = i % 10 == 0 && i + 1 < pairs;
+            b.add_node(pair(i), 24, 1, 1 + u64::from(shared));
+            b.add_edge(item(i));
+            if shared {
+                b.add_edge(item(i + 1));
+            }
+            b.add_node(item(i), 32, 2, 0);
+        }
+        b.add_root(array, RootKind::StrongHandle);
+        let g = b.finish().unwrap();
+        assert_eq!(g.len() as u64, 1 + 2 * (pairs + lost));
+        let r = g.retained_sizes();
+        let node = |address: u64| g.find(address).unwrap();
+        let shared_item = |i: u64| i % 10 == 1;
+        assert_eq!(r.retained(node(array)), Some(16 + 8 * pairs + pairs * (24 + 32)));
+        for i in 0..pairs {
+            let own_item = if shared_item(i) { 0 } else { 32 };
+            assert_eq!(r.retained(node(pair(i))), Some(24 + own_item), "pair {i}");
+            assert_eq!(r.immediate_dominator(node(pair(i))), Some(node(array)), "pair {i}");
+            assert_eq!(r.anchors()[node(pair(i)).index()], node(array).0, "pair {i}");
+            let holder = if shared_item(i) { node(array) } else { node(pair(i)) };
+            assert_eq!(r.retained(node(item(i))), Some(32), "item {i}");
+            assert_eq!(r.immediate_dominator(node(item(i))), Some(holder), "item {i}");
+            assert_eq!(r.anchors()[node(item(i)).index()], holder.0, "item {i}");
+        }
+        for i in pairs..pairs + lost {
+            for lost in [pair(i), item(i)] {
+                assert_eq!((r.retained(node(lost)), r.anchors()[node(lost).index()]), (None, UNREACHABLE));
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
