@@ -99,13 +99,19 @@ pub fn collect(dac: &Dac, core: &CoreDump, depth: Depth, clock: &mut PhaseClock)
     }
     let locked: HashSet<u64> = sync_blocks.iter().filter(|s| s.held).map(|s| s.object).collect();
 
-    // Stacks, stack references to locked objects, and stack roots.
+    // Stacks, stack references to locked objects, and stack roots. The references serve only
+    // the graph's roots and the held locks: without either they are not read, since the 3.1
+    // DAC walks the heap up to each interior pointer a stack holds to name its object.
     let mut roots = Vec::new();
     let mut names: HashMap<u64, String> = HashMap::new();
+    let read_refs = depth == Depth::Graph || !locked.is_empty();
     for t in threads.iter_mut().filter(|t| t.alive) {
         match dac.stack_walk(t.os_id, MAX_FRAMES) {
             Ok(raw) => t.frames = raw.iter().map(|f| symbolize(dac, core, f, &mut names)).collect(),
             Err(e) => warnings.push(format!("stack of thread {}: {e}", t.os_id)),
+        }
+        if !read_refs {
+            continue;
         }
         match dac.stack_refs(t.os_id) {
             Ok(refs) => {
