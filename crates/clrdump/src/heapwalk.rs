@@ -97,6 +97,12 @@ fn checkpoint_every(bytes: u64) -> u64 {
 }
 
 impl HeapLayout {
+    /// Appends the non-null references of an object of type `info` (its `bytes`) to `out`;
+    /// `false` when its type's reference layout does not fit it and they were cut short.
+    fn read_references(&self, info: TypeInfo, bytes: &[u8], out: &mut Vec<u64>) -> bool {
+        self.types[info.index as usize].references.as_ref().is_none_or(|desc| desc.references(bytes, out))
+    }
+
     /// Bounds on what a worker may send: as many type layouts as histogram types, ranges and
     /// allocation contexts in the millions at most, ranges that do not wrap. (Addresses need no
     /// check: the walk reads them through the dump's bounds-checked slices.)
@@ -593,8 +599,7 @@ pub struct GraphWalk {
 /// the dump holds (at most one object per 24 bytes of a range, one reference per 8 bytes of
 /// an object), and parts that do not match the checkpoints are walked again in one piece.
 pub(crate) fn walk_graph(core: &CoreDump, layout: &HeapLayout, builder: &mut ObjectGraphBuilder) -> Result<GraphWalk> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    walk_graph_on(core, layout, builder, threads)
+    walk_graph_on(core, layout, builder, analysis::heap::threads())
 }
 
 /// [`walk_graph`] on at most `threads` threads.
@@ -620,13 +625,8 @@ fn walk_graph_on(
     let mut counts = WalkCounts::default();
     let mut walk = GraphWalk { parts: 1, ..Default::default() };
     let each = |obj, size, info: TypeInfo, bytes: &[u8]| {
-        let desc = layout.types[info.index as usize].references.as_ref();
         builder.add_node_with(obj, size, u64::from(info.index), |edges| {
-            if let Some(desc) = desc
-                && !desc.references(bytes, edges)
-            {
-                walk.cut_references += 1;
-            }
+            walk.cut_references += u64::from(!layout.read_references(info, bytes, edges));
         });
         walk.objects += 1;
         Ok(())

@@ -63,8 +63,7 @@ pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_i
     // Runs of objects grouped on all cores, then the groups of the same key joined in run
     // order (so that members stay in address order).
     let n = anchor.len();
-    let threads = if n < 1 << 16 { 1 } else { super::threads() };
-    let per_run = n.div_ceil(threads).max(1);
+    let per_run = n.div_ceil(super::threads_for(n)).max(1);
     let runs: Vec<Vec<HolderGroup>> = std::thread::scope(|scope| {
         let runs: Vec<_> = (0..n)
             .step_by(per_run)
@@ -73,7 +72,7 @@ pub(crate) fn holder_groups(graph: &ObjectGraph, retained: &RetainedSizes, min_i
                 scope.spawn(move || group_run(graph, retained, from..(from + per_run).min(n), candidate))
             })
             .collect();
-        runs.into_iter().map(|run| run.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        runs.into_iter().map(super::joined).collect()
     });
     drop(fan_out);
     let mut groups: Vec<HolderGroup> = Vec::new();

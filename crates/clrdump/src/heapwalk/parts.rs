@@ -122,13 +122,8 @@ pub(super) fn walk(
             &mut counts,
             plan.spans[k],
             |obj, size, info, bytes| {
-                let desc = layout.types[info.index as usize].references.as_ref();
                 slots.push_with(obj, size, u64::from(info.index), |edges| {
-                    if let Some(desc) = desc
-                        && !desc.references(bytes, edges)
-                    {
-                        cut += 1;
-                    }
+                    cut += u64::from(!layout.read_references(info, bytes, edges));
                 });
                 Ok(())
             },

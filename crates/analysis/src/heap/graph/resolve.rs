@@ -2,7 +2,7 @@
 //! answers in constant time, guesses that spare it for references to nearby objects, and
 //! the resolution of a whole walk's references on all cores.
 
-use crate::heap::threads;
+use crate::heap::{joined, threads, threads_for};
 
 /// A walk's references, in node order: in one vector, or (a walk in parts) one per run of
 /// nodes, each with its first node.
@@ -74,7 +74,7 @@ pub(in crate::heap) fn resolve_in_place(
     let mut resolved = vec![0u32; total_edges];
     // Runs of whole nodes, about equal in references, or the walk's own.
     let mut bounds = vec![0usize];
-    let (whole, mut owned): (Vec<u64>, Vec<Vec<u64>>) = match walked {
+    let (whole, owned): (Vec<u64>, Vec<Vec<u64>>) = match walked {
         Walked::Whole(edges) => {
             let per_thread = edges.len().div_ceil(threads()).max(1);
             let mut next_cut = per_thread;
@@ -94,17 +94,17 @@ pub(in crate::heap) fn resolve_in_place(
     bounds.push(nodes);
     // Where each run's references start (and the end).
     let run_starts: Vec<usize> = bounds.iter().map(|&b| first_edge[b] as usize).collect();
-    let mut run_edges: Vec<RunEdges<'_>> = if owned.is_empty() {
+    let run_edges: Vec<RunEdges<'_>> = if owned.is_empty() {
         run_starts.windows(2).map(|w| RunEdges::Borrowed(&whole[w[0]..w[1]])).collect()
     } else {
-        owned.drain(..).map(RunEdges::Owned).collect()
+        owned.into_iter().map(RunEdges::Owned).collect()
     };
     let mut edge_offsets = first_edge;
     let kept: Vec<usize> = std::thread::scope(|scope| {
         let mut rest_resolved: &mut [u32] = &mut resolved;
         let mut rest_offsets: &mut [u32] = &mut edge_offsets[..nodes];
         let mut runs = Vec::with_capacity(bounds.len() - 1);
-        for ((k, w), edges) in bounds.windows(2).enumerate().zip(run_edges.drain(..)) {
+        for ((k, w), edges) in bounds.windows(2).enumerate().zip(run_edges) {
             let (from, to) = (w[0], w[1]);
             let (mine, others) = std::mem::take(&mut rest_resolved).split_at_mut(run_starts[k + 1] - run_starts[k]);
             let (offsets, other_offsets) = std::mem::take(&mut rest_offsets).split_at_mut(to - from);
@@ -131,7 +131,7 @@ pub(in crate::heap) fn resolve_in_place(
                 kept
             }));
         }
-        runs.into_iter().map(|run| run.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        runs.into_iter().map(joined).collect()
     });
     let mut total = 0usize;
     std::thread::scope(|scope| {
@@ -256,7 +256,7 @@ const SAMPLE_EVERY: usize = 64;
 impl AddressIndex {
     /// Indexes `addresses`, which are sorted, on all cores once there are many.
     pub(super) fn new(addresses: &[u64]) -> Self {
-        let threads = if addresses.len() < 1 << 16 { 1 } else { threads() };
+        let threads = threads_for(addresses.len());
         // Per chunk of addresses: its blocks, and whether every address is 8-byte aligned.
         let chunks: Vec<(Vec<u64>, bool)> = std::thread::scope(|scope| {
             let chunk = addresses.len().div_ceil(threads).max(1);
@@ -276,7 +276,7 @@ impl AddressIndex {
                     })
                 })
                 .collect();
-            scans.into_iter().map(|scan| scan.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+            scans.into_iter().map(joined).collect()
         });
         let aligned = chunks.iter().all(|(_, aligned)| *aligned);
         let mut blocks: Vec<u64> = Vec::new();

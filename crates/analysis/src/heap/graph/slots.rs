@@ -130,7 +130,7 @@ impl ObjectGraphBuilder {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+            handles.into_iter().map(crate::heap::joined).collect()
         });
         let mut complete = true;
         let mut large = Vec::new();
